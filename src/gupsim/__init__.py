@@ -1,0 +1,19 @@
+"""gupsim: an executable model of Linux page pinning, checked against the host kernel.
+
+Start with `gupsim.Kernel`, spawn a process, map memory, and pin it; see DESIGN.md for
+the public contract and README.md for a tour.
+"""
+
+from .constants import *  # noqa: F403 - the kernel's constants are part of the public API
+from .kernel import Kernel, Process
+from .memory import (
+    GUP_PIN_COUNTING_BIAS,
+    Folio,
+    Page,
+    PageArray,
+    folio_maybe_dma_pinned,
+    page_maybe_dma_pinned,
+)
+from .mm import BusError, OOMKilled, SegmentationFault
+
+__version__ = "0.1.0"

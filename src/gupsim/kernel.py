@@ -1,0 +1,274 @@
+"""The `Kernel` facade: one simulated machine, and `Process`, the handle users hold.
+
+A `Process` offers the system calls (`mmap`, `fork`, ...) that raise `OSError` like
+Python's `os` module, CPU access (`read`/`write`) that raises `SegmentationFault` or
+`BusError`, and, from the pinning layer, the kernel-internal GUP calls made with that
+process as `current`.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+from .check.invariants import InvariantViolation, check_invariants
+from .constants import PAGE_SHIFT, PAGE_SIZE, PMD_ORDER, PUD_ORDER, CAP_IPC_LOCK
+from .memory import Allocator, Kind, MemMap, Page
+from .memory.units import parse_size
+from .mm import (
+    MM,
+    Cred,
+    MMEnv,
+    MMRmap,
+    SwapDevice,
+    ThpSettings,
+    access_read,
+    access_write,
+    dup_mm,
+    exit_mmap,
+)
+from .mm import syscalls as sc
+from .mm.mm_struct import RLIMIT_DEFAULT_MEMLOCK, UserStruct
+from .warn import WarnLog
+
+
+class Kernel:
+    """One simulated machine: memory, file systems, processes, vmstat and warnings.
+
+    `memory`, `movable` (ZONE_MOVABLE) and `cma` accept bytes or strings like "4GiB";
+    `movable` and `cma` are carved out of `memory`. `nr_hugepages` fills the 2 MiB
+    hugetlb pool at boot, `nr_hugepages_1g` the 1 GiB one; `swap` sizes a swap device
+    (none by default, as on this project's hosts). `debug=True` checks the invariants
+    after every system call and raises `InvariantViolation` at the first broken one.
+    """
+
+    def __init__(self, memory: int | str = "4GiB", movable: int | str = 0, cma: int | str = 0,
+                 nr_hugepages: int = 0, nr_hugepages_1g: int = 0, swap: int | str = 0,
+                 thp: str = "madvise", debug: bool = False) -> None:
+        total = parse_size(memory, "memory") >> PAGE_SHIFT
+        if total < 1024:
+            raise ValueError(f"memory={memory!r} is too small: give the machine at least 4MiB")
+        self.warnings = WarnLog()
+        self.mem = MemMap(total, parse_size(movable, "movable") >> PAGE_SHIFT,
+                          parse_size(cma, "cma") >> PAGE_SHIFT, self.warnings)
+        self.alloc = Allocator(self.mem)
+        self.debug = debug
+        swap_pages = parse_size(swap, "swap") >> PAGE_SHIFT
+        self.env = MMEnv(self.mem, self.alloc, ThpSettings(enabled="madvise"),
+                         SwapDevice(swap_pages) if swap_pages else None)
+        self.env.thp.set(thp)
+        self.mem.rmap = MMRmap(self.env)
+        self._boot_zero_pages()
+        if nr_hugepages:
+            self.set_nr_hugepages(nr_hugepages, "2MiB")
+        if nr_hugepages_1g:
+            self.set_nr_hugepages(nr_hugepages_1g, "1GiB")
+        self._filesystems: dict[str, Any] = {}
+        self.env.shmem_file = self._anon_shmem_file
+        self.env.hugetlb_file = self._anon_hugetlb_file
+        self.processes: dict[int, Process] = {}
+        self.users: dict[int, UserStruct] = {}
+        self._pids = itertools.count(1)
+
+    def _boot_zero_pages(self) -> None:
+        mem = self.mem
+        mem.zero_pfn = self.alloc.alloc_folio(0, Kind.ZERO, movable=False)
+        mem.huge_zero_pfn = self.alloc.alloc_folio(PMD_ORDER, Kind.HUGE_ZERO, movable=False)
+
+    # -- knobs ---------------------------------------------------------------------------
+
+    @property
+    def thp(self) -> ThpSettings:
+        """/sys/kernel/mm/transparent_hugepage: `k.thp.set("always")`, per size too."""
+        return self.env.thp
+
+    @property
+    def vmstat(self):
+        """/proc/vmstat counters (nr_foll_pin_acquired, nr_foll_pin_released, ...)."""
+        return self.mem.vmstat
+
+    def set_nr_hugepages(self, count: int, size: str | int = "2MiB") -> int:
+        """Grow the hugetlb pool of one size to `count` pages (like vm.nr_hugepages)."""
+        order = {PAGE_SIZE << PMD_ORDER: PMD_ORDER, PAGE_SIZE << PUD_ORDER: PUD_ORDER}.get(
+            parse_size(size, "size"))
+        if order is None:
+            raise ValueError(f"no hugetlb page size {size!r}: use '2MiB' or '1GiB'")
+        have = self.alloc.hugetlb_total[order]
+        if count > have:
+            self.alloc.reserve_hugetlb(order, count - have)
+        return self.alloc.hugetlb_total[order]
+
+    # -- file systems ----------------------------------------------------------------------
+
+    def fs(self, name: str):
+        """The machine's file system of that type: "ext4", "tmpfs", "hugetlbfs", "dax", ..."""
+        from .fs import filesystems
+        if not self._filesystems:
+            self._filesystems = filesystems(self.mem, self.alloc)
+        try:
+            return self._filesystems[name]
+        except KeyError:
+            raise ValueError(f"no file system {name!r}: choose one of "
+                             f"{sorted(self._filesystems)}") from None
+
+    def _anon_shmem_file(self, size: int):
+        f = self.fs("tmpfs").create(f"anon_shmem.{self.mem.new_mapping_id()}", size)
+        return f
+
+    def _anon_hugetlb_file(self, size: int, order: int):
+        from .fs import hugetlb_file
+        return hugetlb_file(self.mem, self.alloc, size, order)
+
+    # -- processes -------------------------------------------------------------------------
+
+    def spawn(self, name: str = "task", uid: int = 0, caps: set[int] | None = None,
+              rlimit_memlock: int = RLIMIT_DEFAULT_MEMLOCK) -> Process:
+        """A new process with an empty address space (root with CAP_IPC_LOCK by default)."""
+        cred = Cred(uid, {CAP_IPC_LOCK} if caps is None and uid == 0 else set(caps or ()),
+                    rlimit_memlock)
+        mm = MM(self.mem, self.alloc)
+        self.env.mms.append(mm)
+        return self._new_process(name, mm, cred)
+
+    def _new_process(self, name: str, mm: MM, cred: Cred) -> Process:
+        p = Process(self, next(self._pids), name, mm, cred)
+        self.processes[p.pid] = p
+        return p
+
+    def user(self, uid: int) -> UserStruct:
+        return self.users.setdefault(uid, UserStruct(uid))
+
+    # -- checking and inspection -----------------------------------------------------------
+
+    def check(self) -> list[str]:
+        """Every invariant violation right now (empty when the machine is consistent)."""
+        return check_invariants(self.mem, self.env.mms)
+
+    def after_step(self, what: str) -> None:
+        if self.debug:
+            bad = self.check()
+            if bad:
+                raise InvariantViolation(f"after {what}: " + "; ".join(bad))
+
+    def dump_page(self, page: Page, reason: str = "") -> str:
+        """The kernel's dump_page() output for this page, as text."""
+        from .check.dump import dump_page
+        return dump_page(self.mem, page.pfn, reason)
+
+    def page(self, pfn: int) -> Page:
+        return Page(self.mem, pfn)
+
+    def meminfo(self) -> dict[str, int]:
+        """A few /proc/meminfo lines, in kB."""
+        a = self.alloc
+        return {"MemTotal": self.mem.nr_pages * 4, "MemFree": a.nr_free_pages() * 4,
+                "HugePages_Total": a.hugetlb_total[PMD_ORDER],
+                "HugePages_Free": a.hugetlb_free_count(PMD_ORDER)}
+
+
+class Process:
+    """A task with an mm: the system calls, CPU access, and (with gup/) pinning calls."""
+
+    def __init__(self, kernel: Kernel, pid: int, comm: str, mm: MM, cred: Cred) -> None:
+        self.kernel = kernel
+        self.pid = pid
+        self.comm = comm
+        self.mm = mm
+        self.cred = cred
+        self.alive = True
+
+    def __repr__(self) -> str:
+        return f"<Process {self.pid} {self.comm}{'' if self.alive else ' (exited)'}>"
+
+    def _live(self) -> None:
+        if not self.alive:
+            raise ProcessLookupError(f"process {self.pid} ({self.comm}) has exited")
+
+    def _step(self, what: str, fn, *args):
+        self._live()
+        result = fn(*args)
+        self.kernel.after_step(what)
+        return result
+
+    @property
+    def _env(self) -> MMEnv:
+        return self.kernel.env
+
+    # -- memory system calls ---------------------------------------------------------------
+
+    def mmap(self, addr: int, length: int, prot: int, flags: int, fd=None,
+             offset: int = 0) -> int:
+        """mmap(2): returns the address, raises OSError(errno) as Linux would."""
+        return self._step("mmap", sc.do_mmap, self._env, self.mm, self.cred, addr, length,
+                          prot, flags, fd, offset)
+
+    def munmap(self, addr: int, length: int) -> None:
+        self._step("munmap", sc.do_munmap, self._env, self.mm, addr, length)
+
+    def mprotect(self, addr: int, length: int, prot: int) -> None:
+        self._step("mprotect", sc.do_mprotect, self._env, self.mm, addr, length, prot)
+
+    def madvise(self, addr: int, length: int, advice: int) -> None:
+        self._step("madvise", sc.do_madvise, self._env, self.mm, addr, length, advice)
+
+    def mremap(self, old_addr: int, old_size: int, new_size: int, flags: int = 0,
+               new_addr: int = 0) -> int:
+        return self._step("mremap", sc.do_mremap, self._env, self.mm, old_addr, old_size,
+                          new_size, flags, new_addr)
+
+    def mlock(self, addr: int, length: int, flags: int = 0) -> None:
+        self._step("mlock", sc.do_mlock, self._env, self.mm, self.cred, addr, length, flags)
+
+    def munlock(self, addr: int, length: int) -> None:
+        self._step("munlock", sc.do_munlock, self._env, self.mm, addr, length)
+
+    def memfd_create(self, name: str, flags: int = 0):
+        """memfd_create(2): an anonymous tmpfs (or, with MFD_HUGETLB, hugetlbfs) file."""
+        from .fs import memfd_create
+        self._live()
+        return memfd_create(self.kernel.fs("tmpfs"), self.kernel.fs("hugetlbfs"), name, flags)
+
+    # -- CPU access ------------------------------------------------------------------------
+
+    def read(self, addr: int, n: int) -> bytes:
+        """Load `n` bytes at `addr` through the page tables, faulting as the CPU would."""
+        return self._step("read", access_read, self._env, self.mm, addr, n)
+
+    def write(self, addr: int, data: bytes) -> None:
+        """Store `data` at `addr` through the page tables, faulting as the CPU would."""
+        self._step("write", access_write, self._env, self.mm, addr, bytes(data))
+
+    # -- lifetime --------------------------------------------------------------------------
+
+    def fork(self, name: str | None = None) -> Process:
+        """fork(2): a child whose address space is a copy-on-write copy of this one."""
+        self._live()
+        child_mm = dup_mm(self._env, self.mm)
+        child = self.kernel._new_process(name or self.comm, child_mm,
+                                         Cred(self.cred.uid, set(self.cred.caps),
+                                              self.cred.rlimit_memlock))
+        self.kernel.after_step("fork")
+        return child
+
+    def exit(self) -> None:
+        """exit(2): the address space is torn down; pinned pages stay until unpinned."""
+        self._live()
+        exit_mmap(self._env, self.mm)
+        self.alive = False
+        self.kernel.after_step("exit")
+
+    # -- /proc -----------------------------------------------------------------------------
+
+    def proc_status(self) -> dict[str, int]:
+        """The memory lines of /proc/<pid>/status, in kB, as the kernel computes them."""
+        mm = self.mm
+        kb = PAGE_SIZE // 1024
+        return {
+            "VmSize": mm.total_vm() * kb,
+            "VmLck": mm.locked_vm * kb,
+            "VmPin": mm.pinned_vm * kb,
+            "VmRSS": mm.rss.total() * kb,
+            "RssAnon": mm.rss.anon * kb,
+            "RssFile": mm.rss.file * kb,
+            "RssShmem": mm.rss.shmem * kb,
+        }

@@ -1,0 +1,261 @@
+"""The page allocator: a buddy allocator per zone, the CMA area, and the hugetlb pool.
+
+Each region (ZONE_NORMAL without CMA, the CMA area, ZONE_MOVABLE) is a buddy allocator
+whose untouched part above a high-water mark counts as free MAX_PAGE_ORDER blocks, so
+a huge machine costs nothing until it is used and frames are handed out from the
+bottom up. Allocation honours the request's kind as the kernel's GFP flags do:
+movable allocations (user pages) may land in ZONE_MOVABLE and in CMA pageblocks,
+unmovable ones (kernel memory, and every allocation made while PF_MEMALLOC_PIN is set)
+only in ZONE_NORMAL outside CMA.
+
+Simplification: the kernel only borrows CMA for movable allocations when CMA holds
+more than half the free memory; the model tries ZONE_MOVABLE, then CMA, then
+ZONE_NORMAL, so that a machine configured with CMA deterministically exercises it.
+"""
+
+from __future__ import annotations
+
+import heapq
+
+import numpy as np
+
+from ..constants import MAX_PAGE_ORDER, PAGE_SIZE, PMD_ORDER, PUD_ORDER
+from .memmap import PG, Kind, MemMap
+
+
+class OutOfMemory(Exception):
+    """No free block could satisfy an allocation (the caller turns it into -ENOMEM/SIGBUS)."""
+
+
+class BuddyRegion:
+    """A buddy allocator over PFNs [start, end) with absolute (PFN-aligned) buddies."""
+
+    def __init__(self, name: str, start: int, end: int) -> None:
+        self.name = name
+        self.start = start
+        self.end = end
+        self.top = start               # frames at and above `top` were never handed out
+        self.nr_free = end - start
+        self.free: list[set[int]] = [set() for _ in range(MAX_PAGE_ORDER + 1)]
+        self._heap: list[list[int]] = [[] for _ in range(MAX_PAGE_ORDER + 1)]
+
+    def _push(self, pfn: int, order: int) -> None:
+        self.free[order].add(pfn)
+        heapq.heappush(self._heap[order], pfn)
+
+    def _pop_lowest(self, order: int) -> int | None:
+        heap, live = self._heap[order], self.free[order]
+        while heap:
+            pfn = heapq.heappop(heap)
+            if pfn in live:
+                live.remove(pfn)
+                return pfn
+        return None
+
+    def alloc(self, order: int) -> int | None:
+        """Lowest free block of 2**order frames, split from a larger one if need be."""
+        if order > MAX_PAGE_ORDER:
+            pfn = self._carve(order)
+        else:
+            pfn, o = None, order
+            for o in range(order, MAX_PAGE_ORDER + 1):
+                pfn = self._pop_lowest(o)
+                if pfn is not None:
+                    break
+            if pfn is None:
+                pfn, o = self._carve(MAX_PAGE_ORDER), MAX_PAGE_ORDER
+            if pfn is None:
+                return None
+            while o > order:
+                o -= 1
+                self._push(pfn + (1 << o), o)
+        if pfn is not None:
+            self.nr_free -= 1 << order
+        return pfn
+
+    def _carve(self, order: int) -> int | None:
+        """Take a fresh aligned block of 2**order frames from above the high-water mark."""
+        size = 1 << order
+        pfn = -(-self.top // size) * size
+        if pfn + size > self.end:
+            return None
+        gap = self.top
+        while gap < pfn:  # frames skipped for alignment become free blocks
+            o = min(MAX_PAGE_ORDER, (gap & -gap).bit_length() - 1) if gap else MAX_PAGE_ORDER
+            while gap + (1 << o) > pfn:
+                o -= 1
+            self._push(gap, o)
+            gap += 1 << o
+        self.top = pfn + size
+        return pfn
+
+    def release(self, pfn: int, order: int) -> None:
+        """Free a block, merging with its buddy as far as possible."""
+        if order > MAX_PAGE_ORDER:
+            for sub in range(pfn, pfn + (1 << order), 1 << MAX_PAGE_ORDER):
+                self.release(sub, MAX_PAGE_ORDER)
+            return
+        self.nr_free += 1 << order
+        while order < MAX_PAGE_ORDER:
+            buddy = pfn ^ (1 << order)
+            if buddy not in self.free[order]:
+                break
+            self.free[order].remove(buddy)
+            pfn = min(pfn, buddy)
+            order += 1
+        self._push(pfn, order)
+
+
+class Allocator:
+    """alloc_pages()/free of folios over the zones of one MemMap, with a hugetlb pool."""
+
+    def __init__(self, mem: MemMap) -> None:
+        self.mem = mem
+        self.normal = BuddyRegion("Normal", 0, mem.cma_start)
+        self.cma = BuddyRegion("CMA", mem.cma_start, mem.cma_end)
+        self.movable = BuddyRegion("Movable", mem.movable_start, mem.nr_pages)
+        self.hugetlb_free: dict[int, list[int]] = {PMD_ORDER: [], PUD_ORDER: []}
+        self.hugetlb_total: dict[int, int] = {PMD_ORDER: 0, PUD_ORDER: 0}
+
+    def regions(self, movable: bool) -> list[BuddyRegion]:
+        return [self.movable, self.cma, self.normal] if movable else [self.normal]
+
+    def nr_free_pages(self) -> int:
+        return self.normal.nr_free + self.cma.nr_free + self.movable.nr_free
+
+    def alloc_frames(self, order: int, movable: bool) -> int:
+        """Return the first PFN of 2**order free frames, or raise OutOfMemory."""
+        for region in self.regions(movable):
+            pfn = region.alloc(order)
+            if pfn is not None:
+                return pfn
+        raise OutOfMemory(f"no free block of order {order} "
+                          f"({'movable' if movable else 'unmovable'} allocation)")
+
+    def region_of(self, pfn: int) -> BuddyRegion:
+        if pfn >= self.movable.start:
+            return self.movable
+        return self.cma if pfn >= self.cma.start else self.normal
+
+    # -- folios ------------------------------------------------------------------------
+
+    def alloc_folio(self, order: int, kind: Kind, movable: bool = True, mapping: int = 0,
+                    index: int = 0) -> int:
+        """folio_alloc(): a folio with refcount 1, zeroed contents; returns its head PFN."""
+        pfn = self.alloc_frames(order, movable)
+        self.prep_folio(pfn, order, kind, mapping, index)
+        return pfn
+
+    def prep_folio(self, pfn: int, order: int, kind: Kind, mapping: int = 0, index: int = 0,
+                   extra_flags: int = 0) -> None:
+        mem = self.mem
+        n = 1 << order
+        sl = slice(pfn, pfn + n)
+        mem.head_off[sl] = np.arange(n, dtype=np.uint32)
+        mem.flags[sl] = 0
+        mem.mapcount[sl] = 0
+        mem.refcount[sl] = 0
+        mem.refcount[pfn] = 1
+        mem.order[pfn] = order
+        mem.kind[pfn] = kind
+        mem.mapping[pfn] = mapping
+        mem.index[pfn] = index
+        mem.pincount[pfn] = 0
+        mem.entire_mapcount[pfn] = 0
+        mem.flags[pfn] = (PG.head if order else 0) | extra_flags
+        mem.clear_frames(pfn, n)
+
+    def free_folio(self, head: int) -> None:
+        """Return a folio whose refcount reached 0 to the buddy lists or the hugetlb pool."""
+        mem = self.mem
+        order = int(mem.order[head])
+        n = 1 << order
+        mem.warnings.warn_on_once(bool(mem.mapcount[head:head + n].any())
+                                  or bool(mem.entire_mapcount[head]),
+                                  "free_pages_prepare: bad page state",
+                                  f"freeing folio {head:#x} that is still mapped")
+        hugetlb = mem.test(head, PG.hugetlb)
+        sl = slice(head, head + n)
+        mem.clear_frames(head, n)
+        for arr in (mem.flags, mem.head_off, mem.mapping, mem.index, mem.private, mem.kind,
+                    mem.order, mem.pincount, mem.entire_mapcount, mem.mapcount):
+            arr[sl] = 0
+        mem.refcount[sl] = 0
+        mem.vmstat["pgfree"] += n
+        if hugetlb:
+            mem.order[head] = order
+            mem.flags[head] = PG.hugetlb
+            self.hugetlb_free[order].append(head)
+            return
+        self.region_of(head).release(head, order)
+
+    # -- hugetlb pool ------------------------------------------------------------------
+
+    def reserve_hugetlb(self, order: int, count: int) -> int:
+        """Set the pool size of one huge page size (vm.nr_hugepages); returns pages reserved."""
+        got = 0
+        for _ in range(count):
+            try:
+                pfn = self.alloc_frames(order, movable=False)
+            except OutOfMemory:
+                break
+            self.mem.order[pfn] = order
+            self.mem.flags[pfn] = PG.hugetlb
+            self.hugetlb_free[order].append(pfn)
+            self.hugetlb_total[order] += 1
+            got += 1
+        return got
+
+    def alloc_hugetlb_folio(self, order: int, kind: Kind, mapping: int = 0, index: int = 0) -> int:
+        pool = self.hugetlb_free.get(order)
+        if not pool:
+            raise OutOfMemory(f"hugetlb pool of {(PAGE_SIZE << order) >> 20} MiB pages is empty: "
+                              "raise nr_hugepages")
+        pool.sort()
+        pfn = pool.pop(0)
+        self.prep_folio(pfn, order, kind, mapping, index, extra_flags=PG.hugetlb)
+        return pfn
+
+    def hugetlb_free_count(self, order: int) -> int:
+        return len(self.hugetlb_free.get(order, []))
+
+    # -- bulk ----------------------------------------------------------------------------
+
+    def alloc_bulk_order0(self, n: int, kind: Kind, movable: bool, mapping: int,
+                          index: np.ndarray) -> np.ndarray:
+        """Allocate up to `n` order-0 folios at once (fewer if memory runs out).
+
+        alloc_pages_bulk(): whole MAX_PAGE_ORDER blocks are taken while they last, so a
+        1 GiB populate costs a few hundred allocator calls, then prepared as arrays.
+        """
+        got: list[np.ndarray] = []
+        need = n
+        block = 1 << MAX_PAGE_ORDER
+        for region in self.regions(movable):
+            while need >= block:
+                pfn = region.alloc(MAX_PAGE_ORDER)
+                if pfn is None:
+                    break
+                got.append(np.arange(pfn, pfn + block, dtype=np.int64))
+                need -= block
+            while need > 0:
+                pfn = region.alloc(0)
+                if pfn is None:
+                    break
+                got.append(np.array([pfn], dtype=np.int64))
+                need -= 1
+            if need == 0:
+                break
+        pfns = np.concatenate(got) if got else np.zeros(0, dtype=np.int64)
+        mem = self.mem
+        mem.head_off[pfns] = 0
+        mem.flags[pfns] = 0
+        mem.mapcount[pfns] = 0
+        mem.entire_mapcount[pfns] = 0
+        mem.pincount[pfns] = 0
+        mem.refcount[pfns] = 1
+        mem.order[pfns] = 0
+        mem.kind[pfns] = kind
+        mem.mapping[pfns] = mapping
+        mem.index[pfns] = index[:len(pfns)]
+        return pfns

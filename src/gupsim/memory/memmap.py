@@ -1,0 +1,186 @@
+"""The model's `mem_map`: the state of every page frame, as numpy arrays indexed by PFN.
+
+Structure of arrays rather than one object per page, so that bulk work on a range (the
+GUP-fast walk, unpinning a 1 GiB buffer, fork of a large address space) is a handful of
+vectorised numpy operations. The arrays are created with `np.zeros`, which reserves
+address space without touching it: the host backs only the parts of the arrays that
+the scenario touches, and the allocator hands out frames from the bottom of each zone,
+so a `Kernel(memory="1TiB")` costs a few MiB until it is used (the kernel's sparse
+sections, achieved through the host's demand paging).
+
+Conventions (simplifications of `struct page` are noted where they matter):
+
+* Folio-wide fields (`refcount`, `pincount`, `entire_mapcount`, `order`, `kind`,
+  `mapping`, `index`) live on the head PFN; tails hold 0 there.
+* `mapcount[pfn]` counts the PTE mappings of that page (the kernel stores it minus one).
+* `head_off[pfn]` is the page's distance from its folio head (0 for heads and order-0).
+* Page contents live in `content`, a dict from PFN to 4096 bytes, only for pages whose
+  bytes were ever written: a frame with no entry reads as zeros.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from enum import IntEnum
+
+import numpy as np
+
+from ..constants import PAGE_SIZE
+from ..warn import WarnLog
+from .rmap import NoRmap, RmapWalker
+
+
+class PG(IntEnum):
+    """Page flag bits (names as the kernel's PG_* flags; bit numbers are ours)."""
+
+    locked = 1 << 0
+    referenced = 1 << 1
+    uptodate = 1 << 2
+    dirty = 1 << 3
+    lru = 1 << 4
+    head = 1 << 5
+    active = 1 << 6
+    reserved = 1 << 7
+    private = 1 << 8
+    writeback = 1 << 9
+    swapcache = 1 << 10
+    swapbacked = 1 << 11
+    unevictable = 1 << 12
+    mlocked = 1 << 13
+    hwpoison = 1 << 14
+    anon_exclusive = 1 << 15
+    hugetlb = 1 << 16
+    isolated = 1 << 17
+    large_rmappable = 1 << 18
+    reclaim = 1 << 19
+
+
+class Kind(IntEnum):
+    """Who owns a folio: the kernel's folio_test_anon(), shmem_mapping(), ... in one field."""
+
+    FREE = 0
+    ANON = 1
+    FILE = 2          # page cache of a regular (dirty-tracking) file system
+    SHMEM = 3         # tmpfs, memfd, MAP_SHARED|MAP_ANONYMOUS
+    HUGETLBFS = 4     # page cache of hugetlbfs (including MFD_HUGETLB memfds)
+    ZERO = 5          # the shared zero page
+    HUGE_ZERO = 6     # the huge zero folio
+    SECRETMEM = 7
+    FSDAX = 8         # a DAX device's block, mapped without page cache
+    KSM = 9
+    RESERVED = 10     # kernel-owned (vsyscall gate page, page tables, ...)
+
+
+class Zone(IntEnum):
+    NORMAL = 0
+    MOVABLE = 1
+
+
+class MigrateType(IntEnum):
+    MOVABLE = 0
+    CMA = 1
+    ISOLATE = 2
+
+
+class MemMap:
+    """Page-frame state for one machine: arrays by PFN, plus the zone layout.
+
+    Physical layout (PFN ranges): ZONE_NORMAL is [0, movable_start), its top `cma_pages`
+    form the CMA area, and ZONE_MOVABLE is [movable_start, nr_pages).
+    """
+
+    def __init__(self, nr_pages: int, movable_pages: int = 0, cma_pages: int = 0,
+                 warnings: WarnLog | None = None) -> None:
+        if movable_pages + cma_pages > nr_pages:
+            raise ValueError("movable plus cma memory exceeds the machine's memory: lower them")
+        self.nr_pages = nr_pages
+        self.movable_start = nr_pages - movable_pages
+        self.cma_start = self.movable_start - cma_pages
+        self.cma_end = self.movable_start
+        n = nr_pages
+        self.refcount = np.zeros(n, dtype=np.int64)
+        self.mapcount = np.zeros(n, dtype=np.int32)
+        self.entire_mapcount = np.zeros(n, dtype=np.int32)
+        self.pincount = np.zeros(n, dtype=np.int32)
+        self.flags = np.zeros(n, dtype=np.uint32)
+        self.head_off = np.zeros(n, dtype=np.uint32)
+        self.order = np.zeros(n, dtype=np.int8)
+        self.kind = np.zeros(n, dtype=np.int8)
+        self.mapping = np.zeros(n, dtype=np.int32)
+        self.index = np.zeros(n, dtype=np.int64)
+        self.private = np.zeros(n, dtype=np.int64)
+        self.content: dict[int, bytearray] = {}
+        self.vmstat: Counter[str] = Counter()
+        self.warnings = warnings if warnings is not None else WarnLog()
+        self.rmap: RmapWalker = NoRmap()
+        self._next_mapping_id = 1
+        self.zero_pfn = -1          # the shared zero page, set when the machine boots
+        self.huge_zero_pfn = -1
+
+    def new_mapping_id(self) -> int:
+        """A fresh identifier for an address_space or anon_vma (stored in `mapping`)."""
+        self._next_mapping_id += 1
+        return self._next_mapping_id
+
+    # -- derived attributes ------------------------------------------------------------
+
+    def head_of(self, pfn: int | np.ndarray) -> int | np.ndarray:
+        """The folio head of a page (vectorised): the kernel's page_folio()."""
+        return pfn - self.head_off[pfn]
+
+    def zone_of(self, pfn: int | np.ndarray) -> Zone | np.ndarray:
+        if isinstance(pfn, np.ndarray):
+            return (pfn >= self.movable_start).astype(np.int8)
+        return Zone.MOVABLE if pfn >= self.movable_start else Zone.NORMAL
+
+    def is_cma(self, pfn: int | np.ndarray) -> bool | np.ndarray:
+        """True if the pageblock of `pfn` has migratetype MIGRATE_CMA."""
+        return (pfn >= self.cma_start) & (pfn < self.cma_end)
+
+    def test(self, pfn: int, flag: PG) -> bool:
+        return bool(self.flags[pfn] & flag)
+
+    def set_flag(self, pfn: int | np.ndarray, flag: PG) -> None:
+        self.flags[pfn] |= np.uint32(flag)
+
+    def clear_flag(self, pfn: int | np.ndarray, flag: PG) -> None:
+        self.flags[pfn] &= np.uint32(~flag & 0xFFFFFFFF)
+
+    def nr_pages_of(self, head: int) -> int:
+        return 1 << int(self.order[head])
+
+    def has_pincount(self, head: int | np.ndarray) -> bool | np.ndarray:
+        """folio_has_pincount() on 64-bit: every large folio keeps an exact `_pincount`."""
+        return self.order[head] > 0
+
+    # -- contents ----------------------------------------------------------------------
+
+    def read(self, pfn: int, offset: int, n: int) -> bytes:
+        data = self.content.get(pfn)
+        if data is None:
+            return bytes(n)
+        return bytes(data[offset:offset + n])
+
+    def write(self, pfn: int, offset: int, data: bytes) -> None:
+        buf = self.content.get(pfn)
+        if buf is None:
+            if not any(data):
+                return  # writing zeros to a zero frame stores nothing
+            buf = self.content[pfn] = bytearray(PAGE_SIZE)
+        buf[offset:offset + len(data)] = data
+
+    def copy_frames(self, dst: int, src: int, nr: int) -> None:
+        """copy_highpage() over `nr` consecutive frames."""
+        for i in range(nr):
+            data = self.content.get(src + i)
+            if data is None:
+                self.content.pop(dst + i, None)
+            else:
+                self.content[dst + i] = bytearray(data)
+
+    def clear_frames(self, pfn: int, nr: int) -> None:
+        for i in range(nr):
+            self.content.pop(pfn + i, None)
+
+    def stored_bytes(self) -> int:
+        return len(self.content) * PAGE_SIZE

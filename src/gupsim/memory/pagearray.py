@@ -1,0 +1,81 @@
+"""`PageArray`: the `struct page **pages` of bulk callers, backed by a numpy array of PFNs.
+
+GUP fills a Python list with `Page` views one by one, which is fine for a few pages;
+for a 1 GiB buffer the caller passes a `PageArray`, and GUP and unpin work on the PFN
+array directly with no per-page Python. Entry -1 is a NULL pointer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+
+from .memmap import MemMap
+from .page import Page
+
+NULL = -1
+
+
+class PageArray:
+    """A fixed-capacity array of page pointers (PFNs), sliceable without copying."""
+
+    def __init__(self, capacity: int | np.ndarray, mem: MemMap | None = None) -> None:
+        if isinstance(capacity, np.ndarray):
+            self.pfns = capacity
+        else:
+            if capacity < 0:
+                raise ValueError(f"PageArray capacity must be >= 0, got {capacity}")
+            self.pfns = np.full(int(capacity), NULL, dtype=np.int64)
+        self.mem = mem
+
+    def __len__(self) -> int:
+        return len(self.pfns)
+
+    def __getitem__(self, i: int | slice) -> Page | None | PageArray:
+        if isinstance(i, slice):
+            return PageArray(self.pfns[i], self.mem)
+        pfn = int(self.pfns[i])
+        if pfn == NULL:
+            return None
+        if self.mem is None:
+            raise RuntimeError("PageArray entry has no machine: it was never filled by GUP")
+        return Page(self.mem, pfn)
+
+    def __setitem__(self, i: int, page: Page | None) -> None:
+        if page is None:
+            self.pfns[i] = NULL
+        else:
+            self.mem = page.mem
+            self.pfns[i] = page.pfn
+
+    def __iter__(self) -> Iterator[Page | None]:
+        for i in range(len(self)):
+            yield self[i]
+
+    def __repr__(self) -> str:
+        filled = int((self.pfns != NULL).sum())
+        return f"<PageArray {filled}/{len(self)} filled>"
+
+
+def pfns_of(pages: list[Page | None] | PageArray, n: int | None = None) -> np.ndarray:
+    """The first `n` entries of a pages array as PFNs (NULL as -1), without copying a PageArray."""
+    if isinstance(pages, PageArray):
+        return pages.pfns[:n] if n is not None else pages.pfns
+    seq = pages if n is None else pages[:n]
+    return np.fromiter((NULL if p is None else p.pfn for p in seq), dtype=np.int64,
+                       count=len(seq))
+
+
+def store_pfns(pages: list[Page | None] | PageArray, at: int, pfns: np.ndarray,
+               mem: MemMap) -> None:
+    """Write PFNs into a caller's pages array starting at index `at` (lists grow as needed)."""
+    if isinstance(pages, PageArray):
+        pages.mem = mem
+        pages.pfns[at:at + len(pfns)] = pfns
+        return
+    end = at + len(pfns)
+    if len(pages) < end:
+        pages.extend([None] * (end - len(pages)))
+    for j, pfn in enumerate(pfns.tolist()):
+        pages[at + j] = Page(mem, pfn)

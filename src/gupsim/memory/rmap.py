@@ -1,0 +1,54 @@
+"""The reverse-map hook: how memory-level code reaches the page tables that map a folio.
+
+Migration (here) and writeback (in `fs/`) must find and change every PTE that maps a
+folio, but page tables belong to `mm/`, which sits beside them, not below. As the
+kernel does with `rmap_walk()`, the lower layers call through this interface and `mm/`
+installs the implementation on the MemMap when the machine is built.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+
+class RmapWalker(Protocol):
+    def mkclean(self, head: int) -> int:
+        """page_mkclean(): write-protect and clean every PTE mapping the folio; return how many."""
+        ...
+
+    def try_to_unmap(self, head: int) -> bool:
+        """Unmap the folio everywhere (for swap-out); False if a pinned exclusive page refuses."""
+        ...
+
+    def remap(self, old_heads: np.ndarray, new_heads: np.ndarray) -> None:
+        """Point every PTE of each old folio at the same page of the matching new folio."""
+        ...
+
+    def mapcount_expected_refs(self, head: int) -> int:
+        """References the folio's mappings account for (one per PTE, one per PMD mapping)."""
+        ...
+
+    def unmap_mapping_range(self, mapping: int, first_index: int, last_index: int) -> None:
+        """Zap every PTE that maps file pages [first_index, last_index] of `mapping` (truncate)."""
+        ...
+
+
+class NoRmap:
+    """The walker of a machine with no address spaces yet: nothing maps anything."""
+
+    def mkclean(self, head: int) -> int:
+        return 0
+
+    def try_to_unmap(self, head: int) -> bool:
+        return True
+
+    def remap(self, old_heads: np.ndarray, new_heads: np.ndarray) -> None:
+        return None
+
+    def mapcount_expected_refs(self, head: int) -> int:
+        return 0
+
+    def unmap_mapping_range(self, mapping: int, first_index: int, last_index: int) -> None:
+        return None

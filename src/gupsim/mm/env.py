@@ -1,0 +1,113 @@
+"""Machine-wide settings and services that the address-space code needs.
+
+One `MMEnv` per machine: the page allocator, the THP knobs of
+/sys/kernel/mm/transparent_hugepage/, the swap device, and whether the task on whose
+behalf memory is being allocated is in a PF_MEMALLOC_PIN section.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..constants import PAGE_SIZE, PMD_ORDER
+from ..memory import Allocator, MemMap
+from .file import MappableFile
+
+THP_SETTINGS = ("always", "madvise", "never")
+MTHP_ORDERS = (2, 3, 4, 5, 6, 7, 8, PMD_ORDER)   # 16 KiB .. 2 MiB, as on this machine
+
+
+@dataclass
+class ThpSettings:
+    """transparent_hugepage/enabled, hugepages-<size>kB/enabled and use_zero_page."""
+
+    enabled: str = "madvise"
+    per_order: dict[int, str] = field(default_factory=lambda: {
+        o: ("inherit" if o == PMD_ORDER else "never") for o in MTHP_ORDERS})
+    use_zero_page: bool = True
+
+    def set(self, value: str, size_kb: int | None = None) -> None:
+        """Write a knob the way `echo value > .../enabled` does; ValueError on a bad value."""
+        if size_kb is None:
+            if value not in THP_SETTINGS:
+                raise ValueError(f"transparent_hugepage/enabled takes one of {THP_SETTINGS}, "
+                                 f"not {value!r}")
+            self.enabled = value
+            return
+        order = (size_kb * 1024 // PAGE_SIZE).bit_length() - 1
+        if order not in self.per_order or (PAGE_SIZE << order) != size_kb * 1024:
+            sizes = sorted((PAGE_SIZE << o) // 1024 for o in self.per_order)
+            raise ValueError(f"no THP size of {size_kb} kB: this machine has {sizes} kB")
+        if value not in THP_SETTINGS + ("inherit",):
+            raise ValueError(f"hugepages-{size_kb}kB/enabled takes always, madvise, never or "
+                             f"inherit, not {value!r}")
+        self.per_order[order] = value
+
+    def orders_for(self, madvised: bool, forbidden: bool) -> list[int]:
+        """Folio orders a fault in such a VMA may try, largest first."""
+        if forbidden:
+            return []
+        out = []
+        for order, setting in self.per_order.items():
+            if setting == "inherit":
+                setting = self.enabled
+            if setting == "always" or (setting == "madvise" and madvised):
+                out.append(order)
+        return sorted(out, reverse=True)
+
+
+@dataclass
+class SwapDevice:
+    """A swap area: slots holding page contents (None for a zero page), with use counts."""
+
+    nr_slots: int
+    slots: dict[int, bytes | None] = field(default_factory=dict)
+    counts: dict[int, int] = field(default_factory=dict)
+    next_slot: int = 1
+
+    def alloc(self, data: bytes | None) -> int | None:
+        if len(self.slots) >= self.nr_slots:
+            return None
+        slot = self.next_slot
+        while slot in self.slots:
+            slot += 1
+        self.next_slot = slot + 1
+        self.slots[slot] = data
+        self.counts[slot] = 1
+        return slot
+
+    def dup(self, slots: np.ndarray) -> None:
+        for s in slots.tolist():
+            self.counts[s] += 1
+
+    def free_entries(self, slots: np.ndarray) -> None:
+        for s in slots.tolist():
+            self.counts[s] -= 1
+            if self.counts[s] == 0:
+                del self.counts[s]
+                del self.slots[s]
+
+    def used(self) -> int:
+        return len(self.slots)
+
+
+@dataclass
+class MMEnv:
+    """What mm/ code needs from the machine, gathered so functions take one argument."""
+
+    mem: MemMap
+    alloc: Allocator
+    thp: ThpSettings = field(default_factory=ThpSettings)
+    swap: SwapDevice | None = None
+    memalloc_pin: bool = False          # current task is in a PF_MEMALLOC_PIN section
+    shmem_file: Callable[[int], MappableFile] | None = None  # backs MAP_SHARED|MAP_ANONYMOUS
+    hugetlb_file: Callable[[int, int], MappableFile] | None = None  # (size, order) for MAP_HUGETLB
+    mms: list = field(default_factory=list)   # every live mm, for rmap walks
+
+    @property
+    def movable_alloc(self) -> bool:
+        """User pages are movable unless the current task pins long-term (PF_MEMALLOC_PIN)."""
+        return not self.memalloc_pin

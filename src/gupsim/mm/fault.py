@@ -1,0 +1,419 @@
+"""Page faults: `handle_mm_fault()` and the kernel's per-case handlers in mm/memory.c.
+
+Every fault the CPU or GUP takes comes here and returns 0 or VM_FAULT_* bits, as the
+kernel's handler does; the caller turns those into a signal (CPU) or an errno (GUP).
+"""
+
+from __future__ import annotations
+
+from enum import IntFlag
+
+import numpy as np
+
+from ..constants import EFAULT, PAGE_SHIFT, PMD_ORDER
+from ..memory import PG, Kind, OutOfMemory
+from ..memory.refs import folio_put
+from .env import MMEnv
+from .mm_struct import MM, map_huge, map_pte_range, split_huge_mapping, zap_range
+from .vma import PTE, VM, VMA
+
+
+class FaultFlag(IntFlag):
+    """FAULT_FLAG_* (kernel bit values)."""
+
+    WRITE = 1 << 0
+    MKWRITE = 1 << 1
+    ALLOW_RETRY = 1 << 2
+    RETRY_NOWAIT = 1 << 3
+    KILLABLE = 1 << 4
+    TRIED = 1 << 5
+    USER = 1 << 6
+    REMOTE = 1 << 7
+    INSTRUCTION = 1 << 8
+    INTERRUPTIBLE = 1 << 9
+    UNSHARE = 1 << 10
+
+
+class VMFault(IntFlag):
+    """VM_FAULT_* result bits (kernel values)."""
+
+    OK = 0
+    OOM = 0x000001
+    SIGBUS = 0x000002
+    MAJOR = 0x000004
+    HWPOISON = 0x000010
+    SIGSEGV = 0x000040
+    RETRY = 0x000400
+    ERROR = OOM | SIGBUS | SIGSEGV | HWPOISON
+
+
+def handle_mm_fault(env: MMEnv, mm: MM, vma: VMA, addr: int, flags: FaultFlag) -> VMFault:
+    """Resolve one fault at `addr` in `vma`; the caller re-walks the page table afterwards."""
+    env.mem.vmstat["pgfault"] += 1
+    i = vma.idx(addr)
+    pte = int(vma.pte[i])
+    write = bool(flags & FaultFlag.WRITE)
+    unshare = bool(flags & FaultFlag.UNSHARE)
+    if vma.flags & (VM.PFNMAP | VM.IO):
+        return VMFault.SIGBUS
+    if pte & PTE.MARKER:
+        return VMFault.SIGSEGV
+    if pte & PTE.HWPOISON:
+        return VMFault.HWPOISON
+    if pte & PTE.SWAP:
+        rc = do_swap_page(env, mm, vma, i)
+        if rc or not (write or unshare):
+            return rc
+        pte = int(vma.pte[i])
+    if not pte & PTE.PRESENT:
+        if vma.is_hugetlb:
+            return hugetlb_no_page(env, mm, vma, i, write)
+        if vma.file is None and not vma.is_shared:
+            return do_anonymous_page(env, mm, vma, i, write)
+        return do_fault(env, mm, vma, i, write)
+    if write or unshare:
+        if write and pte & PTE.WRITE:
+            vma.pte[i] |= PTE.DIRTY | PTE.YOUNG
+            return VMFault.OK
+        return do_wp_page(env, mm, vma, i, unshare)
+    vma.pte[i] |= PTE.YOUNG
+    return VMFault.OK
+
+
+# -- anonymous memory ---------------------------------------------------------------------
+
+
+def anon_orders(env: MMEnv, vma: VMA) -> list[int]:
+    """THP orders allowed for anonymous faults in this VMA (hugepage_vma_check())."""
+    if vma.file is not None or vma.is_shared or vma.is_hugetlb:
+        return []
+    return env.thp.orders_for(bool(vma.flags & VM.HUGEPAGE), bool(vma.flags & VM.NOHUGEPAGE))
+
+
+def _huge_slot(vma: VMA, i: int, order: int) -> int | None:
+    """First entry of the naturally aligned 2**order range around entry `i`, if it fits."""
+    n = 1 << order
+    vpfn = (vma.start >> PAGE_SHIFT) + i
+    first = vpfn - vpfn % n - (vma.start >> PAGE_SHIFT)
+    if first < 0 or first + n > vma.nr_pages:
+        return None
+    if vma.pte[first:first + n].any():
+        return None
+    return first
+
+
+def new_anon_folio(env: MMEnv, vma: VMA, order: int, first: int) -> int:
+    """Allocate an anon folio for entries [first, first + 2**order); raises OutOfMemory."""
+    return env.alloc.alloc_folio(order, Kind.ANON, movable=env.movable_alloc,
+                                 mapping=vma.anon_id, index=vma.pgoff + first)
+
+
+def map_new_anon(env: MMEnv, mm: MM, vma: VMA, first: int, head: int, order: int,
+                 writable: bool, huge: bool) -> None:
+    """Map a fresh anon folio exclusive, then hand the allocation reference to the mapping."""
+    mem = env.mem
+    bits = PTE.YOUNG | (PTE.WRITE | PTE.DIRTY if writable else 0)
+    n = 1 << order
+    if huge:
+        map_huge(mm, vma, first, head, order, bits)
+        mem.set_flag(head, PG.anon_exclusive)
+    else:
+        map_pte_range(mm, vma, first, np.arange(head, head + n, dtype=np.int64), bits)
+        mem.set_flag(np.arange(head, head + n), PG.anon_exclusive)
+    mem.set_flag(head, PG.swapbacked | PG.lru)
+    mem.refcount[head] -= 1
+    mem.vmstat["thp_fault_alloc" if order == PMD_ORDER else "pgalloc_anon"] += 1
+
+
+def do_anonymous_page(env: MMEnv, mm: MM, vma: VMA, i: int, write: bool) -> VMFault:
+    mem = env.mem
+    orders = anon_orders(env, vma)
+    if not write:
+        if PMD_ORDER in orders and env.thp.use_zero_page and mem.huge_zero_pfn >= 0:
+            first = _huge_slot(vma, i, PMD_ORDER)
+            if first is not None:
+                map_huge(mm, vma, first, mem.huge_zero_pfn, PMD_ORDER, PTE.SPECIAL | PTE.YOUNG)
+                return VMFault.OK
+        map_pte_range(mm, vma, i, np.array([mem.zero_pfn]), PTE.SPECIAL | PTE.YOUNG)
+        return VMFault.OK
+    writable = bool(vma.flags & VM.WRITE)
+    for order in orders:
+        first = _huge_slot(vma, i, order)
+        if first is None:
+            continue
+        try:
+            head = new_anon_folio(env, vma, order, first)
+        except OutOfMemory:
+            mem.vmstat["thp_fault_fallback"] += 1
+            continue
+        map_new_anon(env, mm, vma, first, head, order, writable, huge=(order == PMD_ORDER))
+        return VMFault.OK
+    try:
+        head = new_anon_folio(env, vma, 0, i)
+    except OutOfMemory:
+        return VMFault.OOM
+    map_new_anon(env, mm, vma, i, head, 0, writable, huge=False)
+    return VMFault.OK
+
+
+def populate_anon_bulk(env: MMEnv, mm: MM, vma: VMA, i0: int, i1: int) -> None:
+    """Write-fault every empty entry of [i0, i1) of a private anonymous VMA in bulk.
+
+    The model's MAP_POPULATE / MADV_POPULATE_WRITE fast path: the same result as one
+    do_anonymous_page() per page, with order-0 folios prepared and mapped as arrays.
+    THP-eligible VMAs go through the per-fault path, which is cheap per 2 MiB.
+    """
+    if anon_orders(env, vma):
+        for i in range(i0, i1):
+            if not vma.pte[i] & PTE.PRESENT:
+                rc = do_anonymous_page(env, mm, vma, i, True)
+                if rc:
+                    return
+        return
+    empty = np.nonzero(vma.pte[i0:i1] == 0)[0] + i0
+    if len(empty) == 0:
+        return
+    heads = env.alloc.alloc_bulk_order0(len(empty), Kind.ANON, env.movable_alloc,
+                                        vma.anon_id, vma.pgoff + empty)
+    writable = bool(vma.flags & VM.WRITE)
+    bits = PTE.YOUNG | (PTE.WRITE | PTE.DIRTY if writable else 0)
+    mem = env.mem
+    got = len(heads)
+    vma.pfn[empty[:got]] = heads
+    vma.pte[empty[:got]] = bits | PTE.PRESENT
+    mem.mapcount[heads] += 1                     # fresh, distinct frames: no repeats
+    mem.flags[heads] |= np.uint32(PG.anon_exclusive | PG.swapbacked | PG.lru)
+    mm.rss.anon += got
+    mem.vmstat["pgalloc_anon"] += got
+    mem.vmstat["pgfault"] += got
+
+
+# -- write-protect faults: COW, reuse and unshare ---------------------------------------
+
+
+def do_wp_page(env: MMEnv, mm: MM, vma: VMA, i: int, unshare: bool) -> VMFault:
+    """A write to a present read-only PTE, or an unshare request (FAULT_FLAG_UNSHARE)."""
+    mem = env.mem
+    pte = int(vma.pte[i])
+    pfn = int(vma.pfn[i])
+    if unshare and not vma.is_cow:
+        return VMFault.OK            # unsharing only applies to COW mappings
+    if pte & (PTE.PMD | PTE.PUD):
+        head = int(mem.head_of(pfn))
+        if (not pte & PTE.SPECIAL and mem.kind[head] == Kind.ANON
+                and not vma.is_hugetlb and _anon_reusable_huge(env, head)):
+            first = i - int(mem.head_off[pfn])
+            n = mem.nr_pages_of(head)
+            mem.set_flag(head, PG.anon_exclusive)
+            if not unshare:
+                vma.pte[first:first + n] |= _mkwrite(vma) | PTE.DIRTY
+            return VMFault.OK
+        if vma.is_hugetlb:
+            return hugetlb_wp(env, mm, vma, i, unshare)
+        split_huge_mapping(mm, vma, i)
+        pte = int(vma.pte[i])
+    if vma.is_shared:
+        return wp_page_shared(env, mm, vma, i)
+    head = int(mem.head_of(pfn))
+    kind = int(mem.kind[head]) if not pte & PTE.SPECIAL else int(mem.kind[pfn])
+    if kind == Kind.ANON and not pte & PTE.SPECIAL:
+        if mem.test(pfn, PG.anon_exclusive) or _anon_reusable(env, head):
+            mem.set_flag(pfn, PG.anon_exclusive)
+            if not unshare:
+                vma.pte[i] |= _mkwrite(vma) | PTE.DIRTY | PTE.YOUNG
+            mem.vmstat["pgreuse"] += 1
+            return VMFault.OK
+    return wp_page_copy(env, mm, vma, i, unshare)
+
+
+def _mkwrite(vma: VMA) -> PTE:
+    """maybe_mkwrite(): the PTE becomes writable only if the VMA is (not under FOLL_FORCE)."""
+    return PTE.WRITE if vma.flags & VM.WRITE else PTE.NONE
+
+
+def _anon_reusable(env: MMEnv, head: int) -> bool:
+    """wp_can_reuse_anon_folio() for small folios: we hold the only reference."""
+    mem = env.mem
+    return (mem.order[head] == 0 and int(mem.refcount[head]) == 1
+            and not mem.test(head, PG.swapcache))
+
+
+def _anon_reusable_huge(env: MMEnv, head: int) -> bool:
+    mem = env.mem
+    return (int(mem.refcount[head]) == 1 and int(mem.entire_mapcount[head]) == 1
+            and mem.test(head, PG.anon_exclusive))
+
+
+def wp_page_copy(env: MMEnv, mm: MM, vma: VMA, i: int, unshare: bool) -> VMFault:
+    """Copy the page into a new exclusive anon page (mapped R/O for an unshare)."""
+    mem = env.mem
+    old = int(vma.pfn[i])
+    try:
+        new = new_anon_folio(env, vma, 0, i)
+    except OutOfMemory:
+        return VMFault.OOM
+    if mem.kind[old] not in (Kind.ZERO, Kind.HUGE_ZERO):
+        mem.copy_frames(new, old, 1)
+    soft = int(vma.pte[i]) & PTE.SOFT_DIRTY
+    zap_range(mm, vma, i, i + 1, env.swap)
+    writable = not unshare and bool(vma.flags & VM.WRITE)
+    bits = PTE.YOUNG | soft | (PTE.WRITE if writable else 0) | (0 if unshare else PTE.DIRTY)
+    map_pte_range(mm, vma, i, np.array([new], dtype=np.int64), bits)
+    mem.set_flag(new, PG.anon_exclusive | PG.swapbacked | PG.lru)
+    mem.refcount[new] -= 1
+    mem.vmstat["cow_fault"] += 1
+    return VMFault.OK
+
+
+def wp_page_shared(env: MMEnv, mm: MM, vma: VMA, i: int) -> VMFault:
+    """Write to a write-protected page of a shared file mapping: notify the fs, then write."""
+    mem = env.mem
+    head = int(mem.head_of(int(vma.pfn[i])))
+    if vma.file is not None and vma.file.needs_writenotify:
+        rc = vma.file.page_mkwrite(head)
+        if rc:
+            return VMFault.SIGBUS
+    mem.set_flag(head, PG.dirty)
+    if vma.pte[i] & (PTE.PMD | PTE.PUD):
+        first = i - int(mem.head_off[int(vma.pfn[i])])
+        vma.pte[first:first + mem.nr_pages_of(head)] |= PTE.WRITE | PTE.DIRTY | PTE.YOUNG
+    else:
+        vma.pte[i] |= PTE.WRITE | PTE.DIRTY | PTE.YOUNG
+    return VMFault.OK
+
+
+# -- file-backed faults -------------------------------------------------------------------
+
+
+def do_fault(env: MMEnv, mm: MM, vma: VMA, i: int, write: bool) -> VMFault:
+    """A fault on an empty entry of a file (or shmem) mapping: read, COW or shared fault."""
+    mem = env.mem
+    f = vma.file
+    if f is None:
+        return VMFault.SIGBUS
+    index = vma.pgoff + i
+    head = f.get_folio(index)
+    if head < 0:
+        return VMFault.SIGBUS if head == -EFAULT else VMFault.OOM
+    pfn = head + (index - int(mem.index[head]))
+    if write and not vma.is_shared:
+        try:
+            new = new_anon_folio(env, vma, 0, i)
+        except OutOfMemory:
+            return VMFault.OOM
+        mem.copy_frames(new, pfn, 1)
+        map_pte_range(mm, vma, i, np.array([new], dtype=np.int64),
+                      PTE.YOUNG | PTE.DIRTY | _mkwrite(vma))
+        mem.set_flag(new, PG.anon_exclusive | PG.swapbacked | PG.lru)
+        mem.refcount[new] -= 1
+        mem.vmstat["cow_fault"] += 1
+        return VMFault.OK
+    bits = PTE.YOUNG
+    if vma.is_shared and vma.flags & VM.WRITE:
+        if write:
+            if f.needs_writenotify and f.page_mkwrite(head):
+                return VMFault.SIGBUS
+            mem.set_flag(head, PG.dirty)
+            bits |= PTE.WRITE | PTE.DIRTY
+        elif not f.needs_writenotify:
+            bits |= PTE.WRITE
+    map_pte_range(mm, vma, i, np.array([pfn], dtype=np.int64), bits)
+    return VMFault.OK
+
+
+# -- hugetlb ------------------------------------------------------------------------------
+
+
+def hugetlb_no_page(env: MMEnv, mm: MM, vma: VMA, i: int, write: bool) -> VMFault:
+    """First touch of a hugetlb page: the file's page (shared) or a private anon huge page."""
+    mem = env.mem
+    order = vma.huge_order
+    n = 1 << order
+    first = i - i % n
+    f = vma.file
+    if vma.is_shared:
+        head = f.get_folio(vma.pgoff + first) if f is not None else -EFAULT
+        if head < 0:
+            return VMFault.SIGBUS
+        bits = PTE.YOUNG | (PTE.WRITE | PTE.DIRTY if vma.flags & VM.WRITE else 0)
+        map_huge(mm, vma, first, head, order, bits)
+        if write:
+            mem.set_flag(head, PG.dirty)
+        return VMFault.OK
+    src = -1
+    if f is not None and getattr(f, "has_folio", None) and f.has_folio(vma.pgoff + first):
+        src = f.get_folio(vma.pgoff + first)
+    try:
+        head = env.alloc.alloc_hugetlb_folio(order, Kind.ANON, vma.anon_id, vma.pgoff + first)
+    except OutOfMemory:
+        return VMFault.SIGBUS
+    if src >= 0:
+        mem.copy_frames(head, src, n)
+        if not write:   # a read of a private hugetlb file page maps the page cache copy
+            env.alloc.free_folio(head)
+            map_huge(mm, vma, first, src, order, PTE.YOUNG)
+            return VMFault.OK
+    map_huge(mm, vma, first, head, order, PTE.YOUNG | PTE.DIRTY | _mkwrite(vma))
+    mem.set_flag(head, PG.anon_exclusive)
+    mem.refcount[head] -= 1
+    return VMFault.OK
+
+
+def hugetlb_wp(env: MMEnv, mm: MM, vma: VMA, i: int, unshare: bool) -> VMFault:
+    """COW or unshare of a private hugetlb page: the whole huge page is copied."""
+    mem = env.mem
+    order = vma.huge_order
+    n = 1 << order
+    first = i - i % n
+    old = int(mem.head_of(int(vma.pfn[first])))
+    if mem.kind[old] == Kind.ANON and (mem.test(old, PG.anon_exclusive)
+                                       or int(mem.refcount[old]) == 1):
+        mem.set_flag(old, PG.anon_exclusive)
+        if not unshare:
+            vma.pte[first:first + n] |= _mkwrite(vma) | PTE.DIRTY
+        return VMFault.OK
+    try:
+        head = env.alloc.alloc_hugetlb_folio(order, Kind.ANON, vma.anon_id, vma.pgoff + first)
+    except OutOfMemory:
+        return VMFault.SIGBUS
+    mem.copy_frames(head, old, n)
+    zap_range(mm, vma, first, first + n, env.swap)
+    bits = PTE.YOUNG | (0 if unshare else PTE.DIRTY | _mkwrite(vma))
+    map_huge(mm, vma, first, head, order, bits)
+    mem.set_flag(head, PG.anon_exclusive)
+    mem.refcount[head] -= 1
+    return VMFault.OK
+
+
+# -- swap ---------------------------------------------------------------------------------
+
+
+def do_swap_page(env: MMEnv, mm: MM, vma: VMA, i: int) -> VMFault:
+    """Swap a page back in (order 0); it stays exclusive if it was when swapped out."""
+    mem = env.mem
+    swap = env.swap
+    slot = int(vma.pfn[i])
+    exclusive = bool(vma.pte[i] & PTE.SWP_EXCLUSIVE)
+    if swap is None or slot not in swap.slots:
+        return VMFault.SIGBUS
+    try:
+        head = new_anon_folio(env, vma, 0, i)
+    except OutOfMemory:
+        return VMFault.OOM
+    data = swap.slots[slot]
+    if data is not None:
+        mem.write(head, 0, data)
+    swap.free_entries(np.array([slot]))
+    vma.pte[i] = 0
+    vma.pfn[i] = 0
+    map_pte_range(mm, vma, i, np.array([head], dtype=np.int64), PTE.YOUNG)
+    mem.set_flag(head, PG.swapbacked | PG.lru)
+    if exclusive:
+        mem.set_flag(head, PG.anon_exclusive)
+    mem.refcount[head] -= 1
+    mem.vmstat["pswpin"] += 1
+    return VMFault.MAJOR
+
+
+def release_folio_ref(env: MMEnv, head: int) -> None:
+    folio_put(env.alloc, head)

@@ -1,0 +1,40 @@
+"""What the address-space layer needs from a file it maps (the kernel's file + vm_ops).
+
+`fs/` implements this protocol; `mm/` only calls it, so neither imports the other.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from ..memory import Kind
+
+
+class MappableFile(Protocol):
+    """A file (or memfd) that `mmap()` can map: its page cache seen from the fault path."""
+
+    inode_id: int          # stored in folio->mapping of its page-cache folios
+    kind: Kind             # FILE (ext4-like), SHMEM, HUGETLBFS, FSDAX or SECRETMEM
+    fs_name: str           # "ext4", "tmpfs", "hugetlbfs", "dax", "secretmem"
+    folio_order: int       # order of the folios it caches (hugetlbfs: 9 or 18; else 0)
+    needs_writenotify: bool  # shared writable mappings are write-protected until page_mkwrite
+    readable: bool         # opened for reading
+    writable: bool         # opened for writing (a shared PROT_WRITE mapping needs it)
+
+    @property
+    def size(self) -> int:
+        """i_size in bytes."""
+        ...
+
+    def get_folio(self, index: int) -> int:
+        """Find or create the page-cache folio holding page `index`; its head PFN or -errno.
+
+        -EFAULT means the index lies beyond end of file (the fault path turns it into
+        SIGBUS), -ENOMEM that no folio could be allocated. The page cache keeps its own
+        reference; the caller takes its own for the mapping.
+        """
+        ...
+
+    def page_mkwrite(self, head: int) -> int:
+        """A shared mapping is about to be written: mark the folio dirty. 0 or -errno."""
+        ...

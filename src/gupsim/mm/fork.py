@@ -1,0 +1,172 @@
+"""fork() and exit(): copying an address space copy-on-write, and tearing one down.
+
+The copy decision for each anonymous page is the kernel's: a page is shared with the
+child (its anon-exclusive bit cleared, both PTEs write-protected) unless its folio may
+be pinned by DMA and the page is exclusive; such a page is copied for the child at once,
+and the parent's mapping stays as it was, so a pin keeps seeing what the parent sees.
+"""
+
+from __future__ import annotations
+
+import errno
+
+import numpy as np
+
+from ..memory import PG, Kind, OutOfMemory
+from ..memory.page import maybe_dma_pinned_pfns
+from .env import MMEnv
+from .mm_struct import MM, MMF, add_rss, split_huge_mapping, zap_vma
+from .vma import PTE, VM, VMA
+
+
+class ForkFailed(OSError):
+    pass
+
+
+def folio_needs_cow_for_dma(env: MMEnv, mm: MM, heads: np.ndarray) -> np.ndarray:
+    """Vectorised folio_needs_cow_for_dma(): the mm ever pinned and the folio may be pinned."""
+    if not mm.flags & MMF.HAS_PINNED:
+        return np.zeros(len(heads), dtype=bool)
+    return maybe_dma_pinned_pfns(env.mem, heads)
+
+
+def vma_needs_copy(vma: VMA) -> bool:
+    """Shared file and shmem mappings are refilled by faults in the child, not copied."""
+    if vma.flags & VM.WIPEONFORK:
+        return False
+    return vma.is_cow or vma.is_hugetlb or bool(vma.flags & (VM.PFNMAP | VM.MIXEDMAP)) \
+        or vma.file is None
+
+
+def dup_mm(env: MMEnv, parent: MM) -> MM:
+    """copy_mm(): the child's address space; raises OSError(ENOMEM) if a copy fails."""
+    child = MM(env.mem, env.alloc)
+    child.flags = parent.flags
+    parent.write_protect_seq += 1          # odd: GUP-fast pins back off
+    try:
+        for vma in parent.vmas:
+            if vma.flags & VM.DONTCOPY:
+                continue
+            cvma = VMA(vma.start, vma.end, vma.flags & ~VM.LOCKED, vma.file, vma.pgoff,
+                       vma.anon_name)
+            cvma.huge_order = vma.huge_order
+            cvma.anon_id = vma.anon_id
+            child.insert_vma(cvma)
+            if vma_needs_copy(vma):
+                copy_page_range(env, parent, child, vma, cvma)
+    except OutOfMemory as e:
+        for vma in child.vmas:
+            zap_vma(child, vma, env.swap)
+        raise ForkFailed(errno.ENOMEM, f"fork: no memory to copy a pinned page ({e})") from e
+    finally:
+        parent.write_protect_seq += 1
+    env.mms.append(child)
+    return child
+
+
+def copy_page_range(env: MMEnv, src_mm: MM, dst_mm: MM, src: VMA, dst: VMA) -> None:
+    mem = env.mem
+    # huge mappings first: pinned exclusive anon THPs are split, the rest shared whole
+    huge = np.nonzero((src.pte & (PTE.PMD | PTE.PUD)) != 0)[0]
+    for i in huge.tolist():
+        if not src.pte[i] & (PTE.PMD | PTE.PUD) or mem.head_off[int(src.pfn[i])] != 0:
+            continue
+        _copy_huge(env, src_mm, dst_mm, src, dst, i)
+    pte = src.pte
+    small = ((pte & PTE.PRESENT) != 0) & ((pte & (PTE.PMD | PTE.PUD)) == 0)
+    special = small & ((pte & PTE.SPECIAL) != 0)
+    dst.pfn[special] = src.pfn[special]
+    dst.pte[special] = src.pte[special]
+    swapped = (pte & PTE.SWAP) != 0
+    if swapped.any():
+        src.pte[swapped] &= np.uint16(~PTE.SWP_EXCLUSIVE & 0xFFFF)
+        dst.pte[swapped] = src.pte[swapped]
+        dst.pfn[swapped] = src.pfn[swapped]
+        env.swap.dup(src.pfn[swapped])
+    poison = (pte & (PTE.HWPOISON | PTE.MARKER)) != 0
+    dst.pte[poison] = src.pte[poison]
+    dst.pfn[poison] = src.pfn[poison]
+    idx = np.nonzero(small & ~special)[0]
+    if len(idx) == 0:
+        return
+    pfns = src.pfn[idx]
+    heads = mem.head_of(pfns)
+    anon = mem.kind[heads] == Kind.ANON
+    excl = (mem.flags[pfns] & np.uint32(PG.anon_exclusive)) != 0
+    copy = anon & excl & folio_needs_cow_for_dma(env, src_mm, heads)
+    share = idx[~copy]
+    if len(share):
+        sp = src.pfn[share]
+        cow = src.is_cow
+        mem.clear_flag(sp[anon[~copy]], PG.anon_exclusive)
+        if cow:
+            src.pte[share] &= np.uint16(~PTE.WRITE & 0xFFFF)
+        dst.pfn[share] = sp
+        dst.pte[share] = src.pte[share]
+        np.add.at(mem.mapcount, sp, 1)
+        np.add.at(mem.refcount, mem.head_of(sp), 1)
+        add_rss(dst_mm, mem.kind[mem.head_of(sp)], +1)
+    for j in idx[copy].tolist():
+        copy_present_page(env, dst_mm, src, dst, j)
+
+
+def copy_present_page(env: MMEnv, dst_mm: MM, src: VMA, dst: VMA, i: int) -> None:
+    """Give the child its own copy of a maybe-pinned exclusive page (writable, dirty)."""
+    mem = env.mem
+    new = env.alloc.alloc_folio(0, Kind.ANON, movable=True, mapping=dst.anon_id,
+                                index=dst.pgoff + i)
+    mem.copy_frames(new, int(src.pfn[i]), 1)
+    bits = PTE.PRESENT | PTE.DIRTY | PTE.YOUNG | (PTE.WRITE if dst.flags & VM.WRITE else 0)
+    dst.pfn[i] = new
+    dst.pte[i] = bits
+    mem.mapcount[new] += 1
+    mem.set_flag(new, PG.anon_exclusive | PG.swapbacked | PG.lru)
+    dst_mm.rss.anon += 1
+    mem.vmstat["fork_copy_pinned"] += 1
+
+
+def _copy_huge(env: MMEnv, src_mm: MM, dst_mm: MM, src: VMA, dst: VMA, i: int) -> None:
+    mem = env.mem
+    pfn = int(src.pfn[i])
+    n = mem.nr_pages_of(pfn) if not src.pte[i] & PTE.SPECIAL else (
+        1 << 9 if src.pte[i] & PTE.PMD else 1 << 18)
+    sl = slice(i, i + n)
+    if src.pte[i] & PTE.SPECIAL:            # huge zero page
+        dst.pfn[sl], dst.pte[sl] = src.pfn[sl], src.pte[sl]
+        return
+    head = pfn
+    anon = mem.kind[head] == Kind.ANON
+    excl = mem.test(head, PG.anon_exclusive)
+    pinned = bool(folio_needs_cow_for_dma(env, src_mm, np.array([head]))[0])
+    if anon and excl and pinned:
+        if src.is_hugetlb:
+            new = env.alloc.alloc_hugetlb_folio(src.huge_order, Kind.ANON, dst.anon_id,
+                                                dst.pgoff + i)
+            mem.copy_frames(new, head, n)
+            dst.pfn[sl] = np.arange(new, new + n)
+            dst.pte[sl] = src.pte[sl] | PTE.DIRTY
+            mem.entire_mapcount[new] += 1
+            mem.set_flag(new, PG.anon_exclusive)
+            dst_mm.rss.anon += n
+            return
+        split_huge_mapping(src_mm, src, i)    # then copied page by page as PTEs
+        return
+    if anon:
+        mem.clear_flag(head, PG.anon_exclusive)
+    if src.is_cow:
+        src.pte[sl] &= np.uint16(~PTE.WRITE & 0xFFFF)
+    dst.pfn[sl], dst.pte[sl] = src.pfn[sl], src.pte[sl]
+    mem.entire_mapcount[head] += 1
+    mem.refcount[head] += 1
+    add_rss(dst_mm, np.full(n, mem.kind[head], dtype=np.int8), +1)
+
+
+def exit_mmap(env: MMEnv, mm: MM) -> None:
+    """Tear down an address space: every mapping is zapped; pinned pages stay allocated."""
+    for vma in list(mm.vmas):
+        zap_vma(mm, vma, env.swap)
+    mm.vmas.clear()
+    mm.locked_vm = 0
+    mm.dead = True
+    if mm in env.mms:
+        env.mms.remove(mm)

@@ -1,0 +1,268 @@
+"""`mm_struct` and the page-table primitives every operation goes through.
+
+All changes to page tables (mapping pages, zapping ranges, splitting a PMD mapping)
+are made by the functions here, so that mapcounts, refcounts and the rss counters stay
+consistent in one place.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+from enum import IntFlag
+
+import numpy as np
+
+from ..constants import PAGE_SHIFT, PMD_ORDER, PUD_ORDER, RLIM_INFINITY
+from ..memory import PG, Allocator, Kind, MemMap
+from ..memory.refs import folio_put_many
+from .vma import PTE, VMA
+
+
+class MMF(IntFlag):
+    HAS_PINNED = 1 << 0     # MMF_HAS_PINNED: some page of this mm was ever pinned
+
+
+@dataclass
+class MMapLock:
+    """mmap_lock state, for assertions about what held it (the model runs one step at a time)."""
+
+    readers: int = 0
+    writer: bool = False
+
+    def held(self) -> bool:
+        return self.writer or self.readers > 0
+
+
+_mm_ids = iter(range(1, 1 << 62))
+
+
+@dataclass
+class RSS:
+    anon: int = 0
+    file: int = 0
+    shmem: int = 0
+
+    def total(self) -> int:
+        return self.anon + self.file + self.shmem
+
+
+@dataclass(eq=False)
+class MM:
+    """An address space: sorted VMAs, counters, and the locks GUP cares about."""
+
+    mem: MemMap
+    alloc: Allocator
+    vmas: list[VMA] = field(default_factory=list)
+    id: int = field(default_factory=lambda: next(_mm_ids))
+    flags: MMF = MMF(0)
+    rss: RSS = field(default_factory=RSS)
+    pinned_vm: int = 0          # pages, charged by long-term pinning users (io_uring, RDMA)
+    locked_vm: int = 0          # pages, mlock() and VM_LOCKED
+    write_protect_seq: int = 0  # odd while fork() write-protects anonymous pages
+    mmap_lock: MMapLock = field(default_factory=MMapLock)
+    users: int = 1
+    dead: bool = False
+
+    # -- VMA lookup ----------------------------------------------------------------------
+
+    def find_vma(self, addr: int) -> VMA | None:
+        """The VMA containing `addr`, or None (unlike the kernel's find_vma, no 'next one')."""
+        i = bisect.bisect_right([v.start for v in self.vmas], addr) - 1
+        if i >= 0 and self.vmas[i].contains(addr):
+            return self.vmas[i]
+        return None
+
+    def vmas_in(self, start: int, end: int) -> list[VMA]:
+        return [v for v in self.vmas if v.start < end and v.end > start]
+
+    def insert_vma(self, vma: VMA) -> None:
+        bisect.insort(self.vmas, vma, key=lambda v: v.start)
+
+    def split_at(self, addr: int) -> None:
+        """Make `addr` a VMA boundary (splitting PMD mappings that straddle it)."""
+        vma = self.find_vma(addr)
+        if vma is None or vma.start == addr:
+            return
+        split_pmds_across(self, vma, vma.idx(addr))
+        tail = vma.split(addr)
+        self.insert_vma(tail)
+
+    def total_vm(self) -> int:
+        return sum(v.nr_pages for v in self.vmas)
+
+
+# -- mapping and unmapping ---------------------------------------------------------------
+
+
+def rss_kind(kind: int) -> str:
+    if kind in (Kind.ANON, Kind.KSM):
+        return "anon"
+    if kind in (Kind.SHMEM, Kind.HUGETLBFS):
+        return "shmem"
+    return "file"
+
+
+def add_rss(mm: MM, kinds: np.ndarray, sign: int) -> None:
+    if len(kinds) == 0:
+        return
+    counts = np.bincount(kinds.astype(np.int64), minlength=len(Kind))
+    anon = int(counts[Kind.ANON] + counts[Kind.KSM])
+    shmem = int(counts[Kind.SHMEM] + counts[Kind.HUGETLBFS])
+    file = int(counts[Kind.FILE] + counts[Kind.FSDAX] + counts[Kind.SECRETMEM])
+    mm.rss.anon += sign * anon
+    mm.rss.shmem += sign * shmem
+    mm.rss.file += sign * file
+
+
+def map_pte_range(mm: MM, vma: VMA, i0: int, pfns: np.ndarray, bits: int) -> None:
+    """Install PTEs for consecutive entries from `i0`: +1 mapcount per page, +1 ref per PTE.
+
+    The caller has already taken care that the entries are none (or zapped them).
+    """
+    n = len(pfns)
+    mem = mm.mem
+    vma.pfn[i0:i0 + n] = pfns
+    vma.pte[i0:i0 + n] = bits | PTE.PRESENT
+    if bits & PTE.SPECIAL:
+        return
+    np.add.at(mem.mapcount, pfns, 1)
+    heads = mem.head_of(pfns)
+    np.add.at(mem.refcount, heads, 1)
+    add_rss(mm, mem.kind[heads], +1)
+
+
+def map_huge(mm: MM, vma: VMA, i0: int, head: int, order: int, bits: int) -> None:
+    """Install one PMD (order 9) or PUD (order 18) mapping of the folio at `head`."""
+    n = 1 << order
+    mem = mm.mem
+    level = PTE.PMD if order == PMD_ORDER else PTE.PUD
+    vma.pfn[i0:i0 + n] = np.arange(head, head + n, dtype=np.int64)
+    vma.pte[i0:i0 + n] = bits | PTE.PRESENT | level
+    if bits & PTE.SPECIAL:
+        return
+    mem.entire_mapcount[head] += 1
+    mem.refcount[head] += 1
+    kind = int(mem.kind[head])
+    setattr(mm.rss, rss_kind(kind), getattr(mm.rss, rss_kind(kind)) + n)
+
+
+def split_huge_mapping(mm: MM, vma: VMA, i: int) -> None:
+    """Turn the PMD/PUD mapping covering entry `i` into PTE mappings (the folio stays whole).
+
+    The kernel's __split_huge_pmd(): the mapping's one reference and entire mapcount
+    become one reference and one mapcount per page, and a PMD-mapped anon folio's
+    exclusive bit (kept on the head) is copied to every page.
+    """
+    bits = int(vma.pte[i])
+    if not bits & (PTE.PMD | PTE.PUD):
+        return
+    order = PMD_ORDER if bits & PTE.PMD else PUD_ORDER
+    n = 1 << order
+    i0 = i - ((vma.start >> PAGE_SHIFT) + i) % n
+    i0 = max(i0, 0)
+    sl = slice(i0, i0 + n)
+    vma.pte[sl] &= np.uint16(~(PTE.PMD | PTE.PUD) & 0xFFFF)
+    if bits & PTE.SPECIAL:
+        if mm.mem.kind[int(vma.pfn[i0])] == Kind.HUGE_ZERO:
+            vma.pfn[sl] = mm.mem.zero_pfn   # the huge zero page becomes small zero-page PTEs
+        return
+    mem = mm.mem
+    head = int(mem.head_of(int(vma.pfn[i0])))
+    mem.entire_mapcount[head] -= 1
+    mem.mapcount[head:head + n] += 1
+    mem.refcount[head] += n - 1
+    if mem.test(head, PG.anon_exclusive) and mem.kind[head] in (Kind.ANON, Kind.KSM):
+        mem.set_flag(np.arange(head, head + n), PG.anon_exclusive)
+
+
+def split_pmds_across(mm: MM, vma: VMA, i: int) -> None:
+    """Split a huge mapping that entry `i` starts inside of (a boundary falls in it)."""
+    if 0 <= i < vma.nr_pages and vma.pte[i] & (PTE.PMD | PTE.PUD):
+        head_entry = i - ((vma.start >> PAGE_SHIFT) + i) % (
+            1 << (PMD_ORDER if vma.pte[i] & PTE.PMD else PUD_ORDER))
+        if head_entry != i:
+            split_huge_mapping(mm, vma, i)
+    if 0 < i <= vma.nr_pages and vma.pte[i - 1] & (PTE.PMD | PTE.PUD):
+        order = PMD_ORDER if vma.pte[i - 1] & PTE.PMD else PUD_ORDER
+        if ((vma.start >> PAGE_SHIFT) + i) % (1 << order):
+            split_huge_mapping(mm, vma, i - 1)
+
+
+def zap_range(mm: MM, vma: VMA, i0: int, i1: int, swap=None) -> None:
+    """Unmap entries [i0, i1) of a VMA: drop mapcounts and references, free what is unused.
+
+    Huge mappings that the range only partly covers are split first, as zap_pmd_range()
+    does. Swap entries give back their swap slot reference.
+    """
+    if i0 >= i1:
+        return
+    split_pmds_across(mm, vma, i0)
+    split_pmds_across(mm, vma, i1)
+    mem = mm.mem
+    pte = vma.pte[i0:i1]
+    pfn = vma.pfn[i0:i1]
+    present = (pte & PTE.PRESENT) != 0
+    special = (pte & PTE.SPECIAL) != 0
+    huge = (pte & (PTE.PMD | PTE.PUD)) != 0
+    small = present & ~special & ~huge
+    small_pfns = pfn[small]
+    heads_to_put: list[np.ndarray] = []
+    if len(small_pfns):
+        np.subtract.at(mem.mapcount, small_pfns, 1)
+        heads = mem.head_of(small_pfns)
+        add_rss(mm, mem.kind[heads], -1)
+        dirty = pte[small] & PTE.DIRTY
+        if dirty.any():
+            mem.set_flag(np.unique(heads[dirty != 0]), PG.dirty)
+        heads_to_put.append(heads)
+    huge_entries = np.nonzero(present & ~special & huge)[0]
+    if len(huge_entries):
+        starts = huge_entries[mem.head_off[pfn[huge_entries]] == 0]
+        for j in starts.tolist():
+            head = int(pfn[j])
+            n = mem.nr_pages_of(head)
+            mem.entire_mapcount[head] -= 1
+            kind = rss_kind(int(mem.kind[head]))
+            setattr(mm.rss, kind, getattr(mm.rss, kind) - n)
+            if pte[j:j + n].any() and (pte[j:j + n] & PTE.DIRTY).any():
+                mem.set_flag(head, PG.dirty)
+            heads_to_put.append(np.array([head], dtype=np.int64))
+    swapped = (pte & PTE.SWAP) != 0
+    if swapped.any() and swap is not None:
+        swap.free_entries(pfn[swapped])
+    vma.pte[i0:i1] = 0
+    vma.pfn[i0:i1] = 0
+    if heads_to_put:
+        folio_put_many(mm.alloc, np.concatenate(heads_to_put))
+
+
+def zap_vma(mm: MM, vma: VMA, swap=None) -> None:
+    zap_range(mm, vma, 0, vma.nr_pages, swap)
+
+
+RLIMIT_DEFAULT_MEMLOCK = 8 << 20   # 8 MiB, the default since 5.16
+
+
+@dataclass
+class Cred:
+    """The parts of a task's credentials and limits that pinning cares about."""
+
+    uid: int = 0
+    caps: set[int] = field(default_factory=set)
+    rlimit_memlock: int = RLIMIT_DEFAULT_MEMLOCK
+
+    def capable(self, cap: int) -> bool:
+        return cap in self.caps
+
+
+@dataclass(eq=False)
+class UserStruct:
+    """struct user_struct: per-user totals (io_uring and RDMA charge locked_vm here)."""
+
+    uid: int
+    locked_vm: int = 0
+
+
+def rlimit_pages(limit: int) -> int:
+    return limit >> PAGE_SHIFT if limit != RLIM_INFINITY else 1 << 62

@@ -1,0 +1,171 @@
+"""Reclaim-side operations: swap-out (MADV_PAGEOUT), THP split, MADV_COLLAPSE, hwpoison.
+
+Each refuses pinned folios the way the kernel does: a folio with references beyond its
+mappings (a pin, a GET reference) cannot be split or collapsed, and a maybe-pinned
+anon folio is never added to swap.
+"""
+
+from __future__ import annotations
+
+import errno
+
+import numpy as np
+
+from ..constants import PAGE_SHIFT, PMD_ORDER
+from ..memory import PG, Kind, OutOfMemory
+from ..memory.page import maybe_dma_pinned_pfns
+from .env import MMEnv
+from .mm_struct import MM, map_huge, zap_range
+from .rmap import MMRmap, split_all_huge_mappings
+from .vma import PTE, VM, VMA
+
+
+def folio_extra_refs(env: MMEnv, head: int) -> int:
+    """References beyond those of the folio's mappings (and the page cache's)."""
+    mem = env.mem
+    n = mem.nr_pages_of(head)
+    expected = int(mem.mapcount[head:head + n].sum()) + int(mem.entire_mapcount[head])
+    if mem.kind[head] not in (Kind.ANON, Kind.KSM) and mem.mapping[head]:
+        expected += n
+    return int(mem.refcount[head]) - expected
+
+
+def split_folio(env: MMEnv, head: int) -> int:
+    """split_huge_page(): make order-0 folios of a large anon folio; 0 or -EAGAIN/-EINVAL.
+
+    Refused with -EAGAIN when anything but mappings holds a reference (pins included).
+    """
+    mem = env.mem
+    order = int(mem.order[head])
+    if order == 0:
+        return 0
+    if mem.test(head, PG.hugetlb) or mem.kind[head] != Kind.ANON:
+        return -errno.EINVAL
+    if folio_extra_refs(env, head) != 0:
+        mem.vmstat["thp_split_page_failed"] += 1
+        return -errno.EAGAIN
+    split_all_huge_mappings(env, head)
+    n = 1 << order
+    pfns = np.arange(head, head + n, dtype=np.int64)
+    base_index = int(mem.index[head])
+    flags = int(mem.flags[head]) & ~int(PG.head) & ~int(PG.anon_exclusive)
+    mem.order[head] = 0
+    mem.head_off[pfns] = 0
+    mem.refcount[pfns] = mem.mapcount[pfns]
+    mem.kind[pfns] = mem.kind[head]
+    mem.mapping[pfns] = mem.mapping[head]
+    mem.index[pfns] = base_index + np.arange(n)
+    mem.flags[pfns] = (mem.flags[pfns] & np.uint32(PG.anon_exclusive | PG.hwpoison)) | flags
+    mem.pincount[head] = 0
+    mem.vmstat["thp_split_page"] += 1
+    for pfn in pfns[mem.refcount[pfns] == 0].tolist():
+        env.alloc.free_folio(pfn)
+    return 0
+
+
+def pageout_range(env: MMEnv, mm: MM, vma: VMA, i0: int, i1: int) -> int:
+    """MADV_PAGEOUT over entries [i0, i1): swap out anon folios this mm alone maps.
+
+    Simplifications: file pages are only unmapped from this mm (they stay cached), and a
+    folio with references beyond its mappings is left alone, as reclaim would fail to
+    free it. Returns the number of pages swapped out.
+    """
+    mem = env.mem
+    if env.swap is None or vma.flags & (VM.PFNMAP | VM.IO) or vma.is_hugetlb:
+        return 0
+    out = 0
+    rmap = MMRmap(env)
+    i = i0
+    while i < i1:
+        pte = int(vma.pte[i])
+        if not pte & PTE.PRESENT or pte & PTE.SPECIAL:
+            i += 1
+            continue
+        head = int(mem.head_of(int(vma.pfn[i])))
+        n = mem.nr_pages_of(head)
+        if mem.kind[head] != Kind.ANON:
+            zap_range(mm, vma, i, i + 1, env.swap)
+            i += 1
+            continue
+        shared = int(mem.mapcount[head:head + n].max()) > 1 or int(mem.entire_mapcount[head]) > 1
+        if shared or maybe_dma_pinned_pfns(mem, np.array([head]))[0]:
+            i += 1
+            continue
+        if n > 1 and split_folio(env, head) != 0:
+            i += 1
+            continue
+        page = int(vma.pfn[i])
+        if int(mem.refcount[page]) == int(mem.mapcount[page]) and rmap.try_to_unmap(page):
+            if int(mem.refcount[page]) == 0:
+                env.alloc.free_folio(page)
+            out += 1
+            mem.vmstat["pswpout"] += 1
+        i += 1
+    return out
+
+
+def collapse_range(env: MMEnv, mm: MM, start: int, end: int) -> int:
+    """MADV_COLLAPSE: copy each PMD-aligned, fully covered anon range into a new THP.
+
+    Returns 0, or the errno of the first range that could not be collapsed: EAGAIN
+    when a page has references beyond its mappings (pinned), ENOMEM without memory,
+    EINVAL when the range is not suitable.
+    """
+    mem = env.mem
+    pmd = 1 << (PMD_ORDER + PAGE_SHIFT)
+    addr = -(-start // pmd) * pmd
+    done = False
+    while addr + pmd <= end:
+        vma = mm.find_vma(addr)
+        if vma is None or addr + pmd > vma.end or not vma.is_anonymous or vma.is_hugetlb \
+                or vma.flags & VM.NOHUGEPAGE:
+            return errno.EINVAL
+        i0 = vma.idx(addr)
+        pte = vma.pte[i0:i0 + (1 << PMD_ORDER)]
+        if (pte & PTE.PMD).all():
+            addr += pmd
+            done = True
+            continue
+        if (pte & (PTE.SWAP | PTE.HWPOISON | PTE.MARKER)).any():
+            return errno.EINVAL
+        present = (pte & PTE.PRESENT) != 0
+        pfns = vma.pfn[i0:i0 + (1 << PMD_ORDER)]
+        real = present & ((pte & PTE.SPECIAL) == 0)
+        heads = np.unique(mem.head_of(pfns[real]))
+        for h in heads.tolist():
+            if folio_extra_refs(env, h) != 0:
+                return errno.EAGAIN
+        try:
+            new = env.alloc.alloc_folio(PMD_ORDER, Kind.ANON, movable=env.movable_alloc,
+                                        mapping=vma.anon_id, index=vma.pgoff + i0)
+        except OutOfMemory:
+            return errno.ENOMEM
+        for j in np.nonzero(real)[0].tolist():
+            mem.copy_frames(new + j, int(pfns[j]), 1)
+        zap_range(mm, vma, i0, i0 + (1 << PMD_ORDER), env.swap)
+        bits = PTE.YOUNG | PTE.DIRTY | (PTE.WRITE if vma.flags & VM.WRITE else 0)
+        map_huge(mm, vma, i0, new, PMD_ORDER, bits)
+        mem.set_flag(new, PG.anon_exclusive | PG.swapbacked | PG.lru)
+        mem.refcount[new] -= 1
+        mem.vmstat["thp_collapse_alloc"] += 1
+        addr += pmd
+        done = True
+    return 0 if done else errno.EINVAL
+
+
+def poison_page(env: MMEnv, mm: MM, vma: VMA, i: int) -> None:
+    """MADV_HWPOISON: mark the page poisoned and replace its mapping by a hwpoison entry.
+
+    The poisoned frame keeps one reference so it is never handed out again.
+    """
+    mem = env.mem
+    pte = int(vma.pte[i])
+    if not pte & PTE.PRESENT or pte & PTE.SPECIAL:
+        return
+    pfn = int(vma.pfn[i])
+    head = int(mem.head_of(pfn))
+    mem.set_flag(pfn, PG.hwpoison)
+    mem.refcount[head] += 1
+    zap_range(mm, vma, i, i + 1, env.swap)
+    vma.pte[i] = PTE.HWPOISON
+    vma.pfn[i] = pfn

@@ -1,0 +1,152 @@
+"""VMAs and their page tables.
+
+Simplification: the kernel keeps one page-table tree per mm; the model keeps, for each
+VMA, two flat arrays with one entry per base page of the VMA (`pfn`, `pte`). Since VMAs
+never overlap this describes the same translations, and it lets range operations
+(populate, zap, fork, the GUP-fast walk) be single numpy operations. A PMD mapping is
+recorded on each of its 512 entries with the `PTE.PMD` bit (a PUD mapping with
+`PTE.PUD`), so splitting a PMD mapping is clearing that bit.
+"""
+
+from __future__ import annotations
+
+from enum import IntFlag
+
+import numpy as np
+
+from ..constants import PAGE_SHIFT, PAGE_SIZE
+from .file import MappableFile
+
+
+class VM(IntFlag):
+    """vm_flags bits (the kernel's values)."""
+
+    NONE = 0
+    READ = 0x1
+    WRITE = 0x2
+    EXEC = 0x4
+    SHARED = 0x8
+    MAYREAD = 0x10
+    MAYWRITE = 0x20
+    MAYEXEC = 0x40
+    MAYSHARE = 0x80
+    GROWSDOWN = 0x100
+    PFNMAP = 0x400
+    LOCKED = 0x2000
+    IO = 0x4000
+    DONTCOPY = 0x20000
+    DONTEXPAND = 0x40000
+    LOCKONFAULT = 0x80000
+    NORESERVE = 0x200000
+    HUGETLB = 0x400000
+    WIPEONFORK = 0x2000000
+    DONTDUMP = 0x4000000
+    MIXEDMAP = 0x10000000
+    HUGEPAGE = 0x20000000
+    NOHUGEPAGE = 0x40000000
+    MERGEABLE = 0x80000000
+
+
+class PTE(IntFlag):
+    """Bits of a page-table entry in the model."""
+
+    NONE = 0
+    PRESENT = 1 << 0
+    WRITE = 1 << 1
+    DIRTY = 1 << 2
+    YOUNG = 1 << 3
+    SPECIAL = 1 << 4      # no struct page refcounting: zero page, huge zero page, PFN maps
+    PMD = 1 << 5          # part of a PMD (2 MiB) mapping
+    PUD = 1 << 6          # part of a PUD (1 GiB) mapping
+    SWAP = 1 << 7         # not present; `pfn` holds the swap slot
+    SOFT_DIRTY = 1 << 8
+    HWPOISON = 1 << 9     # not present; hwpoison entry
+    MARKER = 1 << 10      # not present; guard marker
+    SWP_EXCLUSIVE = 1 << 11  # swap entry of a page that was anon-exclusive when swapped out
+
+
+_vma_ids = iter(range(1, 1 << 62))
+
+
+class VMA:
+    """One vm_area_struct: [start, end), flags, backing file, and its page table."""
+
+    def __init__(self, start: int, end: int, flags: VM, file: MappableFile | None = None,
+                 pgoff: int = 0, anon_name: str = "") -> None:
+        self.id = next(_vma_ids)
+        self.start = start
+        self.end = end
+        self.flags = VM(flags)
+        self.file = file
+        self.pgoff = pgoff            # page offset of `start` in the file (or the anon index)
+        self.anon_name = anon_name
+        self.huge_order = 0           # hugetlb VMAs: order of their huge pages
+        self.anon_id = 0              # the anon_vma its anonymous folios point to
+        n = (end - start) >> PAGE_SHIFT
+        self.pfn = np.zeros(n, dtype=np.int64)
+        self.pte = np.zeros(n, dtype=np.uint16)
+
+    # -- geometry ------------------------------------------------------------------------
+
+    @property
+    def nr_pages(self) -> int:
+        return (self.end - self.start) >> PAGE_SHIFT
+
+    def idx(self, addr: int) -> int:
+        return (addr - self.start) >> PAGE_SHIFT
+
+    def addr_of(self, i: int) -> int:
+        return self.start + (i << PAGE_SHIFT)
+
+    def file_index(self, addr: int) -> int:
+        return self.pgoff + ((addr - self.start) >> PAGE_SHIFT)
+
+    def contains(self, addr: int) -> bool:
+        return self.start <= addr < self.end
+
+    # -- kinds -----------------------------------------------------------------------------
+
+    @property
+    def is_anonymous(self) -> bool:
+        """vma_is_anonymous(): private anonymous memory (MAP_SHARED|MAP_ANONYMOUS is shmem)."""
+        return self.file is None and not self.flags & (VM.PFNMAP | VM.IO | VM.MIXEDMAP)
+
+    @property
+    def is_shared(self) -> bool:
+        return bool(self.flags & VM.SHARED)
+
+    @property
+    def is_cow(self) -> bool:
+        """is_cow_mapping(): private and may be written."""
+        return (self.flags & (VM.SHARED | VM.MAYWRITE)) == VM.MAYWRITE
+
+    @property
+    def is_hugetlb(self) -> bool:
+        return bool(self.flags & VM.HUGETLB)
+
+    def split(self, addr: int) -> VMA:
+        """Cut this VMA at `addr`; self keeps [start, addr), the returned VMA is [addr, end)."""
+        i = self.idx(addr)
+        tail = VMA(addr, self.end, self.flags, self.file, self.pgoff + i, self.anon_name)
+        tail.huge_order = self.huge_order
+        tail.pfn = self.pfn[i:].copy()
+        tail.pte = self.pte[i:].copy()
+        tail.anon_id = self.anon_id
+        self.pfn = self.pfn[:i].copy()
+        self.pte = self.pte[:i].copy()
+        self.end = addr
+        return tail
+
+    def __repr__(self) -> str:
+        kind = self.file.fs_name if self.file else ("anon" if self.is_anonymous else "special")
+        return f"<VMA {self.start:#x}-{self.end:#x} {describe_flags(self.flags)} {kind}>"
+
+
+def describe_flags(flags: VM) -> str:
+    return "".join(c if flags & f else "-" for c, f in
+                   (("r", VM.READ), ("w", VM.WRITE), ("x", VM.EXEC))) + (
+        "s" if flags & VM.SHARED else "p")
+
+
+def pages_in(length: int) -> int:
+    return (length + PAGE_SIZE - 1) >> PAGE_SHIFT

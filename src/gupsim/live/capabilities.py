@@ -1,0 +1,125 @@
+"""What this host can do for live probes, each with the reason when it cannot.
+
+Tests call `host_capabilities()` once and skip with `reason` where `ok` is False, so a
+run on a laptop, a container or an unprivileged account stays meaningful.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import platform
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from . import libc
+from .errors import HostUnsupported
+
+
+@dataclass(frozen=True)
+class Capability:
+    """Whether one feature works here; `reason` says why not (or what was found)."""
+
+    ok: bool
+    reason: str = ""
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+
+def _probe(fn: Callable[[], str]) -> Capability:
+    try:
+        return Capability(True, fn())
+    except HostUnsupported as exc:
+        return Capability(False, exc.reason)
+    except OSError as exc:
+        return Capability(False, f"{exc.strerror or exc} (errno {exc.errno})")
+
+
+def _root() -> str:
+    if os.geteuid() != 0:
+        raise HostUnsupported("not root: exact vmstat, pagemap PFNs and sysctls need root")
+    return "euid 0"
+
+
+def _io_uring() -> str:
+    from .uring import IoUring
+
+    with IoUring(1):
+        return "io_uring_setup works"
+
+
+def _stat_refresh() -> str:
+    from .vmstat import stat_refresh
+
+    if not stat_refresh():
+        raise HostUnsupported("cannot write /proc/sys/vm/stat_refresh: counters approximate")
+    return "exact /proc/vmstat"
+
+
+def _hugetlb_2m() -> str:
+    from .settings import NR_HUGEPAGES, hugepages, read_setting
+
+    if not os.path.isdir("/sys/kernel/mm/hugepages/hugepages-2048kB"):
+        raise HostUnsupported("no 2 MiB hugetlb size on this kernel")
+    want = int(read_setting(NR_HUGEPAGES)) + 1
+    with hugepages(want) as s:
+        if int(s.actual or 0) < want:
+            raise HostUnsupported(f"asked for {want} huge pages, got {s.actual}: memory "
+                                  "too fragmented")
+    return "nr_hugepages can be raised (restored after)"
+
+
+def _thp() -> str:
+    from .settings import THP_ENABLED, read_setting
+
+    mode = read_setting(THP_ENABLED)
+    if mode == "never":
+        raise HostUnsupported("transparent_hugepage/enabled is 'never'")
+    return f"THP '{mode}'"
+
+
+def _af_xdp() -> str:
+    from .xdp import open_xdp_socket
+
+    open_xdp_socket().close()
+    return "AF_XDP socket opens"
+
+
+def _o_direct() -> str:
+    from .hostmem import HostMapping
+    from .odirect import DirectFile
+
+    with DirectFile(4096) as f, HostMapping(4096) as m:
+        if f.write_from(m.addr, 4096) != 4096:
+            raise HostUnsupported("short O_DIRECT write")
+        return f"O_DIRECT works on {f.fs} at {tempfile.gettempdir()}"
+
+
+def _disk_fs() -> str:
+    fs = libc.fs_type(tempfile.gettempdir())
+    if fs in ("tmpfs", "hugetlbfs"):
+        raise HostUnsupported(f"{tempfile.gettempdir()} is {fs}, not a disk file system")
+    return fs
+
+
+def _arch() -> str:
+    libc.check_arch()
+    return "x86_64"
+
+
+PROBES: dict[str, Callable[[], str]] = {
+    "x86_64": _arch, "root": _root, "stat_refresh": _stat_refresh, "io_uring": _io_uring,
+    "hugetlb_2m": _hugetlb_2m, "thp": _thp, "af_xdp": _af_xdp, "o_direct": _o_direct,
+    "disk_fs": _disk_fs,
+}
+
+
+@functools.cache
+def host_capabilities() -> dict[str, Capability]:
+    """Probe every feature once per process (cheap; the hugetlb probe restores its sysctl)."""
+    if platform.machine() != "x86_64":
+        reason = _probe(_arch).reason
+        return {name: Capability(False, reason) for name in PROBES}
+    return {name: _probe(fn) for name, fn in PROBES.items()}

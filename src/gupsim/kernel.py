@@ -9,10 +9,10 @@ process as `current`.
 from __future__ import annotations
 
 import itertools
-from typing import Any
 
 from .check.invariants import InvariantViolation, check_invariants
-from .constants import PAGE_SHIFT, PAGE_SIZE, PMD_ORDER, PUD_ORDER, CAP_IPC_LOCK
+from .constants import CAP_IPC_LOCK, PAGE_SHIFT, PAGE_SIZE, PMD_ORDER, PUD_ORDER
+from .fs import File, FileSystem, filesystems
 from .memory import Allocator, Kind, MemMap, Page
 from .memory.units import parse_size
 from .mm import (
@@ -63,8 +63,8 @@ class Kernel:
             self.set_nr_hugepages(nr_hugepages, "2MiB")
         if nr_hugepages_1g:
             self.set_nr_hugepages(nr_hugepages_1g, "1GiB")
-        self._filesystems: dict[str, Any] = {}
-        self.env.shmem_file = self._anon_shmem_file
+        self.filesystems = filesystems(self.mem, self.alloc)
+        self.env.shmem_file = self.filesystems.shmem_zero_setup
         self.env.hugetlb_file = self._anon_hugetlb_file
         self.processes: dict[int, Process] = {}
         self.users: dict[int, UserStruct] = {}
@@ -100,24 +100,18 @@ class Kernel:
 
     # -- file systems ----------------------------------------------------------------------
 
-    def fs(self, name: str):
+    def fs(self, name: str) -> FileSystem:
         """The machine's file system of that type: "ext4", "tmpfs", "hugetlbfs", "dax", ..."""
-        from .fs import filesystems
-        if not self._filesystems:
-            self._filesystems = filesystems(self.mem, self.alloc)
         try:
-            return self._filesystems[name]
+            return self.filesystems[name]
         except KeyError:
             raise ValueError(f"no file system {name!r}: choose one of "
-                             f"{sorted(self._filesystems)}") from None
+                             f"{sorted(self.filesystems)}") from None
 
-    def _anon_shmem_file(self, size: int):
-        f = self.fs("tmpfs").create(f"anon_shmem.{self.mem.new_mapping_id()}", size)
-        return f
-
-    def _anon_hugetlb_file(self, size: int, order: int):
-        from .fs import hugetlb_file
-        return hugetlb_file(self.mem, self.alloc, size, order)
+    def _anon_hugetlb_file(self, size: int, order: int) -> File:
+        """The hidden hugetlbfs file behind a MAP_HUGETLB|MAP_ANONYMOUS mapping."""
+        fs = self.filesystems.hugetlbfs_for(order)
+        return fs.anon_file(f"anon_hugepage.{self.mem.new_mapping_id()}", size)
 
     # -- processes -------------------------------------------------------------------------
 
@@ -224,9 +218,8 @@ class Process:
 
     def memfd_create(self, name: str, flags: int = 0):
         """memfd_create(2): an anonymous tmpfs (or, with MFD_HUGETLB, hugetlbfs) file."""
-        from .fs import memfd_create
         self._live()
-        return memfd_create(self.kernel.fs("tmpfs"), self.kernel.fs("hugetlbfs"), name, flags)
+        return self.kernel.filesystems.memfd_create(name, flags)
 
     # -- CPU access ------------------------------------------------------------------------
 

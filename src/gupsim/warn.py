@@ -15,12 +15,13 @@ from dataclasses import dataclass, field
 class KernelWarning:
     """One WARN_ON_ONCE site that fired: where in the kernel, and why."""
 
-    site: str          # kernel function and check, e.g. "is_valid_gup_args: FOLL_PIN from caller"
+    site: str          # kernel function and check, e.g. "is_valid_gup_args: internal flag"
     message: str
     caller: str = ""   # the model user's call site that triggered it
 
     def __str__(self) -> str:
-        return f"WARNING: {self.site}: {self.message}" + (f" (from {self.caller})" if self.caller else "")
+        where = f" (from {self.caller})" if self.caller else ""
+        return f"WARNING: {self.site}: {self.message}{where}"
 
 
 @dataclass

@@ -51,7 +51,6 @@ def check_invariants(mem: MemMap, mms: list[MM], cache_refs: dict[int, int] | No
         if len(neg):
             bad.append(f"negative {name} on pfn {int(neg[0]):#x} ({len(neg)} pages)")
     small, huge, _ = mapped_entries(mms)
-    huge_heads = mem.head_of(huge) if len(huge) else huge
     # every mapped page is allocated
     mapped = np.concatenate([small, huge])
     if len(mapped):

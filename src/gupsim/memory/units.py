@@ -22,7 +22,8 @@ def parse_size(value: int | str, what: str = "size") -> int:
             raise ValueError(f"{what} must not be negative (got {value})")
         return value
     if not isinstance(value, str):
-        raise TypeError(f"{what} must be an int or a string like '4GiB', not {type(value).__name__}")
+        raise TypeError(f"{what} must be an int or a string like '4GiB', "
+                        f"not {type(value).__name__}")
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", value)
     if not m or m.group(2).lower() not in _UNITS:
         raise ValueError(f"{what}={value!r} is not a size: write it like '4GiB', '512MiB' or 4096")

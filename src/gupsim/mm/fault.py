@@ -226,9 +226,9 @@ def do_wp_page(env: MMEnv, mm: MM, vma: VMA, i: int, unshare: bool) -> VMFault:
     return wp_page_copy(env, mm, vma, i, unshare)
 
 
-def _mkwrite(vma: VMA) -> PTE:
+def _mkwrite(vma: VMA) -> int:
     """maybe_mkwrite(): the PTE becomes writable only if the VMA is (not under FOLL_FORCE)."""
-    return PTE.WRITE if vma.flags & VM.WRITE else PTE.NONE
+    return PTE.WRITE if vma.flags & VM.WRITE else 0
 
 
 def _anon_reusable(env: MMEnv, head: int) -> bool:

@@ -15,7 +15,7 @@ import numpy as np
 from ..memory import PG, Kind, OutOfMemory
 from ..memory.page import maybe_dma_pinned_pfns
 from .env import MMEnv
-from .mm_struct import MM, MMF, add_rss, split_huge_mapping, zap_vma
+from .mm_struct import MM, MMF, add_rss, release_anon_backing, split_huge_mapping, zap_vma
 from .vma import PTE, VM, VMA
 
 
@@ -165,8 +165,11 @@ def exit_mmap(env: MMEnv, mm: MM) -> None:
     """Tear down an address space: every mapping is zapped; pinned pages stay allocated."""
     for vma in list(mm.vmas):
         zap_vma(mm, vma, env.swap)
+    files = {id(v.file): v.file for v in mm.vmas if v.file is not None}
     mm.vmas.clear()
     mm.locked_vm = 0
     mm.dead = True
     if mm in env.mms:
         env.mms.remove(mm)
+    for f in files.values():
+        release_anon_backing(env.mms, f)

@@ -88,6 +88,22 @@ class MM:
         tail = vma.split(addr)
         self.insert_vma(tail)
 
+    def merge_vmas(self, start: int, end: int) -> None:
+        """vma_merge(): join neighbours in [start, end] that became compatible again."""
+        out: list[VMA] = []
+        for v in self.vmas:
+            prev = out[-1] if out else None
+            if (prev is not None and prev.end == v.start and start <= v.start <= end
+                    and prev.flags == v.flags and prev.file is v.file
+                    and prev.anon_id == v.anon_id and prev.huge_order == v.huge_order
+                    and v.pgoff == prev.pgoff + prev.nr_pages):
+                prev.pfn = np.concatenate([prev.pfn, v.pfn])
+                prev.pte = np.concatenate([prev.pte, v.pte])
+                prev.end = v.end
+                continue
+            out.append(v)
+        self.vmas = out
+
     def total_vm(self) -> int:
         return sum(v.nr_pages for v in self.vmas)
 
@@ -239,6 +255,19 @@ def zap_range(mm: MM, vma: VMA, i0: int, i1: int, swap=None) -> None:
 
 def zap_vma(mm: MM, vma: VMA, swap=None) -> None:
     zap_range(mm, vma, 0, vma.nr_pages, swap)
+
+
+def release_anon_backing(mms: list[MM], file) -> None:
+    """fput() of the hidden file behind MAP_SHARED|MAP_ANONYMOUS or MAP_HUGETLB memory.
+
+    Such a file lives exactly as long as some VMA maps it; the last unmap closes it,
+    which frees its pages (unless something else, such as a pin, still holds them).
+    """
+    if file is None or not getattr(file, "mm_owned", False):
+        return
+    if any(v.file is file for mm in mms for v in mm.vmas):
+        return
+    file.close()
 
 
 RLIMIT_DEFAULT_MEMLOCK = 8 << 20   # 8 MiB, the default since 5.16

@@ -14,6 +14,7 @@ import os
 import numpy as np
 
 from ..constants import (
+    CAP_IPC_LOCK,
     MADV_COLD,
     MADV_COLLAPSE,
     MADV_DODUMP,
@@ -68,13 +69,19 @@ from ..constants import (
     PROT_WRITE,
     PUD_ORDER,
     TASK_SIZE,
-    CAP_IPC_LOCK,
 )
 from ..memory import PG, Kind
 from .env import MMEnv
 from .fault import FaultFlag, VMFault, handle_mm_fault, populate_anon_bulk
 from .file import MappableFile
-from .mm_struct import MM, Cred, rlimit_pages, split_huge_mapping, zap_range
+from .mm_struct import (
+    MM,
+    Cred,
+    release_anon_backing,
+    rlimit_pages,
+    split_huge_mapping,
+    zap_range,
+)
 from .reclaim import collapse_range, pageout_range, poison_page
 from .vma import PTE, VM, VMA
 
@@ -204,10 +211,12 @@ def do_mmap(env: MMEnv, mm: MM, cred: Cred, addr: int, length: int, prot: int, f
             raise fail(errno.ENOMEM, f"{need} free huge pages of {align >> 20} MiB needed: "
                                      "raise nr_hugepages")
         backing = env.hugetlb_file(length, huge_order)
+        backing.mm_owned = True
     elif anon and shared:
         if env.shmem_file is None:
             raise fail(errno.ENODEV, "this machine has no shmem")
         backing = env.shmem_file(length)
+        backing.mm_owned = True
     if not fixed:
         thp_align = PMD_SIZE if (anon and not shared and length >= PMD_SIZE) else PAGE_SIZE
         addr = get_unmapped_area(mm, length, max(align, thp_align), addr & PAGE_MASK)
@@ -260,6 +269,7 @@ def _unmap_range(env: MMEnv, mm: MM, start: int, end: int) -> None:
         if vma.flags & VM.LOCKED:
             mm.locked_vm -= vma.nr_pages
         mm.vmas.remove(vma)
+        release_anon_backing(env.mms, vma.file)
 
 
 def do_munmap(env: MMEnv, mm: MM, addr: int, length: int) -> None:
@@ -320,6 +330,7 @@ def do_mprotect(env: MMEnv, mm: MM, addr: int, length: int, prot: int) -> None:
             v.pte[present] &= np.uint16(~PTE.WRITE & 0xFFFF)
         elif not old & VM.WRITE:
             _try_change_writable(env, v, present)
+    mm.merge_vmas(addr, end)
 
 
 def _try_change_writable(env: MMEnv, v: VMA, present: np.ndarray) -> None:
@@ -391,6 +402,7 @@ def do_madvise(env: MMEnv, mm: MM, start: int, length: int, advice: int) -> None
                 v.flags &= ~VM.NOHUGEPAGE
             elif advice == MADV_NOHUGEPAGE:
                 v.flags &= ~VM.HUGEPAGE
+        mm.merge_vmas(start, end)
     elif advice in (MADV_DONTNEED, MADV_FREE, MADV_REMOVE):
         for v in vmas:
             if v.is_hugetlb:
@@ -550,6 +562,7 @@ def do_mlock(env: MMEnv, mm: MM, cred: Cred, addr: int, length: int, flags: int 
         if not v.flags & VM.LOCKED:
             mm.locked_vm += v.nr_pages
         v.flags |= VM.LOCKED | (VM.LOCKONFAULT if flags & MLOCK_ONFAULT else 0)
+    mm.merge_vmas(start, end)
     if not flags & MLOCK_ONFAULT:
         populate(env, mm, start, end, write=False, ignore_errors=True)
 
@@ -566,3 +579,4 @@ def do_munlock(env: MMEnv, mm: MM, addr: int, length: int) -> None:
         if v.flags & VM.LOCKED:
             mm.locked_vm -= v.nr_pages
         v.flags &= ~(VM.LOCKED | VM.LOCKONFAULT)
+    mm.merge_vmas(start, end)

@@ -47,8 +47,8 @@ class VM(IntFlag):
     MERGEABLE = 0x80000000
 
 
-class PTE(IntFlag):
-    """Bits of a page-table entry in the model."""
+class PTE:
+    """Bits of a page-table entry in the model (plain ints, so numpy keeps uint16 arrays)."""
 
     NONE = 0
     PRESENT = 1 << 0

@@ -147,7 +147,8 @@ class Kernel:
     def dump_page(self, page: Page, reason: str = "") -> str:
         """The kernel's dump_page() output for this page, as text."""
         from .check.dump import dump_page
-        return dump_page(self.mem, page.pfn, reason)
+        return dump_page(self.mem, page.pfn, reason or None,
+                         describe_mapping=self.filesystems.describe_mapping)
 
     def page(self, pfn: int) -> Page:
         return Page(self.mem, pfn)

@@ -10,7 +10,7 @@ from enum import IntFlag
 
 import numpy as np
 
-from ..constants import EFAULT, PAGE_SHIFT, PMD_ORDER
+from ..constants import EAGAIN, EFAULT, ENOMEM, PAGE_SHIFT, PMD_ORDER
 from ..memory import PG, Kind, OutOfMemory
 from ..memory.refs import folio_put
 from .env import MMEnv
@@ -271,6 +271,8 @@ def wp_page_shared(env: MMEnv, mm: MM, vma: VMA, i: int) -> VMFault:
     head = int(mem.head_of(int(vma.pfn[i])))
     if vma.file is not None and vma.file.needs_writenotify:
         rc = vma.file.page_mkwrite(head)
+        if rc == -EAGAIN:
+            return VMFault.OK          # truncated meanwhile: the caller retries the fault
         if rc:
             return VMFault.SIGBUS
     mem.set_flag(head, PG.dirty)
@@ -294,7 +296,7 @@ def do_fault(env: MMEnv, mm: MM, vma: VMA, i: int, write: bool) -> VMFault:
     index = vma.pgoff + i
     head = f.get_folio(index)
     if head < 0:
-        return VMFault.SIGBUS if head == -EFAULT else VMFault.OOM
+        return VMFault.OOM if head == -ENOMEM else VMFault.SIGBUS
     pfn = head + (index - int(mem.index[head]))
     if write and not vma.is_shared:
         try:
@@ -311,7 +313,10 @@ def do_fault(env: MMEnv, mm: MM, vma: VMA, i: int, write: bool) -> VMFault:
     bits = PTE.YOUNG
     if vma.is_shared and vma.flags & VM.WRITE:
         if write:
-            if f.needs_writenotify and f.page_mkwrite(head):
+            rc = f.page_mkwrite(head) if f.needs_writenotify else 0
+            if rc == -EAGAIN:
+                return VMFault.OK
+            if rc:
                 return VMFault.SIGBUS
             mem.set_flag(head, PG.dirty)
             bits |= PTE.WRITE | PTE.DIRTY

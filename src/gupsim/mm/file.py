@@ -35,6 +35,14 @@ class MappableFile(Protocol):
         """
         ...
 
+    def get_file(self) -> MappableFile:
+        """Take a reference for a VMA (mmap, fork, a VMA split)."""
+        ...
+
+    def fput(self) -> None:
+        """Drop a VMA's reference; the last one may free an unlinked file's pages."""
+        ...
+
     def page_mkwrite(self, head: int) -> int:
         """A shared mapping is about to be written: mark the folio dirty. 0 or -errno."""
         ...

@@ -15,8 +15,8 @@ import numpy as np
 from ..memory import PG, Kind, OutOfMemory
 from ..memory.page import maybe_dma_pinned_pfns
 from .env import MMEnv
-from .mm_struct import MM, MMF, add_rss, release_anon_backing, split_huge_mapping, zap_vma
-from .vma import PTE, VM, VMA
+from .mm_struct import MM, MMF, add_rss, split_huge_mapping, zap_vma
+from .vma import PTE, VM, VMA, vma_close
 
 
 class ForkFailed(OSError):
@@ -51,12 +51,15 @@ def dup_mm(env: MMEnv, parent: MM) -> MM:
                        vma.anon_name)
             cvma.huge_order = vma.huge_order
             cvma.anon_id = vma.anon_id
+            if vma.file is not None:
+                vma.file.get_file()
             child.insert_vma(cvma)
             if vma_needs_copy(vma):
                 copy_page_range(env, parent, child, vma, cvma)
     except OutOfMemory as e:
         for vma in child.vmas:
             zap_vma(child, vma, env.swap)
+            vma_close(vma)
         raise ForkFailed(errno.ENOMEM, f"fork: no memory to copy a pinned page ({e})") from e
     finally:
         parent.write_protect_seq += 1
@@ -165,11 +168,10 @@ def exit_mmap(env: MMEnv, mm: MM) -> None:
     """Tear down an address space: every mapping is zapped; pinned pages stay allocated."""
     for vma in list(mm.vmas):
         zap_vma(mm, vma, env.swap)
-    files = {id(v.file): v.file for v in mm.vmas if v.file is not None}
-    mm.vmas.clear()
+    vmas, mm.vmas = mm.vmas, []
+    for vma in vmas:
+        vma_close(vma)
     mm.locked_vm = 0
     mm.dead = True
     if mm in env.mms:
         env.mms.remove(mm)
-    for f in files.values():
-        release_anon_backing(env.mms, f)

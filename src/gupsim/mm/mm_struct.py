@@ -16,7 +16,7 @@ import numpy as np
 from ..constants import PAGE_SHIFT, PMD_ORDER, PUD_ORDER, RLIM_INFINITY
 from ..memory import PG, Allocator, Kind, MemMap
 from ..memory.refs import folio_put_many
-from .vma import PTE, VMA
+from .vma import PTE, VMA, vma_close
 
 
 class MMF(IntFlag):
@@ -100,6 +100,7 @@ class MM:
                 prev.pfn = np.concatenate([prev.pfn, v.pfn])
                 prev.pte = np.concatenate([prev.pte, v.pte])
                 prev.end = v.end
+                vma_close(v)
                 continue
             out.append(v)
         self.vmas = out
@@ -255,19 +256,6 @@ def zap_range(mm: MM, vma: VMA, i0: int, i1: int, swap=None) -> None:
 
 def zap_vma(mm: MM, vma: VMA, swap=None) -> None:
     zap_range(mm, vma, 0, vma.nr_pages, swap)
-
-
-def release_anon_backing(mms: list[MM], file) -> None:
-    """fput() of the hidden file behind MAP_SHARED|MAP_ANONYMOUS or MAP_HUGETLB memory.
-
-    Such a file lives exactly as long as some VMA maps it; the last unmap closes it,
-    which frees its pages (unless something else, such as a pin, still holds them).
-    """
-    if file is None or not getattr(file, "mm_owned", False):
-        return
-    if any(v.file is file for mm in mms for v in mm.vmas):
-        return
-    file.close()
 
 
 RLIMIT_DEFAULT_MEMLOCK = 8 << 20   # 8 MiB, the default since 5.16

@@ -77,13 +77,12 @@ from .file import MappableFile
 from .mm_struct import (
     MM,
     Cred,
-    release_anon_backing,
     rlimit_pages,
     split_huge_mapping,
     zap_range,
 )
 from .reclaim import collapse_range, pageout_range, poison_page
-from .vma import PTE, VM, VMA
+from .vma import PTE, VM, VMA, vma_close
 
 
 def fail(err: int, what: str) -> OSError:
@@ -210,18 +209,18 @@ def do_mmap(env: MMEnv, mm: MM, cred: Cred, addr: int, length: int, prot: int, f
         if not flags & MAP_NORESERVE and env.alloc.hugetlb_free_count(huge_order) < need:
             raise fail(errno.ENOMEM, f"{need} free huge pages of {align >> 20} MiB needed: "
                                      "raise nr_hugepages")
-        backing = env.hugetlb_file(length, huge_order)
-        backing.mm_owned = True
+        backing = env.hugetlb_file(length, huge_order)   # its reference becomes the VMA's
     elif anon and shared:
         if env.shmem_file is None:
             raise fail(errno.ENODEV, "this machine has no shmem")
-        backing = env.shmem_file(length)
-        backing.mm_owned = True
+        backing = env.shmem_file(length)                 # its reference becomes the VMA's
     if not fixed:
         thp_align = PMD_SIZE if (anon and not shared and length >= PMD_SIZE) else PAGE_SIZE
         addr = get_unmapped_area(mm, length, max(align, thp_align), addr & PAGE_MASK)
     elif flags & MAP_FIXED:
         _unmap_range(env, mm, addr, addr + length)
+    if backing is not None and backing is file:
+        backing.get_file()
     vma = VMA(addr, addr + length, vmflags, backing, offset >> PAGE_SHIFT)
     vma.huge_order = huge_order
     if anon and not shared and not huge_order:
@@ -269,7 +268,7 @@ def _unmap_range(env: MMEnv, mm: MM, start: int, end: int) -> None:
         if vma.flags & VM.LOCKED:
             mm.locked_vm -= vma.nr_pages
         mm.vmas.remove(vma)
-        release_anon_backing(env.mms, vma.file)
+        vma_close(vma)
 
 
 def do_munmap(env: MMEnv, mm: MM, addr: int, length: int) -> None:
@@ -494,6 +493,7 @@ def do_mremap(env: MMEnv, mm: MM, old_addr: int, old_size: int, new_size: int,
     if new_size < moved.nr_pages << PAGE_SHIFT:
         tail = moved.split(new_addr + new_size)
         zap_range(mm, tail, 0, tail.nr_pages, env.swap)
+        vma_close(tail)
     _fix_huge_alignment(mm, moved, shift)
     if new_size > moved.end - moved.start:
         _grow_vma(moved, new_addr + new_size)

@@ -132,6 +132,8 @@ class VMA:
         tail.pfn = self.pfn[i:].copy()
         tail.pte = self.pte[i:].copy()
         tail.anon_id = self.anon_id
+        if self.file is not None:
+            self.file.get_file()
         self.pfn = self.pfn[:i].copy()
         self.pte = self.pte[:i].copy()
         self.end = addr
@@ -150,3 +152,9 @@ def describe_flags(flags: VM) -> str:
 
 def pages_in(length: int) -> int:
     return (length + PAGE_SIZE - 1) >> PAGE_SHIFT
+
+
+def vma_close(vma: VMA) -> None:
+    """remove_vma(): the VMA's file reference goes with it."""
+    if vma.file is not None:
+        vma.file.fput()

@@ -47,22 +47,92 @@ def demo(as_json: bool) -> None:
     console.print("\n[green]Every step behaved as the kernel documents.[/]")
 
 
+def run_live(console: Console, only: str | None, model_only: bool) -> list:
+    """Run the catalogue on both back-ends, case by case, with a progress line."""
+    from .scenarios.catalogue import catalogue
+    from .scenarios.runner import run_case
+    cases = [c for c in catalogue() if not only or only.lower() in c.name.lower()]
+    results = []
+    with console.status("") as status:
+        for i, case in enumerate(cases, 1):
+            status.update(f"[{i}/{len(cases)}] {case.name}")
+            results.append(run_case(case, with_host=not model_only))
+    return results
+
+
+@main.command(help="Run the catalogue on the model and on this host's kernel, and compare.")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+@click.option("-k", "only", default=None, help="Only cases whose name contains this text.")
+@click.option("--model-only", is_flag=True, help="Do not touch the host kernel.")
+def live(as_json: bool, only: str | None, model_only: bool) -> None:
+    from .report.live import as_json as to_json
+    from .report.live import table
+    console = Console(stderr=as_json)
+    results = run_live(console, only, model_only)
+    if as_json:
+        click.echo(json.dumps(to_json(results), indent=2))
+    else:
+        console.print(table(results))
+        counts = {s: sum(r.status == s for r in results)
+                  for s in ("agree", "disagree", "skipped", "model-only")}
+        console.print(", ".join(f"{n} {s}" for s, n in counts.items() if n))
+    if any(r.status == "disagree" for r in results):
+        raise SystemExit(1)
+
+
+def pins_snapshot() -> dict:
+    """Outstanding pins, processes with VmPin/VmLck, and their io_uring buffers, right now."""
+    from .live import pin_counters, pinned_processes, uring_fdinfo
+    counters = pin_counters()
+    procs = []
+    for p in pinned_processes():
+        try:
+            bufs = uring_fdinfo(p.pid)
+        except OSError:
+            bufs = {}
+        procs.append({"pid": p.pid, "name": p.name, "VmPin_kB": p.vm_pin_kb,
+                      "VmLck_kB": p.vm_lck_kb,
+                      "uring_buffers": sum(len(b) for b in bufs.values()),
+                      "uring_bytes": sum(x.length for b in bufs.values() for x in b)})
+    return {"nr_foll_pin_acquired": counters.acquired,
+            "nr_foll_pin_released": counters.released,
+            "outstanding": counters.outstanding, "exact": counters.exact, "processes": procs}
+
+
+def pins_table(snap: dict) -> Table:
+    approx = "" if snap["exact"] else " (approximate: not root)"
+    t = Table("pid", "name", "VmPin kB", "VmLck kB", "io_uring buffers",
+              title=f"pins outstanding (acquired − released): {snap['outstanding']}{approx}")
+    for p in snap["processes"]:
+        bufs = (f"{p['uring_buffers']} ({p['uring_bytes'] >> 10} KiB)"
+                if p["uring_buffers"] else "")
+        t.add_row(str(p["pid"]), p["name"], str(p["VmPin_kB"]), str(p["VmLck_kB"]), bufs)
+    if not snap["processes"]:
+        t.add_row("", "[dim]no process holds VmPin or VmLck[/]", "", "", "")
+    return t
+
+
 @main.command(help="Who holds pinned memory on this host right now.")
 @click.option("--json", "as_json", is_flag=True)
-def top(as_json: bool) -> None:
-    from .live import pin_counters, pinned_processes
-    counters = pin_counters()
-    procs = pinned_processes()
+@click.option("--watch", type=float, default=None, metavar="SECONDS",
+              help="Refresh every SECONDS until Ctrl-C.")
+def top(as_json: bool, watch: float | None) -> None:
     if as_json:
-        click.echo(json.dumps({
-            "nr_foll_pin_acquired": counters.acquired, "nr_foll_pin_released": counters.released,
-            "outstanding": counters.outstanding, "exact": counters.exact,
-            "processes": [p._asdict() if hasattr(p, "_asdict") else vars(p) for p in procs]}))
+        click.echo(json.dumps(pins_snapshot(), indent=2))
         return
     console = Console()
-    console.print(f"pins outstanding (acquired − released): [bold]{counters.outstanding}[/]"
-                  f"{'' if counters.exact else ' (approximate)'}")
-    table = Table("pid", "name", "VmPin kB", "VmLck kB")
-    for p in procs:
-        table.add_row(str(p.pid), p.name, str(p.vm_pin_kb), str(p.vm_lck_kb))
-    console.print(table)
+    if watch is None:
+        console.print(pins_table(pins_snapshot()))
+        return
+    if watch <= 0:
+        raise click.BadParameter("must be a positive number of seconds", param_hint="--watch")
+    import time
+
+    from rich.live import Live
+    try:
+        with Live(pins_table(pins_snapshot()), console=console) as view:
+            while True:
+                time.sleep(watch)
+                view.update(pins_table(pins_snapshot()))
+    except KeyboardInterrupt:
+        pass

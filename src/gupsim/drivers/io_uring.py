@@ -1,0 +1,195 @@
+"""io_uring fixed buffers (io_uring/rsrc.c): long-term R/W pins with per-folio coalescing.
+
+Registration pins every page with pin_user_pages_fast(FOLL_WRITE | FOLL_LONGTERM); if the
+buffer is made of equally sized large folios it keeps one pin per folio and drops the
+rest at once (io_coalesce_buffer); it charges pages to mm->pinned_vm (VmPin) and, for a
+task without CAP_IPC_LOCK, to the user's locked_vm under RLIMIT_MEMLOCK, counting a large
+folio's full size once across all buffers (io_buffer_account_pin).
+
+Simplification: the ring's own memory is charged as two pages (the SQ/CQ rings and the
+SQE array of a small ring each fit in one page), to the user only, as io_create_region
+does; deferred work at close is done at once.
+"""
+
+from __future__ import annotations
+
+import errno
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..constants import CAP_IPC_LOCK, PAGE_MASK, PAGE_SHIFT, PAGE_SIZE
+from ..memory import PageArray
+from ..mm.mm_struct import rlimit_pages
+
+IORING_MAX_REG_BUFFERS = 1 << 14
+MAX_BUFFER = 1 << 30
+RING_PAGES = 2
+
+
+@dataclass
+class MappedBuffer:
+    """io_mapped_ubuf: the pinned pages (one entry per bvec) and the pages charged."""
+
+    ubuf: int
+    length: int
+    pfns: np.ndarray          # one pinned page per bvec (a folio's first page if coalesced)
+    acct_pages: int
+    coalesced: bool = False                        # one entry per folio instead of per page
+    heads: set[int] = field(default_factory=set)   # large folios this buffer charged
+
+
+class IoRing:
+    """One io_uring instance of a process (io_uring_setup with a few entries)."""
+
+    def __init__(self, kernel, proc) -> None:
+        self.k = kernel
+        self.p = proc
+        self.buffers: list[MappedBuffer] | None = None
+        self.user = None if proc.cred.capable(CAP_IPC_LOCK) else kernel.user(proc.cred.uid)
+        self.closed = False
+        if self.user is not None:
+            self._charge_user(RING_PAGES)
+
+    def _charge_user(self, pages: int) -> None:
+        limit = rlimit_pages(self.p.cred.rlimit_memlock)
+        if self.user.locked_vm + pages > limit:
+            raise OSError(errno.ENOMEM, f"io_uring: {pages} more locked pages exceed "
+                          f"RLIMIT_MEMLOCK ({self.p.cred.rlimit_memlock} bytes)")
+        self.user.locked_vm += pages
+
+    # -- IORING_REGISTER_BUFFERS -------------------------------------------------------------
+
+    def register_buffers(self, iovs: list[tuple[int, int]]) -> None:
+        """Register (address, length) buffers; raises OSError with io_uring's errno."""
+        if self.buffers is not None:
+            raise OSError(errno.EBUSY, "buffers are already registered: unregister first")
+        if not iovs or len(iovs) > IORING_MAX_REG_BUFFERS:
+            raise OSError(errno.EINVAL, f"register 1 to {IORING_MAX_REG_BUFFERS} buffers")
+        self.buffers = []
+        try:
+            for addr, length in iovs:
+                self.buffers.append(self._register_one(addr, length))
+        except OSError:
+            self.unregister_buffers()
+            raise
+
+    def _register_one(self, addr: int, length: int) -> MappedBuffer:
+        if addr == 0 or length == 0 or length > MAX_BUFFER:
+            raise OSError(errno.EFAULT, "a buffer must be non-empty, at most 1 GiB, and not NULL")
+        if addr + ((length + PAGE_SIZE - 1) & PAGE_MASK) >= 1 << 64:
+            raise OSError(errno.EOVERFLOW, "buffer wraps around the address space")
+        start = addr & PAGE_MASK
+        nr = ((addr + length + PAGE_SIZE - 1) >> PAGE_SHIFT) - (start >> PAGE_SHIFT)
+        from .. import FOLL_LONGTERM, FOLL_WRITE
+        pages = PageArray(nr)
+        got = self.p.pin_user_pages_fast(start, nr, FOLL_WRITE | FOLL_LONGTERM, pages)
+        if got != nr:
+            if got > 0:
+                self.k.unpin_user_pages(pages[:got])
+            raise OSError(errno.EFAULT if got >= 0 else -got,
+                          "io_uring: could not pin the whole buffer")
+        pfns = self._coalesce(pages.pfns.copy())
+        buf = MappedBuffer(addr, length, pfns, 0, coalesced=len(pfns) != nr)
+        try:
+            self._account(buf)
+        except OSError:
+            for pfn in pfns.tolist():
+                self.k.unpin_user_folio(self.k.page(pfn).folio, 1)
+            raise
+        return buf
+
+    def _coalesce(self, pfns: np.ndarray) -> np.ndarray:
+        """io_check_coalesce_buffer + io_coalesce_buffer: one pin per equally sized folio."""
+        mem = self.k.mem
+        if len(pfns) < 2:
+            return pfns
+        heads = mem.head_of(pfns)
+        sizes = 1 << mem.order[heads].astype(np.int64)
+        if sizes[0] == 1 or (sizes != sizes[0]).any():
+            return pfns
+        breaks = np.nonzero(heads[1:] != heads[:-1])[0] + 1
+        if ((np.diff(pfns) != 1) & (heads[1:] == heads[:-1])).any():
+            return pfns
+        starts = np.concatenate([[0], breaks])
+        counts = np.diff(np.concatenate([starts, [len(pfns)]]))
+        # the first folio may start mid-folio and end at its last page, the middle ones are
+        # whole, the last may stop early
+        mid = counts[1:-1]
+        first_end_ok = len(starts) == 1 or mem.head_off[pfns[starts[1] - 1]] == sizes[0] - 1
+        if not first_end_ok or (mid != sizes[0]).any() or (
+                len(starts) > 1 and (mem.head_off[pfns[starts[1:]]] != 0).any()):
+            return pfns
+        for s, c in zip(starts.tolist(), counts.tolist(), strict=True):
+            if c > 1:
+                self.k.unpin_user_folio(self.k.page(int(pfns[s])).folio, c - 1)
+        return pfns[starts]
+
+    def _account(self, buf: MappedBuffer) -> None:
+        """io_buffer_account_pin: small pages one each, a large folio's size once overall."""
+        mem = self.k.mem
+        heads = mem.head_of(buf.pfns)
+        large = mem.order[heads] > 0
+        acct = int((~large).sum())
+        seen = set().union(*(b.heads for b in self.buffers or []))
+        for h in dict.fromkeys(heads[large].tolist()):
+            if h not in seen:
+                buf.heads.add(h)
+                acct += 1 << int(mem.order[h])
+        if acct:
+            if self.user is not None:
+                self._charge_user(acct)
+            self.p.mm.pinned_vm += acct
+        buf.acct_pages = acct
+
+    def unregister_buffers(self) -> None:
+        if self.buffers is None:
+            raise OSError(errno.ENXIO, "no buffers are registered")
+        for buf in self.buffers:
+            self._unmap(buf)
+        self.buffers = None
+
+    def _unmap(self, buf: MappedBuffer) -> None:
+        if buf.acct_pages:
+            if self.user is not None:
+                self.user.locked_vm -= buf.acct_pages
+            self.p.mm.pinned_vm -= buf.acct_pages
+        for pfn in buf.pfns.tolist():
+            self.k.unpin_user_folio(self.k.page(pfn).folio, 1)
+
+    # -- I/O through a registered buffer -------------------------------------------------------
+
+    def write_fixed(self, index: int, length: int) -> bytes:
+        """IORING_OP_WRITE_FIXED: what a file would receive, read from the pinned pages."""
+        if self.buffers is None or not 0 <= index < len(self.buffers):
+            raise OSError(errno.EFAULT, f"no registered buffer {index}")
+        buf = self.buffers[index]
+        if length > buf.length:
+            raise OSError(errno.EFAULT, "length exceeds the registered buffer")
+        mem = self.k.mem
+        pages: list[int] = []
+        for pfn in buf.pfns.tolist():
+            if buf.coalesced:
+                head = int(mem.head_of(pfn))
+                pages.extend(range(pfn, head + mem.nr_pages_of(head)))
+            else:
+                pages.append(pfn)
+        out = bytearray()
+        off = buf.ubuf & ~PAGE_MASK
+        for pfn in pages:
+            if len(out) >= length:
+                break
+            n = min(PAGE_SIZE - off, length - len(out))
+            out += self.k.dma_read(self.k.page(pfn), off, n)
+            off = 0
+        return bytes(out)
+
+    def close(self) -> None:
+        """Closing the ring unregisters its buffers and returns its own charge."""
+        if self.closed:
+            return
+        if self.buffers is not None:
+            self.unregister_buffers()
+        if self.user is not None:
+            self.user.locked_vm -= RING_PAGES
+        self.closed = True

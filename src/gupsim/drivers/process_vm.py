@@ -1,0 +1,67 @@
+"""process_vm_readv/writev (mm/process_vm_access.c): remote short-term pins, 16 at a time.
+
+Each chunk of up to PVM_MAX_PP_ARRAY_COUNT pages of the target is pinned with
+pin_user_pages_remote() under the target's mmap_lock, copied, and unpinned (dirtied
+first for writes). A failure after some bytes were copied returns the partial count.
+"""
+
+from __future__ import annotations
+
+import errno
+
+from ..constants import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE
+from ..memory import PageArray
+
+PVM_MAX_PP_ARRAY_COUNT = 16
+
+
+def _rw(kernel, target, addr: int, length: int, data: bytes | None) -> bytes | int:
+    from .. import FOLL_WRITE
+    write = data is not None
+    out = bytearray()
+    done = 0
+    pos = addr
+    while done < length:
+        start = pos & PAGE_MASK
+        nr = min(PVM_MAX_PP_ARRAY_COUNT,
+                 ((addr + length + PAGE_SIZE - 1) >> PAGE_SHIFT) - (start >> PAGE_SHIFT))
+        pages = PageArray(nr)
+        locked = [1]
+        got = kernel.pin_user_pages_remote(target.mm, start, nr, FOLL_WRITE if write else 0,
+                                           pages, locked)
+        if got <= 0:
+            if done:
+                break
+            raise OSError(errno.EFAULT if got == 0 else -got,
+                          "process_vm: the remote range is not accessible")
+        for i in range(got):
+            off = pos & ~PAGE_MASK
+            n = min(PAGE_SIZE - off, length - done)
+            if n <= 0:
+                break
+            if write:
+                kernel.dma_write(pages[i], off, data[done:done + n])
+            else:
+                out += kernel.dma_read(pages[i], off, n)
+            done += n
+            pos += n
+        if write:
+            kernel.unpin_user_pages_dirty_lock(pages[:got], True)
+        else:
+            kernel.unpin_user_pages(pages[:got])
+        if got < nr:
+            break
+    return done if write else bytes(out)
+
+
+def process_vm_readv(kernel, reader, target, addr: int, length: int) -> bytes:
+    """The bytes of `target` at [addr, addr+length) as `reader` would receive them."""
+    if not target.alive:
+        raise OSError(errno.ESRCH, "the target process has exited")
+    return _rw(kernel, target, addr, length, None)
+
+
+def process_vm_writev(kernel, writer, target, addr: int, data: bytes) -> int:
+    if not target.alive:
+        raise OSError(errno.ESRCH, "the target process has exited")
+    return _rw(kernel, target, addr, len(data), bytes(data))

@@ -1,0 +1,67 @@
+"""AF_XDP UMEM registration (net/xdp/xdp_umem.c): long-term pins on the slow path.
+
+XDP_UMEM_REG charges the pages to the user's locked_vm (not to VmPin) unless the task
+has CAP_IPC_LOCK (-ENOBUFS past RLIMIT_MEMLOCK), then pins them with
+pin_user_pages(FOLL_WRITE | FOLL_LONGTERM) under mmap_lock; a short pin is -ENOMEM.
+Closing the socket unpins them, dirtied (the device may have written them).
+"""
+
+from __future__ import annotations
+
+import errno
+
+from ..constants import CAP_IPC_LOCK, PAGE_SHIFT, PAGE_SIZE
+from ..memory import PageArray
+from ..mm.mm_struct import rlimit_pages
+
+XDP_UMEM_MIN_CHUNK_SIZE = 2048
+
+
+class XdpSocket:
+    def __init__(self, kernel, proc) -> None:
+        self.k = kernel
+        self.p = proc
+        self.pages: PageArray | None = None
+        self.charged = 0
+        self.user = None
+
+    def umem_reg(self, addr: int, length: int, chunk_size: int = PAGE_SIZE) -> None:
+        from .. import FOLL_LONGTERM, FOLL_WRITE
+        if self.pages is not None:
+            raise OSError(errno.EBUSY, "this socket already has a UMEM")
+        if chunk_size < XDP_UMEM_MIN_CHUNK_SIZE or chunk_size > PAGE_SIZE or \
+                chunk_size & (chunk_size - 1):
+            raise OSError(errno.EINVAL, "chunk size must be a power of two, 2 KiB to 4 KiB")
+        if addr % PAGE_SIZE or length <= 0 or length % chunk_size:
+            raise OSError(errno.EINVAL, "the UMEM must be page aligned and whole chunks long")
+        npgs = length >> PAGE_SHIFT
+        if not self.p.cred.capable(CAP_IPC_LOCK):
+            self.user = self.k.user(self.p.cred.uid)
+            if self.user.locked_vm + npgs > rlimit_pages(self.p.cred.rlimit_memlock):
+                raise OSError(errno.ENOBUFS, "UMEM exceeds RLIMIT_MEMLOCK")
+            self.user.locked_vm += npgs
+            self.charged = npgs
+        pages = PageArray(npgs)
+        mm = self.p.mm
+        mm.mmap_lock.readers += 1
+        try:
+            got = self.p.pin_user_pages(addr, npgs, FOLL_WRITE | FOLL_LONGTERM, pages)
+        finally:
+            mm.mmap_lock.readers -= 1
+        if got != npgs:
+            if got > 0:
+                self.k.unpin_user_pages(pages[:got])
+            self._uncharge()
+            raise OSError(errno.ENOMEM if got >= 0 else -got, "could not pin the whole UMEM")
+        self.pages = pages
+
+    def _uncharge(self) -> None:
+        if self.user is not None:
+            self.user.locked_vm -= self.charged
+        self.charged = 0
+
+    def close(self) -> None:
+        if self.pages is not None:
+            self.k.unpin_user_pages_dirty_lock(self.pages, True)
+            self.pages = None
+        self._uncharge()

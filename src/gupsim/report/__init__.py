@@ -1,0 +1,1 @@
+"""Renderings of results: rich tables for terminals, plain dicts for JSON."""

@@ -1,0 +1,56 @@
+"""The `gupsim live` agreement table: one row per catalogue case."""
+
+from __future__ import annotations
+
+from rich.table import Table
+
+from ..scenarios.runner import Result, describe
+
+STYLE = {"agree": "green", "disagree": "bold red", "skipped": "yellow", "model-only": "cyan"}
+
+
+def summarize(trace) -> str:
+    """The interesting steps of a trace in one line: refusals and pin movements."""
+    if trace is None:
+        return "—"
+    if trace.skipped:
+        return f"skipped: {trace.skipped}"
+    parts = []
+    for s in trace.steps:
+        if s.outcome != "ok" or s.acquired or s.released:
+            parts.append(f"{s.op.split()[0]} {s.outcome}"
+                         + (f" +{s.acquired}/-{s.released}" if s.acquired or s.released else "")
+                         + (f" VmPin {s.vm_pin_kb}" if s.vm_pin_kb else ""))
+    return "; ".join(parts) or "ok, no pins"
+
+
+def table(results: list[Result]) -> Table:
+    t = Table(title="model versus host kernel", show_lines=False, expand=True)
+    t.add_column("case", ratio=3)
+    t.add_column("host", ratio=3)
+    t.add_column("model", ratio=3)
+    t.add_column("", ratio=1)
+    for r in results:
+        status = r.status
+        why = "; ".join(r.model_problems + r.host_problems + r.differences)
+        t.add_row(r.case.name, summarize(r.host), summarize(r.model),
+                  f"[{STYLE[status]}]{status}[/]" + (f"\n[dim]{why}[/]" if why else ""))
+    return t
+
+
+def as_json(results: list[Result]) -> list[dict]:
+    def trace(tr):
+        if tr is None:
+            return None
+        return {"skipped": tr.skipped, "exact": tr.exact,
+                "steps": [{"op": s.op, "outcome": s.outcome, "acquired": s.acquired,
+                           "released": s.released, "VmPin": s.vm_pin_kb, "VmLck": s.vm_lck_kb,
+                           "data": None if s.data is None else s.data.hex()}
+                          for s in tr.steps]}
+    return [{"case": r.case.name, "source": r.case.source, "why": r.case.why,
+             "status": r.status, "model": trace(r.model), "host": trace(r.host),
+             "model_problems": r.model_problems, "host_problems": r.host_problems,
+             "differences": r.differences} for r in results]
+
+
+__all__ = ["table", "as_json", "summarize", "describe"]

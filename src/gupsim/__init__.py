@@ -5,6 +5,7 @@ the public contract and README.md for a tour.
 """
 
 from .constants import *  # noqa: F403 - the kernel's constants are part of the public API
+from .gup import *  # noqa: F403 - FOLL_* flags and the GUP/PUP entry points
 from .kernel import Kernel, Process
 from .memory import (
     GUP_PIN_COUNTING_BIAS,

@@ -13,6 +13,7 @@ import itertools
 from .check.invariants import InvariantViolation, check_invariants
 from .constants import CAP_IPC_LOCK, PAGE_SHIFT, PAGE_SIZE, PMD_ORDER, PUD_ORDER
 from .fs import File, FileSystem, filesystems
+from .gup.facade import KernelPinning, ProcessPinning
 from .memory import Allocator, Kind, MemMap, Page
 from .memory.units import parse_size
 from .mm import (
@@ -32,7 +33,7 @@ from .mm.mm_struct import RLIMIT_DEFAULT_MEMLOCK, UserStruct
 from .warn import WarnLog
 
 
-class Kernel:
+class Kernel(KernelPinning):
     """One simulated machine: memory, file systems, processes, vmstat and warnings.
 
     `memory`, `movable` (ZONE_MOVABLE) and `cma` accept bytes or strings like "4GiB";
@@ -58,6 +59,7 @@ class Kernel:
                          SwapDevice(swap_pages) if swap_pages else None)
         self.env.thp.set(thp)
         self.mem.rmap = MMRmap(self.env)
+        self._init_pinning()            # gup/: registers the machine, creates k.sanitizer
         self._boot_zero_pages()
         if nr_hugepages:
             self.set_nr_hugepages(nr_hugepages, "2MiB")
@@ -161,7 +163,7 @@ class Kernel:
                 "HugePages_Free": a.hugetlb_free_count(PMD_ORDER)}
 
 
-class Process:
+class Process(ProcessPinning):
     """A task with an mm: the system calls, CPU access, and (with gup/) pinning calls."""
 
     def __init__(self, kernel: Kernel, pid: int, comm: str, mm: MM, cred: Cred) -> None:
@@ -249,6 +251,7 @@ class Process:
         self._live()
         exit_mmap(self._env, self.mm)
         self.alive = False
+        self.kernel.sanitizer.report_leaks(self.mm, f"exit of process {self.pid}")
         self.kernel.after_step("exit")
 
     # -- /proc -----------------------------------------------------------------------------

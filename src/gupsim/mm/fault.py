@@ -15,6 +15,7 @@ from ..memory import PG, Kind, OutOfMemory
 from ..memory.refs import folio_put
 from .env import MMEnv
 from .mm_struct import MM, map_huge, map_pte_range, split_huge_mapping, zap_range
+from .rmap import mappings_of
 from .vma import PTE, VM, VMA
 
 
@@ -217,7 +218,8 @@ def do_wp_page(env: MMEnv, mm: MM, vma: VMA, i: int, unshare: bool) -> VMFault:
     head = int(mem.head_of(pfn))
     kind = int(mem.kind[head]) if not pte & PTE.SPECIAL else int(mem.kind[pfn])
     if kind == Kind.ANON and not pte & PTE.SPECIAL:
-        if mem.test(pfn, PG.anon_exclusive) or _anon_reusable(env, head):
+        if (mem.test(pfn, PG.anon_exclusive) or _anon_reusable(env, head)
+                or _anon_reusable_large(env, mm, head)):
             mem.set_flag(pfn, PG.anon_exclusive)
             if not unshare:
                 vma.pte[i] |= _mkwrite(vma) | PTE.DIRTY | PTE.YOUNG
@@ -236,6 +238,19 @@ def _anon_reusable(env: MMEnv, head: int) -> bool:
     mem = env.mem
     return (mem.order[head] == 0 and int(mem.refcount[head]) == 1
             and not mem.test(head, PG.swapcache))
+
+
+def _anon_reusable_large(env: MMEnv, mm: MM, head: int) -> bool:
+    """wp_can_reuse_anon_folio() for a PTE-mapped large folio (6.15+): every reference
+    is a mapping (no pin, no swap cache) and every mapping belongs to this mm."""
+    mem = env.mem
+    if mem.order[head] == 0 or mem.test(head, PG.swapcache):
+        return False
+    n = mem.nr_pages_of(head)
+    maps = int(mem.mapcount[head:head + n].sum()) + int(mem.entire_mapcount[head])
+    if int(mem.refcount[head]) != maps:
+        return False
+    return all(other is mm for other, _, _ in mappings_of(env, head))
 
 
 def _anon_reusable_huge(env: MMEnv, head: int) -> bool:

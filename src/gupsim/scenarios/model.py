@@ -236,9 +236,15 @@ class ModelProc:
         return self._record("xdp_close", do)
 
     def limit_memlock(self, limit: int) -> None:
-        self.p.cred.caps.discard(CAP_IPC_LOCK)
-        self.p.cred.rlimit_memlock = limit
-        self.p.cred.uid = 60000 + self.pid      # a user of its own, as the host probe does
+        if limit < 0:
+            raise ValueError(f"limit must be >= 0 bytes, got {limit}")
+
+        def do() -> None:
+            self.p.cred.caps.discard(CAP_IPC_LOCK)
+            self.p.cred.rlimit_memlock = limit
+            self.p.cred.uid = 60000 + self.pid      # a user of its own, as the host does
+
+        self._record(op_name("limit_memlock", size=limit), do)
 
 
 class ModelSystem:

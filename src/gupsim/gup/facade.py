@@ -1,0 +1,219 @@
+"""The pinning calls of the `Kernel` and `Process` facade (mixins for kernel.py).
+
+`ProcessPinning` gives a process the GUP calls a driver makes on behalf of `current`
+(the process): `p.pin_user_pages_fast(...)`. Calls whose kernel contract says the
+caller holds mmap_lock (`get_user_pages`, `pin_user_pages`, `*_remote`) take it here,
+as the driver would around the call. `KernelPinning` gives the machine the remote
+calls, the release calls, device access to pinned frames, and the sanitizer.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ..check.sanitizer import PinSanitizer
+from ..constants import EFAULT, PAGE_SIZE
+from ..memory import Folio, Kind, Page
+from ..mm import MM
+from . import api
+from .accounting import account_locked_vm
+from .slow import mmap_read_lock, mmap_read_unlock
+from .state import GupState, register_machine
+
+if TYPE_CHECKING:
+    from ..memory import MemMap
+    from ..mm import Cred, MMEnv
+
+
+class _Locked:
+    """Hold mmap_lock for read around a call that requires the caller to hold it."""
+
+    def __init__(self, mm: MM, locked: list[int] | None = None) -> None:
+        self.mm = mm
+        self.locked = locked
+        self.taken = False
+
+    def __enter__(self) -> _Locked:
+        if self.locked is None or self.locked[0] == 1:
+            mmap_read_lock(self.mm)
+            self.taken = True
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        # with `locked`, GUP reports through it whether the lock is still held
+        if self.taken and (self.locked is None or self.locked[0] == 1):
+            mmap_read_unlock(self.mm)
+
+
+class ProcessPinning:
+    """GUP calls made with this process as `current` (see module docstring)."""
+
+    kernel: Any
+    mm: MM
+
+    def _as_current(self):
+        self._live()   # type: ignore[attr-defined]
+        return api.running_as(self.kernel.env, self.mm, self)
+
+    def get_user_pages(self, start: int, nr_pages: int, gup_flags: int, pages) -> int:
+        with self._as_current(), _Locked(self.mm):
+            return api.get_user_pages(start, nr_pages, gup_flags, pages)
+
+    def get_user_pages_unlocked(self, start: int, nr_pages: int, pages, gup_flags: int) -> int:
+        with self._as_current():
+            return api.get_user_pages_unlocked(start, nr_pages, pages, gup_flags)
+
+    def get_user_pages_fast(self, start: int, nr_pages: int, gup_flags: int, pages) -> int:
+        with self._as_current():
+            return api.get_user_pages_fast(start, nr_pages, gup_flags, pages)
+
+    def get_user_pages_fast_only(self, start: int, nr_pages: int, gup_flags: int,
+                                 pages) -> int:
+        with self._as_current():
+            return api.get_user_pages_fast_only(start, nr_pages, gup_flags, pages)
+
+    def pin_user_pages(self, start: int, nr_pages: int, gup_flags: int, pages) -> int:
+        with self._as_current(), _Locked(self.mm):
+            return api.pin_user_pages(start, nr_pages, gup_flags, pages)
+
+    def pin_user_pages_fast(self, start: int, nr_pages: int, gup_flags: int, pages) -> int:
+        with self._as_current():
+            return api.pin_user_pages_fast(start, nr_pages, gup_flags, pages)
+
+    def pin_user_pages_unlocked(self, start: int, nr_pages: int, pages, gup_flags: int) -> int:
+        with self._as_current():
+            return api.pin_user_pages_unlocked(start, nr_pages, pages, gup_flags)
+
+    # seed-era wrappers (v2 - v4 of the FOLL_PIN series), see gup/api.py
+    def pin_longterm_pages(self, start: int, nr_pages: int, gup_flags: int, pages) -> int:
+        with self._as_current(), _Locked(self.mm):
+            return api.pin_longterm_pages(start, nr_pages, gup_flags, pages)
+
+    def pin_longterm_pages_fast(self, start: int, nr_pages: int, gup_flags: int,
+                                pages) -> int:
+        with self._as_current():
+            return api.pin_longterm_pages_fast(start, nr_pages, gup_flags, pages)
+
+    def account_locked_vm(self, pages: int, inc: bool) -> int:
+        """account_locked_vm(current->mm, pages, inc) with this process's limits."""
+        return account_locked_vm(self.mm, pages, inc, self.cred)  # type: ignore[attr-defined]
+
+
+class KernelPinning:
+    """Machine-wide pinning calls: remote GUP, release, device access, the sanitizer."""
+
+    env: MMEnv
+    mem: MemMap
+    sanitizer: PinSanitizer
+
+    def _init_pinning(self) -> None:
+        st = register_machine(self.env)
+        self.sanitizer = PinSanitizer(self.mem)
+        st.sanitizer = self.sanitizer
+
+    @property
+    def gup(self) -> GupState:
+        """Pinning-layer state: race points (`k.gup.on_race(...)`), last migration failure."""
+        return register_machine(self.env)
+
+    # -- remote GUP ------------------------------------------------------------------------
+
+    def get_user_pages_remote(self, mm: MM, start: int, nr_pages: int, gup_flags: int, pages,
+                              locked: list[int] | None) -> int:
+        with _Locked(mm, locked):
+            return api.get_user_pages_remote(mm, start, nr_pages, gup_flags, pages, locked)
+
+    def pin_user_pages_remote(self, mm: MM, start: int, nr_pages: int, gup_flags: int, pages,
+                              locked: list[int] | None) -> int:
+        with _Locked(mm, locked):
+            return api.pin_user_pages_remote(mm, start, nr_pages, gup_flags, pages, locked)
+
+    def pin_longterm_pages_remote(self, mm: MM, start: int, nr_pages: int, gup_flags: int,
+                                  pages, locked: list[int] | None) -> int:
+        with _Locked(mm, locked):
+            return api.pin_longterm_pages_remote(mm, start, nr_pages, gup_flags, pages,
+                                                 locked)
+
+    def memfd_pin_folios(self, memfd, start: int, end: int, folios: list, max_folios: int,
+                         offset: list[int]) -> int:
+        return api.memfd_pin_folios(memfd, start, end, folios, max_folios, offset)
+
+    # -- release -----------------------------------------------------------------------------
+
+    def unpin_user_page(self, page: Page) -> None:
+        api.unpin_user_page(page)
+
+    def unpin_user_pages(self, pages, npages: int | None = None) -> None:
+        api.unpin_user_pages(pages, npages)
+
+    def unpin_user_pages_dirty_lock(self, pages, npages: int | bool,
+                                    make_dirty: bool | None = None) -> None:
+        """(pages, npages, make_dirty) as the kernel; (pages, make_dirty) for a whole list."""
+        if make_dirty is None:
+            if not isinstance(npages, bool):
+                raise TypeError("unpin_user_pages_dirty_lock(pages, npages, make_dirty)")
+            npages, make_dirty = len(pages), npages
+        api.unpin_user_pages_dirty_lock(pages, int(npages), make_dirty)
+
+    def unpin_user_page_range_dirty_lock(self, page: Page, npages: int,
+                                         make_dirty: bool) -> None:
+        api.unpin_user_page_range_dirty_lock(page, npages, make_dirty)
+
+    def unpin_folio(self, folio: Folio) -> None:
+        api.unpin_folio(folio)
+
+    def unpin_folios(self, folios, nfolios: int | None = None) -> None:
+        api.unpin_folios(folios, nfolios)
+
+    def unpin_user_folio(self, folio: Folio, npages: int) -> None:
+        api.unpin_user_folio(folio, npages)
+
+    def folio_add_pin(self, folio: Folio) -> None:
+        api.folio_add_pin(folio)
+
+    def folio_add_pins(self, folio: Folio, pins: int) -> int:
+        return api.folio_add_pins(folio, pins)
+
+    def put_page(self, page: Page) -> None:
+        api.put_page(page)
+
+    def get_page(self, page: Page) -> None:
+        api.get_page(page)
+        import numpy as np
+        self.sanitizer.on_acquire(np.array([page.pfn], dtype=np.int64), 1 << 1, "get_page",
+                                  None)
+
+    # seed-era names
+    def put_user_page(self, page: Page) -> None:
+        api.put_user_page(page)
+
+    def put_user_pages(self, pages, npages: int | None = None) -> None:
+        api.put_user_pages(pages, npages)
+
+    def put_user_pages_dirty_lock(self, pages, npages: int, make_dirty: bool) -> None:
+        api.put_user_pages_dirty_lock(pages, npages, make_dirty)
+
+    # -- a device using the frames it was given -------------------------------------------
+
+    def _dma_check(self, page: Page, offset: int, n: int) -> None:
+        if offset < 0 or offset + n > PAGE_SIZE:
+            raise ValueError(f"DMA of {n} bytes at offset {offset} crosses the page: split it")
+        kind = int(self.mem.kind[int(self.mem.head_of(page.pfn))])
+        if kind == Kind.SECRETMEM:
+            raise OSError(EFAULT, "secretmem pages are not in the kernel's direct map")
+        self.mem.warnings.warn_on_once(kind == Kind.FREE, "dma: access to a free frame",
+                                       f"pfn {page.pfn:#x} was freed: the device holds no "
+                                       "reference to it (use after unpin)")
+
+    def dma_write(self, page: Page, offset: int, data: bytes) -> None:
+        """A device writes into the frame (no page tables, no dirty tracking)."""
+        self._dma_check(page, offset, len(data))
+        self.mem.write(page.pfn, offset, bytes(data))
+
+    def dma_read(self, page: Page, offset: int, n: int) -> bytes:
+        """A device reads from the frame."""
+        self._dma_check(page, offset, n)
+        return self.mem.read(page.pfn, offset, n)
+
+    def account_locked_vm(self, mm: MM, pages: int, inc: bool, cred: Cred) -> int:
+        return account_locked_vm(mm, pages, inc, cred)

@@ -1,0 +1,311 @@
+"""Taking and dropping GUP references and pins (spec 3.2, 3.3).
+
+A pin of a small folio adds GUP_PIN_COUNTING_BIAS (1024) to its refcount; a large
+folio keeps an exact `_pincount` and each pin adds 1 to both counts. The shared zero
+page is never pin-counted. `nr_foll_pin_acquired` / `nr_foll_pin_released` count base
+pages. Bulk forms work on PFN arrays: consecutive entries of one folio form a run and
+each run is one `np.add.at` / `np.subtract.at` update, never a Python loop per page.
+The refcount has 32-bit signed semantics: a wrap makes it negative, and the next grab
+is refused with -ENOMEM (there is no pre-check, as in the kernel).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from ..constants import EINVAL, ENOMEM
+from ..memory import GUP_PIN_COUNTING_BIAS, Allocator, Folio, Kind, MemMap, Page, PageArray
+from ..memory.pagearray import NULL, pfns_of
+from .flags import FOLL_GET, FOLL_PIN
+from .state import gup_state
+
+ACQUIRED = "nr_foll_pin_acquired"
+RELEASED = "nr_foll_pin_released"
+_S32 = 1 << 31
+
+
+def _wrap_s32(mem: MemMap, heads: np.ndarray) -> None:
+    """atomic_t semantics: a refcount pushed past INT_MAX wraps to a negative value."""
+    r = mem.refcount[heads]
+    over = r >= _S32
+    if over.any():
+        mem.refcount[heads[over]] = ((r[over] + _S32) % (1 << 32)) - _S32
+
+
+def folio_runs(mem: MemMap, pfns: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(run start index, run head PFN, run length) of consecutive same-folio entries."""
+    if len(pfns) == 0:
+        z = np.zeros(0, dtype=np.int64)
+        return z, z, z
+    heads = mem.head_of(pfns).astype(np.int64)
+    starts = np.flatnonzero(np.r_[True, heads[1:] != heads[:-1]])
+    lengths = np.diff(np.r_[starts, len(pfns)])
+    return starts, heads[starts], lengths
+
+
+def _add_refs(mem: MemMap, heads: np.ndarray, refs: np.ndarray, flags: int) -> None:
+    """Add `refs` references (GET) or pins (PIN) to each folio, with vmstat."""
+    if flags & FOLL_GET:
+        np.add.at(mem.refcount, heads, refs)
+    elif flags & FOLL_PIN:
+        keep = mem.kind[heads] != Kind.ZERO
+        heads, refs = heads[keep], refs[keep]
+        large = mem.order[heads] > 0
+        np.add.at(mem.refcount, heads[large], refs[large])
+        np.add.at(mem.pincount, heads[large], refs[large])
+        np.add.at(mem.refcount, heads[~large], refs[~large] * GUP_PIN_COUNTING_BIAS)
+        mem.vmstat[ACQUIRED] += int(refs.sum())
+    else:
+        return
+    _wrap_s32(mem, heads)
+
+
+def try_grab_folio(mem: MemMap, head: int, refs: int, flags: int) -> int:
+    """try_grab_folio(): 0, or -ENOMEM (with a warning) if the refcount is unusable."""
+    if mem.warnings.warn_on_once(int(mem.refcount[head]) <= 0, "try_grab_folio: refcount <= 0",
+                                 f"folio {head:#x} has refcount {int(mem.refcount[head])} "
+                                 "(freed or overflowed)"):
+        return -ENOMEM
+    _add_refs(mem, np.array([head], dtype=np.int64), np.array([refs], dtype=np.int64), flags)
+    return 0
+
+
+def try_grab_pfns(mem: MemMap, pfns: np.ndarray, flags: int) -> int:
+    """Grab one reference/pin per entry, in order, stopping at the first unusable folio.
+
+    Returns how many entries were grabbed (a prefix); -ENOMEM if the first one failed.
+    """
+    starts, heads, lengths = folio_runs(mem, pfns)
+    bad = np.flatnonzero(mem.refcount[heads] <= 0)
+    nruns = len(heads)
+    if len(bad):
+        nruns = int(bad[0])
+        if nruns == 0:
+            try_grab_folio(mem, int(heads[0]), 1, flags)   # records the warning
+            return -ENOMEM
+    _add_refs(mem, heads[:nruns], lengths[:nruns], flags)
+    return int(starts[nruns]) if nruns < len(heads) else len(pfns)
+
+
+def gup_put_pfns(alloc: Allocator, pfns: np.ndarray, flags: int) -> int:
+    """gup_put_folio() for every entry (NULLs skipped), grouped by runs; returns folios freed."""
+    mem = alloc.mem
+    pfns = pfns[pfns != NULL]
+    if len(pfns) == 0:
+        return 0
+    _, heads, refs = folio_runs(mem, pfns)
+    return gup_put_folios(alloc, heads, refs, flags)
+
+
+def gup_put_folios(alloc: Allocator, heads: np.ndarray, refs: np.ndarray, flags: int) -> int:
+    mem = alloc.mem
+    if flags & FOLL_PIN:
+        keep = mem.kind[heads] != Kind.ZERO
+        heads, refs = heads[keep], refs[keep]
+        if len(heads) == 0:
+            return 0
+        mem.vmstat[RELEASED] += int(refs.sum())
+        large = mem.order[heads] > 0
+        np.subtract.at(mem.pincount, heads[large], refs[large])
+        np.subtract.at(mem.refcount, heads[large], refs[large])
+        np.subtract.at(mem.refcount, heads[~large], refs[~large] * GUP_PIN_COUNTING_BIAS)
+        neg = heads[large][mem.pincount[heads[large]] < 0]
+        if mem.warnings.warn_on_once(len(neg) > 0, "gup_put_folio: pincount underflow",
+                                     "more unpins than pins on a large folio"):
+            mem.pincount[neg] = 0
+    else:
+        np.subtract.at(mem.refcount, heads, refs)
+    uniq = np.unique(heads)
+    under = uniq[mem.refcount[uniq] < 0]
+    if mem.warnings.warn_on_once(len(under) > 0, "gup_put_folio: refcount underflow",
+                                 f"folio {int(under[0]) if len(under) else 0:#x} "
+                                 "released more than it held"):
+        mem.refcount[under] = 0
+    dead = uniq[(mem.refcount[uniq] == 0) & (mem.kind[uniq] != Kind.FREE)]
+    for head in dead.tolist():
+        alloc.free_folio(head)
+    return len(dead)
+
+
+def gup_put_folio(alloc: Allocator, head: int, refs: int, flags: int) -> None:
+    gup_put_folios(alloc, np.array([head], dtype=np.int64), np.array([refs], dtype=np.int64),
+                   flags)
+
+
+# -- adding pins to already pinned folios ---------------------------------------------
+
+
+def folio_add_pin(folio: Folio) -> None:
+    """folio_add_pin(): one more pin on a pinned folio; no vmstat update (spec 12.2)."""
+    mem = folio.mem
+    head = folio.pfn
+    if mem.kind[head] == Kind.ZERO:
+        return
+    if mem.has_pincount(head):
+        mem.warnings.warn_on_once(int(mem.pincount[head]) < 1, "folio_add_pin: not pinned",
+                                  f"folio {head:#x} has no pin to add to")
+        mem.refcount[head] += 1
+        mem.pincount[head] += 1
+    else:
+        mem.warnings.warn_on_once(int(mem.refcount[head]) < GUP_PIN_COUNTING_BIAS,
+                                  "folio_add_pin: not pinned",
+                                  f"folio {head:#x} has no pin to add to")
+        mem.refcount[head] += GUP_PIN_COUNTING_BIAS
+    _wrap_s32(mem, np.array([head]))
+
+
+def folio_add_pins(folio: Folio, pins: int) -> int:
+    """folio_add_pins(): `pins` more pins on a pinned folio, with vmstat; 0 or -errno."""
+    from ..memory import folio_maybe_dma_pinned
+    mem = folio.mem
+    mem.warnings.warn_on_once(not folio_maybe_dma_pinned(folio), "folio_add_pins: not pinned",
+                              f"folio {folio.pfn:#x} is not pinned")
+    return try_grab_folio(mem, folio.pfn, pins, FOLL_PIN)
+
+
+# -- the unpin family -------------------------------------------------------------------
+
+
+def _is_error_count(n: int) -> bool:
+    """An `unsigned long` count that is really a -errno passed by mistake."""
+    return -4095 <= n < 0 or n >= (1 << 64) - 4095
+
+
+def _release(mem: MemMap | None, pfns: np.ndarray, flags: int, call: str) -> None:
+    if mem is None or len(pfns) == 0:
+        return
+    st = gup_state(mem)
+    if st.sanitizer is not None:
+        st.sanitizer.on_release(pfns, flags, call)
+    gup_put_pfns(st.alloc, pfns, flags)
+
+
+def _mem_and_pfns(pages, npages: int | None) -> tuple[MemMap | None, np.ndarray]:
+    from .pages import machine_of
+    mem = machine_of(pages)
+    pfns = pfns_of(pages, npages) if mem is not None else np.zeros(0, dtype=np.int64)
+    return mem, pfns
+
+
+def unpin_user_page(page: Page) -> None:
+    """Release one pin of the page's folio."""
+    _release(page.mem, np.array([page.pfn], dtype=np.int64), FOLL_PIN, "unpin_user_page")
+
+
+def unpin_user_pages(pages: Sequence[Page | None] | PageArray, npages: int | None = None) -> None:
+    """Release one pin per entry (NULLs skipped); a -errno count warns and does nothing."""
+    if npages is None:
+        npages = len(pages)
+    mem = machine_of_any(pages)
+    warn = mem.warnings if mem is not None else None
+    if _is_error_count(npages):
+        if warn is not None:
+            warn.warn_on_once(True, "unpin_user_pages: npages is an error value",
+                              f"npages={npages}: pass the count of pinned pages, not -errno")
+        return
+    mem, pfns = _mem_and_pfns(pages, npages)
+    _release(mem, pfns, FOLL_PIN, "unpin_user_pages")
+
+
+def machine_of_any(pages) -> MemMap | None:
+    from .pages import machine_of
+    return machine_of(pages)
+
+
+def _mark_dirty(mem: MemMap, pfns: np.ndarray) -> None:
+    """folio_mark_dirty() under the folio lock on every folio not dirty yet."""
+    from ..memory import PG
+    pfns = pfns[pfns != NULL]
+    heads = np.unique(mem.head_of(pfns))
+    heads = heads[mem.kind[heads] != Kind.ZERO]
+    mem.set_flag(heads, PG.dirty)
+
+
+def unpin_user_pages_dirty_lock(pages: Sequence[Page | None] | PageArray, npages: int,
+                                make_dirty: bool) -> None:
+    """Dirty (if asked) then unpin every entry: what a device that wrote the pages does."""
+    mem = machine_of_any(pages)
+    if _is_error_count(npages):
+        if mem is not None:
+            mem.warnings.warn_on_once(True, "unpin_user_pages: npages is an error value",
+                                      f"npages={npages}")
+        return
+    if not make_dirty:
+        unpin_user_pages(pages, npages)
+        return
+    mem, pfns = _mem_and_pfns(pages, npages)
+    if mem is None:
+        return
+    _mark_dirty(mem, pfns)
+    _release(mem, pfns, FOLL_PIN, "unpin_user_pages_dirty_lock")
+
+
+def unpin_user_page_range_dirty_lock(page: Page, npages: int, make_dirty: bool) -> None:
+    """Unpin the physically contiguous pages page .. page+npages-1 (folio by folio)."""
+    mem = page.mem
+    pfns = np.arange(page.pfn, page.pfn + npages, dtype=np.int64)
+    if make_dirty:
+        _mark_dirty(mem, pfns)
+    _release(mem, pfns, FOLL_PIN, "unpin_user_page_range_dirty_lock")
+
+
+def unpin_folio(folio: Folio) -> None:
+    _release(folio.mem, np.array([folio.pfn], dtype=np.int64), FOLL_PIN, "unpin_folio")
+
+
+def unpin_folios(folios: Sequence[Folio | None], nfolios: int | None = None) -> None:
+    if nfolios is None:
+        nfolios = len(folios)
+    live = [f for f in folios[:nfolios] if f is not None] if not _is_error_count(nfolios) \
+        else []
+    if _is_error_count(nfolios):
+        mem = next((f.mem for f in folios if f is not None), None)
+        if mem is not None:
+            mem.warnings.warn_on_once(True, "unpin_folios: nfolios is an error value",
+                                      f"nfolios={nfolios}")
+        return
+    if not live:
+        return
+    pfns = np.fromiter((f.pfn for f in live), dtype=np.int64, count=len(live))
+    _release(live[0].mem, pfns, FOLL_PIN, "unpin_folios")
+
+
+def unpin_user_folio(folio: Folio, npages: int) -> None:
+    """Drop `npages` pins of one folio."""
+    _release(folio.mem, np.full(npages, folio.pfn, dtype=np.int64), FOLL_PIN,
+             "unpin_user_folio")
+
+
+# -- plain references ---------------------------------------------------------------------
+
+
+def put_page(page: Page) -> None:
+    """put_page(): drop one ordinary reference (the release for FOLL_GET)."""
+    mem = page.mem
+    st = gup_state(mem)
+    if st.sanitizer is not None:
+        st.sanitizer.on_release(np.array([page.pfn], dtype=np.int64), FOLL_GET, "put_page")
+    head = int(mem.head_of(page.pfn))
+    if mem.warnings.warn_on_once(mem.kind[head] in (Kind.ZERO, Kind.HUGE_ZERO)
+                                 and int(mem.refcount[head]) <= 1,
+                                 "put_page: zero page refcount", "would free the zero page"):
+        return
+    gup_put_folio(st.alloc, head, 1, FOLL_GET)
+
+
+def get_page(page: Page) -> None:
+    """get_page(): take one ordinary reference on the page's folio."""
+    mem = page.mem
+    head = int(mem.head_of(page.pfn))
+    mem.warnings.warn_on_once(int(mem.refcount[head]) <= 0, "get_page: refcount <= 0",
+                              f"folio {head:#x} is free")
+    mem.refcount[head] += 1
+
+
+__all__ = ["ACQUIRED", "RELEASED", "EINVAL", "folio_runs", "try_grab_folio", "try_grab_pfns",
+           "gup_put_pfns", "gup_put_folio", "gup_put_folios", "folio_add_pin", "folio_add_pins",
+           "unpin_user_page", "unpin_user_pages", "unpin_user_pages_dirty_lock",
+           "unpin_user_page_range_dirty_lock", "unpin_folio", "unpin_folios",
+           "unpin_user_folio", "put_page", "get_page"]

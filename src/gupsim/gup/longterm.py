@@ -1,0 +1,155 @@
+"""FOLL_LONGTERM: which folios may stay pinned, and the pin -> check -> migrate loop.
+
+A long-term pin must not keep a folio in ZONE_MOVABLE or a CMA pageblock (spec 4.2).
+`__gup_longterm_locked()` pins with PF_MEMALLOC_PIN set (faults then allocate
+unmovable memory), checks what it got, and if anything is unpinnable drops every pin
+of the call, migrates the offenders and pins the whole range again (spec 4.4).
+`memfd_pin_folios()` (spec 4.6) pins shmem/hugetlbfs page cache by folio.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from ..constants import EAGAIN, EINVAL, ENOMEM, PAGE_SHIFT, PAGE_SIZE
+from ..memory import PG, Folio, Kind, MemMap, Zone
+from ..memory.migrate import migrate_folio
+from ..memory.pagearray import NULL
+from ..mm import MM, MMEnv
+from .flags import FOLL_LONGTERM, FOLL_PIN
+from .grab import gup_put_pfns, try_grab_folio
+from .pages import PagesOut
+from .slow import __get_user_pages_locked
+from .state import gup_state, race_point
+
+
+def longterm_pinnable(mem: MemMap, heads: np.ndarray) -> np.ndarray:
+    """Vectorised folio_is_longterm_pinnable() over head PFNs."""
+    kind = mem.kind[heads]
+    zero = (kind == Kind.ZERO) | (kind == Kind.HUGE_ZERO)
+    ok = ~np.asarray(mem.is_cma(heads), dtype=bool)
+    movable = np.asarray(mem.zone_of(heads)) == Zone.MOVABLE
+    return ok & (zero | ((kind != Kind.FSDAX) & ~movable))
+
+
+def folio_is_longterm_pinnable(folio: Folio) -> bool:
+    """May this folio be pinned long-term where it is? (spec 4.2, in order)."""
+    return bool(longterm_pinnable(folio.mem, np.array([folio.pfn]))[0])
+
+
+def check_and_migrate_pfns(env: MMEnv, pfns: np.ndarray, unpin_all: Callable[[], None]) -> int:
+    """check_and_migrate_movable_pages/folios(): 0 (keep the pins), -EAGAIN or -ENOMEM.
+
+    On anything but 0, every pin of the call has been dropped via `unpin_all()`.
+    """
+    mem = env.mem
+    st = gup_state(mem)
+    valid = pfns[pfns != NULL]
+    heads = mem.head_of(valid).astype(np.int64)
+    bad = ~longterm_pinnable(mem, heads)
+    if not bad.any():
+        return 0
+    collected = list(dict.fromkeys(heads[bad].tolist()))      # distinct, in order
+    isolated = [h for h in collected
+                if mem.test(h, PG.lru) or mem.test(h, PG.hugetlb)]
+    unpin_all()
+    race_point(mem, "longterm:before_migrate", heads=collected)
+    failed = []
+    for h in isolated:
+        if mem.kind[h] == Kind.FREE:
+            continue          # the unpin freed it: nothing left to move
+        res = migrate_folio(env.alloc, h, st.replace_cache)
+        if res.rc:
+            failed.append(res.reason)
+            mem.vmstat["pgmigrate_fail"] += mem.nr_pages_of(h)
+    if failed:
+        st.last_migrate_failure = "; ".join(failed)
+        return -ENOMEM
+    return -EAGAIN
+
+
+def __gup_longterm_locked(env: MMEnv, mm: MM, start: int, nr_pages: int,
+                          out: PagesOut | None, locked: list[int] | None, flags: int) -> int:
+    """The slow path, plus the long-term check/migrate/retry loop when FOLL_LONGTERM."""
+    if not flags & FOLL_LONGTERM:
+        return __get_user_pages_locked(env, mm, start, nr_pages, out, locked, flags)
+    st = gup_state(env.mem)
+    saved = env.memalloc_pin
+    env.memalloc_pin = True
+    try:
+        rounds = 0
+        while True:
+            rc = __get_user_pages_locked(env, mm, start, nr_pages, out, locked, flags)
+            if rc <= 0 or out is None:
+                return rc
+            n = rc
+            mrc = check_and_migrate_pfns(
+                env, out.pfns(n).copy(),
+                lambda n=n: (gup_put_pfns(env.alloc, out.pfns(n).copy(), FOLL_PIN),
+                             out.clear(n)))
+            if mrc == 0:
+                return n
+            if mrc != -EAGAIN:
+                return mrc
+            rounds += 1
+            if env.mem.warnings.warn_on_once(
+                    rounds >= st.migrate_retry_limit, "__gup_longterm_locked: no progress",
+                    f"unpinnable folios still found after {rounds} migration rounds "
+                    "(isolation keeps failing); giving up with -ENOMEM"):
+                return -ENOMEM
+            if rounds >= st.migrate_retry_limit:
+                return -ENOMEM
+    finally:
+        env.memalloc_pin = saved
+
+
+def memfd_pin_folios(env: MMEnv, memfd, start: int, end: int, folios: list[Folio | None],
+                     max_folios: int, offset: list[int]) -> int:
+    """Pin the folios of a shmem/hugetlbfs file covering bytes [start, end] (inclusive).
+
+    One pin per folio; `offset[0]` receives the offset of `start` in the first folio.
+    Returns the number of folios pinned (<= max_folios) or -errno.
+    """
+    mem = env.mem
+    if start < 0 or start > end or max_folios == 0:
+        return -EINVAL
+    if memfd is None or getattr(memfd, "kind", None) not in (Kind.SHMEM, Kind.HUGETLBFS):
+        return -EINVAL
+    if end >= memfd.size:
+        return -EINVAL
+    order = int(memfd.folio_order)
+    fsize = PAGE_SIZE << order
+    saved = env.memalloc_pin
+    env.memalloc_pin = True
+    try:
+        while True:
+            got: list[int] = []
+
+            def unpin_all(got: list[int] = got) -> None:
+                if got:
+                    gup_put_pfns(env.alloc, np.array(got, dtype=np.int64), FOLL_PIN)
+                    got.clear()
+
+            idx = start >> PAGE_SHIFT
+            last = end >> PAGE_SHIFT
+            while idx <= last and len(got) < max_folios:
+                head = memfd.get_folio(idx)
+                if head < 0:
+                    unpin_all()
+                    return head
+                if try_grab_folio(mem, head, 1, FOLL_PIN):
+                    unpin_all()
+                    return -EINVAL
+                got.append(head)
+                idx = int(mem.index[head]) + (1 << order)
+            mrc = check_and_migrate_pfns(env, np.array(got, dtype=np.int64), unpin_all)
+            if mrc == 0:
+                folios[:] = [Folio(mem, h) for h in got] + folios[len(got):]
+                offset[0] = start % fsize
+                return len(got)
+            if mrc != -EAGAIN:
+                return mrc
+    finally:
+        env.memalloc_pin = saved

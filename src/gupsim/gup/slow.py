@@ -1,0 +1,372 @@
+"""The slow path: `__get_user_pages_locked()` and `__get_user_pages()` (spec 2.4 - 2.8).
+
+Walks the range VMA by VMA under mmap_lock, checks each VMA (`check_vma_flags`), looks
+pages up, and faults in what is absent or must be unshared. The lookup is vectorised:
+`follow_range()` classifies a run of page-table entries at once and the acceptable
+prefix is grabbed in one step, so pinning a prefaulted 1 GiB range costs a few numpy
+operations; per-page Python runs only where a page must be faulted. After a fault the
+lookup window restarts at one page and doubles while lookups succeed, so a range that
+faults page after page does not re-classify its tail each time.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..constants import (
+    EAGAIN,
+    EBUSY,
+    EEXIST,
+    EFAULT,
+    EHWPOISON,
+    EINVAL,
+    ENOMEM,
+    EOPNOTSUPP,
+    PAGE_SHIFT,
+    PAGE_SIZE,
+)
+from ..memory import PG, Kind
+from ..mm import MM, MMF, VM, VMA, FaultFlag, MMEnv, VMFault, handle_mm_fault
+from ..mm.mm_struct import split_huge_mapping
+from ..mm.vma import PTE
+from .flags import (
+    FOLL_ANON,
+    FOLL_DUMP,
+    FOLL_FORCE,
+    FOLL_GET,
+    FOLL_HWPOISON,
+    FOLL_INTERRUPTIBLE,
+    FOLL_LONGTERM,
+    FOLL_MADV_POPULATE,
+    FOLL_NOFAULT,
+    FOLL_NOWAIT,
+    FOLL_PIN,
+    FOLL_REMOTE,
+    FOLL_SPLIT_PMD,
+    FOLL_TOUCH,
+    FOLL_TRIED,
+    FOLL_UNLOCKABLE,
+    FOLL_WRITE,
+)
+from .grab import try_grab_pfns
+from .pages import PagesOut
+from .state import race_point
+
+# lookup outcomes of follow_range()
+OK, ABSENT, UNSHARE, NOPAGE, DUMP_FAULT = 0, 1, 2, 3, 4
+_MAX_FAULT_RETRIES = 8
+
+
+# -- VMA checks ------------------------------------------------------------------------
+
+
+def vma_is_fsdax(vma: VMA) -> bool:
+    return vma.file is not None and vma.file.kind == Kind.FSDAX
+
+
+def vma_is_secretmem(vma: VMA) -> bool:
+    return vma.file is not None and vma.file.kind == Kind.SECRETMEM
+
+
+def vma_needs_dirty_tracking(vma: VMA) -> bool:
+    """Shared writable mapping of a file whose fs tracks dirtying through write faults."""
+    if (vma.flags & (VM.SHARED | VM.WRITE)) != (VM.SHARED | VM.WRITE):
+        return False
+    if vma.flags & VM.PFNMAP or vma.file is None:
+        return False
+    return bool(vma.file.needs_writenotify)
+
+
+def check_vma_flags(vma: VMA, gup_flags: int) -> int:
+    """0, or the errno that refuses this VMA for these flags (spec 2.5, in order)."""
+    write = gup_flags & FOLL_WRITE
+    anon = vma.is_anonymous
+    if vma.flags & (VM.IO | VM.PFNMAP):
+        return -EFAULT
+    if gup_flags & FOLL_ANON and not anon:
+        return -EFAULT
+    if gup_flags & FOLL_LONGTERM and vma_is_fsdax(vma):
+        return -EOPNOTSUPP
+    if gup_flags & FOLL_SPLIT_PMD and vma.is_hugetlb:
+        return -EOPNOTSUPP
+    if vma_is_secretmem(vma):
+        return -EFAULT
+    if write:
+        if (not anon and (gup_flags & (FOLL_PIN | FOLL_LONGTERM)) == (FOLL_PIN | FOLL_LONGTERM)
+                and vma_needs_dirty_tracking(vma)):
+            return -EFAULT
+        if not vma.flags & VM.WRITE:
+            if not gup_flags & FOLL_FORCE:
+                return -EFAULT
+            if not vma.is_cow:
+                return -EFAULT
+    elif not vma.flags & VM.READ:
+        if not gup_flags & FOLL_FORCE:
+            return -EFAULT
+        if not vma.flags & VM.MAYREAD:
+            return -EFAULT
+    return 0
+
+
+# -- lookup ----------------------------------------------------------------------------
+
+
+def follow_range(env: MMEnv, vma: VMA, i0: int, i1: int, flags: int
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """follow_page_mask() over entries [i0, i1): (outcome per entry, PFN per entry)."""
+    mem = env.mem
+    pte = vma.pte[i0:i1].astype(np.int64)
+    pfn = vma.pfn[i0:i1]
+    present = (pte & PTE.PRESENT) != 0
+    special = (pte & PTE.SPECIAL) != 0
+    huge = (pte & (PTE.PMD | PTE.PUD)) != 0
+    writable = (pte & PTE.WRITE) != 0
+    safe = np.where(present, pfn, 0)
+    heads = mem.head_of(safe).astype(np.int64)
+    kind = mem.kind[heads]
+    zero = special & ((kind == Kind.ZERO) | (kind == Kind.HUGE_ZERO))
+    anon = ~special & ((kind == Kind.ANON) | (kind == Kind.KSM))
+    excl_at = np.where(huge, heads, safe)       # a PMD-mapped THP uses its head's bit
+    exclusive = (mem.flags[excl_at] & np.uint32(PG.anon_exclusive)) != 0
+    codes = np.where(present, OK, ABSENT).astype(np.int8)
+    if flags & FOLL_WRITE:
+        force_ok = bool(flags & FOLL_FORCE) and not vma.flags & (VM.SHARED | VM.MAYSHARE) \
+            and bool(vma.flags & VM.MAYWRITE) and not vma.flags & VM.WRITE
+        can_write = writable | (force_ok & anon & exclusive)
+        codes[present & ~can_write] = ABSENT
+    ok = codes == OK
+    if flags & FOLL_DUMP:
+        codes[ok & special] = DUMP_FAULT
+    codes[(codes == OK) & special & ~zero] = NOPAGE
+    if flags & FOLL_PIN and not flags & FOLL_WRITE:
+        ro = (codes == OK) & ~writable
+        if flags & FOLL_LONGTERM and vma.is_cow:
+            must = np.where(anon, ~exclusive, True)
+        else:
+            must = anon & ~exclusive
+        codes[ro & must] = UNSHARE
+    return codes, pfn
+
+
+def _touch(env: MMEnv, vma: VMA, i0: int, n: int, pfns: np.ndarray, flags: int) -> None:
+    """FOLL_TOUCH: mark folios accessed; a write dirties a folio whose PTE is clean."""
+    if not flags & FOLL_TOUCH or n == 0:
+        return
+    mem = env.mem
+    pte = vma.pte[i0:i0 + n]
+    real = (pte & PTE.SPECIAL) == 0
+    heads = mem.head_of(pfns[:n][real])
+    mem.set_flag(np.unique(heads), PG.referenced)
+    if flags & FOLL_WRITE:
+        clean = (pte[real] & PTE.DIRTY) == 0
+        mem.set_flag(np.unique(heads[clean]), PG.dirty)
+
+
+# -- faults ------------------------------------------------------------------------------
+
+
+def faultin_page(env: MMEnv, mm: MM, vma: VMA, address: int, flags: int, unshare: bool,
+                 locked: list[int] | None) -> int:
+    """Fault one page in for GUP: 0 (look it up again), -EBUSY (stop here), or -errno."""
+    if flags & FOLL_NOFAULT:
+        return -EFAULT
+    ff = FaultFlag(0)
+    if flags & FOLL_WRITE:
+        ff |= FaultFlag.WRITE
+    if flags & FOLL_REMOTE:
+        ff |= FaultFlag.REMOTE
+    if flags & FOLL_UNLOCKABLE:
+        ff |= FaultFlag.ALLOW_RETRY | FaultFlag.KILLABLE
+        if flags & FOLL_INTERRUPTIBLE:
+            ff |= FaultFlag.INTERRUPTIBLE
+    if flags & FOLL_NOWAIT:
+        ff |= FaultFlag.ALLOW_RETRY | FaultFlag.RETRY_NOWAIT
+    if flags & FOLL_TRIED:
+        ff |= FaultFlag.TRIED
+    if unshare:
+        ff |= FaultFlag.UNSHARE
+    ret = handle_mm_fault(env, mm, vma, address, ff)
+    if ret & VMFault.ERROR:
+        if ret & VMFault.OOM:
+            return -ENOMEM
+        if ret & VMFault.HWPOISON:
+            return -EHWPOISON if flags & FOLL_HWPOISON else -EFAULT
+        return -EFAULT
+    if ret & VMFault.RETRY:
+        if not ff & FaultFlag.RETRY_NOWAIT and locked is not None:
+            locked[0] = 0
+        return -EBUSY
+    if flags & FOLL_NOWAIT and ret & VMFault.MAJOR:
+        return -EBUSY     # the model did the I/O at once; GUP still reports "not yet"
+    return 0
+
+
+# -- the walk ----------------------------------------------------------------------------
+
+
+def _split_pmds(mm: MM, vma: VMA, i0: int, i1: int) -> None:
+    """FOLL_SPLIT_PMD: PTE-map every THP PMD mapping the range touches (folios stay whole)."""
+    if vma.is_hugetlb:
+        return
+    idx = np.flatnonzero((vma.pte[i0:i1] & PTE.PMD) != 0)
+    done: set[int] = set()
+    for j in idx.tolist():
+        i = i0 + j
+        if vma.pte[i] & PTE.PMD:
+            first = i - ((vma.start >> PAGE_SHIFT) + i) % 512
+            if first not in done:
+                done.add(first)
+                split_huge_mapping(mm, vma, i)
+
+
+def __get_user_pages(env: MMEnv, mm: MM, start: int, nr_pages: int, gup_flags: int,
+                     out: PagesOut | None, locked: list[int] | None) -> int:
+    """Pages done (a prefix of the range), or the error of the first page (spec 2.4)."""
+    if nr_pages == 0:
+        return 0
+    mem = env.mem
+    start &= ~(PAGE_SIZE - 1)
+    done = 0
+    ret = 0
+    vma: VMA | None = None
+    window = nr_pages
+    retries = 0
+    grab = bool(gup_flags & (FOLL_GET | FOLL_PIN))
+    while done < nr_pages:
+        addr = start + (done << PAGE_SHIFT)
+        if vma is None or addr >= vma.end or addr < vma.start:
+            vma = mm.find_vma(addr)
+            if vma is None:
+                ret = -ENOMEM if gup_flags & FOLL_MADV_POPULATE else -EFAULT
+                break
+            rc = check_vma_flags(vma, gup_flags)
+            if rc:
+                ret = -EINVAL if gup_flags & FOLL_MADV_POPULATE else rc
+                break
+        i = vma.idx(addr)
+        n = min(nr_pages - done, vma.nr_pages - i, window)
+        if gup_flags & FOLL_SPLIT_PMD:
+            _split_pmds(mm, vma, i, i + n)
+        codes, pfns = follow_range(env, vma, i, i + n, gup_flags)
+        bad = np.flatnonzero(codes != OK)
+        k = int(bad[0]) if len(bad) else n
+        if k:
+            got = k
+            if grab:
+                got = try_grab_pfns(mem, pfns[:k], gup_flags)
+                if got < 0:
+                    ret = got
+                    break
+                if out is not None:
+                    out.store(done, pfns[:got])
+            _touch(env, vma, i, got, pfns, gup_flags)
+            done += got
+            retries = 0
+            window = min(window * 2, nr_pages)
+            if got < k:
+                ret = -ENOMEM
+                break
+            continue
+        code = int(codes[0])
+        window = 1
+        if code in (ABSENT, UNSHARE):
+            if code == ABSENT and gup_flags & FOLL_DUMP and (vma.file is None or vma.is_hugetlb):
+                ret = -EFAULT       # a core dump skips holes that would read as zeros
+                break
+            retries += 1
+            if mem.warnings.warn_on_once(retries > _MAX_FAULT_RETRIES,
+                                         "__get_user_pages: fault makes no progress",
+                                         f"address {addr:#x} still not usable after "
+                                         f"{_MAX_FAULT_RETRIES} faults (a model bug)"):
+                ret = -EFAULT
+                break
+            race_point(mem, "gup_slow:before_fault", mm=mm, address=addr)
+            rc = faultin_page(env, mm, vma, addr, gup_flags, code == UNSHARE, locked)
+            if rc == 0:
+                vma = None          # the fault may have changed the VMA list (never here)
+                continue
+            ret = 0 if rc in (-EBUSY, -EAGAIN) else rc
+            break
+        if code == NOPAGE:
+            if out is not None:
+                ret = -EEXIST
+                break
+            if gup_flags & FOLL_TOUCH:
+                vma.pte[i] |= PTE.YOUNG | (PTE.DIRTY if gup_flags & FOLL_WRITE else 0)
+            done += 1
+            continue
+        ret = -EFAULT               # FOLL_DUMP and the zero page / no struct page
+        break
+    return done if done else ret
+
+
+def mmap_read_lock(mm: MM) -> None:
+    mm.mmap_lock.readers += 1
+
+
+def mmap_read_unlock(mm: MM) -> None:
+    mm.mmap_lock.readers = max(0, mm.mmap_lock.readers - 1)
+
+
+def __get_user_pages_locked(env: MMEnv, mm: MM, start: int, nr_pages: int,
+                            out: PagesOut | None, locked: list[int] | None, flags: int) -> int:
+    """Take mmap_lock if `*locked == 0`, run the walk, retry after a dropped lock."""
+    if nr_pages == 0:
+        return 0
+    warn = env.mem.warnings
+    must_unlock = False
+    if locked is not None and locked[0] == 0:
+        mmap_read_lock(mm)
+        must_unlock = True
+        locked[0] = 1
+    else:
+        warn.warn_on_once(not mm.mmap_lock.held(), "__get_user_pages_locked: mmap_lock not held",
+                          "the caller must hold mmap_lock (take it, or use a *_fast or "
+                          "*_unlocked variant)")
+    if flags & FOLL_PIN:
+        mm.flags |= MMF.HAS_PINNED
+    if out is not None and not flags & FOLL_PIN:
+        flags |= FOLL_GET
+    pages_done = 0
+    while True:
+        ret = __get_user_pages(env, mm, start, nr_pages, flags, out, locked)
+        if not flags & FOLL_UNLOCKABLE or locked is None or locked[0]:
+            if pages_done == 0:
+                pages_done = ret
+            elif ret > 0:
+                pages_done += ret
+            break
+        # the fault dropped mmap_lock after `ret` pages: retake it, retry that page alone
+        if ret > 0:
+            pages_done += ret
+            nr_pages -= ret
+            start += ret << PAGE_SHIFT
+            out = out.sub(ret) if out is not None else None
+        if nr_pages == 0:
+            break
+        mmap_read_lock(mm)
+        locked[0] = 1
+        ret = __get_user_pages(env, mm, start, 1, flags | FOLL_TRIED, out, locked)
+        if ret != 1:
+            if pages_done == 0:
+                pages_done = ret
+            break
+        pages_done += 1
+        nr_pages -= 1
+        start += PAGE_SIZE
+        out = out.sub(1) if out is not None else None
+        if nr_pages == 0:
+            break
+    if must_unlock and locked is not None and locked[0]:
+        mmap_read_unlock(mm)
+        locked[0] = 0
+    if warn.warn_on_once(pages_done == 0 and not flags & FOLL_NOWAIT,
+                         "__get_user_pages_locked: no pages and no error",
+                         "the walk returned 0 without FOLL_NOWAIT"):
+        return -EFAULT
+    return pages_done
+
+
+__all__ = ["EAGAIN", "check_vma_flags", "follow_range", "faultin_page", "__get_user_pages",
+           "__get_user_pages_locked", "vma_needs_dirty_tracking", "mmap_read_lock",
+           "mmap_read_unlock"]

@@ -125,27 +125,29 @@ def gup_fast(env: MMEnv, mm: MM, start: int, end: int, flags: int, out: PagesOut
         i0 = vma.idx(addr)
         i1 = min(vma.nr_pages, i0 + ((end - addr) >> PAGE_SHIFT))
         grab, after, pfns = _fast_checks(env, vma, i0, i1, flags)
-        _, k = _walk_extent(vma, i0, i1, grab, after)
+        keep, k = _walk_extent(vma, i0, i1, grab, after)
         if k == 0:
             break
         pfns = pfns[:k].copy()
         snap_pte = vma.pte[i0:i0 + k].copy()
-        race_point(mem, "gup_fast:after_pte_read", mm=mm, address=addr)
+        raced = race_point(mem, "gup_fast:after_pte_read", mm=mm, address=addr)
         got = max(try_grab_pfns(mem, pfns, flags), 0)
-        if got:
-            # re-read the entries, then re-check the folios as they are now
+        keep = min(keep, got)
+        if got and raced:
+            # re-read the entries, then re-check the folios as they are now (without a
+            # race nothing could change them: the first checks stand)
             keep = 0
             if mm.find_vma(addr) is vma and vma.start <= addr and i0 + got <= vma.nr_pages:
                 same = (vma.pte[i0:i0 + got] == snap_pte[:got]) & (vma.pfn[i0:i0 + got]
                                                                    == pfns[:got])
                 grab2, after2, _ = _fast_checks(env, vma, i0, i0 + got, flags)
                 keep, _ = _walk_extent(vma, i0, i0 + got, same & grab2, after2)
-            if keep < got:
-                gup_put_pfns(env.alloc, pfns[keep:got], flags)
-                got = keep
+        if keep < got:
+            gup_put_pfns(env.alloc, pfns[keep:got], flags)
+            got = keep
         if got:
             out.store(nr, pfns[:got])
-            heads = np.unique(mem.head_of(pfns[:got]))
+            heads = mem.head_of(pfns[:got])      # set_flag: repeats are harmless
             mem.set_flag(heads, PG.referenced)
             nr += got
         if got < i1 - i0:

@@ -117,13 +117,13 @@ def gup_put_folios(alloc: Allocator, heads: np.ndarray, refs: np.ndarray, flags:
             mem.pincount[neg] = 0
     else:
         np.subtract.at(mem.refcount, heads, refs)
-    uniq = np.unique(heads)
-    under = uniq[mem.refcount[uniq] < 0]
+    # duplicates are harmless below except when freeing: unique only the few hits
+    under = np.unique(heads[mem.refcount[heads] < 0])
     if mem.warnings.warn_on_once(len(under) > 0, "gup_put_folio: refcount underflow",
                                  f"folio {int(under[0]) if len(under) else 0:#x} "
                                  "released more than it held"):
         mem.refcount[under] = 0
-    dead = uniq[(mem.refcount[uniq] == 0) & (mem.kind[uniq] != Kind.FREE)]
+    dead = np.unique(heads[(mem.refcount[heads] == 0) & (mem.kind[heads] != Kind.FREE)])
     for head in dead.tolist():
         alloc.free_folio(head)
     return len(dead)

@@ -27,6 +27,7 @@ from ..constants import (
 )
 from ..memory import PG, Kind
 from ..mm import MM, MMF, VM, VMA, FaultFlag, MMEnv, VMFault, handle_mm_fault
+from ..mm.fault import populate_anon_bulk
 from ..mm.mm_struct import split_huge_mapping
 from ..mm.vma import PTE
 from .flags import (
@@ -156,10 +157,10 @@ def _touch(env: MMEnv, vma: VMA, i0: int, n: int, pfns: np.ndarray, flags: int) 
     pte = vma.pte[i0:i0 + n]
     real = (pte & PTE.SPECIAL) == 0
     heads = mem.head_of(pfns[:n][real])
-    mem.set_flag(np.unique(heads), PG.referenced)
+    mem.set_flag(heads, PG.referenced)
     if flags & FOLL_WRITE:
         clean = (pte[real] & PTE.DIRTY) == 0
-        mem.set_flag(np.unique(heads[clean]), PG.dirty)
+        mem.set_flag(heads[clean], PG.dirty)
 
 
 # -- faults ------------------------------------------------------------------------------
@@ -199,6 +200,31 @@ def faultin_page(env: MMEnv, mm: MM, vma: VMA, address: int, flags: int, unshare
     if flags & FOLL_NOWAIT and ret & VMFault.MAJOR:
         return -EBUSY     # the model did the I/O at once; GUP still reports "not yet"
     return 0
+
+
+def _bulk_anon_write_faults(env: MMEnv, mm: MM, vma: VMA, i: int, codes: np.ndarray,
+                            flags: int) -> int:
+    """Write-fault a run of empty entries of a private anonymous VMA at once.
+
+    A model shortcut with the kernel's result: each page of the run would take one
+    do_anonymous_page() write fault and get a fresh exclusive page (THP where enabled),
+    which is what populate_anon_bulk() does as arrays. Returns the entries faulted in
+    (0: not applicable here, so take the per-page fault path).
+    """
+    if (not flags & FOLL_WRITE or flags & (FOLL_NOFAULT | FOLL_NOWAIT)
+            or vma.file is not None or vma.is_shared or vma.is_hugetlb
+            or not vma.flags & VM.WRITE):
+        return 0
+    run = np.flatnonzero(codes != ABSENT)
+    n = int(run[0]) if len(run) else len(codes)
+    empty = vma.pte[i:i + n] == 0
+    if not empty.all():
+        n = int(np.argmin(empty))
+    if n < 2:
+        return 0
+    before = int(np.count_nonzero(vma.pte[i:i + n]))
+    populate_anon_bulk(env, mm, vma, i, i + n)
+    return int(np.count_nonzero(vma.pte[i:i + n])) - before
 
 
 # -- the walk ----------------------------------------------------------------------------
@@ -280,7 +306,12 @@ def __get_user_pages(env: MMEnv, mm: MM, start: int, nr_pages: int, gup_flags: i
                                          f"{_MAX_FAULT_RETRIES} faults (a model bug)"):
                 ret = -EFAULT
                 break
-            race_point(mem, "gup_slow:before_fault", mm=mm, address=addr)
+            raced = race_point(mem, "gup_slow:before_fault", mm=mm, address=addr)
+            bulk = 0 if raced or code != ABSENT else _bulk_anon_write_faults(
+                env, mm, vma, i, codes, gup_flags)
+            if bulk:
+                window, retries = n, 0
+                continue
             rc = faultin_page(env, mm, vma, addr, gup_flags, code == UNSHARE, locked)
             if rc == 0:
                 vma = None          # the fault may have changed the VMA list (never here)

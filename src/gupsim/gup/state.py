@@ -64,11 +64,13 @@ def gup_state(mem: MemMap) -> GupState:
     return st
 
 
-def race_point(mem: MemMap, point: str, **context: Any) -> None:
-    """Run (and forget) the callbacks registered for `point` on this machine."""
+def race_point(mem: MemMap, point: str, **context: Any) -> bool:
+    """Run (and forget) the callbacks registered for `point`; True if any ran (the
+    machine may have changed, so the caller must re-check what it read)."""
     st = _states.get(mem)
     if st is None or not st.race_hooks.get(point):
-        return
+        return False
     hooks, st.race_hooks[point] = st.race_hooks[point], []
     for fn in hooks:
         fn(**context)
+    return True

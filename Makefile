@@ -21,6 +21,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_memory.py
+	$(BIN)/python benchmarks/bench_pin.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

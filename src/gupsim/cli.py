@@ -1,4 +1,4 @@
-"""The `gupsim` command line: `demo` (the main job), `status` of the host's pins."""
+"""The `gupsim` command line: `demo` (the main job), `live`, `top`, `bench` and `run`."""
 
 from __future__ import annotations
 
@@ -136,3 +136,84 @@ def top(as_json: bool, watch: float | None) -> None:
                 view.update(pins_table(pins_snapshot()))
     except KeyboardInterrupt:
         pass
+
+
+def bench_table(rows: list) -> Table:
+    t = Table("workload", "pages", "model pin", "host pin", "model/host", "model unpin",
+              "host unpin", title="nanoseconds per 4 KiB page "
+              "(pin_user_pages_fast(FOLL_WRITE|FOLL_LONGTERM); host: io_uring registration)")
+
+    def ns(x: float | None) -> str:
+        return "—" if x is None else f"{x:,.0f}"
+
+    for r in rows:
+        ratio = "—" if r.ratio is None else f"{r.ratio:.2f}"
+        host = ns(r.host_pin) if not r.host_skipped else f"[dim]skipped: {r.host_skipped}[/]"
+        t.add_row(r.workload, f"{r.pages:,}", ns(r.model_pin), host, ratio, ns(r.model_unpin),
+                  ns(r.host_unpin))
+    return t
+
+
+@main.command(help="Time bulk pins on the model against the host kernel, side by side.")
+@click.option("--max-pages", type=click.IntRange(1, 1 << 18), default=1 << 18,
+              show_default=True, help="Largest size measured (262144 pages = 1 GiB).")
+@click.option("--repeat", type=click.IntRange(1, 20), default=3, show_default=True,
+              help="Runs per figure; the best is reported.")
+@click.option("--model-only", is_flag=True, help="Do not touch the host kernel.")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+def bench(max_pages: int, repeat: int, model_only: bool, as_json: bool) -> None:
+    from .bench import run
+    sizes = [n for n in (256, 4096, 65536, 1 << 18) if n < max_pages] + [max_pages]
+    console = Console(stderr=as_json)
+    with console.status("timing the model and the host kernel..."):
+        rows = run(sizes, repeat, with_host=not model_only)
+    if as_json:
+        click.echo(json.dumps([r.as_dict() for r in rows], indent=2))
+    else:
+        console.print(bench_table(rows))
+
+
+@main.command(help="Run a scenario file on the model (and with --host on this kernel too).")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--host", "with_host", is_flag=True,
+              help="Also run it on the host kernel and compare step by step.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def run(file: str, with_host: bool, as_json: bool) -> None:
+    """FILE defines `scenario(system)` (and optionally `expect(trace) -> list[str]`),
+    written against gupsim.scenarios.protocol; see examples/ for one."""
+    import runpy
+
+    from .report.live import as_json as to_json
+    from .scenarios.runner import Case, run_case
+
+    ns = runpy.run_path(file)
+    if not callable(ns.get("scenario")):
+        raise click.UsageError(f"{file} must define a function scenario(system)")
+    expect = ns.get("expect") or (lambda trace: [])
+    case = Case(ns.get("NAME", file), ns["scenario"], expect, source=file,
+                needs=tuple(ns.get("NEEDS", ())))
+    result = run_case(case, with_host=with_host)
+    if as_json:
+        click.echo(json.dumps(to_json([result]), indent=2))
+    else:
+        Console().print(steps_table(result))
+    if result.status == "disagree":
+        raise SystemExit(1)
+
+
+def steps_table(result) -> Table:
+    """One row per step: what the model and (if it ran) the host observed."""
+    from .scenarios.runner import describe
+    host = result.host.steps if result.host is not None and not result.host.skipped else []
+    t = Table("#", "step", "model", "host", title=f"{result.case.name}: {result.status}",
+              caption="\n".join(result.model_problems + result.host_problems
+                                + result.differences
+                                + ([f"host skipped: {result.host.skipped}"]
+                                   if result.host is not None and result.host.skipped else [])))
+    for i in range(max(len(result.model.steps), len(host))):
+        m = result.model.steps[i] if i < len(result.model.steps) else None
+        h = host[i] if i < len(host) else None
+        same = h is None or (m is not None and m.key() == h.key())
+        t.add_row(str(i + 1), (m or h).op, describe(m) if m else "—",
+                  ("" if same else "[red]") + (describe(h) if h else "—"))
+    return t

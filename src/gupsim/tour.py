@@ -9,8 +9,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .constants import MAP_ANONYMOUS, MAP_PRIVATE, MAP_SHARED, PAGE_SIZE, PROT_READ, PROT_WRITE
+from .constants import (
+    EFAULT,
+    MAP_ANONYMOUS,
+    MAP_HUGETLB,
+    MAP_PRIVATE,
+    MAP_SHARED,
+    PAGE_SIZE,
+    PROT_READ,
+    PROT_WRITE,
+)
+from .gup import FOLL_LONGTERM, FOLL_WRITE
 from .kernel import Kernel
+from .memory import page_maybe_dma_pinned
 from .mm import PTE
 
 RW = PROT_READ | PROT_WRITE
@@ -100,6 +111,133 @@ def step_shared_file() -> Step:
         and facts["next write re-dirties"])
 
 
+def _pins(k: Kernel) -> tuple[int, int]:
+    return k.vmstat["nr_foll_pin_acquired"], k.vmstat["nr_foll_pin_released"]
+
+
+def step_pin() -> Step:
+    k = Kernel(memory="64MiB", nr_hugepages=1)
+    p = k.spawn("driver")
+    a = p.mmap(0, PAGE_SIZE, RW, MAP_PRIVATE | MAP_ANONYMOUS)
+    p.write(a, b"data")
+    pages: list = []
+    n = p.pin_user_pages_fast(a, 1, FOLL_WRITE, pages)
+    page = pages[0]
+    facts: dict[str, Any] = {
+        "pin_user_pages_fast(a, 1, FOLL_WRITE, pages)": n,
+        "refcount (1 mapping + GUP_PIN_COUNTING_BIAS)": page.refcount,
+        "page_maybe_dma_pinned": page_maybe_dma_pinned(page),
+        "nr_foll_pin_acquired": _pins(k)[0]}
+    dump = k.dump_page(page)
+    k.unpin_user_pages(pages)
+    facts["after unpin_user_pages: refcount"] = page.refcount
+    facts["nr_foll_pin_released"] = _pins(k)[1]
+    h = p.mmap(0, 2 << 20, RW, MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB)
+    p.write(h, b"huge")
+    big: list = []
+    p.pin_user_pages_fast(h, 3, FOLL_WRITE, big)
+    folio = big[0].folio
+    facts["3 pins of a 2 MiB hugetlb folio: pincount"] = folio.pincount
+    facts["its refcount (1 mapping + 3)"] = folio.refcount
+    k.unpin_user_pages(big)
+    ok = (n == 1 and facts["refcount (1 mapping + GUP_PIN_COUNTING_BIAS)"] == 1 + 1024
+          and facts["after unpin_user_pages: refcount"] == 1 and folio.refcount == 1
+          and facts["3 pins of a 2 MiB hugetlb folio: pincount"] == 3)
+    return Step(
+        "A pin: FOLL_PIN adds 1024 to a small page's refcount",
+        "A driver about to DMA into user memory pins it with pin_user_pages*(). The kernel "
+        "has no room in a small page for a pin count, so a pin adds GUP_PIN_COUNTING_BIAS "
+        "(1024) to the refcount; a large folio keeps an exact pincount instead. "
+        "page_maybe_dma_pinned() is how the rest of mm asks \"might a device be using "
+        "this?\"; unpin_user_pages() gives the pin back.", facts, dump, ok)
+
+
+def step_false_positive() -> Step:
+    k = Kernel(memory="64MiB")
+    p = k.spawn("app")
+    a = p.mmap(0, PAGE_SIZE, RW, MAP_PRIVATE | MAP_ANONYMOUS)
+    p.write(a, b"x")
+    page = k.page(_pfn(p, a))
+    for _ in range(1024):
+        k.get_page(page)          # ordinary references, e.g. 1024 in-flight splices
+    facts = {"pins taken": 0, "refcount": page.refcount,
+             "page_maybe_dma_pinned": page_maybe_dma_pinned(page)}
+    for _ in range(1024):
+        k.put_page(page)
+    facts["after dropping them"] = page_maybe_dma_pinned(page)
+    return Step(
+        "\"maybe\": 1024 ordinary references look like a pin",
+        "The bias makes the answer cheap but only probable: a small page with 1024 ordinary "
+        "references is reported as maybe pinned. Callers treat a false positive as "
+        "\"be careful\" (copy at fork, skip in reclaim), never as proof.",
+        facts, ok=facts["page_maybe_dma_pinned"] and not facts["after dropping them"])
+
+
+def step_longterm_file() -> Step:
+    k = Kernel(memory="64MiB")
+    p = k.spawn("rdma")
+    ext4 = k.fs("ext4").create("data", PAGE_SIZE)
+    shm = k.fs("tmpfs").create("buf", PAGE_SIZE)
+    a = p.mmap(0, PAGE_SIZE, RW, MAP_SHARED, fd=ext4)
+    b = p.mmap(0, PAGE_SIZE, RW, MAP_SHARED, fd=shm)
+    p.write(a, b"e")
+    p.write(b, b"t")
+    before = _pins(k)
+    pages: list = []
+    rc = p.pin_user_pages_fast(a, 1, FOLL_WRITE | FOLL_LONGTERM, pages)
+    after = _pins(k)
+    rc_shm = p.pin_user_pages_fast(b, 1, FOLL_WRITE | FOLL_LONGTERM, pages)
+    facts = {"ext4 MAP_SHARED, FOLL_WRITE|FOLL_LONGTERM": _errname(rc),
+             "pins acquired / released on the way": f"+{after[0] - before[0]} / "
+                                                     f"+{after[1] - before[1]}",
+             "tmpfs MAP_SHARED, same flags": rc_shm}
+    k.unpin_user_pages(pages)
+    return Step(
+        "A long-term writable pin of a shared ext4 page is refused",
+        "FOLL_LONGTERM says the device may hold the page indefinitely (RDMA, io_uring fixed "
+        "buffers, VFIO). ext4 must see every write to a shared page (step 3), so "
+        "the pin fails with -EFAULT; tmpfs has no such need. GUP-fast grabs the page before "
+        "it looks at the folio, so the refusal shows as one pin taken and dropped again, "
+        "exactly as /proc/vmstat shows on a real kernel.",
+        facts, ok=rc == -EFAULT and rc_shm == 1 and after[0] - before[0] == 1
+        and after[1] - before[1] == 1)
+
+
+def step_fork_pinned() -> Step:
+    k = Kernel(memory="64MiB")
+    p = k.spawn("parent")
+    a = p.mmap(0, PAGE_SIZE, RW, MAP_PRIVATE | MAP_ANONYMOUS)
+    p.write(a, b"before")
+    pages: list = []
+    p.pin_user_pages_fast(a, 1, FOLL_WRITE | FOLL_LONGTERM, pages)
+    child = p.fork("child")
+    facts: dict[str, Any] = {"parent and child share the frame": _pfn(p, a) == _pfn(child, a),
+                             "child got a copy reading": child.read(a, 6)}
+    p.write(a, b"parent")
+    child.write(a, b"child!")
+    facts["the device reads (dma_read)"] = k.dma_read(pages[0], 0, 6)
+    k.dma_write(pages[0], 0, b"device")
+    facts["after dma_write the parent reads"] = p.read(a, 6)
+    facts["and the child reads"] = child.read(a, 6)
+    k.unpin_user_pages(pages)
+    return Step(
+        "fork() with a pinned page copies it for the child",
+        "Sharing a pinned page copy-on-write would let the next write by the parent land in "
+        "a fresh copy the device never sees (the CVE-2020-29374 family). So fork() copies "
+        "maybe-pinned anonymous pages for the child at once and the parent keeps the "
+        "pinned frame: device and parent stay in step, the child is on its own.",
+        facts, ok=not facts["parent and child share the frame"]
+        and facts["the device reads (dma_read)"] == b"parent"
+        and facts["after dma_write the parent reads"] == b"device"
+        and facts["and the child reads"] == b"child!")
+
+
+def _errname(rc: int) -> str:
+    import errno
+    return f"-{errno.errorcode.get(-rc, rc)}" if rc < 0 else str(rc)
+
+
 def run_tour() -> list[Step]:
     """Every step of the tour, in order (each on its own machine)."""
-    return [step_zero_page(), step_fork_cow(), step_shared_file()]
+    return [step_zero_page(), step_fork_cow(), step_shared_file(), step_pin(),
+            step_false_positive(), step_longterm_file(), step_fork_pinned()]

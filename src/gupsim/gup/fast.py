@@ -26,7 +26,7 @@ from .flags import (
     FOLL_WRITE,
     foll_flags_str,
 )
-from .grab import gup_put_pfns, try_grab_pfns
+from .grab import gup_put_pfns, try_grab_pfns_fast
 from .longterm import __gup_longterm_locked, longterm_pinnable
 from .pages import PagesOut
 from .state import race_point
@@ -131,7 +131,7 @@ def gup_fast(env: MMEnv, mm: MM, start: int, end: int, flags: int, out: PagesOut
         pfns = pfns[:k].copy()
         snap_pte = vma.pte[i0:i0 + k].copy()
         raced = race_point(mem, "gup_fast:after_pte_read", mm=mm, address=addr)
-        got = max(try_grab_pfns(mem, pfns, flags), 0)
+        got = try_grab_pfns_fast(mem, pfns, flags)
         keep = min(keep, got)
         if got and raced:
             # re-read the entries, then re-check the folios as they are now (without a

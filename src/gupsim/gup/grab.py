@@ -89,6 +89,25 @@ def try_grab_pfns(mem: MemMap, pfns: np.ndarray, flags: int) -> int:
     return int(starts[nruns]) if nruns < len(heads) else len(pfns)
 
 
+def try_grab_pfns_fast(mem: MemMap, pfns: np.ndarray, flags: int) -> int:
+    """try_grab_folio_fast() on each entry, in order: how many were grabbed (a prefix).
+
+    GUP-fast holds no stable reference, so it goes through try_get_folio(): a folio
+    whose refcount is 0 (being freed) is skipped silently, a negative (overflowed) one
+    with a warning; either ends the walk, and the slow path then decides (-ENOMEM).
+    """
+    starts, heads, lengths = folio_runs(mem, pfns)
+    bad = np.flatnonzero(mem.refcount[heads] <= 0)
+    nruns = int(bad[0]) if len(bad) else len(heads)
+    if len(bad):
+        h = int(heads[nruns])
+        mem.warnings.warn_on_once(int(mem.refcount[h]) < 0, "try_get_folio: refcount < 0",
+                                  f"folio {h:#x} has refcount {int(mem.refcount[h])} "
+                                  "(overflowed)")
+    _add_refs(mem, heads[:nruns], lengths[:nruns], flags)
+    return int(starts[nruns]) if nruns < len(heads) else len(pfns)
+
+
 def gup_put_pfns(alloc: Allocator, pfns: np.ndarray, flags: int) -> int:
     """gup_put_folio() for every entry (NULLs skipped), grouped by runs; returns folios freed."""
     mem = alloc.mem
@@ -305,7 +324,7 @@ def get_page(page: Page) -> None:
 
 
 __all__ = ["ACQUIRED", "RELEASED", "EINVAL", "folio_runs", "try_grab_folio", "try_grab_pfns",
-           "gup_put_pfns", "gup_put_folio", "gup_put_folios", "folio_add_pin", "folio_add_pins",
+           "try_grab_pfns_fast", "gup_put_pfns", "gup_put_folio", "gup_put_folios", "folio_add_pin", "folio_add_pins",
            "unpin_user_page", "unpin_user_pages", "unpin_user_pages_dirty_lock",
            "unpin_user_page_range_dirty_lock", "unpin_folio", "unpin_folios",
            "unpin_user_folio", "put_page", "get_page"]

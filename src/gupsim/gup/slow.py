@@ -163,6 +163,17 @@ def _touch(env: MMEnv, vma: VMA, i0: int, n: int, pfns: np.ndarray, flags: int) 
         mem.set_flag(heads[clean], PG.dirty)
 
 
+def dump_skips_hole(vma: VMA, addr: int) -> bool:
+    """no_page_table() under FOLL_DUMP: an empty entry that would read as zeros (anonymous
+    memory, or hugetlb with nothing in the page cache) is -EFAULT instead of a fault.
+    Only pte_none entries count: swap and other non-present entries are faulted in."""
+    if vma.pte[vma.idx(addr)] != PTE.NONE:
+        return False
+    if vma.is_hugetlb:
+        return vma.file is None or not vma.file.has_folio(vma.file_index(addr))
+    return vma.is_anonymous
+
+
 # -- faults ------------------------------------------------------------------------------
 
 
@@ -296,7 +307,7 @@ def __get_user_pages(env: MMEnv, mm: MM, start: int, nr_pages: int, gup_flags: i
         code = int(codes[0])
         window = 1
         if code in (ABSENT, UNSHARE):
-            if code == ABSENT and gup_flags & FOLL_DUMP and (vma.file is None or vma.is_hugetlb):
+            if code == ABSENT and gup_flags & FOLL_DUMP and dump_skips_hole(vma, addr):
                 ret = -EFAULT       # a core dump skips holes that would read as zeros
                 break
             retries += 1
@@ -319,11 +330,12 @@ def __get_user_pages(env: MMEnv, mm: MM, start: int, nr_pages: int, gup_flags: i
             ret = 0 if rc in (-EBUSY, -EAGAIN) else rc
             break
         if code == NOPAGE:
+            # follow_pfn_pte(): the entry is touched, then there is no page to return
+            if gup_flags & FOLL_TOUCH:
+                vma.pte[i] |= PTE.YOUNG | (PTE.DIRTY if gup_flags & FOLL_WRITE else 0)
             if out is not None:
                 ret = -EEXIST
                 break
-            if gup_flags & FOLL_TOUCH:
-                vma.pte[i] |= PTE.YOUNG | (PTE.DIRTY if gup_flags & FOLL_WRITE else 0)
             done += 1
             continue
         ret = -EFAULT               # FOLL_DUMP and the zero page / no struct page
@@ -378,6 +390,10 @@ def __get_user_pages_locked(env: MMEnv, mm: MM, start: int, nr_pages: int,
         mmap_read_lock(mm)
         locked[0] = 1
         ret = __get_user_pages(env, mm, start, 1, flags | FOLL_TRIED, out, locked)
+        while not locked[0]:        # dropped again: retry the same page until it sticks
+            mmap_read_lock(mm)
+            locked[0] = 1
+            ret = __get_user_pages(env, mm, start, 1, flags | FOLL_TRIED, out, locked)
         if ret != 1:
             if pages_done == 0:
                 pages_done = ret

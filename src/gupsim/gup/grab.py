@@ -324,7 +324,7 @@ def get_page(page: Page) -> None:
 
 
 __all__ = ["ACQUIRED", "RELEASED", "EINVAL", "folio_runs", "try_grab_folio", "try_grab_pfns",
-           "try_grab_pfns_fast", "gup_put_pfns", "gup_put_folio", "gup_put_folios", "folio_add_pin", "folio_add_pins",
-           "unpin_user_page", "unpin_user_pages", "unpin_user_pages_dirty_lock",
-           "unpin_user_page_range_dirty_lock", "unpin_folio", "unpin_folios",
-           "unpin_user_folio", "put_page", "get_page"]
+           "try_grab_pfns_fast", "gup_put_pfns", "gup_put_folio", "gup_put_folios",
+           "folio_add_pin", "folio_add_pins", "unpin_user_page", "unpin_user_pages",
+           "unpin_user_pages_dirty_lock", "unpin_user_page_range_dirty_lock", "unpin_folio",
+           "unpin_folios", "unpin_user_folio", "put_page", "get_page"]

@@ -301,7 +301,8 @@ def dio_cases() -> list[Case]:
             check.append(read_is(bytes([9]) * (length or size)))
         cases.append(Case(
             f"dio: {name}", dio(kind, size, write, off, length, populate), all_of(*check),
-            "selftests 3.6 hugetlb_dio" if "hugetlb_dio" in name else "O_DIRECT extras",
+            "selftests 3.6 hugetlb_dio" if "hugetlb_dio" in name
+            else "selftests 4 O_DIRECT read / write",
             "reads of never-touched anon memory pin the shared zero page, which is never "
             "pin-counted (spec 3.1)" if not populate else
             "the block layer pins each page with FOLL_PIN through iov_iter extraction",

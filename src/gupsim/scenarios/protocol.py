@@ -72,7 +72,8 @@ class Trace:
     backend: str
     steps: list[Step] = field(default_factory=list)
     skipped: str = ""          # why the back-end could not run the case ("" if it ran)
-    exact: bool = True         # host only: were the counters exact (stat_refresh)?
+    exact: bool = True         # host only: were the counters exact and quiet at every step?
+    attempts: int = 1          # host only: runs needed to get a trusted trace (noise retries)
 
 
 class Proc(Protocol):

@@ -423,6 +423,7 @@ def test_2_2_nothing_obtained_is_the_first_pages_errno(k: Kernel, p: Process,
     assert gup(k, p, entry, pfnmap, 2, 0, pages) == (0 if fast_only else -EFAULT)
     assert gup(k, p, entry, mixed, 2, 0, pages) == (0 if fast_only else -EEXIST)
     assert pages == [] and k.warnings.sites() == []
+    assert has_pinned(p) == entry.startswith("pin_"), "a pin call marks the mm even failing"
 
 
 @pytest.mark.parametrize("entry", ("get_user_pages", "pin_user_pages", "pin_user_pages_remote"))
@@ -567,7 +568,6 @@ def test_3_zero_page_is_never_pin_counted(k: Kernel, p: Process) -> None:
     k.unpin_user_pages(pages)
     k.unpin_user_pages_dirty_lock(pages, 3, True)
     assert zero.refcount == ref0 and counters(k) == (0, 0)
-    assert not zero.folio.dirty
     got: list[Page | None] = []
     assert p.get_user_pages(a, 1, 0, got) == 1 and got[0] == zero
     assert zero.refcount == ref0 + 1
@@ -798,6 +798,83 @@ def test_5_dump(k: Kernel, p: Process) -> None:
         assert p.get_user_pages(addr, 1, dump, got) == 1
         assert got[0].read(0, len(want)) == want
         k.put_page(got[0])
+
+
+def test_5_ro_pin_of_thp_shared_with_a_child_splits_the_pmd(k: Kernel, p: Process) -> None:
+    """Unsharing one page of a COW-shared PMD-mapped THP splits the parent's PMD and copies
+    that page alone (mapped R/O, not dirty); the child keeps the whole PMD mapping."""
+    t = thp_region(k, p)
+    p.write(t + 3 * PAGE_SIZE, b"three")
+    child = p.fork()
+    folio = k.page(mapped_pfn(p, t)).folio
+    assert pte_of(child, t)[0] & PTE.PMD and folio.refcount == 2
+    pages: list[Page | None] = []
+    assert p.pin_user_pages(t + 3 * PAGE_SIZE, 1, 0, pages) == 1
+    copy = pages[0]
+    assert copy.folio.order == 0 and copy.folio.kind == Kind.ANON and copy.anon_exclusive
+    assert copy.read(0, 5) == b"three"
+    bits, pfn = pte_of(p, t + 3 * PAGE_SIZE)
+    assert pfn == copy.pfn and not bits & (PTE.PMD | PTE.WRITE | PTE.DIRTY)
+    assert pte_of(p, t + 4 * PAGE_SIZE) == (PTE.PRESENT | PTE.DIRTY | PTE.YOUNG,
+                                           folio.pfn + 4), "the rest is PTE-mapped"
+    assert pte_of(child, t)[0] & PTE.PMD and mapped_pfn(child, t + 3 * PAGE_SIZE) == folio.pfn + 3
+    assert folio.pincount == 0 and folio.refcount == 511 + 1
+    k.unpin_user_pages(pages)
+
+
+def test_5_shared_mappings(k: Kernel, p: Process) -> None:
+    """shmem has no zero page: a R/O pin of an untouched page allocates it. A short-term
+    RW pin of an ext4 shared mapping write-faults through page_mkwrite (dirty, writable)."""
+    s = p.mmap(0, PAGE_SIZE, RW, MAP_SHARED | MAP_ANONYMOUS)
+    pages: list[Page | None] = []
+    assert p.pin_user_pages_fast(s, 1, 0, pages) == 1
+    assert pages[0].folio.kind == Kind.SHMEM and pages[0].pfn == mapped_pfn(p, s)
+    f = k.fs("ext4").create("wal", PAGE_SIZE)
+    f.pwrite(0, b"abc")
+    f.fsync()
+    m = p.mmap(0, PAGE_SIZE, RW, MAP_SHARED, fd=f)
+    assert p.read(m, 3) == b"abc"
+    cache = k.page(mapped_pfn(p, m))
+    assert not cache.folio.dirty and not pte_of(p, m)[0] & PTE.WRITE
+    rw: list[Page | None] = []
+    assert p.pin_user_pages_fast(m, 1, FOLL_WRITE, rw) == 1
+    assert rw[0] == cache and cache.folio.dirty and pte_of(p, m)[0] & PTE.WRITE
+    k.unpin_user_pages(pages)
+    k.unpin_user_pages(rw)
+
+
+def test_5_ro_pins_of_a_private_file_mapping(k: Kernel, p: Process) -> None:
+    """Short-term R/O pins return the page-cache page itself; long-term ones unshare it
+    into an anon copy first, so later writes by the process stay visible (spec 5 #10/#11)."""
+    f = k.fs("ext4").create("lib", PAGE_SIZE)
+    f.pwrite(0, b"code")
+    m = p.mmap(0, PAGE_SIZE, PROT_READ, MAP_PRIVATE, fd=f)
+    short: list[Page | None] = []
+    assert p.pin_user_pages(m, 1, 0, short) == 1
+    assert short[0].pfn == f.page_cache[0] == mapped_pfn(p, m)
+    long: list[Page | None] = []
+    assert p.pin_user_pages(m, 1, FOLL_LONGTERM, long) == 1
+    assert long[0].folio.kind == Kind.ANON and long[0].read(0, 4) == b"code"
+    assert long[0].pfn == mapped_pfn(p, m) != f.page_cache[0]
+    assert not pte_of(p, m)[0] & PTE.WRITE
+    k.unpin_user_pages(short)
+    k.unpin_user_pages(long)
+
+
+def test_5_no_stack_expansion_and_swapped_pages(k: Kernel, p: Process) -> None:
+    """GUP never grows a stack: just below a MAP_GROWSDOWN VMA is a hole (spec 5 #22). A
+    swapped-out page is swapped in and pinned (#24)."""
+    g = p.mmap(0, 4 * PAGE_SIZE, RW, ANON | 0x0100)       # MAP_GROWSDOWN
+    assert p.pin_user_pages(g - PAGE_SIZE, 1, FOLL_WRITE, []) == -EFAULT
+    assert p.mm.find_vma(g - PAGE_SIZE) is None and p.mm.find_vma(g).start == g
+    a = anon_rw(p, touch=True)
+    p.madvise(a, PAGE_SIZE, MADV_PAGEOUT)
+    assert pte_of(p, a)[0] & PTE.SWAP
+    pages: list[Page | None] = []
+    assert p.pin_user_pages_fast(a, 1, FOLL_WRITE, pages) == 1
+    assert pages[0].pfn == mapped_pfn(p, a) and pages[0].read(0, 1) == b"\x01"
+    assert pages[0].anon_exclusive and pages[0].refcount == 1 + GUP_PIN_COUNTING_BIAS
+    k.unpin_user_pages(pages)
 
 
 def _state(k: Kernel, p: Process, addr: int) -> tuple[int, str, int, bool, bool]:

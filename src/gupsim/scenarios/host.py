@@ -425,8 +425,10 @@ class _Server:
             libc.prctl(libc.PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-def _server_main(sock: socket.socket, disk_dir: str, shm_dir: str | None) -> None:
-    """Entry of a spawned server (a child of the orchestrator); never returns."""
+def _server_main(sock: socket.socket, disk_dir: str, shm_dir: str | None,
+                 mask: set[signal.Signals]) -> None:
+    """Entry of a spawned server (a child of the orchestrator); never returns. `mask` is
+    the signal mask to restore once SIGINT is ignored (spawn blocked it around fork)."""
     try:
         os.setpgid(0, 0)   # a group of its own: close() kills it and all its descendants
         for s in list(_ORCH_SOCKS):
@@ -436,6 +438,7 @@ def _server_main(sock: socket.socket, disk_dir: str, shm_dir: str | None) -> Non
                 except OSError:
                     pass
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         signal.signal(signal.SIGCHLD, signal.SIG_IGN)   # forked children reap themselves
         libc.prctl(libc.PR_SET_PDEATHSIG, signal.SIGKILL)
         _Server(sock, disk_dir, shm_dir, spawned=True).serve()
@@ -695,27 +698,43 @@ class HostSystem:
     def spawn(self, name: str = "task") -> HostProc:
         if self.closed:
             raise ValueError("the HostSystem is closed; make a new one")
-        ours, theirs = socket.socketpair()
-        pid = os.fork()
-        if pid == 0:
-            ours.detach()
-            _server_main(theirs, self.disk_dir, self.shm_dir)
-        theirs.close()
+        # No KeyboardInterrupt between fork() and recording the new process: close() must
+        # know every process it has to end. A Ctrl-C pending meanwhile is raised after.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
-            os.setpgid(pid, pid)
-        except OSError:
-            pass  # the child did it first
-        self.groups.add(pid)
-        proc = self._adopt(ours, pid, name)
+            ours, theirs = socket.socketpair()
+            pid = os.fork()
+            if pid == 0:
+                ours.detach()
+                _server_main(theirs, self.disk_dir, self.shm_dir, mask)
+            theirs.close()
+            try:
+                os.setpgid(pid, pid)
+            except OSError:
+                pass  # the child did it first
+            self.groups.add(pid)
+            proc = self._register(ours, pid, name)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        self._await_ready(proc)
         return proc
 
     def _adopt(self, sock: socket.socket, host_pid: int, name: str) -> HostProc:
+        proc = self._register(sock, host_pid, name)
+        self._await_ready(proc)
+        return proc
+
+    def _register(self, sock: socket.socket, host_pid: int, name: str) -> HostProc:
         sock.settimeout(self.timeout)
         _ORCH_SOCKS.add(sock)
         proc = HostProc(self, sock, host_pid, len(self.procs), name)
         self.procs.append(proc)
+        return proc
+
+    def _await_ready(self, proc: HostProc) -> None:
+        host_pid = proc.host_pid
         try:
-            ready, _ = _recv(sock)
+            ready, _ = _recv(proc.sock)
         except (TimeoutError, EOFError, ConnectionError) as exc:
             self._kill(proc)
             raise ChildError(f"scenario process {host_pid} did not start: {exc!r}",
@@ -723,7 +742,6 @@ class HostSystem:
         if ready != ("ready", host_pid):
             self._kill(proc)
             raise ChildError(f"scenario process {host_pid} said {ready!r}", "")
-        return proc
 
     def _kill(self, proc: HostProc) -> None:
         """End one server by its pid and reap it."""

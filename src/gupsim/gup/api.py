@@ -99,6 +99,16 @@ def _env_of(mm: MM) -> MMEnv:
     return gup_state(mm.mem).env
 
 
+def _ulong(nr_pages: int) -> int:
+    """The slow-path entry points take `unsigned long nr_pages`: -1 is a huge count."""
+    return nr_pages % (1 << 64)
+
+
+def _int(nr_pages: int) -> int:
+    """The fast entry points take `int nr_pages` (sign-extended later in the walk)."""
+    return (nr_pages + (1 << 31)) % (1 << 32) - (1 << 31)
+
+
 def _check_capacity(pages: Pages, nr_pages: int) -> None:
     if isinstance(pages, PageArray) and nr_pages > len(pages):
         raise ValueError(f"PageArray holds {len(pages)} entries but {nr_pages} pages were "
@@ -124,6 +134,7 @@ def get_user_pages_remote(mm: MM, start: int, nr_pages: int, gup_flags: int, pag
                           locked: list[int] | None) -> int:
     """GUP on any mm; the caller holds its mmap_lock (see spec 2.3 for `locked`)."""
     env = _env_of(mm)
+    nr_pages = _ulong(nr_pages)
     _check_capacity(pages, nr_pages)
     flags = is_valid_gup_args(env.mem.warnings, pages, locked, gup_flags,
                               FOLL_TOUCH | FOLL_REMOTE)
@@ -138,6 +149,7 @@ def get_user_pages_remote(mm: MM, start: int, nr_pages: int, gup_flags: int, pag
 def get_user_pages(start: int, nr_pages: int, gup_flags: int, pages: Pages) -> int:
     """GUP on current->mm with mmap_lock held; `pages=None` only faults pages in."""
     cur = current()
+    nr_pages = _ulong(nr_pages)
     _check_capacity(pages, nr_pages)
     flags = is_valid_gup_args(cur.env.mem.warnings, pages, None, gup_flags, FOLL_TOUCH)
     if flags is None:
@@ -152,6 +164,7 @@ def get_user_pages(start: int, nr_pages: int, gup_flags: int, pages: Pages) -> i
 def get_user_pages_unlocked(start: int, nr_pages: int, pages: Pages, gup_flags: int) -> int:
     """GUP on current->mm taking mmap_lock internally (note: pages before flags)."""
     cur = current()
+    nr_pages = _ulong(nr_pages)
     _check_capacity(pages, nr_pages)
     locked = [0]
     flags = is_valid_gup_args(cur.env.mem.warnings, pages, None, gup_flags,
@@ -168,6 +181,7 @@ def get_user_pages_unlocked(start: int, nr_pages: int, pages: Pages, gup_flags: 
 def get_user_pages_fast(start: int, nr_pages: int, gup_flags: int, pages: Pages) -> int:
     """GUP-fast with FOLL_GET, then the slow path for the rest."""
     cur = current()
+    nr_pages = _int(nr_pages)
     _check_capacity(pages, nr_pages)
     flags = is_valid_gup_args(cur.env.mem.warnings, pages, None, gup_flags, FOLL_GET)
     if flags is None:
@@ -180,6 +194,7 @@ def get_user_pages_fast(start: int, nr_pages: int, gup_flags: int, pages: Pages)
 def get_user_pages_fast_only(start: int, nr_pages: int, gup_flags: int, pages: Pages) -> int:
     """GUP-fast only: never sleeps, never falls back; may return fewer pages, or 0."""
     cur = current()
+    nr_pages = _int(nr_pages)
     _check_capacity(pages, nr_pages)
     flags = is_valid_gup_args(cur.env.mem.warnings, pages, None, gup_flags,
                               FOLL_GET | FOLL_FAST_ONLY)
@@ -196,6 +211,7 @@ def get_user_pages_fast_only(start: int, nr_pages: int, gup_flags: int, pages: P
 def pin_user_pages_fast(start: int, nr_pages: int, gup_flags: int, pages: Pages) -> int:
     """Pin with GUP-fast, slow path for the rest; -EINVAL on invalid arguments."""
     cur = current()
+    nr_pages = _int(nr_pages)
     _check_capacity(pages, nr_pages)
     flags = is_valid_gup_args(cur.env.mem.warnings, pages, None, gup_flags, FOLL_PIN)
     if flags is None:
@@ -209,6 +225,7 @@ def pin_user_pages_remote(mm: MM, start: int, nr_pages: int, gup_flags: int, pag
                           locked: list[int] | None) -> int:
     """Pin pages of any mm (caller holds its mmap_lock); 0 on invalid arguments."""
     env = _env_of(mm)
+    nr_pages = _ulong(nr_pages)
     _check_capacity(pages, nr_pages)
     flags = is_valid_gup_args(env.mem.warnings, pages, locked, gup_flags,
                               FOLL_PIN | FOLL_TOUCH | FOLL_REMOTE)
@@ -222,6 +239,7 @@ def pin_user_pages_remote(mm: MM, start: int, nr_pages: int, gup_flags: int, pag
 def pin_user_pages(start: int, nr_pages: int, gup_flags: int, pages: Pages) -> int:
     """Pin pages of current->mm with mmap_lock held (no FOLL_TOUCH); 0 on invalid args."""
     cur = current()
+    nr_pages = _ulong(nr_pages)
     _check_capacity(pages, nr_pages)
     flags = is_valid_gup_args(cur.env.mem.warnings, pages, None, gup_flags, FOLL_PIN)
     if flags is None:
@@ -235,6 +253,7 @@ def pin_user_pages(start: int, nr_pages: int, gup_flags: int, pages: Pages) -> i
 def pin_user_pages_unlocked(start: int, nr_pages: int, pages: Pages, gup_flags: int) -> int:
     """Pin pages of current->mm, taking mmap_lock internally; 0 on invalid arguments."""
     cur = current()
+    nr_pages = _ulong(nr_pages)
     _check_capacity(pages, nr_pages)
     locked = [0]
     flags = is_valid_gup_args(cur.env.mem.warnings, pages, None, gup_flags,

@@ -372,6 +372,8 @@ def test_1_4_fast_range_checks(k: Kernel, p: Process) -> None:
         assert gup(k, p, entry, TASK_SIZE_MAX, 1, 0, []) == -EFAULT
         assert gup(k, p, entry, (1 << 64) - PAGE_SIZE, 1, 0, []) == -EOVERFLOW
     assert p.get_user_pages_fast_only(TASK_SIZE_MAX - PAGE_SIZE, 1, 0, []) == 0
+    assert p.get_user_pages_fast_only(a, (1 << 32) + 1, 0, pages) == 1, "an int: 2**32 + 1 is 1"
+    k.put_page(pages[0])
     assert k.warnings.sites() == []
 
 
@@ -407,6 +409,21 @@ def test_2_2_prefix_and_untouched_tail(k: Kernel, p: Process, entry: str) -> Non
     assert pages.pfns[:got].tolist() == [mapped_pfn(p, a + i * PAGE_SIZE) for i in range(got)]
     assert pages.pfns[got:].tolist() == [7] * (5 - got)
     release(k, entry, list(pages[:got]))
+
+
+@pytest.mark.parametrize("entry", ("get_user_pages", "get_user_pages_remote",
+                                   "get_user_pages_unlocked", "pin_user_pages",
+                                   "pin_user_pages_remote", "pin_user_pages_unlocked"))
+def test_2_2_negative_count_is_huge_for_the_slow_path(k: Kernel, p: Process,
+                                                      entry: str) -> None:
+    """The slow-path entry points take an unsigned long: -1 asks for "everything", and the
+    walk stops at the first hole with the prefix (spec 2.2, negative nr_pages)."""
+    a = hole_after(p, 3, 3)
+    pages: list[Page | None] = []
+    assert gup(k, p, entry, a, -1, FOLL_WRITE, pages) == 3
+    assert [pg.pfn for pg in pages] == [mapped_pfn(p, a + i * PAGE_SIZE) for i in range(3)]
+    assert k.warnings.sites() == []
+    release(k, entry, pages)
 
 
 @pytest.mark.parametrize("entry", ENTRIES)
@@ -1054,6 +1071,40 @@ def test_7_recheck_after_the_grab(k: Kernel, p: Process, monkeypatch, race: str,
     else:
         assert k.mem.kind[pfn] == Kind.FREE
     assert k.warnings.sites() == []
+
+
+def test_7_leaf_refused_after_the_grab_counts_the_whole_part(k: Kernel, p: Process) -> None:
+    """A PMD leaf is grabbed for all its pages in the range at once, so when the unshare
+    check refuses it (a R/O pin of a COW-shared THP) all of them show as acquired and
+    released; the slow path then unshares page by page."""
+    t = thp_region(k, p)
+    p.fork()
+    pages: list[Page | None] = []
+    assert p.pin_user_pages_fast(t + 10 * PAGE_SIZE, 10, 0, pages) == 10
+    assert counters(k) == (10 + 10, 10)
+    assert all(pg.folio.order == 0 and pg.anon_exclusive for pg in pages)
+    k.unpin_user_pages(pages)
+
+
+@pytest.mark.parametrize(("entry", "touches"), [
+    ("get_user_pages", True), ("get_user_pages_remote", True),
+    ("pin_user_pages", False), ("pin_user_pages_remote", True),
+    ("pin_user_pages_unlocked", True), ("pin_user_pages_fast", False),
+])
+def test_1_5_foll_touch_by_entry_point(k: Kernel, p: Process, entry: str,
+                                       touches: bool) -> None:
+    """FOLL_TOUCH (added by most entry points, not pin_user_pages(), not GUP-fast's own
+    walk) marks the folio accessed, and dirty for a write through a clean PTE."""
+    s = p.mmap(0, PAGE_SIZE, RW, MAP_SHARED | MAP_ANONYMOUS)
+    p.read(s, 1)                           # shmem: writable PTE, clean page
+    folio = k.page(mapped_pfn(p, s)).folio
+    assert pte_of(p, s)[0] & PTE.WRITE and not pte_of(p, s)[0] & PTE.DIRTY
+    k.mem.clear_flag(folio.pfn, PG.referenced)
+    pages: list[Page | None] = []
+    assert gup(k, p, entry, s, 1, FOLL_WRITE, pages) == 1
+    assert folio.dirty == touches
+    assert k.mem.test(folio.pfn, PG.referenced) == (touches or entry.endswith("_fast"))
+    release(k, entry, pages)
 
 
 def test_7_fast_only_never_falls_back(k: Kernel, p: Process, monkeypatch) -> None:

@@ -462,6 +462,8 @@ def test_2_2_errno_table(k: Kernel, p: Process, entry: str) -> None:
     assert gup(k, p, entry, none, 1, 0, pages) == -EFAULT
     if entry.startswith("pin_"):
         assert gup(k, p, entry, d, 1, FOLL_LONGTERM, pages) == -EOPNOTSUPP
+        assert gup(k, p, entry, d, 1, FOLL_LONGTERM | FOLL_ANON, pages) == -EFAULT, \
+            "check_vma_flags tests FOLL_ANON before fsdax"
     assert pages == []
 
 
@@ -1205,9 +1207,12 @@ def _python_calls(fn: Callable[[], Any]) -> tuple[int, float, Any]:
     return calls, time.perf_counter() - t0, result
 
 
-def test_vectorised_1gib_pin_and_unpin() -> None:
+@pytest.mark.parametrize("entry", ("pin_user_pages_fast", "pin_user_pages",
+                                   "pin_user_pages_remote"))
+def test_vectorised_1gib_pin_and_unpin(entry: str) -> None:
     """Pinning a prefaulted 1 GiB range into a PageArray runs the same Python code as
-    pinning 1024 pages: no per-page work (the numpy calls do the pages)."""
+    pinning 1024 pages, through GUP-fast and through the slow path alike: no per-page
+    work (numpy does the pages). Unpinning likewise."""
     k = Kernel(memory="2GiB")
     p = k.spawn("app")
     n = 262144
@@ -1215,11 +1220,11 @@ def test_vectorised_1gib_pin_and_unpin() -> None:
     small = p.mmap(0, 1024 * PAGE_SIZE, RW, ANON | MAP_POPULATE)
     flags = FOLL_WRITE | FOLL_LONGTERM
     vec, few = PageArray(n), PageArray(1024)
-    assert p.pin_user_pages_fast(small, 1024, flags, few) == 1024   # warm-up: first-call
-    k.unpin_user_pages(few)                                          # imports and caches
-    calls_small, _, got_small = _python_calls(lambda: p.pin_user_pages_fast(small, 1024, flags,
-                                                                            few))
-    calls_big, secs, got = _python_calls(lambda: p.pin_user_pages_fast(big, n, flags, vec))
+    assert gup(k, p, entry, small, 1024, flags, few) == 1024    # warm-up: first-call
+    k.unpin_user_pages(few)                                     # imports and caches
+    calls_small, _, got_small = _python_calls(lambda: gup(k, p, entry, small, 1024, flags,
+                                                          few))
+    calls_big, secs, got = _python_calls(lambda: gup(k, p, entry, big, n, flags, vec))
     assert (got_small, got) == (1024, n)
     assert calls_big <= calls_small + 50 and calls_big < 2000, (calls_small, calls_big)
     assert secs < 2.0

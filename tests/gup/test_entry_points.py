@@ -1027,6 +1027,37 @@ def test_7_fork_in_progress_skips_the_fast_walk_for_pins_only(k: Kernel, p: Proc
     k.put_page(gets[0])
 
 
+def test_7_fork_race_discards_pins_already_taken(k: Kernel, p: Process, monkeypatch) -> None:
+    """A fork that lands while GUP-fast is in its second VMA: the pins already taken are
+    all given back (write_protect_seq moved) and the fast part reports 0. Fork saw the
+    first page pinned at that moment, so it copied it for the child and left the parent's
+    page in place; the second page was shared, so the slow path COWs it for the write."""
+    walk, slow = fast_and_slow(monkeypatch)
+    a = anon_rw(p, 2, touch=True)
+    p.mprotect(a + PAGE_SIZE, PAGE_SIZE, RW | 0x4)        # PROT_EXEC: a second VMA
+    assert p.mm.find_vma(a) is not p.mm.find_vma(a + PAGE_SIZE)
+    originals = [mapped_pfn(p, a), mapped_pfn(p, a + PAGE_SIZE)]
+    children: list[Process] = []
+
+    def second_vma(**_: Any) -> None:
+        k.gup.on_race("gup_fast:after_pte_read", lambda **_: children.append(p.fork()))
+
+    k.gup.on_race("gup_fast:after_pte_read", second_vma)
+    pages: list[Page | None] = []
+    assert p.pin_user_pages_fast(a, 2, FOLL_WRITE, pages) == 2
+    assert [r for _, r in walk.calls] == [0] and slow.calls[0][0][2:4] == (a, 2)
+    assert counters(k) == (2 + 2, 2), "fast: two pins taken and dropped; slow: two pins"
+    (child,) = children
+    assert k.vmstat["fork_copy_pinned"] == 1
+    child_pfns = [mapped_pfn(child, a + i * PAGE_SIZE) for i in range(2)]
+    assert child_pfns[0] != originals[0] and child_pfns[1] == originals[1]
+    assert [pg.pfn for pg in pages] == [mapped_pfn(p, a + i * PAGE_SIZE) for i in range(2)]
+    assert pages[0].pfn == originals[0] and pages[1].pfn != originals[1]
+    assert all(pg.anon_exclusive and pg.refcount == 1 + GUP_PIN_COUNTING_BIAS for pg in pages)
+    assert k.page(originals[1]).refcount == 1, "only the child maps it now"
+    k.unpin_user_pages(pages)
+
+
 def test_7_fork_race_with_get(k: Kernel, p: Process, monkeypatch) -> None:
     """A fork racing a FOLL_GET walk write-protects the PTE: the re-check after the grab
     sees it changed, drops the reference and the slow path COWs for the write."""

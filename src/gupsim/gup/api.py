@@ -205,6 +205,14 @@ def get_user_pages_fast_only(start: int, nr_pages: int, gup_flags: int, pages: P
     return n
 
 
+def get_user_page_fast_only(addr: int, gup_flags: int, pagep: list[Page | None]) -> bool:
+    """The inline wrapper: one page through GUP-fast only; True iff exactly one was taken.
+
+    `pagep` stands for `struct page **pagep`: a one-element list that receives the page.
+    """
+    return get_user_pages_fast_only(addr, 1, gup_flags, pagep) == 1
+
+
 # -- pin_user_pages* --------------------------------------------------------------------
 
 
@@ -338,7 +346,8 @@ def pin_longterm_pages_remote(mm: MM, start: int, nr_pages: int, gup_flags: int,
 
 __all__ = [
     "get_user_pages", "get_user_pages_remote", "get_user_pages_unlocked",
-    "get_user_pages_fast", "get_user_pages_fast_only", "pin_user_pages",
+    "get_user_pages_fast", "get_user_pages_fast_only", "get_user_page_fast_only",
+    "pin_user_pages",
     "pin_user_pages_remote", "pin_user_pages_unlocked", "pin_user_pages_fast",
     "unpin_user_page", "unpin_user_pages", "unpin_user_pages_dirty_lock",
     "unpin_user_page_range_dirty_lock", "unpin_folio", "unpin_folios", "unpin_user_folio",

@@ -72,6 +72,10 @@ class ProcessPinning:
         with self._as_current():
             return api.get_user_pages_fast_only(start, nr_pages, gup_flags, pages)
 
+    def get_user_page_fast_only(self, addr: int, gup_flags: int, pagep: list) -> bool:
+        with self._as_current():
+            return api.get_user_page_fast_only(addr, gup_flags, pagep)
+
     def pin_user_pages(self, start: int, nr_pages: int, gup_flags: int, pages) -> int:
         with self._as_current(), _Locked(self.mm):
             return api.pin_user_pages(start, nr_pages, gup_flags, pages)

@@ -681,6 +681,27 @@ def test_3_unpin_family(k: Kernel, p: Process) -> None:
     assert k.warnings.sites() == []
 
 
+def test_3_unpin_folios_with_errno_count_and_memfd_refusals(k: Kernel, p: Process) -> None:
+    """unpin_folios() catches an errno passed as the count like unpin_user_pages(); and
+    memfd_pin_folios() refuses bad ranges, a zero capacity and files that are not memfds,
+    pinning nothing."""
+    fd = p.memfd_create("buf")
+    fd.truncate(2 * PAGE_SIZE)
+    folios: list[Any] = [None] * 2
+    assert k.memfd_pin_folios(fd, 0, 2 * PAGE_SIZE - 1, folios, 2, [0]) == 2
+    k.unpin_folios(folios, -EFAULT)
+    assert k.warnings.sites() == ["unpin_folios: nfolios is an error value"]
+    assert counters(k) == (2, 0)
+    k.unpin_folios(folios)
+    assert counters(k) == (2, 2)
+    ext4 = k.fs("ext4").create("plain", 2 * PAGE_SIZE)
+    for args in ((fd, -1, 10, 2), (fd, 10, 9, 2), (fd, 0, 10, 0), (ext4, 0, 10, 2),
+                 (None, 0, 10, 2), (fd, 0, 2 * PAGE_SIZE, 2)):
+        memfd, start, end, cap = args
+        assert k.memfd_pin_folios(memfd, start, end, [None] * 2, cap, [0]) == -EINVAL, args
+    assert counters(k) == (2, 2)
+
+
 # == 5 how GUP faults pages in =====================================================================
 
 
@@ -1154,6 +1175,21 @@ def test_7_fast_only_never_falls_back(k: Kernel, p: Process, monkeypatch) -> Non
     assert k.vmstat["pgfault"] == faults and len(pages) == 2
     for pg in pages:
         k.put_page(pg)
+
+
+def test_7_get_user_page_fast_only(k: Kernel, p: Process) -> None:
+    """The one-page inline wrapper answers True only when GUP-fast took that page."""
+    a = anon_rw(p, 2)
+    p.write(a, b"x")
+    page: list[Page | None] = [None]
+    assert p.get_user_page_fast_only(a, FOLL_WRITE, page) is True
+    assert page[0] is not None and page[0].pfn == mapped_pfn(p, a) and page[0].refcount == 2
+    k.put_page(page[0])
+    other: list[Page | None] = [None]
+    assert p.get_user_page_fast_only(a + PAGE_SIZE, 0, other) is False
+    assert other == [None] and pte_of(p, a + PAGE_SIZE)[0] == 0
+    assert p.get_user_page_fast_only(a, FOLL_LONGTERM, other) is False
+    assert k.warnings.sites() == [SITE_LONGTERM]
 
 
 def test_7_fast_walk_spans_vmas_and_leaves(k: Kernel, p: Process, monkeypatch) -> None:

@@ -7,6 +7,9 @@ MMF_HAS_PINNED and the WARN_ON_ONCE sites recorded in `k.warnings`.
 
 from __future__ import annotations
 
+from typing import Any
+
+import numpy as np
 import pytest
 
 import gupsim
@@ -554,7 +557,8 @@ def test_11_2_24_maybe_pinned_false_positive() -> None:
     assert k.check() == []
 
 
-def test_11_2_25_thp_subrange_pin_is_exact(k: Kernel, p: Process, monkeypatch) -> None:
+def test_11_2_25_thp_subrange_pin_is_exact(k: Kernel, p: Process,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """Pinning 10 pages of a PMD-mapped THP adds exactly 10 to refcount and pincount;
     unpinning the 10 entries is one grouped release of 10."""
     t = thp_region(k, p)
@@ -569,7 +573,7 @@ def test_11_2_25_thp_subrange_pin_is_exact(k: Kernel, p: Process, monkeypatch) -
     calls: list[tuple[list[int], list[int]]] = []
     real = grab.gup_put_folios
 
-    def spy(alloc, heads, refs, flags):
+    def spy(alloc: Any, heads: np.ndarray, refs: np.ndarray, flags: int) -> int:
         calls.append((list(map(int, heads)), list(map(int, refs))))
         return real(alloc, heads, refs, flags)
 

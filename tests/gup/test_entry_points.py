@@ -1028,8 +1028,8 @@ def test_7_refused_after_the_grab_then_refused_by_the_slow_path(k: Kernel, p: Pr
     assert pages == [] and delta(k, before) == (1, 1)
 
 
-def test_7_fork_in_progress_skips_the_fast_walk_for_pins_only(k: Kernel, p: Process,
-                                                              monkeypatch) -> None:
+def test_7_fork_in_progress_skips_the_fast_walk_for_pins_only(
+        k: Kernel, p: Process, monkeypatch: pytest.MonkeyPatch) -> None:
     """While fork write-protects (odd write_protect_seq) pinning GUP-fast takes nothing;
     FOLL_GET does not look at the sequence."""
     walk, _ = fast_and_slow(monkeypatch)
@@ -1048,7 +1048,8 @@ def test_7_fork_in_progress_skips_the_fast_walk_for_pins_only(k: Kernel, p: Proc
     k.put_page(gets[0])
 
 
-def test_7_fork_race_discards_pins_already_taken(k: Kernel, p: Process, monkeypatch) -> None:
+def test_7_fork_race_discards_pins_already_taken(k: Kernel, p: Process,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """A fork that lands while GUP-fast is in its second VMA: the pins already taken are
     all given back (write_protect_seq moved) and the fast part reports 0. Fork saw the
     first page pinned at that moment, so it copied it for the child and left the parent's
@@ -1079,7 +1080,7 @@ def test_7_fork_race_discards_pins_already_taken(k: Kernel, p: Process, monkeypa
     k.unpin_user_pages(pages)
 
 
-def test_7_fork_race_with_get(k: Kernel, p: Process, monkeypatch) -> None:
+def test_7_fork_race_with_get(k: Kernel, p: Process, monkeypatch: pytest.MonkeyPatch) -> None:
     """A fork racing a FOLL_GET walk write-protects the PTE: the re-check after the grab
     sees it changed, drops the reference and the slow path COWs for the write."""
     walk, slow = fast_and_slow(monkeypatch)
@@ -1100,7 +1101,8 @@ def test_7_fork_race_with_get(k: Kernel, p: Process, monkeypatch) -> None:
     ("mprotect", -EFAULT, (1, 1)),        # grabbed, the PTE changed: dropped again
     ("munmap", -EFAULT, (0, 0)),          # the folio was freed first: nothing to grab
 ])
-def test_7_recheck_after_the_grab(k: Kernel, p: Process, monkeypatch, race: str, want: int,
+def test_7_recheck_after_the_grab(k: Kernel, p: Process, monkeypatch: pytest.MonkeyPatch,
+                                  race: str, want: int,
                                   fast_delta: tuple[int, int]) -> None:
     """Between reading a PTE and grabbing its folio anything may happen: GUP-fast re-reads
     the entry after the grab and gives the pin back if it changed; a folio freed meanwhile
@@ -1161,7 +1163,8 @@ def test_1_5_foll_touch_by_entry_point(k: Kernel, p: Process, entry: str,
     release(k, entry, pages)
 
 
-def test_7_fast_only_never_falls_back(k: Kernel, p: Process, monkeypatch) -> None:
+def test_7_fast_only_never_falls_back(k: Kernel, p: Process,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """get_user_pages_fast_only() returns what the lockless walk got, possibly 0."""
     walk, slow = fast_and_slow(monkeypatch)
     a = anon_rw(p, 4)
@@ -1192,7 +1195,8 @@ def test_7_get_user_page_fast_only(k: Kernel, p: Process) -> None:
     assert k.warnings.sites() == [SITE_LONGTERM]
 
 
-def test_7_fast_walk_spans_vmas_and_leaves(k: Kernel, p: Process, monkeypatch) -> None:
+def test_7_fast_walk_spans_vmas_and_leaves(k: Kernel, p: Process,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """The lockless walk crosses VMA boundaries and PMD leaves, grabbing each leaf's part
     of the range at once."""
     walk, slow = fast_and_slow(monkeypatch)

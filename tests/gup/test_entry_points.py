@@ -443,6 +443,22 @@ def test_2_2_nothing_obtained_is_the_first_pages_errno(k: Kernel, p: Process,
     assert has_pinned(p) == entry.startswith("pin_"), "a pin call marks the mm even failing"
 
 
+@pytest.mark.parametrize("entry", ("get_user_pages", "pin_user_pages_fast", "pin_user_pages"))
+def test_2_2_out_of_memory(entry: str) -> None:
+    """A fault that finds no memory ends the walk: the prefix, then -ENOMEM on its own."""
+    k = Kernel(memory="8MiB", debug=True)
+    p = k.spawn("app")
+    n = 4096                                # more than the machine has
+    a = anon_rw(p, n)
+    pages = PageArray(n)
+    got = gup(k, p, entry, a, n, FOLL_WRITE, pages)
+    assert 0 < got < n and k.alloc.nr_free_pages() == 0
+    assert pages.pfns[got - 1] == mapped_pfn(p, a + (got - 1) * PAGE_SIZE)
+    assert pte_of(p, a + got * PAGE_SIZE)[0] == 0
+    assert gup(k, p, entry, a + got * PAGE_SIZE, 1, FOLL_WRITE, []) == -ENOMEM
+    assert k.warnings.sites() == []
+
+
 @pytest.mark.parametrize("entry", ("get_user_pages", "pin_user_pages", "pin_user_pages_remote"))
 def test_2_2_errno_table(k: Kernel, p: Process, entry: str) -> None:
     """More first-page errors: hwpoison, fsdax long-term, FOLL_SPLIT_PMD on hugetlb,

@@ -668,4 +668,3 @@ def test_11_2_30_io_uring_thp_charges_once(k: Kernel) -> None:
     ring.close()
     assert p.mm.pinned_vm == 0 and user.locked_vm == 0
     assert folio.pincount == 0
-    assert not k.sanitizer.outstanding()

@@ -1325,9 +1325,6 @@ def test_vectorised_1gib_pin_and_unpin(entry: str) -> None:
     assert int(k.mem.refcount[vec.pfns].max()) == 1
 
 
-@pytest.mark.xfail(strict=True, reason="memory/pagearray.py: a slice is a new PageArray whose "
-                   "`mem` is set by GUP on the slice only, so the base array it views "
-                   "cannot turn its entries into pages")
 def test_pagearray_filled_through_a_slice(k: Kernel, p: Process) -> None:
     """`vec[n:]` is the kernel's `pages + n`: filling it must fill `vec`, machine included."""
     a = anon_rw(p, 2, touch=True)

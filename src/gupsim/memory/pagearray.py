@@ -20,21 +20,35 @@ NULL = -1
 class PageArray:
     """A fixed-capacity array of page pointers (PFNs), sliceable without copying."""
 
-    def __init__(self, capacity: int | np.ndarray, mem: MemMap | None = None) -> None:
+    def __init__(self, capacity: int | np.ndarray, mem: MemMap | None = None,
+                 base: PageArray | None = None) -> None:
         if isinstance(capacity, np.ndarray):
             self.pfns = capacity
         else:
             if capacity < 0:
                 raise ValueError(f"PageArray capacity must be >= 0, got {capacity}")
             self.pfns = np.full(int(capacity), NULL, dtype=np.int64)
-        self.mem = mem
+        self._base = base          # a slice shares its base's machine (`vec[n:]` filled by GUP)
+        self._mem = mem
+
+    @property
+    def mem(self) -> MemMap | None:
+        """The machine the pages belong to (None until something stored a page)."""
+        return self._base.mem if self._base is not None else self._mem
+
+    @mem.setter
+    def mem(self, mem: MemMap | None) -> None:
+        if self._base is not None:
+            self._base.mem = mem
+        else:
+            self._mem = mem
 
     def __len__(self) -> int:
         return len(self.pfns)
 
     def __getitem__(self, i: int | slice) -> Page | None | PageArray:
         if isinstance(i, slice):
-            return PageArray(self.pfns[i], self.mem)
+            return PageArray(self.pfns[i], base=self._base or self)
         pfn = int(self.pfns[i])
         if pfn == NULL:
             return None

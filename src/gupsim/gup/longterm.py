@@ -9,15 +9,16 @@ of the call, migrates the offenders and pins the whole range again (spec 4.4).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 
 from ..constants import EAGAIN, EINVAL, ENOMEM, PAGE_SHIFT, PAGE_SIZE
-from ..memory import PG, Folio, Kind, MemMap, Zone
-from ..memory.migrate import migrate_folio
+from ..memory import Folio, Kind, MemMap, Zone
+from ..memory.migrate import ReplaceCache, isolate_folio, migrate_folio, putback_folio
 from ..memory.pagearray import NULL
 from ..mm import MM, MMEnv
+from ..mm.reclaim import page_cache_replacer
 from .flags import FOLL_LONGTERM, FOLL_PIN
 from .grab import gup_put_pfns, try_grab_folio
 from .pages import PagesOut
@@ -39,10 +40,18 @@ def folio_is_longterm_pinnable(folio: Folio) -> bool:
     return bool(longterm_pinnable(folio.mem, np.array([folio.pfn]))[0])
 
 
-def check_and_migrate_pfns(env: MMEnv, pfns: np.ndarray, unpin_all: Callable[[], None]) -> int:
+def _replacer(env: MMEnv, files: Iterable[object]) -> ReplaceCache:
+    """The file system's own page-cache hook if one was installed, else the model's."""
+    st = gup_state(env.mem)
+    return st.replace_cache if st.replace_cache is not None else page_cache_replacer(env, files)
+
+
+def check_and_migrate_pfns(env: MMEnv, pfns: np.ndarray, unpin_all: Callable[[], None],
+                           files: Iterable[object] = ()) -> int:
     """check_and_migrate_movable_pages/folios(): 0 (keep the pins), -EAGAIN or -ENOMEM.
 
-    On anything but 0, every pin of the call has been dropped via `unpin_all()`.
+    On anything but 0, every pin of the call has been dropped via `unpin_all()`, and
+    `k.gup.last_migrate_failure` says what could not be moved, or isolated, and why.
     """
     mem = env.mem
     st = gup_state(mem)
@@ -52,22 +61,39 @@ def check_and_migrate_pfns(env: MMEnv, pfns: np.ndarray, unpin_all: Callable[[],
     if not bad.any():
         return 0
     collected = list(dict.fromkeys(heads[bad].tolist()))      # distinct, in order
-    isolated = [h for h in collected
-                if mem.test(h, PG.lru) or mem.test(h, PG.hugetlb)]
+    isolated = [h for h in collected if isolate_folio(mem, h)]
+    stuck = sorted(set(collected) - set(isolated), key=collected.index)
     unpin_all()
     race_point(mem, "longterm:before_migrate", heads=collected)
-    failed = []
+    replace = _replacer(env, files)
+    failed: list[str] = []
     for h in isolated:
-        if mem.kind[h] == Kind.FREE:
-            continue          # the unpin freed it: nothing left to move
-        res = migrate_folio(env.alloc, h, st.replace_cache)
+        res = migrate_folio(env.alloc, h, replace, isolated=True)
         if res.rc:
             failed.append(res.reason)
-            mem.vmstat["pgmigrate_fail"] += mem.nr_pages_of(h)
+            putback_folio(env.alloc, h)
     if failed:
         st.last_migrate_failure = "; ".join(failed)
         return -ENOMEM
+    if stuck:
+        st.last_migrate_failure = "; ".join(
+            f"folio {h:#x} is not long-term pinnable and could not be isolated "
+            "(not on the LRU)" for h in stuck)
     return -EAGAIN
+
+
+def _longterm_retry(env: MMEnv, rounds: int) -> bool:
+    """True when the loop must give up: the kernel would spin; the model stops, warns."""
+    st = gup_state(env.mem)
+    if rounds < st.migrate_retry_limit:
+        return False
+    env.mem.warnings.warn_on_once(
+        True, "__gup_longterm_locked: no progress",
+        f"unpinnable folios still found after {rounds} migration rounds (isolation keeps "
+        "failing); giving up with -ENOMEM")
+    st.last_migrate_failure = (f"gave up after {rounds} rounds: "
+                               + (st.last_migrate_failure or "no progress"))
+    return True
 
 
 def __gup_longterm_locked(env: MMEnv, mm: MM, start: int, nr_pages: int,
@@ -75,7 +101,6 @@ def __gup_longterm_locked(env: MMEnv, mm: MM, start: int, nr_pages: int,
     """The slow path, plus the long-term check/migrate/retry loop when FOLL_LONGTERM."""
     if not flags & FOLL_LONGTERM:
         return __get_user_pages_locked(env, mm, start, nr_pages, out, locked, flags)
-    st = gup_state(env.mem)
     saved = env.memalloc_pin
     env.memalloc_pin = True
     try:
@@ -94,12 +119,7 @@ def __gup_longterm_locked(env: MMEnv, mm: MM, start: int, nr_pages: int,
             if mrc != -EAGAIN:
                 return mrc
             rounds += 1
-            if env.mem.warnings.warn_on_once(
-                    rounds >= st.migrate_retry_limit, "__gup_longterm_locked: no progress",
-                    f"unpinnable folios still found after {rounds} migration rounds "
-                    "(isolation keeps failing); giving up with -ENOMEM"):
-                return -ENOMEM
-            if rounds >= st.migrate_retry_limit:
+            if _longterm_retry(env, rounds):
                 return -ENOMEM
     finally:
         env.memalloc_pin = saved
@@ -124,6 +144,7 @@ def memfd_pin_folios(env: MMEnv, memfd, start: int, end: int, folios: list[Folio
     saved = env.memalloc_pin
     env.memalloc_pin = True
     try:
+        rounds = 0
         while True:
             got: list[int] = []
 
@@ -144,12 +165,16 @@ def memfd_pin_folios(env: MMEnv, memfd, start: int, end: int, folios: list[Folio
                     return -EINVAL
                 got.append(head)
                 idx = int(mem.index[head]) + (1 << order)
-            mrc = check_and_migrate_pfns(env, np.array(got, dtype=np.int64), unpin_all)
+            mrc = check_and_migrate_pfns(env, np.array(got, dtype=np.int64), unpin_all,
+                                         files=(memfd,))
             if mrc == 0:
                 folios[:] = [Folio(mem, h) for h in got] + folios[len(got):]
                 offset[0] = start % fsize
                 return len(got)
             if mrc != -EAGAIN:
                 return mrc
+            rounds += 1
+            if _longterm_retry(env, rounds):
+                return -ENOMEM
     finally:
         env.memalloc_pin = saved

@@ -1,18 +1,23 @@
-"""Reclaim-side operations: swap-out (MADV_PAGEOUT), THP split, MADV_COLLAPSE, hwpoison.
+"""Reclaim-side operations: swap-out (MADV_PAGEOUT), THP split, MADV_COLLAPSE, compaction,
+hwpoison.
 
 Each refuses pinned folios the way the kernel does: a folio with references beyond its
-mappings (a pin, a GET reference) cannot be split or collapsed, and a maybe-pinned
-anon folio is never added to swap.
+mappings (a pin, a GET reference) cannot be split, collapsed or migrated, and a
+maybe-pinned anon folio is never added to swap. Compaction's migrate scanner does not
+even isolate an anon folio whose refcount exceeds its mapcount (a racy pin check).
 """
 
 from __future__ import annotations
 
 import errno
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..constants import PAGE_SHIFT, PMD_ORDER
 from ..memory import PG, Kind, OutOfMemory
+from ..memory.migrate import ReplaceCache, isolate_folio, migrate_folio, putback_folio
 from ..memory.page import maybe_dma_pinned_pfns
 from .env import MMEnv
 from .mm_struct import MM, map_huge, zap_range
@@ -169,3 +174,89 @@ def poison_page(env: MMEnv, mm: MM, vma: VMA, i: int) -> None:
     zap_range(mm, vma, i, i + 1, env.swap)
     vma.pte[i] = PTE.HWPOISON
     vma.pfn[i] = pfn
+
+
+# -- compaction ------------------------------------------------------------------------------
+
+
+def page_cache_replacer(env: MMEnv, files: Iterable[object] = ()) -> ReplaceCache:
+    """What migration calls to swap a page-cache folio in its file's cache.
+
+    Stand-in for the address_space's migrate_folio operation, which the model's file
+    systems do not offer yet: the inode is found through `files` (a memfd being pinned)
+    or the files of the VMAs that map it, and its cache entry is replaced if it still
+    holds the old folio (folio_migrate_mapping() under the xarray lock).
+    """
+    mem = env.mem
+    extra = list(files)
+
+    def find_cache(mapping: int) -> dict[int, int] | None:
+        candidates = extra + [v.file for m in env.mms for v in m.vmas if v.file is not None]
+        for f in candidates:
+            if getattr(f, "inode_id", None) == mapping:
+                cache = getattr(getattr(f, "inode", None), "cache", None)
+                if isinstance(cache, dict):
+                    return cache
+        return None
+
+    def replace(old: int, new: int) -> bool:
+        cache = find_cache(int(mem.mapping[old]))
+        index = int(mem.index[old])
+        if cache is None or cache.get(index) != old:
+            return False
+        cache[index] = new
+        return True
+
+    return replace
+
+
+@dataclass
+class CompactResult:
+    """What one pass of compaction's migrate scanner did over a PFN range."""
+
+    migrated: int = 0                                       # pages moved out of the range
+    skipped: dict[int, str] = field(default_factory=dict)   # head -> why not isolated
+    failed: dict[int, str] = field(default_factory=dict)    # head -> why migration failed
+
+    @property
+    def rc(self) -> int:
+        """alloc_contig_range()'s answer: 0 if the range is now free of in-use folios."""
+        return -errno.EBUSY if self.skipped or self.failed else 0
+
+
+def compact_range(env: MMEnv, start_pfn: int, end_pfn: int,
+                  replace_cache: ReplaceCache | None = None) -> CompactResult:
+    """Move every in-use movable folio of [start_pfn, end_pfn) to movable memory elsewhere.
+
+    The migrate-scanner half of compaction, and what alloc_contig_range() (CMA
+    allocation), memory offlining and the like do to a range: isolate each folio
+    (anon folios with more references than mappings are not even tried: pinned, or
+    held by GUP), migrate it synchronously, put back what failed. Pinned folios stay
+    where they are, and the range stays busy (`rc == -EBUSY`).
+    """
+    mem = env.mem
+    replace = replace_cache if replace_cache is not None else page_cache_replacer(env)
+    pfns = np.arange(max(start_pfn, 0), min(end_pfn, mem.nr_pages), dtype=np.int64)
+    heads = pfns[(mem.head_off[pfns] == 0) & (mem.kind[pfns] != Kind.FREE)]
+    res = CompactResult()
+    mem.vmstat["compact_migrate_scanned"] += len(pfns)
+    for h in heads.tolist():
+        kind = int(mem.kind[h])
+        maps = int(mem.mapcount[h:h + mem.nr_pages_of(h)].sum()) + int(mem.entire_mapcount[h])
+        if kind in (Kind.ANON, Kind.KSM) and int(mem.refcount[h]) > maps:
+            res.skipped[h] = "anon folio with references beyond its mappings (pinned?)"
+            continue
+        if not isolate_folio(mem, h):
+            res.skipped[h] = "not on the LRU (not movable)"
+            continue
+        n = mem.nr_pages_of(h)
+        mem.vmstat["compact_isolated"] += n
+        out = migrate_folio(env.alloc, h, replace, isolated=True, movable_target=True,
+                            avoid=(start_pfn, end_pfn))
+        if out.rc:
+            putback_folio(env.alloc, h)
+            res.failed[h] = out.reason
+        else:
+            res.migrated += n
+    mem.vmstat["compact_fail" if res.rc else "compact_success"] += 1
+    return res

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..constants import EAGAIN, EBUSY, ENOMEM
-from .alloc import Allocator, OutOfMemory
+from .alloc import Allocator, BuddyRegion, OutOfMemory
 from .memmap import PG, Kind, MemMap
 
 ReplaceCache = Callable[[int, int], bool]   # (old head, new head) -> replaced?
@@ -96,28 +96,34 @@ def _alloc_target(alloc: Allocator, head: int, movable: bool,
                   avoid: tuple[int, int] | None) -> int:
     """The migration target (alloc_migration_target()); raises OutOfMemory.
 
-    Frames inside `avoid` (the range being cleared, isolated in the kernel) are held
-    back while searching and returned afterwards.
+    Frames inside `avoid` (the range being cleared: isolated pageblocks in the kernel)
+    are never handed out: a region that lies wholly inside it is skipped, blocks found
+    inside it are held back while searching and returned afterwards.
     """
     mem = alloc.mem
     order = int(mem.order[head])
     kind = Kind(int(mem.kind[head]))
-    held: list[int] = []
+    mapping, index = int(mem.mapping[head]), int(mem.index[head])
+    if mem.test(head, PG.hugetlb):
+        return alloc.alloc_hugetlb_folio(order, kind, mapping, index)
+    if avoid is None:
+        return alloc.alloc_folio(order, kind, movable=movable, mapping=mapping, index=index)
+    lo, hi = avoid
+    held: list[tuple[BuddyRegion, int]] = []
     try:
-        while True:
-            if mem.test(head, PG.hugetlb):
-                new = alloc.alloc_hugetlb_folio(order, kind, int(mem.mapping[head]),
-                                                int(mem.index[head]))
-            else:
-                new = alloc.alloc_folio(order, kind, movable=movable,
-                                        mapping=int(mem.mapping[head]),
-                                        index=int(mem.index[head]))
-            if avoid is None or not avoid[0] <= new < avoid[1]:
-                return new
-            held.append(new)
+        for region in alloc.regions(movable):
+            if lo <= region.start and region.end <= hi:
+                continue
+            while (pfn := region.alloc(order)) is not None:
+                if lo <= pfn < hi:
+                    held.append((region, pfn))
+                    continue
+                alloc.prep_folio(pfn, order, kind, mapping, index)
+                return pfn
     finally:
-        for pfn in held:
-            alloc.free_folio(pfn)
+        for region, pfn in held:
+            region.release(pfn, order)
+    raise OutOfMemory(f"no free block of order {order} outside PFNs [{lo:#x}, {hi:#x})")
 
 
 def migrate_folio(alloc: Allocator, head: int, replace_cache: ReplaceCache | None = None,

@@ -109,23 +109,33 @@ def copy_page_range(env: MMEnv, src_mm: MM, dst_mm: MM, src: VMA, dst: VMA) -> N
         np.add.at(mem.mapcount, sp, 1)
         np.add.at(mem.refcount, mem.head_of(sp), 1)
         add_rss(dst_mm, mem.kind[mem.head_of(sp)], +1)
-    for j in idx[copy].tolist():
-        copy_present_page(env, dst_mm, src, dst, j)
+    copy_present_pages(env, dst_mm, src, dst, idx[copy])
 
 
-def copy_present_page(env: MMEnv, dst_mm: MM, src: VMA, dst: VMA, i: int) -> None:
-    """Give the child its own copy of a maybe-pinned exclusive page (writable, dirty)."""
+def copy_present_pages(env: MMEnv, dst_mm: MM, src: VMA, dst: VMA, idx: np.ndarray) -> None:
+    """copy_present_page() for every entry in `idx` at once: the child gets its own copy
+    of each maybe-pinned exclusive page (writable if the VMA is, dirty, exclusive); the
+    parent's entries are left as they are. Raises OutOfMemory (fork fails, ENOMEM)."""
+    if len(idx) == 0:
+        return
     mem = env.mem
-    new = env.alloc.alloc_folio(0, Kind.ANON, movable=True, mapping=dst.anon_id,
-                                index=dst.pgoff + i)
-    mem.copy_frames(new, int(src.pfn[i]), 1)
+    new = env.alloc.alloc_bulk_order0(len(idx), Kind.ANON, True, dst.anon_id, dst.pgoff + idx)
+    if len(new) < len(idx):
+        mem.refcount[new] = 0
+        for pfn in new.tolist():
+            env.alloc.free_folio(pfn)
+        raise OutOfMemory(f"fork: {len(idx)} pages of maybe-pinned memory to copy, "
+                          f"{len(new)} free")
+    for d, s in zip(new.tolist(), src.pfn[idx].tolist(), strict=True):
+        if s in mem.content:                  # frames never written read as zeros
+            mem.copy_frames(d, s, 1)
     bits = PTE.PRESENT | PTE.DIRTY | PTE.YOUNG | (PTE.WRITE if dst.flags & VM.WRITE else 0)
-    dst.pfn[i] = new
-    dst.pte[i] = bits
-    mem.mapcount[new] += 1
-    mem.set_flag(new, PG.anon_exclusive | PG.swapbacked | PG.lru)
-    dst_mm.rss.anon += 1
-    mem.vmstat["fork_copy_pinned"] += 1
+    dst.pfn[idx] = new
+    dst.pte[idx] = bits
+    mem.mapcount[new] += 1                    # fresh, distinct frames
+    mem.flags[new] |= np.uint32(PG.anon_exclusive | PG.swapbacked | PG.lru)
+    dst_mm.rss.anon += len(new)
+    mem.vmstat["fork_copy_pinned"] += len(new)
 
 
 def _copy_huge(env: MMEnv, src_mm: MM, dst_mm: MM, src: VMA, dst: VMA, i: int) -> None:

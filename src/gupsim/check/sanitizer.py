@@ -8,7 +8,7 @@ Reports, each naming where the reference was taken and where it was released:
 * `put_page` on a FOLL_PIN page (drops 1, leaves the folio looking pinned forever);
 * `unpin_*` on a FOLL_GET page;
 * double unpin (the page's pin from that call was already released);
-* unpin of more than was pinned (no pin recorded for the page at all);
+* unpin of more than was pinned (more unpins of a folio than pins recorded for it);
 * pins still held when the process that owned the memory exits (a leak).
 """
 
@@ -37,8 +37,9 @@ class PinRecord:
     site: str
     mm_id: int | None
     pfns: np.ndarray
+    heads: np.ndarray        # the folio of each entry when it was taken
     left: np.ndarray         # 1 while the entry's reference is held
-    released_at: np.ndarray  # index into the sanitizer's site table, -1 if held
+    released_at: np.ndarray  # id of the release call that dropped the entry, -1 if held
 
     @property
     def held(self) -> int:
@@ -69,7 +70,13 @@ class OutstandingPin:
 
 
 class PinSanitizer:
-    """Bookkeeping of GUP references per call; see the module docstring."""
+    """Bookkeeping of GUP references per call; see the module docstring.
+
+    A release is matched to the entries of the same page first, then to entries of
+    other pages of the same folio: the kernel counts pins per folio, so unpinning a
+    folio (unpin_folio(), unpin_user_folio(), a range unpin) through any of its pages
+    is correct use.
+    """
 
     def __init__(self, mem: MemMap, history: int = 64) -> None:
         self.mem = mem
@@ -77,35 +84,52 @@ class PinSanitizer:
         self.released: deque[PinRecord] = deque(maxlen=history)
         self.reports: list[SanitizerReport] = []
         self._sites: list[str] = []
+        self._site_ids: dict[str, int] = {}
+        self._release_sites: list[int] = []      # release call id -> index in _sites
         self._ids = itertools.count(1)
 
     # -- acquisition ---------------------------------------------------------------------
 
-    def on_acquire(self, pfns: np.ndarray, flags: int, call: str, mm) -> None:
+    def _pins_only(self, pfns: np.ndarray, how: str) -> np.ndarray:
+        """Drop NULL entries, and the shared zero page for pins (it is never pin-counted)."""
         pfns = pfns[pfns != NULL]
-        how = "FOLL_PIN" if flags & FOLL_PIN else "FOLL_GET"
-        if how == "FOLL_PIN":
+        if how == "FOLL_PIN" and len(pfns):
             pfns = pfns[self.mem.kind[self.mem.head_of(pfns)] != Kind.ZERO]
+        return pfns.astype(np.int64)
+
+    def on_acquire(self, pfns: np.ndarray, flags: int, call: str, mm) -> None:
+        how = "FOLL_PIN" if flags & FOLL_PIN else "FOLL_GET"
+        pfns = self._pins_only(pfns, how)
         if len(pfns) == 0:
             return
         n = len(pfns)
+        heads = np.asarray(self.mem.head_of(pfns), dtype=np.int64)
         self.records.append(PinRecord(next(self._ids), how, flags, call, user_call_site(),
-                                      getattr(mm, "id", None), pfns.astype(np.int64),
+                                      getattr(mm, "id", None), pfns, heads,
                                       np.ones(n, dtype=np.int8), np.full(n, -1, np.int32)))
 
     # -- release -------------------------------------------------------------------------
 
-    def _site(self, site: str) -> int:
-        self._sites.append(site)
-        return len(self._sites) - 1
+    def _new_release(self, site: str) -> int:
+        """A new release call id, remembering the call site it came from."""
+        idx = self._site_ids.get(site)
+        if idx is None:
+            idx = self._site_ids[site] = len(self._sites)
+            self._sites.append(site)
+        self._release_sites.append(idx)
+        return len(self._release_sites) - 1
+
+    def _released_site(self, cid: int) -> str:
+        return self._sites[self._release_sites[cid]]
 
     @staticmethod
-    def _consume(rec: PinRecord, uniq: np.ndarray, need: np.ndarray, site_idx: int) -> None:
-        """Release up to need[j] held entries of pfn uniq[j] in this record."""
-        pos = np.flatnonzero((rec.left > 0) & np.isin(rec.pfns, uniq[need > 0]))
+    def _consume(rec: PinRecord, keys: np.ndarray, uniq: np.ndarray, need: np.ndarray,
+                 site_idx: int) -> None:
+        """Release up to need[j] held entries whose key (pfn or head) is uniq[j]."""
+        pos = np.flatnonzero((rec.left > 0) & np.isin(keys, uniq[need > 0]))
         if len(pos) == 0:
             return
-        p = rec.pfns[pos]
+        p = keys[pos]
         order = np.argsort(p, kind="stable")
         ps, poss = p[order], pos[order]
         gstart = np.r_[0, np.flatnonzero(ps[1:] != ps[:-1]) + 1]
@@ -117,82 +141,93 @@ class PinSanitizer:
         tu, tc = np.unique(ps[take], return_counts=True)
         need[np.searchsorted(uniq, tu)] -= tc
 
-    def _holding(self, recs, how: str, pfn: int, held: bool) -> PinRecord | None:
-        for rec in recs:
-            if rec.how != how:
-                continue
-            m = rec.pfns == pfn
-            if held and (m & (rec.left > 0)).any():
-                return rec
-            if not held and (m & (rec.left == 0)).any():
-                return rec
-        return None
+    def _match(self, how: str, uniq: np.ndarray, need: np.ndarray, sidx: int,
+               by_folio: bool) -> None:
+        for rec in self.records:
+            if not need.any():
+                return
+            if rec.how == how:
+                self._consume(rec, rec.heads if by_folio else rec.pfns, uniq, need, sidx)
 
     def on_release(self, pfns: np.ndarray, flags: int, call: str) -> None:
+        """Match a release against the records; report what does not match (misuse)."""
         mem = self.mem
-        pfns = pfns[pfns != NULL]
         how = "FOLL_PIN" if flags & FOLL_PIN else "FOLL_GET"
-        if how == "FOLL_PIN":
-            pfns = pfns[mem.kind[mem.head_of(pfns)] != Kind.ZERO]
+        pfns = self._pins_only(pfns, how)
         if len(pfns) == 0:
             return
         site = user_call_site()
-        sidx = self._site(site)
-        if self._release_whole_record(how, pfns, sidx):
-            return
+        sidx = self._new_release(site)
         uniq, cnt = np.unique(pfns, return_counts=True)
         need = cnt.astype(np.int64)
-        for rec in self.records:
-            if rec.how == how:
-                self._consume(rec, uniq, need, sidx)
-                if not need.any():
-                    break
+        self._match(how, uniq, need, sidx, by_folio=False)       # the same pages first
         if need.any():
-            self._misuse(how, call, site, sidx, uniq, need)
+            left = uniq[need > 0]
+            heads = np.asarray(mem.head_of(left), dtype=np.int64)
+            huniq, inv = np.unique(heads, return_inverse=True)
+            hneed = np.bincount(inv, weights=need[need > 0]).astype(np.int64)
+            self._match(how, huniq, hneed, sidx, by_folio=True)  # then their folios
+            if hneed.any():
+                first = {int(h): int(left[np.flatnonzero(heads == h)[0]])
+                         for h in huniq[hneed > 0].tolist()}
+                self._misuse(how, call, site, sidx, huniq, hneed, first)
         self._retire()
 
-    def _release_whole_record(self, how: str, pfns: np.ndarray, sidx: int) -> bool:
-        """The common case in O(n): the release is exactly what one call still holds."""
-        for rec in reversed(self.records):
-            if rec.how == how and len(rec.pfns) == len(pfns) and rec.held == len(pfns) \
-                    and np.array_equal(rec.pfns, pfns):
-                rec.left[:] = 0
-                rec.released_at[:] = sidx
-                self._retire()
-                return True
-        return False
+    def _find(self, how: str, head: int, held: bool, recs=None) -> PinRecord | None:
+        """A record of kind `how` with an entry in folio `head`, held now or released."""
+        for rec in (self.records if recs is None else recs):
+            if rec.how != how:
+                continue
+            m = rec.heads == head
+            if (m & ((rec.left > 0) if held else (rec.left == 0))).any():
+                return rec
+        return None
 
-    def _misuse(self, how: str, call: str, site: str, sidx: int, uniq: np.ndarray,
-                need: np.ndarray) -> None:
-        other = "FOLL_GET" if how == "FOLL_PIN" else "FOLL_PIN"
-        for pfn in uniq[need > 0][:16].tolist():     # one report per page, bounded
-            rec = self._holding(self.records, other, pfn, held=True)
+    def _misuse(self, how: str, call: str, site: str, sidx: int, huniq: np.ndarray,
+                hneed: np.ndarray, first: dict[int, int]) -> None:
+        """One report per folio released more than its records allow (bounded to 16)."""
+        history = list(self.records) + list(self.released)
+        for head in huniq[hneed > 0][:16].tolist():
+            pfn = first[head]
+            j = int(np.searchsorted(huniq, head))
             if how == "FOLL_GET":
+                rec = self._find("FOLL_PIN", head, held=True)
                 if rec is not None:
                     self.reports.append(SanitizerReport(
                         "put_page_on_pin", f"put_page() on a page pinned by {rec.call}(): "
                         "release pins with unpin_user_page()", pfn, rec.site, site))
                 continue                # other GET references are not tracked
-            if rec is not None:
-                j = np.searchsorted(uniq, pfn)
-                self._consume(rec, uniq, need, sidx)
+            rec = self._find("FOLL_GET", head, held=True)
+            while rec is not None and hneed[j] > 0:
+                self._consume(rec, rec.heads, huniq[j:j + 1], hneed[j:j + 1], sidx)
                 self.reports.append(SanitizerReport(
                     "unpin_of_get", f"{call}() on a page taken with FOLL_GET by {rec.call}(): "
                     "release it with put_page()", pfn, rec.site, site))
-                if need[j] <= 0:
-                    continue
-            old = self._holding(list(self.records) + list(self.released), "FOLL_PIN", pfn,
-                                held=False)
-            if old is not None:
-                first = old.released_at[(old.pfns == pfn) & (old.left == 0)]
-                first_site = self._sites[int(first[0])] if len(first) else "?"
+                rec = self._find("FOLL_GET", head, held=True)
+            if hneed[j] <= 0:
+                continue
+            self._report_extra_unpin(call, site, sidx, head, pfn, history)
+
+    def _report_extra_unpin(self, call: str, site: str, sidx: int, head: int, pfn: int,
+                            history: list[PinRecord]) -> None:
+        """double_unpin if an earlier call released this page's pin, else over_unpin (this
+        call unpins the folio more times than it was pinned)."""
+        for rec in history:
+            if rec.how != "FOLL_PIN":
+                continue
+            gone = (rec.pfns == pfn) & (rec.left == 0) & (rec.released_at != sidx)
+            if gone.any():
+                first_site = self._released_site(int(rec.released_at[gone][0]))
                 self.reports.append(SanitizerReport(
-                    "double_unpin", f"{call}() of a page whose pin from {old.call}() was "
-                    f"already released at {first_site}", pfn, old.site, site))
-            else:
-                self.reports.append(SanitizerReport(
-                    "over_unpin", f"{call}() of a page with no pin outstanding "
-                    "(more unpins than pins)", pfn, "<never pinned>", site))
+                    "double_unpin", f"{call}() of a page whose pin from {rec.call}() was "
+                    f"already released at {first_site}", pfn, rec.site, site))
+                return
+        owner = self._find("FOLL_PIN", head, held=False, recs=history) \
+            or self._find("FOLL_PIN", head, held=True)
+        self.reports.append(SanitizerReport(
+            "over_unpin", f"{call}() of a page with no pin outstanding on its folio "
+            "(more unpins than pins)", pfn,
+            owner.site if owner is not None else "<never pinned>", site))
 
     def _retire(self) -> None:
         live = []

@@ -158,6 +158,8 @@ class PinSanitizer:
             return
         site = user_call_site()
         sidx = self._new_release(site)
+        if self._release_whole_record(how, pfns, sidx):
+            return
         uniq, cnt = np.unique(pfns, return_counts=True)
         need = cnt.astype(np.int64)
         self._match(how, uniq, need, sidx, by_folio=False)       # the same pages first
@@ -172,6 +174,17 @@ class PinSanitizer:
                          for h in huniq[hneed > 0].tolist()}
                 self._misuse(how, call, site, sidx, huniq, hneed, first)
         self._retire()
+
+    def _release_whole_record(self, how: str, pfns: np.ndarray, sidx: int) -> bool:
+        """The common case in O(n): the release is exactly what one call still holds."""
+        for rec in reversed(self.records):
+            if rec.how == how and len(rec.pfns) == len(pfns) and rec.held == len(pfns) \
+                    and np.array_equal(rec.pfns, pfns):
+                rec.left[:] = 0
+                rec.released_at[:] = sidx
+                self._retire()
+                return True
+        return False
 
     def _find(self, how: str, head: int, held: bool, recs=None) -> PinRecord | None:
         """A record of kind `how` with an entry in folio `head`, held now or released."""

@@ -224,6 +224,25 @@ def test_fork_copies_a_false_positive(k: Kernel, p: Process) -> None:
     k.unpin_user_pages(other)
 
 
+def test_the_child_does_not_inherit_mmf_has_pinned(k: Kernel, p: Process) -> None:
+    """MMF_HAS_PINNED is not among the flags fork passes on (mmf_init_flags()): a child
+    that never pinned shares even a false-positive page with its own child."""
+    a = written_anon(p, 1)
+    pages: list[Page | None] = []
+    assert p.pin_user_pages_fast(a, 1, FOLL_WRITE, pages) == 1
+    child = p.fork()
+    assert p.mm.flags & MMF.HAS_PINNED and not child.mm.flags & MMF.HAS_PINNED
+    b = written_anon(child, 1)
+    page = k.page(mapped_pfn(child, b))
+    for _ in range(GUP_PIN_COUNTING_BIAS):
+        k.get_page(page)
+    grandchild = child.fork()
+    assert mapped_pfn(grandchild, b) == page.pfn, "shared: the child never pinned"
+    for _ in range(GUP_PIN_COUNTING_BIAS):
+        k.put_page(page)
+    k.unpin_user_pages(pages)
+
+
 def test_madv_dontfork_keeps_a_pinned_range_out_of_the_child(k: Kernel, p: Process) -> None:
     """The pre-5.9 RDMA workaround: the child has no mapping there at all."""
     a = written_anon(p, 2)

@@ -41,7 +41,7 @@ def vma_needs_copy(vma: VMA) -> bool:
 def dup_mm(env: MMEnv, parent: MM) -> MM:
     """copy_mm(): the child's address space; raises OSError(ENOMEM) if a copy fails."""
     child = MM(env.mem, env.alloc)
-    child.flags = parent.flags
+    child.flags = MMF(0)   # mmf_init_flags(): MMF_HAS_PINNED is not inherited
     parent.write_protect_seq += 1          # odd: GUP-fast pins back off
     try:
         for vma in parent.vmas:

@@ -330,6 +330,20 @@ def test_unmapped_pinned_pages_stay_allocated_until_unpinned(k: Kernel, p: Proce
     assert not k.warnings.sites()
 
 
+@pytest.mark.xfail(strict=True, reason="mm/syscalls.py do_madvise() zaps MADV_FREE ranges "
+                   "like MADV_DONTNEED; the kernel only marks the folios lazyfree, and reclaim "
+                   "never discards one with references beyond its mappings (a pin)")
+def test_madv_free_leaves_a_pinned_page_mapped(k: Kernel, p: Process) -> None:
+    a = written_anon(p, 1)
+    pages: list[Page | None] = []
+    assert p.pin_user_pages_fast(a, 1, FOLL_WRITE, pages) == 1
+    p.madvise(a, PAGE_SIZE, gupsim.MADV_FREE)
+    assert mapped_pfn(p, a) == pages[0].pfn
+    k.dma_write(pages[0], 0, b"dev")
+    assert p.read(a, 3) == b"dev"
+    k.unpin_user_pages(pages)
+
+
 def test_munmap_of_a_pinned_thp_keeps_the_whole_folio(k: Kernel, p: Process) -> None:
     a = thp(k, p)
     pages: list[Page | None] = []
@@ -340,6 +354,17 @@ def test_munmap_of_a_pinned_thp_keeps_the_whole_folio(k: Kernel, p: Process) -> 
     assert folio.mapcount == 0
     k.unpin_user_pages(pages)
     assert is_free(k, folio.pfn)
+
+
+def test_munmap_of_a_pinned_hugetlb_page_keeps_it_out_of_the_pool(k: Kernel, p: Process) -> None:
+    a = hugetlb(p)
+    pages: list[Page | None] = []
+    assert p.pin_user_pages_fast(a, 1, FOLL_WRITE, pages) == 1
+    free = k.meminfo()["HugePages_Free"]
+    p.munmap(a, PMD_SIZE)
+    assert k.meminfo()["HugePages_Free"] == free and k.dma_read(pages[0], 0, 4) == b"huge"
+    k.unpin_user_pages(pages)
+    assert k.meminfo()["HugePages_Free"] == free + 1
 
 
 def test_truncate_orphans_a_pinned_page_cache_folio(k: Kernel, p: Process) -> None:
@@ -420,6 +445,21 @@ def test_compaction_skips_pinned_folios_and_moves_the_rest() -> None:
     res = compact_range(k.env, lo, hi)
     assert res.rc == 0 and res.migrated == 2
     assert p.read(s, 3) == b"shm" and p.read(a + PAGE_SIZE, 5) == b"page\x01"
+
+
+@pytest.mark.xfail(strict=True, reason="migration of page cache needs the file system to "
+                   "swap the cache entry; the stand-in hook (mm/reclaim.page_cache_replacer) "
+                   "finds the inode only through VMAs that map it, so unmapped page cache "
+                   "cannot be compacted: fs/ needs an Inode.migrate_folio() hook that "
+                   "kernel.py installs on the machine")
+def test_compaction_moves_unmapped_page_cache() -> None:
+    k = Kernel(memory="256MiB", movable="64MiB", debug=True)
+    f = k.fs("ext4").create("data", PAGE_SIZE)
+    f.pwrite(0, b"cached")
+    old = f.page_cache[0]
+    assert k.page(old).folio.zone == Zone.MOVABLE
+    res = compact_range(k.env, old, old + 1)
+    assert res.rc == 0 and f.page_cache[0] != old and f.pread(0, 6) == b"cached"
 
 
 def test_pageout_skips_a_pinned_anon_page(k: Kernel, p: Process) -> None:
@@ -547,6 +587,19 @@ def test_mremap_moves_pinned_pages_with_the_mapping(k: Kernel, p: Process) -> No
     assert p.read(b, 3) == b"dev"
     child = p.fork()
     assert mapped_pfn(child, b) != pages[0].pfn, "still pinned: still copied at fork"
+    k.unpin_user_pages(pages)
+
+
+@pytest.mark.xfail(strict=True, reason="mm/syscalls.py do_mremap() refuses MREMAP_DONTUNMAP "
+                   "(EINVAL, not modelled); the kernel moves the pages to the new range and "
+                   "leaves the old one mapped but empty")
+def test_mremap_dontunmap_moves_pinned_pages(k: Kernel, p: Process) -> None:
+    a = written_anon(p, 1)
+    pages: list[Page | None] = []
+    assert p.pin_user_pages_fast(a, 1, FOLL_WRITE, pages) == 1
+    b = p.mremap(a, PAGE_SIZE, PAGE_SIZE, MREMAP_MAYMOVE | gupsim.MREMAP_DONTUNMAP)
+    assert mapped_pfn(p, b) == pages[0].pfn and pages[0].anon_exclusive
+    assert p.read(a, 5) == bytes(5), "the old range is still mapped, now empty"
     k.unpin_user_pages(pages)
 
 

@@ -21,11 +21,16 @@ from gupsim.scenarios.runner import Case, compare, run_host, run_on
 
 CASES = catalogue()
 IDS = [c.name for c in CASES]
+# a case the model is known to get wrong (Case.model_gap) is a strict xfail on the model
+# side: it fails the run as soon as the model is fixed, so the gap note gets removed
+MODEL_CASES = [pytest.param(c, id=c.name, marks=pytest.mark.xfail(strict=True,
+                                                                  reason=c.model_gap))
+               if c.model_gap else pytest.param(c, id=c.name) for c in CASES]
 REFERENCE = Path(os.environ.get("GUPSIM_REFERENCE",
                                 Path(__file__).resolve().parents[3] / "shared" / "reference"))
 
 
-@pytest.mark.parametrize("case", CASES, ids=IDS)
+@pytest.mark.parametrize("case", MODEL_CASES)
 def test_model_meets_the_documented_outcome(case: Case) -> None:
     trace = run_on(case, ModelSystem)
     assert not trace.skipped, trace.skipped
@@ -45,7 +50,12 @@ def test_host_meets_it_and_agrees_with_the_model(case: Case) -> None:
     if host.skipped:
         pytest.skip(f"host: {host.skipped}")
     # an untrusted (noisy) host trace comes back only when its outcomes or data differ
-    assert compare(model, host, counters=host.exact) == []
+    diff = compare(model, host, counters=host.exact)
+    if case.model_gap:           # the host is the oracle: it must still meet the doc
+        assert case.expect(host) == [], "the host does not do what the kernel documents"
+        assert diff, f"the model now agrees: remove model_gap from {case.name!r}"
+        pytest.xfail(f"known model gap: {case.model_gap}")
+    assert diff == []
     assert host.exact
     assert case.expect(host) == [], "the host does not do what the kernel documents"
 
@@ -60,6 +70,7 @@ def test_every_case_says_why_it_runs_and_what_it_needs() -> None:
     from gupsim.live.capabilities import PROBES
     for case in CASES:
         assert callable(case.run) and callable(case.expect), case.name
+        assert case.why, f"{case.name}: say which kernel path gives the figure"
         unknown = set(case.needs) - set(PROBES)
         assert not unknown, f"{case.name}: unknown host capabilities {unknown}"
 
@@ -103,7 +114,7 @@ def source_problem(source: str, reference: dict[str, dict[str, str]]) -> str:
     text = reference[doc].get(num)
     if text is None:
         return f"{doc} has no section {num}"
-    flat = " ".join(text.split()).lower()
+    flat = " ".join(text.replace("`", "").split()).lower()
     if doc == "spec":
         item = re.fullmatch(r"#(\d+)", rest)
         if item and not re.search(rf"^{item[1]}\. ", text, re.M):

@@ -23,7 +23,7 @@ import pytest
 
 from gupsim.live import host_capabilities, libc, uring_fdinfo, wait_outstanding
 from gupsim.live.errors import ChildError
-from gupsim.live.vmstat import wait_quiet
+from gupsim.live.vmstat import LOCK_PATH, wait_quiet
 from gupsim.scenarios import host as host_mod
 from gupsim.scenarios.host import HostSystem, host_skip_reason
 from gupsim.scenarios.protocol import Region, System
@@ -33,6 +33,7 @@ pytestmark = pytest.mark.host
 NR_HUGEPAGES = "/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages"
 MiB = 1 << 20
 ATTEMPTS = 3   # other processes' pins can hide a clean close; a leak shows in every attempt
+HUGE_MAP = 8 * MiB   # needs 8 free huge pages: more than other users usually leave free
 
 
 class Boom(Exception):
@@ -74,8 +75,8 @@ def hold_everything(s: System, seen: Seen, huge_before: int) -> None:
     assert child.uring_register([(r, 0, MiB)]).ok
     p.odirect_write(r, 0, 4096)
     if _hugetlb():
-        p.map("hugetlb", 2 * MiB)
-        seen.huge_raised = _read_huge() > huge_before
+        p.map("hugetlb", HUGE_MAP)
+        seen.huge_raised = s._huge is not None and s._huge.added > 0
     seen.pids = list(s.host_pids)
     seen.rings = sum(1 for pid in seen.pids for bufs in uring_fdinfo(pid).values() if bufs)
 
@@ -102,6 +103,18 @@ def _uring_fds_of_self() -> list[str]:
     return out
 
 
+def _holding_the_measuring_lock() -> bool:
+    """Whether this process has the lock file open (an flock lives as long as its fd;
+    whether it is free cannot be asked: another gupsim process may take it at once)."""
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}") == LOCK_PATH:
+                return True
+        except OSError:
+            pass
+    return False
+
+
 def _wait_for(cond: Callable[[], bool], timeout: float = 5.0) -> bool:
     deadline = time.monotonic() + timeout
     while not cond():
@@ -121,6 +134,7 @@ def check_clean_close(body: Callable[[HostSystem, Seen], None],
         fds_before = set(os.listdir("/proc/self/fd"))
         seen = Seen()
         s = HostSystem()
+        assert _holding_the_measuring_lock()
         start = s.start
         assert start is not None and start.exact
         raised: BaseException | None = None
@@ -144,26 +158,30 @@ def check_clean_close(body: Callable[[HostSystem, Seen], None],
         with pytest.raises(ChildProcessError):
             os.waitpid(-1, os.WNOHANG)
         # host settings and files
-        if huge_before is not None:
-            assert seen.huge_raised, "the hugetlb map did not need more huge pages"
-            assert _wait_for(lambda hb=huge_before: _read_huge() == hb), (
-                f"nr_hugepages {_read_huge()}, was {huge_before}")
         assert _subreaper() == sub_before
         assert not os.path.exists(s.disk_dir)
         assert s.shm_dir is None or not os.path.exists(s.shm_dir)
+        assert not _holding_the_measuring_lock()
         leaked = {fd for fd in set(os.listdir("/proc/self/fd")) - fds_before
                   if os.path.exists(f"/proc/self/fd/{fd}")}
         assert not leaked, leaked
-        # machine-wide pins: back to the start value (other processes may blur it)
+        # machine-wide state other processes may change meanwhile: retried
+        problems = []
+        if huge_before is not None:
+            if not seen.huge_raised:
+                problems.append("the hugetlb map found enough free huge pages (another "
+                                "process added them), so nothing was raised to restore")
+            elif not _wait_for(lambda hb=huge_before: _read_huge() == hb):
+                problems.append(f"nr_hugepages {_read_huge()}, was {huge_before}")
         end = s.end if s.end is not None else wait_outstanding(start.outstanding)
-        if end.outstanding == start.outstanding:
-            return
-        end = wait_outstanding(start.outstanding, timeout=5.0)
-        if end.outstanding == start.outstanding:
+        if end.outstanding != start.outstanding:
+            end = wait_outstanding(start.outstanding, timeout=5.0)
+        if end.outstanding != start.outstanding:
+            problems.append(f"outstanding pins {start.outstanding} -> {end.outstanding}")
+        if not problems:
             return
         wait_quiet(0.2, 5.0)
-    pytest.fail(f"outstanding pins {start.outstanding} -> {end.outstanding} after close(), "
-                f"in all {ATTEMPTS} attempts")
+    pytest.fail(f"in all {ATTEMPTS} attempts: {problems}")
 
 
 def test_normal_close_releases_everything() -> None:

@@ -65,3 +65,42 @@ def process_vm_writev(kernel, writer, target, addr: int, data: bytes) -> int:
     if not target.alive:
         raise OSError(errno.ESRCH, "the target process has exited")
     return _rw(kernel, target, addr, len(data), bytes(data))
+
+
+# process_vm_rw_single_vec pins up to this many pages before copying (two pages' worth of
+# page pointers); the host probe that stalls the copy relies on one chunk holding them all.
+PVM_MAX_PAGES_PER_LOOP = 2 * PAGE_SIZE // 8
+
+
+def read_pinned_while(kernel, reader, target, addr: int, length: int, during) -> bytes:
+    """process_vm_readv whose copy is held up after pinning (the host parks it on a
+    userfaultfd page): pin the target's range R/O with pin_user_pages_remote(), run
+    `during()` (the target writing through its page tables), then copy out of the pinned
+    pages and unpin. Returns what the pins saw."""
+    if not target.alive:
+        raise OSError(errno.ESRCH, "the target process has exited")
+    start = addr & PAGE_MASK
+    nr = ((addr + length + PAGE_SIZE - 1) >> PAGE_SHIFT) - (start >> PAGE_SHIFT)
+    if not 0 < nr <= PVM_MAX_PAGES_PER_LOOP:
+        raise ValueError(f"{nr} pages: one process_vm_readv chunk holds 1.."
+                         f"{PVM_MAX_PAGES_PER_LOOP}")
+    pages = PageArray(nr)
+    got = kernel.pin_user_pages_remote(target.mm, start, nr, 0, pages, [1])
+    if got <= 0:
+        raise OSError(errno.EFAULT if got == 0 else -got,
+                      "process_vm: the remote range is not accessible")
+    try:
+        during()
+        out = bytearray()
+        pos, done = addr, 0
+        for i in range(got):
+            off = pos & ~PAGE_MASK
+            n = min(PAGE_SIZE - off, length - done)
+            if n <= 0:
+                break
+            out += kernel.dma_read(pages[i], off, n)
+            done += n
+            pos += n
+    finally:
+        kernel.unpin_user_pages(pages[:got])
+    return bytes(out)

@@ -59,15 +59,13 @@ def _stat_refresh() -> str:
 
 
 def _hugetlb_2m() -> str:
-    from .settings import NR_HUGEPAGES, hugepages, read_setting
+    from .settings import ExtraHugepages
 
     if not os.path.isdir("/sys/kernel/mm/hugepages/hugepages-2048kB"):
         raise HostUnsupported("no 2 MiB hugetlb size on this kernel")
-    want = int(read_setting(NR_HUGEPAGES)) + 1
-    with hugepages(want) as s:
-        if int(s.actual or 0) < want:
-            raise HostUnsupported(f"asked for {want} huge pages, got {s.actual}: memory "
-                                  "too fragmented")
+    with ExtraHugepages(2048) as extra:
+        if extra.grow(1) < 1:
+            raise HostUnsupported("could not add a 2 MiB huge page: memory too fragmented")
     return "nr_hugepages can be raised (restored after)"
 
 
@@ -78,6 +76,24 @@ def _thp() -> str:
     if mode == "never":
         raise HostUnsupported("transparent_hugepage/enabled is 'never'")
     return f"THP '{mode}'"
+
+
+def _mthp_64k() -> str:
+    from .settings import read_setting, thp_size_enabled
+
+    path = thp_size_enabled(64)
+    if not os.path.exists(path):
+        raise HostUnsupported("no 64 KiB mTHP size on this kernel (hugepages-64kB)")
+    if not os.access(path, os.W_OK):
+        raise HostUnsupported(f"{path} is not writable (need root)")
+    return f"hugepages-64kB/enabled is {read_setting(path)!r} (set per case, restored)"
+
+
+def _userfaultfd() -> str:
+    from .uffd import open_userfaultfd
+
+    os.close(open_userfaultfd())
+    return "userfaultfd handles kernel faults"
 
 
 def _af_xdp() -> str:
@@ -112,7 +128,7 @@ def _arch() -> str:
 PROBES: dict[str, Callable[[], str]] = {
     "x86_64": _arch, "root": _root, "stat_refresh": _stat_refresh, "io_uring": _io_uring,
     "hugetlb_2m": _hugetlb_2m, "thp": _thp, "af_xdp": _af_xdp, "o_direct": _o_direct,
-    "disk_fs": _disk_fs,
+    "disk_fs": _disk_fs, "mthp_64k": _mthp_64k, "userfaultfd": _userfaultfd,
 }
 
 

@@ -20,9 +20,11 @@ from typing import Literal
 from . import libc
 from .errors import HostUnsupported
 
-Kind = Literal["anon", "memfd", "tmpfs", "file", "hugetlb", "memfd-hugetlb", "thp"]
-KINDS: tuple[str, ...] = ("anon", "memfd", "tmpfs", "file", "hugetlb", "memfd-hugetlb", "thp")
+Kind = Literal["anon", "memfd", "tmpfs", "file", "hugetlb", "memfd-hugetlb", "thp", "mthp"]
+KINDS: tuple[str, ...] = ("anon", "memfd", "tmpfs", "file", "hugetlb", "memfd-hugetlb", "thp",
+                          "mthp")
 HUGE_2M = 2 << 20
+MTHP_64K = 64 << 10
 
 
 def _release(addr: int, length: int, fd: int, path: str | None, tmpdir: str | None) -> None:
@@ -52,8 +54,10 @@ class HostMapping:
     kind: "anon" (MAP_ANONYMOUS; `shared=True` gives shmem), "memfd", "tmpfs" (a file in
     /dev/shm), "file" (a file in a new temp dir on the disk file system, `dir=` to choose
     where), "hugetlb" (MAP_HUGETLB 2 MiB), "memfd-hugetlb" (MFD_HUGETLB 2 MiB), "thp"
-    (anon private, 2 MiB aligned, MADV_HUGEPAGE). `populate` writes `fill` to every page
-    (reads them if the mapping is not writable), so that the pages exist before a pin.
+    (anon private, 2 MiB aligned, MADV_HUGEPAGE), "mthp" (the same, 64 KiB aligned: a
+    64 KiB folio if hugepages-64kB/enabled allows it when the pages fault in).
+    `populate` writes `fill` to every page (reads them if the mapping is not writable),
+    so that the pages exist before a pin.
     """
 
     def __init__(self, length: int, kind: Kind = "anon", *, shared: bool = False,
@@ -68,8 +72,10 @@ class HostMapping:
             raise ValueError(f"a {kind} mapping needs a multiple of 2 MiB, got {length}")
         if not 0 <= fill <= 255:
             raise ValueError(f"fill must be a byte value 0..255, got {fill}")
-        if kind == "thp" and shared:
-            raise ValueError("kind 'thp' is anonymous private memory; use shared=False")
+        if kind == "mthp" and length % MTHP_64K:
+            raise ValueError(f"an mthp mapping needs a multiple of 64 KiB, got {length}")
+        if kind in ("thp", "mthp") and shared:
+            raise ValueError(f"kind {kind!r} is anonymous private memory; use shared=False")
         self.length = length
         self.kind = kind
         self.shared = shared
@@ -120,7 +126,9 @@ class HostMapping:
             flags = share | libc.MAP_ANONYMOUS | libc.MAP_HUGETLB | libc.MAP_HUGE_2MB
             self.addr = self._map_huge(flags, -1)
         elif kind == "thp":
-            self._map_thp()
+            self._map_thp(HUGE_2M)
+        elif kind == "mthp":
+            self._map_thp(MTHP_64K)
         else:
             self._open_file()
             self._track(0)
@@ -138,10 +146,10 @@ class HostMapping:
                           "bytes; raise /proc/sys/vm/nr_hugepages first (gupsim.live.Setting)"
                           ) from exc
 
-    def _map_thp(self) -> None:
-        span = self.length + HUGE_2M
+    def _map_thp(self, align: int) -> None:
+        span = self.length + align
         raw = libc.mmap(0, span, self.prot, libc.MAP_PRIVATE | libc.MAP_ANONYMOUS)
-        start = (raw + HUGE_2M - 1) & ~(HUGE_2M - 1)
+        start = (raw + align - 1) & ~(align - 1)
         if start > raw:
             libc.munmap(raw, start - raw)
         tail = raw + span - (start + self.length)
@@ -170,14 +178,16 @@ class HostMapping:
             self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
                               0o600)
         os.ftruncate(self.fd, self.length)
-        if kind in ("file", "tmpfs"):
-            os.posix_fallocate(self.fd, 0, self.length)
+        # the selftests fallocate every backing file: the pages then exist in the page
+        # cache, so a private read fault maps them (for hugetlb, a hole would instead get
+        # a private anon page at once)
+        os.posix_fallocate(self.fd, 0, self.length)
 
     # -- access ---------------------------------------------------------------------------
     @property
     def fs(self) -> str:
         """File system of the backing file ("anon" for anonymous memory)."""
-        if self.kind in ("anon", "thp"):
+        if self.kind in ("anon", "thp", "mthp"):
             return "shmem" if self.shared else "anon"
         if self.kind in ("memfd",):
             return "tmpfs"
@@ -235,6 +245,25 @@ class HostMapping:
         """Unmap a sub-range now; the rest is unmapped by close()."""
         length = self.length - offset if length is None else length
         libc.munmap(self._check(offset, length), length)
+
+    def folio_problem(self, offset: int, size: int) -> str:
+        """Why [offset, offset+size) is not one naturally aligned large folio ("" if it
+        is, or if frame numbers cannot be read here). A THP fault may quietly fall back
+        to small pages; a test that needs the folio checks this first."""
+        first = self.pagemap(offset)
+        if not first.present or first.pfn == 0:
+            return "" if first.present else "the first page is not present"
+        nr = size // libc.PAGE_SIZE
+        last = self.pagemap(offset + size - libc.PAGE_SIZE)
+        try:
+            flags = kpageflags(first.pfn)
+        except OSError:
+            return ""
+        if "compound_head" not in flags or "thp" not in flags or first.pfn % nr:
+            return f"the kernel gave small pages, not a {size >> 10} KiB folio"
+        if last.pfn != first.pfn + nr - 1 or "compound_tail" not in kpageflags(last.pfn):
+            return f"the range is not one {size >> 10} KiB folio"
+        return ""
 
     def pagemap(self, offset: int = 0, pid: int | str = "self") -> PagemapEntry:
         """What /proc/<pid>/pagemap says about the page at `offset`."""

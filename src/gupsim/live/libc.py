@@ -173,6 +173,23 @@ def munmap(addr: int, length: int) -> None:
         raise _fail(f"munmap({addr:#x}, {length})")
 
 
+MREMAP_MAYMOVE = 1
+MREMAP_FIXED = 2
+SYS_mremap = 25
+SYS_vmsplice = 278
+
+
+def mremap(old_addr: int, old_size: int, new_size: int, flags: int = 0,
+           new_addr: int = 0) -> int:
+    """mremap(2); return the new address."""
+    return syscall(SYS_mremap, old_addr, old_size, new_size, flags, new_addr, name="mremap")
+
+
+def vmsplice(fd: int, ranges: list[tuple[int, int]], flags: int = 0) -> int:
+    """vmsplice(2) of (address, length) ranges into pipe `fd`; bytes spliced."""
+    return syscall(SYS_vmsplice, fd, iovecs(ranges), len(ranges), flags, name="vmsplice")
+
+
 def mprotect(addr: int, length: int, prot: int) -> None:
     """mprotect(2)."""
     if _mprotect(addr, length, prot) != 0:

@@ -8,7 +8,13 @@ restored on leaving the `with` block, and also from atexit and SIGTERM/SIGHUP ha
 from __future__ import annotations
 
 import errno
+import fcntl
+import json
+import os
 import re
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from . import cleanup
 from .errors import HostUnsupported
@@ -88,8 +94,184 @@ class Setting:
                 write_setting(self.path, self.original)
 
 
-def hugepages(count: int) -> Setting:
-    """A Setting that makes `count` 2 MiB huge pages available (check `.actual`)."""
+def hugepages(count: int) -> ExtraHugepages:
+    """Make `count` more 2 MiB huge pages available for a `with` block, and give them back
+    after; `.actual` is nr_hugepages once raised (the kernel may grant fewer, so callers
+    check it). Added and removed by delta under a lock, so overlapping gupsim processes
+    cannot leave the pool changed (see ExtraHugepages)."""
     if count < 0:
         raise ValueError(f"huge page count must be >= 0, got {count}")
-    return Setting(NR_HUGEPAGES, count)
+    return ExtraHugepages(2048, grow_on_enter=count)
+
+
+# -- settings shared with other gupsim processes ---------------------------------------------
+#
+# `Setting` saves a value and writes it back: right for one process, wrong for two that
+# overlap (A raises nr_hugepages 0 -> 2, B 2 -> 4, A restores 0, B restores 2: the machine
+# keeps 2 huge pages for good). The two helpers below are safe when several gupsim
+# processes (parallel test runs, `gupsim live` beside pytest) change the same knob: every
+# read-modify-write happens under one lock file, counts are changed by deltas, and a
+# choice knob is restored only when its last user leaves.
+
+LOCK_DIR = os.environ.get("GUPSIM_LOCK_DIR", tempfile.gettempdir())
+
+
+@contextmanager
+def _locked(name: str) -> Iterator[None]:
+    fd = os.open(os.path.join(LOCK_DIR, f"gupsim-{name}.lock"), os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def hugepages_path(size_kb: int = 2048) -> str:
+    """The nr_hugepages file of one huge page size."""
+    return f"/sys/kernel/mm/hugepages/hugepages-{size_kb}kB/nr_hugepages"
+
+
+class ExtraHugepages:
+    """Huge pages added to the pool by this process: `grow(n)` raises nr_hugepages by n
+    (the kernel may give fewer), `restore()` lowers it by what was added, however much
+    other processes changed it meanwhile. Restored at exit too (see `cleanup`)."""
+
+    def __init__(self, size_kb: int = 2048, grow_on_enter: int = 0) -> None:
+        self.path = hugepages_path(size_kb)
+        self.added = 0
+        self.actual: str | None = None      # nr_hugepages after the last grow()
+        self._grow_on_enter = grow_on_enter
+        self._token: int | None = None
+
+    def grow(self, count: int) -> int:
+        """Add `count` huge pages; return how many the kernel gave."""
+        if count < 0:
+            raise ValueError(f"count must be >= 0, got {count}")
+        if not os.path.exists(self.path):
+            raise HostUnsupported(f"{self.path} does not exist on this kernel")
+        with _locked("hugepages"):
+            if self._token is None:
+                self._token = cleanup.register(self.restore)
+            before = int(read_setting(self.path))
+            write_setting(self.path, str(before + count))
+            self.actual = read_setting(self.path)
+            got = max(int(self.actual) - before, 0)
+            self.added += got
+        return got
+
+    def restore(self) -> None:
+        """Give back every page added (idempotent)."""
+        if self._token is not None:
+            cleanup.unregister(self._token)
+            self._token = None
+        if self.added:
+            with _locked("hugepages"):
+                now = int(read_setting(self.path))
+                write_setting(self.path, str(max(now - self.added, 0)))
+                self.added = 0
+
+    def __enter__(self) -> ExtraHugepages:
+        if self._grow_on_enter:
+            try:
+                self.grow(self._grow_on_enter)
+            except BaseException:
+                self.restore()
+                raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.restore()
+
+
+class SharedSetting:
+    """`Setting` for a choice knob (THP per-size `enabled`) that several gupsim processes
+    may want at once: the first user saves the original, the last one puts it back.
+    Users are tracked by pid in a state file next to the lock, so a user that died
+    without cleaning up is dropped the next time anyone enters or leaves."""
+
+    def __init__(self, path: str, value: str) -> None:
+        self.path = path
+        self.value = value
+        self._token: int | None = None
+
+    @staticmethod
+    def _state_file() -> str:
+        return os.path.join(LOCK_DIR, "gupsim-settings.json")
+
+    @classmethod
+    def _load(cls) -> dict[str, dict]:
+        try:
+            with open(cls._state_file()) as f:
+                state = json.load(f)
+        except (FileNotFoundError, ValueError):
+            return {}
+        for entry in state.values():
+            entry["users"] = [p for p in entry["users"] if _pid_alive(p)]
+        return state
+
+    @classmethod
+    def _save(cls, state: dict[str, dict]) -> None:
+        tmp = cls._state_file() + f".{os.getpid()}"
+        with open(tmp, "w") as f:
+            json.dump(state, f)
+        os.replace(tmp, cls._state_file())
+
+    def __enter__(self) -> SharedSetting:
+        with _locked("settings"):
+            state = self._load()
+            entry = state.get(self.path)
+            if entry is not None and not entry["users"]:
+                _put_back(self.path, entry)     # its users died without restoring it
+                entry = None
+            if entry is None:
+                try:
+                    original = read_setting(self.path)
+                except FileNotFoundError as exc:
+                    raise HostUnsupported(f"{self.path} does not exist on this kernel") from exc
+                entry = {"original": original, "value": self.value, "users": []}
+            elif entry["value"] != self.value:
+                raise HostUnsupported(f"{self.path} is held at {entry['value']!r} by gupsim "
+                                      f"processes {entry['users']}; wanted {self.value!r}")
+            if read_setting(self.path) != self.value:
+                write_setting(self.path, self.value)
+            entry["users"].append(os.getpid())
+            state[self.path] = entry
+            self._save(state)
+            self._token = cleanup.register(self.restore)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.restore()
+
+    def restore(self) -> None:
+        """Leave; the last user writes the original value back (idempotent)."""
+        if self._token is None:
+            return
+        cleanup.unregister(self._token)
+        self._token = None
+        with _locked("settings"):
+            state = self._load()
+            entry = state.get(self.path)
+            if entry is None:
+                return
+            if os.getpid() in entry["users"]:
+                entry["users"].remove(os.getpid())
+            if not entry["users"]:
+                _put_back(self.path, entry)
+                del state[self.path]
+            self._save(state)
+
+
+def _put_back(path: str, entry: dict) -> None:
+    if read_setting(path) != entry["original"]:
+        write_setting(path, entry["original"])
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

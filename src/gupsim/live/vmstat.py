@@ -11,6 +11,10 @@ after the measured block, and `measure_repeat()` removes by re-running a repeata
 from __future__ import annotations
 
 import errno
+import fcntl
+import os
+import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -130,6 +134,67 @@ def wait_outstanding(target: int, timeout: float = 2.0, poll: float = 0.02) -> P
         time.sleep(poll)
 
 
+# -- one measurer at a time, among gupsim processes ------------------------------------------
+#
+# Two gupsim processes measuring at once (pytest runs in parallel, `gupsim live` beside a
+# test run) are each other's noise, and in lock-step: the same cases, the same timing,
+# so the same "extra" pins in the same steps, which even repeated runs cannot tell from
+# a real figure. They also share the free huge page pool. So measuring blocks and host
+# scenario runs hold an exclusive lock file; other pinners on the machine are still
+# caught by the quiet windows.
+
+LOCK_PATH = os.path.join(os.environ.get("GUPSIM_LOCK_DIR", tempfile.gettempdir()),
+                         "gupsim-pin-counters.lock")
+LOCK_TIMEOUT = 300.0
+_guard = threading.Lock()
+_held = {"depth": 0, "fd": -1, "pid": 0}
+
+
+@contextmanager
+def counters_to_ourselves(timeout: float = LOCK_TIMEOUT) -> Iterator[bool]:
+    """Hold the gupsim measuring lock for a block (re-entrant in a process); yields False
+    if another gupsim process kept it past `timeout` seconds and we went ahead anyway."""
+    with _guard:
+        if _held["pid"] != os.getpid():          # a forked child starts afresh
+            _held.update(depth=0, fd=-1, pid=os.getpid())
+        nested = _held["depth"] > 0
+        _held["depth"] += 1
+    got = True
+    try:
+        if not nested:
+            fd = os.open(LOCK_PATH, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        got = False
+                        break
+                    time.sleep(0.02)
+            _held["fd"] = fd
+        yield got
+    finally:
+        with _guard:
+            _held["depth"] -= 1
+            if _held["depth"] == 0 and _held["fd"] >= 0:
+                os.close(_held["fd"])           # closing drops the flock
+                _held["fd"] = -1
+
+
+def forget_inherited_lock() -> None:
+    """In a forked child: close our copy of the parent's lock file, so that the lock is
+    free as soon as the parent lets go, even if this child lives on."""
+    with _guard:
+        if _held["pid"] != os.getpid() and _held["fd"] >= 0:
+            try:
+                os.close(_held["fd"])
+            except OSError:
+                pass
+        _held.update(depth=0, fd=-1, pid=os.getpid())
+
+
 @dataclass
 class Measurement:
     """Filled in when a `measure()` block ends."""
@@ -162,15 +227,17 @@ def measure(*, quiet: float = 0.05, settle: float = 0.0,
     figure instead.
     """
     m = Measurement(settle=settle)
-    m.before, m.quiet_before = wait_quiet(quiet, timeout)
-    try:
-        yield m
-    finally:  # a failing block (a refused pin) is measured too: the error is the point
-        m.after = wait_quiet(settle, timeout)[0] if settle else pin_counters()
-        time.sleep(quiet)
-        m.quiet_after = pin_counters() == m.after
-        d = m.after - m.before
-        m._delta = PinDelta(d.acquired, d.released, d.exact, m.quiet_before and m.quiet_after)
+    with counters_to_ourselves():
+        m.before, m.quiet_before = wait_quiet(quiet, timeout)
+        try:
+            yield m
+        finally:  # a failing block (a refused pin) is measured too: the error is the point
+            m.after = wait_quiet(settle, timeout)[0] if settle else pin_counters()
+            time.sleep(quiet)
+            m.quiet_after = pin_counters() == m.after
+            d = m.after - m.before
+            m._delta = PinDelta(d.acquired, d.released, d.exact,
+                                m.quiet_before and m.quiet_after)
 
 
 @dataclass(frozen=True)

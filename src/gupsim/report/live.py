@@ -33,6 +33,8 @@ def table(results: list[Result]) -> Table:
     for r in results:
         status = r.status
         why = "; ".join(r.model_problems + r.host_problems + r.differences)
+        if status == "disagree" and r.case.model_gap:
+            why = f"known model gap: {r.case.model_gap}" + (f"; {why}" if why else "")
         t.add_row(r.case.name, summarize(r.host), summarize(r.model),
                   f"[{STYLE[status]}]{status}[/]" + (f"\n[dim]{why}[/]" if why else ""))
     return t
@@ -42,13 +44,14 @@ def as_json(results: list[Result]) -> list[dict]:
     def trace(tr):
         if tr is None:
             return None
-        return {"skipped": tr.skipped, "exact": tr.exact,
+        return {"skipped": tr.skipped, "exact": tr.exact, "attempts": tr.attempts,
                 "steps": [{"op": s.op, "outcome": s.outcome, "acquired": s.acquired,
                            "released": s.released, "VmPin": s.vm_pin_kb, "VmLck": s.vm_lck_kb,
                            "data": None if s.data is None else s.data.hex()}
                           for s in tr.steps]}
     return [{"case": r.case.name, "source": r.case.source, "why": r.case.why,
-             "status": r.status, "model": trace(r.model), "host": trace(r.host),
+             "model_gap": r.case.model_gap, "status": r.status, "model": trace(r.model),
+             "host": trace(r.host),
              "model_problems": r.model_problems, "host_problems": r.host_problems,
              "differences": r.differences} for r in results]
 

@@ -10,8 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ..constants import MADV_DOFORK, MADV_DONTFORK, MADV_DONTNEED, PAGE_SIZE, PMD_SIZE
-from .protocol import Proc, Region, System, Trace
+from ..constants import (
+    MADV_COLLAPSE,
+    MADV_DOFORK,
+    MADV_DONTFORK,
+    MADV_DONTNEED,
+    PAGE_SIZE,
+    PMD_SIZE,
+)
+from .protocol import MTHP_SIZE, Proc, Region, System, Trace
 from .runner import Case
 
 KiB, MiB = 1 << 10, 1 << 20
@@ -64,6 +71,11 @@ def read_is(value: bytes, nth: int = -1) -> Callable[[Trace], list[str]]:
         got = reads[nth].data
         return [] if got == value else [f"read {got[:8]!r}…, documented {value[:8]!r}…"]
     return check
+
+
+def all_ok(trace: Trace) -> list[str]:
+    """Every step succeeded (for cases where any refusal means the set-up went wrong)."""
+    return [f"{s.op}: {s.outcome}" for s in trace.steps if s.outcome != "ok"]
 
 
 def pins_balance(trace: Trace) -> list[str]:
@@ -122,18 +134,59 @@ def make_partially_shared_thp(p: Proc) -> tuple[Region, int]:
     return r, PMD_SIZE
 
 
+def make_partially_mremapped_thp(p: Proc) -> tuple[Region, int]:
+    """cow.c: move the upper half of the THP elsewhere; the test uses the lower half."""
+    r = p.map("thp", PMD_SIZE, fill=1)
+    p.mremap_move(r, PMD_SIZE // 2, PMD_SIZE // 2)
+    return r, PMD_SIZE // 2
+
+
+def make_mthp(p: Proc) -> tuple[Region, int]:
+    """An mTHP is PTE-mapped by nature: cow.c's "PTE-mapped THP" for a 64 KiB size."""
+    return p.map("mthp", MTHP_SIZE, fill=1), MTHP_SIZE
+
+
+def make_single_pte_mthp(p: Proc) -> tuple[Region, int]:
+    r = p.map("mthp", MTHP_SIZE, fill=1)
+    p.madvise(r, PAGE_SIZE, MTHP_SIZE - PAGE_SIZE, MADV_DONTNEED)
+    return r, PAGE_SIZE
+
+
+def make_partially_mremapped_mthp(p: Proc) -> tuple[Region, int]:
+    r = p.map("mthp", MTHP_SIZE, fill=1)
+    p.mremap_move(r, MTHP_SIZE // 2, MTHP_SIZE // 2)
+    return r, MTHP_SIZE // 2
+
+
+def make_partially_shared_mthp(p: Proc) -> tuple[Region, int]:
+    r = p.map("mthp", MTHP_SIZE, fill=1)
+    p.madvise(r, PAGE_SIZE, MTHP_SIZE - PAGE_SIZE, MADV_DONTFORK)
+    p.fork().exit()
+    p.madvise(r, PAGE_SIZE, MTHP_SIZE - PAGE_SIZE, MADV_DOFORK)
+    return r, MTHP_SIZE
+
+
 def make_hugetlb(p: Proc) -> tuple[Region, int]:
     return p.map("hugetlb", PMD_SIZE, fill=1), PMD_SIZE
 
 
+MTHP = ("thp", "mthp_64k")
 ANON_KINDS: dict[str, tuple[Callable[[Proc], tuple[Region, int]], tuple[str, ...]]] = {
     "base page": (make_base, ()),
     "THP": (make_thp, ("thp",)),
     "PTE-mapped THP": (make_pte_mapped_thp, ("thp",)),
     "single PTE of THP": (make_single_pte_thp, ("thp",)),
+    "partially mremap()'ed THP": (make_partially_mremapped_thp, ("thp",)),
     "partially shared THP": (make_partially_shared_thp, ("thp",)),
+    "mTHP 64KiB": (make_mthp, MTHP),
+    "single PTE of mTHP 64KiB": (make_single_pte_mthp, MTHP),
+    "partially mremap()'ed mTHP 64KiB": (make_partially_mremapped_mthp, MTHP),
+    "partially shared mTHP 64KiB": (make_partially_shared_mthp, MTHP),
     "hugetlb 2MiB": (make_hugetlb, ("hugetlb_2m",)),
 }
+# the kinds the rows added later run over: base pages, PMD THP (as mapped and
+# PTE-mapped), one mTHP size and 2 MiB hugetlb
+CORE_KINDS = ("base page", "THP", "PTE-mapped THP", "mTHP 64KiB", "hugetlb 2MiB")
 
 
 def cow_basic(make, mprotect_first: bool) -> Callable[[System], None]:
@@ -188,14 +241,21 @@ def uring_fork(make) -> Callable[[System], None]:
     return run
 
 
+COW_WHY = ("fork() write-protects the anon pages it shares and clears their exclusive "
+           "mark, so the parent's write fault copies (do_wp_page -> wp_page_copy; "
+           "hugetlb_wp for hugetlb) and the child keeps the original")
+
+
 def cow_cases() -> list[Case]:
     cases = []
     for kind, (make, needs) in ANON_KINDS.items():
         cases += [
             Case(f"cow: basic COW after fork, {kind}", cow_basic(make, False),
-                 snapshot_kept, "selftests 3.2 Basic COW after fork()", needs=needs),
+                 snapshot_kept, "selftests 3.2 Basic COW after fork()", COW_WHY, needs=needs),
             Case(f"cow: COW after fork with mprotect(), {kind}", cow_basic(make, True),
-                 snapshot_kept, "selftests 3.2 ... with mprotect() optimization", needs=needs),
+                 snapshot_kept, "selftests 3.2 ... with mprotect() optimization",
+                 COW_WHY + "; mprotect() must not make the shared PTEs writable again",
+                 needs=needs),
             Case(f"cow: R/O-mapping an io_uring fixed buffer, {kind}", uring_ro_mapping(make),
                  all_of(expect(uring_register="ok"),
                         reads_equal("uring_write_fixed", "read")),
@@ -211,6 +271,255 @@ def cow_cases() -> list[Case]:
                  "(folio_needs_cow_for_dma), so the parent keeps the pinned page.",
                  needs=needs + ("io_uring",)),
         ]
+    return cases
+
+
+def vmsplice_in_child(make, mprotect_first: bool) -> Callable[[System], None]:
+    """cow.c: the child vmsplices the area (FOLL_GET references) and unmaps it; the
+    parent writes; the pipe must still yield the old data."""
+    def run(sys: System) -> None:
+        parent = sys.spawn("parent")
+        r, n = make(parent)
+        child = parent.fork()
+        child.vmsplice(r, 0, n)
+        child.munmap(r)
+        if mprotect_first:
+            parent.mprotect(r, 0, n, writable=False)
+            parent.mprotect(r, 0, n, writable=True)
+        parent.write(r, 0, b"\xff" * n)
+        child.pipe_read(n)
+        child.exit()
+    return run
+
+
+def vmsplice_in_parent(make, before_fork: bool) -> Callable[[System], None]:
+    """cow.c: the parent vmsplices (before or after fork) and unmaps; the child writes;
+    the parent's pipe must still yield the old data."""
+    def run(sys: System) -> None:
+        parent = sys.spawn("parent")
+        r, n = make(parent)
+        if before_fork:
+            parent.vmsplice(r, 0, n)
+        child = parent.fork()
+        if not before_fork:
+            parent.vmsplice(r, 0, n)
+        parent.munmap(r)
+        child.write(r, 0, b"\xff" * n)
+        parent.pipe_read(n)
+        child.exit()
+    return run
+
+
+def pipe_yields(value: int) -> Callable[[Trace], list[str]]:
+    def check(trace: Trace) -> list[str]:
+        reads = steps_named(trace, "pipe_read")
+        if not reads or reads[-1].data is None:
+            return ["no pipe_read data"]
+        data = reads[-1].data
+        if data == bytes([value]) * len(data) and data:
+            return []
+        return [f"the pipe yielded {data[:4]!r}…, documented {bytes([value]) * 4!r}…"]
+    return check
+
+
+def ro_pin(make, sharing: str) -> Callable[[System], None]:
+    """cow.c R/O pin tests, short-term analog: pin R/O, write through the page tables,
+    read through the pins (see ro_pin_then_write)."""
+    def run(sys: System) -> None:
+        parent = sys.spawn("parent")
+        r, n = make(parent)
+        child = None
+        if sharing in ("shared", "previously shared"):
+            child = parent.fork()
+            if sharing == "previously shared":
+                child.exit()
+                child = None
+        else:                                     # exclusive, mapped R/O then R/W again
+            parent.mprotect(r, 0, n, writable=False)
+            parent.mprotect(r, 0, n, writable=True)
+        parent.ro_pin_then_write(r, 0, n, 0xff)
+        parent.read(r, 0, n)
+        if child is not None:
+            child.exit()
+    return run
+
+
+def pins_see_the_write(trace: Trace) -> list[str]:
+    """The bytes the R/O pins held equal what the process reads afterwards (0xff)."""
+    pins, reads = steps_named(trace, "ro_pin_then_write"), steps_named(trace, "read")
+    if not pins or not reads or pins[0].data is None:
+        return ["missing ro_pin_then_write or read step"]
+    if pins[0].data != reads[-1].data:
+        return ["the R/O pin does not see what the process wrote (no unshare before the pin)"]
+    return []
+
+
+def pins_miss_the_write(trace: Trace) -> list[str]:
+    pins, reads = steps_named(trace, "ro_pin_then_write"), steps_named(trace, "read")
+    if not pins or not reads or pins[0].data is None:
+        return ["missing ro_pin_then_write or read step"]
+    if pins[0].data == reads[-1].data:
+        return ["the short-term R/O pin saw the write: the page was unshared, which "
+                "gup_must_unshare() only asks for long-term pins of non-anon pages"]
+    return []
+
+
+HUGETLB_VMSPLICE = ("hugetlb_wp() reuses a hugetlb page mapped only once without looking "
+                    "at its reference count, so the vmspliced reference sees the write: "
+                    "cow.c marks this an expected failure (xfail)")
+
+
+HUGETLB_VMSPLICE_GAP = ("the model copies on the write fault (the pipe's reference keeps the "
+                        "page) where the host's hugetlb_wp() reuses a page mapped once")
+
+
+def cow_more_cases() -> list[Case]:
+    """The cow.c rows beyond basic COW and io_uring, over the core kinds."""
+    cases = []
+    for kind in CORE_KINDS:
+        make, needs = ANON_KINDS[kind]
+        leak = kind.startswith("hugetlb")
+        old = pipe_yields(0xff if leak else 1)
+        for mprotect_first in (False, True):
+            cases.append(Case(
+                f"cow: vmsplice() + unmap in child{' with mprotect()' if mprotect_first else ''}"
+                f", {kind}", vmsplice_in_child(make, mprotect_first), all_of(old, pins_balance),
+                "selftests 3.2 " + ("... with mprotect() optimization" if mprotect_first
+                                    else "vmsplice() + unmap in child"),
+                HUGETLB_VMSPLICE if leak else "the parent's write fault finds the page "
+                "referenced by the pipe (wp_can_reuse_anon_folio: refcount > 1) and copies",
+                needs=needs, model_gap=HUGETLB_VMSPLICE_GAP if leak else ""))
+        for before in (True, False):
+            row = ("vmsplice() before fork(), unmap in parent after fork()" if before
+                   else "vmsplice() + unmap in parent after fork()")
+            cases.append(Case(
+                f"cow: {row}, {kind}", vmsplice_in_parent(make, before),
+                all_of(old, pins_balance), f"selftests 3.2 {row}",
+                HUGETLB_VMSPLICE if leak else "the child's write fault copies the page the "
+                "parent's pipe references", needs=needs,
+                model_gap=HUGETLB_VMSPLICE_GAP if leak else ""))
+        for sharing, row in (("shared", "R/O GUP pin on R/O-mapped shared page"),
+                             ("previously shared",
+                              "R/O GUP pin on R/O-mapped previously-shared page"),
+                             ("exclusive", "R/O GUP pin on R/O-mapped exclusive page")):
+            cases.append(Case(
+                f"cow: short-term R/O pin (process_vm_readv) of a {sharing} page, {kind}",
+                ro_pin(make, sharing), all_of(pins_see_the_write, pins_balance),
+                f"selftests 3.2 {row}",
+                "a FOLL_PIN R/O pin of an anon page that is not exclusive unshares it first "
+                "(gup_must_unshare -> FAULT_FLAG_UNSHARE), short-term pins included, so a "
+                "later write lands in the pinned page" if sharing != "exclusive" else
+                "the page stays anon-exclusive, so the pin and the later write share it",
+                needs=needs + ("userfaultfd",)))
+    return cases
+
+
+# -- cow.c (3.3): anonymous THP collapse ------------------------------------------------------
+
+
+def collapse(when: str) -> Callable[[System], None]:
+    half = PMD_SIZE // 2
+
+    def run(sys: System) -> None:
+        p = sys.spawn("parent")
+        r = p.map("thp", PMD_SIZE, fill=1)
+        p.mprotect(r, PAGE_SIZE, PAGE_SIZE, writable=False)     # PTE-map it
+        p.mprotect(r, PAGE_SIZE, PAGE_SIZE, writable=True)
+        if when == "unshared":
+            p.madvise(r, 0, PMD_SIZE, MADV_COLLAPSE)
+        elif when == "lower half shared":
+            p.madvise(r, half, half, MADV_DONTFORK)
+        elif when == "upper half shared":
+            p.madvise(r, 0, half, MADV_DONTFORK)
+        child = p.fork()
+        lo, n = (half, half) if when == "upper half shared" else (0, PMD_SIZE)
+        if when == "lower half shared":
+            n = half
+        child.read(r, lo, n)                                  # the child's snapshot
+        if when in ("lower half shared", "upper half shared"):
+            p.madvise(r, 0, PMD_SIZE, MADV_DOFORK)
+        if when != "unshared":
+            p.madvise(r, 0, PMD_SIZE, MADV_COLLAPSE)
+        p.write(r, 0, b"\xff" * PMD_SIZE)
+        child.read(r, lo, n)
+        child.exit()
+    return run
+
+
+def collapse_cases() -> list[Case]:
+    rows = {"unshared": "MADV_COLLAPSE before fork",
+            "fully shared": "after fork with the whole THP shared",
+            "lower half shared": "with only the lower half shared",
+            "upper half shared": "only the upper half shared"}
+    return [Case(f"cow: THP collapse, {when}", collapse(when),
+                 all_of(snapshot_kept, all_ok, pins_balance),
+                 f"selftests 3.3 {row}",
+                 "MADV_COLLAPSE copies into a new THP; a page still shared with the child "
+                 "stays shared, so the parent's write copies and the child keeps its view",
+                 needs=("thp",)) for when, row in rows.items()]
+
+
+# -- cow.c (3.4): non-anonymous pages in private mappings ------------------------------------
+
+
+def nonanon(kind: str) -> Callable[[Proc], tuple[Region, Region, int]]:
+    """The private R/W mapping under test and a second view of the same page."""
+    def make(p: Proc) -> tuple[Region, Region, int]:
+        if kind in ("zeropage", "huge zeropage"):
+            k, n = ("anon", PAGE_SIZE) if kind == "zeropage" else ("thp", PMD_SIZE)
+            mem = p.map(k, n, populate="read")
+            other = p.map(k, n, writable=False, populate="read")
+            return mem, other, n
+        n = PMD_SIZE if kind == "memfd-hugetlb" else PAGE_SIZE
+        mem = p.map(kind, n, populate="read")
+        return mem, p.map_view(mem, shared=True, writable=False), n
+    return make
+
+
+def nonanon_cow(make) -> Callable[[System], None]:
+    def run(sys: System) -> None:
+        p = sys.spawn("app")
+        mem, other, n = make(p)
+        p.read(other, 0, n)
+        p.write(mem, 0, b"\xff" * n)
+        p.read(other, 0, n)
+    return run
+
+
+def nonanon_ro_pin(make) -> Callable[[System], None]:
+    def run(sys: System) -> None:
+        p = sys.spawn("app")
+        mem, _, n = make(p)
+        p.ro_pin_then_write(mem, 0, n, 0xff)
+        p.read(mem, 0, n)
+    return run
+
+
+def nonanon_cases() -> list[Case]:
+    kinds = {"shared zeropage": ("zeropage", ()), "memfd page": ("memfd", ()),
+             "tmpfile page (ext4)": ("file", ()),
+             "huge zeropage": ("huge zeropage", ("thp",)),
+             "memfd hugetlb 2MiB page": ("memfd-hugetlb", ("hugetlb_2m",))}
+    cases = []
+    for name, (kind, needs) in kinds.items():
+        make = nonanon(kind)
+        cases.append(Case(
+            f"non-anon: basic COW, {name}", nonanon_cow(make), all_of(snapshot_kept, pins_balance),
+            "selftests 3.4 Basic COW: write 0xff to the private mapping",
+            "the write fault in the private mapping copies the page (wp_page_copy); the "
+            "other mapping keeps the original", needs=needs))
+        cases.append(Case(
+            f"non-anon: short-term R/O pin (process_vm_readv), {name}", nonanon_ro_pin(make),
+            all_of(pins_miss_the_write, pins_balance),
+            "selftests 3.4 R/O longterm GUP pin",
+            "the selftest's long-term R/O pin sees the write, because gup_must_unshare() "
+            "breaks COW early for long-term pins in private mappings; a short-term pin of a "
+            "page that is not anon (page cache, zero page, huge zero page) is taken as is, "
+            "and the write then copies away from it: the pin keeps the old data"
+            + ("; and unlike the 4 KiB zero page (never pin-counted), the huge zero folio "
+               "is pinned and counted like any large folio: +512/-512"
+               if kind == "huge zeropage" else ""),
+            needs=needs + ("userfaultfd",)))
     return cases
 
 
@@ -254,6 +563,44 @@ def longterm_cases() -> list[Case]:
                     ("a private mapping's write pin breaks COW into an anon page"
                      if not shared else "shmem and hugetlbfs need no write-notify"),
                     needs=needs + (needs_via,)))
+    return cases
+
+
+def readonly(kind: str, size: int, shared: bool, via: str) -> Callable[[System], None]:
+    """gup_longterm.c R/O rows as the current selftest runs them: map R/W, write zeros,
+    mprotect(PROT_READ), then pin R/O (short-term analogs: O_DIRECT write is a R/O
+    GUP-fast pin, process_vm_readv a R/O remote GUP pin)."""
+    def run(sys: System) -> None:
+        p = sys.spawn("app")
+        r = p.map(kind, size, shared=shared)
+        p.mprotect(r, 0, size, writable=False)
+        if via == "O_DIRECT":
+            p.odirect_write(r, 0, size)
+        else:
+            sys.spawn("reader").process_vm_readv(p, r, 0, size)
+    return run
+
+
+def readonly_cases() -> list[Case]:
+    cases = []
+    for name, (kind, size, needs) in BACKINGS.items():
+        for shared in (True, False):
+            mapping = f"MAP_{'SHARED' if shared else 'PRIVATE'}"
+            for via, op, fast, needs_via in (("O_DIRECT", "odirect_write", True, ("o_direct",)),
+                                             ("process_vm_readv", "process_vm_readv", False,
+                                              ())):
+                row = (f"R/O longterm GUP{'-fast' if fast else ''} pin, MAP_SHARED" if shared
+                       else "R/O longterm GUP (and GUP-fast) pin, MAP_PRIVATE")
+                n = size // PAGE_SIZE
+                cases.append(Case(
+                    f"longterm: R/O short-term {via} pin of {name}, {mapping}",
+                    readonly(kind, size, shared, via),
+                    all_of(expect(**{op: "ok"}), step_pins(op, acquired=n, released=n),
+                           pins_balance),
+                    f"selftests 3.1 {row}",
+                    "R/O pins need no write-notify, so every file system allows them; each "
+                    "page is pinned once and released after the copy",
+                    needs=needs + needs_via))
     return cases
 
 
@@ -438,4 +785,6 @@ def accounting_cases() -> list[Case]:
 
 def catalogue() -> list[Case]:
     """Every case, in a stable order."""
-    return cow_cases() + longterm_cases() + dio_cases() + remote_cases() + accounting_cases()
+    return (cow_cases() + cow_more_cases() + collapse_cases() + nonanon_cases()
+            + longterm_cases() + readonly_cases() + dio_cases() + remote_cases()
+            + accounting_cases())

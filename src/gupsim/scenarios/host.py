@@ -19,6 +19,7 @@ reported (as `gupsim.SegmentationFault` / `gupsim.BusError`) instead of killing 
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import fcntl
@@ -43,19 +44,28 @@ from ..live.hostmem import HostMapping
 from ..live.odirect import DirectFile, user_buffer
 from ..live.proc import proc_status
 from ..live.procvm import read_remote
-from ..live.settings import THP_ENABLED, Setting, read_setting, write_setting
+from ..live.settings import (
+    THP_ENABLED,
+    ExtraHugepages,
+    SharedSetting,
+    read_setting,
+    thp_size_enabled,
+)
+from ..live.uffd import read_pinned_while
 from ..live.uring import IORING_OP_WRITE_FIXED, IoUring
 from ..live.vmstat import (
     Measurement,
     PinCounters,
     PinDelta,
+    counters_to_ourselves,
+    forget_inherited_lock,
     pin_counters,
     wait_outstanding,
     wait_quiet,
 )
 from ..live.xdp import XdpUmem
 from ..mm.access import BusError, SegmentationFault
-from .protocol import MAP_KINDS, Outcome, Region, Step, Trace
+from .protocol import FILE_KINDS, MAP_KINDS, MTHP_SIZE, Outcome, Region, Step, Trace
 from .steps import op_name
 
 PR_SET_DUMPABLE = 4
@@ -64,6 +74,7 @@ PR_SET_CHILD_SUBREAPER = 36
 PR_GET_CHILD_SUBREAPER = 37
 F_SETPIPE_SZ = 1031
 F_GETPIPE_SZ = 1032
+SPLICE_F_NONBLOCK = 2
 
 HUGE_SYSFS = "/sys/kernel/mm/hugepages/hugepages-2048kB"
 HUGE_2M = 2 << 20
@@ -164,6 +175,7 @@ class _Server:
         self.ring: IoUring | None = None
         self.xdp: list[XdpUmem] = []
         self.dio: DirectFile | None = None
+        self.splice: tuple[int, int] | None = None   # vmsplice's pipe (read, write)
         self.plain: tuple[int, str] | None = None   # uring_write_fixed's target file
         self._new_pipe()
 
@@ -260,6 +272,10 @@ class _Server:
         if self.plain is not None:
             os.close(self.plain[0])
             self.plain = None
+        if self.splice is not None:          # the parent's pipe stays the parent's
+            os.close(self.splice[0])
+            os.close(self.splice[1])
+            self.splice = None
         for m in self.areas.values():
             _forget(m)
 
@@ -312,7 +328,7 @@ class _Server:
 
     # -- memory ------------------------------------------------------------------------------
     def do_map(self, rid: int, kind: str, length: int, shared: bool, writable: bool,
-               populate: bool, fill: int) -> int:
+               populate: bool | str, fill: int) -> int:
         prot = libc.PROT_READ | (libc.PROT_WRITE if writable else 0)
         where = self.shm_dir if kind == "tmpfs" else self.disk_dir
         m = HostMapping(length, kind, shared=shared, prot=prot,  # type: ignore[arg-type]
@@ -320,13 +336,64 @@ class _Server:
         m.__enter__()
         self.areas[rid] = m
         if populate:
-            if writable:
+            if writable and populate != "read":
                 chunk = bytes([fill]) * min(length, self.pipe_size)
                 for off in range(0, length, len(chunk)):
                     self._copy_in(m.addr + off, chunk[:length - off])
+                folio = {"thp": HUGE_2M, "mthp": MTHP_SIZE}.get(kind)
+                for off in range(0, length, folio or length):
+                    problem = folio and m.folio_problem(off, folio)
+                    if problem:     # as cow.c skips when the THP did not materialise
+                        raise HostUnsupported(f"{kind} at +{off:#x}: {problem}")
             else:
-                self._copy_out(m.addr, length)
+                self._read_fault(m.addr, length)
         return m.addr
+
+    def _read_fault(self, addr: int, length: int) -> None:
+        for off in range(0, length, libc.PAGE_SIZE):
+            self._copy_out(addr + off, 1)
+
+    def do_map_view(self, rid: int, new_rid: int, shared: bool, writable: bool) -> int:
+        m = self.areas[rid]
+        if m.fd < 0:
+            raise ValueError(f"region {rid} ({m.kind}) has no file to map again")
+        prot = libc.PROT_READ | (libc.PROT_WRITE if writable else 0)
+        flags = libc.MAP_SHARED if shared else libc.MAP_PRIVATE
+        addr = libc.mmap(0, m.length, prot, flags, m.fd, 0)
+        self._read_fault(addr, m.length)
+        return addr
+
+    def do_mremap_move(self, addr: int, length: int) -> int:
+        dst = libc.mmap(0, length, libc.PROT_NONE, libc.MAP_PRIVATE | libc.MAP_ANONYMOUS)
+        return libc.mremap(addr, length, length, libc.MREMAP_MAYMOVE | libc.MREMAP_FIXED, dst)
+
+    def do_ro_pin_then_write(self, addr: int, length: int, fill: int) -> bytes:
+        data = bytes([fill]) * length
+        return read_pinned_while(addr, length, lambda: self._copy_in(addr, data))
+
+    def _splice_pipe(self) -> tuple[int, int]:
+        if self.splice is None:       # default size (16 buffers), as cow.c uses it
+            self.splice = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        return self.splice
+
+    def do_vmsplice(self, addr: int, length: int) -> int:
+        """One vmsplice() call, as cow.c makes it: it splices what fits in the pipe (16
+        pages by default) and returns that count; non-blocking, so never a hang."""
+        _, w = self._splice_pipe()
+        return libc.vmsplice(w, [(addr, length)], SPLICE_F_NONBLOCK)
+
+    def do_pipe_read(self, length: int) -> bytes:
+        r, _ = self._splice_pipe()
+        out = bytearray()
+        while len(out) < length:
+            try:
+                chunk = os.read(r, length - len(out))
+            except BlockingIOError:
+                break
+            if not chunk:
+                break
+            out += chunk
+        return bytes(out)
 
     def do_read(self, addr: int, n: int) -> bytes:
         return self._copy_out(addr, n)
@@ -431,6 +498,7 @@ def _server_main(sock: socket.socket, disk_dir: str, shm_dir: str | None,
     the signal mask to restore once SIGINT is ignored (spawn blocked it around fork)."""
     try:
         os.setpgid(0, 0)   # a group of its own: close() kills it and all its descendants
+        forget_inherited_lock()
         for s in list(_ORCH_SOCKS):
             if s is not sock:
                 try:
@@ -520,13 +588,13 @@ class HostProc:
 
     # -- memory -------------------------------------------------------------------------------
     def map(self, kind: str, length: int, *, shared: bool = False, writable: bool = True,
-            populate: bool = True, fill: int = 0) -> Region:
+            populate: bool | str = True, fill: int = 0) -> Region:
         if kind not in MAP_KINDS:
             raise ValueError(f"unknown mapping kind {kind!r}: use one of {MAP_KINDS}")
         system = self.system
         if kind in ("hugetlb", "memfd-hugetlb"):
             system._ensure_hugepages(length)
-        elif kind == "thp":
+        elif kind in ("thp", "mthp"):
             try:
                 mode = read_setting(THP_ENABLED)
             except FileNotFoundError:
@@ -535,8 +603,11 @@ class HostProc:
                 raise HostUnsupported("transparent_hugepage/enabled is 'never'")
         rid = system._next_rid()
         op = op_name("map", kind=kind, length=length, shared=shared, writable=writable)
-        out = system._step(self, op, "map", rid, kind, length, shared, writable, populate,
-                           fill)
+        knob = (SharedSetting(thp_size_enabled(MTHP_SIZE >> 10), "madvise") if kind == "mthp"
+                else contextlib.nullcontext())
+        with knob:          # the fault (populate) picks the folio size: hold the knob there
+            out = system._step(self, op, "map", rid, kind, length, shared, writable,
+                               populate, fill)
         if not out.ok:
             if kind in ("hugetlb", "memfd-hugetlb") and out.errno == errno.ENOMEM:
                 raise HostUnsupported(f"no 2 MiB huge page for a {length}-byte {kind} map")
@@ -544,6 +615,33 @@ class HostProc:
                           f"{os.strerror(out.errno)}")
         self.regions[rid] = out.value
         return Region(self.pid, rid, kind, length, shared, out.value)
+
+    def map_view(self, region: Region, *, shared: bool, writable: bool) -> Region:
+        if region.kind not in FILE_KINDS:
+            raise ValueError(f"map_view needs a file-backed region ({FILE_KINDS}), "
+                             f"not {region.kind!r}")
+        self._addr(region, 0, 0)
+        system = self.system
+        rid = system._next_rid()
+        op = op_name("map_view", kind=region.kind, length=region.length, shared=shared,
+                     writable=writable)
+        out = system._step(self, op, "map_view", region.rid, rid, shared, writable)
+        if not out.ok:
+            raise OSError(out.errno, f"map_view failed on the host: {os.strerror(out.errno)}")
+        self.regions[rid] = out.value
+        return Region(self.pid, rid, region.kind, region.length, shared, out.value)
+
+    def mremap_move(self, region: Region, offset: int, length: int) -> Region:
+        addr = self._addr(region, offset, length)
+        system = self.system
+        out = system._step(self, op_name("mremap_move", size=length), "mremap_move", addr,
+                           length)
+        if not out.ok:
+            raise OSError(out.errno, f"mremap_move failed on the host: "
+                          f"{os.strerror(out.errno)}")
+        rid = system._next_rid()
+        self.regions[rid] = out.value
+        return Region(self.pid, rid, region.kind, length, region.shared, out.value)
 
     def read(self, region: Region, offset: int, n: int) -> bytes:
         addr = self._addr(region, offset, n)
@@ -612,6 +710,19 @@ class HostProc:
         return self.system._step(self, "process_vm_readv", "process_vm_readv",
                                  target.host_pid, addr, length, data=True, settle=True)
 
+    def ro_pin_then_write(self, region: Region, offset: int, length: int,
+                          fill: int) -> Outcome:
+        addr = self._addr(region, offset, length)
+        return self.system._step(self, "ro_pin_then_write", "ro_pin_then_write", addr,
+                                 length, fill, data=True)
+
+    def vmsplice(self, region: Region, offset: int, length: int) -> Outcome:
+        addr = self._addr(region, offset, length)
+        return self.system._step(self, "vmsplice", "vmsplice", addr, length)
+
+    def pipe_read(self, length: int) -> Outcome:
+        return self.system._step(self, "pipe_read", "pipe_read", length, data=True)
+
     def xdp_umem_reg(self, region: Region) -> Outcome:
         addr = self._addr(region, 0, region.length)
         return self.system._step(self, "xdp_umem_reg", "xdp_umem_reg", addr, region.length,
@@ -662,10 +773,17 @@ class HostSystem:
         self.end: PinCounters | None = None    # after close(): back to `start.outstanding`
         self._rid = 0
         self._last: PinCounters | None = None  # the previous step's closing quiet reading
-        self._huge: Setting | None = None
+        self._huge: ExtraHugepages | None = None  # huge pages we added to the pool
         self._token: int | None = None
         self._old_subreaper: int | None = None
-        self.disk_dir = tempfile.mkdtemp(prefix="gupsim-host-")
+        # no other gupsim process measures or pins while this system lives (see vmstat)
+        self._lock = counters_to_ourselves()
+        self.exclusive = self._lock.__enter__()
+        try:
+            self.disk_dir = tempfile.mkdtemp(prefix="gupsim-host-")
+        except BaseException:
+            self._lock.__exit__(None, None, None)
+            raise
         self.shm_dir: str | None = None
         try:
             os.chmod(self.disk_dir, 0o1777)    # servers may run as a private uid
@@ -858,16 +976,13 @@ class HostSystem:
         avail = read("free_hugepages") - read("resv_hugepages")
         if avail >= need:
             return
-        target = read("nr_hugepages") + need - avail
-        path = f"{HUGE_SYSFS}/nr_hugepages"
         if self._huge is None:
-            self._huge = Setting(path, target).__enter__()
-        else:
-            write_setting(path, str(target))
-        got = read("nr_hugepages")
-        if got < target:
-            raise HostUnsupported(f"asked for {target} 2 MiB huge pages, the kernel gave "
-                                  f"{got} (memory too fragmented)")
+            self._huge = ExtraHugepages(2048)
+        self._huge.grow(need - avail)
+        avail = read("free_hugepages") - read("resv_hugepages")
+        if avail < need:
+            raise HostUnsupported(f"needed {need} free 2 MiB huge pages, have {avail} "
+                                  "after raising nr_hugepages (memory too fragmented)")
 
     # -- the end --------------------------------------------------------------------------------
     def close(self) -> None:
@@ -877,22 +992,24 @@ class HostSystem:
             return
         self.closed = True
         errors: list[BaseException] = []
-        try:
-            self._end_processes()
-        except BaseException as exc:  # noqa: BLE001 - restore the settings regardless
-            errors.append(exc)
-        if self.start is not None:
-            self.end = wait_outstanding(self.start.outstanding, timeout=5.0)
-        for undo in (self._restore_huge, self._restore_subreaper, self._remove_dirs):
-            try:
+        for undo in (self._end_processes, self._wait_released, self._restore_huge,
+                     self._restore_subreaper, self._remove_dirs):
+            try:     # every step runs, even after a failure or an interrupt in another
                 undo()
             except BaseException as exc:  # noqa: BLE001
                 errors.append(exc)
         if self._token is not None:
             cleanup.unregister(self._token)
             self._token = None
+        self._lock.__exit__(None, None, None)
         if errors:
             raise errors[0]
+
+    def _wait_released(self) -> None:
+        """Pins of killed processes are released by the kernel as they exit, rings' by a
+        worker a little later: wait (a while) until the count is back where it started."""
+        if self.start is not None:
+            self.end = wait_outstanding(self.start.outstanding, timeout=5.0)
 
     def _end_processes(self) -> None:
         for proc in self.procs:

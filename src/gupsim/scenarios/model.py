@@ -10,7 +10,8 @@ as io_uring does, O_DIRECT pins through `pin_user_pages_fast`, process_vm_readv 
 from __future__ import annotations
 
 import errno
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from ..constants import (
@@ -21,13 +22,16 @@ from ..constants import (
     MAP_PRIVATE,
     MAP_SHARED,
     MFD_HUGETLB,
+    MREMAP_FIXED,
+    MREMAP_MAYMOVE,
     PAGE_SIZE,
     PMD_SIZE,
+    PROT_NONE,
     PROT_READ,
     PROT_WRITE,
 )
 from ..kernel import Kernel, Process
-from .protocol import MAP_KINDS, Outcome, Region, Step, Trace
+from .protocol import FILE_KINDS, MAP_KINDS, MTHP_SIZE, Outcome, Region, Step, Trace
 from .steps import op_name
 
 
@@ -36,6 +40,16 @@ def _outcome(fn: Callable[[], Any]) -> Outcome:
         return Outcome(0, fn())
     except OSError as e:
         return Outcome(e.errno or errno.EIO)
+
+
+def fallocate(f: Any, length: int) -> None:
+    """fallocate(fd, 0, 0, length) as the host back-end does it: every page of the file
+    in the page cache before it is mapped (the selftests do the same)."""
+    step = 1 << f.folio_order
+    for index in range(0, length // PAGE_SIZE, step):
+        head = f.get_folio(index)
+        if head < 0:
+            raise OSError(-head, "fallocate failed on the model")
 
 
 class ModelProc:
@@ -47,7 +61,7 @@ class ModelProc:
         self.pid = pid
         self.ring = None
         self.xdp = None
-        self._files: dict[int, Any] = {}
+        self.pipe = None
 
     # -- recording -------------------------------------------------------------------------
 
@@ -74,7 +88,7 @@ class ModelProc:
     # -- memory ----------------------------------------------------------------------------
 
     def map(self, kind: str, length: int, *, shared: bool = False, writable: bool = True,
-            populate: bool = True, fill: int = 0) -> Region:
+            populate: bool | str = True, fill: int = 0) -> Region:
         if kind not in MAP_KINDS:
             raise ValueError(f"unknown mapping kind {kind!r}: use one of {MAP_KINDS}")
         prot = PROT_READ | (PROT_WRITE if writable else 0)
@@ -83,20 +97,25 @@ class ModelProc:
         rid = system.next_rid()
         k, p = system.k, self.p
 
+        def aligned(align: int) -> int:
+            raw = p.mmap(0, length + align, prot, MAP_PRIVATE | MAP_ANONYMOUS)
+            start = (raw + align - 1) & ~(align - 1)
+            if start > raw:
+                p.munmap(raw, start - raw)
+            if raw + length + align > start + length:
+                p.munmap(start + length, raw + length + align - start - length)
+            p.madvise(start, length, MADV_HUGEPAGE)
+            return start
+
         def do() -> int:
             if kind == "anon":
                 return p.mmap(0, length, prot, share | MAP_ANONYMOUS)
             if kind == "hugetlb":
                 return p.mmap(0, length, prot, share | MAP_ANONYMOUS | MAP_HUGETLB)
             if kind == "thp":
-                raw = p.mmap(0, length + PMD_SIZE, prot, MAP_PRIVATE | MAP_ANONYMOUS)
-                start = (raw + PMD_SIZE - 1) & ~(PMD_SIZE - 1)
-                if start > raw:
-                    p.munmap(raw, start - raw)
-                if raw + length + PMD_SIZE > start + length:
-                    p.munmap(start + length, raw + length + PMD_SIZE - start - length)
-                p.madvise(start, length, MADV_HUGEPAGE)
-                return start
+                return aligned(PMD_SIZE)
+            if kind == "mthp":
+                return aligned(MTHP_SIZE)
             if kind == "memfd":
                 f = p.memfd_create("gupsim")
             elif kind == "memfd-hugetlb":
@@ -105,7 +124,8 @@ class ModelProc:
                 fs = k.fs("tmpfs" if kind == "tmpfs" else "ext4")
                 f = fs.create(f"scenario-{rid}", 0)
             f.truncate(length)
-            self._files[rid] = f
+            fallocate(f, length)
+            system.files[rid] = f
             return p.mmap(0, length, prot, share, fd=f)
 
         out = self._record(op_name("map", kind=kind, length=length, shared=shared,
@@ -115,13 +135,52 @@ class ModelProc:
         addr = out.value
         system.addrs[(self.pid, rid)] = addr
         region = Region(self.pid, rid, kind, length, shared, addr)
-        if populate:        # as HostMapping.populate: write `fill` everywhere, or read
-            if writable:
-                p.write(addr, bytes([fill]) * length)
-            else:
-                for off in range(0, length, PAGE_SIZE):
-                    p.read(addr + off, 1)
+        if populate:        # as the host's server: write `fill` everywhere, or read
+            with system.mthp_enabled(kind == "mthp"):
+                self._populate(addr, length, writable and populate != "read", fill)
         return region
+
+    def _populate(self, addr: int, length: int, write: bool, fill: int) -> None:
+        if write:
+            self.p.write(addr, bytes([fill]) * length)
+        else:
+            for off in range(0, length, PAGE_SIZE):
+                self.p.read(addr + off, 1)
+
+    def map_view(self, region: Region, *, shared: bool, writable: bool) -> Region:
+        if region.kind not in FILE_KINDS:
+            raise ValueError(f"map_view needs a file-backed region ({FILE_KINDS}), "
+                             f"not {region.kind!r}")
+        self._addr(region, 0, 0)
+        system = self.system
+        f = system.files[region.rid]
+        rid = system.next_rid()
+        prot = PROT_READ | (PROT_WRITE if writable else 0)
+        share = MAP_SHARED if shared else MAP_PRIVATE
+        out = self._record(op_name("map_view", kind=region.kind, length=region.length,
+                                   shared=shared, writable=writable),
+                           lambda: self.p.mmap(0, region.length, prot, share, fd=f))
+        if not out.ok:
+            raise OSError(out.errno, f"map_view of a {region.kind} region failed on the model")
+        system.addrs[(self.pid, rid)] = out.value
+        system.files[rid] = f
+        self._populate(out.value, region.length, False, 0)
+        return Region(self.pid, rid, region.kind, region.length, shared, out.value)
+
+    def mremap_move(self, region: Region, offset: int, length: int) -> Region:
+        addr = self._addr(region, offset, length)
+        p, system = self.p, self.system
+
+        def do() -> int:
+            dst = p.mmap(0, length, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS)
+            return p.mremap(addr, length, length, MREMAP_MAYMOVE | MREMAP_FIXED, dst)
+
+        out = self._record(op_name("mremap_move", size=length), do)
+        if not out.ok:
+            raise OSError(out.errno, "mremap_move failed on the model")
+        rid = system.next_rid()
+        system.addrs[(self.pid, rid)] = out.value
+        return Region(self.pid, rid, region.kind, length, region.shared, out.value)
 
     def read(self, region: Region, offset: int, n: int) -> bytes:
         addr = self._addr(region, offset, n)
@@ -160,12 +219,7 @@ class ModelProc:
 
     def exit(self) -> None:
         def do() -> None:
-            if self.ring is not None:
-                self.ring.close()
-                self.ring = None
-            if self.xdp is not None:
-                self.xdp.close()
-                self.xdp = None
+            self._release_files()
             self.p.exit()
         self._record("exit", do)
 
@@ -217,6 +271,44 @@ class ModelProc:
                             lambda: process_vm_readv(self.system.k, self.p, target.p, addr,
                                                      length), lambda o: o.value)
 
+    def ro_pin_then_write(self, region: Region, offset: int, length: int,
+                          fill: int) -> Outcome:
+        from ..drivers.process_vm import read_pinned_while
+        addr = self._addr(region, offset, length)
+        p = self.p
+        return self._record("ro_pin_then_write",
+                            lambda: read_pinned_while(self.system.k, p, p, addr, length,
+                                                      lambda: p.write(addr, bytes([fill])
+                                                                      * length)),
+                            lambda o: o.value)
+
+    def vmsplice(self, region: Region, offset: int, length: int) -> Outcome:
+        from ..drivers.pipe import Pipe
+        addr = self._addr(region, offset, length)
+        if self.pipe is None:
+            self.pipe = Pipe(self.system.k)
+        pipe = self.pipe
+        return self._record("vmsplice", lambda: pipe.vmsplice(self.p, addr, length))
+
+    def pipe_read(self, length: int) -> Outcome:
+        from ..drivers.pipe import Pipe
+        if self.pipe is None:
+            self.pipe = Pipe(self.system.k)
+        pipe = self.pipe
+        return self._record("pipe_read", lambda: pipe.read(length), lambda o: o.value)
+
+    def _release_files(self) -> None:
+        """What the kernel drops with the process's file table: ring, sockets, pipe."""
+        if self.ring is not None:
+            self.ring.close()
+            self.ring = None
+        if self.xdp is not None:
+            self.xdp.close()
+            self.xdp = None
+        if self.pipe is not None:
+            self.pipe.close()
+            self.pipe = None
+
     def xdp_umem_reg(self, region: Region) -> Outcome:
         from ..drivers.xdp import XdpSocket
         addr = self._addr(region, 0, region.length)
@@ -260,6 +352,22 @@ class ModelSystem:
         self._rid = 0
         self._parents: dict[int, int] = {}
         self._scratch = None
+        self.files: dict[int, Any] = {}      # region id -> the file behind it
+
+    @contextmanager
+    def mthp_enabled(self, on: bool) -> Iterator[None]:
+        """hugepages-64kB/enabled at "madvise" for a block (the host does the same)."""
+        if not on:
+            yield
+            return
+        thp = self.k.thp
+        order = (MTHP_SIZE // PAGE_SIZE).bit_length() - 1
+        old = thp.per_order[order]
+        thp.set("madvise", MTHP_SIZE >> 10)
+        try:
+            yield
+        finally:
+            thp.set(old, MTHP_SIZE >> 10)
 
     def next_rid(self) -> int:
         self._rid += 1
@@ -292,8 +400,5 @@ class ModelSystem:
     def close(self) -> None:
         for proc in self.procs:
             if proc.p.alive:
-                if proc.ring is not None:
-                    proc.ring.close()
-                if proc.xdp is not None:
-                    proc.xdp.close()
+                proc._release_files()
                 proc.p.exit()

@@ -16,9 +16,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-MapKind = Literal["anon", "memfd", "tmpfs", "file", "hugetlb", "memfd-hugetlb", "thp"]
+MapKind = Literal["anon", "memfd", "tmpfs", "file", "hugetlb", "memfd-hugetlb", "thp", "mthp"]
 MAP_KINDS: tuple[str, ...] = ("anon", "memfd", "tmpfs", "file", "hugetlb", "memfd-hugetlb",
-                              "thp")
+                              "thp", "mthp")
+FILE_KINDS: tuple[str, ...] = ("memfd", "tmpfs", "file", "memfd-hugetlb")
+MTHP_SIZE = 64 << 10   # the mTHP size the "mthp" kind uses (hugepages-64kB)
 
 
 @dataclass(frozen=True)
@@ -82,7 +84,23 @@ class Proc(Protocol):
     pid: int
 
     def map(self, kind: MapKind, length: int, *, shared: bool = False, writable: bool = True,
-            populate: bool = True, fill: int = 0) -> Region: ...
+            populate: bool | Literal["read"] = True, fill: int = 0) -> Region:
+        """mmap a new area. `populate`: True writes `fill` to every page (reads them if not
+        writable), "read" read-faults every page, False leaves them untouched.
+        Kinds: "thp" is 2 MiB-aligned anon with MADV_HUGEPAGE; "mthp" the same at 64 KiB
+        with hugepages-64kB/enabled at "madvise" while it faults (the host checks the
+        folio it got, and skips the case if THP allocation failed)."""
+        ...
+
+    def map_view(self, region: Region, *, shared: bool, writable: bool) -> Region:
+        """mmap the file behind a file-kind region once more (read-faulted), as cow.c
+        maps a page cache page privately and shared at once."""
+        ...
+
+    def mremap_move(self, region: Region, offset: int, length: int) -> Region:
+        """Move [offset, offset+length) of a region to a new address (MREMAP_FIXED onto a
+        fresh reservation, as cow.c's "partially mremap()'ed THP"); the moved part."""
+        ...
 
     def read(self, region: Region, offset: int, n: int) -> bytes: ...
 
@@ -126,6 +144,21 @@ class Proc(Protocol):
     def process_vm_readv(self, target: Proc, region: Region, offset: int,
                          length: int) -> Outcome:
         """Read another process's memory (remote short-term pins); value: the bytes."""
+        ...
+
+    def ro_pin_then_write(self, region: Region, offset: int, length: int,
+                          fill: int) -> Outcome:
+        """Pin the range R/O (process_vm_readv of this process, short-term FOLL_PIN via
+        pin_user_pages_remote), write `fill` through the page tables while it is pinned,
+        then read through the pins; value: what the pins saw."""
+        ...
+
+    def vmsplice(self, region: Region, offset: int, length: int) -> Outcome:
+        """vmsplice the range into this process's pipe (FOLL_GET references, no pin)."""
+        ...
+
+    def pipe_read(self, length: int) -> Outcome:
+        """Read from this process's pipe; value: the bytes."""
         ...
 
     def xdp_umem_reg(self, region: Region) -> Outcome:

@@ -25,6 +25,7 @@ class Case:
     source: str                            # which selftest row or spec section it stands for
     why: str = ""                          # the kernel code path behind a surprising figure
     needs: tuple[str, ...] = ()            # host capabilities (live.host_capabilities names)
+    model_gap: str = ""                    # known model deficiency: where the model is wrong
 
 
 @dataclass

@@ -369,10 +369,6 @@ HUGETLB_VMSPLICE = ("hugetlb_wp() reuses a hugetlb page mapped only once without
                     "cow.c marks this an expected failure (xfail)")
 
 
-HUGETLB_VMSPLICE_GAP = ("the model copies on the write fault (the pipe's reference keeps the "
-                        "page) where the host's hugetlb_wp() reuses a page mapped once")
-
-
 def cow_more_cases() -> list[Case]:
     """The cow.c rows beyond basic COW and io_uring, over the core kinds."""
     cases = []
@@ -388,7 +384,7 @@ def cow_more_cases() -> list[Case]:
                                     else "vmsplice() + unmap in child"),
                 HUGETLB_VMSPLICE if leak else "the parent's write fault finds the page "
                 "referenced by the pipe (wp_can_reuse_anon_folio: refcount > 1) and copies",
-                needs=needs, model_gap=HUGETLB_VMSPLICE_GAP if leak else ""))
+                needs=needs))
         for before in (True, False):
             row = ("vmsplice() before fork(), unmap in parent after fork()" if before
                    else "vmsplice() + unmap in parent after fork()")
@@ -396,8 +392,7 @@ def cow_more_cases() -> list[Case]:
                 f"cow: {row}, {kind}", vmsplice_in_parent(make, before),
                 all_of(old, pins_balance), f"selftests 3.2 {row}",
                 HUGETLB_VMSPLICE if leak else "the child's write fault copies the page the "
-                "parent's pipe references", needs=needs,
-                model_gap=HUGETLB_VMSPLICE_GAP if leak else ""))
+                "parent's pipe references", needs=needs))
         for sharing, row in (("shared", "R/O GUP pin on R/O-mapped shared page"),
                              ("previously shared",
                               "R/O GUP pin on R/O-mapped previously-shared page"),

@@ -295,9 +295,6 @@ def test_a_registered_buffer_stays_pinned_and_charged_after_munmap(k: Kernel) ->
     assert all(k.mem.kind[pg.pfn] == 0 for pg in pages if pg is not None), "freed at last"
 
 
-@pytest.mark.xfail(strict=True, reason="drivers/io_uring.py _register_one() answers EFAULT "
-                   "to (NULL, 0); io_buffer_validate() accepts it as an empty (sparse) slot "
-                   "that pins and charges nothing, and refuses only NULL with a length")
 def test_io_uring_accepts_an_empty_slot(k: Kernel) -> None:
     p = user(k)
     a = buffer(p, 2)

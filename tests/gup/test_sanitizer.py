@@ -351,9 +351,6 @@ def test_every_report_names_both_call_sites(m: Kernel) -> None:
         assert r.taken_at in str(r) and r.released_at in str(r)
 
 
-@pytest.mark.xfail(strict=True, reason="gup/api.py folio_add_pin()/folio_add_pins() add pins "
-                   "without telling the sanitizer (no on_acquire), so releasing them later "
-                   "is reported as over_unpin")
 def test_pins_added_with_folio_add_pins_are_tracked(k: Kernel, p: Process) -> None:
     """Spec 4.6 step 5: memfd pins split with folio_add_pins(), released page by page."""
     f = p.memfd_create("huge", MFD_HUGETLB)

@@ -75,8 +75,11 @@ class IoRing:
             raise
 
     def _register_one(self, addr: int, length: int) -> MappedBuffer:
+        if addr == 0 and length == 0:        # io_buffer_validate: an empty (sparse) slot
+            return MappedBuffer(0, 0, np.zeros(0, dtype=np.int64), 0)
         if addr == 0 or length == 0 or length > MAX_BUFFER:
-            raise OSError(errno.EFAULT, "a buffer must be non-empty, at most 1 GiB, and not NULL")
+            raise OSError(errno.EFAULT, "a buffer must be non-empty, at most 1 GiB, and not "
+                          "NULL (NULL with length 0 is an empty slot)")
         if addr + ((length + PAGE_SIZE - 1) & PAGE_MASK) >= 1 << 64:
             raise OSError(errno.EOVERFLOW, "buffer wraps around the address space")
         start = addr & PAGE_MASK
@@ -164,6 +167,8 @@ class IoRing:
         if self.buffers is None or not 0 <= index < len(self.buffers):
             raise OSError(errno.EFAULT, f"no registered buffer {index}")
         buf = self.buffers[index]
+        if buf.length == 0:
+            raise OSError(errno.EFAULT, f"registered buffer {index} is an empty slot")
         if length > buf.length:
             raise OSError(errno.EFAULT, "length exceeds the registered buffer")
         mem = self.k.mem

@@ -173,6 +173,14 @@ def folio_add_pin(folio: Folio) -> None:
                                   f"folio {head:#x} has no pin to add to")
         mem.refcount[head] += GUP_PIN_COUNTING_BIAS
     _wrap_s32(mem, np.array([head]))
+    _tell_sanitizer(mem, head, 1, "folio_add_pin")
+
+
+def _tell_sanitizer(mem: MemMap, head: int, pins: int, call: str) -> None:
+    """Record pins added to a folio outside GUP, so their release is matched too."""
+    st = gup_state(mem)
+    if st.sanitizer is not None:
+        st.sanitizer.on_acquire(np.full(pins, head, dtype=np.int64), FOLL_PIN, call, None)
 
 
 def folio_add_pins(folio: Folio, pins: int) -> int:
@@ -181,7 +189,10 @@ def folio_add_pins(folio: Folio, pins: int) -> int:
     mem = folio.mem
     mem.warnings.warn_on_once(not folio_maybe_dma_pinned(folio), "folio_add_pins: not pinned",
                               f"folio {folio.pfn:#x} is not pinned")
-    return try_grab_folio(mem, folio.pfn, pins, FOLL_PIN)
+    rc = try_grab_folio(mem, folio.pfn, pins, FOLL_PIN)
+    if rc == 0:
+        _tell_sanitizer(mem, folio.pfn, pins, "folio_add_pins")
+    return rc
 
 
 # -- the unpin family -------------------------------------------------------------------

@@ -552,9 +552,6 @@ def test_pf_memalloc_pin_ends_with_a_failed_call() -> None:
     assert k.page(mapped_pfn(p, b)).folio.zone == Zone.MOVABLE
 
 
-@pytest.mark.xfail(strict=True, reason="fs/base.py Inode._alloc_folio allocates page cache "
-                   "movable regardless of PF_MEMALLOC_PIN (the flag lives on MMEnv, which fs/ "
-                   "does not see), so the folio is migrated after the fact")
 @pytest.mark.parametrize("how", ["fault", "memfd_pin_folios"])
 def test_page_cache_allocated_by_a_longterm_pin_is_unmovable(how: str) -> None:
     """shmem folios allocated for a long-term pin (by its fault, or by memfd_pin_folios()

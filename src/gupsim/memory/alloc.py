@@ -117,8 +117,15 @@ class Allocator:
         self.hugetlb_free: dict[int, list[int]] = {PMD_ORDER: [], PUD_ORDER: []}
         self.hugetlb_total: dict[int, int] = {PMD_ORDER: 0, PUD_ORDER: 0}
 
+    memalloc_pin = False     # current task is in a PF_MEMALLOC_PIN section (see regions)
+
     def regions(self, movable: bool) -> list[BuddyRegion]:
-        return [self.movable, self.cma, self.normal] if movable else [self.normal]
+        """Where an allocation may land. Under PF_MEMALLOC_PIN every allocation of the
+        task is unmovable (the kernel's current_gfp_context() strips __GFP_MOVABLE), page
+        cache included, so what a long-term pin faults in never needs migrating."""
+        if movable and not self.memalloc_pin:
+            return [self.movable, self.cma, self.normal]
+        return [self.normal]
 
     def nr_free_pages(self) -> int:
         return self.normal.nr_free + self.cma.nr_free + self.movable.nr_free

@@ -102,10 +102,18 @@ class MMEnv:
     alloc: Allocator
     thp: ThpSettings = field(default_factory=ThpSettings)
     swap: SwapDevice | None = None
-    memalloc_pin: bool = False          # current task is in a PF_MEMALLOC_PIN section
     shmem_file: Callable[[int], MappableFile] | None = None  # backs MAP_SHARED|MAP_ANONYMOUS
     hugetlb_file: Callable[[int, int], MappableFile] | None = None  # (size, order) for MAP_HUGETLB
     mms: list = field(default_factory=list)   # every live mm, for rmap walks
+
+    @property
+    def memalloc_pin(self) -> bool:
+        """Is the current task in a PF_MEMALLOC_PIN section? (kept by the allocator)."""
+        return self.alloc.memalloc_pin
+
+    @memalloc_pin.setter
+    def memalloc_pin(self, on: bool) -> None:
+        self.alloc.memalloc_pin = on
 
     @property
     def movable_alloc(self) -> bool:

@@ -25,18 +25,27 @@ def summarize(trace) -> str:
 
 
 def table(results: list[Result]) -> Table:
-    t = Table(title="model versus host kernel", show_lines=False, expand=True)
-    t.add_column("case", ratio=3)
+    """Case, what the model observed, what the host observed ("same" when it agreed), and
+    the verdict; a line between groups of cases (cow, longterm, dio, ...)."""
+    t = Table(title="model versus host kernel", expand=True)
+    t.add_column("case", ratio=4)
+    t.add_column("model", ratio=5)
     t.add_column("host", ratio=3)
-    t.add_column("model", ratio=3)
-    t.add_column("", ratio=1)
+    t.add_column("result", no_wrap=True, min_width=8)
+    group = None
     for r in results:
         status = r.status
+        head = r.case.name.split(":")[0]
+        if group is not None and head != group:
+            t.add_section()
+        group = head
         why = "; ".join(r.model_problems + r.host_problems + r.differences)
         if status == "disagree" and r.case.model_gap:
             why = f"known model gap: {r.case.model_gap}" + (f"; {why}" if why else "")
-        t.add_row(r.case.name, summarize(r.host), summarize(r.model),
-                  f"[{STYLE[status]}]{status}[/]" + (f"\n[dim]{why}[/]" if why else ""))
+        host = "[dim]same[/]" if status == "agree" else summarize(r.host)
+        if why:
+            host += f"\n[red]{why}[/]"
+        t.add_row(r.case.name, summarize(r.model), host, f"[{STYLE[status]}]{status}[/]")
     return t
 
 

@@ -40,10 +40,13 @@ class PinRecord:
     heads: np.ndarray        # the folio of each entry when it was taken
     left: np.ndarray         # 1 while the entry's reference is held
     released_at: np.ndarray  # id of the release call that dropped the entry, -1 if held
+    nheld: int = 0           # entries still held (left.sum(), kept as a count)
+    lo: int = 0              # lowest head and highest pfn: releases elsewhere skip the record
+    hi: int = -1
 
     @property
     def held(self) -> int:
-        return int(self.left.sum())
+        return self.nheld
 
 
 @dataclass(frozen=True)
@@ -80,13 +83,20 @@ class PinSanitizer:
 
     def __init__(self, mem: MemMap, history: int = 64) -> None:
         self.mem = mem
-        self.records: list[PinRecord] = []
+        self._live: dict[int, PinRecord] = {}                       # id -> record, in order
+        self._whole: dict[tuple[str, int, int], list[PinRecord]] = {}  # (how, pfn0, n)
+        self._emptied: list[PinRecord] = []
         self.released: deque[PinRecord] = deque(maxlen=history)
         self.reports: list[SanitizerReport] = []
         self._sites: list[str] = []
         self._site_ids: dict[str, int] = {}
         self._release_sites: list[int] = []      # release call id -> index in _sites
         self._ids = itertools.count(1)
+
+    @property
+    def records(self) -> list[PinRecord]:
+        """The records with references still held, oldest first."""
+        return list(self._live.values())
 
     # -- acquisition ---------------------------------------------------------------------
 
@@ -104,9 +114,11 @@ class PinSanitizer:
             return
         n = len(pfns)
         heads = np.asarray(self.mem.head_of(pfns), dtype=np.int64)
-        self.records.append(PinRecord(next(self._ids), how, flags, call, user_call_site(),
-                                      getattr(mm, "id", None), pfns, heads,
-                                      np.ones(n, dtype=np.int8), np.full(n, -1, np.int32)))
+        rec = PinRecord(next(self._ids), how, flags, call, user_call_site(),
+                        getattr(mm, "id", None), pfns, heads, np.ones(n, dtype=np.int8),
+                        np.full(n, -1, np.int32), n, int(heads.min()), int(pfns.max()))
+        self._live[rec.id] = rec
+        self._whole.setdefault((how, int(pfns[0]), n), []).append(rec)
 
     # -- release -------------------------------------------------------------------------
 
@@ -122,8 +134,7 @@ class PinSanitizer:
     def _released_site(self, cid: int) -> str:
         return self._sites[self._release_sites[cid]]
 
-    @staticmethod
-    def _consume(rec: PinRecord, keys: np.ndarray, uniq: np.ndarray, need: np.ndarray,
+    def _consume(self, rec: PinRecord, keys: np.ndarray, uniq: np.ndarray, need: np.ndarray,
                  site_idx: int) -> None:
         """Release up to need[j] held entries whose key (pfn or head) is uniq[j]."""
         pos = np.flatnonzero((rec.left > 0) & np.isin(keys, uniq[need > 0]))
@@ -138,16 +149,21 @@ class PinSanitizer:
         take = ranks < need[slot]
         rec.left[poss[take]] = 0
         rec.released_at[poss[take]] = site_idx
+        rec.nheld -= int(take.sum())
+        if rec.nheld == 0:
+            self._emptied.append(rec)
         tu, tc = np.unique(ps[take], return_counts=True)
         need[np.searchsorted(uniq, tu)] -= tc
 
     def _match(self, how: str, uniq: np.ndarray, need: np.ndarray, sidx: int,
                by_folio: bool) -> None:
-        for rec in self.records:
+        lo, hi = int(uniq[0]), int(uniq[-1])          # uniq is sorted
+        for rec in list(self._live.values()):
+            if rec.how != how or not rec.nheld or rec.hi < lo or rec.lo > hi:
+                continue
+            self._consume(rec, rec.heads if by_folio else rec.pfns, uniq, need, sidx)
             if not need.any():
                 return
-            if rec.how == how:
-                self._consume(rec, rec.heads if by_folio else rec.pfns, uniq, need, sidx)
 
     def on_release(self, pfns: np.ndarray, flags: int, call: str) -> None:
         """Match a release against the records; report what does not match (misuse)."""
@@ -176,19 +192,21 @@ class PinSanitizer:
         self._retire()
 
     def _release_whole_record(self, how: str, pfns: np.ndarray, sidx: int) -> bool:
-        """The common case in O(n): the release is exactly what one call still holds."""
-        for rec in reversed(self.records):
-            if rec.how == how and len(rec.pfns) == len(pfns) and rec.held == len(pfns) \
-                    and np.array_equal(rec.pfns, pfns):
+        """The common case in O(n): the release is exactly what one call still holds
+        (found by its first page and length, whatever the number of records)."""
+        for rec in reversed(self._whole.get((how, int(pfns[0]), len(pfns)), ())):
+            if rec.nheld == len(pfns) and np.array_equal(rec.pfns, pfns):
                 rec.left[:] = 0
                 rec.released_at[:] = sidx
+                rec.nheld = 0
+                self._emptied.append(rec)
                 self._retire()
                 return True
         return False
 
     def _find(self, how: str, head: int, held: bool, recs=None) -> PinRecord | None:
         """A record of kind `how` with an entry in folio `head`, held now or released."""
-        for rec in (self.records if recs is None else recs):
+        for rec in (self._live.values() if recs is None else recs):
             if rec.how != how:
                 continue
             m = rec.heads == head
@@ -199,7 +217,7 @@ class PinSanitizer:
     def _misuse(self, how: str, call: str, site: str, sidx: int, huniq: np.ndarray,
                 hneed: np.ndarray, first: dict[int, int]) -> None:
         """One report per folio released more than its records allow (bounded to 16)."""
-        history = list(self.records) + list(self.released)
+        history = list(self._live.values()) + list(self.released)
         for head in huniq[hneed > 0][:16].tolist():
             pfn = first[head]
             j = int(np.searchsorted(huniq, head))
@@ -243,23 +261,30 @@ class PinSanitizer:
             owner.site if owner is not None else "<never pinned>", site))
 
     def _retire(self) -> None:
-        live = []
-        for rec in self.records:
-            (live if rec.held else self.released).append(rec)
-        self.records = live
+        """Records with nothing left held move to the (bounded) history."""
+        for rec in self._emptied:
+            if self._live.pop(rec.id, None) is None:
+                continue
+            key = (rec.how, int(rec.pfns[0]), len(rec.pfns))
+            same = self._whole[key]
+            same.remove(rec)
+            if not same:
+                del self._whole[key]
+            self.released.append(rec)
+        self._emptied.clear()
 
     # -- queries -------------------------------------------------------------------------
 
     def outstanding(self) -> list[OutstandingPin]:
         """References and pins held now, one entry per call that took them."""
         return [OutstandingPin(r.how, r.call, r.site, r.flags, r.held, r.pfns[r.left > 0])
-                for r in self.records if r.held]
+                for r in self._live.values() if r.held]
 
     def report_leaks(self, mm=None, why: str = "process exit") -> list[SanitizerReport]:
         """Report pins (not GET references) still held on `mm`'s memory (all if None)."""
         site = user_call_site()
         new = []
-        for r in self.records:
+        for r in self._live.values():
             if r.how != "FOLL_PIN" or not r.held:
                 continue
             if mm is not None and r.mm_id != getattr(mm, "id", None):

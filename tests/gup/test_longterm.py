@@ -176,6 +176,29 @@ def test_dirty_tracking_refusal_applies_to_the_vma_not_the_range(k: Kernel, p: P
     k.unpin_user_pages(pages)
 
 
+def test_gup_fast_takes_and_drops_a_writable_longterm_pin_of_a_file_folio(
+        k: Kernel, p: Process) -> None:
+    """gup_fast_folio_allowed() runs after the grab: for an ext4 folio GUP-fast pins and
+    unpins (+1/-1 in vmstat), then the slow path refuses the VMA without pinning."""
+    a = shared_file(k, p, "ext4", PAGE_SIZE)
+    assert p.pin_user_pages_fast(a, 1, FOLL_WRITE | LT, []) == -EFAULT
+    assert (k.vmstat[ACQ], k.vmstat[REL]) == (1, 1)
+    assert p.pin_user_pages(a, 1, FOLL_WRITE | LT, []) == -EFAULT
+    assert (k.vmstat[ACQ], k.vmstat[REL]) == (1, 1)
+
+
+@pytest.mark.parametrize("flags", [FOLL_WRITE | LT, LT, FOLL_WRITE, 0])
+def test_secretmem_is_never_pinned(k: Kernel, p: Process, flags: int) -> None:
+    """secretmem pages are not in the kernel's direct map: every pin is -EFAULT."""
+    f = k.filesystems.memfd_secret()
+    f.truncate(PAGE_SIZE)
+    a = p.mmap(0, PAGE_SIZE, RW, MAP_SHARED, fd=f)
+    p.write(a, b"secret")
+    for entry in ENTRIES:
+        assert pin(k, p, entry, a, 1, flags, []) == -EFAULT, entry
+    assert net_pins(k) == 0
+
+
 @pytest.mark.parametrize("kind", ["tmpfs", "memfd", "shared-anon", "hugetlbfs",
                                   "memfd-hugetlb"])
 @pytest.mark.parametrize("entry", ["pin_user_pages_fast", "pin_user_pages"])
@@ -367,6 +390,39 @@ def test_longterm_pin_migrates_only_what_is_unpinnable() -> None:
     assert [pg.pfn for pg in pages][:2] == kept[:2]
     assert k.vmstat["pgmigrate_success"] == 2
     k.unpin_user_pages(pages)
+
+
+def test_a_hole_ends_the_range_and_only_the_prefix_is_migrated_and_pinned() -> None:
+    k = movable_machine()
+    p = k.spawn("app")
+    a = written_anon(p, 4)
+    p.munmap(a + 3 * PAGE_SIZE, PAGE_SIZE)
+    pages: list[Page | None] = []
+    assert p.pin_user_pages(a, 4, FOLL_WRITE | LT, pages) == 3
+    assert all(pg.folio.zone == Zone.NORMAL for pg in pages[:3])
+    assert k.vmstat["pgmigrate_success"] == 3 and net_pins(k) == 3
+    k.unpin_user_pages(pages[:3])
+
+
+def test_fast_prefix_is_returned_when_the_slow_remainder_fails() -> None:
+    """GUP-fast pins the pinnable prefix; migrating the rest fails (an extra reference):
+    the call returns the prefix, which stays pinned, and nothing of the rest."""
+    k = movable_machine()
+    p = k.spawn("app")
+    a = p.mmap(0, 2 * PAGE_SIZE, RW, ANON)
+    first: list[Page | None] = []
+    assert p.pin_user_pages(a, 1, FOLL_WRITE | LT, first) == 1   # page 0: unmovable
+    k.unpin_user_pages(first)
+    p.write(a + PAGE_SIZE, b"m")                                 # page 1: movable
+    held: list[Page | None] = []
+    assert p.get_user_pages_fast(a + PAGE_SIZE, 1, 0, held) == 1
+    pages: list[Page | None] = []
+    assert p.pin_user_pages_fast(a, 2, FOLL_WRITE | LT, pages) == 1
+    assert pages[0] == first[0] and gupsim.page_maybe_dma_pinned(pages[0])
+    assert pages[1:] in ([], [None]) and net_pins(k) == 1
+    assert not gupsim.page_maybe_dma_pinned(held[0])
+    k.unpin_user_pages(pages[:1])
+    k.put_page(held[0])
 
 
 def test_longterm_pin_of_a_movable_thp_migrates_the_whole_folio() -> None:

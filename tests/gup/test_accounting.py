@@ -85,6 +85,7 @@ def test_account_locked_vm_charges_up_to_rlimit_memlock(k: Kernel) -> None:
 
 
 def test_uncharging_more_than_was_charged_warns_and_clamps(k: Kernel) -> None:
+    """An unbalanced uncharge warns once and leaves locked_vm at 0, not negative."""
     p = user(k)
     assert p.account_locked_vm(4, True) == 0
     assert p.account_locked_vm(9, False) == 0
@@ -94,6 +95,7 @@ def test_uncharging_more_than_was_charged_warns_and_clamps(k: Kernel) -> None:
 
 @pytest.mark.parametrize("how", ["root", "capability", "granted later"])
 def test_cap_ipc_lock_lifts_the_limit_but_the_charge_still_counts(k: Kernel, how: str) -> None:
+    """CAP_IPC_LOCK skips the limit check; locked_vm and VmLck still move."""
     if how == "root":
         p = k.spawn("root", rlimit_memlock=LIMIT)
     elif how == "capability":
@@ -108,6 +110,7 @@ def test_cap_ipc_lock_lifts_the_limit_but_the_charge_still_counts(k: Kernel, how
 
 
 def test_rlimit_infinity_never_refuses(k: Kernel) -> None:
+    """RLIM_INFINITY means no limit, not a large number of bytes."""
     p = user(k, limit=RLIM_INFINITY)
     assert p.account_locked_vm(1 << 30, True) == 0
     assert p.mm.locked_vm == 1 << 30
@@ -204,6 +207,7 @@ def test_io_uring_over_rlimit_memlock_is_enomem_and_keeps_nothing(k: Kernel) -> 
 
 
 def test_io_uring_with_cap_ipc_lock_charges_only_vmpin(k: Kernel) -> None:
+    """A ring created with CAP_IPC_LOCK has no user to charge; VmPin still counts."""
     p = user(k, limit=PAGE_SIZE, caps={CAP_IPC_LOCK})
     a = buffer(p, 32)
     ring = IoRing(k, p)
@@ -296,6 +300,7 @@ def test_a_registered_buffer_stays_pinned_and_charged_after_munmap(k: Kernel) ->
 
 
 def test_io_uring_accepts_an_empty_slot(k: Kernel) -> None:
+    """(NULL, 0) is an empty slot: it pins and charges nothing."""
     p = user(k)
     a = buffer(p, 2)
     ring = IoRing(k, p)

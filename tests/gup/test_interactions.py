@@ -158,6 +158,7 @@ def test_fork_copies_every_exclusive_page_of_a_pinned_thp(k: Kernel, p: Process)
 
 
 def test_fork_copies_a_pinned_hugetlb_page_whole(k: Kernel, p: Process) -> None:
+    """hugetlb: the child gets a whole new huge page; the parent keeps the pinned one."""
     a = hugetlb(p)
     pages: list[Page | None] = []
     assert p.pin_user_pages(a + 3 * PAGE_SIZE, 1, FOLL_WRITE, pages) == 1
@@ -298,6 +299,7 @@ def test_fork_shares_pinned_shmem(k: Kernel, p: Process) -> None:
 @pytest.mark.parametrize("how", ["munmap", "dontneed", "exit"])
 def test_unmapped_pinned_pages_stay_allocated_until_unpinned(k: Kernel, p: Process,
                                                              how: str) -> None:
+    """The pin's references keep unmapped pages allocated; the unpin frees them."""
     a = written_anon(p, 2)
     pages: list[Page | None] = []
     assert p.pin_user_pages_fast(a, 2, FOLL_WRITE, pages) == 2
@@ -334,6 +336,7 @@ def test_unmapped_pinned_pages_stay_allocated_until_unpinned(k: Kernel, p: Proce
                    "like MADV_DONTNEED; the kernel only marks the folios lazyfree, and reclaim "
                    "never discards one with references beyond its mappings (a pin)")
 def test_madv_free_leaves_a_pinned_page_mapped(k: Kernel, p: Process) -> None:
+    """A lazily freed page with a pin is never discarded, so the process keeps it."""
     a = written_anon(p, 1)
     pages: list[Page | None] = []
     assert p.pin_user_pages_fast(a, 1, FOLL_WRITE, pages) == 1
@@ -345,6 +348,7 @@ def test_madv_free_leaves_a_pinned_page_mapped(k: Kernel, p: Process) -> None:
 
 
 def test_munmap_of_a_pinned_thp_keeps_the_whole_folio(k: Kernel, p: Process) -> None:
+    """One pinned subpage keeps the whole THP allocated after munmap."""
     a = thp(k, p)
     pages: list[Page | None] = []
     assert p.pin_user_pages_fast(a + 5 * PAGE_SIZE, 1, FOLL_WRITE, pages) == 1
@@ -357,6 +361,7 @@ def test_munmap_of_a_pinned_thp_keeps_the_whole_folio(k: Kernel, p: Process) -> 
 
 
 def test_munmap_of_a_pinned_hugetlb_page_keeps_it_out_of_the_pool(k: Kernel, p: Process) -> None:
+    """A pinned huge page returns to the hugetlb pool only at unpin."""
     a = hugetlb(p)
     pages: list[Page | None] = []
     assert p.pin_user_pages_fast(a, 1, FOLL_WRITE, pages) == 1
@@ -404,6 +409,7 @@ def test_migration_refuses_a_pinned_folio(k: Kernel, p: Process) -> None:
 
 
 def test_migration_refuses_a_pinned_page_cache_folio(k: Kernel, p: Process) -> None:
+    """Page cache too: the pin's references make the refcount freeze fail."""
     a = p.mmap(0, PAGE_SIZE, RW, MAP_SHARED | MAP_ANONYMOUS)
     p.write(a, b"shm")
     pages: list[Page | None] = []
@@ -453,6 +459,7 @@ def test_compaction_skips_pinned_folios_and_moves_the_rest() -> None:
                    "cannot be compacted: fs/ needs an Inode.migrate_folio() hook that "
                    "kernel.py installs on the machine")
 def test_compaction_moves_unmapped_page_cache() -> None:
+    """Clean page cache that no process maps is movable like any other."""
     k = Kernel(memory="256MiB", movable="64MiB", debug=True)
     f = k.fs("ext4").create("data", PAGE_SIZE)
     f.pwrite(0, b"cached")
@@ -480,6 +487,7 @@ def test_pageout_skips_a_pinned_anon_page(k: Kernel, p: Process) -> None:
 
 
 def test_pageout_skips_a_pinned_thp_without_splitting_it(k: Kernel, p: Process) -> None:
+    """MADV_PAGEOUT leaves a maybe-pinned THP whole and mapped."""
     a = thp(k, p)
     pages: list[Page | None] = []
     assert p.pin_user_pages_fast(a, 1, 0, pages) == 1
@@ -510,6 +518,7 @@ def test_thp_split_refuses_a_pinned_folio_but_pmd_split_is_fine(k: Kernel, p: Pr
 
 
 def test_collapse_refuses_a_range_with_a_pinned_page(k: Kernel, p: Process) -> None:
+    """MADV_COLLAPSE will not copy away from a pinned page (EAGAIN), then works unpinned."""
     a = p.mmap(0, PMD_SIZE, RW, ANON)
     for i in range(0, 512, 128):
         p.write(a + i * PAGE_SIZE, b"small")
@@ -571,6 +580,7 @@ def test_dma_during_writeback_reaches_the_disk_unannounced(k: Kernel, p: Process
 
 
 def test_mremap_moves_pinned_pages_with_the_mapping(k: Kernel, p: Process) -> None:
+    """The PTEs move, the folios stay: pins remain coherent at the new address."""
     a = written_anon(p, 2)
     pages: list[Page | None] = []
     assert p.pin_user_pages_fast(a, 2, FOLL_WRITE, pages) == 2
@@ -594,6 +604,7 @@ def test_mremap_moves_pinned_pages_with_the_mapping(k: Kernel, p: Process) -> No
                    "(EINVAL, not modelled); the kernel moves the pages to the new range and "
                    "leaves the old one mapped but empty")
 def test_mremap_dontunmap_moves_pinned_pages(k: Kernel, p: Process) -> None:
+    """MREMAP_DONTUNMAP moves the pinned pages like a plain move."""
     a = written_anon(p, 1)
     pages: list[Page | None] = []
     assert p.pin_user_pages_fast(a, 1, FOLL_WRITE, pages) == 1
@@ -625,6 +636,7 @@ def test_mprotect_readonly_keeps_pinned_pages_exclusive(k: Kernel, p: Process) -
 
 
 def test_prot_none_keeps_pins_but_refuses_new_ones(k: Kernel, p: Process) -> None:
+    """PROT_NONE: existing pins stay, new GUP calls are -EFAULT, the page comes back."""
     a = written_anon(p, 1)
     pages: list[Page | None] = []
     assert p.pin_user_pages_fast(a, 1, FOLL_WRITE, pages) == 1

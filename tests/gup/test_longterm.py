@@ -47,7 +47,8 @@ ENTRIES = ["pin_user_pages_fast", "pin_user_pages", "pin_user_pages_unlocked",
 # -- helpers -------------------------------------------------------------------------------
 
 
-def pin(k: Kernel, p: Process, entry: str, addr: int, n: int, flags: int, pages) -> int:
+def pin(k: Kernel, p: Process, entry: str, addr: int, n: int, flags: int,
+        pages: list[Page | None] | PageArray) -> int:
     """Call one pin_user_pages*() entry point with `p` as current (or as the remote mm)."""
     if entry == "pin_user_pages_remote":
         return k.pin_user_pages_remote(p.mm, addr, n, flags, pages, None)
@@ -82,7 +83,7 @@ def written_anon(p: Process, npages: int) -> int:
     return a
 
 
-def movable_machine(**kw) -> Kernel:
+def movable_machine(**kw: str) -> Kernel:
     """A machine whose user pages land in ZONE_MOVABLE (or, with cma=, in CMA)."""
     kw.setdefault("memory", "256MiB")
     if "cma" not in kw:
@@ -393,6 +394,7 @@ def test_longterm_pin_migrates_only_what_is_unpinnable() -> None:
 
 
 def test_a_hole_ends_the_range_and_only_the_prefix_is_migrated_and_pinned() -> None:
+    """A hole stops the walk: only the prefix found is checked, migrated and pinned."""
     k = movable_machine()
     p = k.spawn("app")
     a = written_anon(p, 4)
@@ -654,6 +656,7 @@ def test_memfd_pin_folios_pins_each_folio_once_and_fills_holes(k: Kernel, p: Pro
 
 
 def test_memfd_pin_folios_stops_at_max_folios(k: Kernel, p: Process) -> None:
+    """max_folios bounds the result; the offset is that of start in the first folio."""
     f = p.memfd_create("buf")
     f.truncate(4 * PAGE_SIZE)
     folios: list = []
@@ -693,6 +696,7 @@ def test_memfd_pin_folios_on_hugetlbfs_pins_huge_folios(k: Kernel, p: Process) -
     (0, 100, 0),                        # max_folios == 0
 ])
 def test_memfd_pin_folios_argument_errors(k: Kernel, p: Process, args: tuple) -> None:
+    """Bad ranges and max_folios == 0 are -EINVAL before anything is pinned."""
     f = p.memfd_create("buf")
     f.truncate(3 * PAGE_SIZE)
     start, end, max_folios = args
@@ -702,6 +706,7 @@ def test_memfd_pin_folios_argument_errors(k: Kernel, p: Process, args: tuple) ->
 
 
 def test_memfd_pin_folios_wants_shmem_or_hugetlbfs(k: Kernel, p: Process) -> None:
+    """Only shmem and hugetlbfs files can be pinned by folio; others are -EINVAL."""
     for f in (k.fs("ext4").create("e", PAGE_SIZE), k.fs("dax").create("d", PAGE_SIZE), None):
         assert k.memfd_pin_folios(f, 0, 100, [], 1, [0]) == -EINVAL
     assert k.vmstat[ACQ] == 0

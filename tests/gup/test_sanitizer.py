@@ -79,6 +79,7 @@ def thp(k: Kernel, p: Process) -> int:
                                    "get_user_pages_fast", "get_user_pages",
                                    "get_user_pages_unlocked", "get_user_pages_remote"])
 def test_every_reference_remembers_its_call_site(k: Kernel, p: Process, entry: str) -> None:
+    """Each entry point records its caller's file:line, its name and the pages it took."""
     a = anon(p, 3)
     pages: list[Page | None] = []
     if entry.endswith("_remote"):
@@ -170,6 +171,7 @@ def test_folio_level_releases_are_not_misuse(k: Kernel, p: Process) -> None:
 
 
 def test_pins_held_at_exit_are_reported_as_leaks(k: Kernel, p: Process) -> None:
+    """Only the exiting process's pins are reported, once per pinning call, both sites named."""
     a = anon(p, 3)
     pins: list[Page | None] = []
     refs: list[Page | None] = []
@@ -196,6 +198,7 @@ def test_pins_held_at_exit_are_reported_as_leaks(k: Kernel, p: Process) -> None:
 
 
 def test_no_leak_is_reported_when_everything_was_released(k: Kernel, p: Process) -> None:
+    """A process that released its pins exits without a report."""
     a = anon(p, 2)
     pins: list[Page | None] = []
     assert p.pin_user_pages(a, 2, FOLL_WRITE | FOLL_LONGTERM, pins) == 2
@@ -248,6 +251,7 @@ def test_unpin_of_a_page_taken_with_foll_get_the_fallback_bug(m: Kernel) -> None
 
 
 def test_double_unpin(m: Kernel) -> None:
+    """A second unpin of the same page names where it was pinned and first unpinned."""
     p = m.spawn("app")
     a = anon(p, 2)
     pins: list[Page | None] = []
@@ -294,6 +298,7 @@ def test_unpinning_more_than_was_pinned(m: Kernel) -> None:
 
 
 def test_one_call_unpinning_a_page_twice_is_an_over_unpin(m: Kernel) -> None:
+    """One unpin call listing a page twice unpins more than was pinned."""
     p = m.spawn("app")
     a = anon(p, 1)
     pins: list[Page | None] = []
@@ -308,6 +313,7 @@ def test_one_call_unpinning_a_page_twice_is_an_over_unpin(m: Kernel) -> None:
 
 
 def test_unpin_of_a_page_never_pinned(m: Kernel) -> None:
+    """An unpin with no pin behind it names no taking call site."""
     p = m.spawn("app")
     a = anon(p, 1)
     page = m.page(p.mm.find_vma(a).pfn[0])

@@ -332,9 +332,6 @@ def test_unmapped_pinned_pages_stay_allocated_until_unpinned(k: Kernel, p: Proce
     assert not k.warnings.sites()
 
 
-@pytest.mark.xfail(strict=True, reason="mm/syscalls.py do_madvise() zaps MADV_FREE ranges "
-                   "like MADV_DONTNEED; the kernel only marks the folios lazyfree, and reclaim "
-                   "never discards one with references beyond its mappings (a pin)")
 def test_madv_free_leaves_a_pinned_page_mapped(k: Kernel, p: Process) -> None:
     """A lazily freed page with a pin is never discarded, so the process keeps it."""
     a = written_anon(p, 1)
@@ -346,6 +343,32 @@ def test_madv_free_leaves_a_pinned_page_mapped(k: Kernel, p: Process) -> None:
     assert p.read(a, 3) == b"dev"
     k.unpin_user_pages(pages)
 
+
+
+def test_madv_free_then_pageout_discards_only_clean_unpinned_pages(k: Kernel,
+                                                                   p: Process) -> None:
+    """Reclaim drops a lazyfree page (reads give zeros, no swap used) unless it was
+    written again or pinned; those become swap-backed again and keep their data."""
+    a = written_anon(p, 3)
+    pages: list[Page | None] = []
+    assert p.pin_user_pages_fast(a, 1, FOLL_WRITE, pages) == 1
+    p.madvise(a, 3 * PAGE_SIZE, gupsim.MADV_FREE)
+    assert k.vmstat["pglazyfree"] == 3 and "swapbacked" not in pages[0].folio.flags
+    p.write(a + 2 * PAGE_SIZE, b"again")
+    p.madvise(a, 3 * PAGE_SIZE, MADV_PAGEOUT)
+    assert k.vmstat["pglazyfreed"] == 1 and k.vmstat["pswpout"] == 0
+    assert mapped_pfn(p, a) == pages[0].pfn and "swapbacked" in pages[0].folio.flags
+    assert p.read(a, 5) == b"page\0" and p.read(a + PAGE_SIZE, 5) == bytes(5)
+    assert p.read(a + 2 * PAGE_SIZE, 5) == b"again"
+    k.unpin_user_pages(pages)
+
+
+def test_madv_free_is_einval_outside_private_anonymous_memory(k: Kernel, p: Process) -> None:
+    """madvise_free_single_vma() refuses VMAs that are not anonymous (shmem, files)."""
+    a = p.mmap(0, PAGE_SIZE, RW, MAP_SHARED | MAP_ANONYMOUS)
+    with pytest.raises(OSError) as e:
+        p.madvise(a, PAGE_SIZE, gupsim.MADV_FREE)
+    assert e.value.errno == errno.EINVAL
 
 def test_munmap_of_a_pinned_thp_keeps_the_whole_folio(k: Kernel, p: Process) -> None:
     """One pinned subpage keeps the whole THP allocated after munmap."""

@@ -1,10 +1,11 @@
-"""Reclaim-side operations: swap-out (MADV_PAGEOUT), THP split, MADV_COLLAPSE, compaction,
-hwpoison.
+"""Reclaim-side operations: swap-out (MADV_PAGEOUT), lazy freeing (MADV_FREE), THP split,
+MADV_COLLAPSE, compaction, hwpoison.
 
 Each refuses pinned folios the way the kernel does: a folio with references beyond its
-mappings (a pin, a GET reference) cannot be split, collapsed or migrated, and a
-maybe-pinned anon folio is never added to swap. Compaction's migrate scanner does not
-even isolate an anon folio whose refcount exceeds its mapcount (a racy pin check).
+mappings (a pin, a GET reference) cannot be split, collapsed or migrated, a
+maybe-pinned anon folio is never added to swap, and a lazyfree one is never discarded.
+Compaction's migrate scanner does not even isolate an anon folio whose refcount exceeds
+its mapcount (a racy pin check).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from ..memory import PG, Kind, OutOfMemory
 from ..memory.migrate import ReplaceCache, isolate_folio, migrate_folio, putback_folio
 from ..memory.page import maybe_dma_pinned_pfns
 from .env import MMEnv
-from .mm_struct import MM, map_huge, zap_range
+from .mm_struct import MM, map_huge, split_pmds_across, zap_range
 from .rmap import MMRmap, split_all_huge_mappings
 from .vma import PTE, VM, VMA
 
@@ -73,10 +74,11 @@ def pageout_range(env: MMEnv, mm: MM, vma: VMA, i0: int, i1: int) -> int:
 
     Simplifications: file pages are only unmapped from this mm (they stay cached), and a
     folio with references beyond its mappings is left alone, as reclaim would fail to
-    free it. Returns the number of pages swapped out.
+    free it. Lazyfree folios (MADV_FREE) need no swap: see `_reclaim_lazyfree`.
+    Returns the number of pages swapped out or discarded.
     """
     mem = env.mem
-    if env.swap is None or vma.flags & (VM.PFNMAP | VM.IO) or vma.is_hugetlb:
+    if vma.flags & (VM.PFNMAP | VM.IO) or vma.is_hugetlb:
         return 0
     out = 0
     rmap = MMRmap(env)
@@ -88,6 +90,13 @@ def pageout_range(env: MMEnv, mm: MM, vma: VMA, i0: int, i1: int) -> int:
             continue
         head = int(mem.head_of(int(vma.pfn[i])))
         n = mem.nr_pages_of(head)
+        if mem.kind[head] == Kind.ANON and not mem.test(head, PG.swapbacked):
+            out += _reclaim_lazyfree(env, mm, vma, i, head)
+            i += 1
+            continue
+        if env.swap is None:
+            i += 1
+            continue
         if mem.kind[head] != Kind.ANON:
             zap_range(mm, vma, i, i + 1, env.swap)
             i += 1
@@ -107,6 +116,99 @@ def pageout_range(env: MMEnv, mm: MM, vma: VMA, i0: int, i1: int) -> int:
             mem.vmstat["pswpout"] += 1
         i += 1
     return out
+
+
+def _reclaim_lazyfree(env: MMEnv, mm: MM, vma: VMA, i: int, head: int) -> int:
+    """Reclaim of the lazyfree folio mapped at entry `i`: 1 if its page was discarded.
+
+    Reclaim drops the contents (the PTE is cleared, the next access sees a fresh zero
+    page) only while the folio is clean and nothing but its mappings holds it. Written
+    since MADV_FREE (folio or PTE dirty), or held beyond its mappings (a pin, a GET
+    reference), it is swap-backed again and stays mapped, as try_to_unmap() restores
+    the PTE. Folios mapped more than once are not MADV_PAGEOUT's to reclaim.
+    """
+    mem = env.mem
+    n = mem.nr_pages_of(head)
+    if int(mem.mapcount[head:head + n].max()) > 1 or int(mem.entire_mapcount[head]) > 1:
+        return 0
+    lo = max(0, i - (int(vma.pfn[i]) - head))
+    hi = min(vma.nr_pages, lo + n)
+    mine = (vma.pfn[lo:hi] >= head) & (vma.pfn[lo:hi] < head + n) & \
+        ((vma.pte[lo:hi] & PTE.PRESENT) != 0)
+    dirty = mem.test(head, PG.dirty) or bool((vma.pte[lo:hi][mine] & PTE.DIRTY).any())
+    if dirty or folio_extra_refs(env, head) != 0:
+        mem.set_flag(head, PG.swapbacked)
+        return 0
+    if n > 1 and split_folio(env, head) != 0:
+        return 0
+    zap_range(mm, vma, i, i + 1, env.swap)
+    mem.vmstat["pglazyfreed"] += 1
+    return 1
+
+
+def lazyfree_range(env: MMEnv, mm: MM, vma: VMA, i0: int, i1: int) -> int:
+    """MADV_FREE over entries [i0, i1) of a private anonymous VMA; returns pages marked.
+
+    The mapping stays: the contents are only declared disposable. Swap entries are
+    dropped (nothing will read them), and each anon folio that this mapping alone maps
+    is made clean (PTE and folio dirty bits cleared) and lazyfree (PG_swapbacked
+    cleared), so reclaim may later discard it instead of swapping it, unless it was
+    written again meanwhile or holds references beyond its mappings. A large folio the
+    range only partly covers is split first; if it cannot be (pinned), it is left alone.
+    """
+    mem = env.mem
+    if i0 >= i1:
+        return 0
+    split_pmds_across(mm, vma, i0)
+    split_pmds_across(mm, vma, i1)
+    pte = vma.pte[i0:i1]
+    swapped = np.nonzero(pte & PTE.SWAP)[0] + i0
+    if len(swapped):
+        if env.swap is not None:
+            env.swap.free_entries(vma.pfn[swapped])
+        vma.pte[swapped] = 0
+        vma.pfn[swapped] = 0
+    whole = _large_folios_for_lazyfree(env, vma, i0, i1)
+    pte, pfn = vma.pte[i0:i1], vma.pfn[i0:i1]
+    idx = np.nonzero(((pte & PTE.PRESENT) != 0) & ((pte & PTE.SPECIAL) == 0))[0]
+    heads = mem.head_of(pfn[idx])
+    small = (mem.order[heads] == 0) & (mem.kind[heads] == Kind.ANON) & \
+        (mem.mapcount[heads] == 1)
+    ok = small | np.isin(heads, whole)
+    idx, heads = idx[ok], np.unique(heads[ok])
+    vma.pte[idx + i0] &= np.uint16(~(PTE.DIRTY | PTE.YOUNG) & 0xFFFF)
+    mem.flags[heads] &= np.uint32(~int(PG.dirty) & 0xFFFFFFFF)
+    flags = mem.flags[heads]
+    lazy = heads[((flags & np.uint32(PG.swapbacked)) != 0)
+                 & ((flags & np.uint32(PG.unevictable)) == 0)]
+    mem.flags[lazy] &= np.uint32(~int(PG.swapbacked | PG.active | PG.referenced) & 0xFFFFFFFF)
+    marked = int((np.int64(1) << mem.order[lazy].astype(np.int64)).sum())
+    mem.vmstat["pglazyfree"] += marked
+    return marked
+
+
+def _large_folios_for_lazyfree(env: MMEnv, vma: VMA, i0: int, i1: int) -> np.ndarray:
+    """Heads of the large anon folios in [i0, i1) that MADV_FREE may mark whole.
+
+    Only folios mapped once qualify; those the range covers whole are kept, the others
+    are split (split_folio() refuses a pinned one, which then stays large and unmarked).
+    """
+    mem = env.mem
+    pte, pfn = vma.pte[i0:i1], vma.pfn[i0:i1]
+    present = ((pte & PTE.PRESENT) != 0) & ((pte & PTE.SPECIAL) == 0)
+    heads = np.unique(mem.head_of(pfn[present]))
+    large = heads[(mem.order[heads] > 0) & (mem.kind[heads] == Kind.ANON)]
+    whole: list[int] = []
+    for h in large.tolist():
+        n = mem.nr_pages_of(h)
+        covered = int(np.count_nonzero(present & (pfn >= h) & (pfn < h + n)))
+        if int(mem.mapcount[h:h + n].max()) > 1 or int(mem.entire_mapcount[h]) > 1:
+            continue
+        if covered == n:
+            whole.append(h)
+        else:
+            split_folio(env, h)
+    return np.array(whole, dtype=np.int64)
 
 
 def collapse_range(env: MMEnv, mm: MM, start: int, end: int) -> int:

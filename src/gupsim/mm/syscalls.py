@@ -81,7 +81,7 @@ from .mm_struct import (
     split_huge_mapping,
     zap_range,
 )
-from .reclaim import collapse_range, pageout_range, poison_page
+from .reclaim import collapse_range, lazyfree_range, pageout_range, poison_page
 from .vma import PTE, VM, VMA, vma_close
 
 
@@ -388,6 +388,8 @@ def do_madvise(env: MMEnv, mm: MM, start: int, length: int, advice: int) -> None
             raise fail(errno.EINVAL, "cannot discard or page out locked or PFN-mapped memory")
         if advice == MADV_DONTFORK and v.flags & VM.IO:
             raise fail(errno.EINVAL, "MADV_DONTFORK does not apply to VM_IO mappings")
+        if advice == MADV_FREE and not v.is_anonymous:
+            raise fail(errno.EINVAL, "MADV_FREE applies to private anonymous memory only")
         if advice == MADV_COLLAPSE and (v.file is not None or v.is_shared or v.is_hugetlb):
             raise fail(errno.EINVAL, "MADV_COLLAPSE is modelled for private anonymous memory")
     hole = _first_hole(mm, start, end)
@@ -402,7 +404,11 @@ def do_madvise(env: MMEnv, mm: MM, start: int, length: int, advice: int) -> None
             elif advice == MADV_NOHUGEPAGE:
                 v.flags &= ~VM.HUGEPAGE
         mm.merge_vmas(start, end)
-    elif advice in (MADV_DONTNEED, MADV_FREE, MADV_REMOVE):
+    elif advice == MADV_FREE:
+        for v in vmas:
+            s, e = max(start, v.start), min(end, v.end)
+            lazyfree_range(env, mm, v, v.idx(s), v.idx(e))
+    elif advice in (MADV_DONTNEED, MADV_REMOVE):
         for v in vmas:
             if v.is_hugetlb:
                 align = PAGE_SIZE << v.huge_order

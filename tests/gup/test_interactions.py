@@ -623,9 +623,6 @@ def test_mremap_moves_pinned_pages_with_the_mapping(k: Kernel, p: Process) -> No
     k.unpin_user_pages(pages)
 
 
-@pytest.mark.xfail(strict=True, reason="mm/syscalls.py do_mremap() refuses MREMAP_DONTUNMAP "
-                   "(EINVAL, not modelled); the kernel moves the pages to the new range and "
-                   "leaves the old one mapped but empty")
 def test_mremap_dontunmap_moves_pinned_pages(k: Kernel, p: Process) -> None:
     """MREMAP_DONTUNMAP moves the pinned pages like a plain move."""
     a = written_anon(p, 1)
@@ -636,6 +633,24 @@ def test_mremap_dontunmap_moves_pinned_pages(k: Kernel, p: Process) -> None:
     assert p.read(a, 5) == bytes(5), "the old range is still mapped, now empty"
     k.unpin_user_pages(pages)
 
+
+
+def test_mremap_dontunmap_argument_checks_and_shared_files(k: Kernel, p: Process) -> None:
+    """MREMAP_DONTUNMAP needs MREMAP_MAYMOVE and an unchanged size (EINVAL otherwise);
+    since 5.13 it takes file and shared mappings too, whose old range refaults the file."""
+    a = written_anon(p, 2)
+    for flags, new_len in ((gupsim.MREMAP_DONTUNMAP, PAGE_SIZE),
+                           (MREMAP_MAYMOVE | gupsim.MREMAP_DONTUNMAP, 2 * PAGE_SIZE)):
+        with pytest.raises(OSError) as e:
+            p.mremap(a, PAGE_SIZE, new_len, flags)
+        assert e.value.errno == errno.EINVAL
+    f = k.fs("ext4").create("data", PAGE_SIZE)
+    m = p.mmap(0, PAGE_SIZE, RW, MAP_SHARED, fd=f)
+    p.write(m, b"file")
+    b = p.mremap(m, PAGE_SIZE, PAGE_SIZE, MREMAP_MAYMOVE | gupsim.MREMAP_DONTUNMAP)
+    assert not entry_of(p, m)[0] & PTE.PRESENT
+    assert p.read(m, 4) == b"file" and p.read(b, 4) == b"file"
+    assert mapped_pfn(p, m) == mapped_pfn(p, b)
 
 def test_mprotect_readonly_keeps_pinned_pages_exclusive(k: Kernel, p: Process) -> None:
     """PTEs become read-only but the pages stay exclusive, so write access returns

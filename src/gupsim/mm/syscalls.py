@@ -462,9 +462,10 @@ def do_mremap(env: MMEnv, mm: MM, old_addr: int, old_size: int, new_size: int,
         raise fail(errno.EINVAL, f"old address {old_addr:#x} is not page aligned")
     if flags & MREMAP_FIXED and not flags & MREMAP_MAYMOVE:
         raise fail(errno.EINVAL, "MREMAP_FIXED needs MREMAP_MAYMOVE")
-    if flags & MREMAP_DONTUNMAP:
-        raise fail(errno.EINVAL, "MREMAP_DONTUNMAP is not modelled")
     old_size, new_size = page_align(old_size), page_align(new_size)
+    dontunmap = bool(flags & MREMAP_DONTUNMAP)
+    if dontunmap and (not flags & MREMAP_MAYMOVE or old_size != new_size):
+        raise fail(errno.EINVAL, "MREMAP_DONTUNMAP needs MREMAP_MAYMOVE and an unchanged size")
     if new_size == 0:
         raise fail(errno.EINVAL, "new size must be greater than 0")
     if flags & MREMAP_FIXED and new_addr % PAGE_SIZE:
@@ -472,9 +473,13 @@ def do_mremap(env: MMEnv, mm: MM, old_addr: int, old_size: int, new_size: int,
     vma = mm.find_vma(old_addr)
     if vma is None or old_addr + old_size > vma.end:
         raise fail(errno.EFAULT, "the old range is not one mapping")
+    if dontunmap and vma.flags & (VM.DONTEXPAND | VM.PFNMAP):
+        raise fail(errno.EINVAL, "MREMAP_DONTUNMAP refuses VM_DONTEXPAND and VM_PFNMAP mappings")
     if vma.is_hugetlb:
         raise fail(errno.EINVAL, "mremap of hugetlb memory is not modelled")
-    if not flags & MREMAP_FIXED:
+    if dontunmap and not flags & MREMAP_FIXED:
+        new_addr = get_unmapped_area(mm, new_size)
+    elif not flags & MREMAP_FIXED:
         if new_size <= old_size:
             if new_size < old_size:
                 _unmap_range(env, mm, old_addr + new_size, old_addr + old_size)
@@ -504,7 +509,26 @@ def do_mremap(env: MMEnv, mm: MM, old_addr: int, old_size: int, new_size: int,
     if new_size > moved.end - moved.start:
         _grow_vma(moved, new_addr + new_size)
     mm.insert_vma(moved)
+    if dontunmap:
+        _leave_empty_vma(mm, moved, old_addr)
     return new_addr
+
+
+def _leave_empty_vma(mm: MM, moved: VMA, old_addr: int) -> None:
+    """MREMAP_DONTUNMAP: the old range stays mapped with the moved VMA's attributes but
+    no page-table entries, so later accesses fault in afresh (zero pages, or the file).
+
+    The lock goes with the pages: the old VMA loses VM_LOCKED (and its locked_vm charge
+    stays with the moved VMA), as the kernel clears VM_LOCKED_MASK on it.
+    """
+    old = VMA(old_addr, old_addr + (moved.end - moved.start),
+              moved.flags & ~(VM.LOCKED | VM.LOCKONFAULT), moved.file, moved.pgoff,
+              moved.anon_name)
+    old.huge_order = moved.huge_order
+    old.anon_id = moved.anon_id
+    if old.file is not None:
+        old.file.get_file()
+    mm.insert_vma(old)
 
 
 def _grow_vma(vma: VMA, new_end: int) -> None:

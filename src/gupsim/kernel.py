@@ -68,6 +68,7 @@ class Kernel(KernelPinning):
         self.filesystems = filesystems(self.mem, self.alloc)
         self.env.shmem_file = self.filesystems.shmem_zero_setup
         self.env.hugetlb_file = self._anon_hugetlb_file
+        self.env.replace_cache = self.filesystems.migrate_folio   # any cached folio can move
         self.processes: dict[int, Process] = {}
         self.users: dict[int, UserStruct] = {}
         self._pids = itertools.count(1)

@@ -476,11 +476,6 @@ def test_compaction_skips_pinned_folios_and_moves_the_rest() -> None:
     assert p.read(s, 3) == b"shm" and p.read(a + PAGE_SIZE, 5) == b"page\x01"
 
 
-@pytest.mark.xfail(strict=True, reason="migration of page cache needs the file system to "
-                   "swap the cache entry; the stand-in hook (mm/reclaim.page_cache_replacer) "
-                   "finds the inode only through VMAs that map it, so unmapped page cache "
-                   "cannot be compacted: fs/ needs an Inode.migrate_folio() hook that "
-                   "kernel.py installs on the machine")
 def test_compaction_moves_unmapped_page_cache() -> None:
     """Clean page cache that no process maps is movable like any other."""
     k = Kernel(memory="256MiB", movable="64MiB", debug=True)
@@ -491,6 +486,19 @@ def test_compaction_moves_unmapped_page_cache() -> None:
     res = compact_range(k.env, old, old + 1)
     assert res.rc == 0 and f.page_cache[0] != old and f.pread(0, 6) == b"cached"
 
+
+
+def test_page_cache_migrate_hook_swaps_only_the_entry_it_still_holds() -> None:
+    """Inode.migrate_folio() replaces the cache entry only while it holds the old folio,
+    and the machine-wide hook finds unmapped tmpfs page cache too."""
+    k = Kernel(memory="256MiB", movable="64MiB", debug=True)
+    f = k.fs("tmpfs").create("shm", PAGE_SIZE)
+    f.pwrite(0, b"tmp")
+    old = f.page_cache[0]
+    inode = k.fs("tmpfs").files["shm"]
+    assert not inode.migrate_folio(old + 1, old) and f.page_cache[0] == old
+    res = compact_range(k.env, old, old + 1)
+    assert res.rc == 0 and f.page_cache[0] != old and f.pread(0, 3) == b"tmp"
 
 def test_pageout_skips_a_pinned_anon_page(k: Kernel, p: Process) -> None:
     """MADV_PAGEOUT with a swap device: the unpinned page goes to swap, the pinned one

@@ -137,6 +137,19 @@ class Inode:
         self.cache[fidx] = head
         return head
 
+    def migrate_folio(self, old_head: int, new_head: int) -> bool:
+        """The address_space migrate_folio step: point the cache entry at the new folio.
+
+        Migration copies a cached folio elsewhere and only the inode knows where its
+        cache keeps it; the swap happens only if the entry still holds `old_head`
+        (truncated or replaced meanwhile: refuse, and migration fails for this folio).
+        """
+        fidx = int(self.mem.index[old_head])
+        if self.cache.get(fidx) != old_head:
+            return False
+        self.cache[fidx] = new_head
+        return True
+
     def find_or_create(self, index: int) -> int:
         """__filemap_get_folio(FGP_CREAT) ignoring EOF: head PFN; raises as _add_to_cache."""
         fidx = self.folio_index(index)
@@ -691,6 +704,10 @@ class FileSystem:
             f.close()
             raise
         return f
+
+    def find_inode(self, mapping: int) -> Inode | None:
+        """The live inode whose id is `mapping` (a folio's `mapping` field), or None."""
+        return self.inodes.get(mapping)
 
     def describe_mapping(self, mapping: int) -> tuple[str, int, str] | None:
         """(aops name, inode number, dentry name) for dump_page(), or None if not ours."""

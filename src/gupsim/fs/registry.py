@@ -84,13 +84,28 @@ class FileSystems(dict[str, FileSystem]):
         """The shmem file behind a MAP_SHARED|MAP_ANONYMOUS mapping of `size` bytes."""
         return self._shm.shmem_zero_setup(size)
 
+    def _mounts(self) -> list[FileSystem]:
+        """Every mount, the internal ones (hugetlbfs per size, shm_mnt) included."""
+        return [*self.values(), *self._hugetlb_mounts.values(), self._shm]
+
     def describe_mapping(self, mapping: int) -> tuple[str, int, str] | None:
         """(aops, ino, name) of the inode whose id is `mapping`, for dump_page()."""
-        for fs in [*self.values(), *self._hugetlb_mounts.values(), self._shm]:
+        for fs in self._mounts():
             found = fs.describe_mapping(mapping)
             if found is not None:
                 return found
         return None
+
+    def migrate_folio(self, old_head: int, new_head: int) -> bool:
+        """Migration's page-cache hook for the whole machine: the owning inode's
+        migrate_folio(), found by the folio's mapping id, so page cache that no process
+        maps (and no pinned file names) can move too. False if no live inode owns it."""
+        mapping = int(self.mem.mapping[old_head])
+        for fs in self._mounts():
+            inode = fs.find_inode(mapping)
+            if inode is not None:
+                return inode.migrate_folio(old_head, new_head)
+        return False
 
 
 def filesystems(mem: MemMap, alloc: Allocator, huge_order: int = PMD_ORDER) -> FileSystems:

@@ -41,9 +41,9 @@ def folio_is_longterm_pinnable(folio: Folio) -> bool:
 
 
 def _replacer(env: MMEnv, files: Iterable[object]) -> ReplaceCache:
-    """The file system's own page-cache hook if one was installed, else the model's."""
+    """A hook set on the pinning layer, else the file systems' own, else the model's."""
     st = gup_state(env.mem)
-    return st.replace_cache if st.replace_cache is not None else page_cache_replacer(env, files)
+    return st.replace_cache or env.replace_cache or page_cache_replacer(env, files)
 
 
 def check_and_migrate_pfns(env: MMEnv, pfns: np.ndarray, unpin_all: Callable[[], None],

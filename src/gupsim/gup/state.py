@@ -32,7 +32,7 @@ class GupState:
     sanitizer: PinSanitizer | None = None
     race_hooks: dict[str, list[Callable[..., Any]]] = field(default_factory=dict)
     migrate_retry_limit: int = 16
-    replace_cache: Callable[[int, int], bool] | None = None   # fs hook, when one exists
+    replace_cache: Callable[[int, int], bool] | None = None   # overrides env.replace_cache
     last_migrate_failure: str = ""
 
     @property

@@ -105,6 +105,8 @@ class MMEnv:
     shmem_file: Callable[[int], MappableFile] | None = None  # backs MAP_SHARED|MAP_ANONYMOUS
     hugetlb_file: Callable[[int, int], MappableFile] | None = None  # (size, order) for MAP_HUGETLB
     mms: list = field(default_factory=list)   # every live mm, for rmap walks
+    # migration's page-cache hook (old head, new head) -> replaced?, from the file systems
+    replace_cache: Callable[[int, int], bool] | None = None
 
     @property
     def memalloc_pin(self) -> bool:

@@ -282,12 +282,13 @@ def poison_page(env: MMEnv, mm: MM, vma: VMA, i: int) -> None:
 
 
 def page_cache_replacer(env: MMEnv, files: Iterable[object] = ()) -> ReplaceCache:
-    """What migration calls to swap a page-cache folio in its file's cache.
+    """What migration calls to swap a page-cache folio in its file's cache, on an
+    environment without file systems' own hook (`env.replace_cache`, which a `Kernel`
+    installs: fs/ `Inode.migrate_folio()`).
 
-    Stand-in for the address_space's migrate_folio operation, which the model's file
-    systems do not offer yet: the inode is found through `files` (a memfd being pinned)
-    or the files of the VMAs that map it, and its cache entry is replaced if it still
-    holds the old folio (folio_migrate_mapping() under the xarray lock).
+    The inode is found through `files` (a memfd being pinned) or the files of the VMAs
+    that map it, so unmapped page cache cannot move with this fallback; the cache entry
+    is replaced if it still holds the old folio (folio_migrate_mapping()).
     """
     mem = env.mem
     extra = list(files)
@@ -337,7 +338,7 @@ def compact_range(env: MMEnv, start_pfn: int, end_pfn: int,
     where they are, and the range stays busy (`rc == -EBUSY`).
     """
     mem = env.mem
-    replace = replace_cache if replace_cache is not None else page_cache_replacer(env)
+    replace = replace_cache or env.replace_cache or page_cache_replacer(env)
     pfns = np.arange(max(start_pfn, 0), min(end_pfn, mem.nr_pages), dtype=np.int64)
     heads = pfns[(mem.head_off[pfns] == 0) & (mem.kind[pfns] != Kind.FREE)]
     res = CompactResult()

@@ -16,7 +16,7 @@ demo: $(STAMP)
 	$(BIN)/gupsim demo
 
 test: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks examples
 	$(BIN)/pytest -q
 
 bench: $(STAMP)

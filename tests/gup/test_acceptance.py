@@ -11,6 +11,16 @@ from typing import Any
 
 import numpy as np
 import pytest
+from gup_helpers import (
+    anon_rw,
+    counters,
+    delta,
+    has_pinned,
+    mapped_pfn,
+    pte_of,
+    special_vma,
+    thp_region,
+)
 
 import gupsim
 from gupsim import (
@@ -27,7 +37,6 @@ from gupsim import (
     FOLL_WRITE,
     GUP_PIN_COUNTING_BIAS,
     MADV_DONTNEED,
-    MADV_HUGEPAGE,
     MADV_HWPOISON,
     MADV_PAGEOUT,
     MAP_ANONYMOUS,
@@ -45,7 +54,7 @@ from gupsim import (
 from gupsim.gup import grab
 from gupsim.memory import Kind, Zone
 from gupsim.memory.migrate import migrate_folio
-from gupsim.mm import MMF, PTE, VM, VMA
+from gupsim.mm import PTE, VM
 from gupsim.mm.reclaim import split_folio
 
 RW = PROT_READ | PROT_WRITE
@@ -56,68 +65,6 @@ EEXIST = gupsim.EEXIST
 
 
 # -- helpers -----------------------------------------------------------------------------
-
-
-def counters(k: Kernel) -> tuple[int, int]:
-    """(nr_foll_pin_acquired, nr_foll_pin_released) now."""
-    return k.vmstat[ACQ], k.vmstat[REL]
-
-
-def delta(k: Kernel, before: tuple[int, int]) -> tuple[int, int]:
-    """How much the pin counters moved since `before`."""
-    acq, rel = counters(k)
-    return acq - before[0], rel - before[1]
-
-
-def has_pinned(p: Process) -> bool:
-    return bool(p.mm.flags & MMF.HAS_PINNED)
-
-
-def pte_of(p: Process, addr: int) -> tuple[int, int]:
-    """(PTE bits, PFN) of the entry mapping `addr` in `p`."""
-    vma = p.mm.find_vma(addr)
-    assert vma is not None
-    i = vma.idx(addr)
-    return int(vma.pte[i]), int(vma.pfn[i])
-
-
-def mapped_pfn(p: Process, addr: int) -> int:
-    bits, pfn = pte_of(p, addr)
-    assert bits & PTE.PRESENT, f"{addr:#x} is not mapped"
-    return pfn
-
-
-def anon_rw(p: Process, npages: int = 1, touch: bool = False) -> int:
-    a = p.mmap(0, npages * PAGE_SIZE, RW, ANON)
-    if touch:
-        for i in range(npages):
-            p.write(a + i * PAGE_SIZE, bytes([i + 1]))
-    return a
-
-
-def thp_region(k: Kernel, p: Process) -> int:
-    """A PMD-aligned 2 MiB private anonymous range backed by one PMD-mapped THP."""
-    a = p.mmap(0, PMD_SIZE, RW, ANON)
-    assert a % PMD_SIZE == 0
-    p.madvise(a, PMD_SIZE, MADV_HUGEPAGE)
-    p.write(a, b"thp")
-    bits, pfn = pte_of(p, a)
-    assert bits & PTE.PMD and k.page(pfn).folio.order == 9, "expected a PMD-mapped THP"
-    return a
-
-
-def special_vma(k: Kernel, p: Process, extra: VM) -> int:
-    """Install a device-style mapping (what remap_pfn_range / vm_insert_mixed leave behind):
-    two special PTEs onto a kernel-reserved frame, in a VMA with the given flags."""
-    frame = k.alloc.alloc_folio(0, Kind.RESERVED, movable=False)
-    a = p.mmap(0, 2 * PAGE_SIZE, RW, ANON)
-    p.munmap(a, 2 * PAGE_SIZE)
-    vma = VMA(a, a + 2 * PAGE_SIZE, VM.READ | VM.WRITE | VM.SHARED | VM.MAYREAD | VM.MAYWRITE
-              | VM.MAYSHARE | extra)
-    vma.pfn[:] = frame
-    vma.pte[:] = PTE.PRESENT | PTE.SPECIAL | PTE.WRITE | PTE.YOUNG | PTE.DIRTY
-    p.mm.insert_vma(vma)
-    return a
 
 
 # -- 1 - 4: pinning fresh anonymous memory -------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 
 import pytest
+from gup_helpers import net_pins
 
 from gupsim import (
     CAP_IPC_LOCK,
@@ -51,10 +52,6 @@ def status(p: Process) -> tuple[int, int]:
     """(VmPin, VmLck) in kB, as /proc/<pid>/status shows them."""
     st = p.proc_status()
     return st["VmPin"], st["VmLck"]
-
-
-def net_pins(k: Kernel) -> int:
-    return k.vmstat["nr_foll_pin_acquired"] - k.vmstat["nr_foll_pin_released"]
 
 
 def buffer(p: Process, npages: int) -> int:

@@ -15,6 +15,16 @@ from typing import Any
 
 import numpy as np
 import pytest
+from gup_helpers import (
+    anon_rw,
+    counters,
+    delta,
+    has_pinned,
+    mapped_pfn,
+    pte_of,
+    special_vma,
+    thp_region,
+)
 
 import gupsim
 from gupsim import (
@@ -68,7 +78,7 @@ from gupsim import (
 from gupsim.gup import fast as fast_mod
 from gupsim.gup.flags import foll_flags_str
 from gupsim.memory import PG, Kind, Zone
-from gupsim.mm import MMF, PTE, VM, VMA
+from gupsim.mm import PTE, VM
 
 RW = PROT_READ | PROT_WRITE
 ANON = MAP_PRIVATE | MAP_ANONYMOUS
@@ -123,64 +133,6 @@ def release(k: Kernel, entry: str, pages: list[Page | None]) -> None:
         for pg in pages:
             if pg is not None:
                 k.put_page(pg)
-
-
-def counters(k: Kernel) -> tuple[int, int]:
-    return k.vmstat[ACQ], k.vmstat[REL]
-
-
-def delta(k: Kernel, before: tuple[int, int]) -> tuple[int, int]:
-    acq, rel = counters(k)
-    return acq - before[0], rel - before[1]
-
-
-def has_pinned(p: Process) -> bool:
-    return bool(p.mm.flags & MMF.HAS_PINNED)
-
-
-def pte_of(p: Process, addr: int) -> tuple[int, int]:
-    vma = p.mm.find_vma(addr)
-    assert vma is not None
-    i = vma.idx(addr)
-    return int(vma.pte[i]), int(vma.pfn[i])
-
-
-def mapped_pfn(p: Process, addr: int) -> int:
-    bits, pfn = pte_of(p, addr)
-    assert bits & PTE.PRESENT, f"{addr:#x} is not mapped"
-    return pfn
-
-
-def anon_rw(p: Process, npages: int = 1, touch: bool = False) -> int:
-    a = p.mmap(0, npages * PAGE_SIZE, RW, ANON)
-    if touch:
-        for i in range(npages):
-            p.write(a + i * PAGE_SIZE, bytes([i + 1]))
-    return a
-
-
-def thp_region(k: Kernel, p: Process) -> int:
-    a = p.mmap(0, PMD_SIZE, RW, ANON)
-    p.madvise(a, PMD_SIZE, MADV_HUGEPAGE)
-    p.write(a, b"thp")
-    bits, pfn = pte_of(p, a)
-    assert bits & PTE.PMD and k.page(pfn).folio.order == 9, "expected a PMD-mapped THP"
-    return a
-
-
-def special_vma(k: Kernel, p: Process, extra: VM, at: int | None = None) -> int:
-    """Install a device mapping (what remap_pfn_range / vm_insert_mixed leave): special PTEs
-    onto a kernel-reserved frame, at `at` or at a free address."""
-    frame = k.alloc.alloc_folio(0, Kind.RESERVED, movable=False)
-    if at is None:
-        at = p.mmap(0, 2 * PAGE_SIZE, RW, ANON)
-        p.munmap(at, 2 * PAGE_SIZE)
-    vma = VMA(at, at + 2 * PAGE_SIZE, VM.READ | VM.WRITE | VM.SHARED | VM.MAYREAD
-              | VM.MAYWRITE | VM.MAYSHARE | extra)
-    vma.pfn[:] = frame
-    vma.pte[:] = PTE.PRESENT | PTE.SPECIAL | PTE.WRITE | PTE.YOUNG
-    p.mm.insert_vma(vma)
-    return at
 
 
 class Spy:

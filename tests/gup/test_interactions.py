@@ -92,10 +92,6 @@ def hugetlb(p: Process) -> int:
     return a
 
 
-def net_pins(k: Kernel) -> int:
-    return k.vmstat[ACQ] - k.vmstat[REL]
-
-
 def is_free(k: Kernel, pfn: int) -> bool:
     return int(k.mem.kind[int(k.mem.head_of(pfn))]) == Kind.FREE
 
@@ -344,7 +340,6 @@ def test_madv_free_leaves_a_pinned_page_mapped(k: Kernel, p: Process) -> None:
     k.unpin_user_pages(pages)
 
 
-
 def test_madv_free_then_pageout_discards_only_clean_unpinned_pages(k: Kernel,
                                                                    p: Process) -> None:
     """Reclaim drops a lazyfree page (reads give zeros, no swap used) unless it was
@@ -485,7 +480,6 @@ def test_compaction_moves_unmapped_page_cache() -> None:
     assert k.page(old).folio.zone == Zone.MOVABLE
     res = compact_range(k.env, old, old + 1)
     assert res.rc == 0 and f.page_cache[0] != old and f.pread(0, 6) == b"cached"
-
 
 
 def test_page_cache_migrate_hook_swaps_only_the_entry_it_still_holds() -> None:
@@ -640,7 +634,6 @@ def test_mremap_dontunmap_moves_pinned_pages(k: Kernel, p: Process) -> None:
     assert mapped_pfn(p, b) == pages[0].pfn and pages[0].anon_exclusive
     assert p.read(a, 5) == bytes(5), "the old range is still mapped, now empty"
     k.unpin_user_pages(pages)
-
 
 
 def test_mremap_dontunmap_argument_checks_and_shared_files(k: Kernel, p: Process) -> None:

@@ -10,6 +10,7 @@ count, the frames, their contents and the vmstat counters that say what happened
 from __future__ import annotations
 
 import pytest
+from gup_helpers import net_pins
 
 import gupsim
 from gupsim import (
@@ -55,10 +56,6 @@ def pin(k: Kernel, p: Process, entry: str, addr: int, n: int, flags: int,
     if entry == "pin_user_pages_unlocked":
         return p.pin_user_pages_unlocked(addr, n, pages, flags)
     return getattr(p, entry)(addr, n, flags, pages)
-
-
-def net_pins(k: Kernel) -> int:
-    return k.vmstat[ACQ] - k.vmstat[REL]
 
 
 def mapped_pfn(p: Process, addr: int) -> int:

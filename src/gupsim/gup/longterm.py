@@ -9,7 +9,8 @@ of the call, migrates the offenders and pins the whole range again (spec 4.4).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -96,14 +97,23 @@ def _longterm_retry(env: MMEnv, rounds: int) -> bool:
     return True
 
 
+@contextlib.contextmanager
+def memalloc_pin_save(env: MMEnv) -> Iterator[None]:
+    """memalloc_pin_save()/restore(): allocations inside are unmovable (spec 4.3)."""
+    saved = env.memalloc_pin
+    env.memalloc_pin = True
+    try:
+        yield
+    finally:
+        env.memalloc_pin = saved
+
+
 def __gup_longterm_locked(env: MMEnv, mm: MM, start: int, nr_pages: int,
                           out: PagesOut | None, locked: list[int] | None, flags: int) -> int:
     """The slow path, plus the long-term check/migrate/retry loop when FOLL_LONGTERM."""
     if not flags & FOLL_LONGTERM:
         return __get_user_pages_locked(env, mm, start, nr_pages, out, locked, flags)
-    saved = env.memalloc_pin
-    env.memalloc_pin = True
-    try:
+    with memalloc_pin_save(env):
         rounds = 0
         while True:
             rc = __get_user_pages_locked(env, mm, start, nr_pages, out, locked, flags)
@@ -121,8 +131,6 @@ def __gup_longterm_locked(env: MMEnv, mm: MM, start: int, nr_pages: int,
             rounds += 1
             if _longterm_retry(env, rounds):
                 return -ENOMEM
-    finally:
-        env.memalloc_pin = saved
 
 
 def memfd_pin_folios(env: MMEnv, memfd, start: int, end: int, folios: list[Folio | None],
@@ -141,9 +149,7 @@ def memfd_pin_folios(env: MMEnv, memfd, start: int, end: int, folios: list[Folio
         return -EINVAL
     order = int(memfd.folio_order)
     fsize = PAGE_SIZE << order
-    saved = env.memalloc_pin
-    env.memalloc_pin = True
-    try:
+    with memalloc_pin_save(env):
         rounds = 0
         while True:
             got: list[int] = []
@@ -176,5 +182,3 @@ def memfd_pin_folios(env: MMEnv, memfd, start: int, end: int, folios: list[Folio
             rounds += 1
             if _longterm_retry(env, rounds):
                 return -ENOMEM
-    finally:
-        env.memalloc_pin = saved

@@ -7,6 +7,7 @@ restored on leaving the `with` block, and also from atexit and SIGTERM/SIGHUP ha
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import json
@@ -211,6 +212,10 @@ class SharedSetting:
 
     @classmethod
     def _save(cls, state: dict[str, dict]) -> None:
+        if not state:                   # nothing held: leave no state file behind
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(cls._state_file())
+            return
         tmp = cls._state_file() + f".{os.getpid()}"
         with open(tmp, "w") as f:
             json.dump(state, f)

@@ -14,48 +14,50 @@ import os
 import platform
 import resource
 
-# --- memory protection, mapping and advice -------------------------------------------
-PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
-PMD_SIZE = 2 << 20
+from ..constants import (  # noqa: F401 - the kernel's values, re-exported for the probes
+    CAP_IPC_LOCK,
+    MADV_COLD,
+    MADV_COLLAPSE,
+    MADV_DOFORK,
+    MADV_DONTFORK,
+    MADV_DONTNEED,
+    MADV_FREE,
+    MADV_HUGEPAGE,
+    MADV_NOHUGEPAGE,
+    MADV_NORMAL,
+    MADV_PAGEOUT,
+    MADV_POPULATE_READ,
+    MADV_POPULATE_WRITE,
+    MADV_RANDOM,
+    MADV_REMOVE,
+    MADV_SEQUENTIAL,
+    MADV_WILLNEED,
+    MADV_WIPEONFORK,
+    MAP_ANONYMOUS,
+    MAP_FIXED,
+    MAP_HUGE_1GB,
+    MAP_HUGE_2MB,
+    MAP_HUGE_SHIFT,
+    MAP_HUGETLB,
+    MAP_LOCKED,
+    MAP_NORESERVE,
+    MAP_POPULATE,
+    MAP_PRIVATE,
+    MAP_SHARED,
+    MFD_ALLOW_SEALING,
+    MFD_CLOEXEC,
+    MFD_HUGETLB,
+    MREMAP_FIXED,
+    MREMAP_MAYMOVE,
+    PMD_SIZE,
+    PROT_EXEC,
+    PROT_NONE,
+    PROT_READ,
+    PROT_WRITE,
+)
 
-PROT_NONE = 0x0
-PROT_READ = 0x1
-PROT_WRITE = 0x2
-PROT_EXEC = 0x4
-
-MAP_SHARED = 0x01
-MAP_PRIVATE = 0x02
-MAP_FIXED = 0x10
-MAP_ANONYMOUS = 0x20
-MAP_NORESERVE = 0x4000
-MAP_LOCKED = 0x2000
-MAP_POPULATE = 0x8000
-MAP_HUGETLB = 0x40000
-MAP_HUGE_SHIFT = 26
-MAP_HUGE_2MB = 21 << MAP_HUGE_SHIFT
-MAP_HUGE_1GB = 30 << MAP_HUGE_SHIFT
-
-MADV_NORMAL = 0
-MADV_RANDOM = 1
-MADV_SEQUENTIAL = 2
-MADV_WILLNEED = 3
-MADV_DONTNEED = 4
-MADV_FREE = 8
-MADV_REMOVE = 9
-MADV_DONTFORK = 10
-MADV_DOFORK = 11
-MADV_HUGEPAGE = 14
-MADV_NOHUGEPAGE = 15
-MADV_WIPEONFORK = 18
-MADV_COLD = 20
-MADV_PAGEOUT = 21
-MADV_POPULATE_READ = 22
-MADV_POPULATE_WRITE = 23
-MADV_COLLAPSE = 25
-
-MFD_CLOEXEC = 0x1
-MFD_ALLOW_SEALING = 0x2
-MFD_HUGETLB = 0x4
+# --- memory: the mapping/advice flags above are the kernel's, shared with the model ---
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")      # this host's page size
 MFD_HUGE_2MB = MAP_HUGE_2MB
 
 # --- process control and capabilities -------------------------------------------------
@@ -64,7 +66,6 @@ PR_CAPBSET_READ = 23
 PR_CAPBSET_DROP = 24
 PR_CAP_AMBIENT = 47
 PR_CAP_AMBIENT_LOWER = 3
-CAP_IPC_LOCK = 14
 CAP_SYS_ADMIN = 21
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 
@@ -173,8 +174,6 @@ def munmap(addr: int, length: int) -> None:
         raise _fail(f"munmap({addr:#x}, {length})")
 
 
-MREMAP_MAYMOVE = 1
-MREMAP_FIXED = 2
 SYS_mremap = 25
 SYS_vmsplice = 278
 

@@ -109,8 +109,14 @@ def make_base(p: Proc) -> tuple[Region, int]:
     return p.map("anon", PAGE_SIZE, fill=1), PAGE_SIZE
 
 
-def make_thp(p: Proc) -> tuple[Region, int]:
-    return p.map("thp", PMD_SIZE, fill=1), PMD_SIZE
+Maker = Callable[[Proc], tuple[Region, int]]
+
+
+def large(kind: str, size: int) -> Maker:
+    """A large folio as mapped: "thp" (PMD-mapped, 2 MiB) or "mthp" (64 KiB, PTE-mapped)."""
+    def make(p: Proc) -> tuple[Region, int]:
+        return p.map(kind, size, fill=1), size
+    return make
 
 
 def make_pte_mapped_thp(p: Proc) -> tuple[Region, int]:
@@ -120,50 +126,33 @@ def make_pte_mapped_thp(p: Proc) -> tuple[Region, int]:
     return r, PMD_SIZE
 
 
-def make_single_pte_thp(p: Proc) -> tuple[Region, int]:
-    r = p.map("thp", PMD_SIZE, fill=1)
-    p.madvise(r, PAGE_SIZE, PMD_SIZE - PAGE_SIZE, MADV_DONTNEED)
-    return r, PAGE_SIZE
+def single_pte(kind: str, size: int) -> Maker:
+    """cow.c: MADV_DONTNEED all but the first page; the test size is one page."""
+    def make(p: Proc) -> tuple[Region, int]:
+        r = p.map(kind, size, fill=1)
+        p.madvise(r, PAGE_SIZE, size - PAGE_SIZE, MADV_DONTNEED)
+        return r, PAGE_SIZE
+    return make
 
 
-def make_partially_shared_thp(p: Proc) -> tuple[Region, int]:
-    r = p.map("thp", PMD_SIZE, fill=1)
-    p.madvise(r, PAGE_SIZE, PMD_SIZE - PAGE_SIZE, MADV_DONTFORK)
-    p.fork().exit()
-    p.madvise(r, PAGE_SIZE, PMD_SIZE - PAGE_SIZE, MADV_DOFORK)
-    return r, PMD_SIZE
+def partially_shared(kind: str, size: int) -> Maker:
+    """cow.c: only the first page is shared with a child that exits at once."""
+    def make(p: Proc) -> tuple[Region, int]:
+        r = p.map(kind, size, fill=1)
+        p.madvise(r, PAGE_SIZE, size - PAGE_SIZE, MADV_DONTFORK)
+        p.fork().exit()
+        p.madvise(r, PAGE_SIZE, size - PAGE_SIZE, MADV_DOFORK)
+        return r, size
+    return make
 
 
-def make_partially_mremapped_thp(p: Proc) -> tuple[Region, int]:
-    """cow.c: move the upper half of the THP elsewhere; the test uses the lower half."""
-    r = p.map("thp", PMD_SIZE, fill=1)
-    p.mremap_move(r, PMD_SIZE // 2, PMD_SIZE // 2)
-    return r, PMD_SIZE // 2
-
-
-def make_mthp(p: Proc) -> tuple[Region, int]:
-    """An mTHP is PTE-mapped by nature: cow.c's "PTE-mapped THP" for a 64 KiB size."""
-    return p.map("mthp", MTHP_SIZE, fill=1), MTHP_SIZE
-
-
-def make_single_pte_mthp(p: Proc) -> tuple[Region, int]:
-    r = p.map("mthp", MTHP_SIZE, fill=1)
-    p.madvise(r, PAGE_SIZE, MTHP_SIZE - PAGE_SIZE, MADV_DONTNEED)
-    return r, PAGE_SIZE
-
-
-def make_partially_mremapped_mthp(p: Proc) -> tuple[Region, int]:
-    r = p.map("mthp", MTHP_SIZE, fill=1)
-    p.mremap_move(r, MTHP_SIZE // 2, MTHP_SIZE // 2)
-    return r, MTHP_SIZE // 2
-
-
-def make_partially_shared_mthp(p: Proc) -> tuple[Region, int]:
-    r = p.map("mthp", MTHP_SIZE, fill=1)
-    p.madvise(r, PAGE_SIZE, MTHP_SIZE - PAGE_SIZE, MADV_DONTFORK)
-    p.fork().exit()
-    p.madvise(r, PAGE_SIZE, MTHP_SIZE - PAGE_SIZE, MADV_DOFORK)
-    return r, MTHP_SIZE
+def partially_mremapped(kind: str, size: int) -> Maker:
+    """cow.c: move the upper half of the folio elsewhere; the test uses the lower half."""
+    def make(p: Proc) -> tuple[Region, int]:
+        r = p.map(kind, size, fill=1)
+        p.mremap_move(r, size // 2, size // 2)
+        return r, size // 2
+    return make
 
 
 def make_hugetlb(p: Proc) -> tuple[Region, int]:
@@ -171,17 +160,17 @@ def make_hugetlb(p: Proc) -> tuple[Region, int]:
 
 
 MTHP = ("thp", "mthp_64k")
-ANON_KINDS: dict[str, tuple[Callable[[Proc], tuple[Region, int]], tuple[str, ...]]] = {
+ANON_KINDS: dict[str, tuple[Maker, tuple[str, ...]]] = {
     "base page": (make_base, ()),
-    "THP": (make_thp, ("thp",)),
+    "THP": (large("thp", PMD_SIZE), ("thp",)),
     "PTE-mapped THP": (make_pte_mapped_thp, ("thp",)),
-    "single PTE of THP": (make_single_pte_thp, ("thp",)),
-    "partially mremap()'ed THP": (make_partially_mremapped_thp, ("thp",)),
-    "partially shared THP": (make_partially_shared_thp, ("thp",)),
-    "mTHP 64KiB": (make_mthp, MTHP),
-    "single PTE of mTHP 64KiB": (make_single_pte_mthp, MTHP),
-    "partially mremap()'ed mTHP 64KiB": (make_partially_mremapped_mthp, MTHP),
-    "partially shared mTHP 64KiB": (make_partially_shared_mthp, MTHP),
+    "single PTE of THP": (single_pte("thp", PMD_SIZE), ("thp",)),
+    "partially mremap()'ed THP": (partially_mremapped("thp", PMD_SIZE), ("thp",)),
+    "partially shared THP": (partially_shared("thp", PMD_SIZE), ("thp",)),
+    "mTHP 64KiB": (large("mthp", MTHP_SIZE), MTHP),
+    "single PTE of mTHP 64KiB": (single_pte("mthp", MTHP_SIZE), MTHP),
+    "partially mremap()'ed mTHP 64KiB": (partially_mremapped("mthp", MTHP_SIZE), MTHP),
+    "partially shared mTHP 64KiB": (partially_shared("mthp", MTHP_SIZE), MTHP),
     "hugetlb 2MiB": (make_hugetlb, ("hugetlb_2m",)),
 }
 # the kinds the rows added later run over: base pages, PMD THP (as mapped and

@@ -4,31 +4,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import numpy as np
 import pytest
 
 from gupsim.fs import FileSystems, filesystems
 from gupsim.memory import Allocator, MemMap
+from gupsim.memory.rmap import NoRmap
 
 
 @dataclass
-class RecordingRmap:
-    """An RmapWalker that records what the file systems ask of the page tables."""
+class RecordingRmap(NoRmap):
+    """The empty walker, recording what the file systems ask of the page tables."""
 
     mkclean_calls: list[int] = field(default_factory=list)
     unmap_calls: list[tuple[int, int, int]] = field(default_factory=list)
 
     def mkclean(self, head: int) -> int:
         self.mkclean_calls.append(int(head))
-        return 0
-
-    def try_to_unmap(self, head: int) -> bool:
-        return True
-
-    def remap(self, old_heads: np.ndarray, new_heads: np.ndarray) -> None:
-        return None
-
-    def mapcount_expected_refs(self, head: int) -> int:
         return 0
 
     def unmap_mapping_range(self, mapping: int, first_index: int, last_index: int) -> None:

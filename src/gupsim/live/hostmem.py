@@ -8,6 +8,7 @@ address, which is how a test sees copy-on-write and unsharing happen.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import shutil
@@ -29,21 +30,15 @@ MTHP_64K = 64 << 10
 
 def _release(addr: int, length: int, fd: int, path: str | None, tmpdir: str | None) -> None:
     """Undo a mapping; safe to call twice and from a finalizer (plain values only)."""
-    if addr:
-        try:
+    with contextlib.suppress(OSError):
+        if addr:
             libc.munmap(addr, length)
-        except OSError:
-            pass
-    if fd >= 0:
-        try:
+    with contextlib.suppress(OSError):
+        if fd >= 0:
             os.close(fd)
-        except OSError:
-            pass
-    if path:
-        try:
+    with contextlib.suppress(FileNotFoundError):
+        if path:
             os.unlink(path)
-        except FileNotFoundError:
-            pass
     if tmpdir:
         shutil.rmtree(tmpdir, ignore_errors=True)
 

@@ -9,6 +9,7 @@ which is how a test checks *which* frame the kernel holds.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import os
@@ -68,15 +69,11 @@ assert ctypes.sizeof(io_uring_params) == 120 and ctypes.sizeof(io_uring_sqe) == 
 
 def _close_ring(fd: int, maps: list[tuple[int, int]]) -> None:
     for addr, length in maps:
-        try:
+        with contextlib.suppress(OSError):
             libc.munmap(addr, length)
-        except OSError:
-            pass
     if fd >= 0:
-        try:
+        with contextlib.suppress(OSError):
             os.close(fd)  # drops the ring, and with it any registered buffers
-        except OSError:
-            pass
 
 
 class IoUring:

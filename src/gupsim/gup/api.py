@@ -17,7 +17,9 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+import numpy as np
 
 from ..constants import EINVAL
 from ..memory import (
@@ -28,7 +30,8 @@ from ..memory import (
     page_maybe_dma_pinned,
 )
 from ..memory.pagearray import pfns_of
-from ..mm import MM, MMF, VMA, MMEnv
+from ..mm import MM, VMA, MMEnv
+from ..mm.fork import folio_needs_cow_for_dma as fork_needs_cow_for_dma
 from .fast import gup_fast_fallback
 from .flags import (
     FOLL_FAST_ONLY,
@@ -58,9 +61,6 @@ from .longterm import memfd_pin_folios as _memfd_pin_folios
 from .pages import PagesOut
 from .slow import __get_user_pages_locked
 from .state import gup_state
-
-if TYPE_CHECKING:
-    pass
 
 Pages = list[Page | None] | PageArray | None
 
@@ -284,7 +284,6 @@ def memfd_pin_folios(memfd: Any, start: int, end: int, folios: list[Folio | None
     n = _memfd_pin_folios(env, memfd, start, end, folios, max_folios, offset)
     st = gup_state(env.mem)
     if n > 0 and st.sanitizer is not None:
-        import numpy as np
         st.sanitizer.on_acquire(np.array([f.pfn for f in folios[:n]], dtype=np.int64),
                                 FOLL_PIN | FOLL_LONGTERM, "memfd_pin_folios", None)
     return n
@@ -296,10 +295,10 @@ def memfd_pin_folios(memfd: Any, start: int, end: int, folios: list[Folio | None
 def folio_needs_cow_for_dma(vma: VMA, folio: Folio) -> bool:
     """Must fork copy this folio for the child? Only if the VMA's mm ever pinned."""
     env = gup_state(folio.mem).env
-    mm = next((m for m in env.mms if vma in m.vmas), None)
-    if mm is None or not mm.flags & MMF.HAS_PINNED:
+    mm = next((m for m in env.mms if vma in m.vmas), None)    # the VMA's vm_mm
+    if mm is None:
         return False
-    return folio_maybe_dma_pinned(folio)
+    return bool(fork_needs_cow_for_dma(env, mm, np.array([folio.pfn], dtype=np.int64))[0])
 
 
 # -- seed-era names -------------------------------------------------------------------

@@ -183,9 +183,6 @@ class KernelPinning:
 
     def get_page(self, page: Page) -> None:
         api.get_page(page)
-        import numpy as np
-        self.sanitizer.on_acquire(np.array([page.pfn], dtype=np.int64), 1 << 1, "get_page",
-                                  None)
 
     # seed-era names
     def put_user_page(self, page: Page) -> None:

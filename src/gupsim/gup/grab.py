@@ -19,6 +19,7 @@ from ..constants import EINVAL, ENOMEM
 from ..memory import GUP_PIN_COUNTING_BIAS, Allocator, Folio, Kind, MemMap, Page, PageArray
 from ..memory.pagearray import NULL, pfns_of
 from .flags import FOLL_GET, FOLL_PIN
+from .pages import machine_of
 from .state import gup_state
 
 ACQUIRED = "nr_foll_pin_acquired"
@@ -176,11 +177,12 @@ def folio_add_pin(folio: Folio) -> None:
     _tell_sanitizer(mem, head, 1, "folio_add_pin")
 
 
-def _tell_sanitizer(mem: MemMap, head: int, pins: int, call: str) -> None:
-    """Record pins added to a folio outside GUP, so their release is matched too."""
+def _tell_sanitizer(mem: MemMap, pfn: int, refs: int, call: str, flags: int = FOLL_PIN
+                    ) -> None:
+    """Record references taken outside GUP, so their release is matched too."""
     st = gup_state(mem)
     if st.sanitizer is not None:
-        st.sanitizer.on_acquire(np.full(pins, head, dtype=np.int64), FOLL_PIN, call, None)
+        st.sanitizer.on_acquire(np.full(refs, pfn, dtype=np.int64), flags, call, None)
 
 
 def folio_add_pins(folio: Folio, pins: int) -> int:
@@ -213,7 +215,6 @@ def _release(mem: MemMap | None, pfns: np.ndarray, flags: int, call: str) -> Non
 
 
 def _mem_and_pfns(pages, npages: int | None) -> tuple[MemMap | None, np.ndarray]:
-    from .pages import machine_of
     mem = machine_of(pages)
     pfns = pfns_of(pages, npages) if mem is not None else np.zeros(0, dtype=np.int64)
     return mem, pfns
@@ -228,7 +229,7 @@ def unpin_user_pages(pages: Sequence[Page | None] | PageArray, npages: int | Non
     """Release one pin per entry (NULLs skipped); a -errno count warns and does nothing."""
     if npages is None:
         npages = len(pages)
-    mem = machine_of_any(pages)
+    mem = machine_of(pages)
     warn = mem.warnings if mem is not None else None
     if _is_error_count(npages):
         if warn is not None:
@@ -237,11 +238,6 @@ def unpin_user_pages(pages: Sequence[Page | None] | PageArray, npages: int | Non
         return
     mem, pfns = _mem_and_pfns(pages, npages)
     _release(mem, pfns, FOLL_PIN, "unpin_user_pages")
-
-
-def machine_of_any(pages) -> MemMap | None:
-    from .pages import machine_of
-    return machine_of(pages)
 
 
 def _mark_dirty(mem: MemMap, pfns: np.ndarray) -> None:
@@ -256,7 +252,7 @@ def _mark_dirty(mem: MemMap, pfns: np.ndarray) -> None:
 def unpin_user_pages_dirty_lock(pages: Sequence[Page | None] | PageArray, npages: int,
                                 make_dirty: bool) -> None:
     """Dirty (if asked) then unpin every entry: what a device that wrote the pages does."""
-    mem = machine_of_any(pages)
+    mem = machine_of(pages)
     if _is_error_count(npages):
         if mem is not None:
             mem.warnings.warn_on_once(True, "unpin_user_pages: npages is an error value",
@@ -332,6 +328,7 @@ def get_page(page: Page) -> None:
     mem.warnings.warn_on_once(int(mem.refcount[head]) <= 0, "get_page: refcount <= 0",
                               f"folio {head:#x} is free")
     mem.refcount[head] += 1
+    _tell_sanitizer(mem, page.pfn, 1, "get_page", FOLL_GET)
 
 
 __all__ = ["ACQUIRED", "RELEASED", "EINVAL", "folio_runs", "try_grab_folio", "try_grab_pfns",

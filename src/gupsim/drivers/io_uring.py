@@ -97,8 +97,7 @@ class IoRing:
         try:
             self._account(buf)
         except OSError:
-            for pfn in pfns.tolist():
-                self.k.unpin_user_folio(self.k.page(pfn).folio, 1)
+            self._unpin(pfns)
             raise
         return buf
 
@@ -157,8 +156,12 @@ class IoRing:
             if self.user is not None:
                 self.user.locked_vm -= buf.acct_pages
             self.p.mm.pinned_vm -= buf.acct_pages
-        for pfn in buf.pfns.tolist():
-            self.k.unpin_user_folio(self.k.page(pfn).folio, 1)
+        self._unpin(buf.pfns)
+
+    def _unpin(self, pfns: np.ndarray) -> None:
+        """One pin per bvec entry (a page, or a coalesced folio), released in one call."""
+        if len(pfns):
+            self.k.unpin_user_pages(PageArray(pfns.copy(), self.k.mem))
 
     # -- I/O through a registered buffer -------------------------------------------------------
 

@@ -56,6 +56,9 @@ def demo(as_json: bool, tour_only: bool, model_only: bool) -> None:
                       "why the host could not run it.[/]")
         results = run_live(console, None, model_only)
         disagree = print_live(console, results)
+        if not disagree and not model_only:
+            console.print("[green]The model and this kernel agreed on every step of every "
+                          "case the host could run.[/]")
         bad = bad or disagree
     if bad:
         raise SystemExit(1)

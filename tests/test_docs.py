@@ -1,9 +1,20 @@
-"""The README's and DESIGN.md's examples run as written (so the docs never lie)."""
+"""The README's and DESIGN.md's examples run as written (so the docs never lie).
+
+A README line whose comment opens with a Python literal states a result: `pages[0].refcount
+# 1025: one mapping + the bias` promises 1025, and `n = ...  # 256` promises n == 256. Those
+promises are checked, as SimPy checks its documentation against golden output; a comment
+that is prose (`# a write fault allocates ...`) is only run.
+"""
 
 from __future__ import annotations
 
+import ast
+import io
 import re
+import tokenize
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -12,14 +23,84 @@ DESIGN = ROOT.parent / "shared" / "DESIGN.md"
 
 
 def python_blocks(path: Path) -> list[str]:
-    return re.findall(r"```python\n(.*?)```", path.read_text(), flags=re.S)
+    """The file's python code blocks, each padded with blank lines so that its line
+    numbers are the file's own (an error then names the README line to fix)."""
+    text = path.read_text()
+    return ["\n" * text.count("\n", 0, m.start(1)) + m.group(1)
+            for m in re.finditer(r"```python\n(.*?)```", text, flags=re.S)]
 
 
-def test_readme_examples_run() -> None:
+@dataclass(frozen=True)
+class Stated:
+    """A result a documentation line promises: the line and the literal its comment opens with."""
+
+    line: int
+    value: Any
+
+
+def _stated_literal(comment: str) -> tuple[bool, Any]:
+    """(True, value) when the comment opens with a Python literal, before any ':'."""
+    text = comment.lstrip("#").strip()
+    for candidate in (text, text.split(":", 1)[0]):
+        try:
+            return True, ast.literal_eval(candidate.strip())
+        except (ValueError, SyntaxError):
+            continue
+    return False, None
+
+
+def stated_results(code: str) -> dict[int, Stated]:
+    """The stated results of a block, by line number."""
+    out: dict[int, Stated] = {}
+    for tok in tokenize.generate_tokens(io.StringIO(code).readline):
+        if tok.type == tokenize.COMMENT:
+            ok, value = _stated_literal(tok.string)
+            if ok:
+                out[tok.start[0]] = Stated(tok.start[0], value)
+    return out
+
+
+def run_checking_stated(code: str, filename: str) -> int:
+    """Run a block statement by statement; check every stated result; return how many."""
+    stated = stated_results(code)
+    ns: dict[str, Any] = {}
+    checked = 0
+    for stmt in ast.parse(code).body:
+        promise = stated.get(stmt.end_lineno or stmt.lineno)
+        if isinstance(stmt, ast.Expr):
+            got = eval(compile(ast.Expression(stmt.value), filename, "eval"), ns)
+        else:
+            exec(compile(ast.Module([stmt], type_ignores=[]), filename, "exec"), ns)
+            got = None
+            if isinstance(stmt, ast.Assign) and isinstance(stmt.targets[0], ast.Name):
+                got = ns[stmt.targets[0].id]
+            elif promise is not None:
+                raise AssertionError(f"{filename}:{stmt.lineno}: a result is stated on a "
+                                     f"line that neither is an expression nor names a value")
+        if promise is not None:
+            assert got == promise.value, (
+                f"{filename}:{stmt.lineno}: the documentation states {promise.value!r}, "
+                f"the code gives {got!r}")
+            checked += 1
+    return checked
+
+
+def test_readme_examples_run_and_state_the_truth() -> None:
+    """Every README example runs, and every result it states is what it gives."""
     blocks = python_blocks(ROOT / "README.md")
     assert blocks, "the README has no python example"
-    for code in blocks:
-        exec(compile(code, "README.md", "exec"), {})
+    checked = sum(run_checking_stated(code, "README.md") for code in blocks)
+    assert checked >= 5, f"only {checked} stated results found in the README's examples"
+
+
+def test_a_false_statement_is_caught() -> None:
+    """The checker itself can fail: a wrong stated result, or one on a statement without value."""
+    run_checking_stated("x = 1 + 1   # 2\nx * 3   # 6: prose after the colon\n", "ok")
+    with pytest.raises(AssertionError, match="states 3"):
+        run_checking_stated("x = 1 + 1   # 3\n", "wrong")
+    with pytest.raises(AssertionError, match="neither"):
+        run_checking_stated("import os   # 1\n", "misplaced")
+    assert stated_results("f()   # a prose comment\n") == {}
 
 
 def test_design_contract_runs_as_written() -> None:

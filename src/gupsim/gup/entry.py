@@ -385,7 +385,8 @@ _DOC_WIDTH = 88
 
 def _locks(ep: EntryPoint) -> str:
     if ep.fast_only:
-        return "none taken: the lockless walk only (safe where sleeping is not)."
+        return ("none: it never takes mmap_lock and never sleeps (the lockless walk only), "
+                "so it may run where sleeping is not allowed.")
     if ep.fast:
         return ("none needed by the caller: page tables are walked without mmap_lock; "
                 "the fallback for the rest takes it itself (killable).")
@@ -401,7 +402,8 @@ def _locks(ep: EntryPoint) -> str:
 
 def _returns(ep: EntryPoint) -> str:
     if ep.one_page:
-        return "True if exactly the one page was taken, else False."
+        return "True if exactly the one page was taken; False otherwise, invalid arguments " \
+               "included."
     got = "pages pinned" if ep.pins else "pages referenced"
     text = (f"the number of {got} (the lockless walk's prefix of the range), possibly 0"
             if ep.fast_only else

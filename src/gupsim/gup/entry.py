@@ -24,8 +24,12 @@ How to add a GUP entry point
    record it in `gup/state.py` (`GUP_PATHS`, `note_gup()`) where the internals take it.
 3. Tests: `tests/gup/test_spec2_entry_points.py` checks every row (signature, docstring,
    argument checks, the path record), and tests about every entry point parametrise over
-   `ENTRY_POINTS`, so they cover the new row by themselves. Add tests for what is new
-   about it in the file of its spec section (`tests/gup/test_spec<N>_*.py`).
+   `ENTRY_POINTS`, so they cover the new row by themselves. Two of them compare the
+   table with the spec's own tables, written out in the tests (`SPEC_2_1` there: argument
+   order, count type, answer to invalid arguments; `SPEC_1_5` in `test_spec1_flags.py`:
+   flags added): they fail for a new row until you add it there from the spec. Add
+   tests for what is new about it in the file of its spec section
+   (`tests/gup/test_spec<N>_*.py`).
 """
 
 from __future__ import annotations
@@ -277,11 +281,10 @@ def _arguments(ep: EntryPoint, args: tuple[Any, ...], kwargs: dict[str, Any]
         hint = ": pass the process's mm, p.mm" if hasattr(mm, "mm") else ""
         raise TypeError(f"{ep.name}(): mm must be an mm_struct (gupsim.mm.MM), not "
                         f"{type(mm).__name__}{hint}")
-    start = _integer(ep, "addr" if ep.one_page else "start", a["addr" if ep.one_page
-                                                                  else "start"])
+    sname, pname = ("addr", "pagep") if ep.one_page else ("start", "pages")
+    start = _integer(ep, sname, a[sname])
     nr_pages = 1 if ep.one_page else _integer(ep, "nr_pages", a["nr_pages"])
     gup_flags = _integer(ep, "gup_flags", a["gup_flags"])
-    pname = "pagep" if ep.one_page else "pages"
     pages = a[pname]
     if pages is not None and not isinstance(pages, list | PageArray):
         raise TypeError(f"{ep.name}(): {pname} must be a list, a gupsim.PageArray or None, "

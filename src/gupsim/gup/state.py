@@ -59,6 +59,8 @@ class GupCall:
     walk kept (None: it did not run); `slow` is what the slow path returned for the rest,
     a count or -errno (None: it did not run); `migrate_rounds` counts the FOLL_LONGTERM
     rounds that dropped the pins, migrated the offenders and pinned again (spec 4.4).
+    memfd_pin_folios() is recorded too: `start` is its byte offset, `nr_pages` its
+    max_folios, and its page-cache lookup counts as the slow path.
     """
 
     entry: str

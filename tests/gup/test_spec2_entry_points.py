@@ -170,15 +170,16 @@ def test_2_1_module_functions_run_for_current(k: Kernel, p: Process) -> None:
 def test_2_1_keywords_and_numpy_integers(k: Kernel, p: Process) -> None:
     """The real signature takes keyword arguments, and numpy integers count as ints."""
     a = anon_rw(p, 2, touch=True)
-    pages: list[Page | None] = []
+    first: list[Page | None] = []
+    second: list[Page | None] = []
     assert p.pin_user_pages_unlocked(start=a, nr_pages=1, gup_flags=FOLL_WRITE,
-                                     pages=pages) == 1
+                                     pages=first) == 1
     assert p.pin_user_pages_fast(np.uint64(a + PAGE_SIZE), np.int32(1), np.uint32(FOLL_WRITE),
-                                 pages[1:]) == 1
+                                 second) == 1
     assert k.gup.last_call.start == a + PAGE_SIZE and counters(k) == (2, 0)
-    k.unpin_user_pages(pages)
-    k.unpin_user_page(k.page(mapped_pfn(p, a + PAGE_SIZE)))
-    assert counters(k) == (2, 2)
+    assert [pg.pfn for pg in first + second] == [mapped_pfn(p, a), mapped_pfn(p, a + PAGE_SIZE)]
+    k.unpin_user_pages(first + second)
+    assert counters(k) == (2, 2) and k.sanitizer.reports == []
 
 
 # == 2.1 what the caller passes is checked before anything happens ================================

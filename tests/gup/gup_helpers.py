@@ -1,9 +1,17 @@
-"""Small helpers the tests of the pinning layer share: counters, page-table lookups and
-the memory shapes most tests start from."""
+"""Small helpers the tests of the pinning layer share: counters, page-table lookups, the
+memory shapes most tests start from, and the table of entry points as test parameters."""
 
 from __future__ import annotations
 
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
 from gupsim import (
+    ENTRY_POINTS,
     MADV_HUGEPAGE,
     MAP_ANONYMOUS,
     MAP_PRIVATE,
@@ -11,7 +19,9 @@ from gupsim import (
     PMD_SIZE,
     PROT_READ,
     PROT_WRITE,
+    EntryPoint,
     Kernel,
+    Page,
     Process,
 )
 from gupsim.memory import Kind
@@ -89,3 +99,52 @@ def special_vma(k: Kernel, p: Process, extra: VM, at: int | None = None) -> int:
     vma.pte[:] = PTE.PRESENT | PTE.SPECIAL | PTE.WRITE | PTE.YOUNG
     p.mm.insert_vma(vma)
     return at
+
+
+# -- the table of entry points as test parameters ------------------------------------------
+
+BY_NAME = {ep.name: ep for ep in ENTRY_POINTS}
+"""Rows of the table of entry points by name."""
+
+COUNTED = tuple(ep for ep in ENTRY_POINTS if ep.base is None and not ep.one_page)
+"""The kernel's current entry points that return a count (not the one-page wrapper, not
+the seed-era pin_longterm_pages*() wrappers)."""
+
+
+def entries(*names: str, where: Callable[[EntryPoint], bool] | None = None) -> list[Any]:
+    """Rows of the table as pytest parameters, each with its name as id: the rows named,
+    in that order, else the `COUNTED` ones for which `where` holds (all if no `where`)."""
+    if names:
+        rows = [next(ep for ep in ENTRY_POINTS if ep.name == name) for name in names]
+    else:
+        rows = [ep for ep in COUNTED if where is None or where(ep)]
+    return [pytest.param(ep, id=ep.name) for ep in rows]
+
+
+def release(k: Kernel, ep: EntryPoint, pages: list[Page | None]) -> None:
+    """Give back what a successful call of `ep` took, with the matching release call."""
+    if ep.pins:
+        k.unpin_user_pages(pages)
+    else:
+        for pg in pages:
+            if pg is not None:
+                k.put_page(pg)
+
+
+def python_calls(fn: Callable[[], Any]) -> tuple[int, float, Any]:
+    """(Python-level function calls, seconds, result) of running fn(): a way to make "no
+    per-page Python" a test."""
+    calls = 0
+
+    def prof(frame: Any, event: str, arg: Any) -> None:
+        nonlocal calls
+        if event == "call":
+            calls += 1
+
+    t0 = time.perf_counter()
+    sys.setprofile(prof)
+    try:
+        result = fn()
+    finally:
+        sys.setprofile(None)
+    return calls, time.perf_counter() - t0, result

@@ -10,7 +10,7 @@ count, the frames, their contents and the vmstat counters that say what happened
 from __future__ import annotations
 
 import pytest
-from gup_helpers import net_pins
+from gup_helpers import COUNTED, entries, net_pins
 
 import gupsim
 from gupsim import (
@@ -29,6 +29,7 @@ from gupsim import (
     PMD_SIZE,
     PROT_READ,
     PROT_WRITE,
+    EntryPoint,
     Kernel,
     Page,
     PageArray,
@@ -41,21 +42,11 @@ RW = PROT_READ | PROT_WRITE
 ANON = MAP_PRIVATE | MAP_ANONYMOUS
 LT = FOLL_LONGTERM
 ACQ, REL = "nr_foll_pin_acquired", "nr_foll_pin_released"
-ENTRIES = ["pin_user_pages_fast", "pin_user_pages", "pin_user_pages_unlocked",
-           "pin_user_pages_remote"]
+PINS = [ep for ep in COUNTED if ep.pins]     # every pin_user_pages*() entry point
+ENTRIES = entries(where=lambda ep: ep.pins)
 
 
 # -- helpers -------------------------------------------------------------------------------
-
-
-def pin(k: Kernel, p: Process, entry: str, addr: int, n: int, flags: int,
-        pages: list[Page | None] | PageArray) -> int:
-    """Call one pin_user_pages*() entry point with `p` as current (or as the remote mm)."""
-    if entry == "pin_user_pages_remote":
-        return k.pin_user_pages_remote(p.mm, addr, n, flags, pages, None)
-    if entry == "pin_user_pages_unlocked":
-        return p.pin_user_pages_unlocked(addr, n, pages, flags)
-    return getattr(p, entry)(addr, n, flags, pages)
 
 
 def mapped_pfn(p: Process, addr: int) -> int:
@@ -127,7 +118,7 @@ def shared_file(k: Kernel, p: Process, kind: str, size: int = PMD_SIZE) -> int:
 @pytest.mark.parametrize("entry", ENTRIES)
 @pytest.mark.parametrize("maptype", [MAP_SHARED, MAP_PRIVATE])
 @pytest.mark.parametrize("write", [FOLL_WRITE, 0])
-def test_fsdax_refuses_longterm_pins(k: Kernel, p: Process, entry: str, maptype: int,
+def test_fsdax_refuses_longterm_pins(k: Kernel, p: Process, entry: EntryPoint, maptype: int,
                                      write: int) -> None:
     """fs-dax blocks cannot be freed while DMA may target them: -EOPNOTSUPP, R/O or RW,
     shared or private, and nothing stays pinned; a short-term pin of the same page works."""
@@ -136,25 +127,25 @@ def test_fsdax_refuses_longterm_pins(k: Kernel, p: Process, entry: str, maptype:
     p.read(a, 1)
     before = (k.vmstat[ACQ], k.vmstat[REL])
     pages: list[Page | None] = []
-    assert pin(k, p, entry, a, 2, write | LT, pages) == -EOPNOTSUPP
+    assert entry.invoke(p, a, 2, write | LT, pages) == -EOPNOTSUPP
     assert pages == [] and (k.vmstat[ACQ], k.vmstat[REL]) == before
-    assert pin(k, p, entry, a, 2, write, pages) == 2
+    assert entry.invoke(p, a, 2, write, pages) == 2
     k.unpin_user_pages(pages)
 
 
 @pytest.mark.parametrize("entry", ENTRIES)
 def test_writable_longterm_pin_of_a_dirty_tracked_shared_file_is_efault(
-        k: Kernel, p: Process, entry: str) -> None:
+        k: Kernel, p: Process, entry: EntryPoint) -> None:
     """ext4 MAP_SHARED: the device would write behind page_mkwrite's back for ever, so a
     writable long-term pin is refused [6.5]; short-term RW and long-term R/O pins work."""
     a = shared_file(k, p, "ext4", 4 * PAGE_SIZE)
     before = net_pins(k)
     pages: list[Page | None] = []
-    assert pin(k, p, entry, a, 2, FOLL_WRITE | LT, pages) == -EFAULT
+    assert entry.invoke(p, a, 2, FOLL_WRITE | LT, pages) == -EFAULT
     assert pages == [] and net_pins(k) == before
     for flags in (FOLL_WRITE, LT):
         got: list[Page | None] = []
-        assert pin(k, p, entry, a, 2, flags, got) == 2
+        assert entry.invoke(p, a, 2, flags, got) == 2
         assert all(pg.folio.kind == Kind.FILE for pg in got)
         k.unpin_user_pages(got)
     assert net_pins(k) == before
@@ -192,21 +183,21 @@ def test_secretmem_is_never_pinned(k: Kernel, p: Process, flags: int) -> None:
     f.truncate(PAGE_SIZE)
     a = p.mmap(0, PAGE_SIZE, RW, MAP_SHARED, fd=f)
     p.write(a, b"secret")
-    for entry in ENTRIES:
-        assert pin(k, p, entry, a, 1, flags, []) == -EFAULT, entry
+    for entry in PINS:
+        assert entry.invoke(p, a, 1, flags, []) == -EFAULT, entry.name
     assert net_pins(k) == 0
 
 
 @pytest.mark.parametrize("kind", ["tmpfs", "memfd", "shared-anon", "hugetlbfs",
                                   "memfd-hugetlb"])
-@pytest.mark.parametrize("entry", ["pin_user_pages_fast", "pin_user_pages"])
+@pytest.mark.parametrize("entry", entries("pin_user_pages_fast", "pin_user_pages"))
 def test_writable_longterm_pins_of_shmem_and_hugetlbfs_are_allowed(
-        k: Kernel, p: Process, kind: str, entry: str) -> None:
+        k: Kernel, p: Process, kind: str, entry: EntryPoint) -> None:
     """shmem/tmpfs, memfd and hugetlbfs have no write-notify: the long-term pin takes the
     page-cache page itself, shared with every mapping of the file."""
     a = shared_file(k, p, kind)
     pages: list[Page | None] = []
-    assert pin(k, p, entry, a, 2, FOLL_WRITE | LT, pages) == 2
+    assert entry.invoke(p, a, 2, FOLL_WRITE | LT, pages) == 2
     want = Kind.HUGETLBFS if "huge" in kind else Kind.SHMEM
     assert [pg.folio.kind for pg in pages] == [want, want]
     assert pages[0].pfn == mapped_pfn(p, a)
@@ -221,7 +212,7 @@ def test_writable_longterm_pins_of_shmem_and_hugetlbfs_are_allowed(
 @pytest.mark.parametrize("maptype", [MAP_SHARED, MAP_PRIVATE])
 @pytest.mark.parametrize("entry", ENTRIES)
 def test_readonly_longterm_pins_are_allowed_everywhere(
-        k: Kernel, p: Process, kind: str, maptype: int, entry: str) -> None:
+        k: Kernel, p: Process, kind: str, maptype: int, entry: EntryPoint) -> None:
     """Without FOLL_WRITE nothing will be written behind the file system's back."""
     if kind == "anon":
         a = p.mmap(0, PMD_SIZE, RW, maptype | MAP_ANONYMOUS)
@@ -229,7 +220,7 @@ def test_readonly_longterm_pins_are_allowed_everywhere(
         a = p.mmap(0, PMD_SIZE, RW, maptype, fd=k.fs(kind).create("f", PMD_SIZE))
     p.read(a, 1)
     pages: list[Page | None] = []
-    assert pin(k, p, entry, a, 3, LT, pages) == 3
+    assert entry.invoke(p, a, 3, LT, pages) == 3
     assert net_pins(k) == 3
     k.unpin_user_pages(pages)
     assert net_pins(k) == 0
@@ -241,9 +232,9 @@ def test_vm_io_and_vm_pfnmap_are_refused(k: Kernel, p: Process, flags: VM, foll:
     """Device memory mapped with remap_pfn_range() has no struct page to pin: -EFAULT for
     every kind of pin, fast and slow."""
     a = device_vma(k, p, flags)
-    for entry in ENTRIES:
+    for entry in PINS:
         pages: list[Page | None] = []
-        assert pin(k, p, entry, a, 1, foll, pages) == -EFAULT, entry
+        assert entry.invoke(p, a, 1, foll, pages) == -EFAULT, entry.name
         assert pages == []
     assert net_pins(k) == 0
 
@@ -253,7 +244,7 @@ def test_vm_io_and_vm_pfnmap_are_refused(k: Kernel, p: Process, flags: VM, foll:
 
 @pytest.mark.parametrize("entry", ENTRIES)
 def test_readonly_longterm_pin_of_private_file_page_is_an_exclusive_anon_copy(
-        k: Kernel, p: Process, entry: str) -> None:
+        k: Kernel, p: Process, entry: EntryPoint) -> None:
     """[6.2] The pin is taken on a fresh anon copy, mapped R/O in place of the page-cache
     page, so a later write by the process lands in the pinned page (no COW away from it)."""
     f = k.fs("ext4").create("lib", 2 * PAGE_SIZE)
@@ -263,7 +254,7 @@ def test_readonly_longterm_pin_of_private_file_page_is_an_exclusive_anon_copy(
     cache = f.page_cache[0]
     assert mapped_pfn(p, a) == cache
     pages: list[Page | None] = []
-    assert pin(k, p, entry, a, 1, LT, pages) == 1
+    assert entry.invoke(p, a, 1, LT, pages) == 1
     copy = pages[0]
     assert copy.pfn != cache and copy.folio.kind == Kind.ANON and copy.anon_exclusive
     assert copy.read(0, 8) == b"original"
@@ -326,7 +317,7 @@ def test_readonly_longterm_pin_of_the_zero_page_allocates_a_page_that_later_writ
 
 @pytest.mark.parametrize("where", ["movable", "cma"])
 @pytest.mark.parametrize("entry", ENTRIES)
-def test_longterm_pin_migrates_out_of_movable_and_cma(where: str, entry: str) -> None:
+def test_longterm_pin_migrates_out_of_movable_and_cma(where: str, entry: EntryPoint) -> None:
     """Each page is moved to ZONE_NORMAL outside CMA with its contents, the old frames are
     freed, the process maps the new ones, and the full count is returned."""
     k = movable_machine(**({"cma": "128MiB"} if where == "cma" else {}))
@@ -338,7 +329,7 @@ def test_longterm_pin_migrates_out_of_movable_and_cma(where: str, entry: str) ->
         else all(f.is_cma for f in folios)
     assert not any(gupsim.folio_is_longterm_pinnable(f) for f in folios)
     pages: list[Page | None] = []
-    assert pin(k, p, entry, a, 4, FOLL_WRITE | LT, pages) == 4
+    assert entry.invoke(p, a, 4, FOLL_WRITE | LT, pages) == 4
     assert all(pg.folio.zone == Zone.NORMAL and not pg.folio.is_cma for pg in pages)
     assert all(gupsim.folio_is_longterm_pinnable(pg.folio) for pg in pages)
     assert [pg.pfn for pg in pages] == [mapped_pfn(p, a + i * PAGE_SIZE) for i in range(4)]
@@ -478,7 +469,7 @@ def test_longterm_pin_migrates_page_cache_and_the_file_follows(kind: str) -> Non
 
 
 @pytest.mark.parametrize("entry", ENTRIES)
-def test_an_extra_reference_makes_the_longterm_pin_fail_with_enomem(entry: str) -> None:
+def test_an_extra_reference_makes_the_longterm_pin_fail_with_enomem(entry: EntryPoint) -> None:
     """A GET reference on a movable page makes its refcount freeze fail: -ENOMEM, nothing
     pinned, the other page migrated anyway, and k.gup.last_migrate_failure says why."""
     k = movable_machine()
@@ -488,7 +479,7 @@ def test_an_extra_reference_makes_the_longterm_pin_fail_with_enomem(entry: str) 
     assert p.get_user_pages_fast(a + PAGE_SIZE, 1, 0, held) == 1
     stuck = held[0].pfn
     pages: list[Page | None] = []
-    assert pin(k, p, entry, a, 2, FOLL_WRITE | LT, pages) == -ENOMEM
+    assert entry.invoke(p, a, 2, FOLL_WRITE | LT, pages) == -ENOMEM
     assert all(pg is None for pg in pages)
     assert net_pins(k) == 0 and k.vmstat[ACQ] >= 2, "every pin taken was dropped"
     assert not gupsim.page_maybe_dma_pinned(k.page(mapped_pfn(p, a)))
@@ -501,7 +492,7 @@ def test_an_extra_reference_makes_the_longterm_pin_fail_with_enomem(entry: str) 
     assert p.read(a + PAGE_SIZE, 1) == b"\x02"
     k.put_page(held[0])
     pages = []
-    assert pin(k, p, entry, a, 2, FOLL_WRITE | LT, pages) == 2
+    assert entry.invoke(p, a, 2, FOLL_WRITE | LT, pages) == 2
     k.unpin_user_pages(pages)
 
 
@@ -576,20 +567,20 @@ def test_isolation_keeps_the_folio_alive_while_its_pins_are_dropped() -> None:
 @pytest.mark.parametrize("flags", [FOLL_WRITE | LT, LT])
 @pytest.mark.parametrize("entry", ENTRIES)
 def test_pages_faulted_in_by_a_longterm_pin_are_allocated_unmovable(flags: int,
-                                                                   entry: str) -> None:
+                                                                   entry: EntryPoint) -> None:
     """While a long-term pin runs, faults allocate outside ZONE_MOVABLE and CMA, so nothing
     needs migrating; a short-term pin of the same kind of memory faults in movable pages."""
     k = movable_machine()
     p = k.spawn("app")
     a = p.mmap(0, 8 * PAGE_SIZE, RW, ANON)
     pages: list[Page | None] = []
-    assert pin(k, p, entry, a, 8, flags, pages) == 8
+    assert entry.invoke(p, a, 8, flags, pages) == 8
     assert all(pg.folio.zone == Zone.NORMAL for pg in pages)
     assert k.vmstat["pgmigrate_success"] == 0 and k.vmstat[ACQ] == 8
     assert not k.env.memalloc_pin, "the task leaves the PF_MEMALLOC_PIN section"
     short: list[Page | None] = []
     b = p.mmap(0, PAGE_SIZE, RW, ANON)
-    assert pin(k, p, entry, b, 1, FOLL_WRITE, short) == 1
+    assert entry.invoke(p, b, 1, FOLL_WRITE, short) == 1
     assert short[0].folio.zone == Zone.MOVABLE
     k.unpin_user_pages(pages)
     k.unpin_user_pages(short)

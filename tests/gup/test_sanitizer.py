@@ -12,6 +12,7 @@ from __future__ import annotations
 import inspect
 
 import pytest
+from gup_helpers import entries, release
 
 import gupsim
 from gupsim import (
@@ -27,6 +28,7 @@ from gupsim import (
     PMD_SIZE,
     PROT_READ,
     PROT_WRITE,
+    EntryPoint,
     Kernel,
     Page,
     PageArray,
@@ -74,33 +76,20 @@ def thp(k: Kernel, p: Process) -> int:
 # -- every pin remembers where it was taken ------------------------------------------------
 
 
-@pytest.mark.parametrize("entry", ["pin_user_pages_fast", "pin_user_pages",
-                                   "pin_user_pages_unlocked", "pin_user_pages_remote",
-                                   "get_user_pages_fast", "get_user_pages",
-                                   "get_user_pages_unlocked", "get_user_pages_remote"])
-def test_every_reference_remembers_its_call_site(k: Kernel, p: Process, entry: str) -> None:
+@pytest.mark.parametrize("entry", entries())
+def test_every_reference_remembers_its_call_site(k: Kernel, p: Process,
+                                                 entry: EntryPoint) -> None:
     """Each entry point records its caller's file:line, its name and the pages it took."""
     a = anon(p, 3)
     pages: list[Page | None] = []
-    if entry.endswith("_remote"):
-        where = next_line()
-        n = getattr(k, entry)(p.mm, a, 3, FOLL_WRITE, pages, None)
-    elif entry.endswith("_unlocked"):
-        where = next_line()
-        n = getattr(p, entry)(a, 3, pages, FOLL_WRITE)
-    else:
-        where = next_line()
-        n = getattr(p, entry)(a, 3, FOLL_WRITE, pages)
+    where = next_line()
+    n = entry.invoke(p, a, 3, FOLL_WRITE, pages)
     assert n == 3
     [held] = k.sanitizer.outstanding()
-    assert held.site == where and held.call == entry
-    assert held.how == ("FOLL_PIN" if entry.startswith("pin_") else "FOLL_GET")
+    assert held.site == where and held.call == entry.name
+    assert held.how == ("FOLL_PIN" if entry.pins else "FOLL_GET")
     assert held.pages == 3 and list(held.pfns) == [pg.pfn for pg in pages]
-    if entry.startswith("pin_"):
-        k.unpin_user_pages(pages)
-    else:
-        for pg in pages:
-            k.put_page(pg)
+    release(k, entry, pages)
     assert k.sanitizer.outstanding() == [] and k.sanitizer.reports == []
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import hypothesis.strategies as st
+from gup_helpers import COUNTED
 from hypothesis import event, settings
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -44,6 +45,7 @@ from gupsim import (
     PAGE_SIZE,
     PROT_READ,
     PROT_WRITE,
+    EntryPoint,
 )
 from gupsim.gup.flags import FAST_GUP_ALLOWED, INTERNAL_GUP_FLAGS
 from gupsim.mm import MMF
@@ -55,27 +57,23 @@ FLAG_BITS = [FOLL_WRITE, FOLL_LONGTERM, FOLL_FORCE, FOLL_NOWAIT, FOLL_NOFAULT, F
 FORBIDDEN = [FOLL_GET, FOLL_PIN, FOLL_TOUCH]
 flag_sets = st.tuples(st.sets(st.sampled_from(FLAG_BITS), max_size=3),
                       st.sampled_from([0] * 6 + FORBIDDEN)).map(lambda t: sum(t[0]) | t[1])
-ENTRY_POINTS = ["pin_user_pages_fast", "pin_user_pages", "pin_user_pages_unlocked",
-                "pin_user_pages_remote", "get_user_pages_fast", "get_user_pages",
-                "get_user_pages_unlocked"]
+ENTRIES = [ep for ep in COUNTED if not ep.fast_only]   # all that may fault pages in
 KINDS = ["anon", "thp", "shared-anon", "ext4-shared", "ext4-private"]
 
 
-def expected_invalid(entry: str, flags: int) -> int | None:
+def expected_invalid(entry: EntryPoint, flags: int) -> int | None:
     """What the spec (1.4) says the entry point answers to invalid flags, or None if valid."""
-    pin = entry.startswith("pin_")
-    invalid_answer = -EINVAL if entry.endswith("_fast") or not pin else 0
     if flags & INTERNAL_GUP_FLAGS:
-        return invalid_answer
-    full = flags | (FOLL_PIN if pin else 0) | (FOLL_GET if entry == "get_user_pages_fast"
-                                                else 0)
+        return entry.invalid
+    full = flags | entry.adds
+    pin = bool(full & FOLL_PIN)
     if pin and full & FOLL_GET:
-        return invalid_answer
+        return entry.invalid
     if full & FOLL_LONGTERM and not pin:
-        return invalid_answer
+        return entry.invalid
     if full & FOLL_LONGTERM and full & FOLL_PCI_P2PDMA:
-        return invalid_answer
-    if entry.endswith("_fast") and full & ~FAST_GUP_ALLOWED:
+        return entry.invalid
+    if entry.fast and full & ~FAST_GUP_ALLOWED:
         return -EINVAL
     return None
 
@@ -234,8 +232,8 @@ class PinMachine(RuleBasedStateMachine):
 
     @precondition(lambda self: any(pr.regions for pr in self.procs))
     @rule(i=st.integers(0, 7), r=st.integers(0, 7), first=st.integers(0, 39),
-          n=st.integers(1, 40), entry=st.sampled_from(ENTRY_POINTS), flags=flag_sets)
-    def gup(self, i: int, r: int, first: int, n: int, entry: str, flags: int) -> None:
+          n=st.integers(1, 40), entry=st.sampled_from(ENTRIES), flags=flag_sets)
+    def gup(self, i: int, r: int, first: int, n: int, entry: EntryPoint, flags: int) -> None:
         found = self._region(i, r)
         if found is None:
             return
@@ -246,28 +244,23 @@ class PinMachine(RuleBasedStateMachine):
         pages: list = []
         acq0 = self.k.vmstat["nr_foll_pin_acquired"] - self.k.vmstat["nr_foll_pin_released"]
         warned = sum(self.k.warnings.hits.values())
-        if entry == "pin_user_pages_remote":
-            ret = self.k.pin_user_pages_remote(pr.p.mm, addr, n, flags, pages, None)
-        elif entry.endswith("_unlocked"):
-            ret = getattr(pr.p, entry)(addr, n, pages, flags)
-        else:
-            ret = getattr(pr.p, entry)(addr, n, flags, pages)
+        ret = entry.invoke(pr.p, addr, n, flags, pages)
         net = self.k.vmstat["nr_foll_pin_acquired"] - self.k.vmstat["nr_foll_pin_released"]
         bad = expected_invalid(entry, flags)
         event(f"gup: {'invalid' if bad is not None else 'ok' if ret > 0 else 'error'}")
         if bad is not None:
-            assert ret == bad, f"{entry}({flags:#x}) returned {ret}, spec says {bad}"
+            assert ret == bad, f"{entry.name}({flags:#x}) returned {ret}, spec says {bad}"
             assert net == acq0 and not pages
             assert sum(self.k.warnings.hits.values()) >= warned
             return
-        assert ret != 0 or flags & FOLL_NOWAIT, f"{entry} returned 0 without FOLL_NOWAIT"
+        assert ret != 0 or flags & FOLL_NOWAIT, f"{entry.name} returned 0 without FOLL_NOWAIT"
         if ret <= 0:
             assert net == acq0, "a failed call left pins behind"
             assert not [pg for pg in pages if pg is not None]
             return
         assert ret <= n
         assert len([pg for pg in pages[:ret] if pg is not None]) == ret
-        pin = entry.startswith("pin_")
+        pin = entry.pins
         assert net - acq0 == (self._counted(pages[:ret]) if pin else 0)
         if pin:
             pr.had_pins = True

@@ -2,9 +2,11 @@
 
 `ProcessPinning` gives a process the GUP calls a driver makes on behalf of `current`
 (the process): `p.pin_user_pages_fast(...)`. Calls whose kernel contract says the
-caller holds mmap_lock (`get_user_pages`, `pin_user_pages`, `*_remote`) take it here,
-as the driver would around the call. `KernelPinning` gives the machine the remote
-calls, the release calls, device access to pinned frames, and the sanitizer.
+caller holds mmap_lock (`get_user_pages`, `pin_user_pages`, `*_remote`) take it, as
+the driver would around the call. `KernelPinning` gives the machine the remote calls,
+the release calls, device access to pinned frames, and the sanitizer. The GUP methods
+of both are built from the table of entry points (`gup/entry.py`), once per row: the
+process gets the rows that run on current->mm, the machine the remote ones.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from ..memory import Folio, Kind, Page
 from ..mm import MM
 from . import api
 from .accounting import account_locked_vm
-from .slow import mmap_read_lock, mmap_read_unlock
+from .entry import ENTRY_POINTS, kernel_method, process_method
 from .state import GupState, register_machine
 
 if TYPE_CHECKING:
@@ -25,78 +27,11 @@ if TYPE_CHECKING:
     from ..mm import Cred, MMEnv
 
 
-class _Locked:
-    """Hold mmap_lock for read around a call that requires the caller to hold it."""
-
-    def __init__(self, mm: MM, locked: list[int] | None = None) -> None:
-        self.mm = mm
-        self.locked = locked
-        self.taken = False
-
-    def __enter__(self) -> _Locked:
-        if self.locked is None or self.locked[0] == 1:
-            mmap_read_lock(self.mm)
-            self.taken = True
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        # with `locked`, GUP reports through it whether the lock is still held
-        if self.taken and (self.locked is None or self.locked[0] == 1):
-            mmap_read_unlock(self.mm)
-
-
 class ProcessPinning:
     """GUP calls made with this process as `current` (see module docstring)."""
 
     kernel: Any
     mm: MM
-
-    def _as_current(self):
-        self._live()   # type: ignore[attr-defined]
-        return api.running_as(self.kernel.env, self.mm, self)
-
-    def get_user_pages(self, start: int, nr_pages: int, gup_flags: int, pages) -> int:
-        with self._as_current(), _Locked(self.mm):
-            return api.get_user_pages(start, nr_pages, gup_flags, pages)
-
-    def get_user_pages_unlocked(self, start: int, nr_pages: int, pages, gup_flags: int) -> int:
-        with self._as_current():
-            return api.get_user_pages_unlocked(start, nr_pages, pages, gup_flags)
-
-    def get_user_pages_fast(self, start: int, nr_pages: int, gup_flags: int, pages) -> int:
-        with self._as_current():
-            return api.get_user_pages_fast(start, nr_pages, gup_flags, pages)
-
-    def get_user_pages_fast_only(self, start: int, nr_pages: int, gup_flags: int,
-                                 pages) -> int:
-        with self._as_current():
-            return api.get_user_pages_fast_only(start, nr_pages, gup_flags, pages)
-
-    def get_user_page_fast_only(self, addr: int, gup_flags: int, pagep: list) -> bool:
-        with self._as_current():
-            return api.get_user_page_fast_only(addr, gup_flags, pagep)
-
-    def pin_user_pages(self, start: int, nr_pages: int, gup_flags: int, pages) -> int:
-        with self._as_current(), _Locked(self.mm):
-            return api.pin_user_pages(start, nr_pages, gup_flags, pages)
-
-    def pin_user_pages_fast(self, start: int, nr_pages: int, gup_flags: int, pages) -> int:
-        with self._as_current():
-            return api.pin_user_pages_fast(start, nr_pages, gup_flags, pages)
-
-    def pin_user_pages_unlocked(self, start: int, nr_pages: int, pages, gup_flags: int) -> int:
-        with self._as_current():
-            return api.pin_user_pages_unlocked(start, nr_pages, pages, gup_flags)
-
-    # seed-era wrappers (v2 - v4 of the FOLL_PIN series), see gup/api.py
-    def pin_longterm_pages(self, start: int, nr_pages: int, gup_flags: int, pages) -> int:
-        with self._as_current(), _Locked(self.mm):
-            return api.pin_longterm_pages(start, nr_pages, gup_flags, pages)
-
-    def pin_longterm_pages_fast(self, start: int, nr_pages: int, gup_flags: int,
-                                pages) -> int:
-        with self._as_current():
-            return api.pin_longterm_pages_fast(start, nr_pages, gup_flags, pages)
 
     def account_locked_vm(self, pages: int, inc: bool) -> int:
         """account_locked_vm(current->mm, pages, inc) with this process's limits."""
@@ -117,26 +52,11 @@ class KernelPinning:
 
     @property
     def gup(self) -> GupState:
-        """Pinning-layer state: race points (`k.gup.on_race(...)`), last migration failure."""
+        """Pinning-layer state: the path each GUP call took (`k.gup.last_call`,
+        `k.gup.calls`), race points (`k.gup.on_race(...)`), the last migration failure."""
         return register_machine(self.env)
 
-    # -- remote GUP ------------------------------------------------------------------------
-
-    def get_user_pages_remote(self, mm: MM, start: int, nr_pages: int, gup_flags: int, pages,
-                              locked: list[int] | None) -> int:
-        with _Locked(mm, locked):
-            return api.get_user_pages_remote(mm, start, nr_pages, gup_flags, pages, locked)
-
-    def pin_user_pages_remote(self, mm: MM, start: int, nr_pages: int, gup_flags: int, pages,
-                              locked: list[int] | None) -> int:
-        with _Locked(mm, locked):
-            return api.pin_user_pages_remote(mm, start, nr_pages, gup_flags, pages, locked)
-
-    def pin_longterm_pages_remote(self, mm: MM, start: int, nr_pages: int, gup_flags: int,
-                                  pages, locked: list[int] | None) -> int:
-        with _Locked(mm, locked):
-            return api.pin_longterm_pages_remote(mm, start, nr_pages, gup_flags, pages,
-                                                 locked)
+    # -- GUP: the *_remote entry points are added below, from the table ------------------
 
     def memfd_pin_folios(self, memfd, start: int, end: int, folios: list, max_folios: int,
                          offset: list[int]) -> int:
@@ -218,3 +138,12 @@ class KernelPinning:
 
     def account_locked_vm(self, mm: MM, pages: int, inc: bool, cred: Cred) -> int:
         return account_locked_vm(mm, pages, inc, cred)
+
+
+# The GUP entry points, one method per row of the table: a remote variant (it names its
+# mm) belongs to the machine, the others to the process that is current.
+for _ep in ENTRY_POINTS:
+    if _ep.takes_mm:
+        setattr(KernelPinning, _ep.name, kernel_method(_ep))
+    else:
+        setattr(ProcessPinning, _ep.name, process_method(_ep))

@@ -29,7 +29,7 @@ from .flags import (
 from .grab import gup_put_pfns, try_grab_pfns_fast
 from .longterm import __gup_longterm_locked, longterm_pinnable
 from .pages import PagesOut
-from .state import race_point
+from .state import PATH_FALLBACK, PATH_INVALID, note_gup, race_point
 
 TASK_SIZE_MAX = TASK_SIZE - PAGE_SIZE
 _U64 = 1 << 64
@@ -169,6 +169,7 @@ def gup_fast_fallback(env: MMEnv, mm: MM, start: int, nr_pages: int, gup_flags: 
                                  "gup_fast_fallback: flag not allowed",
                                  f"{foll_flags_str(gup_flags & ~FAST_GUP_ALLOWED)} is not "
                                  "supported by the fast entry points"):
+        note_gup(mem, path=PATH_INVALID)
         return -EINVAL
     if gup_flags & FOLL_PIN:
         mm.flags |= MMF.HAS_PINNED
@@ -176,17 +177,21 @@ def gup_fast_fallback(env: MMEnv, mm: MM, start: int, nr_pages: int, gup_flags: 
     length = ((nr_pages % _U64) << PAGE_SHIFT) % _U64
     end = start + length
     if end >= _U64:
+        note_gup(mem, path=PATH_INVALID)        # the range checks of spec 1.4
         return -EOVERFLOW
     if end > TASK_SIZE_MAX:
+        note_gup(mem, path=PATH_INVALID)
         return -EFAULT
     out = PagesOut(pages, mem)
     nr_pinned = gup_fast(env, mm, start, end, gup_flags, out) if nr_pages > 0 else 0
+    note_gup(mem, fast=nr_pinned)
     if nr_pinned == nr_pages or gup_flags & FOLL_FAST_ONLY:
         return nr_pinned
     locked = [0]
     ret = __gup_longterm_locked(env, mm, start + (nr_pinned << PAGE_SHIFT),
                                 nr_pages - nr_pinned, out.sub(nr_pinned), locked,
                                 gup_flags | FOLL_TOUCH | FOLL_UNLOCKABLE)
+    note_gup(mem, path=PATH_FALLBACK, slow=ret)
     if ret < 0:
         return nr_pinned if nr_pinned else ret
     return ret + nr_pinned

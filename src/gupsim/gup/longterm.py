@@ -24,7 +24,7 @@ from .flags import FOLL_LONGTERM, FOLL_PIN
 from .grab import gup_put_pfns, try_grab_folio
 from .pages import PagesOut
 from .slow import __get_user_pages_locked
-from .state import gup_state, race_point
+from .state import gup_state, note_gup, race_point
 
 
 def longterm_pinnable(mem: MemMap, heads: np.ndarray) -> np.ndarray:
@@ -86,6 +86,7 @@ def check_and_migrate_pfns(env: MMEnv, pfns: np.ndarray, unpin_all: Callable[[],
 def _longterm_retry(env: MMEnv, rounds: int) -> bool:
     """True when the loop must give up: the kernel would spin; the model stops, warns."""
     st = gup_state(env.mem)
+    note_gup(env.mem, migrate_rounds=rounds)
     if rounds < st.migrate_retry_limit:
         return False
     env.mem.warnings.warn_on_once(

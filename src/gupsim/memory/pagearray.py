@@ -8,6 +8,7 @@ array directly with no per-page Python. Entry -1 is a NULL pointer.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import overload
 
 import numpy as np
 
@@ -45,6 +46,11 @@ class PageArray:
 
     def __len__(self) -> int:
         return len(self.pfns)
+
+    @overload
+    def __getitem__(self, i: int) -> Page | None: ...
+    @overload
+    def __getitem__(self, i: slice) -> PageArray: ...
 
     def __getitem__(self, i: int | slice) -> Page | None | PageArray:
         if isinstance(i, slice):

@@ -28,7 +28,7 @@ from .flags import (
 )
 from .grab import gup_put_pfns, try_grab_pfns_fast
 from .longterm import __gup_longterm_locked, longterm_pinnable
-from .pages import PagesOut
+from .pages import Pages, PagesOut
 from .state import race_point
 
 TASK_SIZE_MAX = TASK_SIZE - PAGE_SIZE
@@ -162,7 +162,7 @@ def gup_fast(env: MMEnv, mm: MM, start: int, end: int, flags: int, out: PagesOut
 
 
 def gup_fast_fallback(env: MMEnv, mm: MM, start: int, nr_pages: int, gup_flags: int,
-                      pages) -> int:
+                      pages: Pages | None) -> int:
     """GUP-fast, then the slow path for the rest unless FOLL_FAST_ONLY (spec 1.4, 2.3, 7)."""
     mem = env.mem
     if mem.warnings.warn_on_once(bool(gup_flags & ~FAST_GUP_ALLOWED),
@@ -179,6 +179,7 @@ def gup_fast_fallback(env: MMEnv, mm: MM, start: int, nr_pages: int, gup_flags: 
         return -EOVERFLOW
     if end > TASK_SIZE_MAX:
         return -EFAULT
+    assert pages is not None, "is_valid_gup_args() refuses FOLL_GET/FOLL_PIN without pages"
     out = PagesOut(pages, mem)
     nr_pinned = gup_fast(env, mm, start, end, gup_flags, out) if nr_pages > 0 else 0
     if nr_pinned == nr_pages or gup_flags & FOLL_FAST_ONLY:

@@ -344,10 +344,12 @@ def __get_user_pages(env: MMEnv, mm: MM, start: int, nr_pages: int, gup_flags: i
 
 
 def mmap_read_lock(mm: MM) -> None:
+    """Take mmap_lock for read (a count: the model never blocks)."""
     mm.mmap_lock.readers += 1
 
 
 def mmap_read_unlock(mm: MM) -> None:
+    """Drop a read hold of mmap_lock (never below zero)."""
     mm.mmap_lock.readers = max(0, mm.mmap_lock.readers - 1)
 
 

@@ -7,7 +7,7 @@ array directly with no per-page Python. Entry -1 is a NULL pointer.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import overload
 
 import numpy as np
@@ -78,7 +78,7 @@ class PageArray:
         return f"<PageArray {filled}/{len(self)} filled>"
 
 
-def pfns_of(pages: list[Page | None] | PageArray, n: int | None = None) -> np.ndarray:
+def pfns_of(pages: Sequence[Page | None] | PageArray, n: int | None = None) -> np.ndarray:
     """The first `n` entries of a pages array as PFNs (NULL as -1), without copying a PageArray."""
     if isinstance(pages, PageArray):
         return pages.pfns[:n] if n is not None else pages.pfns

@@ -104,8 +104,9 @@ class IoUring:
             self.fd = libc.syscall(libc.SYS_io_uring_setup, self.entries, self.params,
                                    name="io_uring_setup")
         except OSError as exc:
-            hint = {errno.ENOSYS: "the kernel has no io_uring (CONFIG_IO_URING=n)",
-                    errno.EPERM: "io_uring is disabled: see /proc/sys/kernel/io_uring_disabled"}
+            hint: dict[int | None, str] = {
+                errno.ENOSYS: "the kernel has no io_uring (CONFIG_IO_URING=n)",
+                errno.EPERM: "io_uring is disabled: see /proc/sys/kernel/io_uring_disabled"}
             raise OSError(exc.errno, f"{exc.strerror}; {hint.get(exc.errno, '')}") from exc
         self._finalizer = weakref.finalize(self, _close_ring, self.fd, self._maps)
         try:

@@ -62,10 +62,12 @@ _MAX_FAULT_RETRIES = 8
 
 
 def vma_is_fsdax(vma: VMA) -> bool:
+    """vma_is_fsdax(): maps fs-dax device memory, which long-term pins must refuse."""
     return vma.file is not None and vma.file.kind == Kind.FSDAX
 
 
 def vma_is_secretmem(vma: VMA) -> bool:
+    """vma_is_secretmem(): a memfd_secret() mapping, which GUP refuses outright."""
     return vma.file is not None and vma.file.kind == Kind.SECRETMEM
 
 

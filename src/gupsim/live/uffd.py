@@ -38,20 +38,28 @@ _ioctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p]
 
 
 class uffdio_api(ctypes.Structure):  # noqa: N801 - the kernel's name
+    """struct uffdio_api: the UFFDIO_API handshake (API version in; features, ioctls out)."""
+
     _fields_ = [("api", ctypes.c_uint64), ("features", ctypes.c_uint64),
                 ("ioctls", ctypes.c_uint64)]
 
 
 class uffdio_range(ctypes.Structure):  # noqa: N801
+    """struct uffdio_range: [start, start + len) of the registered or resolved memory."""
+
     _fields_ = [("start", ctypes.c_uint64), ("len", ctypes.c_uint64)]
 
 
 class uffdio_register(ctypes.Structure):  # noqa: N801
+    """struct uffdio_register: UFFDIO_REGISTER of a range in a mode (MISSING here)."""
+
     _fields_ = [("range", uffdio_range), ("mode", ctypes.c_uint64),
                 ("ioctls", ctypes.c_uint64)]
 
 
 class uffdio_zeropage(ctypes.Structure):  # noqa: N801
+    """struct uffdio_zeropage: UFFDIO_ZEROPAGE resolves a missing fault with the zero page."""
+
     _fields_ = [("range", uffdio_range), ("mode", ctypes.c_uint64),
                 ("zeropage", ctypes.c_int64)]
 

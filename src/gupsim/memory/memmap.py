@@ -175,7 +175,7 @@ class MemMap:
         self.flags[pfn] &= np.uint32(~flag & 0xFFFFFFFF)
 
     def nr_pages_of(self, head: int) -> int:
-        """folio_nr_pages() of the folio whose head is `head` (1 for a tail or free frame)."""
+        """folio_nr_pages() of the folio whose head is `head` (1 if `head` is a tail page)."""
         return 1 << int(self.order[head])
 
     @overload

@@ -214,7 +214,7 @@ class Process(ProcessPinning):
         self._step("munmap", sc.do_munmap, self._env, self.mm, addr, length)
 
     def mprotect(self, addr: int, length: int, prot: int) -> None:
-        """mprotect(2): raises OSError(ENOMEM) for a hole, EACCES for a read-only file."""
+        """mprotect(2): ENOMEM for a hole, EACCES for PROT_WRITE on a read-only shared file."""
         self._step("mprotect", sc.do_mprotect, self._env, self.mm, addr, length, prot)
 
     def madvise(self, addr: int, length: int, advice: int) -> None:

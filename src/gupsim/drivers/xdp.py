@@ -33,7 +33,7 @@ class XdpSocket:
         self.user: UserStruct | None = None    # charged for the UMEM (no CAP_IPC_LOCK)
 
     def umem_reg(self, addr: int, length: int, chunk_size: int = PAGE_SIZE) -> None:
-        """setsockopt(XDP_UMEM_REG): charge locked_vm, then pin the whole area or fail."""
+        """setsockopt(XDP_UMEM_REG): charge locked_vm (no CAP_IPC_LOCK), pin it all or undo both."""
         if self.pages is not None:
             raise OSError(errno.EBUSY, "this socket already has a UMEM")
         if chunk_size < XDP_UMEM_MIN_CHUNK_SIZE or chunk_size > PAGE_SIZE or \

@@ -311,7 +311,7 @@ class Inode:
         return bytes(out)
 
     def pwrite(self, off: int, data: bytes) -> int:
-        """write() through the page cache, dirtying folios; bytes written (short if ENOSPC)."""
+        """write() through the page cache, dirtying folios; bytes written (short on late errors)."""
         check_offset(off)
         if not self.rw_supported:
             raise oserror(errno.EINVAL, f"{self.fs_name} files cannot be written with write(); "

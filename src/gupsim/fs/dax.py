@@ -114,7 +114,7 @@ class DaxInode(Inode):
     # -- truncation --------------------------------------------------------------------
 
     def truncate(self, size: int) -> None:
-        """Truncate after ext4_break_layouts(); EINTR while a frame is busy (a pin)."""
+        """A shrink runs ext4_break_layouts() first: EINTR while a frame is busy (pinned)."""
         if isinstance(size, int) and not isinstance(size, bool) and 0 <= size < self.size:
             self._break_layouts()
         super().truncate(size)

@@ -155,7 +155,7 @@ class Folio:
 
     @property
     def is_zero(self) -> bool:
-        """is_zero_folio(): the shared zero page, which GUP may return but never counts."""
+        """is_zero_folio(): the shared zero page, which GUP may return but never pin-counts."""
         return self.kind == Kind.ZERO
 
     @property

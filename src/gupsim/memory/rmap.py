@@ -14,7 +14,7 @@ import numpy as np
 
 
 class RmapWalker(Protocol):
-    """What memory-level code may ask of the page tables; `mm.rmap` installs the real one."""
+    """What memory-level code may ask of the page tables (`mm.rmap.MMRmap` answers it)."""
 
     def mkclean(self, head: int) -> int:
         """page_mkclean(): write-protect and clean every PTE mapping the folio; return how many."""

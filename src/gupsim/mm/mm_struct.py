@@ -267,7 +267,7 @@ def zap_range(mm: MM, vma: VMA, i0: int, i1: int, swap: SwapDevice | None = None
 
 
 def zap_vma(mm: MM, vma: VMA, swap: SwapDevice | None = None) -> None:
-    """unmap_vmas() for one whole VMA (munmap, exit, a child's VM_WIPEONFORK copy)."""
+    """unmap_vmas() for one whole VMA (exit, and the teardown of a child whose fork failed)."""
     zap_range(mm, vma, 0, vma.nr_pages, swap)
 
 

@@ -308,7 +308,7 @@ def _covering(mm: MM, start: int, end: int) -> list[VMA]:
 
 
 def do_mprotect(env: MMEnv, mm: MM, addr: int, length: int, prot: int) -> None:
-    """mprotect(2): ENOMEM for a hole, EACCES for PROT_WRITE on a file opened read-only."""
+    """mprotect(2): ENOMEM for a hole, EACCES for PROT_WRITE on a read-only file's shared map."""
     if addr % PAGE_SIZE:
         raise fail(errno.EINVAL, f"address {addr:#x} is not page aligned")
     _check_prot(prot)

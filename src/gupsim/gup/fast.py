@@ -10,6 +10,7 @@ bracket the walk with `write_protect_seq` and drop everything if fork ran meanwh
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import NDArray
 
 from ..constants import EFAULT, EINVAL, EOVERFLOW, PAGE_SHIFT, PAGE_SIZE, TASK_SIZE
 from ..memory import PG, Kind
@@ -35,7 +36,7 @@ TASK_SIZE_MAX = TASK_SIZE - PAGE_SIZE
 _U64 = 1 << 64
 
 
-def gup_fast_folio_allowed(env: MMEnv, heads: np.ndarray, flags: int) -> np.ndarray:
+def gup_fast_folio_allowed(env: MMEnv, heads: np.ndarray, flags: int) -> NDArray[np.bool_]:
     """Vectorised gup_fast_folio_allowed(): secretmem never; long-term writable pins only
     of anon, shmem and hugetlb folios (a NULL mapping, e.g. after truncate, falls back)."""
     mem = env.mem

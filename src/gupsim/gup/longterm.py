@@ -13,6 +13,7 @@ import contextlib
 from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
+from numpy.typing import NDArray
 
 from ..constants import EAGAIN, EINVAL, ENOMEM, PAGE_SHIFT, PAGE_SIZE
 from ..memory import Folio, Kind, MemMap, Zone
@@ -27,7 +28,7 @@ from .slow import __get_user_pages_locked
 from .state import gup_state, race_point
 
 
-def longterm_pinnable(mem: MemMap, heads: np.ndarray) -> np.ndarray:
+def longterm_pinnable(mem: MemMap, heads: np.ndarray) -> NDArray[np.bool_]:
     """Vectorised folio_is_longterm_pinnable() over head PFNs."""
     kind = mem.kind[heads]
     zero = (kind == Kind.ZERO) | (kind == Kind.HUGE_ZERO)

@@ -25,6 +25,7 @@ from enum import IntEnum
 from typing import overload
 
 import numpy as np
+from numpy.typing import NDArray
 
 from ..constants import PAGE_SIZE
 from ..warn import WarnLog
@@ -143,9 +144,9 @@ class MemMap:
     @overload
     def zone_of(self, pfn: int) -> Zone: ...
     @overload
-    def zone_of(self, pfn: np.ndarray) -> np.ndarray: ...
+    def zone_of(self, pfn: np.ndarray) -> NDArray[np.int8]: ...
 
-    def zone_of(self, pfn: int | np.ndarray) -> Zone | np.ndarray:
+    def zone_of(self, pfn: int | np.ndarray) -> Zone | NDArray[np.int8]:
         """page_zonenum(): the zone a frame belongs to (an int8 array of Zone values for arrays)."""
         if isinstance(pfn, np.ndarray):
             return (pfn >= self.movable_start).astype(np.int8)
@@ -154,9 +155,9 @@ class MemMap:
     @overload
     def is_cma(self, pfn: int) -> bool: ...
     @overload
-    def is_cma(self, pfn: np.ndarray) -> np.ndarray: ...
+    def is_cma(self, pfn: np.ndarray) -> NDArray[np.bool_]: ...
 
-    def is_cma(self, pfn: int | np.ndarray) -> bool | np.ndarray:
+    def is_cma(self, pfn: int | np.ndarray) -> bool | NDArray[np.bool_]:
         """True if the pageblock of `pfn` has migratetype MIGRATE_CMA."""
         if isinstance(pfn, np.ndarray):
             return (pfn >= self.cma_start) & (pfn < self.cma_end)
@@ -181,9 +182,9 @@ class MemMap:
     @overload
     def has_pincount(self, head: int) -> bool: ...
     @overload
-    def has_pincount(self, head: np.ndarray) -> np.ndarray: ...
+    def has_pincount(self, head: np.ndarray) -> NDArray[np.bool_]: ...
 
-    def has_pincount(self, head: int | np.ndarray) -> bool | np.ndarray:
+    def has_pincount(self, head: int | np.ndarray) -> bool | NDArray[np.bool_]:
         """folio_has_pincount() on 64-bit: every large folio keeps an exact `_pincount`."""
         if isinstance(head, np.ndarray):
             return self.order[head] > 0

@@ -7,6 +7,7 @@ of access, so a view never goes stale. Two views of the same frame compare equal
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import NDArray
 
 from .memmap import PG, Kind, MemMap, Zone
 
@@ -211,7 +212,7 @@ def page_maybe_dma_pinned(page: Page) -> bool:
     return folio_maybe_dma_pinned(page.folio)
 
 
-def maybe_dma_pinned_pfns(mem: MemMap, heads: np.ndarray) -> np.ndarray:
+def maybe_dma_pinned_pfns(mem: MemMap, heads: np.ndarray) -> NDArray[np.bool_]:
     """Vectorised folio_maybe_dma_pinned() over an array of head PFNs."""
     large = mem.order[heads] > 0
     small_pinned = (mem.refcount[heads] & 0xFFFFFFFF) >= GUP_PIN_COUNTING_BIAS

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 
 import numpy as np
+from numpy.typing import NDArray
 
 from ..memory import PG, Kind, OutOfMemory
 from ..memory.page import maybe_dma_pinned_pfns
@@ -23,7 +24,7 @@ class ForkFailed(OSError):
     """fork() could not copy the address space (ENOMEM): the child was torn down again."""
 
 
-def folio_needs_cow_for_dma(env: MMEnv, mm: MM, heads: np.ndarray) -> np.ndarray:
+def folio_needs_cow_for_dma(env: MMEnv, mm: MM, heads: np.ndarray) -> NDArray[np.bool_]:
     """Vectorised folio_needs_cow_for_dma(): the mm ever pinned and the folio may be pinned."""
     if not mm.flags & MMF.HAS_PINNED:
         return np.zeros(len(heads), dtype=bool)

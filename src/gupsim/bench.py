@@ -17,6 +17,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import TypeVar
 
 import gupsim
 
@@ -26,6 +27,8 @@ from .live.errors import HostUnsupported
 
 FLAGS = FOLL_WRITE | FOLL_LONGTERM
 MAX_URING_BUFFER = 1 << 30          # io_uring refuses a single buffer above 1 GiB
+
+S = TypeVar("S")                    # what a benchmark's set-up hands to pin/unpin/cleanup
 
 
 @dataclass
@@ -46,12 +49,12 @@ class Row:
         return None if not self.host_pin else self.model_pin / self.host_pin
 
     def as_dict(self) -> dict[str, object]:
+        """The row as plain data, ratio included, for `gupsim bench --json`."""
         return asdict(self) | {"ratio": self.ratio}
 
 
-def _best(repeat: int, setup: Callable[[], object], pin: Callable[[object], None],
-          unpin: Callable[[object], None], cleanup: Callable[[object], None]
-          ) -> tuple[float, float]:
+def _best(repeat: int, setup: Callable[[], S], pin: Callable[[S], None],
+          unpin: Callable[[S], None], cleanup: Callable[[S], None]) -> tuple[float, float]:
     """(best pin seconds, best unpin seconds) over `repeat` fresh set-ups."""
     best_pin, best_unpin = float("inf"), float("inf")
     for _ in range(repeat):
@@ -79,16 +82,16 @@ def model_cost(pages: int, prefault: bool, repeat: int) -> tuple[float, float]:
         a = p.mmap(0, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | populate)
         return a, gupsim.PageArray(pages)
 
-    def pin(state) -> None:
+    def pin(state: tuple[int, gupsim.PageArray]) -> None:
         a, vec = state
         n = p.pin_user_pages_fast(a, pages, FLAGS, vec)
         if n != pages:
             raise RuntimeError(f"model pinned {n} of {pages} pages")
 
-    def unpin(state) -> None:
+    def unpin(state: tuple[int, gupsim.PageArray]) -> None:
         k.unpin_user_pages(state[1])
 
-    def cleanup(state) -> None:
+    def cleanup(state: tuple[int, gupsim.PageArray]) -> None:
         if k.vmstat["nr_foll_pin_acquired"] != k.vmstat["nr_foll_pin_released"]:
             k.unpin_user_pages(state[1])    # the pin succeeded but the unpin never ran
         p.munmap(state[0], size)
@@ -133,6 +136,7 @@ def host_cost(pages: int, prefault: bool, repeat: int) -> tuple[float, float]:
 
 
 def host_skip_reason() -> str:
+    """Why the host side cannot run here ("" if it can): io_uring must be usable."""
     from .live import host_capabilities
     cap = host_capabilities()["io_uring"]
     return "" if cap else f"io_uring: {cap.reason}"

@@ -9,6 +9,9 @@ process as `current`.
 from __future__ import annotations
 
 import itertools
+from collections import Counter
+from collections.abc import Callable
+from typing import TypeVar
 
 from .check.invariants import InvariantViolation, check_invariants
 from .constants import CAP_IPC_LOCK, PAGE_SHIFT, PAGE_SIZE, PMD_ORDER, PUD_ORDER
@@ -19,6 +22,7 @@ from .memory.units import parse_size
 from .mm import (
     MM,
     Cred,
+    MappableFile,
     MMEnv,
     MMRmap,
     SwapDevice,
@@ -31,6 +35,8 @@ from .mm import (
 from .mm import syscalls as sc
 from .mm.mm_struct import RLIMIT_DEFAULT_MEMLOCK, UserStruct
 from .warn import WarnLog
+
+T = TypeVar("T")
 
 
 class Kernel(KernelPinning):
@@ -86,7 +92,7 @@ class Kernel(KernelPinning):
         return self.env.thp
 
     @property
-    def vmstat(self):
+    def vmstat(self) -> Counter[str]:
         """/proc/vmstat counters (nr_foll_pin_acquired, nr_foll_pin_released, ...)."""
         return self.mem.vmstat
 
@@ -133,6 +139,7 @@ class Kernel(KernelPinning):
         return p
 
     def user(self, uid: int) -> UserStruct:
+        """The user_struct of `uid` (created on first use): io_uring and XDP charge it."""
         return self.users.setdefault(uid, UserStruct(uid))
 
     # -- checking and inspection -----------------------------------------------------------
@@ -142,6 +149,7 @@ class Kernel(KernelPinning):
         return check_invariants(self.mem, self.env.mms)
 
     def after_step(self, what: str) -> None:
+        """With `debug=True`, raise InvariantViolation if `what` left the machine inconsistent."""
         if self.debug:
             bad = self.check()
             if bad:
@@ -154,6 +162,7 @@ class Kernel(KernelPinning):
                          describe_mapping=self.filesystems.describe_mapping)
 
     def page(self, pfn: int) -> Page:
+        """pfn_to_page(): a view of frame `pfn` (any frame, allocated or not)."""
         return Page(self.mem, pfn)
 
     def meminfo(self) -> dict[str, int]:
@@ -182,7 +191,7 @@ class Process(ProcessPinning):
         if not self.alive:
             raise ProcessLookupError(f"process {self.pid} ({self.comm}) has exited")
 
-    def _step(self, what: str, fn, *args):
+    def _step(self, what: str, fn: Callable[..., T], *args: object) -> T:
         self._live()
         result = fn(*args)
         self.kernel.after_step(what)
@@ -194,33 +203,39 @@ class Process(ProcessPinning):
 
     # -- memory system calls ---------------------------------------------------------------
 
-    def mmap(self, addr: int, length: int, prot: int, flags: int, fd=None,
-             offset: int = 0) -> int:
+    def mmap(self, addr: int, length: int, prot: int, flags: int,
+             fd: MappableFile | None = None, offset: int = 0) -> int:
         """mmap(2): returns the address, raises OSError(errno) as Linux would."""
         return self._step("mmap", sc.do_mmap, self._env, self.mm, self.cred, addr, length,
                           prot, flags, fd, offset)
 
     def munmap(self, addr: int, length: int) -> None:
+        """munmap(2); pinned pages stay allocated until unpinned."""
         self._step("munmap", sc.do_munmap, self._env, self.mm, addr, length)
 
     def mprotect(self, addr: int, length: int, prot: int) -> None:
+        """mprotect(2): ENOMEM for a hole, EACCES for PROT_WRITE on a read-only shared file."""
         self._step("mprotect", sc.do_mprotect, self._env, self.mm, addr, length, prot)
 
     def madvise(self, addr: int, length: int, advice: int) -> None:
+        """madvise(2): advises the mapped parts, then raises OSError(ENOMEM) if there was a hole."""
         self._step("madvise", sc.do_madvise, self._env, self.mm, addr, length, advice)
 
     def mremap(self, old_addr: int, old_size: int, new_size: int, flags: int = 0,
                new_addr: int = 0) -> int:
+        """mremap(2): returns the (possibly new) address of the mapping."""
         return self._step("mremap", sc.do_mremap, self._env, self.mm, old_addr, old_size,
                           new_size, flags, new_addr)
 
     def mlock(self, addr: int, length: int, flags: int = 0) -> None:
+        """mlock2(2): VmLck grows; raises EPERM/ENOMEM past RLIMIT_MEMLOCK without CAP_IPC_LOCK."""
         self._step("mlock", sc.do_mlock, self._env, self.mm, self.cred, addr, length, flags)
 
     def munlock(self, addr: int, length: int) -> None:
+        """munlock(2): VmLck shrinks; pins are not locks and stay."""
         self._step("munlock", sc.do_munlock, self._env, self.mm, addr, length)
 
-    def memfd_create(self, name: str, flags: int = 0):
+    def memfd_create(self, name: str, flags: int = 0) -> File:
         """memfd_create(2): an anonymous tmpfs (or, with MFD_HUGETLB, hugetlbfs) file."""
         self._live()
         return self.kernel.filesystems.memfd_create(name, flags)

@@ -20,15 +20,17 @@ from .constants import (
     PROT_WRITE,
 )
 from .gup import FOLL_LONGTERM, FOLL_WRITE
-from .kernel import Kernel
+from .kernel import Kernel, Process
 from .memory import page_maybe_dma_pinned
-from .mm import PTE
+from .mm import PTE, VMA
 
 RW = PROT_READ | PROT_WRITE
 
 
 @dataclass
 class Step:
+    """One step of the tour: what it shows, the figures to look at, and whether they held."""
+
     title: str
     story: str
     facts: dict[str, Any] = field(default_factory=dict)
@@ -36,16 +38,25 @@ class Step:
     ok: bool = True
 
     def as_dict(self) -> dict[str, Any]:
+        """The step as plain data, for `gupsim demo --json`."""
         return {"title": self.title, "story": self.story, "facts": self.facts,
                 "dump": self.dump, "ok": self.ok}
 
 
-def _pfn(p, addr: int) -> int:
+def _vma(p: Process, addr: int) -> VMA:
     vma = p.mm.find_vma(addr)
+    if vma is None:
+        raise RuntimeError(f"tour: {addr:#x} is not mapped in {p!r}, the step is wrong")
+    return vma
+
+
+def _pfn(p: Process, addr: int) -> int:
+    vma = _vma(p, addr)
     return int(vma.pfn[vma.idx(addr)])
 
 
 def step_zero_page() -> Step:
+    """A first read maps the shared zero page; the first write gets an exclusive page."""
     k = Kernel(memory="64MiB")
     p = k.spawn("app")
     a = p.mmap(0, PAGE_SIZE, RW, MAP_PRIVATE | MAP_ANONYMOUS)
@@ -63,6 +74,7 @@ def step_zero_page() -> Step:
 
 
 def step_fork_cow() -> Step:
+    """fork() shares a private page write-protected; the first write copies it."""
     k = Kernel(memory="64MiB")
     p = k.spawn("parent")
     a = p.mmap(0, PAGE_SIZE, RW, MAP_PRIVATE | MAP_ANONYMOUS)
@@ -70,8 +82,8 @@ def step_fork_cow() -> Step:
     child = p.fork("child")
     shared = _pfn(p, a) == _pfn(child, a)
     page = k.page(_pfn(p, a))
-    facts = {"after fork: same frame": shared, "refcount": page.refcount,
-             "mapcount": page.mapcount, "anon-exclusive": page.anon_exclusive}
+    facts: dict[str, Any] = {"after fork: same frame": shared, "refcount": page.refcount,
+                             "mapcount": page.mapcount, "anon-exclusive": page.anon_exclusive}
     dump = k.dump_page(page)
     child.write(a, b"child data!")
     facts["after the child writes: parent reads"] = p.read(a, 11)
@@ -86,6 +98,7 @@ def step_fork_cow() -> Step:
 
 
 def step_shared_file() -> Step:
+    """A shared ext4 mapping: dirty, written back, write-protected, re-dirtied on write."""
     k = Kernel(memory="64MiB")
     f = k.fs("ext4").create("log", PAGE_SIZE)
     p, q = k.spawn("writer"), k.spawn("reader")
@@ -93,9 +106,9 @@ def step_shared_file() -> Step:
     b = q.mmap(0, PAGE_SIZE, PROT_READ, MAP_SHARED, fd=f)
     p.write(a, b"shared!")
     folio = k.page(_pfn(p, a)).folio
-    facts = {"reader sees": q.read(b, 7), "page-cache folio dirty": folio.dirty}
+    facts: dict[str, Any] = {"reader sees": q.read(b, 7), "page-cache folio dirty": folio.dirty}
     f.fsync()
-    vma = p.mm.find_vma(a)
+    vma = _vma(p, a)
     facts["after writeback: dirty"] = folio.dirty
     facts["writer's PTE writable"] = bool(vma.pte[0] & PTE.WRITE)
     p.write(a, b"again")
@@ -116,6 +129,7 @@ def _pins(k: Kernel) -> tuple[int, int]:
 
 
 def step_pin() -> Step:
+    """A pin adds GUP_PIN_COUNTING_BIAS to a small page, 1 to a large folio's pincount."""
     k = Kernel(memory="64MiB", nr_hugepages=1)
     p = k.spawn("driver")
     a = p.mmap(0, PAGE_SIZE, RW, MAP_PRIVATE | MAP_ANONYMOUS)
@@ -153,6 +167,7 @@ def step_pin() -> Step:
 
 
 def step_false_positive() -> Step:
+    """1024 ordinary references make page_maybe_dma_pinned() say yes: "maybe" means maybe."""
     k = Kernel(memory="64MiB")
     p = k.spawn("app")
     a = p.mmap(0, PAGE_SIZE, RW, MAP_PRIVATE | MAP_ANONYMOUS)
@@ -160,8 +175,8 @@ def step_false_positive() -> Step:
     page = k.page(_pfn(p, a))
     for _ in range(1024):
         k.get_page(page)          # ordinary references, e.g. 1024 in-flight splices
-    facts = {"pins taken": 0, "refcount": page.refcount,
-             "page_maybe_dma_pinned": page_maybe_dma_pinned(page)}
+    facts: dict[str, Any] = {"pins taken": 0, "refcount": page.refcount,
+                             "page_maybe_dma_pinned": page_maybe_dma_pinned(page)}
     for _ in range(1024):
         k.put_page(page)
     facts["after dropping them"] = page_maybe_dma_pinned(page)
@@ -174,6 +189,7 @@ def step_false_positive() -> Step:
 
 
 def step_longterm_file() -> Step:
+    """FOLL_LONGTERM|FOLL_WRITE on shared ext4 is refused (-EFAULT), on tmpfs allowed."""
     k = Kernel(memory="64MiB")
     p = k.spawn("rdma")
     ext4 = k.fs("ext4").create("data", PAGE_SIZE)
@@ -204,6 +220,7 @@ def step_longterm_file() -> Step:
 
 
 def step_fork_pinned() -> Step:
+    """fork() copies a pinned page for the child, so parent and device stay in step."""
     k = Kernel(memory="64MiB")
     p = k.spawn("parent")
     a = p.mmap(0, PAGE_SIZE, RW, MAP_PRIVATE | MAP_ANONYMOUS)

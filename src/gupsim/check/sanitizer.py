@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -24,12 +26,17 @@ from ..memory import Kind, MemMap
 from ..memory.pagearray import NULL
 from ..warn import user_call_site
 
+if TYPE_CHECKING:
+    from ..mm import MM
+
 FOLL_GET = 1 << 1
 FOLL_PIN = 1 << 19      # values of gup/flags.py (check/ does not import gup/)
 
 
 @dataclass(eq=False)
 class PinRecord:
+    """One successful GUP call: its pages, who made it, and which entries are still held."""
+
     id: int
     how: str                 # "FOLL_PIN" or "FOLL_GET"
     flags: int
@@ -46,11 +53,14 @@ class PinRecord:
 
     @property
     def held(self) -> int:
+        """Entries of this call whose reference or pin is still held."""
         return self.nheld
 
 
 @dataclass(frozen=True)
 class SanitizerReport:
+    """One misuse found: what kind, a message saying how to fix it, where taken and released."""
+
     kind: str               # put_page_on_pin, unpin_of_get, double_unpin, over_unpin, leak
     message: str
     pfn: int
@@ -64,6 +74,8 @@ class SanitizerReport:
 
 @dataclass(frozen=True)
 class OutstandingPin:
+    """References or pins one call took and still holds (`k.sanitizer.outstanding()`)."""
+
     how: str
     call: str
     site: str
@@ -107,7 +119,8 @@ class PinSanitizer:
             pfns = pfns[self.mem.kind[self.mem.head_of(pfns)] != Kind.ZERO]
         return pfns.astype(np.int64)
 
-    def on_acquire(self, pfns: np.ndarray, flags: int, call: str, mm) -> None:
+    def on_acquire(self, pfns: np.ndarray, flags: int, call: str, mm: MM | None) -> None:
+        """Record a successful GUP call: its pages, flags, caller's site and the mm (or None)."""
         how = "FOLL_PIN" if flags & FOLL_PIN else "FOLL_GET"
         pfns = self._pins_only(pfns, how)
         if len(pfns) == 0:
@@ -204,7 +217,8 @@ class PinSanitizer:
                 return True
         return False
 
-    def _find(self, how: str, head: int, held: bool, recs=None) -> PinRecord | None:
+    def _find(self, how: str, head: int, held: bool,
+              recs: Iterable[PinRecord] | None = None) -> PinRecord | None:
         """A record of kind `how` with an entry in folio `head`, held now or released."""
         for rec in (self._live.values() if recs is None else recs):
             if rec.how != how:
@@ -280,7 +294,8 @@ class PinSanitizer:
         return [OutstandingPin(r.how, r.call, r.site, r.flags, r.held, r.pfns[r.left > 0])
                 for r in self._live.values() if r.held]
 
-    def report_leaks(self, mm=None, why: str = "process exit") -> list[SanitizerReport]:
+    def report_leaks(self, mm: MM | None = None,
+                     why: str = "process exit") -> list[SanitizerReport]:
         """Report pins (not GET references) still held on `mm`'s memory (all if None)."""
         site = user_call_site()
         new = []

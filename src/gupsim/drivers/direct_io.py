@@ -12,15 +12,21 @@ bios, which pins and releases the same pages in the same totals.
 from __future__ import annotations
 
 import errno
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from ..constants import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE
-from ..memory import PageArray
+from ..fs import File
+from ..gup.flags import FOLL_WRITE
+from ..memory import Page, PageArray
+
+if TYPE_CHECKING:
+    from ..kernel import Kernel, Process
 
 LOGICAL_BLOCK = 512
 
 
-def _pin(kernel, proc, addr: int, length: int, write_to_memory: bool) -> tuple[PageArray, int]:
-    from .. import FOLL_WRITE
+def _pin(proc: Process, addr: int, length: int, write_to_memory: bool) -> tuple[PageArray, int]:
     if addr % LOGICAL_BLOCK or length % LOGICAL_BLOCK:
         raise OSError(errno.EINVAL, f"O_DIRECT needs {LOGICAL_BLOCK}-byte aligned buffers "
                                     "and lengths")
@@ -33,21 +39,26 @@ def _pin(kernel, proc, addr: int, length: int, write_to_memory: bool) -> tuple[P
     return pages, got
 
 
-def _chunks(pages: PageArray, got: int, addr: int, length: int):
+def _chunks(pages: PageArray, got: int, addr: int,
+            length: int) -> Iterator[tuple[Page, int, int]]:
+    """(page, offset in it, bytes) of each pinned page the transfer touches, in order."""
     off = addr & ~PAGE_MASK
     left = min(length, got * PAGE_SIZE - off)
     for i in range(got):
         n = min(PAGE_SIZE - off, left)
         if n <= 0:
             break
-        yield pages[i], off, n
+        page = pages[i]
+        assert page is not None, "GUP filled the first `got` entries"
+        yield page, off, n
         left -= n
         off = 0
 
 
-def dio_write(kernel, proc, file, addr: int, length: int, pos: int = 0) -> int:
+def dio_write(kernel: Kernel, proc: Process, file: File, addr: int, length: int,
+              pos: int = 0) -> int:
     """pwrite(O_DIRECT): memory -> file. Returns the bytes written (short if pins fell short)."""
-    pages, got = _pin(kernel, proc, addr, length, write_to_memory=False)
+    pages, got = _pin(proc, addr, length, write_to_memory=False)
     data = b"".join(kernel.dma_read(page, off, n) for page, off, n in
                     _chunks(pages, got, addr, length))
     kernel.unpin_user_pages(pages[:got])
@@ -55,9 +66,10 @@ def dio_write(kernel, proc, file, addr: int, length: int, pos: int = 0) -> int:
     return len(data)
 
 
-def dio_read(kernel, proc, file, addr: int, length: int, pos: int = 0) -> int:
+def dio_read(kernel: Kernel, proc: Process, file: File, addr: int, length: int,
+             pos: int = 0) -> int:
     """pread(O_DIRECT): file -> memory. Returns the bytes read."""
-    pages, got = _pin(kernel, proc, addr, length, write_to_memory=True)
+    pages, got = _pin(proc, addr, length, write_to_memory=True)
     data = file.pread(pos, length)
     done = 0
     for page, off, n in _chunks(pages, got, addr, length):

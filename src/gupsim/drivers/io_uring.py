@@ -15,12 +15,17 @@ from __future__ import annotations
 
 import errno
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..constants import CAP_IPC_LOCK, PAGE_MASK, PAGE_SHIFT, PAGE_SIZE
+from ..gup.flags import FOLL_LONGTERM, FOLL_WRITE
 from ..memory import PageArray
-from ..mm.mm_struct import rlimit_pages
+from ..mm.mm_struct import UserStruct, rlimit_pages
+
+if TYPE_CHECKING:
+    from ..kernel import Kernel, Process
 
 IORING_MAX_REG_BUFFERS = 1 << 14
 MAX_BUFFER = 1 << 30
@@ -42,21 +47,23 @@ class MappedBuffer:
 class IoRing:
     """One io_uring instance of a process (io_uring_setup with a few entries)."""
 
-    def __init__(self, kernel, proc) -> None:
+    def __init__(self, kernel: Kernel, proc: Process) -> None:
         self.k = kernel
         self.p = proc
         self.buffers: list[MappedBuffer] | None = None
-        self.user = None if proc.cred.capable(CAP_IPC_LOCK) else kernel.user(proc.cred.uid)
+        # the user charged for ring and buffers; None for a task with CAP_IPC_LOCK
+        self.user: UserStruct | None = (None if proc.cred.capable(CAP_IPC_LOCK)
+                                         else kernel.user(proc.cred.uid))
         self.closed = False
         if self.user is not None:
-            self._charge_user(RING_PAGES)
+            self._charge_user(self.user, RING_PAGES)
 
-    def _charge_user(self, pages: int) -> None:
+    def _charge_user(self, user: UserStruct, pages: int) -> None:
         limit = rlimit_pages(self.p.cred.rlimit_memlock)
-        if self.user.locked_vm + pages > limit:
+        if user.locked_vm + pages > limit:
             raise OSError(errno.ENOMEM, f"io_uring: {pages} more locked pages exceed "
                           f"RLIMIT_MEMLOCK ({self.p.cred.rlimit_memlock} bytes)")
-        self.user.locked_vm += pages
+        user.locked_vm += pages
 
     # -- IORING_REGISTER_BUFFERS -------------------------------------------------------------
 
@@ -84,7 +91,6 @@ class IoRing:
             raise OSError(errno.EOVERFLOW, "buffer wraps around the address space")
         start = addr & PAGE_MASK
         nr = ((addr + length + PAGE_SIZE - 1) >> PAGE_SHIFT) - (start >> PAGE_SHIFT)
-        from .. import FOLL_LONGTERM, FOLL_WRITE
         pages = PageArray(nr)
         got = self.p.pin_user_pages_fast(start, nr, FOLL_WRITE | FOLL_LONGTERM, pages)
         if got != nr:
@@ -140,11 +146,12 @@ class IoRing:
                 acct += 1 << int(mem.order[h])
         if acct:
             if self.user is not None:
-                self._charge_user(acct)
+                self._charge_user(self.user, acct)
             self.p.mm.pinned_vm += acct
         buf.acct_pages = acct
 
     def unregister_buffers(self) -> None:
+        """IORING_UNREGISTER_BUFFERS: unpin every buffer and give back its charge; ENXIO if none."""
         if self.buffers is None:
             raise OSError(errno.ENXIO, "no buffers are registered")
         for buf in self.buffers:

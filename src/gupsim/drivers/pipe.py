@@ -10,9 +10,13 @@ process (the write must copy, not reuse, a page someone else holds a reference t
 from __future__ import annotations
 
 import errno
+from typing import TYPE_CHECKING
 
 from ..constants import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE
-from ..memory import PageArray
+from ..memory import Page, PageArray
+
+if TYPE_CHECKING:
+    from ..kernel import Kernel, Process
 
 PIPE_DEF_BUFFERS = 16
 
@@ -23,12 +27,12 @@ class Pipe:
     A pipe has PIPE_DEF_BUFFERS slots unless resized; vmsplice() fills the free ones and
     returns what it spliced (cow.c splices a 2 MiB THP and gets 64 KiB)."""
 
-    def __init__(self, kernel, slots: int = PIPE_DEF_BUFFERS) -> None:
+    def __init__(self, kernel: Kernel, slots: int = PIPE_DEF_BUFFERS) -> None:
         self.kernel = kernel
         self.slots = slots
-        self.bufs: list[tuple[object, int, int]] = []
+        self.bufs: list[tuple[Page, int, int]] = []
 
-    def vmsplice(self, proc, addr: int, length: int) -> int:
+    def vmsplice(self, proc: Process, addr: int, length: int) -> int:
         """Splice [addr, addr+length) of `proc` into the pipe's free slots; bytes spliced
         (EAGAIN when the pipe is full, as a non-blocking vmsplice)."""
         free = self.slots - len(self.bufs)
@@ -46,7 +50,9 @@ class Pipe:
         for i in range(got):
             off = pos & ~PAGE_MASK
             n = min(PAGE_SIZE - off, length - done)
-            self.bufs.append((pages[i], off, n))
+            page = pages[i]
+            assert page is not None, "GUP filled the first `got` entries"
+            self.bufs.append((page, off, n))
             done += n
             pos += n
         return done

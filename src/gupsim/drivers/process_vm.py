@@ -8,15 +8,29 @@ first for writes). A failure after some bytes were copied returns the partial co
 from __future__ import annotations
 
 import errno
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from ..constants import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE
-from ..memory import PageArray
+from ..gup.flags import FOLL_WRITE
+from ..memory import Page, PageArray
+
+if TYPE_CHECKING:
+    from ..kernel import Kernel, Process
 
 PVM_MAX_PP_ARRAY_COUNT = 16
 
 
-def _rw(kernel, target, addr: int, length: int, data: bytes | None) -> bytes | int:
-    from .. import FOLL_WRITE
+def _page(pages: PageArray, i: int) -> Page:
+    """Entry `i` of a pages array that GUP filled at least that far."""
+    page = pages[i]
+    assert page is not None, "GUP filled the first `got` entries"
+    return page
+
+
+def _rw(kernel: Kernel, target: Process, addr: int, length: int,
+        data: bytes | None) -> tuple[int, bytes]:
+    """Copy to (`data` given) or from the target in pinned chunks: (bytes done, bytes read)."""
     write = data is not None
     out = bytearray()
     done = 0
@@ -39,10 +53,10 @@ def _rw(kernel, target, addr: int, length: int, data: bytes | None) -> bytes | i
             n = min(PAGE_SIZE - off, length - done)
             if n <= 0:
                 break
-            if write:
-                kernel.dma_write(pages[i], off, data[done:done + n])
+            if data is not None:
+                kernel.dma_write(_page(pages, i), off, data[done:done + n])
             else:
-                out += kernel.dma_read(pages[i], off, n)
+                out += kernel.dma_read(_page(pages, i), off, n)
             done += n
             pos += n
         if write:
@@ -51,20 +65,23 @@ def _rw(kernel, target, addr: int, length: int, data: bytes | None) -> bytes | i
             kernel.unpin_user_pages(pages[:got])
         if got < nr:
             break
-    return done if write else bytes(out)
+    return done, bytes(out)
 
 
-def process_vm_readv(kernel, reader, target, addr: int, length: int) -> bytes:
+def process_vm_readv(kernel: Kernel, reader: Process, target: Process, addr: int,
+                     length: int) -> bytes:
     """The bytes of `target` at [addr, addr+length) as `reader` would receive them."""
     if not target.alive:
         raise OSError(errno.ESRCH, "the target process has exited")
-    return _rw(kernel, target, addr, length, None)
+    return _rw(kernel, target, addr, length, None)[1]
 
 
-def process_vm_writev(kernel, writer, target, addr: int, data: bytes) -> int:
+def process_vm_writev(kernel: Kernel, writer: Process, target: Process, addr: int,
+                      data: bytes) -> int:
+    """Write `data` into `target` at `addr` through short-term pins; bytes written."""
     if not target.alive:
         raise OSError(errno.ESRCH, "the target process has exited")
-    return _rw(kernel, target, addr, len(data), bytes(data))
+    return _rw(kernel, target, addr, len(data), bytes(data))[0]
 
 
 # process_vm_rw_single_vec pins up to this many pages before copying (two pages' worth of
@@ -72,7 +89,8 @@ def process_vm_writev(kernel, writer, target, addr: int, data: bytes) -> int:
 PVM_MAX_PAGES_PER_LOOP = 2 * PAGE_SIZE // 8
 
 
-def read_pinned_while(kernel, reader, target, addr: int, length: int, during) -> bytes:
+def read_pinned_while(kernel: Kernel, reader: Process, target: Process, addr: int, length: int,
+                      during: Callable[[], object]) -> bytes:
     """process_vm_readv whose copy is held up after pinning (the host parks it on a
     userfaultfd page): pin the target's range R/O with pin_user_pages_remote(), run
     `during()` (the target writing through its page tables), then copy out of the pinned
@@ -98,7 +116,7 @@ def read_pinned_while(kernel, reader, target, addr: int, length: int, during) ->
             n = min(PAGE_SIZE - off, length - done)
             if n <= 0:
                 break
-            out += kernel.dma_read(pages[i], off, n)
+            out += kernel.dma_read(_page(pages, i), off, n)
             done += n
             pos += n
     finally:

@@ -9,24 +9,31 @@ Closing the socket unpins them, dirtied (the device may have written them).
 from __future__ import annotations
 
 import errno
+from typing import TYPE_CHECKING
 
 from ..constants import CAP_IPC_LOCK, PAGE_SHIFT, PAGE_SIZE
+from ..gup.flags import FOLL_LONGTERM, FOLL_WRITE
 from ..memory import PageArray
-from ..mm.mm_struct import rlimit_pages
+from ..mm.mm_struct import UserStruct, rlimit_pages
+
+if TYPE_CHECKING:
+    from ..kernel import Kernel, Process
 
 XDP_UMEM_MIN_CHUNK_SIZE = 2048
 
 
 class XdpSocket:
-    def __init__(self, kernel, proc) -> None:
+    """An AF_XDP socket of a process: at most one UMEM, pinned long-term until close."""
+
+    def __init__(self, kernel: Kernel, proc: Process) -> None:
         self.k = kernel
         self.p = proc
         self.pages: PageArray | None = None
         self.charged = 0
-        self.user = None
+        self.user: UserStruct | None = None    # charged for the UMEM (no CAP_IPC_LOCK)
 
     def umem_reg(self, addr: int, length: int, chunk_size: int = PAGE_SIZE) -> None:
-        from .. import FOLL_LONGTERM, FOLL_WRITE
+        """setsockopt(XDP_UMEM_REG): charge locked_vm (no CAP_IPC_LOCK), pin it all or undo both."""
         if self.pages is not None:
             raise OSError(errno.EBUSY, "this socket already has a UMEM")
         if chunk_size < XDP_UMEM_MIN_CHUNK_SIZE or chunk_size > PAGE_SIZE or \
@@ -36,10 +43,10 @@ class XdpSocket:
             raise OSError(errno.EINVAL, "the UMEM must be page aligned and whole chunks long")
         npgs = length >> PAGE_SHIFT
         if not self.p.cred.capable(CAP_IPC_LOCK):
-            self.user = self.k.user(self.p.cred.uid)
-            if self.user.locked_vm + npgs > rlimit_pages(self.p.cred.rlimit_memlock):
+            user = self.user = self.k.user(self.p.cred.uid)
+            if user.locked_vm + npgs > rlimit_pages(self.p.cred.rlimit_memlock):
                 raise OSError(errno.ENOBUFS, "UMEM exceeds RLIMIT_MEMLOCK")
-            self.user.locked_vm += npgs
+            user.locked_vm += npgs
             self.charged = npgs
         pages = PageArray(npgs)
         mm = self.p.mm
@@ -61,6 +68,7 @@ class XdpSocket:
         self.charged = 0
 
     def close(self) -> None:
+        """Close the socket: unpin the UMEM dirtied (the device may have written it), uncharge."""
         if self.pages is not None:
             self.k.unpin_user_pages_dirty_lock(self.pages, True)
             self.pages = None

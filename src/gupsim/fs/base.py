@@ -74,14 +74,17 @@ class Inode:
 
     @property
     def folio_order(self) -> int:
+        """Order of every folio of this file's page cache (0 here; hugetlbfs overrides)."""
         return 0
 
     @property
     def max_size(self) -> int:
+        """The largest file the file system allows (s_maxbytes); beyond it EFBIG."""
         return MAX_LFS_FILESIZE
 
     @property
     def size(self) -> int:
+        """i_size in bytes; change it with `truncate()`."""
         return self._size
 
     def folio_index(self, index: int) -> int:
@@ -95,6 +98,7 @@ class Inode:
         return self.cache.get(self.folio_index(index))
 
     def has_folio(self, index: int) -> bool:
+        """Is page `index` cached now? A lookup that never creates the folio."""
         return self.lookup(index) is not None
 
     def _alloc_folio(self, fidx: int) -> int:
@@ -103,14 +107,14 @@ class Inode:
                                       mapping=self.ino, index=fidx)
 
     def _folio_flags(self) -> int:
-        flags = PG.uptodate
+        flags = int(PG.uptodate)
         if self.on_lru:
             flags |= PG.lru
         if self.swapbacked:
             flags |= PG.swapbacked
         if self.unevictable:
             flags |= PG.unevictable
-        return int(flags)
+        return flags
 
     def _add_to_cache(self, fidx: int) -> int:
         """Create the folio at `fidx`: allocate, fill from the backing store, insert.
@@ -128,7 +132,7 @@ class Inode:
                 self.fs.uncharge(self, range(fidx, fidx + nr))
             raise
         mem = self.mem
-        mem.set_flag(head, self._folio_flags())  # type: ignore[arg-type]
+        mem.set_flag(head, self._folio_flags())
         mem.refcount[head] = nr
         for i in range(nr):
             data = self.backing.get(fidx + i)
@@ -288,6 +292,7 @@ class Inode:
         """Block allocation at write time (delayed allocation reserves it here)."""
 
     def pread(self, off: int, n: int) -> bytes:
+        """read() through the page cache: up to `n` bytes from `off`, short at EOF."""
         check_offset(off)
         if n < 0:
             raise oserror(errno.EINVAL, f"count {n} is negative")
@@ -306,6 +311,7 @@ class Inode:
         return bytes(out)
 
     def pwrite(self, off: int, data: bytes) -> int:
+        """write() through the page cache, dirtying folios; bytes written (short on late errors)."""
         check_offset(off)
         if not self.rw_supported:
             raise oserror(errno.EINVAL, f"{self.fs_name} files cannot be written with write(); "
@@ -451,43 +457,54 @@ class File:
 
     @property
     def inode_id(self) -> int:
+        """The inode's number, which its page-cache folios hold in `mapping`."""
         return self.inode.ino
 
     @property
     def kind(self) -> Kind:
+        """The Kind its page-cache folios get (FILE, SHMEM, HUGETLBFS, FSDAX, SECRETMEM)."""
         return self.inode.kind
 
     @property
     def fs_name(self) -> str:
+        """The name of the file system the inode lives on: ext4, tmpfs, hugetlbfs, ..."""
         return self.inode.fs_name
 
     @property
     def folio_order(self) -> int:
+        """Order of the inode's page-cache folios (hugetlbfs: 9 or 18; else 0)."""
         return self.inode.folio_order
 
     @property
     def needs_writenotify(self) -> bool:
+        """Shared writable mappings start read-only so that writes reach page_mkwrite."""
         return self.inode.needs_writenotify
 
     @property
     def is_secretmem(self) -> bool:
+        """A memfd_secret() file: GUP and device access must refuse its pages."""
         return self.inode.is_secretmem
 
     @property
     def size(self) -> int:
+        """i_size in bytes."""
         return self.inode.size
 
     @property
     def name(self) -> str:
+        """The file's name on its file system ("memfd:NAME" for a memfd)."""
         return self.inode.name
 
     def get_folio(self, index: int) -> int:
+        """The fault path's page-cache lookup: head PFN, or -EFAULT past EOF, -ENOMEM, -ENOSPC."""
         return self.inode.get_folio(index)
 
     def has_folio(self, index: int) -> bool:
+        """Is page `index` cached now? A lookup that never creates the folio."""
         return self.inode.has_folio(index)
 
     def page_mkwrite(self, head: int) -> int:
+        """vm_ops->page_mkwrite(): a shared mapping is about to write; 0 or -errno (SIGBUS)."""
         return self.inode.page_mkwrite(head)
 
     # -- the page cache, for inspection ------------------------------------------------
@@ -514,12 +531,14 @@ class File:
             raise oserror(errno.EBADF, "the file is closed: open it again")
 
     def pread(self, off: int, n: int) -> bytes:
+        """pread(2): EBADF unless open for reading; see Inode.pread."""
         self._check_open()
         if not self.readable:
             raise oserror(errno.EBADF, "file not open for reading: open it O_RDONLY or O_RDWR")
         return self.inode.pread(off, n)
 
     def pwrite(self, off: int, data: bytes) -> int:
+        """pwrite(2): EBADF unless open for writing; see Inode.pwrite."""
         self._check_open()
         if not self.writable:
             raise oserror(errno.EBADF, "file not open for writing: open it O_WRONLY or O_RDWR")
@@ -545,6 +564,7 @@ class File:
         return self.inode.writeback(wait=wait)
 
     def end_writeback(self) -> int:
+        """Complete the writeback left in flight by `writeback(wait=False)`; folios completed."""
         return self.inode.end_writeback()
 
     def mark_dirty(self, head: int) -> None:
@@ -614,6 +634,7 @@ class FileSystem:
         self.used_pages += len(new)
 
     def uncharge(self, inode: Inode, indexes: range | list[int]) -> None:
+        """Give back the blocks of those page indexes that `inode` holds (truncate, evict)."""
         gone = [i for i in indexes if i in inode.blocks]
         inode.blocks.difference_update(gone)
         self.used_pages -= len(gone)
@@ -626,6 +647,7 @@ class FileSystem:
         return inode
 
     def forget(self, inode: Inode) -> None:
+        """Drop an evicted inode from the inode table (its number no longer resolves)."""
         self.inodes.pop(inode.ino, None)
 
     @staticmethod

@@ -31,6 +31,8 @@ from .common import folio_put, oserror, pages_for
 
 
 class DaxInode(Inode):
+    """An fs-dax file: device frames allocated with the file, mapped with no page cache."""
+
     fs_name: ClassVar[str] = "dax"
     kind: ClassVar[Kind] = Kind.FSDAX
     needs_writenotify: ClassVar[bool] = True
@@ -45,6 +47,7 @@ class DaxInode(Inode):
     # -- blocks are frames -------------------------------------------------------------
 
     def lookup(self, index: int) -> int | None:
+        """The device frame of page `index`, or None for a page the file has no block for."""
         return self.frames.get(index)
 
     def _ensure_frames(self, first: int, end: int) -> None:
@@ -105,11 +108,13 @@ class DaxInode(Inode):
         return cleaned
 
     def end_writeback(self) -> int:
+        """No I/O is ever in flight on fs-dax: nothing to complete."""
         return 0
 
     # -- truncation --------------------------------------------------------------------
 
     def truncate(self, size: int) -> None:
+        """A shrink runs ext4_break_layouts() first: EINTR while a frame is busy (pinned)."""
         if isinstance(size, int) and not isinstance(size, bool) and 0 <= size < self.size:
             self._break_layouts()
         super().truncate(size)

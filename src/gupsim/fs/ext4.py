@@ -23,6 +23,8 @@ from .common import EXT4_MAX_FILESIZE, pages_for
 
 
 class Ext4Inode(Inode):
+    """An ext4 file: disk-backed, write-notified, blocks reserved at the first write."""
+
     fs_name: ClassVar[str] = "ext4"
     kind: ClassVar[Kind] = Kind.FILE
     needs_writenotify: ClassVar[bool] = True
@@ -32,6 +34,7 @@ class Ext4Inode(Inode):
 
     @property
     def max_size(self) -> int:
+        """ext4_max_size() for extents and 4 KiB blocks."""
         return EXT4_MAX_FILESIZE
 
     def _charge_write(self, index: int) -> None:

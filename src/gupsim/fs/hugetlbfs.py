@@ -24,14 +24,23 @@ from .common import oserror
 
 
 class HugetlbInode(Inode):
+    """A hugetlbfs file: its folios are the mount's huge page size, from the hugetlb pool."""
+
     fs_name: ClassVar[str] = "hugetlbfs"
     kind: ClassVar[Kind] = Kind.HUGETLBFS
     movable: ClassVar[bool] = False
     on_lru: ClassVar[bool] = False     # hugetlb folios are never on the LRU
     aops_name: ClassVar[str] = "hugetlbfs_aops"
+    fs: Hugetlbfs
+
+    def __init__(self, fs: FileSystem, name: str) -> None:
+        if not isinstance(fs, Hugetlbfs):
+            raise TypeError(f"a hugetlbfs inode needs a Hugetlbfs mount, not {fs!r}")
+        super().__init__(fs, name)
 
     @property
     def folio_order(self) -> int:
+        """The mount's huge page order: 9 (2 MiB) or 18 (1 GiB)."""
         return self.fs.huge_order
 
     def _alloc_folio(self, fidx: int) -> int:
@@ -44,6 +53,7 @@ class HugetlbInode(Inode):
                           f"size ({hsize} bytes), not {size}")
 
     def pwrite(self, off: int, data: bytes) -> int:
+        """EINVAL: hugetlbfs has no write() file operation."""
         raise oserror(errno.EINVAL, "hugetlbfs has no write(): mmap the file and write "
                       "through the mapping")
 
@@ -64,9 +74,11 @@ class Hugetlbfs(FileSystem):
 
     @property
     def huge_page_size(self) -> int:
+        """The mount's `pagesize` option, in bytes."""
         return PAGE_SIZE << self.huge_order
 
     def round_size(self, size: int) -> int:
+        """`size` rounded up to whole huge pages, the only sizes hugetlbfs files can have."""
         hs = self.huge_page_size
         return -(-size // hs) * hs if size > 0 else size
 
@@ -75,4 +87,5 @@ class Hugetlbfs(FileSystem):
         return super().create(name, self.round_size(size))
 
     def anon_file(self, name: str, size: int = 0) -> File:
+        """An unnamed file of `size` bytes rounded up to whole huge pages (MFD_HUGETLB)."""
         return super().anon_file(name, self.round_size(size))

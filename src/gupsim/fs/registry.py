@@ -35,12 +35,14 @@ class FileSystems(dict[str, FileSystem]):
         super().__init__()
         self.mem = mem
         self.alloc = alloc
+        self._hugetlbfs = Hugetlbfs(mem, alloc, huge_order=huge_order)
+        self._secretmem = Secretmem(mem, alloc)
         self["ext4"] = Ext4(mem, alloc)
         self["tmpfs"] = Tmpfs(mem, alloc)
-        self["hugetlbfs"] = Hugetlbfs(mem, alloc, huge_order=huge_order)
+        self["hugetlbfs"] = self._hugetlbfs
         self["dax"] = Dax(mem, alloc)
-        self["secretmem"] = Secretmem(mem, alloc)
-        self._hugetlb_mounts: dict[int, Hugetlbfs] = {huge_order: self["hugetlbfs"]}
+        self["secretmem"] = self._secretmem
+        self._hugetlb_mounts: dict[int, Hugetlbfs] = {huge_order: self._hugetlbfs}
         self._shm = Tmpfs(mem, alloc)   # the internal shm_mnt: memfds, MAP_SHARED|ANON
 
     def hugetlbfs_for(self, order: int) -> Hugetlbfs:
@@ -67,7 +69,7 @@ class FileSystems(dict[str, FileSystem]):
         if flags & MFD_HUGETLB:
             log = (flags >> MFD_HUGE_SHIFT) & MFD_HUGE_MASK
             if log == 0:
-                order = self["hugetlbfs"].huge_order
+                order = self._hugetlbfs.huge_order
             elif log in _HUGE_LOG_TO_ORDER:
                 order = _HUGE_LOG_TO_ORDER[log]
             else:
@@ -78,7 +80,7 @@ class FileSystems(dict[str, FileSystem]):
 
     def memfd_secret(self, flags: int = 0) -> File:
         """memfd_secret(2): see secretmem.py."""
-        return self["secretmem"].memfd_secret(flags)
+        return self._secretmem.memfd_secret(flags)
 
     def shmem_zero_setup(self, size: int) -> File:
         """The shmem file behind a MAP_SHARED|MAP_ANONYMOUS mapping of `size` bytes."""

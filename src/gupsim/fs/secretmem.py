@@ -26,6 +26,8 @@ O_CLOEXEC = 0o2000000   # x86-64 value (not in constants.py yet)
 
 
 class SecretmemInode(Inode):
+    """A memfd_secret() file: no read()/write(), size set once, unmovable unevictable folios."""
+
     fs_name: ClassVar[str] = "secretmem"
     kind: ClassVar[Kind] = Kind.SECRETMEM
     movable: ClassVar[bool] = False

@@ -18,6 +18,8 @@ from .base import File, FileSystem, Inode
 
 
 class ShmemInode(Inode):
+    """A tmpfs/shmem file: swap-backed page cache, a block charged per cached page."""
+
     fs_name: ClassVar[str] = "tmpfs"
     kind: ClassVar[Kind] = Kind.SHMEM
     charge_on_cache: ClassVar[bool] = True

@@ -46,4 +46,5 @@ def account_pinned_vm(mm: MM, pages: int, cred: Cred) -> int:
 
 
 def unaccount_pinned_vm(mm: MM, pages: int) -> None:
+    """The release half of `account_pinned_vm()`; clamps at 0 rather than underflow."""
     mm.pinned_vm = max(0, mm.pinned_vm - pages)

@@ -10,6 +10,7 @@ bracket the walk with `write_protect_seq` and drop everything if fork ran meanwh
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import NDArray
 
 from ..constants import EFAULT, EINVAL, EOVERFLOW, PAGE_SHIFT, PAGE_SIZE, TASK_SIZE
 from ..memory import PG, Kind
@@ -28,14 +29,14 @@ from .flags import (
 )
 from .grab import gup_put_pfns, try_grab_pfns_fast
 from .longterm import __gup_longterm_locked, longterm_pinnable
-from .pages import PagesOut
+from .pages import Pages, PagesOut
 from .state import PATH_FALLBACK, PATH_INVALID, note_gup, race_point
 
 TASK_SIZE_MAX = TASK_SIZE - PAGE_SIZE
 _U64 = 1 << 64
 
 
-def gup_fast_folio_allowed(env: MMEnv, heads: np.ndarray, flags: int) -> np.ndarray:
+def gup_fast_folio_allowed(env: MMEnv, heads: np.ndarray, flags: int) -> NDArray[np.bool_]:
     """Vectorised gup_fast_folio_allowed(): secretmem never; long-term writable pins only
     of anon, shmem and hugetlb folios (a NULL mapping, e.g. after truncate, falls back)."""
     mem = env.mem
@@ -162,7 +163,7 @@ def gup_fast(env: MMEnv, mm: MM, start: int, end: int, flags: int, out: PagesOut
 
 
 def gup_fast_fallback(env: MMEnv, mm: MM, start: int, nr_pages: int, gup_flags: int,
-                      pages) -> int:
+                      pages: Pages | None) -> int:
     """GUP-fast, then the slow path for the rest unless FOLL_FAST_ONLY (spec 1.4, 2.3, 7)."""
     mem = env.mem
     if mem.warnings.warn_on_once(bool(gup_flags & ~FAST_GUP_ALLOWED),
@@ -182,6 +183,7 @@ def gup_fast_fallback(env: MMEnv, mm: MM, start: int, nr_pages: int, gup_flags: 
     if end > TASK_SIZE_MAX:
         note_gup(mem, path=PATH_INVALID)
         return -EFAULT
+    assert pages is not None, "is_valid_gup_args() refuses FOLL_GET/FOLL_PIN without pages"
     out = PagesOut(pages, mem)
     nr_pinned = gup_fast(env, mm, start, end, gup_flags, out) if nr_pages > 0 else 0
     note_gup(mem, fast=nr_pinned)

@@ -120,6 +120,10 @@ def gup_put_pfns(alloc: Allocator, pfns: np.ndarray, flags: int) -> int:
 
 
 def gup_put_folios(alloc: Allocator, heads: np.ndarray, refs: np.ndarray, flags: int) -> int:
+    """gup_put_folio() of `refs[i]` references or pins on folio `heads[i]`, vectorised.
+
+    Underflows warn once and clamp to 0; returns how many folios were freed.
+    """
     mem = alloc.mem
     if flags & FOLL_PIN:
         keep = mem.kind[heads] != Kind.ZERO
@@ -150,6 +154,7 @@ def gup_put_folios(alloc: Allocator, heads: np.ndarray, refs: np.ndarray, flags:
 
 
 def gup_put_folio(alloc: Allocator, head: int, refs: int, flags: int) -> None:
+    """Drop `refs` pins (FOLL_PIN) or references (FOLL_GET) of one folio."""
     gup_put_folios(alloc, np.array([head], dtype=np.int64), np.array([refs], dtype=np.int64),
                    flags)
 
@@ -214,7 +219,8 @@ def _release(mem: MemMap | None, pfns: np.ndarray, flags: int, call: str) -> Non
     gup_put_pfns(st.alloc, pfns, flags)
 
 
-def _mem_and_pfns(pages, npages: int | None) -> tuple[MemMap | None, np.ndarray]:
+def _mem_and_pfns(pages: Sequence[Page | None] | PageArray,
+                  npages: int | None) -> tuple[MemMap | None, np.ndarray]:
     mem = machine_of(pages)
     pfns = pfns_of(pages, npages) if mem is not None else np.zeros(0, dtype=np.int64)
     return mem, pfns
@@ -278,10 +284,12 @@ def unpin_user_page_range_dirty_lock(page: Page, npages: int, make_dirty: bool) 
 
 
 def unpin_folio(folio: Folio) -> None:
+    """Release one pin of a folio (the memfd_pin_folios() counterpart of unpin_user_page)."""
     _release(folio.mem, np.array([folio.pfn], dtype=np.int64), FOLL_PIN, "unpin_folio")
 
 
 def unpin_folios(folios: Sequence[Folio | None], nfolios: int | None = None) -> None:
+    """Release one pin per folio (NULLs skipped); a -errno count warns and does nothing."""
     if nfolios is None:
         nfolios = len(folios)
     live = [f for f in folios[:nfolios] if f is not None] if not _is_error_count(nfolios) \

@@ -13,12 +13,13 @@ import contextlib
 from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
+from numpy.typing import NDArray
 
 from ..constants import EAGAIN, EINVAL, ENOMEM, PAGE_SHIFT, PAGE_SIZE
 from ..memory import Folio, Kind, MemMap, Zone
 from ..memory.migrate import ReplaceCache, isolate_folio, migrate_folio, putback_folio
 from ..memory.pagearray import NULL
-from ..mm import MM, MMEnv
+from ..mm import MM, MappableFile, MMEnv
 from ..mm.reclaim import page_cache_replacer
 from .flags import FOLL_LONGTERM, FOLL_PIN
 from .grab import gup_put_pfns, try_grab_folio
@@ -27,7 +28,7 @@ from .slow import __get_user_pages_locked
 from .state import gup_state, note_gup, race_point
 
 
-def longterm_pinnable(mem: MemMap, heads: np.ndarray) -> np.ndarray:
+def longterm_pinnable(mem: MemMap, heads: np.ndarray) -> NDArray[np.bool_]:
     """Vectorised folio_is_longterm_pinnable() over head PFNs."""
     kind = mem.kind[heads]
     zero = (kind == Kind.ZERO) | (kind == Kind.HUGE_ZERO)
@@ -121,10 +122,12 @@ def __gup_longterm_locked(env: MMEnv, mm: MM, start: int, nr_pages: int,
             if rc <= 0 or out is None:
                 return rc
             n = rc
-            mrc = check_and_migrate_pfns(
-                env, out.pfns(n).copy(),
-                lambda n=n: (gup_put_pfns(env.alloc, out.pfns(n).copy(), FOLL_PIN),
-                             out.clear(n)))
+
+            def unpin_all(n: int = n, out: PagesOut = out) -> None:
+                gup_put_pfns(env.alloc, out.pfns(n).copy(), FOLL_PIN)
+                out.clear(n)
+
+            mrc = check_and_migrate_pfns(env, out.pfns(n).copy(), unpin_all)
             if mrc == 0:
                 return n
             if mrc != -EAGAIN:
@@ -134,8 +137,8 @@ def __gup_longterm_locked(env: MMEnv, mm: MM, start: int, nr_pages: int,
                 return -ENOMEM
 
 
-def memfd_pin_folios(env: MMEnv, memfd, start: int, end: int, folios: list[Folio | None],
-                     max_folios: int, offset: list[int]) -> int:
+def memfd_pin_folios(env: MMEnv, memfd: MappableFile | None, start: int, end: int,
+                     folios: list[Folio | None], max_folios: int, offset: list[int]) -> int:
     """Pin the folios of a shmem/hugetlbfs file covering bytes [start, end] (inclusive).
 
     One pin per folio; `offset[0]` receives the offset of `start` in the first folio.

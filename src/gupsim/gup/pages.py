@@ -25,9 +25,11 @@ class PagesOut:
         self.off = off
 
     def sub(self, n: int) -> PagesOut:
+        """`pages + n`: the same array seen `n` entries further on."""
         return PagesOut(self.pages, self.mem, self.off + n)
 
     def store(self, at: int, pfns: np.ndarray) -> None:
+        """Write a run of PFNs from entry `at` on, as one copy (a list grows as needed)."""
         if len(pfns):
             store_pfns(self.pages, self.off + at, np.asarray(pfns, dtype=np.int64), self.mem)
 
@@ -46,6 +48,7 @@ class PagesOut:
                 self.pages[i] = None
 
     def capacity_ok(self, n: int) -> bool:
+        """Can `n` results be stored? A PageArray has a fixed size; a list grows."""
         return not isinstance(self.pages, PageArray) or len(self.pages) >= self.off + n
 
 

@@ -62,10 +62,12 @@ _MAX_FAULT_RETRIES = 8
 
 
 def vma_is_fsdax(vma: VMA) -> bool:
+    """vma_is_fsdax(): maps fs-dax device memory, which long-term pins must refuse."""
     return vma.file is not None and vma.file.kind == Kind.FSDAX
 
 
 def vma_is_secretmem(vma: VMA) -> bool:
+    """vma_is_secretmem(): a memfd_secret() mapping, which GUP refuses outright."""
     return vma.file is not None and vma.file.kind == Kind.SECRETMEM
 
 
@@ -344,10 +346,12 @@ def __get_user_pages(env: MMEnv, mm: MM, start: int, nr_pages: int, gup_flags: i
 
 
 def mmap_read_lock(mm: MM) -> None:
+    """Take mmap_lock for read (a count: the model never blocks)."""
     mm.mmap_lock.readers += 1
 
 
 def mmap_read_unlock(mm: MM) -> None:
+    """Drop a read hold of mmap_lock (never below zero)."""
     mm.mmap_lock.readers = max(0, mm.mmap_lock.readers - 1)
 
 

@@ -115,6 +115,7 @@ class GupState:
 
     @property
     def alloc(self) -> Allocator:
+        """The machine's page allocator, which unpinning frees folios to."""
         return self.env.alloc
 
     def on_race(self, point: str, fn: Callable[..., Any]) -> None:
@@ -128,6 +129,7 @@ _states: WeakKeyDictionary[MemMap, GupState] = WeakKeyDictionary()
 
 
 def register_machine(env: MMEnv) -> GupState:
+    """Make a machine known to the pinning layer (idempotent); `Kernel()` calls it."""
     st = _states.get(env.mem)
     if st is None:
         st = _states[env.mem] = GupState(env)
@@ -135,6 +137,7 @@ def register_machine(env: MMEnv) -> GupState:
 
 
 def gup_state(mem: MemMap) -> GupState:
+    """The pinning layer's state of the machine that owns `mem`; RuntimeError if unknown."""
     st = _states.get(mem)
     if st is None:
         raise RuntimeError("these pages belong to a machine the pinning layer does not know: "

@@ -17,7 +17,7 @@ import os
 import signal
 import threading
 from collections.abc import Callable
-from types import FrameType
+from types import FrameType, TracebackType
 from typing import Any
 
 _lock = threading.Lock()
@@ -96,8 +96,9 @@ class LiveStack(contextlib.ExitStack):
         self._token = register(self.close)
         return self
 
-    def __exit__(self, *exc: object) -> bool:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> bool:
         token = getattr(self, "_token", None)
         if token is not None:
             unregister(token)
-        return bool(super().__exit__(*exc))  # type: ignore[arg-type]
+        return bool(super().__exit__(exc_type, exc, tb))

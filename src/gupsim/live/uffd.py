@@ -38,20 +38,28 @@ _ioctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p]
 
 
 class uffdio_api(ctypes.Structure):  # noqa: N801 - the kernel's name
+    """struct uffdio_api: the UFFDIO_API handshake (API version in; features, ioctls out)."""
+
     _fields_ = [("api", ctypes.c_uint64), ("features", ctypes.c_uint64),
                 ("ioctls", ctypes.c_uint64)]
 
 
 class uffdio_range(ctypes.Structure):  # noqa: N801
+    """struct uffdio_range: [start, start + len) of the registered or resolved memory."""
+
     _fields_ = [("start", ctypes.c_uint64), ("len", ctypes.c_uint64)]
 
 
 class uffdio_register(ctypes.Structure):  # noqa: N801
+    """struct uffdio_register: UFFDIO_REGISTER of a range in a mode (MISSING here)."""
+
     _fields_ = [("range", uffdio_range), ("mode", ctypes.c_uint64),
                 ("ioctls", ctypes.c_uint64)]
 
 
 class uffdio_zeropage(ctypes.Structure):  # noqa: N801
+    """struct uffdio_zeropage: UFFDIO_ZEROPAGE resolves a missing fault with the zero page."""
+
     _fields_ = [("range", uffdio_range), ("mode", ctypes.c_uint64),
                 ("zeropage", ctypes.c_int64)]
 
@@ -109,13 +117,14 @@ def read_pinned_while(addr: int, length: int, during: Callable[[], None],
             ctypes.memset(buf + page, 0, span - page)     # only the first page stalls
         reg = uffdio_register(uffdio_range(buf, page), UFFDIO_REGISTER_MODE_MISSING, 0)
         _ioctl_or_raise(uffd, UFFDIO_REGISTER, reg, "UFFDIO_REGISTER")
-        result: dict[str, object] = {}
+        copied: list[int] = []               # what the reader thread hands back
+        failed: list[BaseException] = []
 
         def copy() -> None:
             try:
-                result["n"] = process_vm_readv(os.getpid(), [(buf, length)], [(addr, length)])
+                copied.append(process_vm_readv(os.getpid(), [(buf, length)], [(addr, length)]))
             except BaseException as exc:  # noqa: BLE001 - handed to the caller
-                result["exc"] = exc
+                failed.append(exc)
 
         reader = threading.Thread(target=copy, name="gupsim-pinned-read", daemon=True)
         reader.start()
@@ -129,12 +138,12 @@ def read_pinned_while(addr: int, length: int, during: Callable[[], None],
             reader.join(timeout)
         if reader.is_alive():
             raise TimeoutError("process_vm_readv did not finish after the fault was resolved")
-        if "exc" in result:
-            raise result["exc"]  # type: ignore[misc]
+        if failed:
+            raise failed[0]
         if not stalled:
             raise OSError(errno.EIO, "the copy never stalled on the userfaultfd page, so "
                           "the write did not happen while the pages were pinned")
-        return ctypes.string_at(buf, int(result["n"]))  # type: ignore[call-overload]
+        return ctypes.string_at(buf, copied[0])
     finally:
         if buf:
             libc.munmap(buf, span)

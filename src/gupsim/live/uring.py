@@ -33,18 +33,24 @@ u32 = ctypes.c_uint32
 
 
 class io_sqring_offsets(ctypes.Structure):  # noqa: N801 - the kernel's name
+    """Where head, tail, mask and the index array sit in the mapped submission ring."""
+
     _fields_ = [("head", u32), ("tail", u32), ("ring_mask", u32), ("ring_entries", u32),
                 ("flags", u32), ("dropped", u32), ("array", u32), ("resv1", u32),
                 ("user_addr", ctypes.c_uint64)]
 
 
 class io_cqring_offsets(ctypes.Structure):  # noqa: N801
+    """Where head, tail, mask and the CQE array sit in the mapped completion ring."""
+
     _fields_ = [("head", u32), ("tail", u32), ("ring_mask", u32), ("ring_entries", u32),
                 ("overflow", u32), ("cqes", u32), ("flags", u32), ("resv1", u32),
                 ("user_addr", ctypes.c_uint64)]
 
 
 class io_uring_params(ctypes.Structure):  # noqa: N801
+    """struct io_uring_params: io_uring_setup()'s in/out argument (sizes, features, offsets)."""
+
     _fields_ = [("sq_entries", u32), ("cq_entries", u32), ("flags", u32),
                 ("sq_thread_cpu", u32), ("sq_thread_idle", u32), ("features", u32),
                 ("wq_fd", u32), ("resv", u32 * 3), ("sq_off", io_sqring_offsets),
@@ -52,6 +58,8 @@ class io_uring_params(ctypes.Structure):  # noqa: N801
 
 
 class io_uring_sqe(ctypes.Structure):  # noqa: N801 - the fields a fixed read/write uses
+    """One submission queue entry (64 bytes), laid out for IORING_OP_READ/WRITE_FIXED."""
+
     _fields_ = [("opcode", ctypes.c_uint8), ("flags", ctypes.c_uint8),
                 ("ioprio", ctypes.c_uint16), ("fd", ctypes.c_int32), ("off", ctypes.c_uint64),
                 ("addr", ctypes.c_uint64), ("len", u32), ("rw_flags", u32),
@@ -61,6 +69,8 @@ class io_uring_sqe(ctypes.Structure):  # noqa: N801 - the fields a fixed read/wr
 
 
 class io_uring_cqe(ctypes.Structure):  # noqa: N801
+    """One completion queue entry: the request's user_data and its result (bytes or -errno)."""
+
     _fields_ = [("user_data", ctypes.c_uint64), ("res", ctypes.c_int32), ("flags", u32)]
 
 
@@ -104,8 +114,9 @@ class IoUring:
             self.fd = libc.syscall(libc.SYS_io_uring_setup, self.entries, self.params,
                                    name="io_uring_setup")
         except OSError as exc:
-            hint = {errno.ENOSYS: "the kernel has no io_uring (CONFIG_IO_URING=n)",
-                    errno.EPERM: "io_uring is disabled: see /proc/sys/kernel/io_uring_disabled"}
+            hint: dict[int | None, str] = {
+                errno.ENOSYS: "the kernel has no io_uring (CONFIG_IO_URING=n)",
+                errno.EPERM: "io_uring is disabled: see /proc/sys/kernel/io_uring_disabled"}
             raise OSError(exc.errno, f"{exc.strerror}; {hint.get(exc.errno, '')}") from exc
         self._finalizer = weakref.finalize(self, _close_ring, self.fd, self._maps)
         try:

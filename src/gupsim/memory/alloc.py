@@ -128,6 +128,7 @@ class Allocator:
         return [self.normal]
 
     def nr_free_pages(self) -> int:
+        """Free frames in all zones (the hugetlb pool excluded): /proc/meminfo's MemFree."""
         return self.normal.nr_free + self.cma.nr_free + self.movable.nr_free
 
     def alloc_frames(self, order: int, movable: bool) -> int:
@@ -140,6 +141,7 @@ class Allocator:
                           f"({'movable' if movable else 'unmovable'} allocation)")
 
     def region_of(self, pfn: int) -> BuddyRegion:
+        """The buddy region a frame is freed back to (Movable, CMA or Normal)."""
         if pfn >= self.movable.start:
             return self.movable
         return self.cma if pfn >= self.cma.start else self.normal
@@ -155,6 +157,7 @@ class Allocator:
 
     def prep_folio(self, pfn: int, order: int, kind: Kind, mapping: int = 0, index: int = 0,
                    extra_flags: int = 0) -> None:
+        """Turn free frames into a fresh folio: head and tails, refcount 1, zeroed contents."""
         mem = self.mem
         n = 1 << order
         sl = slice(pfn, pfn + n)
@@ -214,6 +217,7 @@ class Allocator:
         return got
 
     def alloc_hugetlb_folio(self, order: int, kind: Kind, mapping: int = 0, index: int = 0) -> int:
+        """alloc_hugetlb_folio(): the lowest free huge page of the pool; OutOfMemory if empty."""
         pool = self.hugetlb_free.get(order)
         if not pool:
             raise OutOfMemory(f"hugetlb pool of {(PAGE_SIZE << order) >> 20} MiB pages is empty: "
@@ -224,6 +228,7 @@ class Allocator:
         return pfn
 
     def hugetlb_free_count(self, order: int) -> int:
+        """HugePages_Free for one huge page size: what MAP_HUGETLB may still reserve."""
         return len(self.hugetlb_free.get(order, []))
 
     # -- bulk ----------------------------------------------------------------------------

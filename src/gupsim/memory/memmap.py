@@ -22,8 +22,10 @@ from __future__ import annotations
 
 from collections import Counter
 from enum import IntEnum
+from typing import overload
 
 import numpy as np
+from numpy.typing import NDArray
 
 from ..constants import PAGE_SIZE
 from ..warn import WarnLog
@@ -72,11 +74,15 @@ class Kind(IntEnum):
 
 
 class Zone(IntEnum):
+    """The zones a frame can be in; CMA is a migratetype inside ZONE_NORMAL, not a zone."""
+
     NORMAL = 0
     MOVABLE = 1
 
 
 class MigrateType(IntEnum):
+    """Pageblock migratetypes (MIGRATE_*); `MemMap.is_cma()` tells CMA pageblocks by PFN."""
+
     MOVABLE = 0
     CMA = 1
     ISOLATE = 2
@@ -124,44 +130,77 @@ class MemMap:
 
     # -- derived attributes ------------------------------------------------------------
 
-    def head_of(self, pfn: int | np.ndarray) -> int | np.ndarray:
-        """The folio head of a page (vectorised): the kernel's page_folio()."""
-        return pfn - self.head_off[pfn]
+    @overload
+    def head_of(self, pfn: int) -> int: ...
+    @overload
+    def head_of(self, pfn: np.ndarray) -> np.ndarray: ...
 
-    def zone_of(self, pfn: int | np.ndarray) -> Zone | np.ndarray:
+    def head_of(self, pfn: int | np.ndarray) -> int | np.ndarray:
+        """The folio head of a page, or of each page of an array: the kernel's page_folio()."""
+        if isinstance(pfn, np.ndarray):
+            return pfn - self.head_off[pfn]
+        return int(pfn) - int(self.head_off[pfn])
+
+    @overload
+    def zone_of(self, pfn: int) -> Zone: ...
+    @overload
+    def zone_of(self, pfn: np.ndarray) -> NDArray[np.int8]: ...
+
+    def zone_of(self, pfn: int | np.ndarray) -> Zone | NDArray[np.int8]:
+        """page_zonenum(): the zone a frame belongs to (an int8 array of Zone values for arrays)."""
         if isinstance(pfn, np.ndarray):
             return (pfn >= self.movable_start).astype(np.int8)
         return Zone.MOVABLE if pfn >= self.movable_start else Zone.NORMAL
 
-    def is_cma(self, pfn: int | np.ndarray) -> bool | np.ndarray:
+    @overload
+    def is_cma(self, pfn: int) -> bool: ...
+    @overload
+    def is_cma(self, pfn: np.ndarray) -> NDArray[np.bool_]: ...
+
+    def is_cma(self, pfn: int | np.ndarray) -> bool | NDArray[np.bool_]:
         """True if the pageblock of `pfn` has migratetype MIGRATE_CMA."""
-        return (pfn >= self.cma_start) & (pfn < self.cma_end)
+        if isinstance(pfn, np.ndarray):
+            return (pfn >= self.cma_start) & (pfn < self.cma_end)
+        return self.cma_start <= pfn < self.cma_end
 
     def test(self, pfn: int, flag: PG) -> bool:
+        """The kernel's folio_test_*()/PageFoo() for one flag bit of one frame."""
         return bool(self.flags[pfn] & flag)
 
-    def set_flag(self, pfn: int | np.ndarray, flag: PG) -> None:
+    def set_flag(self, pfn: int | np.ndarray, flag: int) -> None:
+        """Set a PG bit (or an OR of several) on one frame or an array of frames."""
         self.flags[pfn] |= np.uint32(flag)
 
-    def clear_flag(self, pfn: int | np.ndarray, flag: PG) -> None:
+    def clear_flag(self, pfn: int | np.ndarray, flag: int) -> None:
+        """Clear a PG bit (or an OR of several) on one frame or an array of frames."""
         self.flags[pfn] &= np.uint32(~flag & 0xFFFFFFFF)
 
     def nr_pages_of(self, head: int) -> int:
+        """folio_nr_pages() of the folio whose head is `head` (1 if `head` is a tail page)."""
         return 1 << int(self.order[head])
 
-    def has_pincount(self, head: int | np.ndarray) -> bool | np.ndarray:
+    @overload
+    def has_pincount(self, head: int) -> bool: ...
+    @overload
+    def has_pincount(self, head: np.ndarray) -> NDArray[np.bool_]: ...
+
+    def has_pincount(self, head: int | np.ndarray) -> bool | NDArray[np.bool_]:
         """folio_has_pincount() on 64-bit: every large folio keeps an exact `_pincount`."""
-        return self.order[head] > 0
+        if isinstance(head, np.ndarray):
+            return self.order[head] > 0
+        return bool(self.order[head] > 0)
 
     # -- contents ----------------------------------------------------------------------
 
     def read(self, pfn: int, offset: int, n: int) -> bytes:
+        """`n` bytes of a frame's contents from `offset`; a never-written frame reads as zeros."""
         data = self.content.get(pfn)
         if data is None:
             return bytes(n)
         return bytes(data[offset:offset + n])
 
     def write(self, pfn: int, offset: int, data: bytes) -> None:
+        """Store bytes into a frame (CPU or device write); zeros into a zero frame store nothing."""
         buf = self.content.get(pfn)
         if buf is None:
             if not any(data):
@@ -179,8 +218,10 @@ class MemMap:
                 self.content[dst + i] = bytearray(data)
 
     def clear_frames(self, pfn: int, nr: int) -> None:
+        """clear_highpage() over `nr` consecutive frames: they read as zeros again."""
         for i in range(nr):
             self.content.pop(pfn + i, None)
 
     def stored_bytes(self) -> int:
+        """Host memory the frame contents take (bytes): what the model costs beyond its arrays."""
         return len(self.content) * PAGE_SIZE

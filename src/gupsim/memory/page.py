@@ -6,12 +6,10 @@ of access, so a view never goes stale. Two views of the same frame compare equal
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import numpy as np
+from numpy.typing import NDArray
 
 from .memmap import PG, Kind, MemMap, Zone
-
-if TYPE_CHECKING:
-    pass
 
 GUP_PIN_COUNTING_BIAS = 1 << 10
 
@@ -36,6 +34,7 @@ class Page:
 
     @property
     def folio(self) -> Folio:
+        """page_folio(): the folio this page belongs to (itself for an order-0 page)."""
         return Folio(self.mem, int(self.mem.head_of(self.pfn)))
 
     @property
@@ -56,17 +55,21 @@ class Page:
 
     @property
     def hwpoison(self) -> bool:
+        """PageHWPoison(): the frame had an uncorrectable memory error and is never used again."""
         return self.mem.test(self.pfn, PG.hwpoison)
 
     @property
     def index_in_folio(self) -> int:
+        """folio_page_idx(): which page of its folio this is (0 for the head)."""
         return int(self.mem.head_off[self.pfn])
 
     def read(self, offset: int = 0, n: int = 4096) -> bytes:
+        """The frame's bytes as a device doing DMA would see them (no fault, no PTE)."""
         return self.mem.read(self.pfn, offset, n)
 
     @property
     def flags(self) -> list[str]:
+        """Names of the PG_* bits set on this very page (tails have their own bits)."""
         return pg_flag_names(int(self.mem.flags[self.pfn]))
 
 
@@ -90,20 +93,24 @@ class Folio:
                 f"ref={self.refcount} pin={self.pincount}>")
 
     def page(self, i: int = 0) -> Page:
+        """folio_page(): the `i`-th page of the folio; IndexError beyond its end."""
         if not 0 <= i < self.nr_pages:
             raise IndexError(f"folio has {self.nr_pages} pages, no page {i}")
         return Page(self.mem, self.pfn + i)
 
     @property
     def order(self) -> int:
+        """folio_order(): log2 of its pages (0, an mTHP order, 9 for a PMD, 18 for a PUD)."""
         return int(self.mem.order[self.pfn])
 
     @property
     def nr_pages(self) -> int:
+        """folio_nr_pages(): 2**order."""
         return 1 << self.order
 
     @property
     def refcount(self) -> int:
+        """folio_ref_count(): references of every kind (GUP_PIN_COUNTING_BIAS per small pin)."""
         return int(self.mem.refcount[self.pfn])
 
     @property
@@ -119,58 +126,72 @@ class Folio:
 
     @property
     def entire_mapcount(self) -> int:
+        """folio_entire_mapcount(): how many PMD or PUD entries map the whole folio."""
         return int(self.mem.entire_mapcount[self.pfn])
 
     @property
     def kind(self) -> Kind:
+        """Who owns the folio (anon, page cache, shmem, zero page, ...), see `Kind`."""
         return Kind(int(self.mem.kind[self.pfn]))
 
     @property
     def zone(self) -> Zone:
+        """folio_zonenum(): ZONE_MOVABLE folios must be migrated before a long-term pin."""
         return self.mem.zone_of(self.pfn)
 
     @property
     def is_cma(self) -> bool:
+        """folio_is_cma(): in a CMA pageblock, where long-term pins are not allowed either."""
         return bool(self.mem.is_cma(self.pfn))
 
     @property
     def is_anon(self) -> bool:
+        """folio_test_anon(): anonymous memory, KSM folios included."""
         return self.kind in (Kind.ANON, Kind.KSM)
 
     @property
     def is_hugetlb(self) -> bool:
+        """folio_test_hugetlb(): from the hugetlb pool, freed back to it."""
         return self.mem.test(self.pfn, PG.hugetlb)
 
     @property
     def is_zero(self) -> bool:
+        """is_zero_folio(): the shared zero page, which GUP may return but never pin-counts."""
         return self.kind == Kind.ZERO
 
     @property
     def dirty(self) -> bool:
+        """folio_test_dirty(): its contents must reach the file before it may be dropped."""
         return self.mem.test(self.pfn, PG.dirty)
 
     @property
     def writeback(self) -> bool:
+        """folio_test_writeback(): being written to its file now."""
         return self.mem.test(self.pfn, PG.writeback)
 
     @property
     def locked(self) -> bool:
+        """folio_test_locked(): PG_locked, held across I/O and truncation of the folio."""
         return self.mem.test(self.pfn, PG.locked)
 
     @property
     def mapping(self) -> int:
+        """Id of the address_space (page cache) or anon_vma the folio belongs to; 0 for none."""
         return int(self.mem.mapping[self.pfn])
 
     @property
     def index(self) -> int:
+        """folio->index: the page offset in its file (or anon index) of the folio's first page."""
         return int(self.mem.index[self.pfn])
 
     @property
     def flags(self) -> list[str]:
+        """Names of the PG_* bits set on the folio's head, as dump_page() lists them."""
         return pg_flag_names(int(self.mem.flags[self.pfn]))
 
 
 def pg_flag_names(bits: int) -> list[str]:
+    """The names of the PG bits set in a flags word, in bit order."""
     return [f.name for f in PG if bits & f]
 
 
@@ -187,10 +208,11 @@ def folio_maybe_dma_pinned(folio: Folio) -> bool:
 
 
 def page_maybe_dma_pinned(page: Page) -> bool:
+    """folio_maybe_dma_pinned() of the page's folio: pins are counted per folio."""
     return folio_maybe_dma_pinned(page.folio)
 
 
-def maybe_dma_pinned_pfns(mem: MemMap, heads) -> object:
+def maybe_dma_pinned_pfns(mem: MemMap, heads: np.ndarray) -> NDArray[np.bool_]:
     """Vectorised folio_maybe_dma_pinned() over an array of head PFNs."""
     large = mem.order[heads] > 0
     small_pinned = (mem.refcount[heads] & 0xFFFFFFFF) >= GUP_PIN_COUNTING_BIAS

@@ -7,7 +7,8 @@ array directly with no per-page Python. Entry -1 is a NULL pointer.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from typing import overload
 
 import numpy as np
 
@@ -46,6 +47,11 @@ class PageArray:
     def __len__(self) -> int:
         return len(self.pfns)
 
+    @overload
+    def __getitem__(self, i: int) -> Page | None: ...
+    @overload
+    def __getitem__(self, i: slice) -> PageArray: ...
+
     def __getitem__(self, i: int | slice) -> Page | None | PageArray:
         if isinstance(i, slice):
             return PageArray(self.pfns[i], base=self._base or self)
@@ -72,7 +78,7 @@ class PageArray:
         return f"<PageArray {filled}/{len(self)} filled>"
 
 
-def pfns_of(pages: list[Page | None] | PageArray, n: int | None = None) -> np.ndarray:
+def pfns_of(pages: Sequence[Page | None] | PageArray, n: int | None = None) -> np.ndarray:
     """The first `n` entries of a pages array as PFNs (NULL as -1), without copying a PageArray."""
     if isinstance(pages, PageArray):
         return pages.pfns[:n] if n is not None else pages.pfns

@@ -12,6 +12,7 @@ from .alloc import Allocator
 
 
 def folio_get(alloc: Allocator, head: int, n: int = 1) -> None:
+    """folio_ref_add(): take `n` ordinary references (a mapping, the page cache, FOLL_GET)."""
     alloc.mem.refcount[head] += n
 
 

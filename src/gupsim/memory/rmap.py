@@ -14,6 +14,8 @@ import numpy as np
 
 
 class RmapWalker(Protocol):
+    """What memory-level code may ask of the page tables (`mm.rmap.MMRmap` answers it)."""
+
     def mkclean(self, head: int) -> int:
         """page_mkclean(): write-protect and clean every PTE mapping the folio; return how many."""
         ...
@@ -39,16 +41,21 @@ class NoRmap:
     """The walker of a machine with no address spaces yet: nothing maps anything."""
 
     def mkclean(self, head: int) -> int:
+        """No PTE to clean: 0 cleaned."""
         return 0
 
     def try_to_unmap(self, head: int) -> bool:
+        """Nothing maps the folio, so it is unmapped already."""
         return True
 
     def remap(self, old_heads: np.ndarray, new_heads: np.ndarray) -> None:
+        """No PTE points at the old folios: nothing to redirect."""
         return None
 
     def mapcount_expected_refs(self, head: int) -> int:
+        """No mapping holds a reference."""
         return 0
 
     def unmap_mapping_range(self, mapping: int, first_index: int, last_index: int) -> None:
+        """No PTE maps the file: nothing to zap."""
         return None

@@ -63,6 +63,7 @@ def resolve(env: MMEnv, mm: MM, addr: int, write: bool) -> tuple[VMA, int]:
 
 
 def access_read(env: MMEnv, mm: MM, addr: int, n: int) -> bytes:
+    """A CPU load of `n` bytes at `addr`, page by page, faulting as the MMU would."""
     out = bytearray()
     end = addr + n
     while addr < end:
@@ -74,6 +75,7 @@ def access_read(env: MMEnv, mm: MM, addr: int, n: int) -> bytes:
 
 
 def access_write(env: MMEnv, mm: MM, addr: int, data: bytes) -> None:
+    """A CPU store of `data` at `addr`: write faults break COW, dirty and age the PTEs."""
     pos = 0
     while pos < len(data):
         chunk = min(len(data) - pos, PAGE_SIZE - (addr + pos) % PAGE_SIZE)

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..constants import PAGE_SIZE, PMD_ORDER
 from ..memory import Allocator, MemMap
 from .file import MappableFile
+
+if TYPE_CHECKING:
+    from .mm_struct import MM
 
 THP_SETTINGS = ("always", "madvise", "never")
 MTHP_ORDERS = (2, 3, 4, 5, 6, 7, 8, PMD_ORDER)   # 16 KiB .. 2 MiB, as on this machine
@@ -69,6 +73,7 @@ class SwapDevice:
     next_slot: int = 1
 
     def alloc(self, data: bytes | None) -> int | None:
+        """get_swap_page(): a free slot holding `data` with one user, or None if swap is full."""
         if len(self.slots) >= self.nr_slots:
             return None
         slot = self.next_slot
@@ -80,10 +85,12 @@ class SwapDevice:
         return slot
 
     def dup(self, slots: np.ndarray) -> None:
+        """swap_duplicate(): one more user per entry (fork copying swap PTEs)."""
         for s in slots.tolist():
             self.counts[s] += 1
 
     def free_entries(self, slots: np.ndarray) -> None:
+        """swap_free(): one user less per entry; a slot nobody uses is freed."""
         for s in slots.tolist():
             self.counts[s] -= 1
             if self.counts[s] == 0:
@@ -91,6 +98,7 @@ class SwapDevice:
                 del self.slots[s]
 
     def used(self) -> int:
+        """Slots in use (SwapTotal - SwapFree, in pages)."""
         return len(self.slots)
 
 
@@ -104,7 +112,7 @@ class MMEnv:
     swap: SwapDevice | None = None
     shmem_file: Callable[[int], MappableFile] | None = None  # backs MAP_SHARED|MAP_ANONYMOUS
     hugetlb_file: Callable[[int, int], MappableFile] | None = None  # (size, order) for MAP_HUGETLB
-    mms: list = field(default_factory=list)   # every live mm, for rmap walks
+    mms: list[MM] = field(default_factory=list)   # every live mm, for rmap walks
     # migration's page-cache hook (old head, new head) -> replaced?, from the file systems
     replace_cache: Callable[[int, int], bool] | None = None
 

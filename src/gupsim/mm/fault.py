@@ -127,6 +127,8 @@ def map_new_anon(env: MMEnv, mm: MM, vma: VMA, first: int, head: int, order: int
 
 
 def do_anonymous_page(env: MMEnv, mm: MM, vma: VMA, i: int, write: bool) -> VMFault:
+    """First touch of anonymous memory: a read maps the (huge) zero page, a write a new
+    exclusive folio of the largest allowed THP order that fits, else order 0."""
     mem = env.mem
     orders = anon_orders(env, vma)
     if not write:
@@ -438,4 +440,5 @@ def do_swap_page(env: MMEnv, mm: MM, vma: VMA, i: int) -> VMFault:
 
 
 def release_folio_ref(env: MMEnv, head: int) -> None:
+    """Drop one reference the fault path took, freeing the folio if it was the last."""
     folio_put(env.alloc, head)

@@ -13,13 +13,42 @@ from ..memory import Kind
 class MappableFile(Protocol):
     """A file (or memfd) that `mmap()` can map: its page cache seen from the fault path."""
 
-    inode_id: int          # stored in folio->mapping of its page-cache folios
-    kind: Kind             # FILE (ext4-like), SHMEM, HUGETLBFS, FSDAX or SECRETMEM
-    fs_name: str           # "ext4", "tmpfs", "hugetlbfs", "dax", "secretmem"
-    folio_order: int       # order of the folios it caches (hugetlbfs: 9 or 18; else 0)
-    needs_writenotify: bool  # shared writable mappings are write-protected until page_mkwrite
-    readable: bool         # opened for reading
-    writable: bool         # opened for writing (a shared PROT_WRITE mapping needs it)
+    # Read-only for mm/: properties here, so that a file system may compute them.
+
+    @property
+    def inode_id(self) -> int:
+        """Stored in folio->mapping of its page-cache folios."""
+        ...
+
+    @property
+    def kind(self) -> Kind:
+        """FILE (ext4-like), SHMEM, HUGETLBFS, FSDAX or SECRETMEM."""
+        ...
+
+    @property
+    def fs_name(self) -> str:
+        """The file system's name: ext4, tmpfs, hugetlbfs, dax or secretmem."""
+        ...
+
+    @property
+    def folio_order(self) -> int:
+        """Order of the folios it caches (hugetlbfs: 9 or 18; else 0)."""
+        ...
+
+    @property
+    def needs_writenotify(self) -> bool:
+        """Shared writable mappings are write-protected until page_mkwrite."""
+        ...
+
+    @property
+    def readable(self) -> bool:
+        """Opened for reading."""
+        ...
+
+    @property
+    def writable(self) -> bool:
+        """Opened for writing (a shared PROT_WRITE mapping needs it)."""
+        ...
 
     @property
     def size(self) -> int:
@@ -33,6 +62,10 @@ class MappableFile(Protocol):
         SIGBUS), -ENOMEM that no folio could be allocated. The page cache keeps its own
         reference; the caller takes its own for the mapping.
         """
+        ...
+
+    def has_folio(self, index: int) -> bool:
+        """Is page `index` in the page cache now? (a lookup that never creates the folio)."""
         ...
 
     def get_file(self) -> MappableFile:

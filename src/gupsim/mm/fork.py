@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 
 import numpy as np
+from numpy.typing import NDArray
 
 from ..memory import PG, Kind, OutOfMemory
 from ..memory.page import maybe_dma_pinned_pfns
@@ -20,10 +21,10 @@ from .vma import PTE, VM, VMA, vma_close
 
 
 class ForkFailed(OSError):
-    pass
+    """fork() could not copy the address space (ENOMEM): the child was torn down again."""
 
 
-def folio_needs_cow_for_dma(env: MMEnv, mm: MM, heads: np.ndarray) -> np.ndarray:
+def folio_needs_cow_for_dma(env: MMEnv, mm: MM, heads: np.ndarray) -> NDArray[np.bool_]:
     """Vectorised folio_needs_cow_for_dma(): the mm ever pinned and the folio may be pinned."""
     if not mm.flags & MMF.HAS_PINNED:
         return np.zeros(len(heads), dtype=bool)
@@ -68,6 +69,10 @@ def dup_mm(env: MMEnv, parent: MM) -> MM:
 
 
 def copy_page_range(env: MMEnv, src_mm: MM, dst_mm: MM, src: VMA, dst: VMA) -> None:
+    """copy_page_range(): fill the child's VMA, sharing pages copy-on-write, copying pinned ones.
+
+    Raises OutOfMemory when a maybe-pinned exclusive page cannot be copied.
+    """
     mem = env.mem
     # huge mappings first: pinned exclusive anon THPs are split, the rest shared whole
     huge = np.nonzero((src.pte & (PTE.PMD | PTE.PUD)) != 0)[0]
@@ -85,6 +90,7 @@ def copy_page_range(env: MMEnv, src_mm: MM, dst_mm: MM, src: VMA, dst: VMA) -> N
         src.pte[swapped] &= np.uint16(~PTE.SWP_EXCLUSIVE & 0xFFFF)
         dst.pte[swapped] = src.pte[swapped]
         dst.pfn[swapped] = src.pfn[swapped]
+        assert env.swap is not None, "a PTE holds a swap entry on a machine without swap"
         env.swap.dup(src.pfn[swapped])
     poison = (pte & (PTE.HWPOISON | PTE.MARKER)) != 0
     dst.pte[poison] = src.pte[poison]

@@ -16,10 +16,13 @@ import numpy as np
 from ..constants import PAGE_SHIFT, PMD_ORDER, PUD_ORDER, RLIM_INFINITY
 from ..memory import PG, Allocator, Kind, MemMap
 from ..memory.refs import folio_put_many
+from .env import SwapDevice
 from .vma import PTE, VMA, vma_close
 
 
 class MMF(IntFlag):
+    """mm->flags bits that the pinning code sets or reads."""
+
     HAS_PINNED = 1 << 0     # MMF_HAS_PINNED: some page of this mm was ever pinned
 
 
@@ -31,6 +34,7 @@ class MMapLock:
     writer: bool = False
 
     def held(self) -> bool:
+        """mmap_assert_locked(): held for read or for write."""
         return self.writer or self.readers > 0
 
 
@@ -39,11 +43,14 @@ _mm_ids = iter(range(1, 1 << 62))
 
 @dataclass
 class RSS:
+    """The mm's resident pages by counter (MM_ANONPAGES, MM_FILEPAGES, MM_SHMEMPAGES)."""
+
     anon: int = 0
     file: int = 0
     shmem: int = 0
 
     def total(self) -> int:
+        """get_mm_rss(): VmRSS in pages."""
         return self.anon + self.file + self.shmem
 
 
@@ -74,9 +81,11 @@ class MM:
         return None
 
     def vmas_in(self, start: int, end: int) -> list[VMA]:
+        """The VMAs overlapping [start, end), in address order (holes are simply absent)."""
         return [v for v in self.vmas if v.start < end and v.end > start]
 
     def insert_vma(self, vma: VMA) -> None:
+        """Link a VMA into the sorted list; the caller made sure that nothing overlaps it."""
         bisect.insort(self.vmas, vma, key=lambda v: v.start)
 
     def split_at(self, addr: int) -> None:
@@ -106,6 +115,7 @@ class MM:
         self.vmas = out
 
     def total_vm(self) -> int:
+        """mm->total_vm: mapped pages, /proc/<pid>/status VmSize in pages."""
         return sum(v.nr_pages for v in self.vmas)
 
 
@@ -113,6 +123,7 @@ class MM:
 
 
 def rss_kind(kind: int) -> str:
+    """The RSS counter ("anon", "file", "shmem") a folio of `kind` is charged to."""
     if kind in (Kind.ANON, Kind.KSM):
         return "anon"
     if kind in (Kind.SHMEM, Kind.HUGETLBFS):
@@ -121,6 +132,7 @@ def rss_kind(kind: int) -> str:
 
 
 def add_rss(mm: MM, kinds: np.ndarray, sign: int) -> None:
+    """add_mm_counter() for one page per entry of `kinds` (sign +1 to map, -1 to unmap)."""
     if len(kinds) == 0:
         return
     counts = np.bincount(kinds.astype(np.int64), minlength=len(Kind))
@@ -206,7 +218,7 @@ def split_pmds_across(mm: MM, vma: VMA, i: int) -> None:
             split_huge_mapping(mm, vma, i - 1)
 
 
-def zap_range(mm: MM, vma: VMA, i0: int, i1: int, swap=None) -> None:
+def zap_range(mm: MM, vma: VMA, i0: int, i1: int, swap: SwapDevice | None = None) -> None:
     """Unmap entries [i0, i1) of a VMA: drop mapcounts and references, free what is unused.
 
     Huge mappings that the range only partly covers are split first, as zap_pmd_range()
@@ -254,7 +266,8 @@ def zap_range(mm: MM, vma: VMA, i0: int, i1: int, swap=None) -> None:
         folio_put_many(mm.alloc, np.concatenate(heads_to_put))
 
 
-def zap_vma(mm: MM, vma: VMA, swap=None) -> None:
+def zap_vma(mm: MM, vma: VMA, swap: SwapDevice | None = None) -> None:
+    """unmap_vmas() for one whole VMA (exit, and the teardown of a child whose fork failed)."""
     zap_range(mm, vma, 0, vma.nr_pages, swap)
 
 
@@ -270,6 +283,7 @@ class Cred:
     rlimit_memlock: int = RLIMIT_DEFAULT_MEMLOCK
 
     def capable(self, cap: int) -> bool:
+        """capable(): does the task hold `cap` (CAP_IPC_LOCK lifts RLIMIT_MEMLOCK)."""
         return cap in self.caps
 
 
@@ -282,4 +296,5 @@ class UserStruct:
 
 
 def rlimit_pages(limit: int) -> int:
+    """An rlimit in bytes as pages, RLIM_INFINITY as a number no count reaches."""
     return limit >> PAGE_SHIFT if limit != RLIM_INFINITY else 1 << 62

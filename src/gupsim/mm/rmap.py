@@ -104,6 +104,7 @@ class MMRmap:
             mem.entire_mapcount[old] = 0
 
     def mapcount_expected_refs(self, head: int) -> int:
+        """One reference per PTE and per PMD/PUD mapping: what migration may expect."""
         mem = self.env.mem
         n = mem.nr_pages_of(head)
         return int(mem.mapcount[head:head + n].sum()) + int(mem.entire_mapcount[head])

@@ -86,14 +86,17 @@ from .vma import PTE, VM, VMA, vma_close
 
 
 def fail(err: int, what: str) -> OSError:
+    """The OSError a system call raises: the errno, its strerror text, and what went wrong."""
     return OSError(err, f"{os.strerror(err)}: {what}")
 
 
 def page_align(n: int) -> int:
+    """PAGE_ALIGN(): `n` rounded up to a multiple of PAGE_SIZE."""
     return (n + PAGE_SIZE - 1) & PAGE_MASK
 
 
 def prot_to_vm(prot: int) -> VM:
+    """calc_vm_prot_bits(): PROT_READ/WRITE/EXEC as VM_READ/WRITE/EXEC."""
     flags = VM.NONE
     if prot & PROT_READ:
         flags |= VM.READ
@@ -272,6 +275,7 @@ def _unmap_range(env: MMEnv, mm: MM, start: int, end: int) -> None:
 
 
 def do_munmap(env: MMEnv, mm: MM, addr: int, length: int) -> None:
+    """munmap(2): pinned pages stay allocated (their pins hold them) but leave the mm."""
     if addr % PAGE_SIZE:
         raise fail(errno.EINVAL, f"address {addr:#x} is not page aligned")
     if length <= 0:
@@ -304,6 +308,7 @@ def _covering(mm: MM, start: int, end: int) -> list[VMA]:
 
 
 def do_mprotect(env: MMEnv, mm: MM, addr: int, length: int, prot: int) -> None:
+    """mprotect(2): ENOMEM for a hole, EACCES for PROT_WRITE on a read-only file's shared map."""
     if addr % PAGE_SIZE:
         raise fail(errno.EINVAL, f"address {addr:#x} is not page aligned")
     _check_prot(prot)
@@ -370,6 +375,7 @@ _FLAG_ADVICE = {
 
 
 def do_madvise(env: MMEnv, mm: MM, start: int, length: int, advice: int) -> None:
+    """madvise(2): applies the advice to the mapped parts, then ENOMEM if there was a hole."""
     if advice not in _ADVICE:
         raise fail(errno.EINVAL, f"unknown madvise advice {advice}")
     if start % PAGE_SIZE:
@@ -456,6 +462,7 @@ def _first_hole(mm: MM, start: int, end: int) -> int | None:
 
 def do_mremap(env: MMEnv, mm: MM, old_addr: int, old_size: int, new_size: int,
               flags: int = 0, new_addr: int = 0) -> int:
+    """mremap(2): shrink, grow in place, or move; folios, pinned ones too, move with their PTEs."""
     if flags & ~(MREMAP_MAYMOVE | MREMAP_FIXED | MREMAP_DONTUNMAP):
         raise fail(errno.EINVAL, f"unknown mremap flags {flags:#x}")
     if old_addr % PAGE_SIZE:
@@ -497,6 +504,7 @@ def do_mremap(env: MMEnv, mm: MM, old_addr: int, old_size: int, new_size: int,
     mm.split_at(old_addr)
     mm.split_at(old_addr + old_size)
     moved = mm.find_vma(old_addr)
+    assert moved is not None, "split_at() keeps the VMA that covered old_addr"
     mm.vmas.remove(moved)
     shift = new_addr - moved.start
     moved.start += shift
@@ -576,6 +584,7 @@ def _charge_mlock(mm: MM, cred: Cred, pages: int, err: int) -> None:
 
 
 def do_mlock(env: MMEnv, mm: MM, cred: Cred, addr: int, length: int, flags: int = 0) -> None:
+    """mlock2(2): charge locked_vm against RLIMIT_MEMLOCK, then fault in (unless ONFAULT)."""
     if flags & ~MLOCK_ONFAULT:
         raise fail(errno.EINVAL, f"unknown mlock2 flags {flags:#x}")
     start = addr & PAGE_MASK
@@ -598,6 +607,7 @@ def do_mlock(env: MMEnv, mm: MM, cred: Cred, addr: int, length: int, flags: int 
 
 
 def do_munlock(env: MMEnv, mm: MM, addr: int, length: int) -> None:
+    """munlock(2): uncharge locked_vm; pages stay mapped, and pinned pages stay pinned."""
     start = addr & PAGE_MASK
     end = page_align(addr + length)
     if end == start:

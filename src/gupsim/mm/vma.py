@@ -90,18 +90,23 @@ class VMA:
 
     @property
     def nr_pages(self) -> int:
+        """vma_pages(): base pages in [start, end), the length of `pfn` and `pte`."""
         return (self.end - self.start) >> PAGE_SHIFT
 
     def idx(self, addr: int) -> int:
+        """The page-table entry (index into `pfn`/`pte`) of an address in this VMA."""
         return (addr - self.start) >> PAGE_SHIFT
 
     def addr_of(self, i: int) -> int:
+        """The address of page-table entry `i` (the inverse of `idx`)."""
         return self.start + (i << PAGE_SHIFT)
 
     def file_index(self, addr: int) -> int:
+        """linear_page_index(): the page offset in the backing file that `addr` maps."""
         return self.pgoff + ((addr - self.start) >> PAGE_SHIFT)
 
     def contains(self, addr: int) -> bool:
+        """Is `addr` inside [start, end)? (`end` is exclusive, as everywhere in mm/)."""
         return self.start <= addr < self.end
 
     # -- kinds -----------------------------------------------------------------------------
@@ -113,6 +118,7 @@ class VMA:
 
     @property
     def is_shared(self) -> bool:
+        """VM_SHARED: writes reach the file or shmem object, never a private copy."""
         return bool(self.flags & VM.SHARED)
 
     @property
@@ -122,6 +128,7 @@ class VMA:
 
     @property
     def is_hugetlb(self) -> bool:
+        """is_vm_hugetlb_page(): mapped with huge pages of `huge_order` from the pool."""
         return bool(self.flags & VM.HUGETLB)
 
     def split(self, addr: int) -> VMA:
@@ -145,12 +152,14 @@ class VMA:
 
 
 def describe_flags(flags: VM) -> str:
+    """The permission column of /proc/<pid>/maps: "rw-p", "r--s", ..."""
     return "".join(c if flags & f else "-" for c, f in
                    (("r", VM.READ), ("w", VM.WRITE), ("x", VM.EXEC))) + (
         "s" if flags & VM.SHARED else "p")
 
 
 def pages_in(length: int) -> int:
+    """Pages needed to cover `length` bytes (rounded up)."""
     return (length + PAGE_SIZE - 1) >> PAGE_SHIFT
 
 

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from rich.table import Table
 
+from ..scenarios.protocol import Trace
 from ..scenarios.runner import Result, describe
 
 STYLE = {"agree": "green", "disagree": "bold red", "skipped": "yellow", "model-only": "cyan"}
 
 
-def summarize(trace) -> str:
+def summarize(trace: Trace | None) -> str:
     """The interesting steps of a trace in one line: refusals and pin movements."""
     if trace is None:
         return "—"
@@ -49,8 +52,9 @@ def table(results: list[Result]) -> Table:
     return t
 
 
-def as_json(results: list[Result]) -> list[dict]:
-    def trace(tr):
+def as_json(results: list[Result]) -> list[dict[str, Any]]:
+    """The results as plain data for `--json`: each case, its verdict, and both traces."""
+    def trace(tr: Trace | None) -> dict[str, Any] | None:
         if tr is None:
             return None
         return {"skipped": tr.skipped, "exact": tr.exact, "attempts": tr.attempts,

@@ -25,8 +25,8 @@ VFIO_DMA_MAP_FLAG_VADDR updates; asynchronous accounting runs at once.
 from __future__ import annotations
 
 import bisect
-from errno import ESRCH
 from dataclasses import dataclass, field
+from errno import ESRCH
 
 import numpy as np
 

@@ -230,10 +230,12 @@ def __ib_umem_release(device: IbDevice, umem: IbUmem, dirty: bool) -> None:
     """Unpin every sg segment with one range call, dirtying if the region was writable."""
     k = device.k
     make_dirty = dirty and umem.writable
+    umem.released = True
+    if not len(umem.pfns):
+        return
     ends = np.append(umem.seg_starts[1:], len(umem.pfns))
     for s, e in zip(umem.seg_starts.tolist(), ends.tolist(), strict=True):
         k.unpin_user_page_range_dirty_lock(k.page(int(umem.pfns[s])), e - s, make_dirty)
-    umem.released = True
 
 
 def ib_umem_release(umem: IbUmem | int | None) -> None:

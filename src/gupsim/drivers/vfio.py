@@ -73,6 +73,7 @@ class VfioBatch:
 class VfioDma:
     """struct vfio_dma: one mapping; `pfns[i]` backs IOVA page i (the IOMMU page table)."""
 
+    k: object                    # the machine (the model's link to the facade)
     iova: int
     vaddr: int
     prot: int
@@ -98,14 +99,16 @@ def vfio_lock_acct(dma: VfioDma, npage: int, async_: bool) -> int:
 
 
 def put_pfn_range(k, pfn: int, npage: int, prot: int) -> int:
-    """put_pfn() over a physically contiguous run, as one range unpin; returns npage."""
+    """put_pfn() over a physically contiguous run, as one range unpin; returns npage
+    (`k`, the machine, comes first: the model's stand-in for the global struct pages)."""
     if npage > 0:
         k.unpin_user_page_range_dirty_lock(k.page(pfn), npage, bool(prot & IOMMU_WRITE))
     return max(npage, 0)
 
 
-def vfio_batch_unpin(k, batch: VfioBatch, dma: VfioDma) -> None:
+def vfio_batch_unpin(batch: VfioBatch, dma: VfioDma) -> None:
     """Unpin what is left in the batch (not mapped, not accounted)."""
+    k = dma.k
     if batch.size:
         left = batch.left()
         k.unpin_user_pages_dirty_lock(PageArray(left.copy(), k.mem), len(left),
@@ -113,9 +116,10 @@ def vfio_batch_unpin(k, batch: VfioBatch, dma: VfioDma) -> None:
     batch.size = batch.offset = 0
 
 
-def vaddr_get_pfns(k, mm, vaddr: int, npages: int, prot: int, pfn: list[int],
-                   batch: VfioBatch) -> int:
-    """Refill the batch from vaddr: pages pinned (> 0, first one in pfn[0]) or -errno."""
+def vaddr_get_pfns(mm, vaddr: int, npages: int, prot: int, pfn: list[int],
+                   batch: VfioBatch, *, k) -> int:
+    """Refill the batch from vaddr: pages pinned (> 0, first one in pfn[0]) or -errno.
+    `k` is the machine whose facade takes mmap_lock around pin_user_pages_remote()."""
     flags = FOLL_LONGTERM | (FOLL_WRITE if prot & IOMMU_WRITE else 0)
     ret = k.pin_user_pages_remote(mm, vaddr, min(npages, VFIO_PIN_BATCH), flags,
                                   batch.pages, None)
@@ -126,11 +130,12 @@ def vaddr_get_pfns(k, mm, vaddr: int, npages: int, prot: int, pfn: list[int],
     return ret or -EFAULT
 
 
-def vfio_pin_pages_remote(k, dma: VfioDma, vaddr: int, npage: int, pfn_base: list[int],
+def vfio_pin_pages_remote(dma: VfioDma, vaddr: int, npage: int, pfn_base: list[int],
                           limit: int, batch: VfioBatch, log: list[str] | None = None) -> int:
     """Pin the physically contiguous run starting at vaddr (at most npage pages) and
     charge it to locked_vm: the run's length (first PFN in pfn_base[0]) or -errno.
     Messages the kernel prints with pr_warn() go to `log` (the container's `dmesg`)."""
+    k = dma.k
     mm = dma.mm
     if mm is None:
         return -ENODEV
@@ -140,7 +145,7 @@ def vfio_pin_pages_remote(k, dma: VfioDma, vaddr: int, npage: int, pfn_base: lis
     while npage:
         if not batch.size:
             first = [0]
-            ret = vaddr_get_pfns(k, mm, vaddr, npage, dma.prot, first, batch)
+            ret = vaddr_get_pfns(mm, vaddr, npage, dma.prot, first, batch, k=k)
             if ret < 0:
                 break
             ret = 0
@@ -172,14 +177,16 @@ def vfio_pin_pages_remote(k, dma: VfioDma, vaddr: int, npage: int, pfn_base: lis
     if ret < 0:
         if pinned:
             put_pfn_range(k, pfn_base[0], pinned, dma.prot)
-        vfio_batch_unpin(k, batch, dma)
+        vfio_batch_unpin(batch, dma)
         return ret
     return pinned
 
 
-def vfio_unpin_pages_remote(k, dma: VfioDma, pfn: int, npage: int, do_accounting: bool) -> int:
-    """Unpin a contiguous run and (if asked) uncharge it; returns the pages unpinned."""
-    unlocked = put_pfn_range(k, pfn, npage, dma.prot)
+def vfio_unpin_pages_remote(dma: VfioDma, iova: int, pfn: int, npage: int,
+                            do_accounting: bool) -> int:
+    """Unpin the contiguous run backing `iova` and (if asked) uncharge it; returns the
+    pages unpinned (no external pins in the model, so every page was accounted)."""
+    unlocked = put_pfn_range(dma.k, pfn, npage, dma.prot)
     if do_accounting:
         vfio_lock_acct(dma, -unlocked, True)
     return unlocked
@@ -226,7 +233,7 @@ class VfioContainer:
         ret = 0
         while size:
             pfn = [-1]
-            npage = vfio_pin_pages_remote(k, dma, dma.vaddr + dma.size, size >> PAGE_SHIFT,
+            npage = vfio_pin_pages_remote(dma, dma.vaddr + dma.size, size >> PAGE_SHIFT,
                                           pfn, limit, batch, self.dmesg)
             if npage <= 0:
                 k.warnings.warn_on_once(npage == 0, "vfio_pin_map_dma: no page pinned",
@@ -236,7 +243,7 @@ class VfioContainer:
             dma.pfns = np.concatenate([dma.pfns, pfn[0] + np.arange(npage, dtype=np.int64)])
             size -= npage << PAGE_SHIFT
             dma.size += npage << PAGE_SHIFT
-        vfio_batch_unpin(k, batch, dma)        # vfio_batch_fini(): nothing should be left
+        vfio_batch_unpin(batch, dma)           # vfio_batch_fini(): nothing should be left
         if ret:
             self.vfio_remove_dma(dma)
         return ret
@@ -258,7 +265,7 @@ class VfioContainer:
         if not self.dma_avail:
             return -ENOSPC
         p = self.proc
-        dma = VfioDma(iova, vaddr, prot, p.cred.capable(CAP_IPC_LOCK), p, p.mm)
+        dma = VfioDma(self.k, iova, vaddr, prot, p.cred.capable(CAP_IPC_LOCK), p, p.mm)
         self.dma_avail -= 1
         bisect.insort(self.dmas, dma, key=lambda d: d.iova)
         return self.vfio_pin_map_dma(dma, size)
@@ -267,7 +274,8 @@ class VfioContainer:
         """Unmap from the IOMMU and unpin run by run, then uncharge: pages unlocked."""
         unlocked = 0
         for s, n in _runs(dma.pfns):
-            unlocked += vfio_unpin_pages_remote(self.k, dma, int(dma.pfns[s]), n, False)
+            unlocked += vfio_unpin_pages_remote(dma, dma.iova + s * PAGE_SIZE,
+                                                int(dma.pfns[s]), n, False)
         dma.pfns = dma.pfns[:0]
         if do_accounting:
             vfio_lock_acct(dma, -unlocked, True)

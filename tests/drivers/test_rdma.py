@@ -326,3 +326,24 @@ def test_access_flags_are_the_uverbs_values() -> None:
     assert (IB_ACCESS_LOCAL_WRITE, IB_ACCESS_REMOTE_WRITE, IB_ACCESS_REMOTE_READ,
             rdma.IB_ACCESS_REMOTE_ATOMIC, IB_ACCESS_ON_DEMAND) == (1, 2, 4, 8, 64)
     assert rdma.UMEM_CHUNK == 512
+
+
+def test_fragmented_region_releases_every_page_once_and_dirties_it(k: Kernel,
+                                                                    dev: IbDevice) -> None:
+    """Pages faulted every other one first get interleaved frames: one segment per page.
+    Deregistration still unpins each page once, dirties each, in bounded Python work."""
+    p = user(k)
+    n = 2048
+    a = p.mmap(0, n * PAGE_SIZE, RW, ANON)
+    for start in (0, 1):
+        for i in range(start, n, 2):
+            p.write(a + i * PAGE_SIZE, b"f")
+    mr = ibv_reg_mr(ibv_open_device(dev, p), a, n * PAGE_SIZE, RWMR)
+    assert mr.umem.nsegs == n
+    frames = mr.umem.pfns.copy()
+    k.mem.clear_flag(frames, PG.dirty)
+    calls, _, _ = python_calls(lambda: ibv_dereg_mr(mr))
+    assert calls < n // 2, calls
+    assert held(k) == 0 and k.vmstat["nr_foll_pin_released"] == n
+    assert all(k.page(int(f)).folio.dirty for f in frames)
+    assert k.sanitizer.reports == []

@@ -242,3 +242,23 @@ def test_a_256mib_map_costs_python_per_batch_not_per_page() -> None:
     calls, secs, _ = python_calls(lambda: c.unmap_dma(IOVA, n * PAGE_SIZE))
     assert calls < n // 4 and secs < 10, calls
     assert held(k) == 0
+
+
+def test_a_fragmented_mapping_is_unmapped_without_per_run_python(k: Kernel) -> None:
+    """One-page runs (interleaved frames): every page unpinned once, dirtied, VmLck back
+    to zero, with Python work well below one call per page."""
+    p = vmm(k)
+    n = 2048
+    a = p.mmap(0, n * PAGE_SIZE, RW, ANON)
+    for start in (0, 1):
+        for i in range(start, n, 2):
+            p.write(a + i * PAGE_SIZE, b"f")
+    c = VfioContainer(k, p)
+    c.map_dma(a, IOVA, n * PAGE_SIZE, RWF)
+    frames = c.pinned_pfns().copy()
+    assert len(frames) == n and (abs(frames[1:] - frames[:-1]) != 1).all()
+    k.mem.clear_flag(frames, PG.dirty)
+    calls, _, unmapped = python_calls(lambda: c.unmap_dma(IOVA, n * PAGE_SIZE))
+    assert unmapped == n * PAGE_SIZE and calls < n // 2, calls
+    assert held(k) == 0 and p.mm.locked_vm == 0
+    assert all(k.page(int(f)).folio.dirty for f in frames)

@@ -16,7 +16,8 @@ Conventions: `ib_umem_get()` returns the umem or a negative errno (the kernel's
 
 Simplifications: no DMA mapping (the device addresses the frames directly, no IOMMU),
 no ODP (IB_ACCESS_ON_DEMAND answers -EOPNOTSUPP, as the plain getter does), no dma-buf
-or peer memory; one protection domain per context; keys are small counters.
+or peer memory; one protection domain per context; keys are small counters; a region
+fragmented into many segments is released in one vectorised call (drivers/runs.py).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from ..constants import (
 from ..gup import FOLL_LONGTERM, FOLL_WRITE
 from ..memory import PageArray
 from ..mm.mm_struct import rlimit_pages
+from .runs import contiguous_runs, unpin_runs
 
 __gupsim_call_site__ = True     # the sanitizer names this driver's lines (see warn.py)
 
@@ -164,18 +166,6 @@ def ib_umem_num_pages(umem: IbUmem) -> int:
     return (end - start) >> PAGE_SHIFT
 
 
-def _segments(pfns: np.ndarray, max_pages: int) -> np.ndarray:
-    """Start indexes of sg segments: contiguous PFN runs, cut at max_pages per segment
-    (sg_alloc_append_table_from_pages merging across the per-chunk appends)."""
-    if len(pfns) == 0:
-        return np.zeros(0, dtype=np.int64)
-    breaks = np.flatnonzero(np.diff(pfns) != 1) + 1
-    runs = np.concatenate([[0], breaks, [len(pfns)]])
-    starts = [np.arange(s, e, max_pages) for s, e in zip(runs[:-1].tolist(), runs[1:].tolist(),
-                                                            strict=True)]
-    return np.concatenate(starts).astype(np.int64)
-
-
 def ib_umem_get(device: IbDevice, addr: int, size: int, access: int, *,
                 current) -> IbUmem | int:
     """Pin and account a user buffer for a memory region: the umem, or -errno (ERR_PTR).
@@ -218,7 +208,7 @@ def ib_umem_get(device: IbDevice, addr: int, size: int, access: int, *,
         cur_base += pinned * PAGE_SIZE
         left -= pinned
     umem.pfns = np.concatenate(got) if got else np.zeros(0, dtype=np.int64)
-    umem.seg_starts = _segments(umem.pfns, max(1, device.max_seg_size >> PAGE_SHIFT))
+    umem.seg_starts = contiguous_runs(umem.pfns, max(1, device.max_seg_size >> PAGE_SHIFT))
     if ret:
         __ib_umem_release(device, umem, False)
         mm.pinned_vm -= npages
@@ -227,15 +217,10 @@ def ib_umem_get(device: IbDevice, addr: int, size: int, access: int, *,
 
 
 def __ib_umem_release(device: IbDevice, umem: IbUmem, dirty: bool) -> None:
-    """Unpin every sg segment with one range call, dirtying if the region was writable."""
-    k = device.k
-    make_dirty = dirty and umem.writable
+    """Unpin every sg segment with one range call, dirtying if the region was writable
+    (many short segments: one vectorised call, see drivers/runs.py)."""
     umem.released = True
-    if not len(umem.pfns):
-        return
-    ends = np.append(umem.seg_starts[1:], len(umem.pfns))
-    for s, e in zip(umem.seg_starts.tolist(), ends.tolist(), strict=True):
-        k.unpin_user_page_range_dirty_lock(k.page(int(umem.pfns[s])), e - s, make_dirty)
+    unpin_runs(device.k, umem.pfns, umem.seg_starts, dirty and umem.writable)
 
 
 def ib_umem_release(umem: IbUmem | int | None) -> None:

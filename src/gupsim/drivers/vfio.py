@@ -19,7 +19,8 @@ around the call, which is the lock vaddr_get_pfns() holds.
 Simplifications: one IOMMU domain with 4 KiB pages and an IOVA space without reserved
 holes; no VM_PFNMAP (MMIO) fallback, so a range that cannot be pinned fails with the
 pin's errno; no mdev/external pins (`vfio_find_vpfn` never finds one); no
-VFIO_DMA_MAP_FLAG_VADDR updates; asynchronous accounting runs at once.
+VFIO_DMA_MAP_FLAG_VADDR updates; asynchronous accounting runs at once; a mapping
+fragmented into many runs is unpinned in one vectorised call (drivers/runs.py).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from ..gup import FOLL_LONGTERM, FOLL_WRITE
 from ..gup.accounting import __account_locked_vm
 from ..memory import PageArray
 from ..mm.mm_struct import rlimit_pages
+from .runs import BULK_RELEASE_RUNS, contiguous_runs, unpin_runs
 
 __gupsim_call_site__ = True     # the sanitizer names this driver's lines (see warn.py)
 
@@ -192,14 +194,6 @@ def vfio_unpin_pages_remote(dma: VfioDma, iova: int, pfn: int, npage: int,
     return unlocked
 
 
-def _runs(pfns: np.ndarray) -> list[tuple[int, int]]:
-    """(start index, length) of the physically contiguous runs of a PFN array."""
-    if len(pfns) == 0:
-        return []
-    cuts = np.concatenate([[0], np.flatnonzero(np.diff(pfns) != 1) + 1, [len(pfns)]])
-    return [(s, e - s) for s, e in zip(cuts[:-1].tolist(), cuts[1:].tolist(), strict=True)]
-
-
 class VfioContainer:
     """A VFIO container with the type1 (v2) IOMMU and one device attached, opened by `proc`.
 
@@ -230,6 +224,7 @@ class VfioContainer:
         k = self.k
         limit = rlimit_pages(self.proc.cred.rlimit_memlock)
         batch = VfioBatch()
+        runs: list[np.ndarray] = [dma.pfns]
         ret = 0
         while size:
             pfn = [-1]
@@ -240,9 +235,10 @@ class VfioContainer:
                                         "vfio_pin_pages_remote() returned 0")
                 ret = npage or -EFAULT
                 break
-            dma.pfns = np.concatenate([dma.pfns, pfn[0] + np.arange(npage, dtype=np.int64)])
+            runs.append(pfn[0] + np.arange(npage, dtype=np.int64))   # vfio_iommu_map()
             size -= npage << PAGE_SHIFT
             dma.size += npage << PAGE_SHIFT
+        dma.pfns = np.concatenate(runs)
         vfio_batch_unpin(batch, dma)           # vfio_batch_fini(): nothing should be left
         if ret:
             self.vfio_remove_dma(dma)
@@ -271,11 +267,17 @@ class VfioContainer:
         return self.vfio_pin_map_dma(dma, size)
 
     def vfio_unmap_unpin(self, dma: VfioDma, do_accounting: bool = True) -> int:
-        """Unmap from the IOMMU and unpin run by run, then uncharge: pages unlocked."""
-        unlocked = 0
-        for s, n in _runs(dma.pfns):
-            unlocked += vfio_unpin_pages_remote(dma, dma.iova + s * PAGE_SIZE,
-                                                int(dma.pfns[s]), n, False)
+        """Unmap from the IOMMU and unpin run by run, then uncharge: pages unlocked.
+        Many short runs are released in one vectorised call (drivers/runs.py)."""
+        starts = contiguous_runs(dma.pfns)
+        if len(starts) > BULK_RELEASE_RUNS:
+            unlocked = unpin_runs(self.k, dma.pfns, starts, bool(dma.prot & IOMMU_WRITE))
+        else:
+            unlocked = 0
+            ends = np.append(starts[1:], len(dma.pfns)) if len(starts) else starts
+            for s, e in zip(starts.tolist(), ends.tolist(), strict=True):
+                unlocked += vfio_unpin_pages_remote(dma, dma.iova + s * PAGE_SIZE,
+                                                    int(dma.pfns[s]), e - s, False)
         dma.pfns = dma.pfns[:0]
         if do_accounting:
             vfio_lock_acct(dma, -unlocked, True)

@@ -25,6 +25,7 @@ frames directly (no IOMMU, no GPU page tables).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -33,13 +34,16 @@ from ..gup import FOLL_LONGTERM, FOLL_WRITE
 from ..memory import PageArray
 from .kernel_write import set_page_dirty_lock
 
+if TYPE_CHECKING:
+    from ..kernel import Kernel, Process
+
 __gupsim_call_site__ = True     # the sanitizer names this driver's lines (see warn.py)
 
 
 class GpuDevice:
     """A GPU that can DMA into registered host memory."""
 
-    def __init__(self, kernel, name: str = "gpu0") -> None:
+    def __init__(self, kernel: Kernel, name: str = "gpu0") -> None:
         self.k = kernel
         self.name = name
         self.regions: list[HostRegion] = []
@@ -94,7 +98,8 @@ def _span(addr: int, size: int) -> tuple[int, int]:
     return start, ((addr + size + PAGE_SIZE - 1) >> PAGE_SHIFT) - (start >> PAGE_SHIFT)
 
 
-def gpu_host_register(dev: GpuDevice, addr: int, size: int, *, current) -> HostRegion | int:
+def gpu_host_register(dev: GpuDevice, addr: int, size: int, *,
+                      current: Process) -> HostRegion | int:
     """Register host memory, the correct way: all pages pinned long-term, or -errno and
     nothing held (a short pin is released and answered with -EFAULT)."""
     if size <= 0:
@@ -124,7 +129,7 @@ def gpu_host_unregister(region: HostRegion) -> None:
 
 
 def gpu_host_register_with_fallback(dev: GpuDevice, addr: int, size: int, *,
-                                    current) -> HostRegion | int:
+                                    current: Process) -> HostRegion | int:
     """THE MISUSE: pin what can be pinned, then take the rest with get_user_pages() into
     the same page list (see the module docstring). Returns the region or -errno."""
     if size <= 0:

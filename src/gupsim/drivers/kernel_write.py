@@ -27,10 +27,14 @@ Simplification: one short-term call over a few pages; no iov_iter.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from ..constants import EFAULT, PAGE_MASK, PAGE_SHIFT, PAGE_SIZE
 from ..gup import FOLL_WRITE
 from ..memory import PG, Kind, Page, PageArray
+
+if TYPE_CHECKING:
+    from ..kernel import Kernel, Process
 
 __gupsim_call_site__ = True     # the sanitizer names this driver's lines (see warn.py)
 
@@ -43,7 +47,7 @@ def set_page_dirty_lock(page: Page) -> None:
         mem.set_flag(head, PG.dirty)
 
 
-def _write(k, pages: PageArray, addr: int, data: bytes) -> None:
+def _write(k: Kernel, pages: PageArray, addr: int, data: bytes) -> None:
     off = addr & ~PAGE_MASK
     done = 0
     i = 0
@@ -60,7 +64,7 @@ def _span(addr: int, length: int) -> tuple[int, int]:
     return start, ((addr + length + PAGE_SIZE - 1) >> PAGE_SHIFT) - (start >> PAGE_SHIFT)
 
 
-def pin_and_write(k, addr: int, data: bytes, *, current,
+def pin_and_write(k: Kernel, addr: int, data: bytes, *, current: Process,
                   while_held: Callable[[], object] | None = None) -> int:
     """The correct case-5 pattern: bytes written, or -errno (nothing written)."""
     start, n = _span(addr, len(data))
@@ -77,7 +81,7 @@ def pin_and_write(k, addr: int, data: bytes, *, current,
     return len(data)
 
 
-def get_and_write_incorrect(k, addr: int, data: bytes, *, current,
+def get_and_write_incorrect(k: Kernel, addr: int, data: bytes, *, current: Process,
                             while_held: Callable[[], object] | None = None) -> int:
     """The INCORRECT pattern the documentation names (get_user_pages, write, put_page):
     bytes written, or -errno."""

@@ -16,12 +16,16 @@ the driver's pinning object a `pinned_pfns()` returning the frames it holds.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from ..memory import GUP_PIN_COUNTING_BIAS, Kind
 from ..memory.page import maybe_dma_pinned_pfns
+
+if TYPE_CHECKING:
+    from ..kernel import Kernel
+
 
 
 class PinHolder(Protocol):
@@ -41,7 +45,7 @@ class _Snapshot:
 class PinnedFrameWatch:
     """Snapshots of what drivers hold pinned, checked later (see the module docstring)."""
 
-    def __init__(self, kernel) -> None:
+    def __init__(self, kernel: Kernel) -> None:
         self.k = kernel
         self._snaps: list[_Snapshot] = []
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -43,6 +44,10 @@ from ..gup import FOLL_LONGTERM, FOLL_WRITE
 from ..memory import PageArray
 from ..mm.mm_struct import rlimit_pages
 from .runs import contiguous_runs, unpin_runs
+
+if TYPE_CHECKING:
+    from ..kernel import Kernel, Process
+    from ..mm import MM, Cred
 
 __gupsim_call_site__ = True     # the sanitizer names this driver's lines (see warn.py)
 
@@ -67,7 +72,7 @@ def IS_ERR(x: object) -> bool:  # noqa: N802 - the kernel's name
     return isinstance(x, int)
 
 
-def can_do_mlock(cred) -> bool:
+def can_do_mlock(cred: Cred) -> bool:
     """can_do_mlock(): a non-zero RLIMIT_MEMLOCK, or CAP_IPC_LOCK."""
     return cred.rlimit_memlock != 0 or cred.capable(CAP_IPC_LOCK)
 
@@ -81,7 +86,7 @@ def ib_access_writable(access: int) -> bool:
 class IbDevice:
     """An RDMA adapter: the kernel it is plugged into and its largest DMA segment."""
 
-    def __init__(self, kernel, name: str = "mlx5_0", max_seg_size: int = 1 << 31) -> None:
+    def __init__(self, kernel: Kernel, name: str = "mlx5_0", max_seg_size: int = 1 << 31) -> None:
         self.k = kernel
         self.name = name
         self.max_seg_size = max_seg_size
@@ -132,7 +137,7 @@ class IbUmem:
     """struct ib_umem: the pinned pages of one registration, as a scatterlist."""
 
     device: IbDevice
-    mm: object
+    mm: MM
     address: int
     length: int
     writable: bool
@@ -167,7 +172,7 @@ def ib_umem_num_pages(umem: IbUmem) -> int:
 
 
 def ib_umem_get(device: IbDevice, addr: int, size: int, access: int, *,
-                current) -> IbUmem | int:
+                current: Process) -> IbUmem | int:
     """Pin and account a user buffer for a memory region: the umem, or -errno (ERR_PTR).
 
     -EINVAL: addr + size wraps or spans no page; -EPERM: !can_do_mlock();
@@ -255,7 +260,7 @@ class IbMr:
 class IbContext:
     """A process's open uverbs device (ibv_open_device), with one protection domain."""
 
-    def __init__(self, device: IbDevice, proc) -> None:
+    def __init__(self, device: IbDevice, proc: Process) -> None:
         self.device = device
         self.proc = proc
         self.mrs: list[IbMr] = []
@@ -266,7 +271,7 @@ class IbContext:
             ibv_dereg_mr(mr)
 
 
-def ibv_open_device(device: IbDevice, proc) -> IbContext:
+def ibv_open_device(device: IbDevice, proc: Process) -> IbContext:
     """Open the device for a process (the uverbs character device)."""
     return IbContext(device, proc)
 

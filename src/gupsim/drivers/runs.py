@@ -10,9 +10,15 @@ per run. Only the name of the release call the sanitizer records differs.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from ..memory import PageArray
+
+if TYPE_CHECKING:
+    from ..kernel import Kernel
+
 
 BULK_RELEASE_RUNS = 64      # above this many runs, one vectorised release call
 
@@ -33,7 +39,7 @@ def contiguous_runs(pfns: np.ndarray, max_len: int | None = None) -> np.ndarray:
     return np.concatenate(pieces).astype(np.int64)
 
 
-def unpin_runs(k, pfns: np.ndarray, starts: np.ndarray, make_dirty: bool) -> int:
+def unpin_runs(k: Kernel, pfns: np.ndarray, starts: np.ndarray, make_dirty: bool) -> int:
     """Unpin every page of `pfns` (runs beginning at `starts`); returns pages unpinned."""
     if len(pfns) == 0:
         return 0

@@ -19,9 +19,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..constants import PAGE_SIZE
 from ..memory import Page, PageArray
+
+if TYPE_CHECKING:
+    from ..kernel import Kernel, Process
 
 __gupsim_call_site__ = True     # the sanitizer names this driver's lines (see warn.py)
 
@@ -46,7 +50,7 @@ def _status(addr: int, page: Page) -> PageStatus:
                       page.mapcount)
 
 
-def _query(k, addr: int, nr: int, pin: bool, current,
+def _query(k: Kernel, addr: int, nr: int, pin: bool, current: Process,
            while_held: Callable[[], object] | None) -> list[PageStatus] | int:
     out: list[PageStatus] = []
     done = 0
@@ -77,14 +81,14 @@ def _query(k, addr: int, nr: int, pin: bool, current,
     return out
 
 
-def page_status_query(k, addr: int, nr: int, *, current,
+def page_status_query(k: Kernel, addr: int, nr: int, *, current: Process,
                       while_held: Callable[[], object] | None = None
                       ) -> list[PageStatus] | int:
     """The case-4 user, right: FOLL_GET references, put_page(). Statuses or -errno."""
     return _query(k, addr, nr, False, current, while_held)
 
 
-def page_status_query_pinned(k, addr: int, nr: int, *, current,
+def page_status_query_pinned(k: Kernel, addr: int, nr: int, *, current: Process,
                              while_held: Callable[[], object] | None = None
                              ) -> list[PageStatus] | int:
     """The wrong counterpart: the same query with FOLL_PIN (see the module docstring)."""

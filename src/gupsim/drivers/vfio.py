@@ -28,6 +28,7 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass, field
 from errno import ESRCH
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -47,6 +48,10 @@ from ..gup.accounting import __account_locked_vm
 from ..memory import PageArray
 from ..mm.mm_struct import rlimit_pages
 from .runs import BULK_RELEASE_RUNS, contiguous_runs, unpin_runs
+
+if TYPE_CHECKING:
+    from ..kernel import Kernel, Process
+    from ..mm import MM
 
 __gupsim_call_site__ = True     # the sanitizer names this driver's lines (see warn.py)
 
@@ -75,13 +80,13 @@ class VfioBatch:
 class VfioDma:
     """struct vfio_dma: one mapping; `pfns[i]` backs IOVA page i (the IOMMU page table)."""
 
-    k: object                    # the machine (the model's link to the facade)
+    k: Kernel                    # the machine (the model's link to the facade)
     iova: int
     vaddr: int
     prot: int
     lock_cap: bool
-    task: object                 # the mapping process (dma->task), for its rlimit
-    mm: object
+    task: Process                # the mapping process (dma->task), for its rlimit
+    mm: MM
     size: int = 0                # bytes pinned and mapped so far
     pfns: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
@@ -100,7 +105,7 @@ def vfio_lock_acct(dma: VfioDma, npage: int, async_: bool) -> int:
         mm.mmap_lock.writer = False
 
 
-def put_pfn_range(k, pfn: int, npage: int, prot: int) -> int:
+def put_pfn_range(k: Kernel, pfn: int, npage: int, prot: int) -> int:
     """put_pfn() over a physically contiguous run, as one range unpin; returns npage
     (`k`, the machine, comes first: the model's stand-in for the global struct pages)."""
     if npage > 0:
@@ -118,8 +123,8 @@ def vfio_batch_unpin(batch: VfioBatch, dma: VfioDma) -> None:
     batch.size = batch.offset = 0
 
 
-def vaddr_get_pfns(mm, vaddr: int, npages: int, prot: int, pfn: list[int],
-                   batch: VfioBatch, *, k) -> int:
+def vaddr_get_pfns(mm: MM, vaddr: int, npages: int, prot: int, pfn: list[int],
+                   batch: VfioBatch, *, k: Kernel) -> int:
     """Refill the batch from vaddr: pages pinned (> 0, first one in pfn[0]) or -errno.
     `k` is the machine whose facade takes mmap_lock around pin_user_pages_remote()."""
     flags = FOLL_LONGTERM | (FOLL_WRITE if prot & IOMMU_WRITE else 0)
@@ -202,7 +207,7 @@ class VfioContainer:
     `dma_write()` / `dma_read()` go through the IOMMU page table.
     """
 
-    def __init__(self, kernel, proc) -> None:
+    def __init__(self, kernel: Kernel, proc: Process) -> None:
         self.k = kernel
         self.proc = proc
         self.dmas: list[VfioDma] = []            # sorted by iova

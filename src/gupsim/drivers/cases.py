@@ -9,8 +9,9 @@ nothing here prints. Steps have the same shape as the tour's (`as_dict()`).
 
 Cases: 2 (RDMA, FOLL_PIN | FOLL_LONGTERM vs plain FOLL_GET), 4 (struct page only,
 FOLL_GET vs a needless FOLL_PIN), 5 (pin and write, the documented correct and
-INCORRECT patterns, on a file and on anonymous memory), and the GPU host-registration
-fallback misuse. To add one: write a function returning a CaseRun and list it in CASES.
+INCORRECT patterns, on a file and on anonymous memory), VFIO type1 with and without
+FOLL_LONGTERM, and the GPU host-registration fallback misuse. To add one: write a
+function returning a CaseRun and list it in CASES.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ from .rdma import (
     ibv_reg_mr,
 )
 from .struct_page_query import page_status_query, page_status_query_pinned
+from .vfio import VfioContainer
 
 RW = PROT_READ | PROT_WRITE
 ANON = MAP_PRIVATE | MAP_ANONYMOUS
@@ -410,8 +412,47 @@ def gpu_fallback() -> CaseRun:
                    "references in one list.", right, wrong)
 
 
+# -- VFIO type1: FOLL_LONGTERM on pin_user_pages_remote() ----------------------------------
+
+
+def vfio_longterm() -> CaseRun:
+    """VFIO's pins with and without FOLL_LONGTERM (missing before a v5.7-era fix)."""
+    k, p, buf, block = _rdma_machine()
+    c = VfioContainer(k, p)
+    c.map_dma(buf, 0x100000, NPAGES2 * PAGE_SIZE)
+    zones = {k.page(int(f)).folio.zone.name for f in c.pinned_pfns()}
+    res = compact_range(k.env, *block)
+    facts: dict[str, Any] = {"pinned pages in": sorted(zones), "VmLck kB": p.proc_status()["VmLck"],
+                             "VmPin kB": p.proc_status()["VmPin"], "compaction rc": res.rc}
+    right = [CaseStep(
+        "VFIO_IOMMU_MAP_DMA: pin_user_pages_remote(FOLL_LONGTERM | FOLL_WRITE), VmLck",
+        "The guest memory is moved out of ZONE_MOVABLE before it is pinned, so the block it "
+        "was in can still be offlined; the pages are charged to locked_vm (VmLck), not VmPin.",
+        facts, ok=zones == {"NORMAL"} and facts["VmLck kB"] == NPAGES2 * 4
+        and facts["VmPin kB"] == 0 and res.rc == 0)]
+    c.close()
+    k, p, buf, block = _rdma_machine()
+    pages = PageArray(NPAGES2)
+    got = k.pin_user_pages_remote(p.mm, buf, NPAGES2, FOLL_WRITE, pages, None)  # no LONGTERM
+    zones = {k.page(int(f)).folio.zone.name for f in pages.pfns[:max(got, 0)]}
+    res = compact_range(k.env, *block)
+    facts = {"pinned pages in": sorted(zones), "compaction rc": res.rc,
+             "folios left in place": len(res.skipped)}
+    wrong = [CaseStep(
+        "The same pins without FOLL_LONGTERM: the guest's memory pins ZONE_MOVABLE",
+        "The pages stay where they were; for as long as the guest runs, compaction, memory "
+        "hot-unplug and CMA allocations over that block fail (-EBUSY).",
+        facts, ok=got == NPAGES2 and zones == {"MOVABLE"} and res.rc < 0
+        and len(res.skipped) == NPAGES2)]
+    k.unpin_user_pages(pages, got)
+    return CaseRun("VFIO type1 DMA mapping", "FOLL_PIN | FOLL_LONGTERM (| FOLL_WRITE)",
+                   "FOLL_PIN without FOLL_LONGTERM",
+                   "A VM's memory is pinned for the VM's lifetime: long-term, so it leaves "
+                   "movable memory first.", right, wrong)
+
+
 CASES: dict[str, Callable[[], CaseRun]] = {"2": case2, "4": case4, "5": case5,
-                                           "gpu": gpu_fallback}
+                                           "vfio": vfio_longterm, "gpu": gpu_fallback}
 
 
 def run_cases(names: list[str] | None = None) -> list[CaseRun]:
@@ -423,4 +464,4 @@ def run_cases(names: list[str] | None = None) -> list[CaseRun]:
 
 
 __all__ = ["CASES", "CaseRun", "CaseStep", "case2", "case4", "case5",
-           "gpu_fallback", "run_cases"]
+           "gpu_fallback", "run_cases", "vfio_longterm"]

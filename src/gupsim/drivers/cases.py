@@ -416,7 +416,7 @@ def gpu_fallback() -> CaseRun:
 
 
 def vfio_longterm() -> CaseRun:
-    """VFIO's pins with and without FOLL_LONGTERM (missing before a v5.7-era fix)."""
+    """VFIO's pins with and without FOLL_LONGTERM (VFIO only set it from a 2020 fix on)."""
     k, p, buf, block = _rdma_machine()
     c = VfioContainer(k, p)
     c.map_dma(buf, 0x100000, NPAGES2 * PAGE_SIZE)

@@ -7,7 +7,7 @@ and users can ask which kernel warnings a scenario would have produced.
 
 from __future__ import annotations
 
-import traceback
+import sys
 from dataclasses import dataclass, field
 
 
@@ -53,8 +53,17 @@ class WarnLog:
 
 
 def user_call_site(skip_package: str = "gupsim") -> str:
-    """The innermost frame outside gupsim: where the model's user made the call."""
-    for frame in reversed(traceback.extract_stack()[:-1]):
-        if f"/{skip_package}/" not in frame.filename.replace("\\", "/"):
-            return f"{frame.filename}:{frame.lineno} in {frame.name}"
+    """The innermost frame outside gupsim: where the model's user made the call.
+
+    A gupsim module that models a kernel user of GUP (a driver under `drivers/`) can set
+    `__gupsim_call_site__ = True`: its own frames then count as the call site, so that
+    the sanitizer names the driver line that took or released a pin, as a kernel report
+    names the driver function.
+    """
+    frame = sys._getframe(1)
+    while frame is not None:
+        filename = frame.f_code.co_filename.replace("\\", "/")
+        if f"/{skip_package}/" not in filename or frame.f_globals.get("__gupsim_call_site__"):
+            return f"{frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_name}"
+        frame = frame.f_back
     return "<gupsim>"

@@ -1,0 +1,139 @@
+"""The invariant of every pinning driver: no pinned frame is ever freed or migrated.
+
+Each driver (RDMA umem, VFIO container, GPU host region) pins a buffer, then the memory
+manager does what it does to memory behind a device's back; the frames the driver holds
+must stay the same allocated, pinned folios until the driver lets go. The checker itself
+is shown to fail on holders that break the rule.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+from drivers_helpers import anon_buffer, held
+
+from gupsim import MADV_DONTNEED, MADV_PAGEOUT, PAGE_SIZE, Kernel, PageArray, Process
+from gupsim.drivers.gpu import GpuDevice, gpu_host_register, gpu_host_unregister
+from gupsim.drivers.pinned_frames import PinnedFrameWatch
+from gupsim.drivers.rdma import (
+    IB_ACCESS_LOCAL_WRITE,
+    IB_ACCESS_REMOTE_WRITE,
+    IbDevice,
+    ibv_dereg_mr,
+    ibv_open_device,
+    ibv_reg_mr,
+)
+from gupsim.drivers.vfio import VfioContainer
+from gupsim.mm.reclaim import compact_range
+
+N = 8
+
+
+def rdma(k: Kernel, p: Process, a: int) -> tuple[object, Callable[[], None]]:
+    mr = ibv_reg_mr(ibv_open_device(IbDevice(k), p), a, N * PAGE_SIZE,
+                    IB_ACCESS_LOCAL_WRITE | IB_ACCESS_REMOTE_WRITE)
+    return mr.umem, lambda: ibv_dereg_mr(mr)
+
+
+def vfio(k: Kernel, p: Process, a: int) -> tuple[object, Callable[[], None]]:
+    c = VfioContainer(k, p)
+    c.map_dma(a, 0x100000, N * PAGE_SIZE)
+    return c, c.close
+
+
+def gpu(k: Kernel, p: Process, a: int) -> tuple[object, Callable[[], None]]:
+    region = gpu_host_register(GpuDevice(k), a, N * PAGE_SIZE, current=p)
+    assert not isinstance(region, int)
+    return region, lambda: gpu_host_unregister(region)
+
+
+def around(k: Kernel, pfns: np.ndarray) -> tuple[int, int]:
+    return max(0, int(pfns.min()) - 64), min(k.mem.nr_pages, int(pfns.max()) + 64)
+
+
+OPS: dict[str, Callable[[Kernel, Process, int, np.ndarray], None]] = {
+    "fork, then both write": lambda k, p, a, f: (p.fork().write(a, b"child"),
+                                                 p.write(a, b"parent")),
+    "compaction of the frames' block": lambda k, p, a, f: compact_range(k.env, *around(k, f)),
+    "MADV_PAGEOUT": lambda k, p, a, f: p.madvise(a, N * PAGE_SIZE, MADV_PAGEOUT),
+    "MADV_DONTNEED": lambda k, p, a, f: p.madvise(a, N * PAGE_SIZE, MADV_DONTNEED),
+    "munmap": lambda k, p, a, f: p.munmap(a, N * PAGE_SIZE),
+    "exit": lambda k, p, a, f: p.exit(),
+}
+
+
+@pytest.mark.parametrize("op", list(OPS))
+@pytest.mark.parametrize("driver", [rdma, vfio, gpu], ids=["rdma", "vfio", "gpu"])
+def test_no_pinned_frame_is_freed_or_migrated(k: Kernel, driver, op: str) -> None:
+    """Whatever the operation, the driver's frames are unchanged and still pinned, and
+    the device still reads what was there; the release then frees what nothing maps."""
+    p = k.spawn("app", uid=1000, caps=set(), rlimit_memlock=64 << 20)
+    a = anon_buffer(p, N, b"d")
+    holder, release = driver(k, p, a)
+    watch = PinnedFrameWatch(k)
+    watch.watch(holder)
+    frames = holder.pinned_pfns().copy()
+    OPS[op](k, p, a, frames)
+    assert watch.violations() == []
+    assert all(k.dma_read(k.page(int(f)), PAGE_SIZE - 1, 1) == b"d" for f in frames)
+    release()
+    assert watch.violations() == [] and held(k) == 0 and k.check() == []
+
+
+def test_two_drivers_on_the_same_buffer_need_both_their_pins(k: Kernel) -> None:
+    """RDMA and VFIO both hold the buffer: each folio carries two pins, and the watch
+    counts what both need."""
+    p = k.spawn("app")
+    a = anon_buffer(p, N)
+    umem, rel1 = rdma(k, p, a)
+    cont, rel2 = vfio(k, p, a)
+    watch = PinnedFrameWatch(k)
+    watch.watch(umem)
+    watch.watch(cont)
+    assert watch.violations() == []
+    assert k.page(int(umem.pinned_pfns()[0])).refcount == 1 + 2 * 1024
+    rel1()
+    rel2()
+
+
+class FakeHolder:
+    """A 'driver' that claims frames it does not (or no longer) pins."""
+
+    def __init__(self, pfns: np.ndarray) -> None:
+        self.pfns = pfns
+
+    def pinned_pfns(self) -> np.ndarray:
+        return self.pfns
+
+
+def test_the_watch_catches_a_frame_unpinned_behind_the_drivers_back(k: Kernel,
+                                                                    p: Process) -> None:
+    """Pins dropped while the holder still claims the frames: 'no longer looks pinned';
+    once the mapping goes too, the frame is freed and the watch says so."""
+    a = anon_buffer(p, 2)
+    pages = PageArray(2)
+    assert p.pin_user_pages_fast(a, 2, 0, pages) == 2
+    holder = FakeHolder(pages.pfns.copy())
+    watch = PinnedFrameWatch(k)
+    watch.watch(holder, "fake")
+    k.unpin_user_pages(pages)
+    bad = watch.violations()
+    assert any("no longer looks pinned" in b for b in bad)
+    assert any("holds 0 pins but drivers hold" in b for b in bad)
+    p.munmap(a, 2 * PAGE_SIZE)
+    assert any("was freed" in b for b in watch.violations())
+
+
+def test_the_watch_catches_a_foll_get_holder_whose_frame_was_left_behind(k: Kernel,
+                                                                       p: Process) -> None:
+    """A FOLL_GET 'registration' (case 2's wrong flags) is never pinned, and after fork
+    and a parent write its frame is no longer the process's: the watch reports it."""
+    a = anon_buffer(p, 1)
+    pages = PageArray(1)
+    assert p.get_user_pages_fast(a, 1, 0, pages) == 1
+    watch = PinnedFrameWatch(k)
+    watch.watch(FakeHolder(pages.pfns.copy()), "foll_get")
+    assert any("no longer looks pinned" in b for b in watch.violations())
+    k.put_page(pages[0])

@@ -116,3 +116,21 @@ def test_a_checkout_named_gupsim_passes_the_sanitizer_tests(tmp_path: Path) -> N
                          env=env, cwd=clone, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
     assert " failed" not in out.stdout
+
+
+def test_a_check_that_does_not_fire_computes_no_message() -> None:
+    """warn_on_once() takes the message as a callable, called only when it records."""
+    from gupsim.warn import WarnLog
+    log = WarnLog()
+    calls: list[int] = []
+
+    def message() -> str:
+        calls.append(1)
+        return "expensive text"
+
+    assert log.warn_on_once(False, "site: never", message) is False
+    assert calls == [] and len(log) == 0
+    assert log.warn_on_once(True, "site: once", message) is True
+    assert log.warn_on_once(True, "site: once", message) is True     # counted, not recorded
+    assert calls == [1] and log.hits["site: once"] == 2
+    assert log[0].message == "expensive text" and log[0].caller.startswith(__file__)

@@ -218,3 +218,13 @@ def test_the_readme_lists_every_command_and_exit_code() -> None:
 @pytest.fixture(autouse=True)
 def _no_color() -> None:
     os.environ.setdefault("NO_COLOR", "1")
+
+
+def test_the_demo_shows_progress_when_piped_and_stays_short() -> None:
+    """`make demo | tee log`: progress lines on stderr, a summary table on stdout."""
+    out = subprocess.run([str(GUPSIM), "demo", "--model-only"], capture_output=True,
+                         text=True, timeout=300, env={**os.environ, **NARROW})
+    assert out.returncode == 0, out.stderr
+    assert re.search(r"^gupsim: \[1/\d+\]", out.stderr, re.M)
+    assert "done in" in out.stderr
+    assert "per selftest" in out.stdout and len(out.stdout.splitlines()) < 300

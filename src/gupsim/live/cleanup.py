@@ -218,7 +218,10 @@ def _measuring_lock_free(path: str, timeout: float) -> Iterator[bool]:
     """Hold the pin-counters lock that every live HostSystem holds for its whole life, if it
     can be had within `timeout` seconds; yields whether it was (a separate open file, so a
     HostSystem of this very process also counts as holding it)."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+    except PermissionError:             # another user's lock file: flock needs no write
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         deadline = time.monotonic() + timeout
         while True:

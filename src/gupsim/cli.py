@@ -1,34 +1,111 @@
-"""The `gupsim` command line: `demo` (the main job), `live`, `top`, `bench` and `run`."""
+"""The `gupsim` command line: `demo` (the main job), `live`, `top`, `bench` and `run`.
+
+Exit codes, the same for every command: 0 success, 1 the model and the kernel (or the
+documented behaviour) disagreed, 2 a usage error (bad option value, nothing selected),
+3 an unexpected error, 130 interrupted (Ctrl-C). Every `--json` prints strict JSON on
+stdout (progress goes to stderr); tables fit 80 columns.
+"""
 
 from __future__ import annotations
 
-import json
+import math
+import sys
+import time
+import traceback
+from typing import Any
 
 import click
+from rich import box
 from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 
+from .report.jsonout import dumps
 from .tour import run_tour
 
+EXIT_OK = 0
+EXIT_DISAGREE = 1
+EXIT_USAGE = 2
+EXIT_ERROR = 3
+EXIT_INTERRUPTED = 130
 
-@click.group(help="gupsim: an executable model of Linux page pinning, checked against the host.")
+#: Progress lines when stderr is not a terminal (CI logs): at most one per this many seconds.
+PROGRESS_EVERY = 5.0
+
+
+class Seconds(click.ParamType):
+    """A finite number of seconds within [low, high]: NaN, infinities and intervals too
+    small to be meant (which would spin a CPU) are usage errors."""
+
+    name = "seconds"
+
+    def __init__(self, low: float, high: float) -> None:
+        self.low, self.high = low, high
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> float:
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        if not math.isfinite(seconds) or not self.low <= seconds <= self.high:
+            self.fail(f"{value!r} is not between {self.low:g} and {self.high:g} seconds",
+                      param, ctx)
+        return seconds
+
+
+class GupsimGroup(click.Group):
+    """Maps an interruption to exit 130 and an unexpected error to exit 3 (with its
+    traceback), keeping 1 for disagreements and 2 for usage errors."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            click.echo("\ngupsim: interrupted; everything taken on the host was released",
+                       err=True)
+            sys.exit(EXIT_INTERRUPTED)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception:
+            traceback.print_exc()
+            click.echo("gupsim: unexpected error (above); please report it", err=True)
+            sys.exit(EXIT_ERROR)
+
+
+@click.group(cls=GupsimGroup,
+             help="gupsim: an executable model of Linux page pinning, checked against the "
+                  "host. Exit codes: 0 success, 1 disagreement, 2 usage error, 3 unexpected "
+                  "error, 130 interrupted.")
 @click.version_option(package_name="gupsim")
 def main() -> None:
     pass
 
 
+def _repair_host() -> None:
+    """Before touching the host: undo what a dead gupsim run left, saying so on stderr."""
+    from .live.repair import announce_repairs
+    try:
+        announce_repairs()
+    except OSError as exc:
+        click.echo(f"gupsim: could not check for leftovers of dead runs: {exc}", err=True)
+
+
 @main.command(help="The main job: a narrated tour of the model, then the model-versus-host "
-                   "table of the whole catalogue.")
+                   "comparison of the whole catalogue, one row per selftest "
+                   "(`gupsim live` shows every case).")
 @click.option("--json", "as_json", is_flag=True, help="Print the tour's steps as JSON.")
 @click.option("--tour-only", is_flag=True, help="Stop after the tour (no catalogue run).")
 @click.option("--model-only", is_flag=True, help="Run the catalogue on the model only.")
-def demo(as_json: bool, tour_only: bool, model_only: bool) -> None:
-    console = Console(highlight=False)
+@click.option("--full", is_flag=True, help="One row per case instead of per selftest.")
+def demo(as_json: bool, tour_only: bool, model_only: bool, full: bool) -> None:
     steps = run_tour()
     if as_json:
-        click.echo(json.dumps([s.as_dict() for s in steps], indent=2))
+        click.echo(dumps([s.as_dict() for s in steps]))
+        if not all(s.ok for s in steps):
+            sys.exit(EXIT_DISAGREE)
         return
+    console = Console(highlight=False)
     console.print(Panel.fit("[bold]gupsim[/] — Linux page pinning, as an executable model",
                             border_style="cyan"))
     for n, step in enumerate(steps, 1):
@@ -48,6 +125,7 @@ def demo(as_json: bool, tour_only: bool, model_only: bool) -> None:
                       f"behaviour in: {', '.join(bad)}[/]")
     else:
         console.print("\n[green]Every step behaved as the kernel documents.[/]")
+    disagree = False
     if not tour_only:
         console.print("\n[bold cyan]The catalogue: each case runs on the model and on this "
                       "host's kernel, and the observables are compared step by step[/]")
@@ -55,124 +133,168 @@ def demo(as_json: bool, tour_only: bool, model_only: bool) -> None:
                       "hugetlb_dio.c) and the pin accounting rules; a skipped case says "
                       "why the host could not run it.[/]")
         results = run_live(console, None, model_only)
-        disagree = print_live(console, results)
+        disagree = print_live(console, results, summary=not full)
         if not disagree and not model_only:
             console.print("[green]The model and this kernel agreed on every step of every "
                           "case the host could run.[/]")
-        bad = bad or disagree
-    if bad:
-        raise SystemExit(1)
+    if bad or disagree:
+        sys.exit(EXIT_DISAGREE)
+
+
+def select_cases(only: str | None) -> list:
+    """The catalogue cases whose name contains `only` (all if None); a usage error if
+    none does, naming close matches."""
+    from .scenarios.catalogue import catalogue
+    cases = catalogue()
+    if only is None:
+        return cases
+    if not only.strip():
+        raise click.BadParameter("give some text to look for in the case names",
+                                 param_hint="-k")
+    chosen = [c for c in cases if only.lower() in c.name.lower()]
+    if not chosen:
+        import difflib
+        close = difflib.get_close_matches(only, [c.name for c in cases], n=3, cutoff=0.3)
+        hint = f"; close: {'; '.join(close)}" if close else ""
+        raise click.BadParameter(f"no case name contains {only!r} (of {len(cases)}; "
+                                 f"`gupsim live --list` prints them){hint}", param_hint="-k")
+    return chosen
 
 
 def run_live(console: Console, only: str | None, model_only: bool) -> list:
-    """Run the catalogue on both back-ends, case by case, with a progress line."""
-    from .scenarios.catalogue import catalogue
+    """Run the catalogue on both back-ends, case by case, with progress: a status line on
+    a terminal, else a line on stderr at least every PROGRESS_EVERY seconds (CI logs)."""
     from .scenarios.runner import run_case
-    cases = [c for c in catalogue() if not only or only.lower() in c.name.lower()]
+    cases = select_cases(only)
+    if not model_only:
+        _repair_host()
     results = []
-    with console.status("") as status:
-        for i, case in enumerate(cases, 1):
-            status.update(f"[{i}/{len(cases)}] {case.name}")
-            results.append(run_case(case, with_host=not model_only))
+    if console.is_terminal:
+        with console.status("") as status:
+            for i, case in enumerate(cases, 1):
+                status.update(f"[{i}/{len(cases)}] {case.name}")
+                results.append(run_case(case, with_host=not model_only))
+        return results
+    start = last = time.monotonic()
+    for i, case in enumerate(cases, 1):
+        now = time.monotonic()
+        if i == 1 or now - last >= PROGRESS_EVERY:
+            click.echo(f"gupsim: [{i}/{len(cases)}] {now - start:4.0f}s {case.name}", err=True)
+            last = now
+        results.append(run_case(case, with_host=not model_only))
+    counts = _counts(results)
+    click.echo(f"gupsim: [{len(cases)}/{len(cases)}] done in {time.monotonic() - start:.0f}s: "
+               + ", ".join(f"{n} {s}" for s, n in counts.items() if n), err=True)
     return results
 
 
-@main.command(help="Run the catalogue on the model and on this host's kernel, and compare.")
+def _counts(results: list) -> dict[str, int]:
+    return {s: sum(r.status == s for r in results)
+            for s in ("agree", "disagree", "skipped", "model-only")}
+
+
+@main.command(help="Run the catalogue on the model and on this host's kernel, and compare; "
+                   "exit 1 if any case disagrees.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
-@click.option("-k", "only", default=None, help="Only cases whose name contains this text.")
+@click.option("-k", "only", default=None, metavar="TEXT",
+              help="Only cases whose name contains TEXT (a usage error if none does).")
 @click.option("--model-only", is_flag=True, help="Do not touch the host kernel.")
-def live(as_json: bool, only: str | None, model_only: bool) -> None:
+@click.option("--summary", is_flag=True, help="One row per selftest instead of per case.")
+@click.option("--list", "list_cases", is_flag=True, help="Print the case names and stop.")
+def live(as_json: bool, only: str | None, model_only: bool, summary: bool,
+         list_cases: bool) -> None:
     from .report.live import as_json as to_json
-    console = Console(stderr=as_json)
+    if list_cases:
+        names = [c.name for c in select_cases(only)]
+        click.echo(dumps(names) if as_json else "\n".join(names))
+        return
+    console = Console(stderr=as_json, highlight=False)
     results = run_live(console, only, model_only)
     if as_json:
-        click.echo(json.dumps(to_json(results), indent=2))
+        click.echo(dumps(to_json(results)))
         disagree = any(r.status == "disagree" for r in results)
     else:
-        disagree = print_live(console, results)
+        disagree = print_live(console, results, summary=summary)
     if disagree:
-        raise SystemExit(1)
+        sys.exit(EXIT_DISAGREE)
 
 
-def print_live(console: Console, results: list) -> bool:
-    """The agreement table and its totals; True if any case disagreed."""
-    from .report.live import table
-    console.print(table(results))
-    counts = {s: sum(r.status == s for r in results)
-              for s in ("agree", "disagree", "skipped", "model-only")}
+def print_live(console: Console, results: list, summary: bool = False) -> bool:
+    """The agreement table (per case, or per selftest row) and its totals; True if any
+    case disagreed."""
+    from .report.live import summary_table, table
+    console.print(summary_table(results) if summary else table(results))
+    counts = _counts(results)
     console.print(", ".join(f"{n} {s}" for s, n in counts.items() if n))
+    if summary:
+        console.print("[dim]`gupsim live` shows every case; `gupsim live -k TEXT` some.[/]")
     return counts["disagree"] > 0
 
 
+# -- top ---------------------------------------------------------------------------------------
+
 def pins_snapshot() -> dict:
-    """Outstanding pins, processes with VmPin/VmLck, and their io_uring buffers, right now."""
-    from .live import pin_counters, pinned_processes, uring_fdinfo
-    counters = pin_counters()
-    procs = []
-    for p in pinned_processes():
-        try:
-            bufs = uring_fdinfo(p.pid)
-        except OSError:
-            bufs = {}
-        procs.append({"pid": p.pid, "name": p.name, "VmPin_kB": p.vm_pin_kb,
-                      "VmLck_kB": p.vm_lck_kb,
-                      "uring_buffers": sum(len(b) for b in bufs.values()),
-                      "uring_bytes": sum(x.length for b in bufs.values() for x in b)})
-    return {"nr_foll_pin_acquired": counters.acquired,
-            "nr_foll_pin_released": counters.released,
-            "outstanding": counters.outstanding, "exact": counters.exact, "processes": procs}
+    """Who holds pinned memory now: the machine-wide counters, and per process VmPin,
+    VmLck, io_uring buffers and AF_XDP umems, with the full command line; see
+    `live.proc.pin_holders`."""
+    from .live.proc import pin_snapshot
+    return pin_snapshot()
 
 
 def pins_table(snap: dict) -> Table:
-    approx = "" if snap["exact"] else " (approximate: not root)"
-    t = Table("pid", "name", "VmPin kB", "VmLck kB", "io_uring buffers",
-              title=f"pins outstanding (acquired − released): {snap['outstanding']}{approx}")
-    for p in snap["processes"]:
-        bufs = (f"{p['uring_buffers']} ({p['uring_bytes'] >> 10} KiB)"
-                if p["uring_buffers"] else "")
-        t.add_row(str(p["pid"]), p["name"], str(p["VmPin_kB"]), str(p["VmLck_kB"]), bufs)
-    if not snap["processes"]:
-        t.add_row("", "[dim]no process holds VmPin or VmLck[/]", "", "", "")
-    return t
+    """The snapshot as a table that fits 80 columns, with the totals explained."""
+    from .report.top import top_table
+    return top_table(snap)
 
 
 @main.command(help="Who holds pinned memory on this host right now.")
-@click.option("--json", "as_json", is_flag=True)
-@click.option("--watch", type=float, default=None, metavar="SECONDS",
-              help="Refresh every SECONDS until Ctrl-C.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print JSON (with --watch: one JSON object per line, per refresh).")
+@click.option("--watch", type=Seconds(0.1, 86400.0), default=None, metavar="SECONDS",
+              help="Refresh every SECONDS (0.1 to 86400) until Ctrl-C (exit 130).")
 def top(as_json: bool, watch: float | None) -> None:
-    if as_json:
-        click.echo(json.dumps(pins_snapshot(), indent=2))
-        return
-    console = Console()
     if watch is None:
-        console.print(pins_table(pins_snapshot()))
+        snap = pins_snapshot()
+        if as_json:
+            click.echo(dumps(snap))
+        else:
+            Console(highlight=False).print(pins_table(snap))
         return
-    if watch <= 0:
-        raise click.BadParameter("must be a positive number of seconds", param_hint="--watch")
-    import time
-
+    if as_json:
+        while True:
+            click.echo(dumps(pins_snapshot() | {"time": time.time()}, indent=None))
+            sys.stdout.flush()
+            time.sleep(watch)
     from rich.live import Live
-    try:
-        with Live(pins_table(pins_snapshot()), console=console) as view:
-            while True:
-                time.sleep(watch)
-                view.update(pins_table(pins_snapshot()))
-    except KeyboardInterrupt:
-        pass
+    console = Console(highlight=False)
+    with Live(pins_table(pins_snapshot()), console=console) as view:
+        while True:
+            time.sleep(watch)
+            view.update(pins_table(pins_snapshot()))
 
+
+# -- bench -------------------------------------------------------------------------------------
 
 def bench_table(rows: list) -> Table:
-    t = Table("workload", "pages", "model pin", "host pin", "model/host", "model unpin",
-              "host unpin", title="nanoseconds per 4 KiB page "
-              "(pin_user_pages_fast(FOLL_WRITE|FOLL_LONGTERM); host: io_uring registration)")
+    """Nanoseconds per page, model beside host; why the host was skipped goes under the
+    table, so the columns stay narrow enough for 80 columns."""
+    skipped = sorted({r.host_skipped for r in rows if r.host_skipped})
+    t = Table("workload", "pages", "model\npin", "host\npin", "model/\nhost", "model\nunpin",
+              "host\nunpin", box=box.SIMPLE_HEAD,
+              title="nanoseconds per 4 KiB page: pin_user_pages_fast(FOLL_WRITE | "
+                    "FOLL_LONGTERM); host: io_uring registration",
+              caption="\n".join(f"host skipped: {s}" for s in skipped) or None)
+    t.columns[0].no_wrap = True
+    for c in t.columns[1:]:
+        c.justify = "right"
+        c.no_wrap = True
 
     def ns(x: float | None) -> str:
         return "—" if x is None else f"{x:,.0f}"
 
     for r in rows:
         ratio = "—" if r.ratio is None else f"{r.ratio:.2f}"
-        host = ns(r.host_pin) if not r.host_skipped else f"[dim]skipped: {r.host_skipped}[/]"
+        host = ns(r.host_pin) if not r.host_skipped else "[dim]skipped[/]"
         t.add_row(r.workload, f"{r.pages:,}", ns(r.model_pin), host, ratio, ns(r.model_unpin),
                   ns(r.host_unpin))
     return t
@@ -188,16 +310,21 @@ def bench_table(rows: list) -> Table:
 def bench(max_pages: int, repeat: int, model_only: bool, as_json: bool) -> None:
     from .bench import run
     sizes = [n for n in (256, 4096, 65536, 1 << 18) if n < max_pages] + [max_pages]
-    console = Console(stderr=as_json)
+    console = Console(stderr=as_json, highlight=False)
+    if not model_only:
+        _repair_host()
     with console.status("timing the model and the host kernel..."):
         rows = run(sizes, repeat, with_host=not model_only)
     if as_json:
-        click.echo(json.dumps([r.as_dict() for r in rows], indent=2))
+        click.echo(dumps([r.as_dict() for r in rows]))
     else:
         console.print(bench_table(rows))
 
 
-@main.command(help="Run a scenario file on the model (and with --host on this kernel too).")
+# -- run ---------------------------------------------------------------------------------------
+
+@main.command(help="Run a scenario file on the model (and with --host on this kernel too); "
+                   "exit 1 if they disagree.")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
 @click.option("--host", "with_host", is_flag=True,
               help="Also run it on the host kernel and compare step by step.")
@@ -210,19 +337,24 @@ def run(file: str, with_host: bool, as_json: bool) -> None:
     from .report.live import as_json as to_json
     from .scenarios.runner import Case, run_case
 
-    ns = runpy.run_path(file)
+    try:
+        ns = runpy.run_path(file)
+    except SyntaxError as exc:
+        raise click.UsageError(f"{file} is not valid Python: {exc}") from exc
     if not callable(ns.get("scenario")):
         raise click.UsageError(f"{file} must define a function scenario(system)")
     expect = ns.get("expect") or (lambda trace: [])
     case = Case(ns.get("NAME", file), ns["scenario"], expect, source=file,
                 needs=tuple(ns.get("NEEDS", ())))
+    if with_host:
+        _repair_host()
     result = run_case(case, with_host=with_host)
     if as_json:
-        click.echo(json.dumps(to_json([result]), indent=2))
+        click.echo(dumps(to_json([result])))
     else:
-        Console().print(steps_table(result))
+        Console(highlight=False).print(steps_table(result))
     if result.status == "disagree":
-        raise SystemExit(1)
+        sys.exit(EXIT_DISAGREE)
 
 
 def steps_table(result) -> Table:

@@ -38,8 +38,10 @@ class Step:
     ok: bool = True
 
     def as_dict(self) -> dict[str, Any]:
-        """The step as plain data, for `gupsim demo --json`."""
-        return {"title": self.title, "story": self.story, "facts": self.facts,
+        """The step for JSON: data the tour read (bytes) as text, escapes for the rest."""
+        facts = {k: v.decode("ascii", "backslashreplace") if isinstance(v, bytes) else v
+                 for k, v in self.facts.items()}
+        return {"title": self.title, "story": self.story, "facts": facts,
                 "dump": self.dump, "ok": self.ok}
 
 

@@ -1,14 +1,72 @@
-"""WARN_ON_ONCE as an event log.
+"""WARN_ON_ONCE as an event log, and the model user's call site.
 
 The kernel prints a warning the first time a given check fires and then carries on;
 the model records a `Warning` the first time each site fires, in order, so that tests
 and users can ask which kernel warnings a scenario would have produced.
+
+Both the warnings and the pin sanitizer name the *user's* call site: the innermost frame
+whose code lies outside the installed gupsim package. "Outside" is decided by the
+package's own directory (resolved), never by a substring of the path, so a checkout in a
+folder that happens to be called `gupsim` still names the user's files. The walk is cheap
+enough to run on every pin: it follows frame links until the first frame outside the
+package and formats `file:line in function`; no source line is read (that happens only
+when a report is shown, see `source_line()`).
 """
 
 from __future__ import annotations
 
+import linecache
+import os
 import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from types import FrameType
+
+#: The directory of the imported gupsim package, resolved, with a trailing separator.
+PACKAGE_DIR = os.path.join(os.path.dirname(os.path.realpath(__file__)), "")
+
+_inside_cache: dict[str, bool] = {}
+
+
+def in_package(filename: str) -> bool:
+    """True if `filename` (a code object's file name) lies inside the gupsim package."""
+    inside = _inside_cache.get(filename)
+    if inside is None:
+        if filename.startswith("<"):        # <string>, <frozen runpy>, <stdin>: user code
+            inside = False
+        else:
+            inside = os.path.realpath(filename).startswith(PACKAGE_DIR)
+        _inside_cache[filename] = inside
+    return inside
+
+
+def user_call_site(skip_package: str | None = None) -> str:
+    """Where the model's user made the call: the innermost frame outside the package, as
+    "file:line in function" ("<gupsim>" if every frame is inside the package).
+
+    `skip_package` is accepted for compatibility and ignored: the package is found by its
+    own directory, not by name. A gupsim module that models a kernel user of GUP (a driver
+    under `drivers/`) can set `__gupsim_call_site__ = True`: its frames then count as the
+    call site, so the sanitizer names the driver line that took or released a pin, as a
+    kernel report names the driver function.
+    """
+    frame: FrameType | None = sys._getframe(1)
+    while frame is not None:
+        code = frame.f_code
+        if not in_package(code.co_filename) or frame.f_globals.get("__gupsim_call_site__"):
+            return f"{code.co_filename}:{frame.f_lineno} in {code.co_name}"
+        frame = frame.f_back
+    return "<gupsim>"
+
+
+def source_line(site: str) -> str:
+    """The source text at a call site from `user_call_site()` ("" if unknown); read only
+    when a report is shown."""
+    where = site.rsplit(" in ", 1)[0]
+    filename, _, line = where.rpartition(":")
+    if not filename or not line.isdigit():
+        return ""
+    return linecache.getline(filename, int(line)).strip()
 
 
 @dataclass(frozen=True)
@@ -31,18 +89,25 @@ class WarnLog:
     events: list[KernelWarning] = field(default_factory=list)
     hits: dict[str, int] = field(default_factory=dict)
 
-    def warn_on_once(self, condition: bool, site: str, message: str = "") -> bool:
-        """Return `condition`; the first time it is true for `site`, record a warning."""
-        if condition:
-            self.hits[site] = self.hits.get(site, 0) + 1
-            if self.hits[site] == 1:
-                self.events.append(KernelWarning(site, message, user_call_site()))
-        return bool(condition)
+    def warn_on_once(self, condition: object, site: str,
+                     message: str | Callable[[], str] = "") -> bool:
+        """Return `condition` as a bool; the first time it is true for `site`, record a
+        warning. `message` may be a callable, called only when the warning is recorded, so
+        that a check that does not fire computes nothing for the text."""
+        if not condition:
+            return False
+        n = self.hits.get(site, 0) + 1
+        self.hits[site] = n
+        if n == 1:
+            text = message() if callable(message) else message
+            self.events.append(KernelWarning(site, text, user_call_site()))
+        return True
 
     def sites(self) -> list[str]:
+        """The sites that fired, in the order they first fired."""
         return [w.site for w in self.events]
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[KernelWarning]:
         return iter(self.events)
 
     def __len__(self) -> int:
@@ -50,20 +115,3 @@ class WarnLog:
 
     def __getitem__(self, i: int) -> KernelWarning:
         return self.events[i]
-
-
-def user_call_site(skip_package: str = "gupsim") -> str:
-    """The innermost frame outside gupsim: where the model's user made the call.
-
-    A gupsim module that models a kernel user of GUP (a driver under `drivers/`) can set
-    `__gupsim_call_site__ = True`: its own frames then count as the call site, so that
-    the sanitizer names the driver line that took or released a pin, as a kernel report
-    names the driver function.
-    """
-    frame = sys._getframe(1)
-    while frame is not None:
-        filename = frame.f_code.co_filename.replace("\\", "/")
-        if f"/{skip_package}/" not in filename or frame.f_globals.get("__gupsim_call_site__"):
-            return f"{frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_name}"
-        frame = frame.f_back
-    return "<gupsim>"

@@ -24,7 +24,7 @@ import numpy as np
 
 from ..memory import Kind, MemMap
 from ..memory.pagearray import NULL
-from ..warn import user_call_site
+from ..warn import source_line, user_call_site
 
 if TYPE_CHECKING:
     from ..mm import MM
@@ -70,6 +70,17 @@ class SanitizerReport:
     def __str__(self) -> str:
         return (f"{self.kind}: {self.message} (pfn {self.pfn:#x}; taken at {self.taken_at}; "
                 f"released at {self.released_at})")
+
+    def explain(self) -> str:
+        """The report with the source line of each call site under it, for printing (the
+        only place the sanitizer reads source files: recording a pin never does)."""
+        lines = [f"{self.kind}: {self.message} (pfn {self.pfn:#x})"]
+        for label, site in (("taken at", self.taken_at), ("released at", self.released_at)):
+            lines.append(f"  {label} {site}")
+            text = source_line(site)
+            if text:
+                lines.append(f"      {text}")
+        return "\n".join(lines)
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from .proc import (
     vm_pin_kb,
 )
 from .procvm import process_vm_readv, process_vm_writev, read_remote, write_remote
+from .repair import Repair, repair_dead_runs
 from .settings import Setting, hugepages, read_setting, thp_size_enabled
 from .uring import IoUring
 from .vmstat import (
@@ -41,9 +42,10 @@ from .xdp import XdpUmem
 __all__ = [
     "Capability", "Child", "ChildError", "DirectFile", "HostMapping", "HostUnsupported",
     "IoUring", "LiveStack", "Measured", "Measurement", "PagemapEntry", "PinCounters",
-    "PinDelta", "PinnedProcess", "Setting", "UringBuffer", "XdpUmem", "host_capabilities",
+    "PinDelta", "PinnedProcess", "Repair", "Setting", "UringBuffer", "XdpUmem", "host_capabilities",
     "hugepages", "kpagecount", "kpageflags", "measure", "measure_repeat", "pagemap",
     "pin_counters", "pinned_processes", "proc_status", "process_vm_readv",
-    "process_vm_writev", "read_remote", "read_setting", "run_in_child", "thp_size_enabled",
-    "uring_fdinfo", "user_buffer", "vm_pin_kb", "wait_outstanding", "write_remote",
+    "process_vm_writev", "read_remote", "read_setting", "repair_dead_runs", "run_in_child",
+    "thp_size_enabled", "uring_fdinfo", "user_buffer", "vm_pin_kb", "wait_outstanding",
+    "write_remote",
 ]

@@ -52,6 +52,43 @@ def table(results: list[Result]) -> Table:
     return t
 
 
+def summary(results: list[Result]) -> list[dict[str, Any]]:
+    """One entry per selftest row (a case's `source`), in catalogue order: how many of its
+    cases agreed, disagreed, were skipped or ran on the model only, and the distinct
+    reasons for skips and disagreements."""
+    groups: dict[str, dict[str, Any]] = {}
+    for r in results:
+        g = groups.setdefault(r.case.source or r.case.name, {
+            "source": r.case.source or r.case.name, "cases": 0, "agree": 0, "disagree": 0,
+            "skipped": 0, "model-only": 0, "skip_reasons": [], "disagreeing": []})
+        g["cases"] += 1
+        g[r.status] += 1
+        if r.status == "skipped" and r.host is not None and \
+                r.host.skipped not in g["skip_reasons"]:
+            g["skip_reasons"].append(r.host.skipped)
+        if r.status == "disagree":
+            g["disagreeing"].append(r.case.name)
+    return list(groups.values())
+
+
+def summary_table(results: list[Result]) -> Table:
+    """The agreement table with one row per selftest row instead of per case: short enough
+    to read in a CI log, every word of it whole at 80 columns."""
+    t = Table(title="model versus host kernel, per selftest", expand=True)
+    t.add_column("selftest row", ratio=3)
+    t.add_column("cases", justify="right", no_wrap=True)
+    t.add_column("result", ratio=2)
+    for g in summary(results):
+        parts = [f"[{STYLE[s]}]{g[s]} {s}[/]" for s in STYLE if g[s]]
+        text = ", ".join(parts)
+        for reason in g["skip_reasons"]:
+            text += f"\n[dim]skipped: {reason}[/]"
+        for name in g["disagreeing"]:
+            text += f"\n[red]disagrees: {name}[/]"
+        t.add_row(g["source"], str(g["cases"]), text)
+    return t
+
+
 def as_json(results: list[Result]) -> list[dict[str, Any]]:
     """The results as plain data for `--json`: each case, its verdict, and both traces."""
     def trace(tr: Trace | None) -> dict[str, Any] | None:
@@ -69,4 +106,4 @@ def as_json(results: list[Result]) -> list[dict[str, Any]]:
              "differences": r.differences} for r in results]
 
 
-__all__ = ["table", "as_json", "summarize", "describe"]
+__all__ = ["table", "summary_table", "summary", "as_json", "summarize", "describe"]

@@ -452,3 +452,22 @@ def test_aliases_pin_longterm_pages() -> None:
     m = p.mmap(0, PAGE_SIZE, RW, MAP_SHARED, fd=f)
     assert p.pin_longterm_pages(m, 1, FOLL_WRITE, []) == -EFAULT
     assert BY_NAME["pin_longterm_pages"].implies == FOLL_LONGTERM
+
+
+def test_type_checker_stubs_match_the_table() -> None:
+    """The generated `_entry_stubs.pyi` (what mypy sees of the built entry points) is the
+    table's current rendering, and declares every entry point with its real signature."""
+    import inspect as _inspect
+
+    from gupsim.gup import entry
+
+    with open(entry.STUBS_PATH) as f:
+        on_disk = f.read()
+    assert on_disk == entry.render_stubs(), (
+        f"gup/_entry_stubs.pyi is out of date with ENTRY_POINTS: run {entry.REGENERATE}")
+    for ep in entry.ENTRY_POINTS:
+        params = "".join(f"    {name}: {entry._source_text(p.annotation)},\n"
+                         for name, p in ep.signature.parameters.items())
+        ret = "bool" if ep.one_page else "int"
+        assert f"def {ep.name}(\n{params}) -> {ret}: ..." in on_disk, ep.name
+        assert _inspect.signature(getattr(gupsim, ep.name)) == ep.signature

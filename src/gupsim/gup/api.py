@@ -17,7 +17,7 @@ table), which the review replaced by passing FOLL_LONGTERM to `pin_user_pages*()
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -52,6 +52,8 @@ from .state import PATH_SLOW, GupCall, current, gup_state, running_as
 # get_user_pages(), pin_user_pages_fast(), ... : one function per row of the table.
 for _ep in ENTRY_POINTS:
     globals()[_ep.name] = entry_function(_ep)
+if TYPE_CHECKING:      # what a type checker sees of them (generated from the same table)
+    from ._entry_stubs import *  # noqa: F403
 
 
 def memfd_pin_folios(memfd: Any, start: int, end: int, folios: list[Folio | None],

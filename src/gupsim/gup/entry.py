@@ -36,6 +36,8 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import os
+import re
 import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -78,6 +80,12 @@ _ANNOTATIONS: dict[str, Any] = {
     "mm": MM, "start": int, "addr": int, "nr_pages": int, "gup_flags": int, "pages": Pages,
     "pagep": list[Page | None], "locked": list[int] | None,
 }
+
+
+def _source_text(annotation: Any) -> str:
+    """An annotation as a stub writes it: `list[Page | None] | PageArray | None`."""
+    text = annotation.__name__ if isinstance(annotation, type) else str(annotation)
+    return re.sub(r"\b(?:\w+\.)+(\w+)", r"\1", text)
 
 
 @dataclass(frozen=True)
@@ -524,5 +532,47 @@ def kernel_method(ep: EntryPoint) -> Callable[..., Any]:
                    "gupsim.kernel")
 
 
+# -- static declarations for type checkers ---------------------------------------------------
+
+STUBS_PATH = os.path.join(os.path.dirname(__file__), "_entry_stubs.pyi")
+REGENERATE = 'python -c "from gupsim.gup.entry import write_stubs; write_stubs()"'
+
+
+def render_stubs() -> str:
+    """The text of `_entry_stubs.pyi`: the entry points that the builders make at import
+    time, as plain declarations a type checker can read (the running code never imports
+    it). A test fails when it is out of date with the table; `write_stubs()` renews it."""
+    def decl(ep: EntryPoint, indent: str, method: bool) -> list[str]:
+        params = (["self"] if method else []) + [f"{n}: {_source_text(_ANNOTATIONS[n])}"
+                                                    for n in ep.params]
+        ret = "bool" if ep.one_page else "int"
+        return ([f"{indent}def {ep.name}("] + [f"{indent}    {p}," for p in params]
+                + [f"{indent}) -> {ret}: ...", ""])
+
+    out = ["# Generated from gupsim.gup.entry.ENTRY_POINTS; do not edit. Renew with:",
+           f"#   {REGENERATE}",
+           "# Read by type checkers only (see gup/api.py and gup/facade.py).",
+           "",
+           "from ..memory import Page, PageArray",
+           "from ..mm import MM",
+           "",
+           "__all__ = ["] + [f'    "{ep.name}",' for ep in ENTRY_POINTS] + ["]", "", ""]
+    for ep in ENTRY_POINTS:
+        out += decl(ep, "", False)
+    for cls, remote in (("ProcessEntryPoints", False), ("KernelEntryPoints", True)):
+        out += ["", f"class {cls}:"]
+        for ep in ENTRY_POINTS:
+            if ep.takes_mm == remote:
+                out += decl(ep, "    ", True)
+    return "\n".join(out).rstrip() + "\n"
+
+
+def write_stubs() -> None:
+    """Renew `_entry_stubs.pyi` after a change to `ENTRY_POINTS`."""
+    with open(STUBS_PATH, "w") as stubs:
+        stubs.write(render_stubs())
+
+
 __all__ = ["ENTRY_POINTS", "ENTRY_POINTS_BY_NAME", "EntryPoint", "entry_function",
-           "process_method", "kernel_method", "gup_call", "kernel_doc"]
+           "process_method", "kernel_method", "gup_call", "kernel_doc", "render_stubs",
+           "write_stubs"]

@@ -27,7 +27,13 @@ if TYPE_CHECKING:
     from ..mm import Cred, MMEnv
 
 
-class ProcessPinning:
+if TYPE_CHECKING:      # the built entry points, as a type checker sees them (generated)
+    from ._entry_stubs import KernelEntryPoints, ProcessEntryPoints
+else:
+    KernelEntryPoints = ProcessEntryPoints = object
+
+
+class ProcessPinning(ProcessEntryPoints):
     """GUP calls made with this process as `current` (see module docstring)."""
 
     kernel: Any
@@ -38,7 +44,7 @@ class ProcessPinning:
         return account_locked_vm(self.mm, pages, inc, self.cred)  # type: ignore[attr-defined]
 
 
-class KernelPinning:
+class KernelPinning(KernelEntryPoints):
     """Machine-wide pinning calls: remote GUP, release, device access, the sanitizer."""
 
     env: MMEnv

@@ -29,6 +29,7 @@ from .uring import IoUring
 from .vmstat import (
     Measured,
     Measurement,
+    Meter,
     PinCounters,
     PinDelta,
     measure,
@@ -40,7 +41,7 @@ from .xdp import XdpUmem
 
 __all__ = [
     "Capability", "Child", "ChildError", "DirectFile", "HostMapping", "HostUnsupported",
-    "IoUring", "LiveStack", "Measured", "Measurement", "PagemapEntry", "PinCounters",
+    "IoUring", "LiveStack", "Measured", "Measurement", "Meter", "PagemapEntry", "PinCounters",
     "PinDelta", "PinnedProcess", "Setting", "UringBuffer", "XdpUmem", "host_capabilities",
     "hugepages", "kpagecount", "kpageflags", "measure", "measure_repeat", "pagemap",
     "pin_counters", "pinned_processes", "proc_status", "process_vm_readv",

@@ -75,18 +75,21 @@ class BaseProc(Operations):
         """Check a call of `op`, record it as one step, and return what `op` returns."""
         system = self.system
         self._usable(op.name)
-        prim = dict(args)
+        given = dict(args)            # the declared arguments, then what replaces them
         if op.range is not None:
-            self._resolve(op, op.range, args, prim)
+            given.update(self._resolve(op, op.range, args))
         if op.buffers is not None:
             if op.check and (problem := op.check(args)):
                 raise ProtocolError(problem)
-            prim[op.buffers] = [(self._addr(op.name, r, off, n), n)
-                                for r, off, n in args[op.buffers]]
+            given[op.buffers] = [(self._addr(op.name, r, off, n), n)
+                                 for r, off, n in args[op.buffers]]
         elif op.check and (problem := op.check(args)):
             raise ProtocolError(problem)
         if op.returns == "region":
-            prim["new_rid"] = system._next_rid()
+            given["new_rid"] = system._next_rid()
+        for key, value_of in op.extra:
+            given[key] = value_of(self)
+        prim = {key: given[key] for key in op.primitive_params()}
         name = op.step_name(args)
         out = system._step(self, op, name, prim)
         if op.returns == "region":
@@ -120,8 +123,10 @@ class BaseProc(Operations):
             raise ProtocolError(f"{what}: process {self.pid} ({self.name}) has exited; "
                                 "spawn or fork a new one")
 
-    def _resolve(self, op: Op, rng: Range, args: dict[str, Any], prim: dict[str, Any]) -> None:
-        """Replace a checked region (and offset) by the primitive's `addr` (and `rid`)."""
+    def _resolve(self, op: Op, rng: Range, args: dict[str, Any]) -> dict[str, Any]:
+        """Check a region argument; what the primitive gets instead: `addr` (and `rid`,
+        and `length` for a whole region)."""
+        out: dict[str, Any] = {}
         owner: BaseProc = self
         if rng.owner is not None:
             owner = args[rng.owner]
@@ -133,7 +138,7 @@ class BaseProc(Operations):
         offset = args[rng.offset] if rng.offset else 0
         if rng.length is None:
             length = region.length if isinstance(region, Region) else 0
-            prim["length"] = length
+            out["length"] = length
         else:
             length = args[rng.length]
             if isinstance(length, bytes | bytearray | memoryview):
@@ -142,12 +147,10 @@ class BaseProc(Operations):
                             or offset % PAGE or length % PAGE):
             raise ProtocolError(f"{op.name}: offset {offset!r} and length {length!r} must be "
                                 f"multiples of the page size ({PAGE})")
-        prim["addr"] = owner._addr(op.name, region, offset, length)
+        out["addr"] = owner._addr(op.name, region, offset, length)
         if rng.rid:
-            prim["rid"] = region.rid
-        del prim[rng.region]
-        if rng.offset:
-            del prim[rng.offset]
+            out["rid"] = region.rid
+        return out
 
     def _addr(self, what: str, region: object, offset: object, n: object) -> int:
         """The address of [offset, offset+n) of a region of this process, or ProtocolError."""

@@ -45,7 +45,7 @@ from ..mm.access import BusError, SegmentationFault
 from . import wire
 from .base import BaseProc, BaseSystem, Counted
 from .ops import Op
-from .records import MTHP_SIZE, PRIVATE_UID_BASE, Outcome
+from .records import MTHP_SIZE, Outcome
 from .server import server_main
 
 PR_SET_CHILD_SUBREAPER = 36
@@ -119,8 +119,6 @@ class HostProc(BaseProc):
         """Run `do_<op>` in the server; a process argument travels as its real pid."""
         wire_args = {k: (v.host_pid if isinstance(v, HostProc) else v)
                      for k, v in args.items()}
-        if op.name == "limit_memlock":
-            wire_args["uid"] = PRIVATE_UID_BASE + self.pid   # a user of its own
         reply, fds = self._call(op.name, wire_args)
         value: Any = None
         if op.name == "fork" and reply[0] == "ok":

@@ -35,7 +35,7 @@ from ..constants import (
 from ..kernel import Kernel, Process
 from .base import BaseProc, BaseSystem, Counted
 from .ops import Op
-from .records import MTHP_SIZE, PRIVATE_UID_BASE, Outcome
+from .records import MTHP_SIZE, Outcome
 
 
 def fallocate(f: Any, length: int) -> None:
@@ -71,8 +71,8 @@ class ModelProc(BaseProc):
         return {"VmPin": st["VmPin"], "VmLck": st["VmLck"]}
 
     # -- memory ----------------------------------------------------------------------------
-    def do_map(self, new_rid: int, kind: str, length: int, shared: bool, writable: bool,
-               populate: bool | str, fill: int) -> int:
+    def do_map(self, kind: str, length: int, shared: bool, writable: bool,
+               populate: bool | str, fill: int, new_rid: int) -> int:
         """mmap (a file made and fallocated first, for file kinds), then populate."""
         prot = PROT_READ | (PROT_WRITE if writable else 0)
         share = MAP_SHARED if shared else MAP_PRIVATE
@@ -120,8 +120,8 @@ class ModelProc(BaseProc):
             for off in range(0, length, PAGE_SIZE):
                 self.p.read(addr + off, 1)
 
-    def do_map_view(self, rid: int, addr: int, length: int, new_rid: int, shared: bool,
-                    writable: bool) -> int:
+    def do_map_view(self, rid: int, addr: int, length: int, shared: bool, writable: bool,
+                    new_rid: int) -> int:
         """mmap the file behind region `rid` again, and read-fault it."""
         f = self.system.files[rid]
         prot = PROT_READ | (PROT_WRITE if writable else 0)
@@ -234,11 +234,11 @@ class ModelProc(BaseProc):
         self.xdp.close()
         self.xdp = None
 
-    def do_limit_memlock(self, limit: int) -> None:
-        """Drop CAP_IPC_LOCK, set RLIMIT_MEMLOCK, move to a uid of our own."""
+    def do_limit_memlock(self, limit: int, uid: int) -> None:
+        """Drop CAP_IPC_LOCK, set RLIMIT_MEMLOCK, become `uid` (a user of our own)."""
         self.p.cred.caps.discard(CAP_IPC_LOCK)
         self.p.cred.rlimit_memlock = limit
-        self.p.cred.uid = PRIVATE_UID_BASE + self.pid     # as the host does
+        self.p.cred.uid = uid
 
     def _release_files(self) -> None:
         """What the kernel drops with the process's file table: ring, sockets, pipe."""

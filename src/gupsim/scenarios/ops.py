@@ -61,7 +61,15 @@ from ..constants import (
     PAGE_SIZE,
     PMD_SIZE,
 )
-from .records import FILE_KINDS, MAP_KINDS, MTHP_SIZE, MapKind, Outcome, Region
+from .records import (
+    FILE_KINDS,
+    MAP_KINDS,
+    MTHP_SIZE,
+    PRIVATE_UID_BASE,
+    MapKind,
+    Outcome,
+    Region,
+)
 from .steps import op_name
 
 if TYPE_CHECKING:
@@ -122,6 +130,23 @@ class Op:
     makes: Callable[[Args], tuple[str, int, bool]] | None = None  # kind, length, shared
     raises: bool = False         # a refusal raises OSError instead of being returned
     ends: bool = False           # the process is gone after the step
+    extra: tuple[tuple[str, Callable[[BaseProc], Any]], ...] = ()  # (name, value of caller)
+
+    def primitive_params(self) -> tuple[str, ...]:
+        """The argument names `do_<name>` takes on every back-end (see the module doc)."""
+        names = list(self.params)
+        if self.range is not None:
+            rng = self.range
+            at = names.index(rng.region)
+            names[at:at + 1] = ["rid", "addr"] if rng.rid else ["addr"]
+            if rng.offset:
+                names.remove(rng.offset)
+            if rng.length is None:
+                names.insert(names.index("addr") + 1, "length")
+        if self.returns == "region":
+            names.append("new_rid")
+        names += [name for name, _ in self.extra]
+        return tuple(names)
 
     def step_name(self, args: Args) -> str:
         """The name the step gets in both back-ends' traces."""
@@ -137,13 +162,15 @@ def operation(*, returns: Returns, data: bool = False, settle: bool = False,
               label: Callable[[Args], dict[str, object]] | None = None,
               check: Callable[[Args], str] | None = None,
               makes: Callable[[Args], tuple[str, int, bool]] | None = None,
-              raises: bool = False, ends: bool = False) -> Callable[[F], F]:
+              raises: bool = False, ends: bool = False,
+              extra: tuple[tuple[str, Callable[[BaseProc], Any]], ...] = ()
+              ) -> Callable[[F], F]:
     """Declare a scenario operation: enter it in `OPS` and make the method call the base."""
     def declare(fn: F) -> F:
         sig = inspect.signature(fn)
         params = tuple(p for p in sig.parameters if p != "self")
         op = Op(fn.__name__, params, returns, inspect.getdoc(fn) or "", data, settle, range,
-                buffers, label, check, makes, raises, ends)
+                buffers, label, check, makes, raises, ends, extra)
         if op.name in OPS:
             raise ValueError(f"operation {op.name!r} is declared twice")
         OPS[op.name] = op
@@ -362,7 +389,8 @@ class Operations:
         ...
 
     @operation(returns="none", raises=True, label=lambda a: dict(size=a["limit"]),
-               check=lambda a: _not_negative("limit", a["limit"]))
+               check=lambda a: _not_negative("limit", a["limit"]),
+               extra=(("uid", lambda proc: PRIVATE_UID_BASE + proc.pid),))
     def limit_memlock(self, limit: int) -> None:
         """Drop CAP_IPC_LOCK and set RLIMIT_MEMLOCK, as an unprivileged user would have
         (the process also moves to a uid of its own, `PRIVATE_UID_BASE + pid`)."""

@@ -265,8 +265,8 @@ class CommandServer:
             self._copy_out(addr + off, 1)
 
     # -- memory ------------------------------------------------------------------------------
-    def do_map(self, new_rid: int, kind: str, length: int, shared: bool, writable: bool,
-               populate: bool | str, fill: int) -> int:
+    def do_map(self, kind: str, length: int, shared: bool, writable: bool,
+               populate: bool | str, fill: int, new_rid: int) -> int:
         """A HostMapping of the kind, populated through the pipe; its address."""
         prot = libc.PROT_READ | (libc.PROT_WRITE if writable else 0)
         where = self.shm_dir if kind == "tmpfs" else self.disk_dir
@@ -288,8 +288,8 @@ class CommandServer:
                 self._read_fault(m.addr, length)
         return m.addr
 
-    def do_map_view(self, rid: int, addr: int, length: int, new_rid: int, shared: bool,
-                    writable: bool) -> int:
+    def do_map_view(self, rid: int, addr: int, length: int, shared: bool, writable: bool,
+                    new_rid: int) -> int:
         """mmap the file behind region `rid` again, read-faulted; its address."""
         m = self.areas[rid]
         prot = libc.PROT_READ | (libc.PROT_WRITE if writable else 0)

@@ -293,3 +293,26 @@ def test_a_step_name_comes_from_the_declaration() -> None:
                                  "writable": False}) == "map anon 2MiB shared"
     assert OPS["madvise"].step_name({"advice": MADV_DONTNEED}) == "madvise 4"
     assert OPS["read"].step_name({}) == "read"
+
+
+# -- disagreements the shared base found, fixed --------------------------------------------------
+
+def _needs(system: System, *caps: str) -> None:
+    if isinstance(system, HostSystem) and (reason := host_skip_reason(caps)):
+        pytest.skip(f"host cannot: {reason}")
+
+
+def test_two_af_xdp_sockets_are_both_released(system: System) -> None:
+    """The model kept one AF_XDP socket per process (a second replaced the first, whose
+    pins then leaked); the host keeps them all. Now both: close pops the last, exit
+    releases the rest."""
+    _needs(system, "af_xdp")
+    a = system.spawn("a")
+    r1, r2 = a.map("anon", 16 * PAGE_SIZE), a.map("anon", 16 * PAGE_SIZE)
+    assert a.xdp_umem_reg(r1).ok and a.xdp_umem_reg(r2).ok
+    assert a.xdp_close().ok
+    a.exit()
+    steps = system.trace.steps
+    assert [s.acquired for s in steps[2:]] == [16, 16, 0, 0]
+    assert sum(s.released for s in steps) == 32
+    assert steps[-2].released == 16 and steps[-1].released == 16

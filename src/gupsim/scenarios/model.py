@@ -57,7 +57,7 @@ class ModelProc(BaseProc):
         super().__init__(system, pid, name)
         self.p = p
         self.ring: Any = None
-        self.xdp: Any = None
+        self.xdp: list[Any] = []      # AF_XDP sockets, as the host's server keeps them
         self.pipe: Any = None
 
     def _perform(self, op: Op, args: dict[str, Any]) -> Outcome:
@@ -225,14 +225,13 @@ class ModelProc(BaseProc):
         from ..drivers.xdp import XdpSocket
         sock = XdpSocket(self.system.k, self.p)
         sock.umem_reg(addr, length)
-        self.xdp = sock
+        self.xdp.append(sock)
 
     def do_xdp_close(self) -> None:
-        """close() of the AF_XDP socket."""
-        if self.xdp is None:
+        """close() of the AF_XDP socket opened last."""
+        if not self.xdp:
             raise OSError(errno.EBADF, "no AF_XDP socket is open")
-        self.xdp.close()
-        self.xdp = None
+        self.xdp.pop().close()
 
     def do_limit_memlock(self, limit: int, uid: int) -> None:
         """Drop CAP_IPC_LOCK, set RLIMIT_MEMLOCK, become `uid` (a user of our own)."""
@@ -245,9 +244,8 @@ class ModelProc(BaseProc):
         if self.ring is not None:
             self.ring.close()
             self.ring = None
-        if self.xdp is not None:
-            self.xdp.close()
-            self.xdp = None
+        while self.xdp:
+            self.xdp.pop().close()
         if self.pipe is not None:
             self.pipe.close()
             self.pipe = None

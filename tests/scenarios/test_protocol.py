@@ -25,6 +25,7 @@ from gupsim.scenarios.protocol import Proc, ProtocolError, Region, System
 from gupsim.scenarios.server import CommandServer
 
 MiB = 1 << 20
+INSIDE = ": pass an offset and a length that stay inside it"
 
 
 def _host() -> System:
@@ -163,20 +164,21 @@ def test_use_after_close(system: System) -> None:
 def test_a_range_outside_the_region(system: System, offset: int, n: int) -> None:
     a, _, r = two(system)
     assert misuse(system, lambda: a.read(r, offset, n)) == (
-        f"read: range [{offset}, {offset} + {n}) lies outside the region of 16384 bytes")
+        f"read: range [{offset}, {offset} + {n}) lies outside the region of 16384 bytes" + INSIDE)
 
 
 def test_a_write_past_the_end(system: System) -> None:
     a, _, r = two(system)
     assert misuse(system, lambda: a.write(r, 4 * PAGE_SIZE - 1, b"ab")) == (
-        "write: range [16383, 16383 + 2) lies outside the region of 16384 bytes")
+        "write: range [16383, 16383 + 2) lies outside the region of 16384 bytes" + INSIDE)
 
 
 def test_a_buffer_outside_its_region(system: System) -> None:
     a, _, r = two(system)
     assert misuse(system, lambda: a.uring_register([(r, 0, PAGE_SIZE),
                                                     (r, PAGE_SIZE, 4 * PAGE_SIZE)])) == (
-        "uring_register: range [4096, 4096 + 16384) lies outside the region of 16384 bytes")
+        "uring_register: range [4096, 4096 + 16384) lies outside the region of 16384 "
+        "bytes" + INSIDE)
     assert misuse(system, lambda: a.uring_register([r])) == (   # type: ignore[list-item]
         "buffers must be a list of (region, offset, length) tuples")
 

@@ -164,7 +164,8 @@ class BaseProc(Operations):
         if (not isinstance(offset, int) or not isinstance(n, int) or offset < 0 or n < 0
                 or offset + n > region.length):
             raise ProtocolError(f"{what}: range [{offset}, {offset} + {n}) lies outside the "
-                                f"region of {region.length} bytes")
+                                f"region of {region.length} bytes: pass an offset and a "
+                                "length that stay inside it")
         return mine.addr + offset
 
 

@@ -24,11 +24,10 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from ..constants import PAGE_SIZE
 from ..mm.access import BusError, SegmentationFault
 from .ops import Op, Operations, Range
 from .records import Outcome, ProtocolError, Region, Step, Trace
-
-PAGE = 4096
 
 
 @dataclass
@@ -78,13 +77,11 @@ class BaseProc(Operations):
         given = dict(args)            # the declared arguments, then what replaces them
         if op.range is not None:
             given.update(self._resolve(op, op.range, args))
-        if op.buffers is not None:
-            if op.check and (problem := op.check(args)):
-                raise ProtocolError(problem)
+        if op.check and (problem := op.check(args)):
+            raise ProtocolError(problem)
+        if op.buffers is not None:      # checked for shape above, each buffer here
             given[op.buffers] = [(self._addr(op.name, r, off, n), n)
                                  for r, off, n in args[op.buffers]]
-        elif op.check and (problem := op.check(args)):
-            raise ProtocolError(problem)
         if op.returns == "region":
             given["new_rid"] = system._next_rid()
         for key, value_of in op.extra:
@@ -144,9 +141,9 @@ class BaseProc(Operations):
             if isinstance(length, bytes | bytearray | memoryview):
                 length = len(length)
         if rng.aligned and (not isinstance(offset, int) or not isinstance(length, int)
-                            or offset % PAGE or length % PAGE):
+                            or offset % PAGE_SIZE or length % PAGE_SIZE):
             raise ProtocolError(f"{op.name}: offset {offset!r} and length {length!r} must be "
-                                f"multiples of the page size ({PAGE})")
+                                f"multiples of the page size ({PAGE_SIZE})")
         out["addr"] = owner._addr(op.name, region, offset, length)
         if rng.rid:
             out["rid"] = region.rid

@@ -11,6 +11,7 @@ that the operation table and the two back-ends' primitives agree.
 from __future__ import annotations
 
 import inspect
+import os
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -318,3 +319,21 @@ def test_two_af_xdp_sockets_are_both_released(system: System) -> None:
     assert [s.acquired for s in steps[2:]] == [16, 16, 0, 0]
     assert sum(s.released for s in steps) == 32
     assert steps[-2].released == 16 and steps[-1].released == 16
+
+
+def test_the_server_runs_declared_operations_only() -> None:
+    """A request for anything but a declared operation is refused, not looked up."""
+    import socket
+
+    ours, theirs = socket.socketpair()
+    try:
+        server = CommandServer(theirs, "/tmp", None, spawned=False)
+        kind, exc, _ = server._dispatch("_copy_in", {"addr": 0, "data": b"x"})
+        assert kind == "exc" and isinstance(exc, ProtocolError)
+        assert str(exc).startswith("'_copy_in' is not a declared scenario operation")
+        assert server._dispatch("pipe_read", {"length": 0}) == ("ok", b"")
+    finally:
+        for fd in (*server.pipe, *(server.splice or ())):
+            os.close(fd)
+        ours.close()
+        theirs.close()

@@ -25,6 +25,7 @@ from gupsim.live import host_capabilities, libc, uring_fdinfo, wait_outstanding
 from gupsim.live.errors import ChildError
 from gupsim.live.vmstat import LOCK_PATH, wait_quiet
 from gupsim.scenarios import host as host_mod
+from gupsim.scenarios import wire
 from gupsim.scenarios.host import HostSystem, host_skip_reason
 from gupsim.scenarios.protocol import Region, System
 
@@ -235,7 +236,7 @@ def test_sigint_while_waiting_on_a_scenario_process() -> None:
 def test_interrupt_while_a_reply_is_pending() -> None:
     """KeyboardInterrupt inside the transport: the command was sent, its reply never read."""
     calls = {"n": 0}
-    real = host_mod._recv
+    real = wire.recv
 
     def flaky(sock):
         calls["n"] += 1
@@ -245,14 +246,14 @@ def test_interrupt_while_a_reply_is_pending() -> None:
 
     def body(s: HostSystem, seen: Seen) -> None:
         hold_everything(s, seen, _read_huge() if _hugetlb() else 0)
-        host_mod._recv = flaky
+        wire.recv = flaky
         try:
             p = s.procs[0]
             r = p.map("anon", MiB)
             for _ in range(20):
                 p.write(r, 0, b"\x01" * 4096)
         finally:
-            host_mod._recv = real
+            wire.recv = real
 
     check_clean_close(body, KeyboardInterrupt)
 

@@ -30,6 +30,7 @@ from .uring import IoUring
 from .vmstat import (
     Measured,
     Measurement,
+    Meter,
     PinCounters,
     PinDelta,
     measure,
@@ -41,8 +42,9 @@ from .xdp import XdpUmem
 
 __all__ = [
     "Capability", "Child", "ChildError", "DirectFile", "HostMapping", "HostUnsupported",
-    "IoUring", "LiveStack", "Measured", "Measurement", "PagemapEntry", "PinCounters",
-    "PinDelta", "PinnedProcess", "Repair", "Setting", "UringBuffer", "XdpUmem", "host_capabilities",
+    "IoUring", "LiveStack", "Measured", "Measurement", "Meter", "PagemapEntry",
+    "PinCounters", "PinDelta", "PinnedProcess", "Repair", "Setting", "UringBuffer", "XdpUmem",
+    "host_capabilities",
     "hugepages", "kpagecount", "kpageflags", "measure", "measure_repeat", "pagemap",
     "pin_counters", "pinned_processes", "proc_status", "process_vm_readv",
     "process_vm_writev", "read_remote", "read_setting", "repair_dead_runs", "run_in_child",

@@ -213,6 +213,53 @@ class Measurement:
             raise ValueError("read .delta after the `with measure()` block has ended")
         return self._delta
 
+    def finish(self) -> PinDelta:
+        """Compute `delta` from the readings (once `before` and `after` are set)."""
+        if self.before is None or self.after is None:
+            raise ValueError("finish() needs both the opening and the closing reading")
+        d = self.after - self.before
+        self._delta = PinDelta(d.acquired, d.released, d.exact,
+                               self.quiet_before and self.quiet_after)
+        return self._delta
+
+
+class Meter:
+    """Measures block after block, each between two quiet windows.
+
+    With `chain`, a block whose opening counters equal the previous block's closing quiet
+    check uses that check as its opening quiet window (no new wait): a run of steps, as a
+    scenario's, then spends half the time measuring. The caller holds the measuring lock
+    (`counters_to_ourselves`) for as long as the meter is used.
+    """
+
+    def __init__(self, *, quiet: float = 0.05, timeout: float = 2.0, chain: bool = True
+                 ) -> None:
+        self.quiet = quiet
+        self.timeout = timeout
+        self.chain = chain
+        self._last: PinCounters | None = None   # the previous block's closing quiet check
+
+    @contextmanager
+    def block(self, settle: float = 0.0) -> Iterator[Measurement]:
+        """Measure one block (see `measure()` for `settle`); also when it raises."""
+        m = Measurement(settle=settle)
+        now = pin_counters() if self.chain and self._last is not None else None
+        if now is not None and now == self._last:
+            m.before, m.quiet_before = now, True
+        else:
+            m.before, m.quiet_before = wait_quiet(self.quiet, self.timeout)
+        self._last = None
+        try:
+            yield m
+        finally:  # a failing block (a refused pin) is measured too: the error is the point
+            m.after = wait_quiet(settle, self.timeout)[0] if settle else pin_counters()
+            time.sleep(self.quiet)
+            check = pin_counters()
+            m.quiet_after = check == m.after
+            if self.chain and m.quiet_after:
+                self._last = check
+            m.finish()
+
 
 @contextmanager
 def measure(*, quiet: float = 0.05, settle: float = 0.0,
@@ -226,18 +273,9 @@ def measure(*, quiet: float = 0.05, settle: float = 0.0,
     False when the machine was busy, so the caller can retry or report an approximate
     figure instead.
     """
-    m = Measurement(settle=settle)
-    with counters_to_ourselves():
-        m.before, m.quiet_before = wait_quiet(quiet, timeout)
-        try:
-            yield m
-        finally:  # a failing block (a refused pin) is measured too: the error is the point
-            m.after = wait_quiet(settle, timeout)[0] if settle else pin_counters()
-            time.sleep(quiet)
-            m.quiet_after = pin_counters() == m.after
-            d = m.after - m.before
-            m._delta = PinDelta(d.acquired, d.released, d.exact,
-                                m.quiet_before and m.quiet_after)
+    with counters_to_ourselves(), \
+            Meter(quiet=quiet, timeout=timeout, chain=False).block(settle) as m:
+        yield m
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,254 @@
+"""The shared base of both back-ends: one implementation of every scenario operation.
+
+`BaseProc` runs each operation declared in `ops` (as SimPy's `BaseEnvironment` runs
+`run()` on a few primitives): it checks the call against the protocol, resolves regions
+to addresses, records one `Step` around the back-end's primitive, and turns the outcome
+into what the operation returns. A back-end supplies only the primitives:
+
+- `BaseProc._perform(op, args)`: run `do_<op.name>(**args)` in the process and return its
+  `Outcome` (an errno is an outcome; a would-be signal raises SegmentationFault/BusError);
+- `BaseProc._status()`: VmPin and VmLck of the live process;
+- `BaseSystem._measure(settle)`: count the pin counters' movement over a block;
+- `BaseSystem._prepare(proc, op, args)` (optional): host settings a step needs;
+- `BaseSystem._close()`: release what the scenario left.
+
+Misuse of the protocol raises `ProtocolError` here, before anything runs and without a
+step, so that both back-ends answer it with the same message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from ..constants import PAGE_SIZE
+from ..mm.access import BusError, SegmentationFault
+from .ops import Op, Operations, Range
+from .records import Outcome, ProtocolError, Region, Step, Trace
+
+
+@dataclass
+class Counted:
+    """The pin counters' movement over one step, filled in when the block ends."""
+
+    acquired: int = 0
+    released: int = 0
+    trusted: bool = True     # exact, and no other pinner moved the counters meanwhile
+
+
+class BaseProc(Operations):
+    """A scenario process: the operations of `ops.Operations`, checked and recorded once."""
+
+    def __init__(self, system: BaseSystem, pid: int, name: str) -> None:
+        self.system = system
+        self.pid = pid               # protocol numbering: 0, 1, ... in spawn/fork order
+        self.name = name
+        self.alive = True
+        self.regions: dict[int, Region] = {}   # rid -> region, mapped here or inherited
+
+    def __repr__(self) -> str:
+        state = "alive" if self.alive else "exited"
+        return f"<{type(self).__name__} {self.pid} {self.name!r} {state}>"
+
+    # -- primitives a back-end supplies -----------------------------------------------------
+    def _perform(self, op: Op, args: dict[str, Any]) -> Outcome:
+        """Run the primitive `do_<op.name>(**args)` in this process."""
+        raise NotImplementedError
+
+    def _status(self) -> dict[str, int]:
+        """VmPin and VmLck (kB) of this live process."""
+        raise NotImplementedError
+
+    # -- not a step ------------------------------------------------------------------------
+    def status(self) -> dict[str, int]:
+        """VmPin and VmLck in kB (not recorded as a step); zero once the process exited."""
+        if not self.alive:
+            return {"VmPin": 0, "VmLck": 0}
+        return self._status()
+
+    # -- every operation -------------------------------------------------------------------
+    def _invoke(self, op: Op, args: dict[str, Any]) -> Any:
+        """Check a call of `op`, record it as one step, and return what `op` returns."""
+        system = self.system
+        self._usable(op.name)
+        given = dict(args)            # the declared arguments, then what replaces them
+        if op.range is not None:
+            given.update(self._resolve(op, op.range, args))
+        if op.check and (problem := op.check(args)):
+            raise ProtocolError(problem)
+        if op.buffers is not None:      # checked for shape above, each buffer here
+            given[op.buffers] = [(self._addr(op.name, r, off, n), n)
+                                 for r, off, n in args[op.buffers]]
+        if op.returns == "region":
+            given["new_rid"] = system._next_rid()
+        for key, value_of in op.extra:
+            given[key] = value_of(self)
+        prim = {key: given[key] for key in op.primitive_params()}
+        name = op.step_name(args)
+        out = system._step(self, op, name, prim)
+        if op.returns == "region":
+            if not out.ok:
+                system._refused(op, args, name, out)
+            assert op.makes is not None
+            kind, length, shared = op.makes(args)
+            region = Region(self.pid, prim["new_rid"], kind, length, shared, out.value)
+            self.regions[region.rid] = region
+            return region
+        if op.returns == "proc":
+            if not out.ok:
+                system._refused(op, args, name, out)
+            child: BaseProc = out.value
+            child.regions = dict(self.regions)
+            return child
+        if op.raises and not out.ok:
+            system._refused(op, args, name, out)
+        if op.returns == "bytes":
+            return out.value if out.ok else b""
+        if op.returns == "none":
+            return None
+        return out
+
+    def _usable(self, what: str) -> None:
+        """Misuse of a process: its system closed, or the process exited."""
+        if self.system.closed:
+            raise ProtocolError(f"{what}: the {self.system.name} system is closed; "
+                                "make a new one")
+        if not self.alive:
+            raise ProtocolError(f"{what}: process {self.pid} ({self.name}) has exited; "
+                                "spawn or fork a new one")
+
+    def _resolve(self, op: Op, rng: Range, args: dict[str, Any]) -> dict[str, Any]:
+        """Check a region argument; what the primitive gets instead: `addr` (and `rid`,
+        and `length` for a whole region)."""
+        out: dict[str, Any] = {}
+        owner: BaseProc = self
+        if rng.owner is not None:
+            owner = args[rng.owner]
+            if not isinstance(owner, BaseProc) or owner.system is not self.system:
+                raise ProtocolError(f"{op.name}: {rng.owner} must be a process of the same "
+                                    f"{self.system.name} system, got {owner!r}")
+            owner._usable(f"{op.name} of process {owner.pid}")
+        region = args[rng.region]
+        offset = args[rng.offset] if rng.offset else 0
+        if rng.length is None:
+            length = region.length if isinstance(region, Region) else 0
+            out["length"] = length
+        else:
+            length = args[rng.length]
+            if isinstance(length, bytes | bytearray | memoryview):
+                length = len(length)
+        if rng.aligned and (not isinstance(offset, int) or not isinstance(length, int)
+                            or offset % PAGE_SIZE or length % PAGE_SIZE):
+            raise ProtocolError(f"{op.name}: offset {offset!r} and length {length!r} must be "
+                                f"multiples of the page size ({PAGE_SIZE})")
+        out["addr"] = owner._addr(op.name, region, offset, length)
+        if rng.rid:
+            out["rid"] = region.rid
+        return out
+
+    def _addr(self, what: str, region: object, offset: object, n: object) -> int:
+        """The address of [offset, offset+n) of a region of this process, or ProtocolError."""
+        if not isinstance(region, Region):
+            raise ProtocolError(f"{what}: expected a Region from map(), got {region!r}")
+        mine = self.regions.get(region.rid)
+        if mine is None or (mine.kind, mine.length) != (region.kind, region.length):
+            raise ProtocolError(f"{what}: region {region.rid} is not mapped in process "
+                                f"{self.pid}: pass a region this process mapped or "
+                                "inherited at fork")
+        if (not isinstance(offset, int) or not isinstance(n, int) or offset < 0 or n < 0
+                or offset + n > region.length):
+            raise ProtocolError(f"{what}: range [{offset}, {offset} + {n}) lies outside the "
+                                f"region of {region.length} bytes: pass an offset and a "
+                                "length that stay inside it")
+        return mine.addr + offset
+
+
+class BaseSystem:
+    """A back-end: spawns processes, owns the trace, and records every step once."""
+
+    name = "base"
+
+    def __init__(self) -> None:
+        self.trace = Trace(self.name)
+        self.procs: list[BaseProc] = []
+        self.closed = False
+        self._rid = 0
+
+    # -- primitives a back-end supplies -----------------------------------------------------
+    def _measure(self, settle: bool) -> contextlib.AbstractContextManager[Counted]:
+        """Count the pin counters' movement over a block (`settle`: releases may lag)."""
+        raise NotImplementedError
+
+    def _prepare(self, proc: BaseProc, op: Op,
+                 args: dict[str, Any]) -> contextlib.AbstractContextManager[None]:
+        """Settings a step needs while it runs (none by default)."""
+        return contextlib.nullcontext()
+
+    def _spawn(self, name: str) -> BaseProc:
+        """Start a new process of this back-end."""
+        raise NotImplementedError
+
+    def _close(self) -> None:
+        """Release what the scenario left."""
+        raise NotImplementedError
+
+    # -- shared ------------------------------------------------------------------------------
+    def spawn(self, name: str = "task") -> BaseProc:
+        """A new process (not a step: nothing is pinned or counted)."""
+        if self.closed:
+            raise ProtocolError(f"spawn: the {self.name} system is closed; make a new one")
+        return self._spawn(name)
+
+    def close(self) -> None:
+        """Release everything the scenario left (pins, rings, processes, settings)."""
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self._close()
+        finally:
+            for proc in self.procs:
+                proc.alive = False
+
+    def __enter__(self) -> BaseSystem:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _next_rid(self) -> int:
+        self._rid += 1
+        return self._rid
+
+    def _refused(self, op: Op, args: dict[str, Any], name: str, out: Outcome) -> None:
+        """An operation that returns a region or a process (or `raises`) failed."""
+        raise OSError(out.errno, f"{name} failed on the {self.name}: "
+                      f"{os.strerror(out.errno or errno.EIO)}")
+
+    def _step(self, proc: BaseProc, op: Op, name: str, prim: dict[str, Any]) -> Outcome:
+        """Run one primitive inside a pin-counter measurement and record its Step; a
+        would-be signal is recorded as the outcome (SIGSEGV, SIGBUS), then raised."""
+        fault: SegmentationFault | BusError | None = None
+        out = Outcome(errno.EIO)
+        with self._prepare(proc, op, prim), self._measure(op.settle) as counted:
+            try:
+                out = proc._perform(op, prim)
+            except (SegmentationFault, BusError) as exc:
+                fault = exc
+        if op.ends:
+            proc.alive = False
+        if not counted.trusted:
+            self.trace.exact = False
+        st = proc.status()
+        if fault is not None:
+            sig = "SIGSEGV" if isinstance(fault, SegmentationFault) else "SIGBUS"
+            self.trace.steps.append(Step(name, sig, counted.acquired, counted.released,
+                                         st["VmPin"], st["VmLck"], None))
+            raise fault
+        data = out.value if op.data and out.ok else None
+        self.trace.steps.append(Step(name, str(out), counted.acquired, counted.released,
+                                     st["VmPin"], st["VmLck"], data))
+        return out

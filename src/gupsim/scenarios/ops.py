@@ -1,0 +1,397 @@
+"""The scenario operations, each declared once: signature, documentation, and what the
+step checks and records. Everything else is derived from these declarations.
+
+An operation is a method of `Operations` marked `@operation(...)`. Its body is never
+run: the decorator replaces it with a call to the shared base (`base.BaseProc._invoke`),
+which checks the arguments against the declaration (the process is alive, each region
+belongs to the process named and the range lies inside it, the op's own argument
+check), records one `Step` named by `label`, and calls the back-end primitive
+`do_<name>` with the *primitive arguments*: the declared ones, with every region (and
+its offset) replaced by `addr` (the address in the owning process), plus `rid` when the
+range asks for it, `length` for a whole-region range, and `new_rid` for operations that
+return a region. The table `OPS` (name -> `Op`) is what the base, both back-ends, the
+host's command server and the tests read.
+
+How to add an operation:
+
+1. Declare it here: a method of `Operations` with type hints and a docstring, decorated
+   with `@operation(returns=..., data=..., settle=..., range=..., label=..., check=...)`.
+   Use `check` for misuse of the protocol (it must answer the same on every back-end);
+   what the kernel may refuse is the primitive's errno, recorded as the step's outcome.
+2. Implement the model primitive `do_<name>(**primitive arguments)` on `ModelProc` in
+   `scenarios/model.py`, through the model's real code paths (`gupsim.drivers`).
+3. Implement the host primitive `do_<name>` on `CommandServer` in `scenarios/server.py`
+   (it runs inside the scenario process); set-up the orchestrator must do first (a host
+   setting) goes in `HostSystem._prepare` in `scenarios/host.py`.
+4. Use it in a catalogue case (`scenarios/catalogue.py`); `tests/scenarios/
+   test_protocol.py` checks that both back-ends implement every declared operation.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
+
+from ..constants import (
+    MADV_COLD,
+    MADV_COLLAPSE,
+    MADV_DODUMP,
+    MADV_DOFORK,
+    MADV_DONTDUMP,
+    MADV_DONTFORK,
+    MADV_DONTNEED,
+    MADV_FREE,
+    MADV_HUGEPAGE,
+    MADV_KEEPONFORK,
+    MADV_MERGEABLE,
+    MADV_NOHUGEPAGE,
+    MADV_NORMAL,
+    MADV_PAGEOUT,
+    MADV_POPULATE_READ,
+    MADV_POPULATE_WRITE,
+    MADV_RANDOM,
+    MADV_REMOVE,
+    MADV_SEQUENTIAL,
+    MADV_UNMERGEABLE,
+    MADV_WILLNEED,
+    MADV_WIPEONFORK,
+    PAGE_SIZE,
+    PMD_SIZE,
+)
+from .records import (
+    FILE_KINDS,
+    MAP_KINDS,
+    MTHP_SIZE,
+    PRIVATE_UID_BASE,
+    MapKind,
+    Outcome,
+    Region,
+)
+from .steps import op_name
+
+if TYPE_CHECKING:
+    from .base import BaseProc
+
+Returns = Literal["outcome", "bytes", "region", "proc", "none"]
+Args = Mapping[str, Any]
+
+# The madvise() advice a scenario may give: every value the model implements except
+# MADV_HWPOISON, which on the host would poison real memory.
+ADVICE: dict[int, str] = {
+    MADV_NORMAL: "MADV_NORMAL", MADV_RANDOM: "MADV_RANDOM",
+    MADV_SEQUENTIAL: "MADV_SEQUENTIAL", MADV_WILLNEED: "MADV_WILLNEED",
+    MADV_DONTNEED: "MADV_DONTNEED", MADV_FREE: "MADV_FREE", MADV_REMOVE: "MADV_REMOVE",
+    MADV_DONTFORK: "MADV_DONTFORK", MADV_DOFORK: "MADV_DOFORK",
+    MADV_MERGEABLE: "MADV_MERGEABLE", MADV_UNMERGEABLE: "MADV_UNMERGEABLE",
+    MADV_HUGEPAGE: "MADV_HUGEPAGE", MADV_NOHUGEPAGE: "MADV_NOHUGEPAGE",
+    MADV_DONTDUMP: "MADV_DONTDUMP", MADV_DODUMP: "MADV_DODUMP",
+    MADV_WIPEONFORK: "MADV_WIPEONFORK", MADV_KEEPONFORK: "MADV_KEEPONFORK",
+    MADV_COLD: "MADV_COLD", MADV_PAGEOUT: "MADV_PAGEOUT",
+    MADV_POPULATE_READ: "MADV_POPULATE_READ", MADV_POPULATE_WRITE: "MADV_POPULATE_WRITE",
+    MADV_COLLAPSE: "MADV_COLLAPSE",
+}
+
+# The folio size a mapping kind is made of: its length must be a multiple of it.
+GRANULE: dict[str, int] = {"hugetlb": PMD_SIZE, "memfd-hugetlb": PMD_SIZE, "thp": PMD_SIZE,
+                           "mthp": MTHP_SIZE}
+
+
+@dataclass(frozen=True)
+class Range:
+    """A region argument checked before the step: the region belongs to the owning process
+    and [offset, offset + length) lies inside it. Absent `offset` means 0, absent `length`
+    the whole region; `length` may name a bytes argument (its size counts)."""
+
+    region: str = "region"
+    offset: str | None = None
+    length: str | None = None
+    owner: str | None = None     # the argument naming the owning process (None: the caller)
+    aligned: bool = False        # offset and length must be multiples of the page size
+    rid: bool = False            # the primitive also gets the region id `rid`
+
+
+@dataclass(frozen=True)
+class Op:
+    """One declared operation: what the base checks, records and passes to `do_<name>`."""
+
+    name: str
+    params: tuple[str, ...]
+    returns: Returns
+    doc: str
+    data: bool = False           # the step records the bytes the call returned
+    settle: bool = False         # pins may be released after the call (the host waits)
+    range: Range | None = None
+    buffers: str | None = None   # an argument holding [(region, offset, length), ...]
+    label: Callable[[Args], dict[str, object]] | None = None
+    check: Callable[[Args], str] | None = None   # misuse found in the arguments, or ""
+    makes: Callable[[Args], tuple[str, int, bool]] | None = None  # kind, length, shared
+    raises: bool = False         # a refusal raises OSError instead of being returned
+    ends: bool = False           # the process is gone after the step
+    extra: tuple[tuple[str, Callable[[BaseProc], Any]], ...] = ()  # (name, value of caller)
+
+    def primitive_params(self) -> tuple[str, ...]:
+        """The argument names `do_<name>` takes on every back-end (see the module doc)."""
+        names = list(self.params)
+        if self.range is not None:
+            rng = self.range
+            at = names.index(rng.region)
+            names[at:at + 1] = ["rid", "addr"] if rng.rid else ["addr"]
+            if rng.offset:
+                names.remove(rng.offset)
+            if rng.length is None:
+                names.insert(names.index("addr") + 1, "length")
+        if self.returns == "region":
+            names.append("new_rid")
+        names += [name for name, _ in self.extra]
+        return tuple(names)
+
+    def step_name(self, args: Args) -> str:
+        """The name the step gets in both back-ends' traces."""
+        return op_name(self.name, **(self.label(args) if self.label else {}))
+
+
+OPS: dict[str, Op] = {}
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def operation(*, returns: Returns, data: bool = False, settle: bool = False,
+              range: Range | None = None, buffers: str | None = None,  # noqa: A002
+              label: Callable[[Args], dict[str, object]] | None = None,
+              check: Callable[[Args], str] | None = None,
+              makes: Callable[[Args], tuple[str, int, bool]] | None = None,
+              raises: bool = False, ends: bool = False,
+              extra: tuple[tuple[str, Callable[[BaseProc], Any]], ...] = ()
+              ) -> Callable[[F], F]:
+    """Declare a scenario operation: enter it in `OPS` and make the method call the base."""
+    def declare(fn: F) -> F:
+        sig = inspect.signature(fn)
+        params = tuple(p for p in sig.parameters if p != "self")
+        op = Op(fn.__name__, params, returns, inspect.getdoc(fn) or "", data, settle, range,
+                buffers, label, check, makes, raises, ends, extra)
+        if op.name in OPS:
+            raise ValueError(f"operation {op.name!r} is declared twice")
+        OPS[op.name] = op
+
+        @functools.wraps(fn)
+        def public(self: BaseProc, *args: Any, **kwargs: Any) -> Any:
+            bound = sig.bind(self, *args, **kwargs)
+            bound.apply_defaults()
+            given = dict(bound.arguments)
+            del given["self"]
+            return self._invoke(op, given)
+
+        public.op = op  # type: ignore[attr-defined]
+        return cast(F, public)
+    return declare
+
+
+# -- argument checks (misuse of the protocol, answered identically by every back-end) -------
+
+def _byte(name: str, value: object) -> str:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 255:
+        return f"{name} must be a byte value 0..255, got {value!r}"
+    return ""
+
+
+def _not_negative(name: str, value: object) -> str:
+    if not isinstance(value, int) or value < 0:
+        return f"{name} must be an integer >= 0, got {value!r}"
+    return ""
+
+
+def _check_map(a: Args) -> str:
+    kind, length = a["kind"], a["length"]
+    if kind not in MAP_KINDS:
+        return f"unknown mapping kind {kind!r}: use one of {MAP_KINDS}"
+    granule = GRANULE.get(kind, PAGE_SIZE)
+    if not isinstance(length, int) or length <= 0 or length % granule:
+        return (f"a {kind} map needs a length that is a positive multiple of {granule} "
+                f"bytes, got {length!r}")
+    if kind in ("thp", "mthp") and a["shared"]:
+        return f"kind {kind!r} is anonymous private memory: use shared=False"
+    if a["populate"] not in (True, False, "read"):
+        return f"populate must be True, False or 'read', got {a['populate']!r}"
+    return _byte("fill", a["fill"])
+
+
+def _check_map_view(a: Args) -> str:
+    kind = a["region"].kind
+    if kind not in FILE_KINDS:
+        return f"map_view needs a file-backed region ({FILE_KINDS}), not {kind!r}"
+    return ""
+
+
+def _check_madvise(a: Args) -> str:
+    if a["advice"] not in ADVICE:
+        return (f"unknown madvise advice {a['advice']!r}: use one of the MADV_* values in "
+                f"gupsim.constants ({', '.join(ADVICE.values())})")
+    return ""
+
+
+def _check_buffers(a: Args) -> str:
+    bufs = a["buffers"]
+    if not isinstance(bufs, list | tuple) or not all(
+            isinstance(b, tuple | list) and len(b) == 3 and isinstance(b[0], Region)
+            for b in bufs):
+        return "buffers must be a list of (region, offset, length) tuples"
+    return ""
+
+
+class Operations:
+    """The operations a scenario process offers (`Proc`): every call records one `Step`
+    in its system's trace. Declared here once; `base.BaseProc` runs them."""
+
+    pid: int
+
+    def _invoke(self, op: Op, args: dict[str, Any]) -> Any:
+        raise NotImplementedError
+
+    # -- memory -----------------------------------------------------------------------------
+
+    @operation(returns="region", check=_check_map,
+               label=lambda a: dict(kind=a["kind"], length=a["length"], shared=a["shared"],
+                                    writable=a["writable"]),
+               makes=lambda a: (a["kind"], a["length"], a["shared"]))
+    def map(self, kind: MapKind, length: int, *, shared: bool = False, writable: bool = True,
+            populate: bool | Literal["read"] = True, fill: int = 0) -> Region:
+        """mmap a new area. `populate`: True writes `fill` to every page (reads them if not
+        writable), "read" read-faults every page, False leaves them untouched.
+        Kinds: "thp" is 2 MiB-aligned anon with MADV_HUGEPAGE; "mthp" the same at 64 KiB
+        with hugepages-64kB/enabled at "madvise" while it faults (the host checks the
+        folio it got, and skips the case if THP allocation failed)."""
+        ...
+
+    @operation(returns="region", range=Range(rid=True), check=_check_map_view,
+               label=lambda a: dict(kind=a["region"].kind, length=a["region"].length,
+                                    shared=a["shared"], writable=a["writable"]),
+               makes=lambda a: (a["region"].kind, a["region"].length, a["shared"]))
+    def map_view(self, region: Region, *, shared: bool, writable: bool) -> Region:
+        """mmap the file behind a file-kind region once more (read-faulted), as cow.c
+        maps a page cache page privately and shared at once."""
+        ...
+
+    @operation(returns="region", range=Range(offset="offset", length="length", aligned=True),
+               label=lambda a: dict(size=a["length"]),
+               makes=lambda a: (a["region"].kind, a["length"], a["region"].shared))
+    def mremap_move(self, region: Region, offset: int, length: int) -> Region:
+        """Move [offset, offset+length) of a region to a new address (MREMAP_FIXED onto a
+        fresh reservation, as cow.c's "partially mremap()'ed THP"); the moved part."""
+        ...
+
+    @operation(returns="bytes", data=True, range=Range(offset="offset", length="n"))
+    def read(self, region: Region, offset: int, n: int) -> bytes:
+        """A CPU read of n bytes (through page faults); a bad access raises
+        `gupsim.SegmentationFault` / `gupsim.BusError` after recording the step."""
+        ...
+
+    @operation(returns="none", range=Range(offset="offset", length="data"))
+    def write(self, region: Region, offset: int, data: bytes) -> None:
+        """A CPU write (through page faults, COW included)."""
+        ...
+
+    @operation(returns="outcome", range=Range(offset="offset", length="length"),
+               label=lambda a: dict(writable=a["writable"]))
+    def mprotect(self, region: Region, offset: int, length: int, writable: bool) -> Outcome:
+        """mprotect() a range R/O or R/W."""
+        ...
+
+    @operation(returns="outcome", settle=True, range=Range(offset="offset", length="length"),
+               check=_check_madvise, label=lambda a: dict(advice=a["advice"]))
+    def madvise(self, region: Region, offset: int, length: int, advice: int) -> Outcome:
+        """madvise() a range with one of the `ADVICE` values."""
+        ...
+
+    @operation(returns="outcome", settle=True, range=Range(rid=True))
+    def munmap(self, region: Region) -> Outcome:
+        """Unmap the whole region (the region stays known: a later access faults)."""
+        ...
+
+    @operation(returns="proc")
+    def fork(self) -> BaseProc:
+        """fork(): a new process sharing this one's memory copy-on-write; it knows the
+        same regions at the same addresses, but has no ring, socket or pipe of its own yet."""
+        ...
+
+    @operation(returns="none", settle=True, ends=True)
+    def exit(self) -> None:
+        """exit(): the kernel releases everything the process held; using it afterwards
+        is a `ProtocolError`."""
+        ...
+
+    # -- operations that take pins --------------------------------------------------------------
+
+    @operation(returns="outcome", settle=True, buffers="buffers", check=_check_buffers)
+    def uring_register(self, buffers: list[tuple[Region, int, int]]) -> Outcome:
+        """IORING_REGISTER_BUFFERS of (region, offset, length) buffers on this process's ring."""
+        ...
+
+    @operation(returns="outcome", settle=True)
+    def uring_unregister(self) -> Outcome:
+        """IORING_UNREGISTER_BUFFERS on this process's ring."""
+        ...
+
+    @operation(returns="outcome", data=True,
+               check=lambda a: _not_negative("length", a["length"]))
+    def uring_write_fixed(self, index: int, length: int) -> Outcome:
+        """IORING_OP_WRITE_FIXED of registered buffer `index` to a scratch file; the value
+        is the bytes the file received (what the pinned pages held)."""
+        ...
+
+    @operation(returns="outcome", settle=True, range=Range(offset="offset", length="length"))
+    def odirect_write(self, region: Region, offset: int, length: int) -> Outcome:
+        """pwrite() with O_DIRECT from memory to a scratch file (a short-term R/O pin)."""
+        ...
+
+    @operation(returns="outcome", settle=True, range=Range(offset="offset", length="length"),
+               check=lambda a: _byte("fill", a["fill"]))
+    def odirect_read(self, region: Region, offset: int, length: int, fill: int) -> Outcome:
+        """pread() with O_DIRECT of `length` bytes of value `fill` into memory (a R/W pin)."""
+        ...
+
+    @operation(returns="outcome", data=True, settle=True,
+               range=Range(offset="offset", length="length", owner="target"))
+    def process_vm_readv(self, target: BaseProc, region: Region, offset: int,
+                         length: int) -> Outcome:
+        """Read another process's memory (remote short-term pins); value: the bytes."""
+        ...
+
+    @operation(returns="outcome", data=True, range=Range(offset="offset", length="length"),
+               check=lambda a: _byte("fill", a["fill"]))
+    def ro_pin_then_write(self, region: Region, offset: int, length: int,
+                          fill: int) -> Outcome:
+        """Pin the range R/O (process_vm_readv of this process, short-term FOLL_PIN via
+        pin_user_pages_remote), write `fill` through the page tables while it is pinned,
+        then read through the pins; value: what the pins saw."""
+        ...
+
+    @operation(returns="outcome", range=Range(offset="offset", length="length"))
+    def vmsplice(self, region: Region, offset: int, length: int) -> Outcome:
+        """vmsplice the range into this process's pipe (FOLL_GET references, no pin)."""
+        ...
+
+    @operation(returns="outcome", data=True,
+               check=lambda a: _not_negative("length", a["length"]))
+    def pipe_read(self, length: int) -> Outcome:
+        """Read from this process's pipe; value: the bytes."""
+        ...
+
+    @operation(returns="outcome", settle=True, range=Range())
+    def xdp_umem_reg(self, region: Region) -> Outcome:
+        """XDP_UMEM_REG of the whole region on a new AF_XDP socket (long-term pins)."""
+        ...
+
+    @operation(returns="outcome", settle=True)
+    def xdp_close(self) -> Outcome:
+        """Close the AF_XDP socket opened last (EBADF if there is none)."""
+        ...
+
+    @operation(returns="none", raises=True, label=lambda a: dict(size=a["limit"]),
+               check=lambda a: _not_negative("limit", a["limit"]),
+               extra=(("uid", lambda proc: PRIVATE_UID_BASE + proc.pid),))
+    def limit_memlock(self, limit: int) -> None:
+        """Drop CAP_IPC_LOCK and set RLIMIT_MEMLOCK, as an unprivileged user would have
+        (the process also moves to a uid of its own, `PRIVATE_UID_BASE + pid`)."""
+        ...

@@ -1,0 +1,80 @@
+"""What a scenario produces and passes around: outcomes, regions, steps, traces, misuse.
+
+These are plain values shared by the operation table (`ops`), the shared base (`base`)
+and both back-ends; `protocol` re-exports them as the public names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+MapKind = Literal["anon", "memfd", "tmpfs", "file", "hugetlb", "memfd-hugetlb", "thp", "mthp"]
+MAP_KINDS: tuple[str, ...] = ("anon", "memfd", "tmpfs", "file", "hugetlb", "memfd-hugetlb",
+                              "thp", "mthp")
+FILE_KINDS: tuple[str, ...] = ("memfd", "tmpfs", "file", "memfd-hugetlb")
+MTHP_SIZE = 64 << 10   # the mTHP size the "mthp" kind uses (hugepages-64kB)
+PRIVATE_UID_BASE = 60000   # limit_memlock: uid = base + the process's protocol pid
+
+
+class ProtocolError(ValueError):
+    """A scenario misused the protocol (not a kernel refusal): both back-ends raise it,
+    with the same message, before anything runs and without recording a step."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a system call returned: success (with a value) or an errno."""
+
+    errno: int = 0
+    value: Any = None
+
+    @property
+    def ok(self) -> bool:
+        """True when the call succeeded."""
+        return self.errno == 0
+
+    def __str__(self) -> str:
+        import errno as _e
+        return "ok" if self.ok else _e.errorcode.get(self.errno, str(self.errno))
+
+
+@dataclass
+class Region:
+    """A mapping made by `Proc.map`: which process, where, how big, of which kind."""
+
+    proc: int          # pid in the back-end's own numbering (0, 1, ... in spawn/fork order)
+    rid: int           # region number within the back-end
+    kind: str
+    length: int
+    shared: bool
+    addr: int = 0      # the address in that process (informative; differs between back-ends)
+
+
+@dataclass
+class Step:
+    """One observed step: the operation, its outcome, and the pin observables around it."""
+
+    op: str
+    outcome: str
+    acquired: int          # nr_foll_pin_acquired delta during the step
+    released: int          # nr_foll_pin_released delta during the step
+    vm_pin_kb: int | None  # VmPin of the acting process after the step
+    vm_lck_kb: int | None
+    data: bytes | None = None   # bytes read, for read-like steps
+
+    def key(self) -> tuple:
+        """What must agree between back-ends."""
+        return (self.op, self.outcome, self.acquired, self.released, self.vm_pin_kb,
+                self.vm_lck_kb, self.data)
+
+
+@dataclass
+class Trace:
+    """Every step a back-end recorded for one scenario, and whether it could be trusted."""
+
+    backend: str
+    steps: list[Step] = field(default_factory=list)
+    skipped: str = ""          # why the back-end could not run the case ("" if it ran)
+    exact: bool = True         # host only: were the counters exact and quiet at every step?
+    attempts: int = 1          # host only: runs needed to get a trusted trace (noise retries)

@@ -168,13 +168,15 @@ TEMP_NAME = re.compile(r"^gupsim-([a-z]+)-(?:(\d+)-)?[A-Za-z0-9_]+$")
 LEGACY_MIN_AGE = 60.0
 
 
-def temp_dir(kind: str, dir: str | None = None) -> str:  # noqa: A002
+def temp_dir(kind: str, dir: str | None = None, at_exit: bool = True) -> str:  # noqa: A002
     """A new folder `gupsim-<kind>-<pid>-XXXXXXXX` (in `dir`, default the temp dir), removed
-    at exit if still there, and by `repair_dead_runs()` once this process is dead."""
+    by `repair_dead_runs()` once this process is dead, and at exit if still there (unless
+    `at_exit` is False: an owner that makes many and removes each itself)."""
     if not re.fullmatch(r"[a-z]+", kind):
         raise ValueError(f"temp_dir kind must be lower-case letters, got {kind!r}")
     path = tempfile.mkdtemp(prefix=f"gupsim-{kind}-{os.getpid()}-", dir=dir)
-    register(lambda: shutil.rmtree(path, ignore_errors=True))
+    if at_exit:
+        register(lambda: shutil.rmtree(path, ignore_errors=True))
     return path
 
 

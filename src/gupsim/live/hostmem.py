@@ -18,7 +18,7 @@ import weakref
 from dataclasses import dataclass
 from typing import Literal
 
-from . import libc
+from . import cleanup, libc
 from .errors import HostUnsupported
 
 Kind = Literal["anon", "memfd", "tmpfs", "file", "hugetlb", "memfd-hugetlb", "thp", "mthp"]
@@ -168,7 +168,7 @@ class HostMapping:
                     raise HostUnsupported(f"{base} is not tmpfs; pass dir= a tmpfs mount")
             else:
                 base = self._dir or tempfile.gettempdir()
-            self._tmpdir = tempfile.mkdtemp(prefix="gupsim-live-", dir=base)
+            self._tmpdir = cleanup.temp_dir("live", dir=base, at_exit=False)
             self.path = os.path.join(self._tmpdir, "backing")
             self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
                               0o600)

@@ -11,10 +11,9 @@ import ctypes
 import errno
 import os
 import shutil
-import tempfile
 import weakref
 
-from . import libc
+from . import cleanup, libc
 from .errors import HostUnsupported
 
 
@@ -55,7 +54,7 @@ class DirectFile:
         self._finalizer: weakref.finalize | None = None
 
     def __enter__(self) -> DirectFile:
-        tmpdir = tempfile.mkdtemp(prefix="gupsim-dio-", dir=self._dir)
+        tmpdir = cleanup.temp_dir("dio", dir=self._dir, at_exit=False)
         self.path = os.path.join(tmpdir, "data")
         try:
             self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_DIRECT

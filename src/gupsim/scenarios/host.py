@@ -22,7 +22,6 @@ import os
 import shutil
 import signal
 import socket
-import tempfile
 import time
 import weakref
 from collections.abc import Iterator
@@ -33,6 +32,7 @@ from ..live import cleanup, libc
 from ..live.capabilities import host_capabilities
 from ..live.errors import ChildError, HostUnsupported
 from ..live.proc import proc_status
+from ..live.repair import announce_repairs
 from ..live.settings import (
     THP_ENABLED,
     ExtraHugepages,
@@ -188,11 +188,12 @@ class HostSystem(BaseSystem):
         self._huge: ExtraHugepages | None = None  # huge pages we added to the pool
         self._token: int | None = None
         self._old_subreaper: int | None = None
+        announce_repairs()     # put back what a killed gupsim run left, before we measure
         # no other gupsim process measures or pins while this system lives (see vmstat)
         self._lock = counters_to_ourselves()
         self.exclusive = self._lock.__enter__()
         try:
-            self.disk_dir = tempfile.mkdtemp(prefix="gupsim-host-")
+            self.disk_dir = cleanup.temp_dir("host", at_exit=False)
         except BaseException:
             self._lock.__exit__(None, None, None)
             raise
@@ -200,7 +201,7 @@ class HostSystem(BaseSystem):
         try:
             os.chmod(self.disk_dir, 0o1777)    # servers may run as a private uid
             if os.path.isdir("/dev/shm") and libc.fs_type("/dev/shm") == "tmpfs":
-                self.shm_dir = tempfile.mkdtemp(prefix="gupsim-host-", dir="/dev/shm")
+                self.shm_dir = cleanup.temp_dir("host", dir="/dev/shm", at_exit=False)
                 os.chmod(self.shm_dir, 0o1777)
             old = ctypes.c_int(0)
             libc.prctl(PR_GET_CHILD_SUBREAPER, ctypes.addressof(old))

@@ -20,12 +20,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..constants import FOLL_PIN
 from ..memory import Kind, MemMap
 from ..memory.pagearray import NULL
 from ..warn import user_call_site
-
-FOLL_GET = 1 << 1
-FOLL_PIN = 1 << 19      # values of gup/flags.py (check/ does not import gup/)
 
 
 @dataclass(eq=False)

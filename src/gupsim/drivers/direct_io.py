@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import errno
 
-from ..constants import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE
+from ..constants import FOLL_WRITE, PAGE_MASK, PAGE_SHIFT, PAGE_SIZE
 from ..memory import PageArray
 
 LOGICAL_BLOCK = 512
 
 
 def _pin(kernel, proc, addr: int, length: int, write_to_memory: bool) -> tuple[PageArray, int]:
-    from .. import FOLL_WRITE
     if addr % LOGICAL_BLOCK or length % LOGICAL_BLOCK:
         raise OSError(errno.EINVAL, f"O_DIRECT needs {LOGICAL_BLOCK}-byte aligned buffers "
                                     "and lengths")

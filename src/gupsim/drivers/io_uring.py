@@ -18,7 +18,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..constants import CAP_IPC_LOCK, PAGE_MASK, PAGE_SHIFT, PAGE_SIZE
+from ..constants import (
+    CAP_IPC_LOCK,
+    FOLL_LONGTERM,
+    FOLL_WRITE,
+    PAGE_MASK,
+    PAGE_SHIFT,
+    PAGE_SIZE,
+)
 from ..memory import PageArray
 from ..mm.mm_struct import rlimit_pages
 
@@ -84,7 +91,6 @@ class IoRing:
             raise OSError(errno.EOVERFLOW, "buffer wraps around the address space")
         start = addr & PAGE_MASK
         nr = ((addr + length + PAGE_SIZE - 1) >> PAGE_SHIFT) - (start >> PAGE_SHIFT)
-        from .. import FOLL_LONGTERM, FOLL_WRITE
         pages = PageArray(nr)
         got = self.p.pin_user_pages_fast(start, nr, FOLL_WRITE | FOLL_LONGTERM, pages)
         if got != nr:

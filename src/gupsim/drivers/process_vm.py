@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import errno
 
-from ..constants import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE
+from ..constants import FOLL_WRITE, PAGE_MASK, PAGE_SHIFT, PAGE_SIZE
 from ..memory import PageArray
 
 PVM_MAX_PP_ARRAY_COUNT = 16
 
 
 def _rw(kernel, target, addr: int, length: int, data: bytes | None) -> bytes | int:
-    from .. import FOLL_WRITE
     write = data is not None
     out = bytearray()
     done = 0

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import errno
 
-from ..constants import CAP_IPC_LOCK, PAGE_SHIFT, PAGE_SIZE
+from ..constants import CAP_IPC_LOCK, FOLL_LONGTERM, FOLL_WRITE, PAGE_SHIFT, PAGE_SIZE
 from ..memory import PageArray
 from ..mm.mm_struct import rlimit_pages
 
@@ -26,7 +26,6 @@ class XdpSocket:
         self.user = None
 
     def umem_reg(self, addr: int, length: int, chunk_size: int = PAGE_SIZE) -> None:
-        from .. import FOLL_LONGTERM, FOLL_WRITE
         if self.pages is not None:
             raise OSError(errno.EBUSY, "this socket already has a UMEM")
         if chunk_size < XDP_UMEM_MIN_CHUNK_SIZE or chunk_size > PAGE_SIZE or \

@@ -50,9 +50,13 @@ _states: WeakKeyDictionary[MemMap, GupState] = WeakKeyDictionary()
 
 
 def register_machine(env: MMEnv) -> GupState:
+    """The machine's pinning state, created on first use; also links mm/ to GUP's page
+    walk (populate), as the kernel links mm/mmap.c and mm/madvise.c to mm/gup.c."""
     st = _states.get(env.mem)
     if st is None:
         st = _states[env.mem] = GupState(env)
+        from .slow import register_populate  # here: slow.py imports this module
+        register_populate(env)
     return st
 
 

@@ -123,6 +123,17 @@ def test_mlock_errno_by_protection(p, prot, want):
     assert p.proc_status()["VmLck"] == N * 4
 
 
+def test_mlock_of_a_file_mapping_past_eof_is_enomem_after_locking_what_exists(k, p):
+    """As on the host: the walk stops at the SIGBUS page and mlock() says ENOMEM."""
+    f = k.fs("ext4").create("short", PAGE_SIZE)
+    a = p.mmap(0, 4 * PAGE_SIZE, PROT_READ, MAP_SHARED, fd=f)
+    with pytest.raises(OSError) as e:
+        p.mlock(a, 4 * PAGE_SIZE)
+    assert e.value.errno == errno.ENOMEM
+    assert present(p, a, 4).tolist() == [True, False, False, False]
+    assert p.proc_status()["VmLck"] == 16
+
+
 def test_mlock_of_private_writable_memory_breaks_cow(k, p):
     a = p.mmap(0, N * PAGE_SIZE, RW, ANON)
     p.mlock(a, N * PAGE_SIZE)

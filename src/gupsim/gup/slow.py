@@ -574,6 +574,12 @@ def __mm_populate(env: MMEnv, mm: MM, start: int, length: int, ignore_errors: bo
                 nstart = nend
                 continue
             break
+        if env.mem.warnings.warn_on_once(ret == 0 and bool(locked[0]),
+                                         "__mm_populate: no progress",
+                                         f"populating {nstart:#x} did nothing with "
+                                         "mmap_lock held (a model bug)"):
+            ret = -EFAULT
+            break
         nstart += ret << PAGE_SHIFT
         ret = 0
     if locked[0]:

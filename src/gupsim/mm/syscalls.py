@@ -235,8 +235,6 @@ def do_mmap(env: MMEnv, mm: MM, cred: Cred, addr: int, length: int, prot: int, f
     return addr
 
 
-
-
 # -- munmap -------------------------------------------------------------------------------
 
 
@@ -603,8 +601,8 @@ def do_mlock(env: MMEnv, mm: MM, cred: Cred, addr: int, length: int, flags: int 
     rc = env.mm_populate(mm, start, end - start, ignore_errors=False)
     if rc:      # __mlock_posix_error_return(): the range stays locked
         if rc == -errno.EFAULT:
-            raise fail(errno.ENOMEM, "part of the range cannot be populated (PROT_NONE?); "
-                                     "it is locked but not faulted in")
+            raise fail(errno.ENOMEM, "part of the range cannot be faulted in (PROT_NONE, "
+                                     "or past the end of a file); it stays locked")
         if rc == -errno.ENOMEM:
             raise fail(errno.EAGAIN, "out of memory while faulting in the locked range")
         raise fail(-rc, "faulting in the locked range failed")

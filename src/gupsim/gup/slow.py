@@ -259,9 +259,8 @@ def _bulk_anon_write_faults(env: MMEnv, mm: MM, vma: VMA, i: int, codes: np.ndar
     n = _empty_run(vma, i, codes)
     if n < 2:
         return 0
-    before = int(np.count_nonzero(vma.pte[i:i + n]))
-    populate_anon_bulk(env, mm, vma, i, i + n)
-    return int(np.count_nonzero(vma.pte[i:i + n])) - before
+    populate_anon_bulk(env, mm, vma, i, i + n)          # the run was all empty before
+    return int(np.count_nonzero(vma.pte[i:i + n]))
 
 
 def _empty_run(vma: VMA, i: int, codes: np.ndarray) -> int:

@@ -242,3 +242,60 @@ def test_populating_1gib_of_private_memory_has_no_per_page_python(how: str) -> N
     assert big < 2000, (small, big)      # the allocator works per 4 MiB block; not per page
     assert secs < 2.0
     assert present(p, a, 262144).all()
+
+
+# -- the same steps on the host kernel ---------------------------------------------------
+
+SYS_mlock = 149
+SYS_munlock = 150
+CASES = [("mlock", prot) for prot in (PROT_NONE, PROT_READ, PROT_WRITE, PROT_EXEC)] + [
+    (advice, prot) for advice in (MADV_POPULATE_READ, MADV_POPULATE_WRITE)
+    for prot in (PROT_NONE, PROT_READ, PROT_WRITE, PROT_EXEC)] + [("hole", RW)]
+
+
+def _errno_of(fn: Callable[[], Any]) -> int:
+    try:
+        fn()
+    except OSError as e:
+        return e.errno or -1
+    return 0
+
+
+def _model_errno(op: Any, prot: int) -> int:
+    k = gupsim.Kernel(memory="64MiB")
+    p = k.spawn()
+    a = p.mmap(0, 4 * PAGE_SIZE, prot, ANON)
+    if op == "mlock":
+        return _errno_of(lambda: p.mlock(a, 4 * PAGE_SIZE))
+    if op == "hole":
+        p.munmap(a + PAGE_SIZE, PAGE_SIZE)
+        return _errno_of(lambda: p.madvise(a, 4 * PAGE_SIZE, MADV_POPULATE_WRITE))
+    return _errno_of(lambda: p.madvise(a, 4 * PAGE_SIZE, op))
+
+
+def _host_errno(op: Any, prot: int) -> int:
+    from gupsim.live import libc
+    a = libc.mmap(0, 4 * PAGE_SIZE, prot, ANON)
+    try:
+        if op == "mlock":
+            rc = _errno_of(lambda: libc.syscall(SYS_mlock, a, 4 * PAGE_SIZE, name="mlock"))
+            _errno_of(lambda: libc.syscall(SYS_munlock, a, 4 * PAGE_SIZE, name="munlock"))
+            return rc
+        if op == "hole":
+            libc.munmap(a + PAGE_SIZE, PAGE_SIZE)
+            return _errno_of(lambda: libc.madvise(a, 4 * PAGE_SIZE, MADV_POPULATE_WRITE))
+        return _errno_of(lambda: libc.madvise(a, 4 * PAGE_SIZE, op))
+    finally:
+        libc.munmap(a, 4 * PAGE_SIZE)
+
+
+@pytest.mark.host
+def test_populate_errnos_agree_with_the_host() -> None:
+    """mlock() and MADV_POPULATE_* by protection, and over a hole: model == host."""
+    from gupsim.live import host_capabilities
+    caps = host_capabilities()
+    if not caps["root"]:
+        pytest.skip(f"mlock needs CAP_IPC_LOCK here: {caps['root'].reason}")
+    model = {case: _model_errno(*case) for case in CASES}
+    host = {case: _host_errno(*case) for case in CASES}
+    assert model == host

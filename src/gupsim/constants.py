@@ -122,5 +122,33 @@ O_CREAT = 0o100
 O_TRUNC = 0o1000
 O_DIRECT = 0o40000
 
+# FOLL_* flags of get_user_pages()/pin_user_pages() (current enum values). They live
+# here, the lowest layer, so that every layer (gup/, check/, drivers/) imports the same
+# numbers; gup/flags.py re-exports them with the argument validation.
+# Public flags (include/linux/mm_types.h), bits 0-12:
+FOLL_WRITE = 1 << 0
+FOLL_GET = 1 << 1
+FOLL_DUMP = 1 << 2
+FOLL_FORCE = 1 << 3
+FOLL_NOWAIT = 1 << 4
+FOLL_NOFAULT = 1 << 5
+FOLL_HWPOISON = 1 << 6
+FOLL_ANON = 1 << 7
+FOLL_LONGTERM = 1 << 8
+FOLL_SPLIT_PMD = 1 << 9
+FOLL_PCI_P2PDMA = 1 << 10
+FOLL_INTERRUPTIBLE = 1 << 11
+FOLL_HONOR_NUMA_FAULT = 1 << 12
+# Internal flags (mm/internal.h), bits 16-22: callers of the exported API may not pass them.
+FOLL_TOUCH = 1 << 16
+FOLL_TRIED = 1 << 17
+FOLL_REMOTE = 1 << 18
+FOLL_PIN = 1 << 19
+FOLL_FAST_ONLY = 1 << 20
+FOLL_UNLOCKABLE = 1 << 21
+FOLL_MADV_POPULATE = 1 << 22
+INTERNAL_GUP_FLAGS = (FOLL_TOUCH | FOLL_TRIED | FOLL_REMOTE | FOLL_PIN | FOLL_FAST_ONLY
+                      | FOLL_UNLOCKABLE | FOLL_MADV_POPULATE)
+
 RLIM_INFINITY = (1 << 64) - 1
 CAP_IPC_LOCK = 14

@@ -146,7 +146,7 @@ class Kernel(KernelPinning):
 
     def check(self) -> list[str]:
         """Every invariant violation right now (empty when the machine is consistent)."""
-        return check_invariants(self.mem, self.env.mms)
+        return check_invariants(self)
 
     def after_step(self, what: str) -> None:
         """With `debug=True`, raise InvariantViolation if `what` left the machine inconsistent."""

@@ -22,15 +22,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..constants import FOLL_PIN
 from ..memory import Kind, MemMap
 from ..memory.pagearray import NULL
 from ..warn import source_line, user_call_site
 
 if TYPE_CHECKING:
     from ..mm import MM
-
-FOLL_GET = 1 << 1
-FOLL_PIN = 1 << 19      # values of gup/flags.py (check/ does not import gup/)
 
 
 @dataclass(eq=False)

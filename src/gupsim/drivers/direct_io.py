@@ -15,9 +15,8 @@ import errno
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from ..constants import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE
+from ..constants import FOLL_WRITE, PAGE_MASK, PAGE_SHIFT, PAGE_SIZE
 from ..fs import File
-from ..gup.flags import FOLL_WRITE
 from ..memory import Page, PageArray
 
 if TYPE_CHECKING:

@@ -19,8 +19,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..constants import CAP_IPC_LOCK, PAGE_MASK, PAGE_SHIFT, PAGE_SIZE
-from ..gup.flags import FOLL_LONGTERM, FOLL_WRITE
+from ..constants import (
+    CAP_IPC_LOCK,
+    FOLL_LONGTERM,
+    FOLL_WRITE,
+    PAGE_MASK,
+    PAGE_SHIFT,
+    PAGE_SIZE,
+)
 from ..memory import PageArray
 from ..mm.mm_struct import UserStruct, rlimit_pages
 

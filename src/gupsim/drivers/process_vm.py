@@ -11,8 +11,7 @@ import errno
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from ..constants import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE
-from ..gup.flags import FOLL_WRITE
+from ..constants import FOLL_WRITE, PAGE_MASK, PAGE_SHIFT, PAGE_SIZE
 from ..memory import Page, PageArray
 
 if TYPE_CHECKING:

@@ -11,8 +11,7 @@ from __future__ import annotations
 import errno
 from typing import TYPE_CHECKING
 
-from ..constants import CAP_IPC_LOCK, PAGE_SHIFT, PAGE_SIZE
-from ..gup.flags import FOLL_LONGTERM, FOLL_WRITE
+from ..constants import CAP_IPC_LOCK, FOLL_LONGTERM, FOLL_WRITE, PAGE_SHIFT, PAGE_SIZE
 from ..memory import PageArray
 from ..mm.mm_struct import UserStruct, rlimit_pages
 

@@ -90,6 +90,13 @@ class FileSystems(dict[str, FileSystem]):
         """Every mount, the internal ones (hugetlbfs per size, shm_mnt) included."""
         return [*self.values(), *self._hugetlb_mounts.values(), self._shm]
 
+    def page_cache_folios(self) -> dict[int, int]:
+        """Head PFN -> references the page cache holds on it (folio_nr_pages(), as
+        __filemap_add_folio() takes), over every mount: for the refcount invariant."""
+        mem = self.mem
+        return {head: mem.nr_pages_of(head) for fs in self._mounts()
+                for inode in fs.inodes.values() for head in inode.cache.values()}
+
     def describe_mapping(self, mapping: int) -> tuple[str, int, str] | None:
         """(aops, ino, name) of the inode whose id is `mapping`, for dump_page()."""
         for fs in self._mounts():

@@ -1,7 +1,8 @@
 """FOLL_* flags (current enum values) and the argument validation of the exported API.
 
-Public flags occupy bits 0-12, internal ones (which callers may not pass) bits 16-22,
-as in the 6.x kernels (spec 1.1, 1.2). `is_valid_gup_args()` is the gate every
+The values live in `constants` (public flags in bits 0-12, internal ones, which callers
+may not pass, in bits 16-22, as in the 6.x kernels: spec 1.1, 1.2) so that every layer
+shares one copy; this module re-exports them. `is_valid_gup_args()` is the gate every
 exported entry point passes through (spec 1.4): each refusal is its own WARN_ON_ONCE
 site, checked in the kernel's order.
 """
@@ -10,34 +11,30 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from ..constants import (  # noqa: F401 - the FOLL_* values, re-exported
+    FOLL_ANON,
+    FOLL_DUMP,
+    FOLL_FAST_ONLY,
+    FOLL_FORCE,
+    FOLL_GET,
+    FOLL_HONOR_NUMA_FAULT,
+    FOLL_HWPOISON,
+    FOLL_INTERRUPTIBLE,
+    FOLL_LONGTERM,
+    FOLL_MADV_POPULATE,
+    FOLL_NOFAULT,
+    FOLL_NOWAIT,
+    FOLL_PCI_P2PDMA,
+    FOLL_PIN,
+    FOLL_REMOTE,
+    FOLL_SPLIT_PMD,
+    FOLL_TOUCH,
+    FOLL_TRIED,
+    FOLL_UNLOCKABLE,
+    FOLL_WRITE,
+    INTERNAL_GUP_FLAGS,
+)
 from ..warn import WarnLog
-
-# -- public flags (include/linux/mm_types.h) ----------------------------------------------
-FOLL_WRITE = 1 << 0
-FOLL_GET = 1 << 1
-FOLL_DUMP = 1 << 2
-FOLL_FORCE = 1 << 3
-FOLL_NOWAIT = 1 << 4
-FOLL_NOFAULT = 1 << 5
-FOLL_HWPOISON = 1 << 6
-FOLL_ANON = 1 << 7
-FOLL_LONGTERM = 1 << 8
-FOLL_SPLIT_PMD = 1 << 9
-FOLL_PCI_P2PDMA = 1 << 10
-FOLL_INTERRUPTIBLE = 1 << 11
-FOLL_HONOR_NUMA_FAULT = 1 << 12
-
-# -- internal flags (mm/internal.h) -------------------------------------------------------
-FOLL_TOUCH = 1 << 16
-FOLL_TRIED = 1 << 17
-FOLL_REMOTE = 1 << 18
-FOLL_PIN = 1 << 19
-FOLL_FAST_ONLY = 1 << 20
-FOLL_UNLOCKABLE = 1 << 21
-FOLL_MADV_POPULATE = 1 << 22
-
-INTERNAL_GUP_FLAGS = (FOLL_TOUCH | FOLL_TRIED | FOLL_REMOTE | FOLL_PIN | FOLL_FAST_ONLY
-                      | FOLL_UNLOCKABLE | FOLL_MADV_POPULATE)
 
 # Flags the GUP-fast entry points accept (gup_fast_fallback()).
 FAST_GUP_ALLOWED = (FOLL_WRITE | FOLL_LONGTERM | FOLL_FORCE | FOLL_PIN | FOLL_GET

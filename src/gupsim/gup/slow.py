@@ -11,6 +11,8 @@ faults page after page does not re-classify its tail each time.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from ..constants import (
@@ -116,32 +118,45 @@ def check_vma_flags(vma: VMA, gup_flags: int) -> int:
 
 def follow_range(env: MMEnv, vma: VMA, i0: int, i1: int, flags: int
                  ) -> tuple[np.ndarray, np.ndarray]:
-    """follow_page_mask() over entries [i0, i1): (outcome per entry, PFN per entry)."""
+    """follow_page_mask() over entries [i0, i1): (outcome per entry, PFN per entry).
+
+    Folio state (kind, anon-exclusive bit) is looked up only when the answer needs it:
+    special entries (zero page or no page), FOLL_FORCE writes and read-only pins; an
+    all-empty range answers at once. So a populate or a writable pin of a large range
+    costs a few array passes.
+    """
     mem = env.mem
-    pte = vma.pte[i0:i1].astype(np.int64)
+    pte = vma.pte[i0:i1]
     pfn = vma.pfn[i0:i1]
     present = (pte & PTE.PRESENT) != 0
+    if not present.any():
+        return np.full(len(pte), ABSENT, dtype=np.int8), pfn
     special = (pte & PTE.SPECIAL) != 0
-    huge = (pte & (PTE.PMD | PTE.PUD)) != 0
     writable = (pte & PTE.WRITE) != 0
-    safe = np.where(present, pfn, 0)
-    heads = mem.head_of(safe).astype(np.int64)
-    kind = mem.kind[heads]
-    zero = special & ((kind == Kind.ZERO) | (kind == Kind.HUGE_ZERO))
-    anon = ~special & ((kind == Kind.ANON) | (kind == Kind.KSM))
-    excl_at = np.where(huge, heads, safe)       # a PMD-mapped THP uses its head's bit
-    exclusive = (mem.flags[excl_at] & np.uint32(PG.anon_exclusive)) != 0
+    write = bool(flags & FOLL_WRITE)
+    force_ok = write and bool(flags & FOLL_FORCE) \
+        and not vma.flags & (VM.SHARED | VM.MAYSHARE) \
+        and bool(vma.flags & VM.MAYWRITE) and not vma.flags & VM.WRITE
+    ro_pin = bool(flags & FOLL_PIN) and not write
+    any_special = bool(special.any())
+    if force_ok or ro_pin or any_special:
+        huge = (pte & (PTE.PMD | PTE.PUD)) != 0
+        safe = np.where(present, pfn, 0)
+        heads = mem.head_of(safe).astype(np.int64)
+        kind = mem.kind[heads]
+        zero = special & ((kind == Kind.ZERO) | (kind == Kind.HUGE_ZERO))
+        anon = ~special & ((kind == Kind.ANON) | (kind == Kind.KSM))
+        excl_at = np.where(huge, heads, safe)       # a PMD-mapped THP uses its head's bit
+        exclusive = (mem.flags[excl_at] & np.uint32(PG.anon_exclusive)) != 0
     codes = np.where(present, OK, ABSENT).astype(np.int8)
-    if flags & FOLL_WRITE:
-        force_ok = bool(flags & FOLL_FORCE) and not vma.flags & (VM.SHARED | VM.MAYSHARE) \
-            and bool(vma.flags & VM.MAYWRITE) and not vma.flags & VM.WRITE
-        can_write = writable | (force_ok & anon & exclusive)
+    if write:
+        can_write = writable | (force_ok & anon & exclusive) if force_ok else writable
         codes[present & ~can_write] = ABSENT
-    ok = codes == OK
-    if flags & FOLL_DUMP:
-        codes[ok & special] = DUMP_FAULT
-    codes[(codes == OK) & special & ~zero] = NOPAGE
-    if flags & FOLL_PIN and not flags & FOLL_WRITE:
+    if any_special:
+        if flags & FOLL_DUMP:
+            codes[(codes == OK) & special] = DUMP_FAULT
+        codes[(codes == OK) & special & ~zero] = NOPAGE
+    if ro_pin:
         ro = (codes == OK) & ~writable
         if flags & FOLL_LONGTERM and vma.is_cow:
             must = np.where(anon, ~exclusive, True)
@@ -179,11 +194,10 @@ def dump_skips_hole(vma: VMA, addr: int) -> bool:
 # -- faults ------------------------------------------------------------------------------
 
 
-def faultin_page(env: MMEnv, mm: MM, vma: VMA, address: int, flags: int, unshare: bool,
-                 locked: list[int] | None) -> int:
-    """Fault one page in for GUP: 0 (look it up again), -EBUSY (stop here), or -errno."""
-    if flags & FOLL_NOFAULT:
-        return -EFAULT
+@functools.cache
+def _fault_flags(flags: int, unshare: bool) -> FaultFlag:
+    """The FAULT_FLAG_* a GUP fault with these FOLL_* flags passes to handle_mm_fault()
+    (cached: IntFlag arithmetic costs more than the rest of a populate fault)."""
     ff = FaultFlag(0)
     if flags & FOLL_WRITE:
         ff |= FaultFlag.WRITE
@@ -199,18 +213,34 @@ def faultin_page(env: MMEnv, mm: MM, vma: VMA, address: int, flags: int, unshare
         ff |= FaultFlag.TRIED
     if unshare:
         ff |= FaultFlag.UNSHARE
-    ret = handle_mm_fault(env, mm, vma, address, ff)
-    if ret & VMFault.ERROR:
-        if ret & VMFault.OOM:
+    return ff
+
+
+_VM_FAULT_ERROR = int(VMFault.ERROR)
+_VM_FAULT_OOM = int(VMFault.OOM)
+_VM_FAULT_HWPOISON = int(VMFault.HWPOISON)
+_VM_FAULT_RETRY = int(VMFault.RETRY)
+_VM_FAULT_MAJOR = int(VMFault.MAJOR)
+
+
+def faultin_page(env: MMEnv, mm: MM, vma: VMA, address: int, flags: int, unshare: bool,
+                 locked: list[int] | None) -> int:
+    """Fault one page in for GUP: 0 (look it up again), -EBUSY (stop here), or -errno."""
+    if flags & FOLL_NOFAULT:
+        return -EFAULT
+    ff = _fault_flags(flags, unshare)
+    ret = int(handle_mm_fault(env, mm, vma, address, ff))
+    if ret & _VM_FAULT_ERROR:
+        if ret & _VM_FAULT_OOM:
             return -ENOMEM
-        if ret & VMFault.HWPOISON:
+        if ret & _VM_FAULT_HWPOISON:
             return -EHWPOISON if flags & FOLL_HWPOISON else -EFAULT
         return -EFAULT
-    if ret & VMFault.RETRY:
-        if not ff & FaultFlag.RETRY_NOWAIT and locked is not None:
+    if ret & _VM_FAULT_RETRY:
+        if not flags & FOLL_NOWAIT and locked is not None:   # no FAULT_FLAG_RETRY_NOWAIT
             locked[0] = 0
         return -EBUSY
-    if flags & FOLL_NOWAIT and ret & VMFault.MAJOR:
+    if flags & FOLL_NOWAIT and ret & _VM_FAULT_MAJOR:
         return -EBUSY     # the model did the I/O at once; GUP still reports "not yet"
     return 0
 
@@ -228,16 +258,48 @@ def _bulk_anon_write_faults(env: MMEnv, mm: MM, vma: VMA, i: int, codes: np.ndar
             or vma.file is not None or vma.is_shared or vma.is_hugetlb
             or not vma.flags & VM.WRITE):
         return 0
+    n = _empty_run(vma, i, codes)
+    if n < 2:
+        return 0
+    populate_anon_bulk(env, mm, vma, i, i + n)          # the run was all empty before
+    return int(np.count_nonzero(vma.pte[i:i + n]))
+
+
+def _empty_run(vma: VMA, i: int, codes: np.ndarray) -> int:
+    """Length of the run of absent, empty (pte_none) entries that starts at entry i."""
     run = np.flatnonzero(codes != ABSENT)
     n = int(run[0]) if len(run) else len(codes)
     empty = vma.pte[i:i + n] == 0
     if not empty.all():
         n = int(np.argmin(empty))
-    if n < 2:
+    return n
+
+
+def _populate_faults(env: MMEnv, mm: MM, vma: VMA, i: int, codes: np.ndarray, flags: int,
+                     locked: list[int] | None, failed: dict[int, int]) -> int:
+    """Populate's faults for a run of empty entries, one after the other (no pages array).
+
+    The kernel faults a page, looks it up, and moves on to the next; faulting the run
+    first and looking it up once after is the same sequence of faults without a lookup
+    between each (entries that an earlier fault of the run filled, a THP or a hugetlb
+    page, are skipped). A failing fault ends the run; its result is kept in `failed` by
+    address, for the walk to report when it reaches that page instead of faulting it
+    again. Returns how many entries were filled.
+    """
+    if flags & (FOLL_NOFAULT | FOLL_NOWAIT | FOLL_DUMP):
         return 0
-    before = int(np.count_nonzero(vma.pte[i:i + n]))
-    populate_anon_bulk(env, mm, vma, i, i + n)
-    return int(np.count_nonzero(vma.pte[i:i + n])) - before
+    n = _empty_run(vma, i, codes)
+    filled = 0
+    for j in range(i, i + n):
+        if vma.pte[j] != PTE.NONE:
+            continue
+        addr = vma.addr_of(j)
+        rc = faultin_page(env, mm, vma, addr, flags, False, locked)
+        if rc:
+            failed[addr] = rc
+            break
+        filled += 1
+    return filled
 
 
 # -- the walk ----------------------------------------------------------------------------
@@ -271,6 +333,7 @@ def __get_user_pages(env: MMEnv, mm: MM, start: int, nr_pages: int, gup_flags: i
     window = nr_pages
     retries = 0
     grab = bool(gup_flags & (FOLL_GET | FOLL_PIN))
+    failed: dict[int, int] = {}     # address -> result of a run's failed fault (populate)
     while done < nr_pages:
         addr = start + (done << PAGE_SHIFT)
         if vma is None or addr >= vma.end or addr < vma.start:
@@ -320,12 +383,16 @@ def __get_user_pages(env: MMEnv, mm: MM, start: int, nr_pages: int, gup_flags: i
                 ret = -EFAULT
                 break
             raced = race_point(mem, "gup_slow:before_fault", mm=mm, address=addr)
-            bulk = 0 if raced or code != ABSENT else _bulk_anon_write_faults(
-                env, mm, vma, i, codes, gup_flags)
+            bulk = 0 if raced or code != ABSENT or addr in failed else (
+                _bulk_anon_write_faults(env, mm, vma, i, codes, gup_flags)
+                or (out is None and not grab
+                    and _populate_faults(env, mm, vma, i, codes, gup_flags, locked, failed)))
             if bulk:
                 window, retries = n, 0
                 continue
-            rc = faultin_page(env, mm, vma, addr, gup_flags, code == UNSHARE, locked)
+            rc = failed.pop(addr, None)
+            if rc is None:
+                rc = faultin_page(env, mm, vma, addr, gup_flags, code == UNSHARE, locked)
             if rc == 0:
                 vma = None          # the fault may have changed the VMA list (never here)
                 continue
@@ -418,6 +485,118 @@ def __get_user_pages_locked(env: MMEnv, mm: MM, start: int, nr_pages: int,
     return pages_done
 
 
+# -- populate: the page walk of mmap(MAP_POPULATE), mlock() and MADV_POPULATE_* ----------
+#
+# The kernel keeps these in mm/gup.c and mm/ calls them; the model's mm/ may not import
+# gup/, so `register_populate()` installs them on the machine's MMEnv and mm/syscalls.py
+# calls them through `env.mm_populate()` / `env.faultin_page_range()`. They pass no pages
+# array: nothing is pinned, no reference is taken, only page tables are filled.
+
+
+def vma_is_accessible(vma: VMA) -> bool:
+    """vma_is_accessible(): any of read, write or execute permission (not PROT_NONE)."""
+    return bool(vma.flags & (VM.READ | VM.WRITE | VM.EXEC))
+
+
+def populate_vma_page_range(env: MMEnv, mm: MM, vma: VMA, start: int, end: int,
+                            locked: list[int] | None) -> int:
+    """Fault in [start, end) of one VMA for mlock() / MAP_POPULATE: pages done, or -errno.
+
+    VM_LOCKONFAULT has nothing to do (reported as done); PROT_NONE is -EFAULT. A private
+    writable VMA is walked with FOLL_WRITE, so COW is broken and anonymous memory gets
+    its own pages now; anything else with FOLL_FORCE, a read fault that also reaches
+    write-only or exec-only mappings; FOLL_TOUCH marks what it finds accessed.
+    """
+    nr_pages = (end - start) >> PAGE_SHIFT
+    if vma.flags & VM.LOCKONFAULT:
+        return nr_pages
+    if not vma_is_accessible(vma):
+        return -EFAULT
+    gup_flags = FOLL_TOUCH
+    if (vma.flags & (VM.WRITE | VM.SHARED)) == VM.WRITE:
+        gup_flags |= FOLL_WRITE
+    else:
+        gup_flags |= FOLL_FORCE
+    if locked is not None:
+        gup_flags |= FOLL_UNLOCKABLE
+    return __get_user_pages(env, mm, start, nr_pages, gup_flags, None,
+                            locked if locked is not None else [1])
+
+
+def faultin_page_range(env: MMEnv, mm: MM, start: int, end: int, write: bool,
+                       locked: list[int] | None) -> int:
+    """MADV_POPULATE_(READ|WRITE)'s walk of [start, end): pages done, or -errno.
+
+    No FOLL_FORCE (the mapping's own permissions apply); FOLL_MADV_POPULATE makes a hole
+    -ENOMEM and a refused VMA -EINVAL; FOLL_HWPOISON reports poison as -EHWPOISON.
+    """
+    gup_flags = FOLL_TOUCH | FOLL_HWPOISON | FOLL_UNLOCKABLE | FOLL_MADV_POPULATE
+    if write:
+        gup_flags |= FOLL_WRITE
+    return __get_user_pages_locked(env, mm, start, (end - start) >> PAGE_SHIFT, None, locked,
+                                   gup_flags)
+
+
+def _find_vma_intersection(mm: MM, start: int, end: int) -> VMA | None:
+    """The first VMA overlapping [start, end), or None."""
+    for vma in mm.vmas:
+        if vma.end > start:
+            return vma if vma.start < end else None
+    return None
+
+
+def __mm_populate(env: MMEnv, mm: MM, start: int, length: int, ignore_errors: bool) -> int:
+    """Populate every VMA of [start, start+length) in turn: 0, or the first -errno.
+
+    VM_IO / VM_PFNMAP VMAs are skipped; with `ignore_errors` (mmap) a failing VMA is
+    left as it is and the walk goes on with the next one, without (mlock) it stops.
+    """
+    end = start + length
+    locked = [0]
+    vma: VMA | None = None
+    ret = 0
+    nstart = start
+    while nstart < end:
+        if not locked[0]:
+            mmap_read_lock(mm)
+            locked[0] = 1
+            vma = _find_vma_intersection(mm, nstart, end)
+        elif vma is not None and nstart >= vma.end:
+            vma = _find_vma_intersection(mm, vma.end, end)
+        if vma is None:
+            break
+        nend = min(end, vma.end)
+        if vma.flags & (VM.IO | VM.PFNMAP):
+            nstart = nend
+            continue
+        nstart = max(nstart, vma.start)
+        ret = populate_vma_page_range(env, mm, vma, nstart, nend, locked)
+        if ret < 0:
+            if ignore_errors:
+                ret = 0
+                nstart = nend
+                continue
+            break
+        if env.mem.warnings.warn_on_once(ret == 0 and bool(locked[0]),
+                                         "__mm_populate: no progress",
+                                         f"populating {nstart:#x} did nothing with "
+                                         "mmap_lock held (a model bug)"):
+            ret = -EFAULT
+            break
+        nstart += ret << PAGE_SHIFT
+        ret = 0
+    if locked[0]:
+        mmap_read_unlock(mm)
+    return ret
+
+
+def register_populate(env: MMEnv) -> None:
+    """Install the populate walks on a machine's MMEnv (called when it is registered)."""
+    env.populate_hook = __mm_populate
+    env.faultin_hook = faultin_page_range
+
+
 __all__ = ["EAGAIN", "check_vma_flags", "follow_range", "faultin_page", "__get_user_pages",
            "__get_user_pages_locked", "vma_needs_dirty_tracking", "mmap_read_lock",
            "mmap_read_unlock"]
+__all__ += ["populate_vma_page_range", "faultin_page_range", "register_populate"]

@@ -129,10 +129,14 @@ _states: WeakKeyDictionary[MemMap, GupState] = WeakKeyDictionary()
 
 
 def register_machine(env: MMEnv) -> GupState:
-    """Make a machine known to the pinning layer (idempotent); `Kernel()` calls it."""
+    """Make a machine known to the pinning layer (idempotent; `Kernel()` calls it); also
+    links mm/ to GUP's page walk (populate), as the kernel links mm/mmap.c and
+    mm/madvise.c to mm/gup.c."""
     st = _states.get(env.mem)
     if st is None:
         st = _states[env.mem] = GupState(env)
+        from .slow import register_populate  # here: slow.py imports this module
+        register_populate(env)
     return st
 
 

@@ -1,8 +1,9 @@
 """Machine-wide settings and services that the address-space code needs.
 
 One `MMEnv` per machine: the page allocator, the THP knobs of
-/sys/kernel/mm/transparent_hugepage/, the swap device, and whether the task on whose
-behalf memory is being allocated is in a PF_MEMALLOC_PIN section.
+/sys/kernel/mm/transparent_hugepage/, the swap device, whether the task on whose
+behalf memory is being allocated is in a PF_MEMALLOC_PIN section, and the two page-walk
+entry points that mm/ borrows from the pinning layer (populate, see `MMEnv.mm_populate`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,11 @@ from .file import MappableFile
 
 if TYPE_CHECKING:
     from .mm_struct import MM
+
+# (env, mm, start, len, ignore_errors) -> 0 or -errno: the kernel's __mm_populate()
+PopulateHook = Callable[["MMEnv", "MM", int, int, bool], int]
+# (env, mm, start, end, write, locked) -> pages faulted in or -errno: faultin_page_range()
+FaultinHook = Callable[["MMEnv", "MM", int, int, bool, "list[int] | None"], int]
 
 THP_SETTINGS = ("always", "madvise", "never")
 MTHP_ORDERS = (2, 3, 4, 5, 6, 7, 8, PMD_ORDER)   # 16 KiB .. 2 MiB, as on this machine
@@ -115,6 +121,30 @@ class MMEnv:
     mms: list[MM] = field(default_factory=list)   # every live mm, for rmap walks
     # migration's page-cache hook (old head, new head) -> replaced?, from the file systems
     replace_cache: Callable[[int, int], bool] | None = None
+    # The page walk populate uses is GUP's (mm/gup.c), which mm/ may not import: the
+    # pinning layer installs these when it registers the machine (gup.state).
+    populate_hook: PopulateHook | None = None
+    faultin_hook: FaultinHook | None = None
+
+    def _hook(self, hook: Callable[..., int] | None, name: str) -> Callable[..., int]:
+        if hook is None:
+            raise RuntimeError(f"{name}() needs the pinning layer's page walk: build the "
+                               "machine with gupsim.Kernel(), which registers it")
+        return hook
+
+    def mm_populate(self, mm: MM, start: int, length: int, ignore_errors: bool = True) -> int:
+        """__mm_populate(): fault in [start, start+length) through GUP, pinning nothing.
+
+        mmap(MAP_POPULATE / MAP_LOCKED) ignores errors, mlock() does not. 0 or -errno.
+        """
+        return self._hook(self.populate_hook, "mm_populate")(self, mm, start, length,
+                                                             ignore_errors)
+
+    def faultin_page_range(self, mm: MM, start: int, end: int, write: bool,
+                           locked: list[int] | None) -> int:
+        """faultin_page_range() for MADV_POPULATE_(READ|WRITE): pages done, or -errno."""
+        return self._hook(self.faultin_hook, "faultin_page_range")(self, mm, start, end,
+                                                                   write, locked)
 
     @property
     def memalloc_pin(self) -> bool:

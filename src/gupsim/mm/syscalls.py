@@ -15,6 +15,7 @@ import numpy as np
 
 from ..constants import (
     CAP_IPC_LOCK,
+    EHWPOISON,
     MADV_COLD,
     MADV_COLLAPSE,
     MADV_DODUMP,
@@ -47,6 +48,7 @@ from ..constants import (
     MAP_HUGE_SHIFT,
     MAP_HUGETLB,
     MAP_LOCKED,
+    MAP_NONBLOCK,
     MAP_NORESERVE,
     MAP_POPULATE,
     MAP_PRIVATE,
@@ -72,7 +74,6 @@ from ..constants import (
 )
 from ..memory import PG, Kind
 from .env import MMEnv
-from .fault import FaultFlag, VMFault, handle_mm_fault, populate_anon_bulk
 from .file import MappableFile
 from .mm_struct import (
     MM,
@@ -232,32 +233,9 @@ def do_mmap(env: MMEnv, mm: MM, cred: Cred, addr: int, length: int, prot: int, f
     if flags & MAP_LOCKED:
         mm.locked_vm += vma.nr_pages
     mm.insert_vma(vma)
-    if flags & (MAP_POPULATE | MAP_LOCKED):
-        populate(env, mm, addr, addr + length, write=bool(not shared and prot & PROT_WRITE),
-                 ignore_errors=True)
+    if flags & MAP_LOCKED or (flags & (MAP_POPULATE | MAP_NONBLOCK)) == MAP_POPULATE:
+        env.mm_populate(mm, addr, length, ignore_errors=True)     # mm_populate()
     return addr
-
-
-def populate(env: MMEnv, mm: MM, start: int, end: int, write: bool,
-             ignore_errors: bool = False) -> int:
-    """populate_vma_page_range(): fault in [start, end); 0 or -errno of the first failure."""
-    for vma in mm.vmas_in(start, end):
-        s, e = max(start, vma.start), min(end, vma.end)
-        if vma.flags & (VM.IO | VM.PFNMAP):
-            continue
-        w = write and vma.is_cow
-        if w and vma.is_anonymous and not vma.is_hugetlb:
-            populate_anon_bulk(env, mm, vma, vma.idx(s), vma.idx(e))
-            continue
-        flags = FaultFlag.WRITE if w else FaultFlag(0)
-        for i in range(vma.idx(s), vma.idx(e)):
-            pte = int(vma.pte[i])
-            if pte & PTE.PRESENT and (not w or pte & PTE.WRITE):
-                continue
-            rc = handle_mm_fault(env, mm, vma, vma.addr_of(i), flags)
-            if rc & VMFault.ERROR and not ignore_errors:
-                return -errno.ENOMEM if rc & VMFault.OOM else -errno.EFAULT
-    return 0
 
 
 # -- munmap -------------------------------------------------------------------------------
@@ -431,14 +409,10 @@ def do_madvise(env: MMEnv, mm: MM, start: int, length: int, advice: int) -> None
         if rc:
             raise fail(rc, "the range could not be collapsed into a THP")
     elif advice in (MADV_POPULATE_READ, MADV_POPULATE_WRITE):
-        if hole is not None:
-            raise fail(errno.ENOMEM, f"{hole:#x} is not mapped")
-        for v in vmas:
-            if v.flags & (VM.IO | VM.PFNMAP):
-                raise fail(errno.EINVAL, "cannot populate VM_IO/VM_PFNMAP mappings")
-        rc = populate(env, mm, start, end, advice == MADV_POPULATE_WRITE)
+        rc = madvise_populate(env, mm, start, end, advice)
         if rc:
-            raise fail(-rc, "populating the range failed")
+            raise fail(-rc, _POPULATE_ERRORS.get(-rc, "populating the range failed"))
+        return
     elif advice == MADV_HWPOISON:
         for v in vmas:
             s, e = max(start, v.start), min(end, v.end)
@@ -446,6 +420,35 @@ def do_madvise(env: MMEnv, mm: MM, start: int, length: int, advice: int) -> None
                 poison_page(env, mm, v, i)
     if hole is not None:
         raise fail(errno.ENOMEM, f"{hole:#x} is not mapped (the rest was advised)")
+
+
+_POPULATE_ERRORS = {
+    errno.ENOMEM: "part of the range is not mapped, or memory ran out (the part before it "
+                  "was populated)",
+    errno.EINVAL: "a mapping in the range cannot be populated this way: PROT_NONE, a "
+                  "missing permission (POPULATE_WRITE needs PROT_WRITE, POPULATE_READ "
+                  "PROT_READ), VM_IO/VM_PFNMAP or secretmem",
+    errno.EFAULT: "populating hit SIGBUS or SIGSEGV (past the end of a file?)",
+    EHWPOISON: "populating hit a hardware-poisoned page",
+}
+
+
+def madvise_populate(env: MMEnv, mm: MM, start: int, end: int, advice: int) -> int:
+    """MADV_POPULATE_(READ|WRITE): fault [start, end) in through GUP; 0 or -errno.
+
+    The walk is the pinning layer's faultin_page_range(), which stops at the first
+    problem; pages before it stay populated, as in the kernel. Errors other than the
+    ones madvise(2) documents become -ENOMEM.
+    """
+    write = advice == MADV_POPULATE_WRITE
+    while start < end:
+        pages = env.faultin_page_range(mm, start, end, write, [0])
+        if pages < 0:
+            if -pages in (errno.EINTR, errno.EINVAL, EHWPOISON, errno.EFAULT):
+                return pages
+            return -errno.ENOMEM
+        start += pages << PAGE_SHIFT
+    return 0
 
 
 def _first_hole(mm: MM, start: int, end: int) -> int | None:
@@ -600,10 +603,18 @@ def do_mlock(env: MMEnv, mm: MM, cred: Cred, addr: int, length: int, flags: int 
     for v in mm.vmas_in(start, end):
         if not v.flags & VM.LOCKED:
             mm.locked_vm += v.nr_pages
-        v.flags |= VM.LOCKED | (VM.LOCKONFAULT if flags & MLOCK_ONFAULT else 0)
+        # mlock() after mlock2(MLOCK_ONFAULT) (or the reverse) replaces the lock mode
+        v.flags = (v.flags & ~VM.LOCKONFAULT) | VM.LOCKED | (
+            VM.LOCKONFAULT if flags & MLOCK_ONFAULT else VM.NONE)
     mm.merge_vmas(start, end)
-    if not flags & MLOCK_ONFAULT:
-        populate(env, mm, start, end, write=False, ignore_errors=True)
+    rc = env.mm_populate(mm, start, end - start, ignore_errors=False)
+    if rc:      # __mlock_posix_error_return(): the range stays locked
+        if rc == -errno.EFAULT:
+            raise fail(errno.ENOMEM, "part of the range cannot be faulted in (PROT_NONE, "
+                                     "or past the end of a file); it stays locked")
+        if rc == -errno.ENOMEM:
+            raise fail(errno.EAGAIN, "out of memory while faulting in the locked range")
+        raise fail(-rc, "faulting in the locked range failed")
 
 
 def do_munlock(env: MMEnv, mm: MM, addr: int, length: int) -> None:

@@ -35,8 +35,10 @@ the change with `rng = invalidate_start(mm, event, start, end)` and
 `invalidate_end(rng)`, which cost one attribute test when the mm has no notifiers
 (`mm.notifier_subscriptions is None`). Events and page-aligned [start, end) ranges are
 the kernel's: munmap, MAP_FIXED over a mapping, mremap's shrink and the old range of a
-move use MMU_NOTIFY_UNMAP; mprotect MMU_NOTIFY_PROTECTION_VMA per VMA whose flags change;
-fork MMU_NOTIFY_PROTECTION_PAGE over each private writable (COW) VMA of the parent;
+move use MMU_NOTIFY_UNMAP; mprotect MMU_NOTIFY_PROTECTION_VMA per VMA whose flags change
+(the kernel begins it at the first populated page table, the model over the whole VMA);
+fork MMU_NOTIFY_PROTECTION_PAGE over each private writable (COW) VMA of the parent that
+it copies (the kernel skips one that never had an anonymous page);
 page_mkclean MMU_NOTIFY_PROTECTION_PAGE per shared mapping of the folio; MADV_DONTNEED,
 MADV_REMOVE and MADV_FREE MMU_NOTIFY_CLEAR over the advised part of each VMA; the COW
 break and unshare (wp_page_copy), hugetlb COW, THP PMD split, THP collapse, swap-out and
@@ -548,7 +550,10 @@ def __mmu_notifier_register(subscription: MmuNotifier | None, mm: MM) -> int:
 
 
 def mmu_notifier_register(subscription: MmuNotifier, mm: MM) -> int:
-    """Attach a classic notifier to `mm`: 0, -ENOMEM, -EINTR (or -EINVAL, see docs)."""
+    """Attach a classic notifier to `mm`: 0, -ENOMEM (no memory for the mm's notifier
+    state) or -EINTR (mm_take_all_locks() saw a signal); see inject_register_failure().
+    The model also answers -EINVAL, with a warning, where the kernel would BUG or corrupt
+    its list: an exited mm, a notifier already registered."""
     return __mmu_notifier_register(subscription, mm)
 
 
@@ -662,7 +667,7 @@ def mmu_notifier_test_young(mm: MM, address: int) -> int:
 
 
 def _interval_insert(sub: MmuIntervalNotifier, mm: MM, start: int, length: int,
-                     ops: MmuIntervalNotifierOps, locked: bool) -> int:
+                     ops: MmuIntervalNotifierOps) -> int:
     if length <= 0 or start < 0 or start + length - 1 > ULONG_MAX:
         return -EOVERFLOW
     if _warn(mm, not _mm_has_users(mm), "mmu_interval_notifier_insert: mm_users <= 0",
@@ -705,13 +710,13 @@ def mmu_interval_notifier_insert(sub: MmuIntervalNotifier, mm: MM, start: int, l
     to its end and the seq makes readers retry: establish device mappings with
     mmu_interval_read_begin()/mmu_interval_read_retry() only.
     """
-    return _interval_insert(sub, mm, start, length, ops, locked=False)
+    return _interval_insert(sub, mm, start, length, ops)
 
 
 def mmu_interval_notifier_insert_locked(sub: MmuIntervalNotifier, mm: MM, start: int,
                                         length: int, ops: MmuIntervalNotifierOps) -> int:
     """mmu_interval_notifier_insert() for a caller holding mmap_lock for write."""
-    return _interval_insert(sub, mm, start, length, ops, locked=True)
+    return _interval_insert(sub, mm, start, length, ops)
 
 
 def mmu_interval_notifier_remove(sub: MmuIntervalNotifier) -> None:

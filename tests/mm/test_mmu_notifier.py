@@ -482,3 +482,37 @@ def test_no_notifier_no_state(p):
     p.fork().exit()
     p.munmap(a, 16 * P)
     assert p.mm.notifier_subscriptions is None
+
+
+def _lines_run(fn) -> int:
+    """Python lines executed by fn() (a scan of n subscriptions executes n times more)."""
+    import sys
+    lines = 0
+
+    def tracer(frame, event, arg):
+        nonlocal lines
+        if event == "line":
+            lines += 1
+        return tracer
+
+    sys.settrace(tracer)
+    try:
+        fn()
+    finally:
+        sys.settrace(None)
+    return lines
+
+
+def test_the_lookup_visits_a_logarithmic_part_of_the_tree():
+    """Finding the subscriptions over one page costs about the same with 200 or 20000
+    subscriptions: the lookup descends the tree instead of scanning every interval."""
+    costs = []
+    for n in (200, 20000):
+        tree = IntervalTree()
+        for i in range(n):
+            tree.insert(i * 2 * P, i * 2 * P + P - 1, i)
+        probe = (n // 2) * 2 * P
+        assert tree.overlapping(probe, probe + P - 1) == [n // 2]
+        costs.append(_lines_run(lambda tree=tree, probe=probe: tree.overlapping(probe,
+                                                                               probe + P - 1)))
+    assert costs[1] < 3 * costs[0], costs

@@ -516,3 +516,20 @@ def test_the_lookup_visits_a_logarithmic_part_of_the_tree():
         costs.append(_lines_run(lambda tree=tree, probe=probe: tree.overlapping(probe,
                                                                                probe + P - 1)))
     assert costs[1] < 3 * costs[0], costs
+
+
+def test_classic_ops_are_all_optional(p):
+    """A notifier whose ops define only release (any object will do) is skipped elsewhere."""
+    a = region(p)
+    seen = []
+
+    class OnlyRelease:
+        def release(self, sub, mm):
+            seen.append("release")
+
+    assert mmu_notifier_register(MmuNotifier(OnlyRelease()), p.mm) == 0
+    p.madvise(a, P, MADV_DONTNEED)
+    assert mmu_notifier_clear_young(p.mm, a, a + P) == 0
+    assert mmu_notifier_test_young(p.mm, a) == 0
+    p.exit()
+    assert seen == ["release"]

@@ -427,10 +427,15 @@ def _itree_release(subs: MmuNotifierSubscriptions, mm: MM) -> None:
 # -- the classic list side -------------------------------------------------------------------
 
 
-def _hlist_call(subs: MmuNotifierSubscriptions, fn: Any, *args: Any) -> Any:
+def _hlist_call(subs: MmuNotifierSubscriptions, sub: MmuNotifier, name: str,
+                *args: Any) -> Any:
+    """Run the classic notifier's callback `name`, if it has one (every op is optional)."""
+    fn = getattr(sub.ops, name, None)
+    if fn is None:
+        return None
     subs.in_callback += 1
     try:
-        return fn(*args)
+        return fn(sub, *args)
     finally:
         subs.in_callback -= 1
 
@@ -439,10 +444,7 @@ def _hlist_invalidate_range_start(subs: MmuNotifierSubscriptions,
                                   range: MmuNotifierRange) -> int:
     ret = 0
     for sub in list(subs.hlist):
-        fn = sub.ops.invalidate_range_start
-        if fn is None:
-            continue
-        r = _hlist_call(subs, fn, sub, range) or 0
+        r = _hlist_call(subs, sub, "invalidate_range_start", range) or 0
         if r:
             _warn(range.mm, mmu_notifier_range_blockable(range) or r != -EAGAIN,
                   "mn_hlist_invalidate_range_start: callback failed",
@@ -452,8 +454,7 @@ def _hlist_invalidate_range_start(subs: MmuNotifierSubscriptions,
     if ret:
         # the caller will not call range_end: pair every range_start that ran with one now
         for sub in list(subs.hlist):
-            if sub.ops.invalidate_range_end is not None:
-                _hlist_call(subs, sub.ops.invalidate_range_end, sub, range)
+            _hlist_call(subs, sub, "invalidate_range_end", range)
     return ret
 
 
@@ -498,8 +499,7 @@ def mmu_notifier_invalidate_range_end(range: MmuNotifierRange) -> None:
     if subs.has_itree:
         _itree_inv_end(subs)
     for sub in list(subs.hlist):
-        if sub.ops.invalidate_range_end is not None:
-            _hlist_call(subs, sub.ops.invalidate_range_end, sub, range)
+        _hlist_call(subs, sub, "invalidate_range_end", range)
 
 
 def invalidate_start(mm: MM, event: MmuNotifierEvent, start: int,
@@ -561,8 +561,7 @@ def mmu_notifier_unregister(subscription: MmuNotifier, mm: MM) -> None:
     """Detach; calls `release` first unless exit already did (then only unlinks)."""
     subs = mm.notifier_subscriptions
     if subscription.hashed and subs is not None:
-        if subscription.ops.release is not None:
-            _hlist_call(subs, subscription.ops.release, subscription, mm)
+        _hlist_call(subs, subscription, "release", mm)
         if subscription in subs.hlist:
             subs.hlist.remove(subscription)
         subscription.hashed = False
@@ -619,8 +618,7 @@ def mmu_notifier_release(mm: MM) -> None:
         _itree_release(subs, mm)
     if subs.hlist:
         for sub in list(subs.hlist):
-            if sub.ops.release is not None:
-                _hlist_call(subs, sub.ops.release, sub, mm)
+            _hlist_call(subs, sub, "release", mm)
         for sub in subs.hlist:
             sub.hashed = False
         subs.hlist.clear()
@@ -635,8 +633,7 @@ def mmu_notifier_clear_flush_young(mm: MM, start: int, end: int) -> int:
     young = 0
     if subs is not None:
         for sub in list(subs.hlist):
-            if sub.ops.clear_flush_young is not None:
-                young |= int(_hlist_call(subs, sub.ops.clear_flush_young, sub, mm, start, end))
+            young |= int(_hlist_call(subs, sub, "clear_flush_young", mm, start, end) or 0)
     return young
 
 
@@ -646,8 +643,7 @@ def mmu_notifier_clear_young(mm: MM, start: int, end: int) -> int:
     young = 0
     if subs is not None:
         for sub in list(subs.hlist):
-            if sub.ops.clear_young is not None:
-                young |= int(_hlist_call(subs, sub.ops.clear_young, sub, mm, start, end))
+            young |= int(_hlist_call(subs, sub, "clear_young", mm, start, end) or 0)
     return young
 
 
@@ -656,10 +652,9 @@ def mmu_notifier_test_young(mm: MM, address: int) -> int:
     subs = mm.notifier_subscriptions
     if subs is not None:
         for sub in list(subs.hlist):
-            if sub.ops.test_young is not None:
-                young = int(_hlist_call(subs, sub.ops.test_young, sub, mm, address))
-                if young:
-                    return young
+            young = int(_hlist_call(subs, sub, "test_young", mm, address) or 0)
+            if young:
+                return young
     return 0
 
 

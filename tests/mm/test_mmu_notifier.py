@@ -533,3 +533,29 @@ def test_classic_ops_are_all_optional(p):
     assert mmu_notifier_test_young(p.mm, a) == 0
     p.exit()
     assert seen == ["release"]
+
+
+def test_get_shares_one_notifier_per_ops_and_put_frees_it_without_release(p):
+    from gupsim import mmu_notifier_get, mmu_notifier_put
+    a = region(p)
+    freed = []
+
+    class Shared(Kvm):
+        def alloc_notifier(self, mm):
+            return MmuNotifier()
+
+        def free_notifier(self, sub):
+            freed.append(sub)
+
+    ops = Shared()
+    one = mmu_notifier_get(ops, p.mm)
+    two = mmu_notifier_get(ops, p.mm)
+    assert one is two and one.users == 2
+    p.madvise(a, P, MADV_DONTNEED)
+    assert [e[0] for e in ops.log] == ["start", "end"]          # registered once
+    mmu_notifier_put(one)
+    assert freed == [] and one.hashed
+    mmu_notifier_put(one)
+    assert freed == [one] and not one.hashed
+    p.madvise(a + P, P, MADV_DONTNEED)
+    assert [e[0] for e in ops.log] == ["start", "end"]          # no release, nothing more

@@ -19,7 +19,15 @@ with `mmu_interval_set_seq()`. When the last active invalidation ends, an odd se
 incremented (even again), and inserts and removes deferred meanwhile are applied (the
 interval structure never changes while the seq is odd). A reader's
 `mmu_interval_read_begin()` returns the subscription's seq; `mmu_interval_read_retry()`
-is true once an invalidation has stored a newer one.
+is true once an invalidation has stored a newer one. `hmm_range_fault()` can sit on this
+as in the kernel: it takes the subscription and a read_begin seq, walks the page table,
+and answers -EBUSY once `mmu_interval_check_retry()` is true. Overlapping subscriptions
+are found in an interval tree (`IntervalTree`), never by a scan of all of them.
+
+A non-blockable start that a subscriber refuses fails with -EAGAIN and the caller does
+not call range_end: classic notifiers whose start ran get their range_end at once, as
+the kernel has done since 5.12, and the model also ends the interval side, so that no
+invalidation stays active forever.
 
 Single-threaded model: the kernel's `mmu_interval_read_begin()` sleeps while an
 invalidation of the subscription is in progress; the model cannot, so called inside
@@ -41,7 +49,8 @@ fork MMU_NOTIFY_PROTECTION_PAGE over each private writable (COW) VMA of the pare
 it copies (the kernel skips one that never had an anonymous page);
 page_mkclean MMU_NOTIFY_PROTECTION_PAGE per shared mapping of the folio; MADV_DONTNEED,
 MADV_REMOVE and MADV_FREE MMU_NOTIFY_CLEAR over the advised part of each VMA; the COW
-break and unshare (wp_page_copy), hugetlb COW, THP PMD split, THP collapse, swap-out and
+break and unshare (wp_page_copy), hugetlb COW, THP PMD split, THP folio split (per
+mapping, as unmap_folio()), THP collapse, swap-out and
 lazyfree discard (try_to_unmap), migration and compaction (try_to_migrate, before the
 refcount test, so a driver dropping its pins in the callback lets the folio move),
 truncation and hwpoison MMU_NOTIFY_CLEAR over the PTEs concerned; exit calls

@@ -26,7 +26,7 @@ are found in an interval tree (`IntervalTree`), never by a scan of all of them.
 
 A non-blockable start that a subscriber refuses fails with -EAGAIN and the caller does
 not call range_end: classic notifiers whose start ran get their range_end at once, as
-the kernel has done since 5.12, and the model also ends the interval side, so that no
+the kernel has done since a 2021 fix, and the model also ends the interval side, so no
 invalidation stays active forever.
 
 Single-threaded model: the kernel's `mmu_interval_read_begin()` sleeps while an

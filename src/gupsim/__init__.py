@@ -18,5 +18,42 @@ from .memory import (
     page_maybe_dma_pinned,
 )
 from .mm import BusError, OOMKilled, SegmentationFault
+from .mm.mmu_notifier import (
+    MMU_NOTIFIER_RANGE_BLOCKABLE,
+    MMU_NOTIFY_CLEAR,
+    MMU_NOTIFY_EXCLUSIVE,
+    MMU_NOTIFY_MIGRATE,
+    MMU_NOTIFY_PROTECTION_PAGE,
+    MMU_NOTIFY_PROTECTION_VMA,
+    MMU_NOTIFY_RELEASE,
+    MMU_NOTIFY_SOFT_DIRTY,
+    MMU_NOTIFY_UNMAP,
+    MmuIntervalNotifier,
+    MmuNotifier,
+    MmuNotifierEvent,
+    MmuNotifierOps,
+    MmuNotifierRange,
+    mmu_interval_check_retry,
+    mmu_interval_notifier_insert,
+    mmu_interval_notifier_insert_locked,
+    mmu_interval_notifier_remove,
+    mmu_interval_read_begin,
+    mmu_interval_read_retry,
+    mmu_interval_set_seq,
+    mmu_notifier_clear_flush_young,
+    mmu_notifier_clear_young,
+    mmu_notifier_get,
+    mmu_notifier_invalidate_range_end,
+    mmu_notifier_invalidate_range_start,
+    mmu_notifier_invalidate_range_start_nonblock,
+    mmu_notifier_put,
+    mmu_notifier_range_blockable,
+    mmu_notifier_range_init,
+    mmu_notifier_range_init_owner,
+    mmu_notifier_register,
+    mmu_notifier_test_young,
+    mmu_notifier_unregister,
+)
+from .mm.oom_kill import oom_reap_task_mm
 
 __version__ = "0.1.0"

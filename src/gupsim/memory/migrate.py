@@ -143,6 +143,8 @@ def migrate_folio(alloc: Allocator, head: int, replace_cache: ReplaceCache | Non
     if isolated and int(mem.refcount[head]) == 1:
         putback_folio(alloc, head)          # freed under us: nothing left to move
         return MigrateResult(0, -1, f"folio {head:#x} was freed before it could be moved")
+    if kind not in _UNMOVABLE_KINDS:
+        mem.rmap.try_to_migrate(head)   # the unmap, and its MMU notifiers, precede the ref test
     res = _check_movable(alloc, head, kind, iso, replace_cache)
     if res is not None:
         mem.vmstat["pgmigrate_fail"] += n

@@ -36,6 +36,10 @@ class RmapWalker(Protocol):
         """Zap every PTE that maps file pages [first_index, last_index] of `mapping` (truncate)."""
         ...
 
+    def try_to_migrate(self, head: int) -> None:
+        """Migration's unmap step: invalidate every mapping (MMU notifiers) before the move."""
+        ...
+
 
 class NoRmap:
     """The walker of a machine with no address spaces yet: nothing maps anything."""
@@ -58,4 +62,7 @@ class NoRmap:
 
     def unmap_mapping_range(self, mapping: int, first_index: int, last_index: int) -> None:
         """No PTE maps the file: nothing to zap."""
+        return None
+
+    def try_to_migrate(self, head: int) -> None:
         return None

@@ -15,6 +15,7 @@ from ..memory import PG, Kind, OutOfMemory
 from ..memory.refs import folio_put
 from .env import MMEnv
 from .mm_struct import MM, map_huge, map_pte_range, split_huge_mapping, zap_range
+from .mmu_notifier import MMU_NOTIFY_CLEAR, invalidate_end, invalidate_start
 from .rmap import mappings_of
 from .vma import PTE, VM, VMA
 
@@ -272,10 +273,12 @@ def wp_page_copy(env: MMEnv, mm: MM, vma: VMA, i: int, unshare: bool) -> VMFault
     if mem.kind[old] not in (Kind.ZERO, Kind.HUGE_ZERO):
         mem.copy_frames(new, old, 1)
     soft = int(vma.pte[i]) & PTE.SOFT_DIRTY
+    rng = invalidate_start(mm, MMU_NOTIFY_CLEAR, vma.addr_of(i), vma.addr_of(i + 1))
     zap_range(mm, vma, i, i + 1, env.swap)
     writable = not unshare and bool(vma.flags & VM.WRITE)
     bits = PTE.YOUNG | soft | (PTE.WRITE if writable else 0) | (0 if unshare else PTE.DIRTY)
     map_pte_range(mm, vma, i, np.array([new], dtype=np.int64), bits)
+    invalidate_end(rng)
     mem.set_flag(new, PG.anon_exclusive | PG.swapbacked | PG.lru)
     mem.refcount[new] -= 1
     mem.vmstat["cow_fault"] += 1
@@ -401,9 +404,11 @@ def hugetlb_wp(env: MMEnv, mm: MM, vma: VMA, i: int, unshare: bool) -> VMFault:
     except OutOfMemory:
         return VMFault.SIGBUS
     mem.copy_frames(head, old, n)
+    rng = invalidate_start(mm, MMU_NOTIFY_CLEAR, vma.addr_of(first), vma.addr_of(first + n))
     zap_range(mm, vma, first, first + n, env.swap)
     bits = PTE.YOUNG | (0 if unshare else PTE.DIRTY | _mkwrite(vma))
     map_huge(mm, vma, first, head, order, bits)
+    invalidate_end(rng)
     mem.set_flag(head, PG.anon_exclusive)
     mem.refcount[head] -= 1
     return VMFault.OK

@@ -17,6 +17,14 @@ from ..memory import PG, Kind, OutOfMemory
 from ..memory.page import maybe_dma_pinned_pfns
 from .env import MMEnv
 from .mm_struct import MM, MMF, add_rss, split_huge_mapping, zap_vma
+from .mmu_notifier import (
+    MMU_NOTIFY_PROTECTION_PAGE,
+    MMU_NOTIFY_UNMAP,
+    ULONG_MAX,
+    invalidate_end,
+    invalidate_start,
+    mmu_notifier_release,
+)
 from .vma import PTE, VM, VMA, vma_close
 
 
@@ -69,10 +77,22 @@ def dup_mm(env: MMEnv, parent: MM) -> MM:
 
 
 def copy_page_range(env: MMEnv, src_mm: MM, dst_mm: MM, src: VMA, dst: VMA) -> None:
-    """copy_page_range(): fill the child's VMA, sharing pages copy-on-write, copying pinned ones.
+    """copy_page_range(): fill the child's VMA, sharing pages copy-on-write, copying pinned
+    ones; a COW mapping of the parent is write-protected under an
+    MMU_NOTIFY_PROTECTION_PAGE invalidation of the whole VMA, as the kernel does.
 
     Raises OutOfMemory when a maybe-pinned exclusive page cannot be copied.
     """
+    rng = invalidate_start(src_mm, MMU_NOTIFY_PROTECTION_PAGE, src.start, src.end) \
+        if src.is_cow else None
+    try:
+        _copy_page_range(env, src_mm, dst_mm, src, dst)
+    finally:
+        invalidate_end(rng)
+
+
+def _copy_page_range(env: MMEnv, src_mm: MM, dst_mm: MM, src: VMA, dst: VMA) -> None:
+    """The copy itself, inside the parent's invalidation."""
     mem = env.mem
     # huge mappings first: pinned exclusive anon THPs are split, the rest shared whole
     huge = np.nonzero((src.pte & (PTE.PMD | PTE.PUD)) != 0)[0]
@@ -181,9 +201,16 @@ def _copy_huge(env: MMEnv, src_mm: MM, dst_mm: MM, src: VMA, dst: VMA, i: int) -
 
 
 def exit_mmap(env: MMEnv, mm: MM) -> None:
-    """Tear down an address space: every mapping is zapped; pinned pages stay allocated."""
+    """Tear down an address space: every mapping is zapped; pinned pages stay allocated.
+
+    MMU notifiers hear mmu_notifier_release() first, then one MMU_NOTIFY_UNMAP of
+    [0, ULONG_MAX) around the zap (interval subscriptions still inserted receive it).
+    """
+    mmu_notifier_release(mm)
+    rng = invalidate_start(mm, MMU_NOTIFY_UNMAP, 0, ULONG_MAX) if mm.vmas else None
     for vma in list(mm.vmas):
         zap_vma(mm, vma, env.swap)
+    invalidate_end(rng)
     vmas, mm.vmas = mm.vmas, []
     for vma in vmas:
         vma_close(vma)

@@ -17,6 +17,12 @@ from ..constants import PAGE_SHIFT, PMD_ORDER, PUD_ORDER, RLIM_INFINITY
 from ..memory import PG, Allocator, Kind, MemMap
 from ..memory.refs import folio_put_many
 from .env import SwapDevice
+from .mmu_notifier import (
+    MMU_NOTIFY_CLEAR,
+    MmuNotifierSubscriptions,
+    invalidate_end,
+    invalidate_start,
+)
 from .vma import PTE, VMA, vma_close
 
 
@@ -70,6 +76,7 @@ class MM:
     mmap_lock: MMapLock = field(default_factory=MMapLock)
     users: int = 1
     dead: bool = False
+    notifier_subscriptions: MmuNotifierSubscriptions | None = None   # mm/mmu_notifier.py
 
     # -- VMA lookup ----------------------------------------------------------------------
 
@@ -191,10 +198,12 @@ def split_huge_mapping(mm: MM, vma: VMA, i: int) -> None:
     i0 = i - ((vma.start >> PAGE_SHIFT) + i) % n
     i0 = max(i0, 0)
     sl = slice(i0, i0 + n)
+    rng = invalidate_start(mm, MMU_NOTIFY_CLEAR, vma.addr_of(i0), vma.addr_of(i0 + n))
     vma.pte[sl] &= np.uint16(~(PTE.PMD | PTE.PUD) & 0xFFFF)
     if bits & PTE.SPECIAL:
         if mm.mem.kind[int(vma.pfn[i0])] == Kind.HUGE_ZERO:
             vma.pfn[sl] = mm.mem.zero_pfn   # the huge zero page becomes small zero-page PTEs
+        invalidate_end(rng)
         return
     mem = mm.mem
     head = int(mem.head_of(int(vma.pfn[i0])))
@@ -203,6 +212,7 @@ def split_huge_mapping(mm: MM, vma: VMA, i: int) -> None:
     mem.refcount[head] += n - 1
     if mem.test(head, PG.anon_exclusive) and mem.kind[head] in (Kind.ANON, Kind.KSM):
         mem.set_flag(np.arange(head, head + n), PG.anon_exclusive)
+    invalidate_end(rng)
 
 
 def split_pmds_across(mm: MM, vma: VMA, i: int) -> None:

@@ -22,7 +22,8 @@ from ..memory.migrate import ReplaceCache, isolate_folio, migrate_folio, putback
 from ..memory.page import maybe_dma_pinned_pfns
 from .env import MMEnv
 from .mm_struct import MM, map_huge, split_pmds_across, zap_range
-from .rmap import MMRmap, split_all_huge_mappings
+from .mmu_notifier import MMU_NOTIFY_CLEAR, invalidate_end, invalidate_start
+from .rmap import MMRmap, invalidate_folio_end, invalidate_folio_start, split_all_huge_mappings
 from .vma import PTE, VM, VMA
 
 
@@ -50,6 +51,7 @@ def split_folio(env: MMEnv, head: int) -> int:
     if folio_extra_refs(env, head) != 0:
         mem.vmstat["thp_split_page_failed"] += 1
         return -errno.EAGAIN
+    rngs = invalidate_folio_start(env, head, MMU_NOTIFY_CLEAR)   # unmap_folio()
     split_all_huge_mappings(env, head)
     n = 1 << order
     pfns = np.arange(head, head + n, dtype=np.int64)
@@ -66,6 +68,7 @@ def split_folio(env: MMEnv, head: int) -> int:
     mem.vmstat["thp_split_page"] += 1
     for pfn in pfns[mem.refcount[pfns] == 0].tolist():
         env.alloc.free_folio(pfn)
+    invalidate_folio_end(rngs)
     return 0
 
 
@@ -98,7 +101,9 @@ def pageout_range(env: MMEnv, mm: MM, vma: VMA, i0: int, i1: int) -> int:
             i += 1
             continue
         if mem.kind[head] != Kind.ANON:
+            rng = invalidate_start(mm, MMU_NOTIFY_CLEAR, vma.addr_of(i), vma.addr_of(i + 1))
             zap_range(mm, vma, i, i + 1, env.swap)
+            invalidate_end(rng)
             i += 1
             continue
         shared = int(mem.mapcount[head:head + n].max()) > 1 or int(mem.entire_mapcount[head]) > 1
@@ -141,7 +146,9 @@ def _reclaim_lazyfree(env: MMEnv, mm: MM, vma: VMA, i: int, head: int) -> int:
         return 0
     if n > 1 and split_folio(env, head) != 0:
         return 0
+    rng = invalidate_start(mm, MMU_NOTIFY_CLEAR, vma.addr_of(i), vma.addr_of(i + 1))
     zap_range(mm, vma, i, i + 1, env.swap)
+    invalidate_end(rng)
     mem.vmstat["pglazyfreed"] += 1
     return 1
 
@@ -249,9 +256,11 @@ def collapse_range(env: MMEnv, mm: MM, start: int, end: int) -> int:
             return errno.ENOMEM
         for j in np.nonzero(real)[0].tolist():
             mem.copy_frames(new + j, int(pfns[j]), 1)
+        rng = invalidate_start(mm, MMU_NOTIFY_CLEAR, addr, addr + pmd)
         zap_range(mm, vma, i0, i0 + (1 << PMD_ORDER), env.swap)
         bits = PTE.YOUNG | PTE.DIRTY | (PTE.WRITE if vma.flags & VM.WRITE else 0)
         map_huge(mm, vma, i0, new, PMD_ORDER, bits)
+        invalidate_end(rng)
         mem.set_flag(new, PG.anon_exclusive | PG.swapbacked | PG.lru)
         mem.refcount[new] -= 1
         mem.vmstat["thp_collapse_alloc"] += 1
@@ -273,9 +282,11 @@ def poison_page(env: MMEnv, mm: MM, vma: VMA, i: int) -> None:
     head = int(mem.head_of(pfn))
     mem.set_flag(pfn, PG.hwpoison)
     mem.refcount[head] += 1
+    rng = invalidate_start(mm, MMU_NOTIFY_CLEAR, vma.addr_of(i), vma.addr_of(i + 1))
     zap_range(mm, vma, i, i + 1, env.swap)
     vma.pte[i] = PTE.HWPOISON
     vma.pfn[i] = pfn
+    invalidate_end(rng)
 
 
 # -- compaction ------------------------------------------------------------------------------

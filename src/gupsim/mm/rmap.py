@@ -15,6 +15,14 @@ from ..memory import PG, Kind
 from ..memory.page import maybe_dma_pinned_pfns
 from .env import MMEnv
 from .mm_struct import MM, add_rss, map_pte_range, split_huge_mapping
+from .mmu_notifier import (
+    MMU_NOTIFY_CLEAR,
+    MMU_NOTIFY_PROTECTION_PAGE,
+    MmuNotifierEvent,
+    MmuNotifierRange,
+    invalidate_end,
+    invalidate_start,
+)
 from .vma import PTE, VMA
 
 
@@ -45,6 +53,31 @@ def mappings_of(env: MMEnv, head: int) -> Iterator[tuple[MM, VMA, np.ndarray]]:
                 yield mm, vma, (idx if sl is None else sl[idx])
 
 
+def _entries_range(vma: VMA, idx: np.ndarray) -> tuple[int, int]:
+    """The page-aligned [start, end) that entries `idx` of `vma` span."""
+    return vma.addr_of(int(idx.min())), vma.addr_of(int(idx.max()) + 1)
+
+
+def invalidate_folio_start(env: MMEnv, head: int,
+                           event: MmuNotifierEvent) -> list[MmuNotifierRange]:
+    """Begin one invalidation per mapping of the folio (rmap_walk with notifiers), over
+    the PTEs that map it; nothing to walk when no mm has notifiers."""
+    if all(m.notifier_subscriptions is None for m in env.mms):
+        return []
+    out = []
+    for mm, vma, idx in list(mappings_of(env, head)):
+        rng = invalidate_start(mm, event, *_entries_range(vma, idx))
+        if rng is not None:
+            out.append(rng)
+    return out
+
+
+def invalidate_folio_end(rngs: list[MmuNotifierRange]) -> None:
+    """End what invalidate_folio_start() began."""
+    for rng in rngs:
+        invalidate_end(rng)
+
+
 class MMRmap:
     """The RmapWalker that mm/ installs on the MemMap (see memory/rmap.py)."""
 
@@ -57,7 +90,9 @@ class MMRmap:
         for _mm, vma, idx in mappings_of(self.env, head):
             if not vma.is_shared:
                 continue
+            rng = invalidate_start(_mm, MMU_NOTIFY_PROTECTION_PAGE, *_entries_range(vma, idx))
             vma.pte[idx] &= np.uint16(~(PTE.WRITE | PTE.DIRTY) & 0xFFFF)
+            invalidate_end(rng)
             count += len(idx)
         return count
 
@@ -83,12 +118,20 @@ class MMRmap:
         if total > 1:
             env.swap.counts[slot] = total
         for mm, vma, idx in maps:
+            rng = invalidate_start(mm, MMU_NOTIFY_CLEAR, *_entries_range(vma, idx))
             vma.pte[idx] = PTE.SWAP | excl
             vma.pfn[idx] = slot
             mem.mapcount[head] -= len(idx)
             mem.refcount[head] -= len(idx)
             add_rss(mm, np.full(len(idx), Kind.ANON, dtype=np.int8), -1)
+            invalidate_end(rng)
         return True
+
+    def try_to_migrate(self, head: int) -> None:
+        """The MMU-notifier half of try_to_migrate(): every mapping of the folio is
+        invalidated (MMU_NOTIFY_CLEAR) before migration tests the refcount; the model
+        keeps the PTEs in place until remap() points them at the new folio."""
+        invalidate_folio_end(invalidate_folio_start(self.env, head, MMU_NOTIFY_CLEAR))
 
     def remap(self, old_heads: np.ndarray, new_heads: np.ndarray) -> None:
         """remove_migration_ptes(): each old folio's PTEs now map the new folio."""
@@ -125,8 +168,11 @@ class MMRmap:
                 present = (pte & PTE.PRESENT) != 0
                 heads = self.env.mem.head_of(pfn)
                 filepages = present & (self.env.mem.kind[heads] != Kind.ANON)
+                rng = invalidate_start(mm, MMU_NOTIFY_CLEAR, vma.addr_of(lo), vma.addr_of(hi)) \
+                    if filepages.any() else None
                 for j in np.nonzero(filepages)[0].tolist():
                     zap_range(mm, vma, lo + j, lo + j + 1, self.env.swap)
+                invalidate_end(rng)
 
 
 def split_all_huge_mappings(env: MMEnv, head: int) -> None:
@@ -137,4 +183,5 @@ def split_all_huge_mappings(env: MMEnv, head: int) -> None:
             split_huge_mapping(mm, vma, int(huge[0]))
 
 
-__all__ = ["MMRmap", "mappings_of", "split_all_huge_mappings", "map_pte_range"]
+__all__ = ["MMRmap", "mappings_of", "split_all_huge_mappings", "map_pte_range",
+           "invalidate_folio_start", "invalidate_folio_end"]

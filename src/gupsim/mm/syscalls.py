@@ -82,6 +82,13 @@ from .mm_struct import (
     split_huge_mapping,
     zap_range,
 )
+from .mmu_notifier import (
+    MMU_NOTIFY_CLEAR,
+    MMU_NOTIFY_PROTECTION_VMA,
+    MMU_NOTIFY_UNMAP,
+    invalidate_end,
+    invalidate_start,
+)
 from .reclaim import collapse_range, lazyfree_range, pageout_range, poison_page
 from .vma import PTE, VM, VMA, vma_close
 
@@ -244,12 +251,15 @@ def do_mmap(env: MMEnv, mm: MM, cred: Cred, addr: int, length: int, prot: int, f
 def _unmap_range(env: MMEnv, mm: MM, start: int, end: int) -> None:
     mm.split_at(start)
     mm.split_at(end)
-    for vma in mm.vmas_in(start, end):
+    gone = mm.vmas_in(start, end)
+    rng = invalidate_start(mm, MMU_NOTIFY_UNMAP, start, end) if gone else None
+    for vma in gone:
         zap_range(mm, vma, 0, vma.nr_pages, env.swap)
         if vma.flags & VM.LOCKED:
             mm.locked_vm -= vma.nr_pages
         mm.vmas.remove(vma)
         vma_close(vma)
+    invalidate_end(rng)
 
 
 def do_munmap(env: MMEnv, mm: MM, addr: int, length: int) -> None:
@@ -307,11 +317,14 @@ def do_mprotect(env: MMEnv, mm: MM, addr: int, length: int, prot: int) -> None:
     for v in mm.vmas_in(addr, end):
         old = v.flags
         v.flags = (v.flags & ~(VM.READ | VM.WRITE | VM.EXEC)) | new
+        rng = invalidate_start(mm, MMU_NOTIFY_PROTECTION_VMA, v.start, v.end) \
+            if v.flags != old else None
         present = (v.pte & PTE.PRESENT) != 0
         if not new & VM.WRITE:
             v.pte[present] &= np.uint16(~PTE.WRITE & 0xFFFF)
         elif not old & VM.WRITE:
             _try_change_writable(env, v, present)
+        invalidate_end(rng)
     mm.merge_vmas(addr, end)
 
 
@@ -391,7 +404,9 @@ def do_madvise(env: MMEnv, mm: MM, start: int, length: int, advice: int) -> None
     elif advice == MADV_FREE:
         for v in vmas:
             s, e = max(start, v.start), min(end, v.end)
+            rng = invalidate_start(mm, MMU_NOTIFY_CLEAR, s, e)
             lazyfree_range(env, mm, v, v.idx(s), v.idx(e))
+            invalidate_end(rng)
     elif advice in (MADV_DONTNEED, MADV_REMOVE):
         for v in vmas:
             if v.is_hugetlb:
@@ -399,7 +414,9 @@ def do_madvise(env: MMEnv, mm: MM, start: int, length: int, advice: int) -> None
                 if start % align or end % align:
                     raise fail(errno.EINVAL, "hugetlb memory is discarded in whole huge pages")
             s, e = max(start, v.start), min(end, v.end)
+            rng = invalidate_start(mm, MMU_NOTIFY_CLEAR, s, e)
             zap_range(mm, v, v.idx(s), v.idx(e), env.swap)
+            invalidate_end(rng)
     elif advice == MADV_PAGEOUT:
         for v in vmas:
             s, e = max(start, v.start), min(end, v.end)
@@ -504,6 +521,9 @@ def do_mremap(env: MMEnv, mm: MM, old_addr: int, old_size: int, new_size: int,
         if new_addr < old_addr + old_size and old_addr < new_addr + new_size:
             raise fail(errno.EINVAL, "old and new ranges overlap")
         _unmap_range(env, mm, new_addr, new_addr + new_size)
+    shrink = invalidate_start(mm, MMU_NOTIFY_UNMAP, old_addr + new_size, old_addr + old_size) \
+        if new_size < old_size else None
+    move = invalidate_start(mm, MMU_NOTIFY_UNMAP, old_addr, old_addr + min(old_size, new_size))
     mm.split_at(old_addr)
     mm.split_at(old_addr + old_size)
     moved = mm.find_vma(old_addr)
@@ -520,6 +540,8 @@ def do_mremap(env: MMEnv, mm: MM, old_addr: int, old_size: int, new_size: int,
     if new_size > moved.end - moved.start:
         _grow_vma(moved, new_addr + new_size)
     mm.insert_vma(moved)
+    invalidate_end(move)
+    invalidate_end(shrink)
     if dontunmap:
         _leave_empty_vma(mm, moved, old_addr)
     return new_addr

@@ -119,3 +119,29 @@ def test_design_contract_runs_as_written() -> None:
     assert [o.call for o in k.sanitizer.outstanding()] == ["pin_user_pages_remote"]
     assert k.dma_read(ns["page"], 0, 3) == b"dev"
     assert p.proc_status()["VmPin"] == 0              # GUP itself charges nothing
+
+
+EXAMPLES = sorted((ROOT / "examples").glob("*.py"))
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=[e.stem for e in EXAMPLES])
+def test_example_output_is_the_golden_output(example: Path) -> None:
+    """What `gupsim run examples/X.py` prints on the model (80 columns) is the checked-in
+    `examples/X.out`, as SimPy checks its examples; a change of behaviour or of the table
+    shows up here. Renew a golden file on purpose with GUPSIM_REGOLD=1."""
+    import os
+
+    from click.testing import CliRunner
+
+    from gupsim.cli import main
+
+    out = CliRunner().invoke(main, ["run", str(example)], env={"COLUMNS": "80"},
+                             terminal_width=80)
+    assert out.exit_code == 0, out.output
+    golden = example.with_suffix(".out")
+    if os.environ.get("GUPSIM_REGOLD"):
+        golden.write_text(out.stdout)
+    assert golden.exists(), f"{golden.name} is missing: run GUPSIM_REGOLD=1 pytest {__file__}"
+    assert out.stdout == golden.read_text(), (
+        f"`gupsim run {example.name}` no longer prints {golden.name}; if the change is "
+        f"intended, renew it with GUPSIM_REGOLD=1 pytest {__file__}")

@@ -66,8 +66,7 @@ class KernelPinning(KernelEntryPoints):
     # -- GUP: the *_remote entry points are added below, from the table ------------------
 
     def memfd_pin_folios(self, memfd: Any, start: int, end: int, folios: list[Folio | None],
-                         max_folios: int,
-                         offset: list[int]) -> int:
+                         max_folios: int, offset: list[int]) -> int:
         """memfd_pin_folios(): long-term pin the folios of a memfd covering [start, end]."""
         return api.memfd_pin_folios(memfd, start, end, folios, max_folios, offset)
 
@@ -95,8 +94,8 @@ class KernelPinning(KernelEntryPoints):
 
     def unpin_user_page_range_dirty_lock(self, page: Page, npages: int,
                                          make_dirty: bool) -> None:
-        """unpin_user_page_range_dirty_lock(): dirty (if asked) and unpin page ..
-        page+npages-1."""
+        """unpin_user_page_range_dirty_lock(): dirty (if asked), then unpin the contiguous
+        pages page .. page+npages-1."""
         api.unpin_user_page_range_dirty_lock(page, npages, make_dirty)
 
     def unpin_folio(self, folio: Folio) -> None:

@@ -12,7 +12,8 @@ import math
 import sys
 import time
 import traceback
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich import box
@@ -22,6 +23,10 @@ from rich.table import Table
 
 from .report.jsonout import dumps
 from .tour import run_tour
+
+if TYPE_CHECKING:
+    from .scenarios.protocol import Trace
+    from .scenarios.runner import Result
 
 EXIT_OK = 0
 EXIT_DISAGREE = 1
@@ -44,6 +49,7 @@ class Seconds(click.ParamType):
 
     def convert(self, value: Any, param: click.Parameter | None,
                 ctx: click.Context | None) -> float:
+        """The value as float seconds, or a usage error saying why it is not one."""
         try:
             seconds = float(value)
         except (TypeError, ValueError):
@@ -59,6 +65,7 @@ class GupsimGroup(click.Group):
     traceback), keeping 1 for disagreements and 2 for usage errors."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        """Run the command, turning an interruption or a crash into its exit code."""
         try:
             return super().invoke(ctx)
         except KeyboardInterrupt:
@@ -79,7 +86,7 @@ class GupsimGroup(click.Group):
                   "error, 130 interrupted.")
 @click.version_option(package_name="gupsim")
 def main() -> None:
-    pass
+    """The command group; its help text is the decorator's."""
 
 
 def _repair_host() -> None:
@@ -99,6 +106,7 @@ def _repair_host() -> None:
 @click.option("--model-only", is_flag=True, help="Run the catalogue on the model only.")
 @click.option("--full", is_flag=True, help="One row per case instead of per selftest.")
 def demo(as_json: bool, tour_only: bool, model_only: bool, full: bool) -> None:
+    """`gupsim demo`: the narrated tour, then the catalogue's model-versus-host table."""
     steps = run_tour()
     if as_json:
         click.echo(dumps([s.as_dict() for s in steps]))
@@ -188,7 +196,7 @@ def run_live(console: Console, only: str | None, model_only: bool) -> list:
     return results
 
 
-def _counts(results: list) -> dict[str, int]:
+def _counts(results: list[Result]) -> dict[str, int]:
     return {s: sum(r.status == s for r in results)
             for s in ("agree", "disagree", "skipped", "model-only")}
 
@@ -203,6 +211,7 @@ def _counts(results: list) -> dict[str, int]:
 @click.option("--list", "list_cases", is_flag=True, help="Print the case names and stop.")
 def live(as_json: bool, only: str | None, model_only: bool, summary: bool,
          list_cases: bool) -> None:
+    """`gupsim live`: every catalogue case on the model and the host, compared."""
     from .report.live import as_json as to_json
     if list_cases:
         names = [c.name for c in select_cases(only)]
@@ -219,7 +228,7 @@ def live(as_json: bool, only: str | None, model_only: bool, summary: bool,
         sys.exit(EXIT_DISAGREE)
 
 
-def print_live(console: Console, results: list, summary: bool = False) -> bool:
+def print_live(console: Console, results: list[Result], summary: bool = False) -> bool:
     """The agreement table (per case, or per selftest row) and its totals; True if any
     case disagreed."""
     from .report.live import summary_table, table
@@ -233,7 +242,7 @@ def print_live(console: Console, results: list, summary: bool = False) -> bool:
 
 # -- top ---------------------------------------------------------------------------------------
 
-def pins_snapshot() -> dict:
+def pins_snapshot() -> dict[str, Any]:
     """Who holds pinned memory now: the machine-wide counters, and per process VmPin,
     VmLck, io_uring buffers and AF_XDP umems, with the full command line; see
     `live.proc.pin_holders`."""
@@ -253,6 +262,7 @@ def pins_table(snap: dict) -> Table:
 @click.option("--watch", type=Seconds(0.1, 86400.0), default=None, metavar="SECONDS",
               help="Refresh every SECONDS (0.1 to 86400) until Ctrl-C (exit 130).")
 def top(as_json: bool, watch: float | None) -> None:
+    """`gupsim top`: the pinned-memory holders, once or every `watch` seconds."""
     if watch is None:
         snap = pins_snapshot()
         if as_json:
@@ -308,6 +318,7 @@ def bench_table(rows: list) -> Table:
 @click.option("--model-only", is_flag=True, help="Do not touch the host kernel.")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
 def bench(max_pages: int, repeat: int, model_only: bool, as_json: bool) -> None:
+    """`gupsim bench`: the model's and the host's pin and unpin costs per page."""
     from .bench import run
     sizes = [n for n in (256, 4096, 65536, 1 << 18) if n < max_pages] + [max_pages]
     console = Console(stderr=as_json, highlight=False)
@@ -343,7 +354,7 @@ def run(file: str, with_host: bool, as_json: bool) -> None:
         raise click.UsageError(f"{file} is not valid Python: {exc}") from exc
     if not callable(ns.get("scenario")):
         raise click.UsageError(f"{file} must define a function scenario(system)")
-    expect = ns.get("expect") or (lambda trace: [])
+    expect: Callable[[Trace], list[str]] = ns.get("expect") or (lambda trace: [])
     case = Case(ns.get("NAME", file), ns["scenario"], expect, source=file,
                 needs=tuple(ns.get("NEEDS", ())))
     if with_host:
@@ -357,7 +368,7 @@ def run(file: str, with_host: bool, as_json: bool) -> None:
         sys.exit(EXIT_DISAGREE)
 
 
-def steps_table(result) -> Table:
+def steps_table(result: Result) -> Table:
     """One row per step: what the model and (if it ran) the host observed."""
     from .scenarios.runner import describe
     host = result.host.steps if result.host is not None and not result.host.skipped else []
@@ -370,6 +381,8 @@ def steps_table(result) -> Table:
         m = result.model.steps[i] if i < len(result.model.steps) else None
         h = host[i] if i < len(host) else None
         same = h is None or (m is not None and m.key() == h.key())
-        t.add_row(str(i + 1), (m or h).op, describe(m) if m else "—",
+        step = m if m is not None else h
+        assert step is not None, "i is below the longer trace's length"
+        t.add_row(str(i + 1), step.op, describe(m) if m else "—",
                   ("" if same else "[red]") + (describe(h) if h else "—"))
     return t

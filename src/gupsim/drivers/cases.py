@@ -69,6 +69,7 @@ class CaseStep:
     dump: str = ""
 
     def as_dict(self) -> dict[str, Any]:
+        """The step as plain data in the tour's step shape, for JSON output."""
         return {"title": self.title, "story": self.story, "facts": self.facts,
                 "dump": self.dump, "ok": self.ok}
 
@@ -86,9 +87,11 @@ class CaseRun:
 
     @property
     def ok(self) -> bool:
+        """Every step of both drivers showed what the documentation says."""
         return all(s.ok for s in self.right + self.wrong)
 
     def as_dict(self) -> dict[str, Any]:
+        """The case and both drivers' steps as JSON-ready data."""
         return {"name": self.name, "right_flags": self.right_flags,
                 "wrong_flags": self.wrong_flags, "summary": self.summary, "ok": self.ok,
                 "right": [s.as_dict() for s in self.right],
@@ -97,6 +100,7 @@ class CaseRun:
 
 def _pfn(p: Process, addr: int) -> int:
     vma = p.mm.find_vma(addr)
+    assert vma is not None, f"{addr:#x} is not mapped in {p}: the case set it up wrong"
     return int(vma.pfn[vma.idx(addr)])
 
 
@@ -216,7 +220,7 @@ def _case2_wrong() -> list[CaseStep]:
         facts, ok=facts["parent reads"] == b"parent" + b"r" * 4
         and facts["child reads"] == b"RDMA-WRITE"
         and not facts["parent still maps the device's frame"]))
-    for pg in pages:
+    for pg in pages.filled():
         k.put_page(pg)
     return steps
 
@@ -248,12 +252,12 @@ def _case4(pinned: bool) -> list[CaseStep]:
     child = children[0]
     shared = sum(_pfn(p, buf + i * PAGE_SIZE) == _pfn(child, buf + i * PAGE_SIZE)
                  for i in range(NPAGES4))
-    facts = {"pages reported": len(out), "mapcount reported": out[0].mapcount,
-             "pages fork shared with the child": shared,
-             "fork_copy_pinned": k.vmstat["fork_copy_pinned"],
-             "nr_foll_pin_acquired": _acq(k),
-             "MMF_HAS_PINNED": bool(p.mm.flags & MMF.HAS_PINNED),
-             "sanitizer reports": [str(r) for r in k.sanitizer.reports]}
+    facts: dict[str, Any] = {"pages reported": len(out), "mapcount reported": out[0].mapcount,
+                             "pages fork shared with the child": shared,
+                             "fork_copy_pinned": k.vmstat["fork_copy_pinned"],
+                             "nr_foll_pin_acquired": _acq(k),
+                             "MMF_HAS_PINNED": bool(p.mm.flags & MMF.HAS_PINNED),
+                             "sanitizer reports": [str(r) for r in k.sanitizer.reports]}
     if not pinned:
         return [CaseStep(
             "get_user_pages_fast() + put_page(): the status query with plain references",
@@ -381,8 +385,8 @@ def gpu_fallback() -> CaseRun:
     k, p, a = _gpu_machine()
     dev = GpuDevice(k)
     rc = gpu_host_register(dev, a, 12 * PAGE_SIZE, current=p)
-    facts = {"register returns": rc, "pins held": _held(k),
-             "sanitizer reports": len(k.sanitizer.reports)}
+    facts: dict[str, Any] = {"register returns": rc, "pins held": _held(k),
+                             "sanitizer reports": len(k.sanitizer.reports)}
     right = [CaseStep(
         "pin_user_pages(FOLL_WRITE | FOLL_LONGTERM) stops at the ext4 shared mapping: -EFAULT",
         "Writable long-term pins of dirty-tracked file mappings are refused (6.5); the driver "

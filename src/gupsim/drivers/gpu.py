@@ -24,6 +24,7 @@ frames directly (no IOMMU, no GPU page tables).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -73,13 +74,14 @@ class HostRegion:
 
     @property
     def nr_pages(self) -> int:
+        """Entries held: the pins, then the FOLL_GET references after them."""
         return self.npinned + self.nget
 
     def pinned_pfns(self) -> np.ndarray:
         """The frames held with FOLL_PIN (empty once released)."""
         return self.pages.pfns[:0] if self.released else self.pages.pfns[:self.npinned]
 
-    def spans(self, off: int, n: int):
+    def spans(self, off: int, n: int) -> Iterator[tuple[int, int, int, int]]:
         """(pfn, offset in page, lo, hi) pieces of bytes [off, off+n) of the region."""
         if off < 0 or off + n > self.size:
             raise ValueError(f"GPU access [{off}, {off + n}) outside the {self.size}-byte "
@@ -147,7 +149,7 @@ def gpu_host_register_with_fallback(dev: GpuDevice, addr: int, size: int, *,
         if nget != n - npinned:
             if npinned:
                 dev.k.unpin_user_pages(pages, npinned)
-            for page in rest[:max(nget, 0)]:   # type: ignore[union-attr]
+            for page in rest.filled(max(nget, 0)):
                 dev.k.put_page(page)
             return nget if nget < 0 else -EFAULT
     region = HostRegion(dev, addr, size, pages, npinned, nget)
@@ -169,7 +171,7 @@ def gpu_host_unregister_fixed(region: HostRegion) -> None:
     entries are references and release those with set_page_dirty_lock() + put_page()."""
     k = region.device.k
     k.unpin_user_pages_dirty_lock(region.pages, region.npinned, True)
-    for page in region.pages[region.npinned:region.nr_pages]:   # type: ignore[union-attr]
+    for page in region.pages[region.npinned:region.nr_pages].filled():
         set_page_dirty_lock(page)
         k.put_page(page)
     region.released = True

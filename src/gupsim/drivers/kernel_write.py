@@ -53,7 +53,9 @@ def _write(k: Kernel, pages: PageArray, addr: int, data: bytes) -> None:
     i = 0
     while done < len(data):
         n = min(PAGE_SIZE - off, len(data) - done)
-        k.dma_write(pages[i], off, data[done:done + n])
+        page = pages[i]
+        assert page is not None, "the caller got every page before writing"
+        k.dma_write(page, off, data[done:done + n])
         done += n
         off = 0
         i += 1
@@ -89,12 +91,12 @@ def get_and_write_incorrect(k: Kernel, addr: int, data: bytes, *, current: Proce
     pages = PageArray(n)
     got = current.get_user_pages(start, n, FOLL_WRITE, pages)
     if got != n:
-        for page in pages[:max(got, 0)]:      # type: ignore[union-attr]
+        for page in pages.filled(max(got, 0)):
             k.put_page(page)
         return got if got < 0 else -EFAULT
     if while_held is not None:
         while_held()
     _write(k, pages, addr, data)
-    for page in pages:
+    for page in pages.filled():
         k.put_page(page)
     return len(data)

@@ -29,7 +29,11 @@ if TYPE_CHECKING:
 
 
 class PinHolder(Protocol):
-    def pinned_pfns(self) -> np.ndarray: ...
+    """A driver object that holds pins (an ib_umem, a VFIO mapping, a GPU region)."""
+
+    def pinned_pfns(self) -> np.ndarray:
+        """The frames it holds pinned now; empty once it released them."""
+        ...
 
 
 @dataclass

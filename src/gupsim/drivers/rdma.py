@@ -23,6 +23,7 @@ fragmented into many segments is released in one vectorised call (drivers/runs.p
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -154,7 +155,7 @@ class IbUmem:
         """The frames this registration holds pinned (empty once released)."""
         return self.pfns[:0] if self.released else self.pfns
 
-    def spans(self, off: int, n: int):
+    def spans(self, off: int, n: int) -> Iterator[tuple[int, int, int, int]]:
         """(pfn, offset in page, lo, hi) pieces of bytes [off, off+n) of the page list."""
         done = 0
         while done < n:

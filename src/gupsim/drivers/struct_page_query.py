@@ -73,8 +73,8 @@ def _query(k: Kernel, addr: int, nr: int, pin: bool, current: Process,
         if pin:
             k.unpin_user_pages(pages, got)
         else:
-            for i in range(got):
-                k.put_page(pages[i])
+            for page in pages.filled(got):
+                k.put_page(page)
         done += got
         if got < chunk:
             break

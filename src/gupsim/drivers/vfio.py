@@ -26,6 +26,7 @@ fragmented into many runs is unpinned in one vectorised call (drivers/runs.py).
 from __future__ import annotations
 
 import bisect
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from errno import ESRCH
 from typing import TYPE_CHECKING
@@ -73,6 +74,7 @@ class VfioBatch:
     offset: int = 0
 
     def left(self) -> np.ndarray:
+        """The PFNs of the batch not yet consumed."""
         return self.pages.pfns[self.offset:self.offset + self.size]
 
 
@@ -289,6 +291,7 @@ class VfioContainer:
         return unlocked
 
     def vfio_remove_dma(self, dma: VfioDma) -> None:
+        """vfio_remove_dma(): unpin and unaccount a mapping, then forget it."""
         self.vfio_unmap_unpin(dma)
         self.dmas.remove(dma)
         self.dma_avail += 1
@@ -348,7 +351,7 @@ class VfioContainer:
 
     # -- the device, through the IOMMU -------------------------------------------------
 
-    def _walk(self, iova: int, n: int, need: int):
+    def _walk(self, iova: int, n: int, need: int) -> Iterator[tuple[int, int, int, int]]:
         done = 0
         while done < n:
             dma = self.vfio_find_dma(iova + done, 1)

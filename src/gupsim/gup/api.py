@@ -17,6 +17,7 @@ table), which the review replaced by passing FOLL_LONGTERM to `pin_user_pages*()
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -25,12 +26,13 @@ from ..constants import EINVAL
 from ..memory import (
     Folio,
     Page,
+    PageArray,
     folio_maybe_dma_pinned,
     page_maybe_dma_pinned,
 )
 from ..mm import VMA
 from ..mm.fork import folio_needs_cow_for_dma as fork_needs_cow_for_dma
-from .entry import ENTRY_POINTS, Pages, entry_function
+from .entry import ENTRY_POINTS, entry_function
 from .flags import FOLL_LONGTERM, FOLL_PIN
 from .grab import (
     folio_add_pin,
@@ -69,7 +71,11 @@ def memfd_pin_folios(memfd: Any, start: int, end: int, folios: list[Folio | None
         n = call.slow = call.ret = _memfd_pin_folios(env, memfd, start, end, folios,
                                                      max_folios, offset)
     if n > 0 and st.sanitizer is not None:
-        st.sanitizer.on_acquire(np.array([f.pfn for f in folios[:n]], dtype=np.int64),
+        pfns = []
+        for f in folios[:n]:
+            assert f is not None, "memfd_pin_folios() fills the first n entries it returns"
+            pfns.append(f.pfn)
+        st.sanitizer.on_acquire(np.array(pfns, dtype=np.int64),
                                 FOLL_PIN | FOLL_LONGTERM, "memfd_pin_folios", None)
     return n
 
@@ -94,12 +100,13 @@ def put_user_page(page: Page) -> None:
     unpin_user_page(page)
 
 
-def put_user_pages(pages: Pages, npages: int | None = None) -> None:
+def put_user_pages(pages: Sequence[Page | None] | PageArray, npages: int | None = None) -> None:
     """v5.2 - v5.6 name of unpin_user_pages()."""
     unpin_user_pages(pages, npages)
 
 
-def put_user_pages_dirty_lock(pages: Pages, npages: int, make_dirty: bool) -> None:
+def put_user_pages_dirty_lock(pages: Sequence[Page | None] | PageArray, npages: int,
+                              make_dirty: bool) -> None:
     """v5.2 - v5.6 name of unpin_user_pages_dirty_lock()."""
     unpin_user_pages_dirty_lock(pages, npages, make_dirty)
 

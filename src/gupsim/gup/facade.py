@@ -11,11 +11,12 @@ process gets the rows that run on current->mm, the machine the remote ones.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..check.sanitizer import PinSanitizer
 from ..constants import EFAULT, PAGE_SIZE
-from ..memory import Folio, Kind, Page
+from ..memory import Folio, Kind, Page, PageArray
 from ..mm import MM
 from . import api
 from .accounting import account_locked_vm
@@ -64,60 +65,80 @@ class KernelPinning(KernelEntryPoints):
 
     # -- GUP: the *_remote entry points are added below, from the table ------------------
 
-    def memfd_pin_folios(self, memfd, start: int, end: int, folios: list, max_folios: int,
-                         offset: list[int]) -> int:
+    def memfd_pin_folios(self, memfd: Any, start: int, end: int, folios: list[Folio | None],
+                         max_folios: int, offset: list[int]) -> int:
+        """memfd_pin_folios(): long-term pin the folios of a memfd covering [start, end]."""
         return api.memfd_pin_folios(memfd, start, end, folios, max_folios, offset)
 
     # -- release -----------------------------------------------------------------------------
 
     def unpin_user_page(self, page: Page) -> None:
+        """unpin_user_page(): release one pin of the page's folio."""
         api.unpin_user_page(page)
 
-    def unpin_user_pages(self, pages, npages: int | None = None) -> None:
+    def unpin_user_pages(self, pages: Sequence[Page | None] | PageArray,
+                         npages: int | None = None) -> None:
+        """unpin_user_pages(): release one pin per entry (NULLs skipped)."""
         api.unpin_user_pages(pages, npages)
 
-    def unpin_user_pages_dirty_lock(self, pages, npages: int | bool,
+    def unpin_user_pages_dirty_lock(self, pages: Sequence[Page | None] | PageArray,
+                                    npages: int | bool,
                                     make_dirty: bool | None = None) -> None:
         """(pages, npages, make_dirty) as the kernel; (pages, make_dirty) for a whole list."""
         if make_dirty is None:
             if not isinstance(npages, bool):
                 raise TypeError("unpin_user_pages_dirty_lock(pages, npages, make_dirty)")
-            npages, make_dirty = len(pages), npages
+            api.unpin_user_pages_dirty_lock(pages, len(pages), npages)
+            return
         api.unpin_user_pages_dirty_lock(pages, int(npages), make_dirty)
 
     def unpin_user_page_range_dirty_lock(self, page: Page, npages: int,
                                          make_dirty: bool) -> None:
+        """unpin_user_page_range_dirty_lock(): dirty (if asked), then unpin the contiguous
+        pages page .. page+npages-1."""
         api.unpin_user_page_range_dirty_lock(page, npages, make_dirty)
 
     def unpin_folio(self, folio: Folio) -> None:
+        """unpin_folio(): release one pin of a folio from memfd_pin_folios()."""
         api.unpin_folio(folio)
 
-    def unpin_folios(self, folios, nfolios: int | None = None) -> None:
+    def unpin_folios(self, folios: Sequence[Folio | None], nfolios: int | None = None) -> None:
+        """unpin_folios(): release one pin per folio (NULLs skipped)."""
         api.unpin_folios(folios, nfolios)
 
     def unpin_user_folio(self, folio: Folio, npages: int) -> None:
+        """unpin_user_folio(): drop `npages` pins of one folio."""
         api.unpin_user_folio(folio, npages)
 
     def folio_add_pin(self, folio: Folio) -> None:
+        """folio_add_pin(): one more pin on a folio already pinned."""
         api.folio_add_pin(folio)
 
     def folio_add_pins(self, folio: Folio, pins: int) -> int:
+        """folio_add_pins(): `pins` more pins on a pinned folio; 0 or -errno."""
         return api.folio_add_pins(folio, pins)
 
     def put_page(self, page: Page) -> None:
+        """put_page(): drop one ordinary reference (the release for FOLL_GET)."""
         api.put_page(page)
 
     def get_page(self, page: Page) -> None:
+        """get_page(): take one ordinary reference on the page's folio."""
         api.get_page(page)
 
     # seed-era names
     def put_user_page(self, page: Page) -> None:
+        """v5.2 - v5.6 name of unpin_user_page()."""
         api.put_user_page(page)
 
-    def put_user_pages(self, pages, npages: int | None = None) -> None:
+    def put_user_pages(self, pages: Sequence[Page | None] | PageArray,
+                       npages: int | None = None) -> None:
+        """v5.2 - v5.6 name of unpin_user_pages()."""
         api.put_user_pages(pages, npages)
 
-    def put_user_pages_dirty_lock(self, pages, npages: int, make_dirty: bool) -> None:
+    def put_user_pages_dirty_lock(self, pages: Sequence[Page | None] | PageArray, npages: int,
+                                  make_dirty: bool) -> None:
+        """v5.2 - v5.6 name of unpin_user_pages_dirty_lock()."""
         api.put_user_pages_dirty_lock(pages, npages, make_dirty)
 
     # -- a device using the frames it was given -------------------------------------------
@@ -143,6 +164,8 @@ class KernelPinning(KernelEntryPoints):
         return self.mem.read(page.pfn, offset, n)
 
     def account_locked_vm(self, mm: MM, pages: int, inc: bool, cred: Cred) -> int:
+        """account_locked_vm() for an mm and credentials the caller names (a driver
+        charging another process)."""
         return account_locked_vm(mm, pages, inc, cred)
 
 

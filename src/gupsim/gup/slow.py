@@ -390,8 +390,9 @@ def __get_user_pages(env: MMEnv, mm: MM, start: int, nr_pages: int, gup_flags: i
             if bulk:
                 window, retries = n, 0
                 continue
-            rc = failed.pop(addr, None)
-            if rc is None:
+            if addr in failed:              # populate already faulted here and failed
+                rc = failed.pop(addr)
+            else:
                 rc = faultin_page(env, mm, vma, addr, gup_flags, code == UNSHARE, locked)
             if rc == 0:
                 vma = None          # the fault may have changed the VMA list (never here)

@@ -153,11 +153,11 @@ def signals_held() -> Iterator[None]:
         yield
     finally:
         _hold_depth -= 1
-        for signum, handler in previous.items():
-            if signal.getsignal(signum) is defer:   # unless the block installed its own
-                signal.signal(signum, handler)
-        for signum in caught:          # now the real handlers run (KeyboardInterrupt, ...)
-            signal.raise_signal(signum)
+        for held, handler in previous.items():
+            if signal.getsignal(held) is defer:     # unless the block installed its own
+                signal.signal(held, handler)
+        for pending in caught:         # now the real handlers run (KeyboardInterrupt, ...)
+            signal.raise_signal(pending)
 
 
 # -- temporary folders that say who owns them -------------------------------------------------
@@ -253,7 +253,8 @@ def remove_dead_temp_dirs(bases: list[str] | None = None, lock_timeout: float = 
     than LEGACY_MIN_AGE seconds.
     """
     if measuring_lock is None:
-        from .vmstat import LOCK_PATH as measuring_lock
+        from .vmstat import LOCK_PATH
+        measuring_lock = LOCK_PATH
     removed: list[str] = []
     legacy_host: list[str] = []
     legacy_other: list[str] = []

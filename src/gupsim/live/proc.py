@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
+from typing import Any, TypedDict
 
 MEMORY_FIELDS = ("VmPin", "VmLck", "VmRSS", "VmSize", "RssAnon", "RssFile", "RssShmem")
 
@@ -234,7 +235,24 @@ def xdp_socket_count(pid: int | str, sockets: list[int]) -> int:
     return n
 
 
-def pin_snapshot() -> dict:
+class PinHolderRow(TypedDict):
+    """One process of `pin_snapshot()`: what it holds pinned or locked (sizes in kB,
+    bytes or pages as the key says)."""
+
+    pid: int
+    name: str
+    command: str
+    VmPin_kB: int
+    VmLck_kB: int
+    uring_buffers: int
+    uring_bytes: int
+    xdp_umems: int
+    xdp_umem_bytes: int
+    xdp_sockets_unsized: int
+    xdp_umem_pages: int
+
+
+def pin_snapshot() -> dict[str, Any]:
     """Who holds pinned memory now, and whether that adds up.
 
     Per process: VmPin and VmLck (kB), io_uring registered buffers and AF_XDP umems
@@ -246,7 +264,7 @@ def pin_snapshot() -> dict:
     counters = pin_counters()
     diag = xdp_umems()
     umems = diag or []
-    procs = []
+    procs: list[PinHolderRow] = []
     seen_umems: set[int] = set()
     for entry in os.listdir("/proc"):
         if not entry.isdigit():

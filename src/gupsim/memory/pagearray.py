@@ -73,6 +73,17 @@ class PageArray:
         for i in range(len(self)):
             yield self[i]
 
+    def filled(self, n: int | None = None) -> list[Page]:
+        """The first `n` entries (all by default), which a GUP call returned and so never
+        NULL: what a driver walks to release them. A NULL among them is a RuntimeError."""
+        out: list[Page] = []
+        for i in range(len(self) if n is None else n):
+            page = self[i]
+            if page is None:
+                raise RuntimeError(f"PageArray entry {i} is NULL: GUP did not return it")
+            out.append(page)
+        return out
+
     def __repr__(self) -> str:
         filled = int((self.pfns != NULL).sum())
         return f"<PageArray {filled}/{len(self)} filled>"

@@ -65,4 +65,5 @@ class NoRmap:
         return None
 
     def try_to_migrate(self, head: int) -> None:
+        """Nothing maps the folio: no migration entries to install."""
         return None

@@ -121,6 +121,13 @@ class MmuNotifierRange:
                 f"{'' if mmu_notifier_range_blockable(self) else ' nonblock'}>")
 
 
+def _range_mm(range: MmuNotifierRange) -> MM:
+    """The mm a range belongs to; only a range never passed to mmu_notifier_range_init()
+    has none, and no invalidation path may see one."""
+    assert range.mm is not None, "mmu_notifier_range used before mmu_notifier_range_init()"
+    return range.mm
+
+
 def mmu_notifier_range_init(range: MmuNotifierRange, event: MmuNotifierEvent, flags: int,
                             mm: MM, start: int, end: int) -> None:
     """Fill `range` for an invalidation of [start, end) of `mm` (owner None)."""
@@ -401,6 +408,7 @@ def _itree_inv_end(subs: MmuNotifierSubscriptions) -> None:
 
 def _call_invalidate(subs: MmuNotifierSubscriptions, sub: MmuIntervalNotifier,
                      range: MmuNotifierRange, cur_seq: int) -> bool:
+    assert sub.ops is not None, "an interval notifier in the tree was inserted with ops"
     subs.in_callback += 1
     try:
         return bool(sub.ops.invalidate(sub, range, cur_seq))
@@ -471,7 +479,8 @@ def _hlist_invalidate_range_start(subs: MmuNotifierSubscriptions,
 
 
 def _invalidate_range_start(range: MmuNotifierRange) -> int:
-    subs = range.mm.notifier_subscriptions
+    subs = _range_mm(range).notifier_subscriptions
+    assert subs is not None, "the start calls check for subscriptions before coming here"
     if subs.has_itree:
         ret = _itree_invalidate(subs, range)
         if ret:
@@ -486,7 +495,7 @@ def _invalidate_range_start(range: MmuNotifierRange) -> int:
 
 def mmu_notifier_invalidate_range_start(range: MmuNotifierRange) -> None:
     """Begin a blockable invalidation of `range` (may sleep in the kernel)."""
-    if range.mm.notifier_subscriptions is not None:
+    if _range_mm(range).notifier_subscriptions is not None:
         range.flags |= MMU_NOTIFIER_RANGE_BLOCKABLE
         _invalidate_range_start(range)
 
@@ -494,7 +503,7 @@ def mmu_notifier_invalidate_range_start(range: MmuNotifierRange) -> None:
 def mmu_notifier_invalidate_range_start_nonblock(range: MmuNotifierRange) -> int:
     """Begin a non-blockable invalidation: 0, or -EAGAIN if a subscriber would have to
     sleep; on -EAGAIN the caller skips the range and must not call range_end."""
-    if range.mm.notifier_subscriptions is None:
+    if _range_mm(range).notifier_subscriptions is None:
         return 0
     range.flags &= ~MMU_NOTIFIER_RANGE_BLOCKABLE
     return _invalidate_range_start(range)
@@ -502,7 +511,7 @@ def mmu_notifier_invalidate_range_start_nonblock(range: MmuNotifierRange) -> int
 
 def mmu_notifier_invalidate_range_end(range: MmuNotifierRange) -> None:
     """End an invalidation begun by one of the start calls (the PTEs are changed now)."""
-    subs = range.mm.notifier_subscriptions
+    subs = _range_mm(range).notifier_subscriptions
     if subs is None:
         return
     if subs.has_itree:
@@ -683,6 +692,7 @@ def _interval_insert(sub: MmuIntervalNotifier, mm: MM, start: int, length: int,
         if ret:
             return ret
         subs = mm.notifier_subscriptions
+        assert subs is not None, "__mmu_notifier_register() returned 0, so the mm has them"
     sub.mm = mm
     sub.ops = ops
     sub.start = start
@@ -753,10 +763,13 @@ def mmu_interval_read_begin(sub: MmuIntervalNotifier) -> int:
     The kernel sleeps here while an invalidation of this interval runs; the model
     returns an even value instead (see the module docstring), so read_retry is true.
     """
-    subs = sub.mm.notifier_subscriptions
+    mm = sub.mm
+    assert mm is not None, "mmu_interval_read_begin() on a notifier never inserted"
+    subs = mm.notifier_subscriptions
+    assert subs is not None, "insertion gave the mm its subscriptions, which outlive it"
     seq = sub.invalidate_seq
     if seq == subs.invalidate_seq:          # invalidating this interval right now
-        _warn(sub.mm, subs.in_callback > 0,
+        _warn(mm, subs.in_callback > 0,
               "lockdep: mmu_interval_read_begin in an invalidate callback",
               "read_begin waits for the invalidation that is calling it: a deadlock")
         return seq - 1

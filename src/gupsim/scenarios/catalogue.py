@@ -9,6 +9,7 @@ with RLIMIT_MEMLOCK limits as an unprivileged user meets them.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal
 
 from ..constants import (
     MADV_COLLAPSE,
@@ -18,16 +19,19 @@ from ..constants import (
     PAGE_SIZE,
     PMD_SIZE,
 )
-from .protocol import MTHP_SIZE, Proc, Region, System, Trace
+from .protocol import MTHP_SIZE, MapKind, Proc, Region, Step, System, Trace
 from .runner import Case
 
 KiB, MiB = 1 << 10, 1 << 20
+
+Check = Callable[[Trace], list[str]]   # a case's expectation: the problems it finds
 
 
 # -- expectation helpers -------------------------------------------------------------------
 
 
-def steps_named(trace: Trace, op: str) -> list:
+def steps_named(trace: Trace, op: str) -> list[Step]:
+    """The steps of op `op`, including its labelled forms ("map anon", ...), in trace order."""
     return [s for s in trace.steps if s.op == op or s.op.startswith(op + " ")]
 
 
@@ -46,6 +50,7 @@ def expect(**want: str) -> Callable[[Trace], list[str]]:
 
 
 def all_of(*checks: Callable[[Trace], list[str]]) -> Callable[[Trace], list[str]]:
+    """Every problem each of `checks` finds, in order: one expectation from several."""
     def check(trace: Trace) -> list[str]:
         return [p for c in checks for p in c(trace)]
     return check
@@ -64,11 +69,14 @@ def reads_equal(first: str, second: str) -> Callable[[Trace], list[str]]:
 
 
 def read_is(value: bytes, nth: int = -1) -> Callable[[Trace], list[str]]:
+    """The `nth` read step (default the last) yielded exactly `value`."""
     def check(trace: Trace) -> list[str]:
         reads = steps_named(trace, "read")
         if not reads:
             return ["no read step"]
         got = reads[nth].data
+        if got is None:
+            return ["no read data"]
         return [] if got == value else [f"read {got[:8]!r}…, documented {value[:8]!r}…"]
     return check
 
@@ -79,6 +87,7 @@ def all_ok(trace: Trace) -> list[str]:
 
 
 def pins_balance(trace: Trace) -> list[str]:
+    """Every pin the case acquired was released again (the counters net to zero)."""
     acq = sum(s.acquired for s in trace.steps)
     rel = sum(s.released for s in trace.steps)
     return [] if acq == rel else [f"{acq} pins acquired but {rel} released"]
@@ -87,6 +96,7 @@ def pins_balance(trace: Trace) -> list[str]:
 def step_pins(op: str, acquired: int | None = None, released: int | None = None,
               vm_pin_kb: int | None = None, vm_lck_kb: int | None = None
               ) -> Callable[[Trace], list[str]]:
+    """The first `op` step moved the counters as documented; None leaves one unchecked."""
     def check(trace: Trace) -> list[str]:
         got = steps_named(trace, op)
         if not got:
@@ -106,13 +116,14 @@ def step_pins(op: str, acquired: int | None = None, released: int | None = None,
 
 
 def make_base(p: Proc) -> tuple[Region, int]:
+    """One base page of anon memory, written: cow.c's "base page" kind."""
     return p.map("anon", PAGE_SIZE, fill=1), PAGE_SIZE
 
 
 Maker = Callable[[Proc], tuple[Region, int]]
 
 
-def large(kind: str, size: int) -> Maker:
+def large(kind: MapKind, size: int) -> Maker:
     """A large folio as mapped: "thp" (PMD-mapped, 2 MiB) or "mthp" (64 KiB, PTE-mapped)."""
     def make(p: Proc) -> tuple[Region, int]:
         return p.map(kind, size, fill=1), size
@@ -120,13 +131,14 @@ def large(kind: str, size: int) -> Maker:
 
 
 def make_pte_mapped_thp(p: Proc) -> tuple[Region, int]:
+    """A THP split into PTE mappings by mprotect()ing one page R/O and back."""
     r = p.map("thp", PMD_SIZE, fill=1)
     p.mprotect(r, PAGE_SIZE, PAGE_SIZE, writable=False)
     p.mprotect(r, PAGE_SIZE, PAGE_SIZE, writable=True)
     return r, PMD_SIZE
 
 
-def single_pte(kind: str, size: int) -> Maker:
+def single_pte(kind: MapKind, size: int) -> Maker:
     """cow.c: MADV_DONTNEED all but the first page; the test size is one page."""
     def make(p: Proc) -> tuple[Region, int]:
         r = p.map(kind, size, fill=1)
@@ -135,7 +147,7 @@ def single_pte(kind: str, size: int) -> Maker:
     return make
 
 
-def partially_shared(kind: str, size: int) -> Maker:
+def partially_shared(kind: MapKind, size: int) -> Maker:
     """cow.c: only the first page is shared with a child that exits at once."""
     def make(p: Proc) -> tuple[Region, int]:
         r = p.map(kind, size, fill=1)
@@ -146,7 +158,7 @@ def partially_shared(kind: str, size: int) -> Maker:
     return make
 
 
-def partially_mremapped(kind: str, size: int) -> Maker:
+def partially_mremapped(kind: MapKind, size: int) -> Maker:
     """cow.c: move the upper half of the folio elsewhere; the test uses the lower half."""
     def make(p: Proc) -> tuple[Region, int]:
         r = p.map(kind, size, fill=1)
@@ -156,6 +168,7 @@ def partially_mremapped(kind: str, size: int) -> Maker:
 
 
 def make_hugetlb(p: Proc) -> tuple[Region, int]:
+    """One written 2 MiB hugetlb page."""
     return p.map("hugetlb", PMD_SIZE, fill=1), PMD_SIZE
 
 
@@ -178,7 +191,9 @@ ANON_KINDS: dict[str, tuple[Maker, tuple[str, ...]]] = {
 CORE_KINDS = ("base page", "THP", "PTE-mapped THP", "mTHP 64KiB", "hugetlb 2MiB")
 
 
-def cow_basic(make, mprotect_first: bool) -> Callable[[System], None]:
+def cow_basic(make: Maker, mprotect_first: bool) -> Callable[[System], None]:
+    """cow.c "Basic COW after fork()": the child must keep its snapshot after the
+    parent writes (with `mprotect_first`, after a R/O and R/W mprotect() too)."""
     def run(sys: System) -> None:
         parent = sys.spawn("parent")
         r, n = make(parent)
@@ -194,13 +209,14 @@ def cow_basic(make, mprotect_first: bool) -> Callable[[System], None]:
 
 
 def snapshot_kept(trace: Trace) -> list[str]:
+    """The child read the same bytes before and after the parent's write."""
     reads = steps_named(trace, "read")
     if len(reads) < 2:
         return ["missing reads"]
     return [] if reads[0].data == reads[1].data else ["the parent's write leaked into the child"]
 
 
-def uring_ro_mapping(make) -> Callable[[System], None]:
+def uring_ro_mapping(make: Maker) -> Callable[[System], None]:
     """cow.c: R/O-mapping a page registered as io_uring fixed buffer."""
     def run(sys: System) -> None:
         p = sys.spawn("app")
@@ -215,7 +231,7 @@ def uring_ro_mapping(make) -> Callable[[System], None]:
     return run
 
 
-def uring_fork(make) -> Callable[[System], None]:
+def uring_fork(make: Maker) -> Callable[[System], None]:
     """cow.c: fork() with an io_uring fixed buffer; the child stays alive."""
     def run(sys: System) -> None:
         p = sys.spawn("app")
@@ -236,6 +252,7 @@ COW_WHY = ("fork() write-protects the anon pages it shares and clears their excl
 
 
 def cow_cases() -> list[Case]:
+    """cow.c 3.2 basic COW and io_uring rows over every anon kind."""
     cases = []
     for kind, (make, needs) in ANON_KINDS.items():
         cases += [
@@ -263,7 +280,7 @@ def cow_cases() -> list[Case]:
     return cases
 
 
-def vmsplice_in_child(make, mprotect_first: bool) -> Callable[[System], None]:
+def vmsplice_in_child(make: Maker, mprotect_first: bool) -> Callable[[System], None]:
     """cow.c: the child vmsplices the area (FOLL_GET references) and unmaps it; the
     parent writes; the pipe must still yield the old data."""
     def run(sys: System) -> None:
@@ -281,7 +298,7 @@ def vmsplice_in_child(make, mprotect_first: bool) -> Callable[[System], None]:
     return run
 
 
-def vmsplice_in_parent(make, before_fork: bool) -> Callable[[System], None]:
+def vmsplice_in_parent(make: Maker, before_fork: bool) -> Callable[[System], None]:
     """cow.c: the parent vmsplices (before or after fork) and unmaps; the child writes;
     the parent's pipe must still yield the old data."""
     def run(sys: System) -> None:
@@ -300,6 +317,7 @@ def vmsplice_in_parent(make, before_fork: bool) -> Callable[[System], None]:
 
 
 def pipe_yields(value: int) -> Callable[[Trace], list[str]]:
+    """The last pipe_read yielded only bytes `value`: what the vmsplice saw."""
     def check(trace: Trace) -> list[str]:
         reads = steps_named(trace, "pipe_read")
         if not reads or reads[-1].data is None:
@@ -311,7 +329,7 @@ def pipe_yields(value: int) -> Callable[[Trace], list[str]]:
     return check
 
 
-def ro_pin(make, sharing: str) -> Callable[[System], None]:
+def ro_pin(make: Maker, sharing: str) -> Callable[[System], None]:
     """cow.c R/O pin tests, short-term analog: pin R/O, write through the page tables,
     read through the pins (see ro_pin_then_write)."""
     def run(sys: System) -> None:
@@ -344,6 +362,7 @@ def pins_see_the_write(trace: Trace) -> list[str]:
 
 
 def pins_miss_the_write(trace: Trace) -> list[str]:
+    """The short-term R/O pins kept the old bytes: the write copied away from them."""
     pins, reads = steps_named(trace, "ro_pin_then_write"), steps_named(trace, "read")
     if not pins or not reads or pins[0].data is None:
         return ["missing ro_pin_then_write or read step"]
@@ -402,6 +421,8 @@ def cow_more_cases() -> list[Case]:
 
 
 def collapse(when: str) -> Callable[[System], None]:
+    """cow.c 3.3: MADV_COLLAPSE of a PTE-mapped THP with `when` shared with a child;
+    the child's view must survive the parent's write."""
     half = PMD_SIZE // 2
 
     def run(sys: System) -> None:
@@ -431,6 +452,7 @@ def collapse(when: str) -> Callable[[System], None]:
 
 
 def collapse_cases() -> list[Case]:
+    """cow.c 3.3 rows: MADV_COLLAPSE with none, all, the lower or the upper half shared."""
     rows = {"unshared": "MADV_COLLAPSE before fork",
             "fully shared": "after fork with the whole THP shared",
             "lower half shared": "with only the lower half shared",
@@ -446,11 +468,17 @@ def collapse_cases() -> list[Case]:
 # -- cow.c (3.4): non-anonymous pages in private mappings ------------------------------------
 
 
-def nonanon(kind: str) -> Callable[[Proc], tuple[Region, Region, int]]:
+# the pages of cow.c 3.4: a file kind, or anon memory that maps a zero page
+NonAnonKind = Literal["zeropage", "huge zeropage", "memfd", "file", "memfd-hugetlb"]
+NonAnonMaker = Callable[[Proc], tuple[Region, Region, int]]
+
+
+def nonanon(kind: NonAnonKind) -> NonAnonMaker:
     """The private R/W mapping under test and a second view of the same page."""
     def make(p: Proc) -> tuple[Region, Region, int]:
-        if kind in ("zeropage", "huge zeropage"):
-            k, n = ("anon", PAGE_SIZE) if kind == "zeropage" else ("thp", PMD_SIZE)
+        if kind == "zeropage" or kind == "huge zeropage":
+            k: MapKind = "anon" if kind == "zeropage" else "thp"
+            n = PAGE_SIZE if kind == "zeropage" else PMD_SIZE
             mem = p.map(k, n, populate="read")
             other = p.map(k, n, writable=False, populate="read")
             return mem, other, n
@@ -460,7 +488,8 @@ def nonanon(kind: str) -> Callable[[Proc], tuple[Region, Region, int]]:
     return make
 
 
-def nonanon_cow(make) -> Callable[[System], None]:
+def nonanon_cow(make: NonAnonMaker) -> Callable[[System], None]:
+    """cow.c 3.4 basic COW: a write to the private mapping leaves the other view alone."""
     def run(sys: System) -> None:
         p = sys.spawn("app")
         mem, other, n = make(p)
@@ -470,7 +499,8 @@ def nonanon_cow(make) -> Callable[[System], None]:
     return run
 
 
-def nonanon_ro_pin(make) -> Callable[[System], None]:
+def nonanon_ro_pin(make: NonAnonMaker) -> Callable[[System], None]:
+    """cow.c 3.4 R/O pin, short-term analog: pin, write through the page tables, read."""
     def run(sys: System) -> None:
         p = sys.spawn("app")
         mem, _, n = make(p)
@@ -480,10 +510,12 @@ def nonanon_ro_pin(make) -> Callable[[System], None]:
 
 
 def nonanon_cases() -> list[Case]:
-    kinds = {"shared zeropage": ("zeropage", ()), "memfd page": ("memfd", ()),
-             "tmpfile page (ext4)": ("file", ()),
-             "huge zeropage": ("huge zeropage", ("thp",)),
-             "memfd hugetlb 2MiB page": ("memfd-hugetlb", ("hugetlb_2m",))}
+    """cow.c 3.4 rows over the zero pages, memfd, an ext4 file and memfd hugetlb."""
+    kinds: dict[str, tuple[NonAnonKind, tuple[str, ...]]] = {
+        "shared zeropage": ("zeropage", ()), "memfd page": ("memfd", ()),
+        "tmpfile page (ext4)": ("file", ()),
+        "huge zeropage": ("huge zeropage", ("thp",)),
+        "memfd hugetlb 2MiB page": ("memfd-hugetlb", ("hugetlb_2m",))}
     cases = []
     for name, (kind, needs) in kinds.items():
         make = nonanon(kind)
@@ -510,12 +542,14 @@ def nonanon_cases() -> list[Case]:
 # -- gup_longterm.c (3.1): long-term R/W pins on file-backed memory --------------------------
 
 
-BACKINGS = {"anon": ("anon", PAGE_SIZE, ()), "memfd": ("memfd", PAGE_SIZE, ()),
-            "tmpfs file": ("tmpfs", PAGE_SIZE, ()), "ext4 file": ("file", PAGE_SIZE, ()),
-            "memfd hugetlb 2MiB": ("memfd-hugetlb", PMD_SIZE, ("hugetlb_2m",))}
+BACKINGS: dict[str, tuple[MapKind, int, tuple[str, ...]]] = {
+    "anon": ("anon", PAGE_SIZE, ()), "memfd": ("memfd", PAGE_SIZE, ()),
+    "tmpfs file": ("tmpfs", PAGE_SIZE, ()), "ext4 file": ("file", PAGE_SIZE, ()),
+    "memfd hugetlb 2MiB": ("memfd-hugetlb", PMD_SIZE, ("hugetlb_2m",))}
 
 
-def longterm(kind: str, size: int, shared: bool, via: str) -> Callable[[System], None]:
+def longterm(kind: MapKind, size: int, shared: bool, via: str) -> Callable[[System], None]:
+    """A long-term R/W pin of one `kind` mapping via io_uring or AF_XDP, then released."""
     def run(sys: System) -> None:
         p = sys.spawn("app")
         r = p.map(kind, size, shared=shared)
@@ -529,6 +563,7 @@ def longterm(kind: str, size: int, shared: bool, via: str) -> Callable[[System],
 
 
 def longterm_cases() -> list[Case]:
+    """gup_longterm.c 3.1 R/W rows: which backings a long-term write pin accepts."""
     cases = []
     for name, (kind, size, needs) in BACKINGS.items():
         for shared in (True, False):
@@ -550,7 +585,7 @@ def longterm_cases() -> list[Case]:
     return cases
 
 
-def readonly(kind: str, size: int, shared: bool, via: str) -> Callable[[System], None]:
+def readonly(kind: MapKind, size: int, shared: bool, via: str) -> Callable[[System], None]:
     """gup_longterm.c R/O rows as the current selftest runs them: map R/W, write zeros,
     mprotect(PROT_READ), then pin R/O (short-term analogs: O_DIRECT write is a R/O
     GUP-fast pin, process_vm_readv a R/O remote GUP pin)."""
@@ -566,6 +601,7 @@ def readonly(kind: str, size: int, shared: bool, via: str) -> Callable[[System],
 
 
 def readonly_cases() -> list[Case]:
+    """gup_longterm.c 3.1 R/O rows, each through an O_DIRECT and a remote pin."""
     cases = []
     for name, (kind, size, needs) in BACKINGS.items():
         for shared in (True, False):
@@ -591,8 +627,9 @@ def readonly_cases() -> list[Case]:
 # -- O_DIRECT (hugetlb_dio.c and extras) -------------------------------------------------------
 
 
-def dio(kind: str, size: int, write: bool, offset: int = 0, length: int | None = None,
+def dio(kind: MapKind, size: int, write: bool, offset: int = 0, length: int | None = None,
         populate: bool = True) -> Callable[[System], None]:
+    """An O_DIRECT read or write of [offset, offset+length) of a `kind` mapping, then unmap."""
     length = size - offset if length is None else length
 
     def run(sys: System) -> None:
@@ -608,8 +645,9 @@ def dio(kind: str, size: int, write: bool, offset: int = 0, length: int | None =
 
 
 def dio_cases() -> list[Case]:
+    """hugetlb_dio.c and O_DIRECT over anon, THP and hugetlb: pins balance, reads land."""
     pg = PAGE_SIZE
-    specs = [
+    specs: list[tuple[str, MapKind, int, bool, int, int | None, tuple[str, ...], bool]] = [
         ("O_DIRECT write from anon, 4 pages", "anon", 4 * pg, True, 0, None, (), True),
         ("O_DIRECT read into anon, 4 pages", "anon", 4 * pg, False, 0, None, (), True),
         ("O_DIRECT write from untouched anon (zero page)", "anon", 4 * pg, True, 0, None, (),
@@ -625,7 +663,7 @@ def dio_cases() -> list[Case]:
     ]
     cases = []
     for name, kind, size, write, off, length, needs, populate in specs:
-        check: list = [pins_balance]
+        check: list[Check] = [pins_balance]
         if not populate:
             check.append(step_pins("odirect_write", acquired=0, released=0))
         if not write:
@@ -645,6 +683,8 @@ def dio_cases() -> list[Case]:
 
 
 def remote_after_fork(sys: System) -> None:
+    """Parent and child read each other's memory with process_vm_readv after a
+    fork and one write by the parent."""
     parent = sys.spawn("parent")
     r = parent.map("anon", 4 * PAGE_SIZE, fill=3)
     child = parent.fork()
@@ -655,6 +695,7 @@ def remote_after_fork(sys: System) -> None:
 
 
 def remote_zero_page(sys: System) -> None:
+    """A remote read of untouched anon memory, which maps only the zero page."""
     a = sys.spawn("target")
     r = a.map("anon", 4 * PAGE_SIZE, populate=False)
     b = sys.spawn("reader")
@@ -662,10 +703,13 @@ def remote_zero_page(sys: System) -> None:
 
 
 def remote_cases() -> list[Case]:
+    """process_vm_readv (pin_user_pages_remote) between processes."""
     def first_remote_sees_parent(trace: Trace) -> list[str]:
         reads = steps_named(trace, "process_vm_readv")
         if len(reads) != 2:
             return ["expected two process_vm_readv steps"]
+        if reads[0].data is None or reads[1].data is None:
+            return ["no process_vm_readv data"]
         out = []
         if reads[0].data[:PAGE_SIZE] != b"\x05" * PAGE_SIZE:
             out.append("the child did not read the parent's new data")
@@ -689,6 +733,7 @@ def remote_cases() -> list[Case]:
 
 
 def uring_anon_1m(sys: System) -> None:
+    """Register 1 MiB of anon memory as an io_uring fixed buffer, then unregister."""
     p = sys.spawn("app")
     r = p.map("anon", MiB)
     p.uring_register([(r, 0, MiB)])
@@ -696,6 +741,7 @@ def uring_anon_1m(sys: System) -> None:
 
 
 def uring_half_thp(sys: System) -> None:
+    """Register the first half of a THP as an io_uring fixed buffer, then unregister."""
     p = sys.spawn("app")
     r = p.map("thp", PMD_SIZE)
     p.uring_register([(r, 0, MiB)])
@@ -703,6 +749,7 @@ def uring_half_thp(sys: System) -> None:
 
 
 def uring_two_buffers_one_thp(sys: System) -> None:
+    """Register both halves of one THP as two io_uring buffers."""
     p = sys.spawn("app")
     r = p.map("thp", PMD_SIZE)
     p.uring_register([(r, 0, MiB), (r, MiB, MiB)])
@@ -710,6 +757,7 @@ def uring_two_buffers_one_thp(sys: System) -> None:
 
 
 def xdp_anon(sys: System) -> None:
+    """Register 1 MiB of anon memory as an AF_XDP umem, then close the socket."""
     p = sys.spawn("app")
     r = p.map("anon", MiB)
     p.xdp_umem_reg(r)
@@ -729,6 +777,8 @@ def uring_limit(size: int, offset: int = 0, limit_bytes: int = 64 * KiB
 
 
 def accounting_cases() -> list[Case]:
+    """Where io_uring, AF_XDP and O_DIRECT pins are charged (VmPin, locked_vm) and
+    RLIMIT_MEMLOCK refusals."""
     return [
         Case("account: io_uring 1MiB anon in VmPin", uring_anon_1m,
              all_of(step_pins("uring_register", acquired=256, released=0, vm_pin_kb=1024),

@@ -30,6 +30,9 @@ class Case:
 
 @dataclass
 class Result:
+    """One case run on the model and (maybe) the host: both traces, the problems each
+    expectation found, and the step-by-step differences."""
+
     case: Case
     model: Trace
     host: Trace | None
@@ -83,6 +86,7 @@ def _stable(s: Step) -> tuple:
 
 
 def describe(s: Step) -> str:
+    """A step's outcome, pin counts, VmPin/VmLck and data start, for tables and diffs."""
     data = "" if s.data is None else f" data={s.data[:8]!r}{'…' if len(s.data) > 8 else ''}"
     return (f"{s.outcome} pins +{s.acquired}/-{s.released} VmPin={s.vm_pin_kb} "
             f"VmLck={s.vm_lck_kb}{data}")

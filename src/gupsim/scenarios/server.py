@@ -445,7 +445,7 @@ class CommandServer:
 
 
 def server_main(sock: socket.socket, disk_dir: str, shm_dir: str | None,
-                mask: set[signal.Signals], foreign: Iterable[socket.socket]) -> None:
+                mask: Iterable[int], foreign: Iterable[socket.socket]) -> None:
     """Entry of a spawned server (a child of the orchestrator); never returns. `mask` is
     the signal mask to restore once SIGINT is ignored (spawn blocked it around fork);
     `foreign` are the orchestrator's other sockets, closed here so that every server sees

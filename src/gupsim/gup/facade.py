@@ -13,9 +13,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ..check.args import check_bytes, check_int, check_page, check_pages
 from ..check.sanitizer import PinSanitizer
 from ..constants import EFAULT, PAGE_SIZE
-from ..memory import Folio, Kind, Page
+from ..memory import Folio, Kind, Page, PageArray
 from ..mm import MM
 from . import api
 from .accounting import account_locked_vm
@@ -64,66 +65,86 @@ class KernelPinning(KernelEntryPoints):
 
     # -- GUP: the *_remote entry points are added below, from the table ------------------
 
-    def memfd_pin_folios(self, memfd, start: int, end: int, folios: list, max_folios: int,
-                         offset: list[int]) -> int:
-        return api.memfd_pin_folios(memfd, start, end, folios, max_folios, offset)
+    def memfd_pin_folios(self, memfd: Any, start: int, end: int, folios: list,
+                         max_folios: int, offset: list[int]) -> int:
+        """memfd_pin_folios() on this machine: pin the folios of a memfd's range."""
+        return api.memfd_pin_folios(memfd, start, end, folios, max_folios, offset,
+                                    machine=self.mem)
 
-    # -- release -----------------------------------------------------------------------------
+    # -- release: each checks its arguments (check/args.py), pages of this machine only --
 
     def unpin_user_page(self, page: Page) -> None:
-        api.unpin_user_page(page)
+        """unpin_user_page(page)."""
+        api.unpin_user_page(page, machine=self.mem)
 
-    def unpin_user_pages(self, pages, npages: int | None = None) -> None:
-        api.unpin_user_pages(pages, npages)
+    def unpin_user_pages(self, pages: Any, npages: int | None = None) -> None:
+        """unpin_user_pages(pages, npages); npages defaults to the whole array."""
+        api.unpin_user_pages(pages, npages, machine=self.mem)
 
-    def unpin_user_pages_dirty_lock(self, pages, npages: int | bool,
+    def unpin_user_pages_dirty_lock(self, pages: Any, npages: int | bool,
                                     make_dirty: bool | None = None) -> None:
         """(pages, npages, make_dirty) as the kernel; (pages, make_dirty) for a whole list."""
         if make_dirty is None:
             if not isinstance(npages, bool):
-                raise TypeError("unpin_user_pages_dirty_lock(pages, npages, make_dirty)")
+                raise TypeError("unpin_user_pages_dirty_lock(pages, npages, make_dirty): "
+                                "make_dirty is missing")
+            if not isinstance(pages, list | tuple | PageArray):
+                check_pages("unpin_user_pages_dirty_lock", "pages", pages, None, self.mem)
             npages, make_dirty = len(pages), npages
-        api.unpin_user_pages_dirty_lock(pages, int(npages), make_dirty)
+        api.unpin_user_pages_dirty_lock(pages, npages, make_dirty, machine=self.mem)
 
     def unpin_user_page_range_dirty_lock(self, page: Page, npages: int,
                                          make_dirty: bool) -> None:
-        api.unpin_user_page_range_dirty_lock(page, npages, make_dirty)
+        """unpin_user_page_range_dirty_lock(page, npages, make_dirty)."""
+        api.unpin_user_page_range_dirty_lock(page, npages, make_dirty, machine=self.mem)
 
     def unpin_folio(self, folio: Folio) -> None:
-        api.unpin_folio(folio)
+        """unpin_folio(folio)."""
+        api.unpin_folio(folio, machine=self.mem)
 
-    def unpin_folios(self, folios, nfolios: int | None = None) -> None:
-        api.unpin_folios(folios, nfolios)
+    def unpin_folios(self, folios: Any, nfolios: int | None = None) -> None:
+        """unpin_folios(folios, nfolios); nfolios defaults to the whole list."""
+        api.unpin_folios(folios, nfolios, machine=self.mem)
 
     def unpin_user_folio(self, folio: Folio, npages: int) -> None:
-        api.unpin_user_folio(folio, npages)
+        """unpin_user_folio(folio, npages)."""
+        api.unpin_user_folio(folio, npages, machine=self.mem)
 
     def folio_add_pin(self, folio: Folio) -> None:
-        api.folio_add_pin(folio)
+        """folio_add_pin(folio)."""
+        api.folio_add_pin(folio, machine=self.mem)
 
     def folio_add_pins(self, folio: Folio, pins: int) -> int:
-        return api.folio_add_pins(folio, pins)
+        """folio_add_pins(folio, pins): 0 or -errno."""
+        return api.folio_add_pins(folio, pins, machine=self.mem)
 
     def put_page(self, page: Page) -> None:
-        api.put_page(page)
+        """put_page(page)."""
+        api.put_page(page, machine=self.mem)
 
     def get_page(self, page: Page) -> None:
-        api.get_page(page)
+        """get_page(page)."""
+        api.get_page(page, machine=self.mem)
 
     # seed-era names
     def put_user_page(self, page: Page) -> None:
-        api.put_user_page(page)
+        """put_user_page(page): the v5.2 - v5.6 name of unpin_user_page()."""
+        api.unpin_user_page(page, machine=self.mem)
 
-    def put_user_pages(self, pages, npages: int | None = None) -> None:
-        api.put_user_pages(pages, npages)
+    def put_user_pages(self, pages: Any, npages: int | None = None) -> None:
+        """put_user_pages(): the v5.2 - v5.6 name of unpin_user_pages()."""
+        api.unpin_user_pages(pages, npages, machine=self.mem)
 
-    def put_user_pages_dirty_lock(self, pages, npages: int, make_dirty: bool) -> None:
-        api.put_user_pages_dirty_lock(pages, npages, make_dirty)
+    def put_user_pages_dirty_lock(self, pages: Any, npages: int, make_dirty: bool) -> None:
+        """put_user_pages_dirty_lock(): the v5.2 - v5.6 name."""
+        api.unpin_user_pages_dirty_lock(pages, npages, make_dirty, machine=self.mem)
 
     # -- a device using the frames it was given -------------------------------------------
 
-    def _dma_check(self, page: Page, offset: int, n: int) -> None:
-        if offset < 0 or offset + n > PAGE_SIZE:
+    def _dma_check(self, call: str, page: Page, offset: int, n: int) -> None:
+        check_page(call, "page", page, self.mem)
+        check_int(call, "offset", offset)
+        if offset < 0 or n < 0 or offset + n > PAGE_SIZE:
             raise ValueError(f"DMA of {n} bytes at offset {offset} crosses the page: split it")
         kind = int(self.mem.kind[int(self.mem.head_of(page.pfn))])
         if kind == Kind.SECRETMEM:
@@ -134,15 +155,17 @@ class KernelPinning(KernelEntryPoints):
 
     def dma_write(self, page: Page, offset: int, data: bytes) -> None:
         """A device writes into the frame (no page tables, no dirty tracking)."""
-        self._dma_check(page, offset, len(data))
-        self.mem.write(page.pfn, offset, bytes(data))
+        data = check_bytes("dma_write", "data", data)
+        self._dma_check("dma_write", page, offset, len(data))
+        self.mem.write(page.pfn, offset, data)
 
     def dma_read(self, page: Page, offset: int, n: int) -> bytes:
         """A device reads from the frame."""
-        self._dma_check(page, offset, n)
+        self._dma_check("dma_read", page, offset, check_int("dma_read", "n", n))
         return self.mem.read(page.pfn, offset, n)
 
     def account_locked_vm(self, mm: MM, pages: int, inc: bool, cred: Cred) -> int:
+        """account_locked_vm(mm, pages, inc) with `cred`'s limits."""
         return account_locked_vm(mm, pages, inc, cred)
 
 

@@ -31,6 +31,8 @@ MAX_ERRNO = 4095
 
 
 def _what(value: object) -> str:
+    if isinstance(value, Page | Folio):     # its repr reads the machine: maybe out of range
+        return f"{type(value).__name__} pfn {value.pfn:#x}"
     text = repr(value)
     return f"{type(value).__name__} {text if len(text) <= 40 else text[:37] + '...'}"
 

@@ -86,8 +86,9 @@ class KernelPinning(KernelEntryPoints):
         """(pages, npages, make_dirty) as the kernel; (pages, make_dirty) for a whole list."""
         if make_dirty is None:
             if not isinstance(npages, bool):
-                raise TypeError("unpin_user_pages_dirty_lock(pages, npages, make_dirty): "
-                                "make_dirty is missing")
+                raise TypeError("unpin_user_pages_dirty_lock(): make_dirty is missing: call "
+                                "(pages, npages, make_dirty), or (pages, make_dirty) for "
+                                "the whole array")
             if not isinstance(pages, list | tuple | PageArray):
                 check_pages("unpin_user_pages_dirty_lock", "pages", pages, None, self.mem)
             npages, make_dirty = len(pages), npages
@@ -145,7 +146,8 @@ class KernelPinning(KernelEntryPoints):
         check_page(call, "page", page, self.mem)
         check_int(call, "offset", offset)
         if offset < 0 or n < 0 or offset + n > PAGE_SIZE:
-            raise ValueError(f"DMA of {n} bytes at offset {offset} crosses the page: split it")
+            raise ValueError(f"{call}(): DMA of {n} bytes at offset {offset} crosses the "
+                             "page: split it")
         kind = int(self.mem.kind[int(self.mem.head_of(page.pfn))])
         if kind == Kind.SECRETMEM:
             raise OSError(EFAULT, "secretmem pages are not in the kernel's direct map")

@@ -369,7 +369,7 @@ def _scenario_failed(exc: Any) -> NoReturn:
     sys.exit(EXIT_USAGE)
 
 
-def steps_table(result) -> Table:
+def steps_table(result: Any) -> Table:
     """One row per step: what the model and (if it ran) the host observed."""
     from .report.live import findings
     from .scenarios.runner import describe
@@ -386,6 +386,8 @@ def steps_table(result) -> Table:
         h = host[i] if i < len(host) else None
         same = h is None or (m is not None and m.key() == h.key())
         other_op = f"{h.op}: " if h is not None and m is not None and h.op != m.op else ""
-        t.add_row(str(i + 1), (m or h).op, describe(m) if m else "—",
+        step = m if m is not None else h
+        assert step is not None
+        t.add_row(str(i + 1), step.op, describe(m) if m else "—",
                   ("" if same else "[red]") + other_op + (describe(h) if h else "—"))
     return t

@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import TypeVar
 
-from .check.args import check_bytes, check_count, check_int, check_ints
+from .check.args import check_bytes, check_count, check_int, check_ints, check_page, check_str
 from .check.invariants import InvariantViolation, check_invariants
 from .constants import CAP_IPC_LOCK, PAGE_SHIFT, PAGE_SIZE, PMD_ORDER, PUD_ORDER
 from .fs import File, FileSystem, filesystems
@@ -99,6 +99,7 @@ class Kernel(KernelPinning):
 
     def set_nr_hugepages(self, count: int, size: str | int = "2MiB") -> int:
         """Grow the hugetlb pool of one size to `count` pages (like vm.nr_hugepages)."""
+        check_count("set_nr_hugepages", "count", count)
         order = {PAGE_SIZE << PMD_ORDER: PMD_ORDER, PAGE_SIZE << PUD_ORDER: PUD_ORDER}.get(
             parse_size(size, "size"))
         if order is None:
@@ -128,6 +129,13 @@ class Kernel(KernelPinning):
     def spawn(self, name: str = "task", uid: int = 0, caps: set[int] | None = None,
               rlimit_memlock: int = RLIMIT_DEFAULT_MEMLOCK) -> Process:
         """A new process with an empty address space (root with CAP_IPC_LOCK by default)."""
+        check_str("spawn", "name", name)
+        check_count("spawn", "uid", uid, limit=(1 << 32) - 2)
+        check_int("spawn", "rlimit_memlock", rlimit_memlock)
+        if caps is not None and not (isinstance(caps, set | frozenset)
+                                     and all(isinstance(c, int) for c in caps)):
+            raise TypeError(f"spawn(): caps must be a set of capability numbers such as "
+                            f"{{gupsim.CAP_IPC_LOCK}}, or None, not {caps!r}")
         cred = Cred(uid, {CAP_IPC_LOCK} if caps is None and uid == 0 else set(caps or ()),
                     rlimit_memlock)
         mm = MM(self.mem, self.alloc)
@@ -141,6 +149,7 @@ class Kernel(KernelPinning):
 
     def user(self, uid: int) -> UserStruct:
         """The user_struct of `uid` (created on first use): io_uring and XDP charge it."""
+        check_count("user", "uid", uid, limit=(1 << 32) - 2)
         return self.users.setdefault(uid, UserStruct(uid))
 
     # -- checking and inspection -----------------------------------------------------------
@@ -158,12 +167,17 @@ class Kernel(KernelPinning):
 
     def dump_page(self, page: Page, reason: str = "") -> str:
         """The kernel's dump_page() output for this page, as text."""
+        check_page("dump_page", "page", page, self.mem)
         from .check.dump import dump_page
         return dump_page(self.mem, page.pfn, reason or None,
                          describe_mapping=self.filesystems.describe_mapping)
 
     def page(self, pfn: int) -> Page:
         """pfn_to_page(): a view of frame `pfn` (any frame, allocated or not)."""
+        pfn = check_count("page", "pfn", pfn)
+        if pfn >= self.mem.nr_pages:
+            raise ValueError(f"page(): pfn {pfn:#x} is past the machine's "
+                             f"{self.mem.nr_pages} page frames")
         return Page(self.mem, pfn)
 
     def meminfo(self) -> dict[str, int]:
@@ -270,8 +284,8 @@ class Process(ProcessPinning):
 
     def fork(self, name: str | None = None) -> Process:
         """fork(2): a child whose address space is a copy-on-write copy of this one."""
-        if name is not None and not isinstance(name, str):
-            raise TypeError(f"fork(): name must be a str or None, not {type(name).__name__}")
+        if name is not None:
+            check_str("fork", "name", name)
         self._live()
         child_mm = dup_mm(self._env, self.mm)
         child = self.kernel._new_process(name or self.comm, child_mm,

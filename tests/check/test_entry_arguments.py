@@ -88,6 +88,9 @@ def snapshot(w: World) -> dict[str, Any]:
             "warnings": [str(x) for x in k.warnings],
             "status": [p.proc_status() for p in procs],
             "user_locked": k.user(0).locked_vm,
+            "users": [(u.uid, u.locked_vm) for u in k.users.values()],
+            "processes": len(k.processes), "mms": len(k.env.mms),
+            "hugetlb": list(k.alloc.hugetlb_total),
             "vmas": [len(p.mm.vmas) for p in procs],
             "data": w.p.read(w.addr, 8) if tag == "k" else None,
         }
@@ -136,6 +139,12 @@ def bad_values(kind: str, w: World) -> st.SearchStrategy[Any]:
         return st.one_of(st.text(max_size=5), st.floats(), st.binary(max_size=3),
                          st.just(object()), st.just(True), st.just([1]),
                          _huge_negative if kind == "count" else st.nothing())
+    if kind == "name":
+        return st.one_of(st.integers(), st.floats(), st.binary(min_size=1, max_size=3),
+                         st.just(["a"]))
+    if kind == "caps":
+        return st.one_of(st.text(min_size=1, max_size=3), st.integers(), st.floats(),
+                         st.just({"CAP_IPC_LOCK"}), st.just([14]))
     if kind == "bytes":
         return st.one_of(st.text(min_size=1, max_size=5), st.integers(), st.floats(),
                          st.just([1, 2]), st.none())
@@ -240,6 +249,21 @@ ENTRIES = [
           lambda w, a: w.p.read(a["addr"], a["n"]), {"addr": "int", "n": "count"}),
     Entry("write", lambda w: {"addr": w.addr, "data": b"abc"},
           lambda w, a: w.p.write(a["addr"], a["data"]), {"addr": "int", "data": "bytes"}),
+    Entry("set_nr_hugepages", lambda w: {"count": 1},
+          lambda w, a: w.k.set_nr_hugepages(a["count"]), {"count": "count"}),
+    Entry("spawn", lambda w: {"name": "b", "uid": 1000, "caps": None},
+          lambda w, a: w.k.spawn(a["name"], a["uid"], a["caps"]),
+          {"name": "name", "uid": "count", "caps": "caps"}),
+    Entry("user", lambda w: {"uid": 1000}, lambda w, a: w.k.user(a["uid"]),
+          {"uid": "count"}),
+    Entry("page", lambda w: {"pfn": 1}, lambda w, a: w.k.page(a["pfn"]), {"pfn": "count"}),
+    Entry("dump_page", lambda w: {"page": _pinned(w)},
+          lambda w, a: w.k.dump_page(a["page"]), {"page": "page"}),
+    Entry("fork", lambda w: {"name": "child"}, lambda w, a: w.p.fork(a["name"]),
+          {"name": "name"}),
+    Entry("account_locked_vm", lambda w: {"pages": 1, "inc": True},
+          lambda w, a: w.p.account_locked_vm(a["pages"], a["inc"]),
+          {"pages": "count", "inc": "flag"}),
     Entry("io_uring register_buffers", lambda w: {"proc": w.p, "iovs": [(w.addr, PAGE_SIZE)]},
           lambda w, a: IoRing(w.k, a["proc"]).register_buffers(a["iovs"]),
           {"proc": "proc", "iovs": "iovs"}),

@@ -70,6 +70,13 @@ def check_flag(call: str, name: str, value: object) -> bool:
     return bool(check_int(call, name, value)) if not isinstance(value, bool) else value
 
 
+def check_str(call: str, name: str, value: object) -> str:
+    """A name (a str)."""
+    if not isinstance(value, str):
+        raise TypeError(f"{call}(): {name} must be a str, not {_what(value)}")
+    return value
+
+
 def check_bytes(call: str, name: str, value: object) -> bytes:
     """A buffer of bytes (bytes, bytearray, memoryview): not a str, not an int count."""
     if not isinstance(value, bytes | bytearray | memoryview):
@@ -197,6 +204,6 @@ def check_iovs(call: str, name: str, iovs: object) -> list[tuple[int, int]]:
     return out
 
 
-__all__ = ["check_iovs", "check_int", "check_ints", "check_count", "check_flag", "check_bytes",
-           "check_page", "check_folio", "check_pages", "check_folios", "check_owner",
+__all__ = ["check_str", "check_iovs", "check_int", "check_ints", "check_count", "check_flag",
+           "check_bytes", "check_page", "check_folio", "check_pages", "check_folios", "check_owner",
            "ULONG_MAX"]

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ..check.args import check_bytes, check_int, check_page, check_pages
+from ..check.args import check_bytes, check_count, check_flag, check_int, check_page, check_pages
 from ..check.sanitizer import PinSanitizer
 from ..constants import EFAULT, PAGE_SIZE
 from ..memory import Folio, Kind, Page, PageArray
@@ -42,6 +42,8 @@ class ProcessPinning(ProcessEntryPoints):
 
     def account_locked_vm(self, pages: int, inc: bool) -> int:
         """account_locked_vm(current->mm, pages, inc) with this process's limits."""
+        check_count("account_locked_vm", "pages", pages)
+        check_flag("account_locked_vm", "inc", inc)
         return account_locked_vm(self.mm, pages, inc, self.cred)  # type: ignore[attr-defined]
 
 
@@ -91,7 +93,8 @@ class KernelPinning(KernelEntryPoints):
                                 "the whole array")
             if not isinstance(pages, list | tuple | PageArray):
                 check_pages("unpin_user_pages_dirty_lock", "pages", pages, None, self.mem)
-            npages, make_dirty = len(pages), npages
+            api.unpin_user_pages_dirty_lock(pages, len(pages), npages, machine=self.mem)
+            return
         api.unpin_user_pages_dirty_lock(pages, npages, make_dirty, machine=self.mem)
 
     def unpin_user_page_range_dirty_lock(self, page: Page, npages: int,

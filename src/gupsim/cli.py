@@ -12,8 +12,7 @@ import math
 import sys
 import time
 import traceback
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 from rich import box
@@ -25,7 +24,6 @@ from .report.jsonout import dumps
 from .tour import run_tour
 
 if TYPE_CHECKING:
-    from .scenarios.protocol import Trace
     from .scenarios.runner import Result
 
 EXIT_OK = 0
@@ -342,24 +340,21 @@ def bench(max_pages: int, repeat: int, model_only: bool, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def run(file: str, with_host: bool, as_json: bool) -> None:
     """FILE defines `scenario(system)` (and optionally `expect(trace) -> list[str]`),
-    written against gupsim.scenarios.protocol; see examples/ for one."""
-    import runpy
-
+    written against gupsim.scenarios.protocol; see examples/ for one. The scenario's own
+    error (syntax, an exception, a bad argument) exits 2 with `FILE:LINE: Type: message`."""
     from .report.live import as_json as to_json
-    from .scenarios.runner import Case, run_case
+    from .scenarios.runner import run_case
+    from .scenarios.userfile import ScenarioError, load_scenario
 
     try:
-        ns = runpy.run_path(file)
-    except SyntaxError as exc:
-        raise click.UsageError(f"{file} is not valid Python: {exc}") from exc
-    if not callable(ns.get("scenario")):
-        raise click.UsageError(f"{file} must define a function scenario(system)")
-    expect: Callable[[Trace], list[str]] = ns.get("expect") or (lambda trace: [])
-    case = Case(ns.get("NAME", file), ns["scenario"], expect, source=file,
-                needs=tuple(ns.get("NEEDS", ())))
-    if with_host:
-        _repair_host()
-    result = run_case(case, with_host=with_host)
+        case = load_scenario(file)
+        if with_host:
+            _repair_host()
+        result = run_case(case, with_host=with_host)
+    except ScenarioError as exc:
+        _scenario_failed(exc)
+    except ValueError as exc:        # no scenario() in the file
+        raise click.UsageError(str(exc)) from exc
     if as_json:
         click.echo(dumps(to_json([result])))
     else:
@@ -368,21 +363,40 @@ def run(file: str, with_host: bool, as_json: bool) -> None:
         sys.exit(EXIT_DISAGREE)
 
 
+def _scenario_failed(exc: Any) -> NoReturn:
+    """The scenario's own error: one line (and its own frames) on stderr, exit 2; an error
+    inside gupsim is re-raised for the unexpected-error path (exit 3, traceback)."""
+    if not exc.is_users():
+        raise exc.exc
+    where = f" (on the {exc.backend})" if exc.backend else ""
+    click.echo(f"{exc.message}{where}", err=True)
+    frames = exc.frames
+    if len(frames) > 1:
+        click.echo("the scenario's frames, outermost first:", err=True)
+        for frame in frames:
+            click.echo(f"  {frame}", err=True)
+    sys.exit(EXIT_USAGE)
+
+
 def steps_table(result: Result) -> Table:
     """One row per step: what the model and (if it ran) the host observed."""
+    from .report.live import findings
     from .scenarios.runner import describe
     host = result.host.steps if result.host is not None and not result.host.skipped else []
     t = Table("#", "step", "model", "host", title=f"{result.case.name}: {result.status}",
+              caption_justify="left",
               caption="\n".join(result.model_problems + result.host_problems
                                 + result.differences
                                 + ([f"host skipped: {result.host.skipped}"]
-                                   if result.host is not None and result.host.skipped else [])))
+                                   if result.host is not None and result.host.skipped else [])
+                                + findings(result)))
     for i in range(max(len(result.model.steps), len(host))):
         m = result.model.steps[i] if i < len(result.model.steps) else None
         h = host[i] if i < len(host) else None
         same = h is None or (m is not None and m.key() == h.key())
+        other_op = f"{h.op}: " if h is not None and m is not None and h.op != m.op else ""
         step = m if m is not None else h
         assert step is not None, "i is below the longer trace's length"
         t.add_row(str(i + 1), step.op, describe(m) if m else "—",
-                  ("" if same else "[red]") + (describe(h) if h else "—"))
+                  ("" if same else "[red]") + other_op + (describe(h) if h else "—"))
     return t

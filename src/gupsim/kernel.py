@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import TypeVar
 
+from .check.args import check_bytes, check_count, check_int, check_ints, check_page, check_str
 from .check.invariants import InvariantViolation, check_invariants
 from .constants import CAP_IPC_LOCK, PAGE_SHIFT, PAGE_SIZE, PMD_ORDER, PUD_ORDER
 from .fs import File, FileSystem, filesystems
@@ -98,6 +99,7 @@ class Kernel(KernelPinning):
 
     def set_nr_hugepages(self, count: int, size: str | int = "2MiB") -> int:
         """Grow the hugetlb pool of one size to `count` pages (like vm.nr_hugepages)."""
+        check_count("set_nr_hugepages", "count", count)
         order = {PAGE_SIZE << PMD_ORDER: PMD_ORDER, PAGE_SIZE << PUD_ORDER: PUD_ORDER}.get(
             parse_size(size, "size"))
         if order is None:
@@ -127,6 +129,13 @@ class Kernel(KernelPinning):
     def spawn(self, name: str = "task", uid: int = 0, caps: set[int] | None = None,
               rlimit_memlock: int = RLIMIT_DEFAULT_MEMLOCK) -> Process:
         """A new process with an empty address space (root with CAP_IPC_LOCK by default)."""
+        check_str("spawn", "name", name)
+        check_count("spawn", "uid", uid, limit=(1 << 32) - 2)
+        check_int("spawn", "rlimit_memlock", rlimit_memlock)
+        if caps is not None and not (isinstance(caps, set | frozenset)
+                                     and all(isinstance(c, int) for c in caps)):
+            raise TypeError(f"spawn(): caps must be a set of capability numbers such as "
+                            f"{{gupsim.CAP_IPC_LOCK}}, or None, not {caps!r}")
         cred = Cred(uid, {CAP_IPC_LOCK} if caps is None and uid == 0 else set(caps or ()),
                     rlimit_memlock)
         mm = MM(self.mem, self.alloc)
@@ -140,6 +149,7 @@ class Kernel(KernelPinning):
 
     def user(self, uid: int) -> UserStruct:
         """The user_struct of `uid` (created on first use): io_uring and XDP charge it."""
+        check_count("user", "uid", uid, limit=(1 << 32) - 2)
         return self.users.setdefault(uid, UserStruct(uid))
 
     # -- checking and inspection -----------------------------------------------------------
@@ -157,12 +167,17 @@ class Kernel(KernelPinning):
 
     def dump_page(self, page: Page, reason: str = "") -> str:
         """The kernel's dump_page() output for this page, as text."""
+        check_page("dump_page", "page", page, self.mem)
         from .check.dump import dump_page
         return dump_page(self.mem, page.pfn, reason or None,
                          describe_mapping=self.filesystems.describe_mapping)
 
     def page(self, pfn: int) -> Page:
         """pfn_to_page(): a view of frame `pfn` (any frame, allocated or not)."""
+        pfn = check_count("page", "pfn", pfn)
+        if pfn >= self.mem.nr_pages:
+            raise ValueError(f"page(): pfn {pfn:#x} is past the machine's "
+                             f"{self.mem.nr_pages} page frames")
         return Page(self.mem, pfn)
 
     def meminfo(self) -> dict[str, int]:
@@ -206,33 +221,44 @@ class Process(ProcessPinning):
     def mmap(self, addr: int, length: int, prot: int, flags: int,
              fd: MappableFile | None = None, offset: int = 0) -> int:
         """mmap(2): returns the address, raises OSError(errno) as Linux would."""
+        check_ints("mmap", addr=addr, length=length, prot=prot, flags=flags, offset=offset)
+        if fd is not None and isinstance(fd, str | bytes | int | float):
+            raise TypeError(f"mmap(): fd must be a file (p.memfd_create(), k.fs(...).open()) "
+                            f"or None, not {type(fd).__name__}")
         return self._step("mmap", sc.do_mmap, self._env, self.mm, self.cred, addr, length,
                           prot, flags, fd, offset)
 
     def munmap(self, addr: int, length: int) -> None:
         """munmap(2); pinned pages stay allocated until unpinned."""
+        check_ints("munmap", addr=addr, length=length)
         self._step("munmap", sc.do_munmap, self._env, self.mm, addr, length)
 
     def mprotect(self, addr: int, length: int, prot: int) -> None:
         """mprotect(2): ENOMEM for a hole, EACCES for PROT_WRITE on a read-only shared file."""
+        check_ints("mprotect", addr=addr, length=length, prot=prot)
         self._step("mprotect", sc.do_mprotect, self._env, self.mm, addr, length, prot)
 
     def madvise(self, addr: int, length: int, advice: int) -> None:
         """madvise(2): advises the mapped parts, then raises OSError(ENOMEM) if there was a hole."""
+        check_ints("madvise", addr=addr, length=length, advice=advice)
         self._step("madvise", sc.do_madvise, self._env, self.mm, addr, length, advice)
 
     def mremap(self, old_addr: int, old_size: int, new_size: int, flags: int = 0,
                new_addr: int = 0) -> int:
         """mremap(2): returns the (possibly new) address of the mapping."""
+        check_ints("mremap", old_addr=old_addr, old_size=old_size, new_size=new_size,
+                   flags=flags, new_addr=new_addr)
         return self._step("mremap", sc.do_mremap, self._env, self.mm, old_addr, old_size,
                           new_size, flags, new_addr)
 
     def mlock(self, addr: int, length: int, flags: int = 0) -> None:
         """mlock2(2): VmLck grows; raises EPERM/ENOMEM past RLIMIT_MEMLOCK without CAP_IPC_LOCK."""
+        check_ints("mlock", addr=addr, length=length, flags=flags)
         self._step("mlock", sc.do_mlock, self._env, self.mm, self.cred, addr, length, flags)
 
     def munlock(self, addr: int, length: int) -> None:
         """munlock(2): VmLck shrinks; pins are not locks and stay."""
+        check_ints("munlock", addr=addr, length=length)
         self._step("munlock", sc.do_munlock, self._env, self.mm, addr, length)
 
     def memfd_create(self, name: str, flags: int = 0) -> File:
@@ -244,16 +270,22 @@ class Process(ProcessPinning):
 
     def read(self, addr: int, n: int) -> bytes:
         """Load `n` bytes at `addr` through the page tables, faulting as the CPU would."""
+        check_int("read", "addr", addr)
+        check_count("read", "n", n)
         return self._step("read", access_read, self._env, self.mm, addr, n)
 
     def write(self, addr: int, data: bytes) -> None:
         """Store `data` at `addr` through the page tables, faulting as the CPU would."""
-        self._step("write", access_write, self._env, self.mm, addr, bytes(data))
+        check_int("write", "addr", addr)
+        self._step("write", access_write, self._env, self.mm, addr,
+                   check_bytes("write", "data", data))
 
     # -- lifetime --------------------------------------------------------------------------
 
     def fork(self, name: str | None = None) -> Process:
         """fork(2): a child whose address space is a copy-on-write copy of this one."""
+        if name is not None:
+            check_str("fork", "name", name)
         self._live()
         child_mm = dup_mm(self._env, self.mm)
         child = self.kernel._new_process(name or self.comm, child_mm,

@@ -15,6 +15,7 @@ import errno
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+from ..check.args import check_ints, check_owner
 from ..constants import FOLL_WRITE, PAGE_MASK, PAGE_SHIFT, PAGE_SIZE
 from ..fs import File
 from ..memory import Page, PageArray
@@ -57,6 +58,8 @@ def _chunks(pages: PageArray, got: int, addr: int,
 def dio_write(kernel: Kernel, proc: Process, file: File, addr: int, length: int,
               pos: int = 0) -> int:
     """pwrite(O_DIRECT): memory -> file. Returns the bytes written (short if pins fell short)."""
+    check_owner("dio_write", "proc", proc, kernel)
+    check_ints("dio_write", addr=addr, length=length, pos=pos)
     pages, got = _pin(proc, addr, length, write_to_memory=False)
     data = b"".join(kernel.dma_read(page, off, n) for page, off, n in
                     _chunks(pages, got, addr, length))
@@ -68,6 +71,8 @@ def dio_write(kernel: Kernel, proc: Process, file: File, addr: int, length: int,
 def dio_read(kernel: Kernel, proc: Process, file: File, addr: int, length: int,
              pos: int = 0) -> int:
     """pread(O_DIRECT): file -> memory. Returns the bytes read."""
+    check_owner("dio_read", "proc", proc, kernel)
+    check_ints("dio_read", addr=addr, length=length, pos=pos)
     pages, got = _pin(proc, addr, length, write_to_memory=True)
     data = file.pread(pos, length)
     done = 0

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..check.args import check_bytes, check_count, check_ints, check_owner
 from ..constants import EFAULT, EINVAL, PAGE_MASK, PAGE_SHIFT, PAGE_SIZE
 from ..gup import FOLL_LONGTERM, FOLL_WRITE
 from ..memory import PageArray
@@ -51,11 +52,15 @@ class GpuDevice:
 
     def dma_write(self, region: HostRegion, offset: int, data: bytes) -> None:
         """The GPU writes `data` at `offset` into a registered region."""
+        check_ints("dma_write", offset=offset)
+        data = check_bytes("dma_write", "data", data)
         for pfn, poff, lo, hi in region.spans(offset, len(data)):
             self.k.dma_write(self.k.page(pfn), poff, data[lo:hi])
 
     def dma_read(self, region: HostRegion, offset: int, n: int) -> bytes:
         """The GPU reads `n` bytes at `offset` of a registered region."""
+        check_ints("dma_read", offset=offset)
+        check_count("dma_read", "n", n)
         return b"".join(self.k.dma_read(self.k.page(pfn), poff, hi - lo)
                         for pfn, poff, lo, hi in region.spans(offset, n))
 
@@ -104,6 +109,8 @@ def gpu_host_register(dev: GpuDevice, addr: int, size: int, *,
                       current: Process) -> HostRegion | int:
     """Register host memory, the correct way: all pages pinned long-term, or -errno and
     nothing held (a short pin is released and answered with -EFAULT)."""
+    check_ints("gpu_host_register", addr=addr, size=size)
+    check_owner("gpu_host_register", "current", current, dev.k)
     if size <= 0:
         return -EINVAL
     start, n = _span(addr, size)
@@ -134,6 +141,8 @@ def gpu_host_register_with_fallback(dev: GpuDevice, addr: int, size: int, *,
                                     current: Process) -> HostRegion | int:
     """THE MISUSE: pin what can be pinned, then take the rest with get_user_pages() into
     the same page list (see the module docstring). Returns the region or -errno."""
+    check_ints("gpu_host_register_with_fallback", addr=addr, size=size)
+    check_owner("gpu_host_register_with_fallback", "current", current, dev.k)
     if size <= 0:
         return -EINVAL
     start, n = _span(addr, size)

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..check.args import check_ints, check_iovs, check_owner
 from ..constants import (
     CAP_IPC_LOCK,
     FOLL_LONGTERM,
@@ -54,6 +55,7 @@ class IoRing:
     """One io_uring instance of a process (io_uring_setup with a few entries)."""
 
     def __init__(self, kernel: Kernel, proc: Process) -> None:
+        check_owner("io_uring_setup", "proc", proc, kernel)
         self.k = kernel
         self.p = proc
         self.buffers: list[MappedBuffer] | None = None
@@ -75,6 +77,7 @@ class IoRing:
 
     def register_buffers(self, iovs: list[tuple[int, int]]) -> None:
         """Register (address, length) buffers; raises OSError with io_uring's errno."""
+        check_iovs("io_uring_register", "iovs", iovs)
         if self.buffers is not None:
             raise OSError(errno.EBUSY, "buffers are already registered: unregister first")
         if not iovs or len(iovs) > IORING_MAX_REG_BUFFERS:
@@ -180,6 +183,7 @@ class IoRing:
 
     def write_fixed(self, index: int, length: int) -> bytes:
         """IORING_OP_WRITE_FIXED: what a file would receive, read from the pinned pages."""
+        check_ints("write_fixed", index=index, length=length)
         if self.buffers is None or not 0 <= index < len(self.buffers):
             raise OSError(errno.EFAULT, f"no registered buffer {index}")
         buf = self.buffers[index]

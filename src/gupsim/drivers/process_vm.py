@@ -11,6 +11,7 @@ import errno
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from ..check.args import check_bytes, check_count, check_ints, check_owner
 from ..constants import FOLL_WRITE, PAGE_MASK, PAGE_SHIFT, PAGE_SIZE
 from ..memory import Page, PageArray
 
@@ -70,6 +71,10 @@ def _rw(kernel: Kernel, target: Process, addr: int, length: int,
 def process_vm_readv(kernel: Kernel, reader: Process, target: Process, addr: int,
                      length: int) -> bytes:
     """The bytes of `target` at [addr, addr+length) as `reader` would receive them."""
+    check_owner("process_vm_readv", "reader", reader, kernel)
+    check_owner("process_vm_readv", "target", target, kernel)
+    check_count("process_vm_readv", "length", length)
+    check_ints("process_vm_readv", addr=addr)
     if not target.alive:
         raise OSError(errno.ESRCH, "the target process has exited")
     return _rw(kernel, target, addr, length, None)[1]
@@ -78,6 +83,10 @@ def process_vm_readv(kernel: Kernel, reader: Process, target: Process, addr: int
 def process_vm_writev(kernel: Kernel, writer: Process, target: Process, addr: int,
                       data: bytes) -> int:
     """Write `data` into `target` at `addr` through short-term pins; bytes written."""
+    check_owner("process_vm_writev", "writer", writer, kernel)
+    check_owner("process_vm_writev", "target", target, kernel)
+    check_ints("process_vm_writev", addr=addr)
+    data = check_bytes("process_vm_writev", "data", data)
     if not target.alive:
         raise OSError(errno.ESRCH, "the target process has exited")
     return _rw(kernel, target, addr, len(data), bytes(data))[0]

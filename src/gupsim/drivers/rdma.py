@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..check.args import check_bytes, check_count, check_ints, check_owner
 from ..constants import (
     CAP_IPC_LOCK,
     EACCES,
@@ -114,6 +115,8 @@ class IbDevice:
         """An RDMA WRITE (or a receive, need=LOCAL_WRITE) into the region: 0 or -errno
         (-EACCES: the MR lacks the access right, -EFAULT: outside it, -EINVAL: no such key),
         the completion status a work request would report."""
+        check_ints("dma_write", key=key, iova=iova, need=need)
+        data = check_bytes("dma_write", "data", data)
         t = self._translate(key, iova, len(data), need)
         if isinstance(t, int):
             return t
@@ -125,6 +128,8 @@ class IbDevice:
     def dma_read(self, key: int, iova: int, n: int,
                  need: int = IB_ACCESS_REMOTE_READ) -> bytes | int:
         """An RDMA READ (or a send, need=0) from the region: the bytes, or -errno."""
+        check_ints("dma_read", key=key, iova=iova, need=need)
+        check_count("dma_read", "n", n)
         t = self._translate(key, iova, n, need)
         if isinstance(t, int):
             return t
@@ -180,6 +185,8 @@ def ib_umem_get(device: IbDevice, addr: int, size: int, access: int, *,
     -EOPNOTSUPP: IB_ACCESS_ON_DEMAND (the ODP getter's job); -ENOMEM: pinned_vm would
     pass RLIMIT_MEMLOCK without CAP_IPC_LOCK; a failed pin's own errno.
     """
+    check_ints("ib_umem_get", addr=addr, size=size, access=access)
+    check_owner("ib_umem_get", "current", current, device.k)
     end = addr + size
     if end >= U64 or ((end + PAGE_SIZE - 1) & PAGE_MASK) >= U64:
         return -EINVAL
@@ -262,6 +269,7 @@ class IbContext:
     """A process's open uverbs device (ibv_open_device), with one protection domain."""
 
     def __init__(self, device: IbDevice, proc: Process) -> None:
+        check_owner("ibv_open_device", "proc", proc, device.k)
         self.device = device
         self.proc = proc
         self.mrs: list[IbMr] = []
@@ -284,6 +292,7 @@ def ibv_reg_mr(ctx: IbContext, addr: int, length: int, access: int) -> IbMr:
     need local write, -EINVAL; ON_DEMAND needs an ODP-capable device, -EOPNOTSUPP), then
     the driver's reg_user_mr calls ib_umem_get().
     """
+    check_ints("ibv_reg_mr", addr=addr, length=length, access=access)
     if access & (IB_ACCESS_REMOTE_WRITE | IB_ACCESS_REMOTE_ATOMIC) and \
             not access & IB_ACCESS_LOCAL_WRITE:
         raise OSError(EINVAL, "ibv_reg_mr: remote write and atomic access need "

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..check.args import check_bytes, check_count, check_ints, check_owner
 from ..constants import (
     CAP_IPC_LOCK,
     EEXIST,
@@ -210,6 +211,7 @@ class VfioContainer:
     """
 
     def __init__(self, kernel: Kernel, proc: Process) -> None:
+        check_owner("vfio", "proc", proc, kernel)
         self.k = kernel
         self.proc = proc
         self.dmas: list[VfioDma] = []            # sorted by iova
@@ -253,6 +255,7 @@ class VfioContainer:
 
     def vfio_dma_do_map(self, vaddr: int, iova: int, size: int, flags: int) -> int:
         """VFIO_IOMMU_MAP_DMA in the kernel: 0 or -errno."""
+        check_ints("vfio_dma_do_map", vaddr=vaddr, iova=iova, size=size, flags=flags)
         if flags & ~(VFIO_DMA_MAP_FLAG_READ | VFIO_DMA_MAP_FLAG_WRITE):
             return -EINVAL
         prot = (IOMMU_WRITE if flags & VFIO_DMA_MAP_FLAG_WRITE else 0) | \
@@ -302,6 +305,7 @@ class VfioContainer:
         Type1 v2 refuses to split a mapping: the range must start and end on mapping
         boundaries (-EINVAL); mappings wholly inside it are removed.
         """
+        check_ints("vfio_dma_do_unmap", iova=iova, size=size)
         if iova & (PAGE_SIZE - 1) or not size or size & (PAGE_SIZE - 1) or \
                 iova + size - 1 >= U64:
             return -EINVAL, 0
@@ -367,6 +371,8 @@ class VfioContainer:
     def dma_write(self, iova: int, data: bytes) -> int:
         """The device writes at an IOVA: 0, or -EFAULT for an IOMMU fault (unmapped, or
         mapped without write permission), recorded in `faults`; nothing is written then."""
+        check_ints("dma_write", iova=iova)
+        data = check_bytes("dma_write", "data", data)
         pieces = list(self._walk(iova, len(data), IOMMU_WRITE))
         if sum(hi - lo for _, _, lo, hi in pieces) != len(data):
             return -EFAULT
@@ -376,6 +382,8 @@ class VfioContainer:
 
     def dma_read(self, iova: int, n: int) -> bytes | int:
         """The device reads at an IOVA: the bytes, or -EFAULT for an IOMMU fault."""
+        check_ints("dma_read", iova=iova)
+        check_count("dma_read", "n", n)
         pieces = list(self._walk(iova, n, IOMMU_READ))
         if sum(hi - lo for _, _, lo, hi in pieces) != n:
             return -EFAULT

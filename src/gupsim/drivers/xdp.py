@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 from typing import TYPE_CHECKING
 
+from ..check.args import check_ints, check_owner
 from ..constants import CAP_IPC_LOCK, FOLL_LONGTERM, FOLL_WRITE, PAGE_SHIFT, PAGE_SIZE
 from ..memory import PageArray
 from ..mm.mm_struct import UserStruct, rlimit_pages
@@ -25,6 +26,7 @@ class XdpSocket:
     """An AF_XDP socket of a process: at most one UMEM, pinned long-term until close."""
 
     def __init__(self, kernel: Kernel, proc: Process) -> None:
+        check_owner("socket(AF_XDP)", "proc", proc, kernel)
         self.k = kernel
         self.p = proc
         self.pages: PageArray | None = None
@@ -33,6 +35,7 @@ class XdpSocket:
 
     def umem_reg(self, addr: int, length: int, chunk_size: int = PAGE_SIZE) -> None:
         """setsockopt(XDP_UMEM_REG): charge locked_vm (no CAP_IPC_LOCK), pin it all or undo both."""
+        check_ints("umem_reg", addr=addr, length=length, chunk_size=chunk_size)
         if self.pages is not None:
             raise OSError(errno.EBUSY, "this socket already has a UMEM")
         if chunk_size < XDP_UMEM_MIN_CHUNK_SIZE or chunk_size > PAGE_SIZE or \

@@ -22,9 +22,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..check.args import check_count, check_ints
 from ..constants import EINVAL
 from ..memory import (
     Folio,
+    MemMap,
     Page,
     PageArray,
     folio_maybe_dma_pinned,
@@ -59,17 +61,29 @@ if TYPE_CHECKING:      # what a type checker sees of them (generated from the sa
 
 
 def memfd_pin_folios(memfd: Any, start: int, end: int, folios: list[Folio | None],
-                     max_folios: int, offset: list[int]) -> int:
+                     max_folios: int, offset: list[int], *,
+                     machine: MemMap | None = None) -> int:
     """Pin the folios of a memfd (shmem or hugetlbfs) covering bytes [start, end]."""
+    call = "memfd_pin_folios"
+    check_ints(call, start=start, end=end)
+    max_folios = check_count(call, "max_folios", max_folios, limit=(1 << 32) - 1)
+    if not isinstance(folios, list):
+        raise TypeError(f"{call}(): folios must be a list (filled in), not "
+                        f"{type(folios).__name__}")
+    if not (isinstance(offset, list) and len(offset) >= 1):
+        raise TypeError(f"{call}(): offset stands for `pgoff_t *offset`: pass a one-element "
+                        f"list such as [0], not {offset!r}")
     inode = getattr(memfd, "inode", None)
     if inode is None:
         return -EINVAL
+    if machine is not None and inode.mem is not machine:
+        raise ValueError(f"{call}(): memfd belongs to another machine")
     env = gup_state(inode.mem).env
     st = gup_state(env.mem)
     with st.recording(GupCall("memfd_pin_folios", start, max_folios,
-                              FOLL_PIN | FOLL_LONGTERM, PATH_SLOW)) as call:
-        n = call.slow = call.ret = _memfd_pin_folios(env, memfd, start, end, folios,
-                                                     max_folios, offset)
+                              FOLL_PIN | FOLL_LONGTERM, PATH_SLOW)) as call_rec:
+        n = call_rec.slow = call_rec.ret = _memfd_pin_folios(env, memfd, start, end, folios,
+                                                             max_folios, offset)
     if n > 0 and st.sanitizer is not None:
         pfns = []
         for f in folios[:n]:

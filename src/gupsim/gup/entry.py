@@ -521,6 +521,9 @@ def kernel_method(ep: EntryPoint) -> Callable[..., Any]:
     def method(self: Any, *args: Any, **kwargs: Any) -> int | bool:
         mm, start, nr_pages, gup_flags, pages, locked = _arguments(ep, args, kwargs)
         assert mm is not None
+        if mm.mem is not self.mem:
+            raise ValueError(f"{ep.name}(): mm belongs to another machine: call it on the "
+                             "Kernel that spawned the process")
         with _as_caller(ep, mm, locked):
             n = gup_call(ep, gup_state(mm.mem).env, mm, start, nr_pages, gup_flags, pages,
                          locked)

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from ..check.args import check_bytes, check_count, check_flag, check_int, check_page, check_pages
 from ..check.sanitizer import PinSanitizer
 from ..constants import EFAULT, PAGE_SIZE
 from ..memory import Folio, Kind, Page, PageArray
@@ -42,6 +43,8 @@ class ProcessPinning(ProcessEntryPoints):
 
     def account_locked_vm(self, pages: int, inc: bool) -> int:
         """account_locked_vm(current->mm, pages, inc) with this process's limits."""
+        check_count("account_locked_vm", "pages", pages)
+        check_flag("account_locked_vm", "inc", inc)
         return account_locked_vm(self.mm, pages, inc, self.cred)  # type: ignore[attr-defined]
 
 
@@ -68,18 +71,19 @@ class KernelPinning(KernelEntryPoints):
     def memfd_pin_folios(self, memfd: Any, start: int, end: int, folios: list[Folio | None],
                          max_folios: int, offset: list[int]) -> int:
         """memfd_pin_folios(): long-term pin the folios of a memfd covering [start, end]."""
-        return api.memfd_pin_folios(memfd, start, end, folios, max_folios, offset)
+        return api.memfd_pin_folios(memfd, start, end, folios, max_folios, offset,
+                                    machine=self.mem)
 
-    # -- release -----------------------------------------------------------------------------
+    # -- release: each checks its arguments (check/args.py), pages of this machine only --
 
     def unpin_user_page(self, page: Page) -> None:
         """unpin_user_page(): release one pin of the page's folio."""
-        api.unpin_user_page(page)
+        api.unpin_user_page(page, machine=self.mem)
 
     def unpin_user_pages(self, pages: Sequence[Page | None] | PageArray,
                          npages: int | None = None) -> None:
         """unpin_user_pages(): release one pin per entry (NULLs skipped)."""
-        api.unpin_user_pages(pages, npages)
+        api.unpin_user_pages(pages, npages, machine=self.mem)
 
     def unpin_user_pages_dirty_lock(self, pages: Sequence[Page | None] | PageArray,
                                     npages: int | bool,
@@ -87,65 +91,72 @@ class KernelPinning(KernelEntryPoints):
         """(pages, npages, make_dirty) as the kernel; (pages, make_dirty) for a whole list."""
         if make_dirty is None:
             if not isinstance(npages, bool):
-                raise TypeError("unpin_user_pages_dirty_lock(pages, npages, make_dirty)")
-            api.unpin_user_pages_dirty_lock(pages, len(pages), npages)
+                raise TypeError("unpin_user_pages_dirty_lock(): make_dirty is missing: call "
+                                "(pages, npages, make_dirty), or (pages, make_dirty) for "
+                                "the whole array")
+            if not isinstance(pages, list | tuple | PageArray):
+                check_pages("unpin_user_pages_dirty_lock", "pages", pages, None, self.mem)
+            api.unpin_user_pages_dirty_lock(pages, len(pages), npages, machine=self.mem)
             return
-        api.unpin_user_pages_dirty_lock(pages, int(npages), make_dirty)
+        api.unpin_user_pages_dirty_lock(pages, npages, make_dirty, machine=self.mem)
 
     def unpin_user_page_range_dirty_lock(self, page: Page, npages: int,
                                          make_dirty: bool) -> None:
         """unpin_user_page_range_dirty_lock(): dirty (if asked), then unpin the contiguous
         pages page .. page+npages-1."""
-        api.unpin_user_page_range_dirty_lock(page, npages, make_dirty)
+        api.unpin_user_page_range_dirty_lock(page, npages, make_dirty, machine=self.mem)
 
     def unpin_folio(self, folio: Folio) -> None:
         """unpin_folio(): release one pin of a folio from memfd_pin_folios()."""
-        api.unpin_folio(folio)
+        api.unpin_folio(folio, machine=self.mem)
 
     def unpin_folios(self, folios: Sequence[Folio | None], nfolios: int | None = None) -> None:
         """unpin_folios(): release one pin per folio (NULLs skipped)."""
-        api.unpin_folios(folios, nfolios)
+        api.unpin_folios(folios, nfolios, machine=self.mem)
 
     def unpin_user_folio(self, folio: Folio, npages: int) -> None:
         """unpin_user_folio(): drop `npages` pins of one folio."""
-        api.unpin_user_folio(folio, npages)
+        api.unpin_user_folio(folio, npages, machine=self.mem)
 
     def folio_add_pin(self, folio: Folio) -> None:
         """folio_add_pin(): one more pin on a folio already pinned."""
-        api.folio_add_pin(folio)
+        api.folio_add_pin(folio, machine=self.mem)
 
     def folio_add_pins(self, folio: Folio, pins: int) -> int:
         """folio_add_pins(): `pins` more pins on a pinned folio; 0 or -errno."""
-        return api.folio_add_pins(folio, pins)
+        return api.folio_add_pins(folio, pins, machine=self.mem)
 
     def put_page(self, page: Page) -> None:
         """put_page(): drop one ordinary reference (the release for FOLL_GET)."""
-        api.put_page(page)
+        api.put_page(page, machine=self.mem)
 
     def get_page(self, page: Page) -> None:
         """get_page(): take one ordinary reference on the page's folio."""
-        api.get_page(page)
+        api.get_page(page, machine=self.mem)
 
     # seed-era names
     def put_user_page(self, page: Page) -> None:
-        """v5.2 - v5.6 name of unpin_user_page()."""
-        api.put_user_page(page)
+        """put_user_page(page): the v5.2 - v5.6 name of unpin_user_page()."""
+        api.unpin_user_page(page, machine=self.mem)
 
     def put_user_pages(self, pages: Sequence[Page | None] | PageArray,
                        npages: int | None = None) -> None:
-        """v5.2 - v5.6 name of unpin_user_pages()."""
-        api.put_user_pages(pages, npages)
+        """put_user_pages(): the v5.2 - v5.6 name of unpin_user_pages()."""
+        api.unpin_user_pages(pages, npages, machine=self.mem)
 
     def put_user_pages_dirty_lock(self, pages: Sequence[Page | None] | PageArray, npages: int,
                                   make_dirty: bool) -> None:
-        """v5.2 - v5.6 name of unpin_user_pages_dirty_lock()."""
-        api.put_user_pages_dirty_lock(pages, npages, make_dirty)
+        """put_user_pages_dirty_lock(): the v5.2 - v5.6 name."""
+        api.unpin_user_pages_dirty_lock(pages, npages, make_dirty, machine=self.mem)
 
     # -- a device using the frames it was given -------------------------------------------
 
-    def _dma_check(self, page: Page, offset: int, n: int) -> None:
-        if offset < 0 or offset + n > PAGE_SIZE:
-            raise ValueError(f"DMA of {n} bytes at offset {offset} crosses the page: split it")
+    def _dma_check(self, call: str, page: Page, offset: int, n: int) -> None:
+        check_page(call, "page", page, self.mem)
+        check_int(call, "offset", offset)
+        if offset < 0 or n < 0 or offset + n > PAGE_SIZE:
+            raise ValueError(f"{call}(): DMA of {n} bytes at offset {offset} crosses the "
+                             "page: split it")
         kind = int(self.mem.kind[int(self.mem.head_of(page.pfn))])
         if kind == Kind.SECRETMEM:
             raise OSError(EFAULT, "secretmem pages are not in the kernel's direct map")
@@ -155,12 +166,13 @@ class KernelPinning(KernelEntryPoints):
 
     def dma_write(self, page: Page, offset: int, data: bytes) -> None:
         """A device writes into the frame (no page tables, no dirty tracking)."""
-        self._dma_check(page, offset, len(data))
-        self.mem.write(page.pfn, offset, bytes(data))
+        data = check_bytes("dma_write", "data", data)
+        self._dma_check("dma_write", page, offset, len(data))
+        self.mem.write(page.pfn, offset, data)
 
     def dma_read(self, page: Page, offset: int, n: int) -> bytes:
         """A device reads from the frame."""
-        self._dma_check(page, offset, n)
+        self._dma_check("dma_read", page, offset, check_int("dma_read", "n", n))
         return self.mem.read(page.pfn, offset, n)
 
     def account_locked_vm(self, mm: MM, pages: int, inc: bool, cred: Cred) -> int:

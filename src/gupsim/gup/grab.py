@@ -15,9 +15,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ..check.args import check_count, check_flag, check_folio, check_folios, check_page, check_pages
 from ..constants import EINVAL, ENOMEM
 from ..memory import GUP_PIN_COUNTING_BIAS, Allocator, Folio, Kind, MemMap, Page, PageArray
-from ..memory.pagearray import NULL, pfns_of
+from ..memory.pagearray import NULL
 from .flags import FOLL_GET, FOLL_PIN
 from .pages import machine_of
 from .state import gup_state
@@ -162,8 +163,9 @@ def gup_put_folio(alloc: Allocator, head: int, refs: int, flags: int) -> None:
 # -- adding pins to already pinned folios ---------------------------------------------
 
 
-def folio_add_pin(folio: Folio) -> None:
+def folio_add_pin(folio: Folio, *, machine: MemMap | None = None) -> None:
     """folio_add_pin(): one more pin on a pinned folio; no vmstat update (spec 12.2)."""
+    check_folio("folio_add_pin", "folio", folio, machine)
     mem = folio.mem
     head = folio.pfn
     if mem.kind[head] == Kind.ZERO:
@@ -190,9 +192,11 @@ def _tell_sanitizer(mem: MemMap, pfn: int, refs: int, call: str, flags: int = FO
         st.sanitizer.on_acquire(np.full(refs, pfn, dtype=np.int64), flags, call, None)
 
 
-def folio_add_pins(folio: Folio, pins: int) -> int:
+def folio_add_pins(folio: Folio, pins: int, *, machine: MemMap | None = None) -> int:
     """folio_add_pins(): `pins` more pins on a pinned folio, with vmstat; 0 or -errno."""
     from ..memory import folio_maybe_dma_pinned
+    check_folio("folio_add_pins", "folio", folio, machine)
+    pins = check_count("folio_add_pins", "pins", pins, limit=(1 << 32) - 1)
     mem = folio.mem
     mem.warnings.warn_on_once(not folio_maybe_dma_pinned(folio), "folio_add_pins: not pinned",
                               f"folio {folio.pfn:#x} is not pinned")
@@ -203,11 +207,8 @@ def folio_add_pins(folio: Folio, pins: int) -> int:
 
 
 # -- the unpin family -------------------------------------------------------------------
-
-
-def _is_error_count(n: int) -> bool:
-    """An `unsigned long` count that is really a -errno passed by mistake."""
-    return -4095 <= n < 0 or n >= (1 << 64) - 4095
+# Each checks every argument (check/args.py) before it releases anything: a bad entry in
+# the middle of an array raises with nothing released, never half-way through.
 
 
 def _release(mem: MemMap | None, pfns: np.ndarray, flags: int, call: str) -> None:
@@ -219,31 +220,38 @@ def _release(mem: MemMap | None, pfns: np.ndarray, flags: int, call: str) -> Non
     gup_put_pfns(st.alloc, pfns, flags)
 
 
-def _mem_and_pfns(pages: Sequence[Page | None] | PageArray,
-                  npages: int | None) -> tuple[MemMap | None, np.ndarray]:
-    mem = machine_of(pages)
-    pfns = pfns_of(pages, npages) if mem is not None else np.zeros(0, dtype=np.int64)
-    return mem, pfns
+def _error_count(call: str, name: str, n: int, mem: MemMap | None) -> bool:
+    """A count that is really a -errno: the kernel warns and releases nothing."""
+    if n >= 0:
+        return False
+    if mem is not None:
+        mem.warnings.warn_on_once(True, f"{call}: {name} is an error value",
+                                  f"{name}={n}: pass the count of pinned pages, not -errno")
+    return True
 
 
-def unpin_user_page(page: Page) -> None:
+def _pages_count(call: str, pages: object, npages: object) -> int | None:
+    """The count argument of a pages-array release (None: the whole array)."""
+    if npages is None:
+        return None
+    return check_count(call, "npages", npages, errno_ok=True)
+
+
+def unpin_user_page(page: Page, *, machine: MemMap | None = None) -> None:
     """Release one pin of the page's folio."""
+    check_page("unpin_user_page", "page", page, machine)
     _release(page.mem, np.array([page.pfn], dtype=np.int64), FOLL_PIN, "unpin_user_page")
 
 
-def unpin_user_pages(pages: Sequence[Page | None] | PageArray, npages: int | None = None) -> None:
+def unpin_user_pages(pages: Sequence[Page | None] | PageArray, npages: int | None = None, *,
+                     machine: MemMap | None = None) -> None:
     """Release one pin per entry (NULLs skipped); a -errno count warns and does nothing."""
-    if npages is None:
-        npages = len(pages)
-    mem = machine_of(pages)
-    warn = mem.warnings if mem is not None else None
-    if _is_error_count(npages):
-        if warn is not None:
-            warn.warn_on_once(True, "unpin_user_pages: npages is an error value",
-                              f"npages={npages}: pass the count of pinned pages, not -errno")
+    call = "unpin_user_pages"
+    n = _pages_count(call, pages, npages)
+    mem, pfns = check_pages(call, "pages", pages, None if n is None or n < 0 else n, machine)
+    if n is not None and _error_count(call, "npages", n, mem or machine):
         return
-    mem, pfns = _mem_and_pfns(pages, npages)
-    _release(mem, pfns, FOLL_PIN, "unpin_user_pages")
+    _release(mem, pfns, FOLL_PIN, call)
 
 
 def _mark_dirty(mem: MemMap, pfns: np.ndarray) -> None:
@@ -256,58 +264,60 @@ def _mark_dirty(mem: MemMap, pfns: np.ndarray) -> None:
 
 
 def unpin_user_pages_dirty_lock(pages: Sequence[Page | None] | PageArray, npages: int,
-                                make_dirty: bool) -> None:
+                                make_dirty: bool, *, machine: MemMap | None = None) -> None:
     """Dirty (if asked) then unpin every entry: what a device that wrote the pages does."""
-    mem = machine_of(pages)
-    if _is_error_count(npages):
-        if mem is not None:
-            mem.warnings.warn_on_once(True, "unpin_user_pages: npages is an error value",
-                                      f"npages={npages}")
+    call = "unpin_user_pages_dirty_lock"
+    n = check_count(call, "npages", npages, errno_ok=True)
+    dirty = check_flag(call, "make_dirty", make_dirty)
+    mem, pfns = check_pages(call, "pages", pages, max(n, 0), machine)
+    if _error_count("unpin_user_pages", "npages", n, mem or machine_of(pages) or machine):
         return
-    if not make_dirty:
-        unpin_user_pages(pages, npages)
-        return
-    mem, pfns = _mem_and_pfns(pages, npages)
     if mem is None:
         return
-    _mark_dirty(mem, pfns)
-    _release(mem, pfns, FOLL_PIN, "unpin_user_pages_dirty_lock")
-
-
-def unpin_user_page_range_dirty_lock(page: Page, npages: int, make_dirty: bool) -> None:
-    """Unpin the physically contiguous pages page .. page+npages-1 (folio by folio)."""
-    mem = page.mem
-    pfns = np.arange(page.pfn, page.pfn + npages, dtype=np.int64)
-    if make_dirty:
+    if dirty:
         _mark_dirty(mem, pfns)
-    _release(mem, pfns, FOLL_PIN, "unpin_user_page_range_dirty_lock")
+    _release(mem, pfns, FOLL_PIN, call if dirty else "unpin_user_pages")
 
 
-def unpin_folio(folio: Folio) -> None:
+def unpin_user_page_range_dirty_lock(page: Page, npages: int, make_dirty: bool, *,
+                                     machine: MemMap | None = None) -> None:
+    """Unpin the physically contiguous pages page .. page+npages-1 (folio by folio)."""
+    call = "unpin_user_page_range_dirty_lock"
+    check_page(call, "page", page, machine)
+    npages = check_count(call, "npages", npages)
+    dirty = check_flag(call, "make_dirty", make_dirty)
+    mem = page.mem
+    if page.pfn + npages > mem.nr_pages:
+        raise ValueError(f"{call}(): page + npages ({page.pfn:#x} + {npages}) runs past the "
+                         "machine's memory: pass the count of pinned pages")
+    pfns = np.arange(page.pfn, page.pfn + npages, dtype=np.int64)
+    if dirty:
+        _mark_dirty(mem, pfns)
+    _release(mem, pfns, FOLL_PIN, call)
+
+
+def unpin_folio(folio: Folio, *, machine: MemMap | None = None) -> None:
     """Release one pin of a folio (the memfd_pin_folios() counterpart of unpin_user_page)."""
+    check_folio("unpin_folio", "folio", folio, machine)
     _release(folio.mem, np.array([folio.pfn], dtype=np.int64), FOLL_PIN, "unpin_folio")
 
 
-def unpin_folios(folios: Sequence[Folio | None], nfolios: int | None = None) -> None:
+def unpin_folios(folios: Sequence[Folio | None], nfolios: int | None = None, *,
+                 machine: MemMap | None = None) -> None:
     """Release one pin per folio (NULLs skipped); a -errno count warns and does nothing."""
-    if nfolios is None:
-        nfolios = len(folios)
-    live = [f for f in folios[:nfolios] if f is not None] if not _is_error_count(nfolios) \
-        else []
-    if _is_error_count(nfolios):
-        mem = next((f.mem for f in folios if f is not None), None)
-        if mem is not None:
-            mem.warnings.warn_on_once(True, "unpin_folios: nfolios is an error value",
-                                      f"nfolios={nfolios}")
+    call = "unpin_folios"
+    n = None if nfolios is None else check_count(call, "nfolios", nfolios, errno_ok=True)
+    mem, pfns = check_folios(call, "folios", folios, None if n is None or n < 0 else n,
+                             machine)
+    if n is not None and _error_count(call, "nfolios", n, mem or machine):
         return
-    if not live:
-        return
-    pfns = np.fromiter((f.pfn for f in live), dtype=np.int64, count=len(live))
-    _release(live[0].mem, pfns, FOLL_PIN, "unpin_folios")
+    _release(mem, pfns, FOLL_PIN, call)
 
 
-def unpin_user_folio(folio: Folio, npages: int) -> None:
+def unpin_user_folio(folio: Folio, npages: int, *, machine: MemMap | None = None) -> None:
     """Drop `npages` pins of one folio."""
+    check_folio("unpin_user_folio", "folio", folio, machine)
+    npages = check_count("unpin_user_folio", "npages", npages, limit=(1 << 32) - 1)
     _release(folio.mem, np.full(npages, folio.pfn, dtype=np.int64), FOLL_PIN,
              "unpin_user_folio")
 
@@ -315,8 +325,9 @@ def unpin_user_folio(folio: Folio, npages: int) -> None:
 # -- plain references ---------------------------------------------------------------------
 
 
-def put_page(page: Page) -> None:
+def put_page(page: Page, *, machine: MemMap | None = None) -> None:
     """put_page(): drop one ordinary reference (the release for FOLL_GET)."""
+    check_page("put_page", "page", page, machine)
     mem = page.mem
     st = gup_state(mem)
     if st.sanitizer is not None:
@@ -329,8 +340,9 @@ def put_page(page: Page) -> None:
     gup_put_folio(st.alloc, head, 1, FOLL_GET)
 
 
-def get_page(page: Page) -> None:
+def get_page(page: Page, *, machine: MemMap | None = None) -> None:
     """get_page(): take one ordinary reference on the page's folio."""
+    check_page("get_page", "page", page, machine)
     mem = page.mem
     head = int(mem.head_of(page.pfn))
     mem.warnings.warn_on_once(int(mem.refcount[head]) <= 0, "get_page: refcount <= 0",

@@ -89,12 +89,32 @@ def summary_table(results: list[Result]) -> Table:
     return t
 
 
+def findings(result: Result) -> list[str]:
+    """What a run left besides its steps: how each back-end's scenario ended early, the
+    pins it left held (the close released them), the model's sanitizer reports and
+    warnings. One line each, for the table's caption."""
+    out: list[str] = []
+    traces = [t for t in (result.model, result.host) if t is not None and not t.skipped]
+    for t in traces:
+        if t.ended:
+            out.append(f"{t.backend}: the scenario ended by {t.ended}")
+    held = [f"{t.backend} {t.left_pins}" for t in traces if t.left_pins]
+    if held:
+        out.append("pins left held when the scenario returned (released by the close): "
+                   + ", ".join(held))
+    out += [f"model sanitizer: {r}" for r in result.model.reports]
+    out += [f"model {w}" for w in result.model.warnings]
+    return out
+
+
 def as_json(results: list[Result]) -> list[dict[str, Any]]:
     """The results as plain data for `--json`: each case, its verdict, and both traces."""
     def trace(tr: Trace | None) -> dict[str, Any] | None:
         if tr is None:
             return None
         return {"skipped": tr.skipped, "exact": tr.exact, "attempts": tr.attempts,
+                "ended": tr.ended, "error": tr.error, "left_pins": tr.left_pins,
+                "sanitizer_reports": tr.reports, "warnings": tr.warnings,
                 "steps": [{"op": s.op, "outcome": s.outcome, "acquired": s.acquired,
                            "released": s.released, "VmPin": s.vm_pin_kb, "VmLck": s.vm_lck_kb,
                            "data": None if s.data is None else s.data.hex()}
@@ -106,4 +126,4 @@ def as_json(results: list[Result]) -> list[dict[str, Any]]:
              "differences": r.differences} for r in results]
 
 
-__all__ = ["table", "summary_table", "summary", "as_json", "summarize", "describe"]
+__all__ = ["findings", "table", "summary_table", "summary", "as_json", "summarize", "describe"]

@@ -187,6 +187,9 @@ class BaseSystem:
         """Settings a step needs while it runs (none by default)."""
         return contextlib.nullcontext()
 
+    def _findings(self) -> None:
+        """Fill the trace's `reports` and `warnings` (a back-end that has them)."""
+
     def _spawn(self, name: str) -> BaseProc:
         """Start a new process of this back-end."""
         raise NotImplementedError
@@ -207,6 +210,10 @@ class BaseSystem:
         if self.closed:
             return
         self.closed = True
+        # what the scenario left held, before the close releases it: pins its steps took
+        # and did not release (an exit step counts its releases), and the model's findings
+        self.trace.left_pins = sum(s.acquired - s.released for s in self.trace.steps)
+        self._findings()
         try:
             self._close()
         finally:
@@ -225,8 +232,10 @@ class BaseSystem:
 
     def _refused(self, op: Op, args: dict[str, Any], name: str, out: Outcome) -> None:
         """An operation that returns a region or a process (or `raises`) failed."""
-        raise OSError(out.errno, f"{name} failed on the {self.name}: "
+        exc = OSError(out.errno, f"{name} failed on the {self.name}: "
                       f"{os.strerror(out.errno or errno.EIO)}")
+        exc.gupsim_step = len(self.trace.steps)   # type: ignore[attr-defined]
+        raise exc
 
     def _step(self, proc: BaseProc, op: Op, name: str, prim: dict[str, Any]) -> Outcome:
         """Run one primitive inside a pin-counter measurement and record its Step; a
@@ -247,6 +256,7 @@ class BaseSystem:
             sig = "SIGSEGV" if isinstance(fault, SegmentationFault) else "SIGBUS"
             self.trace.steps.append(Step(name, sig, counted.acquired, counted.released,
                                          st["VmPin"], st["VmLck"], None))
+            fault.gupsim_step = len(self.trace.steps)   # type: ignore[union-attr]
             raise fault
         data = out.value if op.data and out.ok else None
         self.trace.steps.append(Step(name, str(out), counted.acquired, counted.released,

@@ -307,6 +307,11 @@ class ModelSystem(BaseSystem):
     def _spawn(self, name: str) -> ModelProc:
         return self.adopt(self.k.spawn(name), name)
 
+    def _findings(self) -> None:
+        """The sanitizer's reports and the warnings the scenario's steps caused."""
+        self.trace.reports = [str(r) for r in self.k.sanitizer.reports]
+        self.trace.warnings = [str(w) for w in self.k.warnings]
+
     def _close(self) -> None:
         for proc in self.procs:
             if proc.p.alive:

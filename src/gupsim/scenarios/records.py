@@ -78,3 +78,8 @@ class Trace:
     skipped: str = ""          # why the back-end could not run the case ("" if it ran)
     exact: bool = True         # host only: were the counters exact and quiet at every step?
     attempts: int = 1          # host only: runs needed to get a trusted trace (noise retries)
+    ended: str = ""            # a step's fault or refusal that ended the scenario early
+    error: str = ""            # the scenario's own error, raised on this back-end only
+    left_pins: int | None = None   # pins the scenario's steps left held (the close freed them)
+    reports: list[str] = field(default_factory=list)    # model: sanitizer reports
+    warnings: list[str] = field(default_factory=list)   # model: WARN_ON_ONCE sites that fired

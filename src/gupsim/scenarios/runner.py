@@ -53,13 +53,24 @@ class Result:
 
 
 def run_on(case: Case, make: Callable[[], System]) -> Trace:
-    """Run a case on a fresh back-end; a host that cannot run it yields a skipped trace."""
+    """Run a case on a fresh back-end; a host that cannot run it yields a skipped trace.
+
+    A step's fault or refusal that the scenario does not catch (SIGSEGV, SIGBUS, an errno
+    of a step that raises) was recorded by that step: it ends the run, `trace.ended` says
+    so, and the trace is compared like any other. Any other exception is the scenario's
+    own (or gupsim's) and raises `ScenarioError` with the back-end and its trace."""
     from ..live.errors import HostUnsupported
+    from .userfile import ScenarioError
     system = make()
     try:
         case.run(system)
     except HostUnsupported as e:
         system.trace.skipped = str(e) or "host cannot run this case"
+    except Exception as e:    # noqa: BLE001 - sorted out below
+        step = getattr(e, "gupsim_step", None)
+        if step is None:
+            raise ScenarioError(e, case.source, system.name, system.trace) from e
+        system.trace.ended = f"{type(e).__name__} at step {step}"
     finally:
         system.close()
     return system.trace
@@ -78,6 +89,9 @@ def compare(model: Trace, host: Trace, *, counters: bool = True) -> list[str]:
             out.append(f"step {i + 1} {m.op}: model {describe(m)} / host {describe(h)}")
     if len(model.steps) != len(host.steps):
         out.append(f"the model took {len(model.steps)} steps, the host {len(host.steps)}")
+    if model.ended != host.ended:
+        out.append(f"the scenario ended by {model.ended or 'returning'} on the model, by "
+                   f"{host.ended or 'returning'} on the host")
     return out
 
 
@@ -162,7 +176,16 @@ def run_case(case: Case, with_host: bool = True,
             if reason:
                 result.host = Trace("host", skipped=reason)
                 return result
-        result.host = run_host(case, model, make_host)
+        from .userfile import ScenarioError
+        try:
+            result.host = run_host(case, model, make_host)
+        except ScenarioError as e:      # raised on the host only: a disagreement
+            if not e.is_users():
+                raise
+            e.trace.error = e.message
+            result.host = e.trace
+            result.differences.append(f"the scenario raised on the host only: {e.message}")
+            return result
         if not result.host.skipped:
             result.host_problems = case.expect(result.host)
             result.differences = compare(model, result.host, counters=result.host.exact)

@@ -819,7 +819,7 @@ def uring_user_cases() -> list[Case]:
     """io_uring memory the kernel pins besides fixed buffers (io_pin_pages: FOLL_WRITE |
     FOLL_LONGTERM): rings set up with IORING_SETUP_NO_MMAP, provided-buffer rings
     registered without IOU_PBUF_RING_MMAP. Charged to the user's locked_vm only."""
-    src = "case 2: io_uring io_pin_pages"
+    src = "spec 8.4 io_uring, io_pin_pages (rings and buffer rings in user memory)"
     user_only = ("io_create_region charges the user's locked_vm, never mm->pinned_vm or "
                  "mm->locked_vm, so VmPin and VmLck stay 0")
     return [

@@ -1,4 +1,4 @@
-"""The `gupsim` command line: `demo` (the main job), `live`, `top`, `bench` and `run`.
+"""The `gupsim` command line: `demo` (the main job), `live`, `cases`, `top`, `bench`, `run`.
 
 Exit codes, the same for every command: 0 success, 1 the model and the kernel (or the
 documented behaviour) disagreed, 2 a usage error (bad option value, nothing selected),
@@ -236,6 +236,60 @@ def print_live(console: Console, results: list[Result], summary: bool = False) -
     if summary:
         console.print("[dim]`gupsim live` shows every case; `gupsim live -k TEXT` some.[/]")
     return counts["disagree"] > 0
+
+
+# -- cases -------------------------------------------------------------------------------------
+
+def select_driver_cases(only: str | None) -> list[str]:
+    """Keys of `drivers.cases.CASES` to run: all, the key equal to `only`, else those
+    whose key or description contains it; a usage error if none does."""
+    from .drivers import cases as case_list
+    table = case_list.CASES
+    if only is None:
+        return list(table)
+    if not only.strip():
+        raise click.BadParameter("give a case key or some text of its description",
+                                 param_hint="-k")
+    if only in table:
+        return [only]
+    text = only.lower()
+    chosen = [key for key, fn in table.items()
+              if text in key.lower() or text in (fn.__doc__ or "").lower()]
+    if not chosen:
+        raise click.BadParameter(f"no case matches {only!r}: the cases are "
+                                 f"{', '.join(table)}", param_hint="-k")
+    return chosen
+
+
+@main.command(help="The cases of pin_user_pages.rst: each right driver, narrated step by "
+                   "step, beside its wrong-flag twin and the failure the model shows; exit "
+                   "1 if a step's self-check fails.")
+@click.option("-k", "only", default=None, metavar="NAME",
+              help="Only the case with this key (1, 2, vfio, ...) or whose description "
+                   "contains NAME (a usage error if none does).")
+@click.option("--json", "as_json", is_flag=True, help="Print the cases as JSON.")
+def cases(only: str | None, as_json: bool) -> None:
+    """Run the selected cases of `drivers.cases` and narrate them (or print JSON)."""
+    from .drivers import cases as case_list
+    from .report.cases import as_json as to_json
+    from .report.cases import render
+    keys = select_driver_cases(only)
+    console = Console(stderr=as_json, highlight=False)
+    runs = []
+    with console.status("") as status:
+        for i, key in enumerate(keys, 1):
+            status.update(f"[{i}/{len(keys)}] case {key}")
+            if not console.is_terminal:
+                click.echo(f"gupsim: [{i}/{len(keys)}] case {key}", err=True)
+            runs.append(case_list.CASES[key]())
+    if as_json:
+        out = to_json(runs)
+        click.echo(dumps(out))
+        ok = out["ok"]
+    else:
+        ok = render(console, runs)
+    if not ok:
+        sys.exit(EXIT_DISAGREE)
 
 
 # -- top ---------------------------------------------------------------------------------------

@@ -7,7 +7,8 @@ self-check (`ok`: the model showed what the kernel documents, for the wrong twin
 that it failed the way it should). A command such as `gupsim cases` narrates them;
 nothing here prints. Steps have the same shape as the tour's (`as_dict()`).
 
-Cases: 2 (RDMA, FOLL_PIN | FOLL_LONGTERM vs plain FOLL_GET), 4 (struct page only,
+Cases: 1 (Direct IO, short-term FOLL_PIN vs the pre-5.x FOLL_GET), 2 (RDMA,
+FOLL_PIN | FOLL_LONGTERM vs plain FOLL_GET), 4 (struct page only,
 FOLL_GET vs a needless FOLL_PIN), 5 (pin and write, the documented correct and
 INCORRECT patterns, on a file and on anonymous memory), VFIO type1 with and without
 FOLL_LONGTERM, and the GPU host-registration fallback misuse. To add one: write a
@@ -30,18 +31,20 @@ from ..constants import (
     PROT_READ,
     PROT_WRITE,
 )
+from ..fs import File
 from ..gup import FOLL_WRITE
 from ..kernel import Kernel, Process
 from ..memory import PageArray, page_maybe_dma_pinned
 from ..mm import MMF
 from ..mm.reclaim import compact_range
+from .direct_io import dio_read
 from .gpu import (
     GpuDevice,
     gpu_host_register,
     gpu_host_register_with_fallback,
     gpu_host_unregister_all_unpin,
 )
-from .kernel_write import get_and_write_incorrect, pin_and_write
+from .kernel_write import get_and_write_incorrect, pin_and_write, set_page_dirty_lock
 from .pinned_frames import PinnedFrameWatch
 from .rdma import (
     IB_ACCESS_LOCAL_WRITE,
@@ -111,6 +114,98 @@ def _acq(k: Kernel) -> int:
 def _held(k: Kernel) -> int:
     """Pins outstanding: nr_foll_pin_acquired - nr_foll_pin_released."""
     return k.vmstat["nr_foll_pin_acquired"] - k.vmstat["nr_foll_pin_released"]
+
+
+# -- case 1: Direct IO --------------------------------------------------------------------
+
+
+DIO_LEN = 512            # one logical block, read into the start of a one-page buffer
+STATUS_OFF = 2048        # where the parent writes a status word while the read is in flight
+
+
+def _dio_read_foll_get(k: Kernel, p: Process, f: File, addr: int, length: int,
+                       while_held: Callable[[], object]) -> int:
+    """The pre-FOLL_PIN block layer: get_user_pages_fast() references, the transfer,
+    then set_page_dirty_lock() and put_page() (bio_check_pages_dirty): bytes read."""
+    nr = (addr + length - 1) // PAGE_SIZE - addr // PAGE_SIZE + 1
+    pages = PageArray(nr)
+    got = p.get_user_pages_fast(addr - addr % PAGE_SIZE, nr, FOLL_WRITE, pages)
+    if got != nr:
+        for pg in pages[:max(got, 0)]:
+            assert pg is not None
+            k.put_page(pg)
+        return got if got < 0 else -EFAULT
+    while_held()
+    page = pages[0]
+    assert page is not None
+    k.dma_write(page, addr % PAGE_SIZE, f.pread(0, length))
+    for pg in pages:
+        assert pg is not None
+        set_page_dirty_lock(pg)
+        k.put_page(pg)
+    return length
+
+
+def _case1(right: bool) -> list[CaseStep]:
+    k = Kernel(memory="64MiB")
+    p = k.spawn("db")
+    f = k.fs("ext4").create("table", PAGE_SIZE)
+    f.pwrite(0, b"D" * PAGE_SIZE)
+    buf = p.mmap(0, PAGE_SIZE, RW, ANON)
+    p.write(buf, b"u" * PAGE_SIZE)
+    children: list[Process] = []
+    seen: dict[str, Any] = {}
+
+    def fork_and_write_status() -> None:
+        seen["page_maybe_dma_pinned during the I/O"] = page_maybe_dma_pinned(
+            k.page(_pfn(p, buf)))
+        children.append(p.fork("child"))       # another thread runs system()
+        p.write(buf + STATUS_OFF, b"S")        # the parent updates a status word
+
+    if right:
+        n = dio_read(k, p, f, buf, DIO_LEN, while_held=fork_and_write_status)
+    else:
+        n = _dio_read_foll_get(k, p, f, buf, DIO_LEN, fork_and_write_status)
+    child = children[0]
+    facts: dict[str, Any] = {
+        "bytes read": n, **seen, "parent reads": p.read(buf, 4),
+        "child reads": child.read(buf, 4),
+        "parent's status word": p.read(buf + STATUS_OFF, 1),
+        "fork_copy_pinned": k.vmstat["fork_copy_pinned"],
+        "nr_foll_pin_acquired": _acq(k), "pins held after": _held(k),
+        "sanitizer reports": [str(r) for r in k.sanitizer.reports]}
+    if right:
+        return [CaseStep(
+            "pread(O_DIRECT): pin_user_pages_fast(FOLL_WRITE), fork() while in flight",
+            "The block layer pins the buffer short-term (iov_iter_extract_pages, FOLL_PIN); "
+            "a fork() during the I/O sees folio_maybe_dma_pinned() and gives the child a "
+            "copy, so the parent keeps the frame the device writes: the read lands in the "
+            "parent, and completion dirties and unpins the page (bio_release_pages).",
+            facts, ok=n == DIO_LEN and facts["page_maybe_dma_pinned during the I/O"]
+            and facts["parent reads"] == b"DDDD" and facts["child reads"] == b"uuuu"
+            and facts["parent's status word"] == b"S" and facts["fork_copy_pinned"] == 1
+            and facts["nr_foll_pin_acquired"] == 1 and facts["pins held after"] == 0
+            and not facts["sanitizer reports"])]
+    return [CaseStep(
+        "The same read with FOLL_GET: fork() shares the page, the read lands in the child",
+        "With plain references page_maybe_dma_pinned() is false, so fork() shares the page "
+        "copy-on-write; the parent's status write then copies its page away, and the "
+        "device writes into the old frame, which only the child maps: the parent never "
+        "sees the data it read (writeback would not tell either: it does not consult "
+        "folio_maybe_dma_pinned(), in the model as in mainline).",
+        facts, ok=n == DIO_LEN and not facts["page_maybe_dma_pinned during the I/O"]
+        and facts["parent reads"] == b"uuuu" and facts["child reads"] == b"DDDD"
+        and facts["parent's status word"] == b"S" and facts["fork_copy_pinned"] == 0
+        and facts["nr_foll_pin_acquired"] == 0 and not facts["sanitizer reports"])]
+
+
+def case1() -> CaseRun:
+    """Case 1, Direct IO: short-term FOLL_PIN versus the FOLL_GET references it replaced."""
+    return CaseRun("case 1: Direct IO (O_DIRECT)", "FOLL_PIN (| FOLL_WRITE for a read)",
+                   "FOLL_GET (| FOLL_WRITE)",
+                   "The pages are held only while the I/O runs, but the data must reach "
+                   "the process that asked: pin them, so the rest of mm knows.",
+                   _case1(True), _case1(False))
 
 
 # -- case 2: RDMA -----------------------------------------------------------------------
@@ -455,7 +550,7 @@ def vfio_longterm() -> CaseRun:
                    "movable memory first.", right, wrong)
 
 
-CASES: dict[str, Callable[[], CaseRun]] = {"2": case2, "4": case4, "5": case5,
+CASES: dict[str, Callable[[], CaseRun]] = {"1": case1, "2": case2, "4": case4, "5": case5,
                                            "vfio": vfio_longterm, "gpu": gpu_fallback}
 
 
@@ -467,5 +562,5 @@ def run_cases(names: list[str] | None = None) -> list[CaseRun]:
     return [CASES[n]() for n in (names or list(CASES))]
 
 
-__all__ = ["CASES", "CaseRun", "CaseStep", "case2", "case4", "case5",
+__all__ = ["CASES", "CaseRun", "CaseStep", "case1", "case2", "case4", "case5",
            "gpu_fallback", "run_cases", "vfio_longterm"]

@@ -12,7 +12,7 @@ bios, which pins and releases the same pages in the same totals.
 from __future__ import annotations
 
 import errno
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from ..check.args import check_ints, check_owner
@@ -69,11 +69,14 @@ def dio_write(kernel: Kernel, proc: Process, file: File, addr: int, length: int,
 
 
 def dio_read(kernel: Kernel, proc: Process, file: File, addr: int, length: int,
-             pos: int = 0) -> int:
-    """pread(O_DIRECT): file -> memory. Returns the bytes read."""
+             pos: int = 0, while_held: Callable[[], object] | None = None) -> int:
+    """pread(O_DIRECT): file -> memory. Returns the bytes read. `while_held` runs while
+    the I/O is in flight (pages pinned, data not yet transferred): another thread's fork."""
     check_owner("dio_read", "proc", proc, kernel)
     check_ints("dio_read", addr=addr, length=length, pos=pos)
     pages, got = _pin(proc, addr, length, write_to_memory=True)
+    if while_held is not None:
+        while_held()
     data = file.pread(pos, length)
     done = 0
     for page, off, n in _chunks(pages, got, addr, length):

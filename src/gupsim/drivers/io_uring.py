@@ -6,9 +6,16 @@ rest at once (io_coalesce_buffer); it charges pages to mm->pinned_vm (VmPin) and
 task without CAP_IPC_LOCK, to the user's locked_vm under RLIMIT_MEMLOCK, counting a large
 folio's full size once across all buffers (io_buffer_account_pin).
 
-Simplification: the ring's own memory is charged as two pages (the SQ/CQ rings and the
-SQE array of a small ring each fit in one page), to the user only, as io_create_region
-does; deferred work at close is done at once.
+The ring's own memory is two regions of one page each (the SQ/CQ rings, and the SQE
+array, of a small ring), charged to the user only (io_create_region). With
+IORING_SETUP_NO_MMAP the process provides that memory (cq_off.user_addr for the rings,
+sq_off.user_addr for the SQEs) and io_pin_pages() pins it long-term; a provided-buffer
+ring registered without IOU_PBUF_RING_MMAP (IORING_REGISTER_PBUF_RING) is pinned the
+same way. Both are charged to the user's locked_vm, never to mm->pinned_vm, so VmPin
+and VmLck do not show them; their pins go at unregistration or when the ring closes.
+
+Simplification: rings of a few entries only (each region one page); deferred work at
+close is done at once.
 """
 
 from __future__ import annotations
@@ -36,7 +43,20 @@ if TYPE_CHECKING:
 
 IORING_MAX_REG_BUFFERS = 1 << 14
 MAX_BUFFER = 1 << 30
-RING_PAGES = 2
+RING_PAGES = 2                 # the rings region and the SQE region, one page each
+IORING_SETUP_NO_MMAP = 1 << 14
+IOU_PBUF_RING_MMAP = 1
+IOU_PBUF_RING_INC = 2
+IO_URING_BUF_SIZE = 16         # struct io_uring_buf: one entry of a provided-buffer ring
+
+
+@dataclass
+class MappedRegion:
+    """io_mapped_region: pages charged to the user and, if the process provided the
+    memory (IO_REGION_F_USER_PROVIDED), the frames pinned for it."""
+
+    nr_pages: int
+    pfns: np.ndarray | None = None
 
 
 @dataclass
@@ -52,19 +72,102 @@ class MappedBuffer:
 
 
 class IoRing:
-    """One io_uring instance of a process (io_uring_setup with a few entries)."""
+    """One io_uring instance of a process (io_uring_setup with a few entries); with
+    `user_memory=(sq_user_addr, cq_user_addr)` it is set up with IORING_SETUP_NO_MMAP
+    and its rings live in (and pin) the process's memory. Raises OSError as setup does."""
 
-    def __init__(self, kernel: Kernel, proc: Process) -> None:
+    def __init__(self, kernel: Kernel, proc: Process,
+                 user_memory: tuple[int, int] | None = None) -> None:
         check_owner("io_uring_setup", "proc", proc, kernel)
         self.k = kernel
         self.p = proc
         self.buffers: list[MappedBuffer] | None = None
+        self.pbuf_rings: dict[int, MappedRegion] = {}    # bgid -> its region
         # the user charged for ring and buffers; None for a task with CAP_IPC_LOCK
         self.user: UserStruct | None = (None if proc.cred.capable(CAP_IPC_LOCK)
                                          else kernel.user(proc.cred.uid))
         self.closed = False
+        sq_addr, cq_addr = user_memory if user_memory is not None else (None, None)
+        # io_allocate_scq_urings: the rings region first, then the SQEs; a failure of
+        # the second frees the first
+        self.regions = [self._create_region(cq_addr, PAGE_SIZE)]
+        try:
+            self.regions.append(self._create_region(sq_addr, PAGE_SIZE))
+        except OSError:
+            self._free_region(self.regions.pop())
+            raise
+
+    # -- regions: ring memory, in the kernel or provided by the process ---------------------
+
+    def _create_region(self, user_addr: int | None, size: int) -> MappedRegion:
+        """io_create_region: check, charge the user, and pin user-provided memory."""
+        if user_addr is not None and user_addr == 0:
+            raise OSError(errno.EFAULT, "a region in user memory needs a non-NULL address")
+        if (user_addr or 0) % PAGE_SIZE or size % PAGE_SIZE:
+            raise OSError(errno.EINVAL, "user memory for io_uring must be page aligned "
+                          f"(address {user_addr or 0:#x}, {size} bytes)")
+        if (user_addr or 0) + size >= 1 << 64:
+            raise OSError(errno.EOVERFLOW, "the region wraps around the address space")
+        nr = size // PAGE_SIZE
         if self.user is not None:
-            self._charge_user(self.user, RING_PAGES)
+            self._charge_user(self.user, nr)
+        region = MappedRegion(nr)
+        if user_addr is not None:
+            try:
+                region.pfns = self._io_pin_pages(user_addr, nr)
+            except OSError:
+                self._free_region(region)
+                raise
+        return region
+
+    def _io_pin_pages(self, addr: int, nr: int) -> np.ndarray:
+        """io_pin_pages: every page long-term and writable, or none (-EFAULT if short)."""
+        pages = PageArray(nr)
+        got = self.p.pin_user_pages_fast(addr, nr, FOLL_WRITE | FOLL_LONGTERM, pages)
+        if got == nr:
+            return pages.pfns[:nr].copy()
+        if got > 0:
+            self.k.unpin_user_pages(pages[:got])
+        raise OSError(errno.EFAULT if got >= 0 else -got,
+                      "io_uring: could not pin the whole region")
+
+    def _free_region(self, region: MappedRegion) -> None:
+        """io_free_region: unpin user-provided pages, give back the user's charge."""
+        if region.pfns is not None:
+            self._unpin(region.pfns)
+            region.pfns = None
+        if self.user is not None and region.nr_pages:
+            self.user.locked_vm -= region.nr_pages
+        region.nr_pages = 0
+
+    def pinned_pfns(self) -> np.ndarray:
+        """Every frame this ring holds pinned: ring memory, buffer rings, fixed buffers."""
+        parts = [r.pfns for r in self.regions + list(self.pbuf_rings.values())
+                 if r.pfns is not None]
+        parts += [b.pfns for b in self.buffers or []]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+    # -- IORING_REGISTER_PBUF_RING ----------------------------------------------------------
+
+    def register_pbuf_ring(self, ring_addr: int, ring_entries: int, bgid: int,
+                           flags: int = 0) -> None:
+        """A provided-buffer ring for group `bgid`: in the process's memory at `ring_addr`
+        (pinned), or with IOU_PBUF_RING_MMAP in the kernel's; OSError as the kernel."""
+        if flags & ~(IOU_PBUF_RING_MMAP | IOU_PBUF_RING_INC):
+            raise OSError(errno.EINVAL, f"unknown provided-buffer ring flags {flags:#x}")
+        if ring_entries <= 0 or ring_entries & (ring_entries - 1) or ring_entries >= 1 << 16:
+            raise OSError(errno.EINVAL, "ring_entries must be a power of two below 65536")
+        if bgid in self.pbuf_rings:
+            raise OSError(errno.EEXIST, f"buffer group {bgid} already has a ring")
+        size = (ring_entries * IO_URING_BUF_SIZE + PAGE_SIZE - 1) & PAGE_MASK
+        user_addr = None if flags & IOU_PBUF_RING_MMAP else ring_addr
+        self.pbuf_rings[bgid] = self._create_region(user_addr, size)
+
+    def unregister_pbuf_ring(self, bgid: int) -> None:
+        """IORING_UNREGISTER_PBUF_RING: unpin the ring and give back its charge."""
+        if bgid not in self.pbuf_rings:
+            raise OSError(errno.ENOENT, f"buffer group {bgid} has no ring")
+        self._free_region(self.pbuf_rings.pop(bgid))
 
     def _charge_user(self, user: UserStruct, pages: int) -> None:
         limit = rlimit_pages(self.p.cred.rlimit_memlock)
@@ -210,11 +313,14 @@ class IoRing:
         return bytes(out)
 
     def close(self) -> None:
-        """Closing the ring unregisters its buffers and returns its own charge."""
+        """Closing the ring unregisters its buffers and buffer rings, and frees its own
+        memory (unpinning it if the process provided it)."""
         if self.closed:
             return
         if self.buffers is not None:
             self.unregister_buffers()
-        if self.user is not None:
-            self.user.locked_vm -= RING_PAGES
+        for bgid in list(self.pbuf_rings):
+            self.unregister_pbuf_ring(bgid)
+        for region in self.regions:
+            self._free_region(region)
         self.closed = True

@@ -5,6 +5,13 @@
 a process without CAP_IPC_LOCK, to RLIMIT_MEMLOCK); unregistering or closing the ring
 releases them. `read_fixed()` / `write_fixed()` then do I/O from those pinned pages,
 which is how a test checks *which* frame the kernel holds.
+
+`IoUring(user_memory=(sq_addr, cq_addr))` sets the ring up with IORING_SETUP_NO_MMAP
+(6.5+): the rings live at `cq_addr` and the SQE array at `sq_addr`, in the caller's
+page-aligned memory, which the kernel pins long-term (io_pin_pages) until the ring is
+closed. `register_pbuf_ring()` registers a provided-buffer ring in the caller's memory
+(IOU_PBUF_RING_MMAP unset), pinned the same way until it is unregistered or the ring
+closes. Neither shows in VmPin or VmLck: io_uring charges them to the user's locked_vm.
 """
 
 from __future__ import annotations
@@ -19,6 +26,10 @@ from . import libc
 
 IORING_REGISTER_BUFFERS = 0
 IORING_UNREGISTER_BUFFERS = 1
+IORING_REGISTER_PBUF_RING = 22
+IORING_UNREGISTER_PBUF_RING = 23
+IORING_SETUP_NO_MMAP = 1 << 14
+IOU_PBUF_RING_MMAP = 1
 IORING_OP_READ_FIXED = 4
 IORING_OP_WRITE_FIXED = 5
 IORING_ENTER_GETEVENTS = 1
@@ -74,6 +85,15 @@ class io_uring_cqe(ctypes.Structure):  # noqa: N801
     _fields_ = [("user_data", ctypes.c_uint64), ("res", ctypes.c_int32), ("flags", u32)]
 
 
+class io_uring_buf_reg(ctypes.Structure):  # noqa: N801
+    """IORING_(UN)REGISTER_PBUF_RING's argument: where the ring is, its size, its group."""
+
+    _fields_ = [("ring_addr", ctypes.c_uint64), ("ring_entries", u32),
+                ("bgid", ctypes.c_uint16), ("flags", ctypes.c_uint16),
+                ("resv", ctypes.c_uint64 * 3)]
+
+
+assert ctypes.sizeof(io_uring_buf_reg) == 40
 assert ctypes.sizeof(io_uring_params) == 120 and ctypes.sizeof(io_uring_sqe) == SQE_SIZE
 
 
@@ -89,10 +109,11 @@ def _close_ring(fd: int, maps: list[tuple[int, int]]) -> None:
 class IoUring:
     """An io_uring instance; closing it unmaps the rings and releases every pin it holds."""
 
-    def __init__(self, entries: int = 4) -> None:
+    def __init__(self, entries: int = 4, user_memory: tuple[int, int] | None = None) -> None:
         if entries < 1 or entries & (entries - 1):
             raise ValueError(f"entries must be a power of two >= 1, got {entries}")
         self.entries = entries
+        self.user_memory = user_memory   # (sq_off.user_addr, cq_off.user_addr): NO_MMAP
         self.fd = -1
         self.params = io_uring_params()
         self.buffers: list[tuple[int, int]] = []
@@ -110,6 +131,9 @@ class IoUring:
     def open(self) -> None:
         """io_uring_setup() and map the rings."""
         libc.check_arch()
+        if self.user_memory is not None:
+            self.params.flags |= IORING_SETUP_NO_MMAP
+            self.params.sq_off.user_addr, self.params.cq_off.user_addr = self.user_memory
         try:
             self.fd = libc.syscall(libc.SYS_io_uring_setup, self.entries, self.params,
                                    name="io_uring_setup")
@@ -127,6 +151,10 @@ class IoUring:
 
     def _map_rings(self) -> None:
         p = self.params
+        if self.user_memory is not None:     # the rings are in our memory already
+            self.sqes, self.sq_ring = self.user_memory
+            self.cq_ring = self.sq_ring
+            return
         sq_size = p.sq_off.array + p.sq_entries * 4
         cq_size = p.cq_off.cqes + p.cq_entries * CQE_SIZE
         rw, shared = libc.PROT_READ | libc.PROT_WRITE, libc.MAP_SHARED | libc.MAP_POPULATE
@@ -180,6 +208,24 @@ class IoUring:
         libc.syscall(libc.SYS_io_uring_register, self.fd, IORING_UNREGISTER_BUFFERS, None, 0,
                      name="io_uring_register(UNREGISTER_BUFFERS)")
         self.buffers = []
+
+    # -- provided-buffer rings ---------------------------------------------------------------
+    def _pbuf(self, op: int, reg: io_uring_buf_reg, what: str) -> None:
+        self._need_open()
+        libc.syscall(libc.SYS_io_uring_register, self.fd, op, reg, 1,
+                     name=f"io_uring_register({what}, bgid={reg.bgid})")
+
+    def register_pbuf_ring(self, addr: int, entries: int, bgid: int, flags: int = 0) -> None:
+        """IORING_REGISTER_PBUF_RING: a ring of `entries` 16-byte entries at `addr` for
+        buffer group `bgid`, pinned long-term (unless IOU_PBUF_RING_MMAP). OSError:
+        EINVAL for an unaligned address or a bad size, EEXIST for a group that has one."""
+        reg = io_uring_buf_reg(ring_addr=addr, ring_entries=entries, bgid=bgid, flags=flags)
+        self._pbuf(IORING_REGISTER_PBUF_RING, reg, "REGISTER_PBUF_RING")
+
+    def unregister_pbuf_ring(self, bgid: int) -> None:
+        """IORING_UNREGISTER_PBUF_RING: release group `bgid`'s ring (ENOENT if none)."""
+        self._pbuf(IORING_UNREGISTER_PBUF_RING, io_uring_buf_reg(bgid=bgid),
+                   "UNREGISTER_PBUF_RING")
 
     # -- one request at a time ------------------------------------------------------------
     def _u32(self, base: int, offset: int) -> ctypes.c_uint32:
@@ -236,3 +282,20 @@ class IoUring:
                    buf_index: int = 0) -> int:
         """IORING_OP_READ_FIXED: read from `fd` into registered buffer memory; res."""
         return self._fixed(IORING_OP_READ_FIXED, fd, addr, length, offset, buf_index)
+
+
+def no_mmap_supported() -> bool:
+    """Whether this kernel takes IORING_SETUP_NO_MMAP (6.5+): a ring set up in two fresh
+    pages of ours; False when setup answers EINVAL for a request that is valid."""
+    size = 2 * libc.PAGE_SIZE
+    mem = libc.mmap(0, size, libc.PROT_READ | libc.PROT_WRITE,
+                    libc.MAP_PRIVATE | libc.MAP_ANONYMOUS)
+    try:
+        with IoUring(1, user_memory=(mem + libc.PAGE_SIZE, mem)):
+            return True
+    except OSError as exc:
+        if exc.errno == errno.EINVAL:
+            return False
+        raise
+    finally:
+        libc.munmap(mem, size)

@@ -137,7 +137,7 @@ class BaseProc(Operations):
             length = region.length if isinstance(region, Region) else 0
             out["length"] = length
         else:
-            length = args[rng.length]
+            length = rng.length(args) if callable(rng.length) else args[rng.length]
             if isinstance(length, bytes | bytearray | memoryview):
                 length = len(length)
         if rng.aligned and (not isinstance(offset, int) or not isinstance(length, int)

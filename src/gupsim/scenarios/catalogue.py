@@ -817,8 +817,130 @@ def accounting_cases() -> list[Case]:
     ]
 
 
+# -- io_uring's other long-term pinners (case 2): ring memory and buffer rings in user memory --
+
+
+def uring_user_ring(then: str) -> Callable[[System], None]:
+    """A NO_MMAP ring in two pages of anon memory; `then`: "close", "munmap" (the memory
+    goes, the pins stay until close), or "buffers" (a fixed buffer too, one close)."""
+    def run(sys: System) -> None:
+        p = sys.spawn("app")
+        r = p.map("anon", 4 * PAGE_SIZE)
+        p.uring_setup_user(r, 0)
+        if then == "munmap":
+            p.munmap(r)
+        elif then == "buffers":
+            b = p.map("anon", 64 * KiB)
+            p.uring_register([(b, 0, 64 * KiB)])
+        p.uring_close()
+    return run
+
+
+def uring_user_ring_at(kind: str, offset: int, shared: bool = False
+                       ) -> Callable[[System], None]:
+    """A NO_MMAP ring whose memory the kernel should refuse."""
+    def run(sys: System) -> None:
+        p = sys.spawn("app")
+        r = p.map(kind, 4 * PAGE_SIZE, shared=shared)
+        p.uring_setup_user(r, offset)
+    return run
+
+
+def uring_pbuf_ring(entries: int, offset: int = 0, release: str = "unregister",
+                    limit_bytes: int | None = None) -> Callable[[System], None]:
+    """A provided-buffer ring in anon memory, released by unregistering or by closing the
+    ring; with `limit_bytes` as a user without CAP_IPC_LOCK under that RLIMIT_MEMLOCK."""
+    def run(sys: System) -> None:
+        p = sys.spawn("app")
+        if limit_bytes is not None:
+            p.limit_memlock(limit_bytes)
+        r = p.map("anon", 4 * PAGE_SIZE)
+        p.uring_register_pbuf_ring(r, offset, entries, bgid=1)
+        if release == "again":
+            p.uring_register_pbuf_ring(r, offset, entries, bgid=1)
+        if release == "close":
+            p.uring_close()
+        else:
+            p.uring_unregister_pbuf_ring(bgid=1)
+    return run
+
+
+def uring_user_cases() -> list[Case]:
+    """io_uring memory the kernel pins besides fixed buffers (io_pin_pages: FOLL_WRITE |
+    FOLL_LONGTERM): rings set up with IORING_SETUP_NO_MMAP, provided-buffer rings
+    registered without IOU_PBUF_RING_MMAP. Charged to the user's locked_vm only."""
+    src = "spec 8.4 io_uring, io_pin_pages (rings and buffer rings in user memory)"
+    user_only = ("io_create_region charges the user's locked_vm, never mm->pinned_vm or "
+                 "mm->locked_vm, so VmPin and VmLck stay 0")
+    return [
+        Case("uring-user: NO_MMAP ring pins its 2 pages until close", uring_user_ring("close"),
+             all_of(step_pins("uring_setup_user", acquired=2, released=0, vm_pin_kb=0,
+                              vm_lck_kb=0),
+                    step_pins("uring_close", acquired=0, released=2), pins_balance),
+             src, "io_allocate_scq_urings pins the rings page (cq_off.user_addr) and the SQE "
+             "page (sq_off.user_addr); " + user_only, needs=("io_uring",)),
+        Case("uring-user: NO_MMAP ring memory stays pinned after munmap",
+             uring_user_ring("munmap"),
+             all_of(step_pins("munmap", acquired=0, released=0),
+                    step_pins("uring_close", released=2), pins_balance),
+             src, "the pins hold the frames, not the mapping: they go with the ring",
+             needs=("io_uring",)),
+        Case("uring-user: closing a NO_MMAP ring releases its memory and its buffers",
+             uring_user_ring("buffers"),
+             all_of(step_pins("uring_register", acquired=16, vm_pin_kb=64),
+                    step_pins("uring_close", released=18, vm_pin_kb=0), pins_balance),
+             src, "fixed buffers are charged to VmPin, the ring's own pages are not",
+             needs=("io_uring",)),
+        Case("uring-user: NO_MMAP ring at an unaligned address",
+             uring_user_ring_at("anon", 64),
+             all_of(expect(uring_setup_user="EINVAL"),
+                    step_pins("uring_setup_user", acquired=0, released=0)),
+             src, "io_create_region wants page-aligned user memory, checked before any pin",
+             needs=("io_uring",)),
+        Case("uring-user: NO_MMAP ring in a MAP_SHARED ext4 file",
+             uring_user_ring_at("file", 0, shared=True),
+             all_of(expect(uring_setup_user="EFAULT"), pins_balance),
+             src, "io_pin_pages pins long-term and writable: GUP-fast takes the first page, "
+             "finds a dirty-tracked file folio and drops it (+1/-1), then check_vma_flags "
+             "refuses the mapping", needs=("io_uring",)),
+        Case("uring-user: provided-buffer ring pins its pages until unregistered",
+             uring_pbuf_ring(512, release="again"),
+             all_of(step_pins("uring_register_pbuf_ring", acquired=2, released=0, vm_pin_kb=0,
+                              vm_lck_kb=0),
+                    step_pins("uring_unregister_pbuf_ring", released=2), pins_balance,
+                    lambda t: [] if [s.outcome for s in steps_named(
+                        t, "uring_register_pbuf_ring")] == ["ok", "EEXIST"] else
+                    ["a second ring for the same group must be refused (EEXIST)"]),
+             src, "512 entries of 16 bytes are two pages, pinned by io_pin_pages; a group "
+             "that has a ring is refused before anything is pinned; " + user_only,
+             needs=("io_uring",)),
+        Case("uring-user: provided-buffer ring released when the ring closes",
+             uring_pbuf_ring(256, release="close"),
+             all_of(step_pins("uring_register_pbuf_ring", acquired=1),
+                    step_pins("uring_close", released=1), pins_balance),
+             src, "io_ring_ctx_free destroys the buffer lists, freeing each ring's region",
+             needs=("io_uring",)),
+        Case("uring-user: provided-buffer ring at an unaligned address",
+             uring_pbuf_ring(8, offset=512),
+             all_of(expect(uring_register_pbuf_ring="EINVAL",
+                           uring_unregister_pbuf_ring="ENOENT"), pins_balance),
+             src, "the ring's address must be page aligned", needs=("io_uring",)),
+        Case("limit: provided-buffer ring fits beside the ring's 8KiB",
+             uring_pbuf_ring(256, limit_bytes=12 * KiB),
+             all_of(expect(uring_register_pbuf_ring="ok"), pins_balance),
+             src, "ring (2 pages) + buffer ring (1 page) = the 12KiB RLIMIT_MEMLOCK",
+             needs=("io_uring",)),
+        Case("limit: provided-buffer ring over RLIMIT_MEMLOCK",
+             uring_pbuf_ring(512, limit_bytes=12 * KiB),
+             all_of(expect(uring_register_pbuf_ring="ENOMEM"),
+                    step_pins("uring_register_pbuf_ring", acquired=0), pins_balance),
+             src, "__io_account_mem refuses before io_pin_pages runs: 2 + 2 pages exceed a "
+             "12KiB RLIMIT_MEMLOCK", needs=("io_uring",)),
+    ]
+
+
 def catalogue() -> list[Case]:
     """Every case, in a stable order."""
     return (cow_cases() + cow_more_cases() + collapse_cases() + nonanon_cases()
             + longterm_cases() + readonly_cases() + dio_cases() + remote_cases()
-            + accounting_cases())
+            + accounting_cases() + uring_user_cases())

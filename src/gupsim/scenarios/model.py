@@ -184,6 +184,28 @@ class ModelProc(BaseProc):
         """IORING_OP_WRITE_FIXED; the bytes written."""
         return self._ring().write_fixed(index, length)
 
+    def do_uring_setup_user(self, addr: int) -> None:
+        """io_uring_setup(IORING_SETUP_NO_MMAP): rings at addr, SQEs on the next page."""
+        from ..drivers.io_uring import IoRing
+        if self.ring is not None:
+            raise OSError(errno.EBUSY, "this process already has a ring: uring_close first")
+        self.ring = IoRing(self.system.k, self.p, user_memory=(addr + PAGE_SIZE, addr))
+
+    def do_uring_close(self) -> None:
+        """close() of the ring: everything it pinned is released."""
+        if self.ring is None:
+            raise OSError(errno.EBADF, "this process has no ring")
+        self.ring.close()
+        self.ring = None
+
+    def do_uring_register_pbuf_ring(self, addr: int, entries: int, bgid: int) -> None:
+        """IORING_REGISTER_PBUF_RING in user memory, through the model's io_uring driver."""
+        self._ring().register_pbuf_ring(addr, entries, bgid)
+
+    def do_uring_unregister_pbuf_ring(self, bgid: int) -> None:
+        """IORING_UNREGISTER_PBUF_RING."""
+        self._ring().unregister_pbuf_ring(bgid)
+
     def do_odirect_write(self, addr: int, length: int) -> int:
         """pwrite(O_DIRECT) to the ext4 scratch file."""
         from ..drivers.direct_io import dio_write

@@ -107,11 +107,12 @@ GRANULE: dict[str, int] = {"hugetlb": PMD_SIZE, "memfd-hugetlb": PMD_SIZE, "thp"
 class Range:
     """A region argument checked before the step: the region belongs to the owning process
     and [offset, offset + length) lies inside it. Absent `offset` means 0, absent `length`
-    the whole region; `length` may name a bytes argument (its size counts)."""
+    the whole region; `length` may name a bytes argument (its size counts), or be a
+    function of the arguments (the bytes a call derives from them)."""
 
     region: str = "region"
     offset: str | None = None
-    length: str | None = None
+    length: str | Callable[[Args], int] | None = None
     owner: str | None = None     # the argument naming the owning process (None: the caller)
     aligned: bool = False        # offset and length must be multiples of the page size
     rid: bool = False            # the primitive also gets the region id `rid`
@@ -244,6 +245,20 @@ def _check_buffers(a: Args) -> str:
     return ""
 
 
+def _pbuf_ring_bytes(entries: object) -> int:
+    """The bytes a provided-buffer ring of `entries` covers (pages, rounded up)."""
+    n = entries if isinstance(entries, int) and entries > 0 else 1
+    return (n * 16 + PAGE_SIZE - 1) // PAGE_SIZE * PAGE_SIZE
+
+
+def _check_pbuf_ring(a: Args) -> str:
+    entries = a["entries"]
+    if not isinstance(entries, int) or isinstance(entries, bool) or not 0 < entries <= 1 << 15:
+        return f"entries must be an integer 1..32768, got {entries!r}"
+    return _not_negative("bgid", a["bgid"]) or (
+        "" if a["bgid"] < 1 << 16 else f"bgid must be below 65536, got {a['bgid']}")
+
+
 class Operations:
     """The operations a scenario process offers (`Proc`): every call records one `Step`
     in its system's trace. Declared here once; `base.BaseProc` runs them."""
@@ -342,6 +357,37 @@ class Operations:
     def uring_write_fixed(self, index: int, length: int) -> Outcome:
         """IORING_OP_WRITE_FIXED of registered buffer `index` to a scratch file; the value
         is the bytes the file received (what the pinned pages held)."""
+        ...
+
+    @operation(returns="outcome", settle=True,
+               range=Range(offset="offset", length=lambda a: 2 * PAGE_SIZE))
+    def uring_setup_user(self, region: Region, offset: int = 0) -> Outcome:
+        """io_uring_setup(IORING_SETUP_NO_MMAP) of a 4-entry ring whose memory is two pages
+        of the region from `offset`: the SQ/CQ rings in the first (cq_off.user_addr), the
+        SQE array in the second (sq_off.user_addr); the kernel pins both long-term. It
+        becomes this process's ring (EBUSY if the process has one: uring_close first)."""
+        ...
+
+    @operation(returns="outcome", settle=True)
+    def uring_close(self) -> Outcome:
+        """Close this process's ring (EBADF if it has none): its fixed buffers, buffer
+        rings and, for a NO_MMAP ring, its own memory are unpinned."""
+        ...
+
+    @operation(returns="outcome", settle=True,
+               range=Range(offset="offset", length=lambda a: _pbuf_ring_bytes(a["entries"])),
+               check=_check_pbuf_ring, label=lambda a: dict(entries=a["entries"]))
+    def uring_register_pbuf_ring(self, region: Region, offset: int, entries: int,
+                                 bgid: int = 0) -> Outcome:
+        """IORING_REGISTER_PBUF_RING of a provided-buffer ring of `entries` 16-byte entries
+        at region+offset (IOU_PBUF_RING_MMAP unset) for buffer group `bgid`, on this
+        process's ring: the kernel pins its pages long-term."""
+        ...
+
+    @operation(returns="outcome", settle=True,
+               check=lambda a: _not_negative("bgid", a["bgid"]))
+    def uring_unregister_pbuf_ring(self, bgid: int = 0) -> Outcome:
+        """IORING_UNREGISTER_PBUF_RING of buffer group `bgid` (ENOENT if it has no ring)."""
         ...
 
     @operation(returns="outcome", settle=True, range=Range(offset="offset", length="length"))

@@ -33,7 +33,7 @@ from ..live.hostmem import HostMapping
 from ..live.odirect import DirectFile, user_buffer
 from ..live.procvm import read_remote
 from ..live.uffd import read_pinned_while
-from ..live.uring import IORING_OP_WRITE_FIXED, IoUring
+from ..live.uring import IORING_OP_WRITE_FIXED, IoUring, no_mmap_supported
 from ..live.vmstat import forget_inherited_lock
 from ..live.xdp import XdpUmem
 from . import wire
@@ -347,6 +347,49 @@ class CommandServer:
     def do_uring_unregister(self) -> None:
         """IORING_UNREGISTER_BUFFERS."""
         self._ring().unregister_buffers()
+
+    def do_uring_setup_user(self, addr: int) -> None:
+        """io_uring_setup(IORING_SETUP_NO_MMAP) with the rings at addr and the SQEs on
+        the next page; a kernel without NO_MMAP (before 6.5) skips the case."""
+        if self.ring is not None:
+            raise OSError(errno.EBUSY, "this process already has a ring: uring_close first")
+        ring = IoUring(4, user_memory=(addr + libc.PAGE_SIZE, addr))
+        try:
+            ring.open()
+        except OSError as exc:
+            if exc.errno in (errno.ENOSYS, errno.EPERM, errno.EACCES):
+                raise HostUnsupported(f"io_uring is not available here: {exc}") from exc
+            # an aligned request is valid: EINVAL then means no NO_MMAP here (the probe
+            # pins, so it runs only then, never inside an unaligned case's measurement)
+            if (exc.errno == errno.EINVAL and addr % libc.PAGE_SIZE == 0
+                    and not no_mmap_supported()):
+                raise HostUnsupported("this kernel has no IORING_SETUP_NO_MMAP (6.5+): "
+                                      "io_uring_setup answers EINVAL") from exc
+            raise
+        self.ring = ring
+
+    def do_uring_close(self) -> None:
+        """close() of this process's ring."""
+        if self.ring is None:
+            raise OSError(errno.EBADF, "this process has no ring")
+        self.ring.close()
+        self.ring = None
+
+    def do_uring_register_pbuf_ring(self, addr: int, entries: int, bgid: int) -> None:
+        """IORING_REGISTER_PBUF_RING in our memory; a kernel without provided-buffer
+        rings (before 5.19) answers EINVAL to a valid request, and skips the case."""
+        try:
+            self._ring().register_pbuf_ring(addr, entries, bgid)
+        except OSError as exc:
+            valid = addr % libc.PAGE_SIZE == 0 and entries & (entries - 1) == 0
+            if exc.errno == errno.EINVAL and valid:
+                raise HostUnsupported("this kernel refuses a valid IORING_REGISTER_PBUF_RING "
+                                      "(provided-buffer rings are 5.19+)") from exc
+            raise
+
+    def do_uring_unregister_pbuf_ring(self, bgid: int) -> None:
+        """IORING_UNREGISTER_PBUF_RING."""
+        self._ring().unregister_pbuf_ring(bgid)
 
     def do_uring_write_fixed(self, index: int, length: int) -> bytes:
         """IORING_OP_WRITE_FIXED to a plain file; the bytes it received."""

@@ -1,0 +1,89 @@
+"""`gupsim cases`: every case's right driver and wrong twin self-check, JSON parses, a
+failing self-check exits 1 and an empty selection is a usage error (exit 2)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from gupsim.cli import main
+from gupsim.drivers import cases as case_list
+from gupsim.drivers.cases import CaseRun, CaseStep
+from gupsim.report.cases import WHICH_CASE
+
+
+@pytest.mark.parametrize("key", list(case_list.CASES))
+def test_every_step_of_every_case_passes_its_self_check(key: str) -> None:
+    run = case_list.CASES[key]()
+    assert run.right and run.wrong, f"case {key} needs a right and a wrong driver"
+    failed = [s.title for s in run.right + run.wrong if not s.ok]
+    assert failed == [], f"case {key}: {failed}"
+
+
+def test_case_1_direct_io_read_lands_in_the_parent_only_when_pinned() -> None:
+    run = case_list.CASES["1"]()
+    (right,), (wrong,) = run.right, run.wrong
+    assert right.facts["parent reads"] == wrong.facts["child reads"] == b"DDDD"
+    assert right.facts["child reads"] == wrong.facts["parent reads"] == b"uuuu"
+    assert right.facts["page_maybe_dma_pinned during the I/O"] is True
+    assert wrong.facts["page_maybe_dma_pinned during the I/O"] is False
+
+
+def test_json_lists_every_case_with_its_steps_and_the_summary() -> None:
+    out = CliRunner().invoke(main, ["cases", "--json"])
+    assert out.exit_code == 0, out.output
+    doc = json.loads(out.stdout)
+    assert doc["ok"] is True
+    assert [c["case"] for c in doc["which_case"]] == ["1", "2", "3", "4", "5"]
+    assert len(doc["cases"]) == len(case_list.CASES)
+    for case in doc["cases"]:
+        assert case["right"] and case["wrong"]
+        assert all(step["ok"] for step in case["right"] + case["wrong"])
+
+
+def test_text_fits_80_columns_and_names_the_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "80")
+    out = CliRunner().invoke(main, ["cases", "-k", "1"])
+    assert out.exit_code == 0, out.output
+    text = out.stdout
+    assert "which case is my driver?" in text and "FOLL_LONGTERM" in text
+    assert "case 1: Direct IO" in text and "right driver" in text and "wrong driver" in text
+    assert max(len(line) for line in text.splitlines()) <= 80
+    assert "case 2: RDMA" not in text          # -k selected one case
+
+
+def test_k_selects_by_description_text() -> None:
+    out = CliRunner().invoke(main, ["cases", "--json", "-k", "rdma"])
+    assert out.exit_code == 0, out.output
+    names = [c["name"] for c in json.loads(out.stdout)["cases"]]
+    assert names and all("RDMA" in n for n in names)
+
+
+def test_a_failing_self_check_exits_1(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken() -> CaseRun:
+        """Case 9, a deliberately broken demonstration."""
+        return CaseRun("case 9: broken", "FOLL_PIN", "FOLL_GET", "",
+                       [CaseStep("pins", "", {"pins": 0}, ok=False)],
+                       [CaseStep("refs", "", {}, ok=True)])
+
+    monkeypatch.setitem(case_list.CASES, "9", broken)
+    out = CliRunner().invoke(main, ["cases", "-k", "9"])
+    assert out.exit_code == 1, out.output
+    assert "self-check failed" in out.stdout
+    out = CliRunner().invoke(main, ["cases", "-k", "9", "--json"])
+    assert out.exit_code == 1 and json.loads(out.stdout)["ok"] is False
+
+
+@pytest.mark.parametrize("pattern", ["nothing-like-this", " "])
+def test_a_selection_of_nothing_is_a_usage_error(pattern: str) -> None:
+    out = CliRunner().invoke(main, ["cases", "-k", pattern])
+    assert out.exit_code == 2, out.output
+    assert "-k" in out.output
+
+
+def test_the_summary_names_the_documented_flags() -> None:
+    flags = {case: f for case, _, f, _ in WHICH_CASE}
+    assert flags["1"] == flags["5"] == "FOLL_PIN"
+    assert flags["2"] == "FOLL_PIN | FOLL_LONGTERM" and flags["4"] == "FOLL_GET"

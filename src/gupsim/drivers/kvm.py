@@ -319,6 +319,7 @@ class KvmVm:
         if p.get_user_pages_unlocked(hva, 1, pages, flags) != 1:   # hva_to_pfn_slow()
             return None, False
         page = pages[0]
+        assert page is not None
         if not write_fault:             # map a read fault writable if that is possible now
             wpage: list[Page | None] = [None]
             if p.get_user_page_fast_only(hva, FOLL_WRITE, wpage):

@@ -114,8 +114,8 @@ def _ioctl(fd: int, request: int, arg: int | bytes | ctypes.Structure = 0) -> in
     while True:
         try:
             if isinstance(arg, ctypes.Structure):
-                return fcntl.ioctl(fd, request, arg, True)  # type: ignore[call-overload]
-            return fcntl.ioctl(fd, request, arg)  # type: ignore[call-overload, no-any-return]
+                return fcntl.ioctl(fd, request, arg, True)
+            return int(fcntl.ioctl(fd, request, arg))
         except InterruptedError:
             continue
 

@@ -110,12 +110,16 @@ assert ctypes.sizeof(kvm_regs) == 144 and ctypes.sizeof(kvm_sregs) == 312
 
 
 def _ioctl(fd: int, request: int, arg: int | bytes | ctypes.Structure = 0) -> int:
-    """ioctl() that retries EINTR; a structure argument is read and written in place."""
+    """ioctl() that retries EINTR: its return value (0 for a bytes argument, which is
+    only read); a structure argument is read and written in place."""
     while True:
         try:
             if isinstance(arg, ctypes.Structure):
                 return fcntl.ioctl(fd, request, arg, True)
-            return int(fcntl.ioctl(fd, request, arg))
+            if isinstance(arg, bytes):      # fcntl hands back the buffer: success is 0
+                fcntl.ioctl(fd, request, arg)
+                return 0
+            return fcntl.ioctl(fd, request, arg)
         except InterruptedError:
             continue
 

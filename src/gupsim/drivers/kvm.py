@@ -36,6 +36,18 @@ single-threaded: a fault met while an invalidation is in progress (from a race h
 a notifier callback) retries at once, and after `MAX_FAULT_RETRIES` gives -EAGAIN
 instead of spinning. `race_hooks["kvm:after_faultin"]` run once between the lookup and
 `mmu_lock`, the window where a concurrent invalidation forces a retry.
+
+Checked against a real guest (`live/kvm.py`, catalogue cases `kvm: ...`): after
+MADV_DONTNEED the guest reads zeros (anon) or the page cache's data (shared memfd);
+after fork and a parent write it reads the parent's new data (the VM follows the mm
+that created it, and the child cannot run the VM); after munmap its load fails, and
+after a new mmap at the same address it reads the new memory, since a memory slot keeps
+a user address, not pages. No step moves nr_foll_pin_acquired/released. Where the
+slot's address has no mapping the host answers with an MMIO exit (KVM emulates the load
+and finds nothing to read) rather than KVM_RUN's -EFAULT; both are EFAULT at the
+protocol level. A read fault of untouched anonymous memory maps the shared zero page
+read-only (the FOLL_WRITE fast lookup fails, the slow one without FOLL_WRITE finds the
+zero page), and a later guest write faults again and breaks COW.
 """
 
 from __future__ import annotations

@@ -120,6 +120,24 @@ def _disk_fs() -> str:
     return fs
 
 
+def _kvm() -> str:
+    from .kvm import kvm_unusable
+
+    reason = kvm_unusable()
+    if reason:
+        raise HostUnsupported(reason)
+    return "/dev/kvm runs a real-mode guest (API 12)"
+
+
+def _swap() -> str:
+    with open("/proc/swaps") as f:
+        devices = f.read().splitlines()[1:]
+    if not devices:
+        raise HostUnsupported("no swap device (/proc/swaps is empty): MADV_PAGEOUT keeps "
+                              "anonymous pages")
+    return f"{len(devices)} swap device(s)"
+
+
 def _arch() -> str:
     libc.check_arch()
     return "x86_64"
@@ -129,6 +147,7 @@ PROBES: dict[str, Callable[[], str]] = {
     "x86_64": _arch, "root": _root, "stat_refresh": _stat_refresh, "io_uring": _io_uring,
     "hugetlb_2m": _hugetlb_2m, "thp": _thp, "af_xdp": _af_xdp, "o_direct": _o_direct,
     "disk_fs": _disk_fs, "mthp_64k": _mthp_64k, "userfaultfd": _userfaultfd,
+    "kvm": _kvm, "swap": _swap,
 }
 
 

@@ -16,6 +16,7 @@ from ..constants import (
     MADV_DOFORK,
     MADV_DONTFORK,
     MADV_DONTNEED,
+    MADV_PAGEOUT,
     PAGE_SIZE,
     PMD_SIZE,
 )
@@ -836,7 +837,7 @@ def uring_user_ring(then: str) -> Callable[[System], None]:
     return run
 
 
-def uring_user_ring_at(kind: str, offset: int, shared: bool = False
+def uring_user_ring_at(kind: MapKind, offset: int, shared: bool = False
                        ) -> Callable[[System], None]:
     """A NO_MMAP ring whose memory the kernel should refuse."""
     def run(sys: System) -> None:
@@ -939,8 +940,138 @@ def uring_user_cases() -> list[Case]:
     ]
 
 
+# -- KVM: a case-3 user (spec 9): MMU notifiers instead of pins ------------------------------
+#
+# A guest's loads go through KVM's second-level page table, which KVM fills with FOLL_GET
+# lookups (get_user_page_fast_only, then GUP) and empties in invalidate_range_start: so
+# after any change the host makes to the mapping the guest sees what the process would
+# see, and no step moves the pin counters.
+
+GUEST = 16          # bytes the guest reads per step
+
+
+def guest_reads(*want: bytes | str) -> Callable[[Trace], list[str]]:
+    """The kvm_guest_read steps, in order: these bytes, or this outcome ("EFAULT")."""
+    def check(trace: Trace) -> list[str]:
+        got = steps_named(trace, "kvm_guest_read")
+        if len(got) != len(want):
+            return [f"{len(got)} guest reads, expected {len(want)}"]
+        out = []
+        for i, (s, w) in enumerate(zip(got, want, strict=True)):
+            if isinstance(w, str):
+                if s.outcome != w:
+                    out.append(f"guest read {i + 1}: {s.outcome}, documented {w}")
+            elif s.outcome != "ok" or s.data != w:
+                out.append(f"guest read {i + 1}: {s.outcome} {(s.data or b'')[:8]!r}…, "
+                           f"documented {w[:8]!r}…")
+        return out
+    return check
+
+
+def no_pins(trace: Trace) -> list[str]:
+    """No step acquired or released a pin (KVM maps guest memory without pinning it)."""
+    return [f"{s.op}: {s.acquired} pins acquired, {s.released} released"
+            for s in trace.steps if s.acquired or s.released]
+
+
+def kvm_dontneed(sys: System) -> None:
+    """The guest reads a page, the process drops it, the guest reads again."""
+    p = sys.spawn("vmm")
+    r = p.map("anon", 4 * PAGE_SIZE, fill=0x11)
+    p.kvm_create(r)
+    p.kvm_guest_read(0, GUEST)
+    p.madvise(r, 0, PAGE_SIZE, MADV_DONTNEED)
+    p.kvm_guest_read(0, GUEST)
+    p.kvm_guest_read(PAGE_SIZE, GUEST)
+
+
+def kvm_memfd_dontneed(sys: System) -> None:
+    """As kvm_dontneed over a shared memfd: the page cache keeps the data."""
+    p = sys.spawn("vmm")
+    r = p.map("memfd", 4 * PAGE_SIZE, shared=True, fill=0x12)
+    p.kvm_create(r)
+    p.kvm_guest_read(0, GUEST)
+    p.madvise(r, 0, PAGE_SIZE, MADV_DONTNEED)
+    p.kvm_guest_read(0, GUEST)
+
+
+def kvm_fork_write(sys: System) -> None:
+    """The guest reads, the VMM forks and writes, the guest and the child read."""
+    p = sys.spawn("vmm")
+    r = p.map("anon", 4 * PAGE_SIZE, fill=0x22)
+    p.kvm_create(r)
+    p.kvm_guest_read(0, GUEST)
+    child = p.fork()
+    p.write(r, 0, b"\x33" * GUEST)
+    p.kvm_guest_read(0, GUEST)
+    child.read(r, 0, GUEST)
+    child.kvm_guest_read(0, GUEST)
+    child.exit()
+
+
+def kvm_unmap_remap(sys: System) -> None:
+    """The guest reads, the VMM unmaps (guest read), maps anew there (guest read)."""
+    p = sys.spawn("vmm")
+    r = p.map("anon", 4 * PAGE_SIZE, fill=0x44)
+    p.kvm_create(r)
+    p.kvm_guest_read(0, GUEST)
+    p.munmap(r)
+    p.kvm_guest_read(0, GUEST)
+    p.map_fixed(r, 0x55)
+    p.kvm_guest_read(0, GUEST)
+
+
+def kvm_pageout(sys: System) -> None:
+    """The guest reads, the VMM swaps the pages out, the guest reads again."""
+    p = sys.spawn("vmm")
+    r = p.map("anon", 4 * PAGE_SIZE, fill=0x66)
+    p.kvm_create(r)
+    p.kvm_guest_read(0, GUEST)
+    p.madvise(r, 0, 4 * PAGE_SIZE, MADV_PAGEOUT)
+    p.kvm_guest_read(0, GUEST)
+
+
+def kvm_cases() -> list[Case]:
+    """KVM guests over memory the host changes: data as the process sees it, no pins."""
+    src = "spec 9 case 3: KVM mirrors the CPU page tables under MMU notifiers"
+    zap = ("kvm_mmu_notifier_invalidate_range_start zaps the guest's second-level entries; "
+           "the next guest load faults them back through get_user_page_fast_only / GUP "
+           "(FOLL_GET, dropped once mapped), so it finds ")
+    return [
+        Case("kvm: guest read after MADV_DONTNEED", kvm_dontneed,
+             all_of(all_ok, guest_reads(b"\x11" * GUEST, bytes(GUEST), b"\x11" * GUEST),
+                    no_pins),
+             src, zap + "the zero page where the process now has none (MMU_NOTIFY_CLEAR)",
+             needs=("kvm",)),
+        Case("kvm: guest read of a shared memfd after MADV_DONTNEED", kvm_memfd_dontneed,
+             all_of(all_ok, guest_reads(b"\x12" * GUEST, b"\x12" * GUEST), no_pins),
+             src, zap + "the page cache page again: MADV_DONTNEED drops only the mapping",
+             needs=("kvm",)),
+        Case("kvm: guest read after fork and a parent write", kvm_fork_write,
+             all_of(guest_reads(b"\x22" * GUEST, b"\x33" * GUEST, "EBADF"),
+                    read_is(b"\x22" * GUEST), no_pins),
+             src, "fork write-protects the parent (MMU_NOTIFY_PROTECTION_PAGE) and the "
+             "parent's write copies the page (MMU_NOTIFY_CLEAR): " + zap + "the parent's "
+             "new page, since the VM follows the mm that created it; the child keeps the "
+             "old data and cannot run the VM (its copy of the fds is closed)",
+             needs=("kvm",)),
+        Case("kvm: guest read after munmap and mmap at the same address", kvm_unmap_remap,
+             all_of(guest_reads(b"\x44" * GUEST, "EFAULT", b"\x55" * GUEST), no_pins),
+             src, "munmap zaps the slot (MMU_NOTIFY_UNMAP) but the memslot keeps its user "
+             "address: with nothing mapped there the guest's load fails (hva_to_pfn gives "
+             "KVM_PFN_ERR_FAULT; the host reports an MMIO exit), and once new memory is "
+             "mapped at that address the guest sees it",
+             needs=("kvm",)),
+        Case("kvm: guest read after MADV_PAGEOUT", kvm_pageout,
+             all_of(all_ok, guest_reads(b"\x66" * GUEST, b"\x66" * GUEST), no_pins),
+             src, "swap-out unmaps through try_to_unmap (MMU_NOTIFY_CLEAR), which zaps the "
+             "guest's entries; the guest's next load faults the page back in from swap",
+             needs=("kvm", "swap")),
+    ]
+
+
 def catalogue() -> list[Case]:
     """Every case, in a stable order."""
     return (cow_cases() + cow_more_cases() + collapse_cases() + nonanon_cases()
             + longterm_cases() + readonly_cases() + dio_cases() + remote_cases()
-            + accounting_cases() + uring_user_cases())
+            + accounting_cases() + uring_user_cases() + kvm_cases())

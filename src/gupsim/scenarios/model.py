@@ -20,6 +20,7 @@ from ..constants import (
     CAP_IPC_LOCK,
     MADV_HUGEPAGE,
     MAP_ANONYMOUS,
+    MAP_FIXED_NOREPLACE,
     MAP_HUGETLB,
     MAP_PRIVATE,
     MAP_SHARED,
@@ -59,6 +60,7 @@ class ModelProc(BaseProc):
         self.ring: Any = None
         self.xdp: list[Any] = []      # AF_XDP sockets, as the host's server keeps them
         self.pipe: Any = None
+        self.kvm: Any = None          # the VM (drivers/kvm.py), as the server keeps its guest
 
     def _perform(self, op: Op, args: dict[str, Any]) -> Outcome:
         try:
@@ -261,8 +263,37 @@ class ModelProc(BaseProc):
         self.p.cred.rlimit_memlock = limit
         self.p.cred.uid = uid
 
+    # -- KVM ---------------------------------------------------------------------------------
+    def do_kvm_create(self, addr: int, length: int) -> None:
+        """KVM_CREATE_VM and slot 0 over the region, through the model's KVM driver."""
+        from ..drivers.kvm import kvm_create_vm
+        if self.kvm is not None:
+            self.kvm.close()
+            self.kvm = None
+        vm = kvm_create_vm(self.system.k, self.p)
+        ret = vm.set_user_memory_region(0, 0, length, addr)
+        if ret:
+            vm.close()
+            raise OSError(-ret, "KVM_SET_USER_MEMORY_REGION failed on the model")
+        self.kvm = vm
+
+    def do_kvm_guest_read(self, offset: int, length: int) -> bytes:
+        """The guest's loads through the model VM's secondary page table."""
+        if self.kvm is None:
+            raise OSError(errno.EBADF, "no VM: kvm_create first")
+        return bytes(self.kvm.guest_read(offset, length))
+
+    def do_map_fixed(self, addr: int, length: int, fill: int) -> None:
+        """mmap(MAP_FIXED_NOREPLACE) of fresh anonymous memory, then write `fill`."""
+        self.p.mmap(addr, length, PROT_READ | PROT_WRITE,
+                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE)
+        self._populate(addr, length, True, fill)
+
     def _release_files(self) -> None:
-        """What the kernel drops with the process's file table: ring, sockets, pipe."""
+        """What the kernel drops with the process's file table: ring, sockets, pipe, VM."""
+        if self.kvm is not None:
+            self.kvm.close()
+            self.kvm = None
         if self.ring is not None:
             self.ring.close()
             self.ring = None

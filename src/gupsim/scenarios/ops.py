@@ -259,6 +259,28 @@ def _check_pbuf_ring(a: Args) -> str:
         "" if a["bgid"] < 1 << 16 else f"bgid must be below 65536, got {a['bgid']}")
 
 
+KVM_GUEST_MEMORY = 0xF0000   # a real-mode guest's memory below its code page (live/kvm.py)
+KVM_MAX_READ = PAGE_SIZE
+
+
+def _check_kvm_create(a: Args) -> str:
+    length = a["region"].length if isinstance(a["region"], Region) else 0
+    if length > KVM_GUEST_MEMORY:
+        return (f"kvm_create maps at most {KVM_GUEST_MEMORY:#x} bytes (a real-mode guest); "
+                f"the region has {length:#x}: use a smaller region")
+    return ""
+
+
+def _check_kvm_guest_read(a: Args) -> str:
+    off, n = a["offset"], a["length"]
+    if problem := _not_negative("offset", off) or _not_negative("length", n):
+        return problem
+    if not 0 < n <= KVM_MAX_READ or off + n > KVM_GUEST_MEMORY:
+        return (f"kvm_guest_read reads 1..{KVM_MAX_READ} bytes below guest-physical "
+                f"{KVM_GUEST_MEMORY:#x}, got {n} at {off:#x}")
+    return ""
+
+
 class Operations:
     """The operations a scenario process offers (`Proc`): every call records one `Step`
     in its system's trace. Declared here once; `base.BaseProc` runs them."""
@@ -444,4 +466,30 @@ class Operations:
     def limit_memlock(self, limit: int) -> None:
         """Drop CAP_IPC_LOCK and set RLIMIT_MEMLOCK, as an unprivileged user would have
         (the process also moves to a uid of its own, `PRIVATE_UID_BASE + pid`)."""
+        ...
+
+    # -- KVM: a case-3 user (MMU notifiers, no pins) -----------------------------------------
+
+    @operation(returns="outcome", settle=True, range=Range(), check=_check_kvm_create)
+    def kvm_create(self, region: Region) -> Outcome:
+        """KVM_CREATE_VM with one real-mode vCPU; memory slot 0 maps guest-physical
+        [0, region length) onto the region (at most KVM_GUEST_MEMORY bytes: the guest runs
+        in real mode). Replaces this process's previous VM, if any."""
+        ...
+
+    @operation(returns="outcome", data=True, settle=True, check=_check_kvm_guest_read,
+               label=lambda a: dict(size=a["length"]))
+    def kvm_guest_read(self, offset: int, length: int) -> Outcome:
+        """The guest loads `length` bytes at guest-physical `offset` through its own
+        second-level page table (KVM's MMU-notifier-guarded faults) and reports them;
+        value: the bytes. EFAULT where no memory is behind the address; EBADF without a
+        VM (kvm_create first; a forked child has none)."""
+        ...
+
+    @operation(returns="outcome", settle=True, range=Range(),
+               check=lambda a: _byte("fill", a["fill"]))
+    def map_fixed(self, region: Region, fill: int) -> Outcome:
+        """mmap a fresh private anonymous read/write area at the address of `region`
+        (MAP_FIXED_NOREPLACE: EEXIST while anything is still mapped there, so munmap it
+        first) and write `fill` to every page: "munmap and mmap at the same address"."""
         ...

@@ -30,6 +30,7 @@ from typing import Any
 from ..live import libc
 from ..live.errors import HostUnsupported
 from ..live.hostmem import HostMapping
+from ..live.kvm import KvmGuest
 from ..live.odirect import DirectFile, user_buffer
 from ..live.procvm import read_remote
 from ..live.uffd import read_pinned_while
@@ -45,6 +46,7 @@ PR_SET_KEEPCAPS = 8
 F_SETPIPE_SZ = 1031
 F_GETPIPE_SZ = 1032
 SPLICE_F_NONBLOCK = 2
+MAP_FIXED_NOREPLACE = 0x100000
 
 HUGE_2M = 2 << 20
 SCRATCH_SIZE = 4 << 20        # the O_DIRECT scratch file, as the model's
@@ -104,6 +106,7 @@ class CommandServer:
         self.dio: DirectFile | None = None
         self.splice: tuple[int, int] | None = None   # vmsplice's pipe (read, write)
         self.plain: tuple[int, str] | None = None   # uring_write_fixed's target file
+        self.kvm: KvmGuest | None = None              # kvm_create's guest
         self._new_pipe()
 
     # -- process life ----------------------------------------------------------------------
@@ -210,6 +213,9 @@ class CommandServer:
             os.close(self.splice[0])
             os.close(self.splice[1])
             self.splice = None
+        if self.kvm is not None:      # our copies of its fds and kvm_run: the VM stays
+            self.kvm.close()          # the parent's (KVM_RUN needs the creator's mm)
+            self.kvm = None
         for m in self.areas.values():
             _forget(m)
 
@@ -468,6 +474,31 @@ class CommandServer:
         if not self.xdp:
             raise OSError(errno.EBADF, "no AF_XDP socket is open")
         self.xdp.pop().close()
+
+    # -- KVM -----------------------------------------------------------------------------------
+    def do_kvm_create(self, addr: int, length: int) -> None:
+        """A real VM (live/kvm.py) whose slot 0 is the region; replaces the previous one."""
+        if self.kvm is not None:
+            self.kvm.close()
+            self.kvm = None
+        self.kvm = KvmGuest(addr, length)
+
+    def do_kvm_guest_read(self, offset: int, length: int) -> bytes:
+        """The real guest loads the bytes through its NPT/EPT and reports them."""
+        if self.kvm is None:
+            raise OSError(errno.EBADF, "no VM: kvm_create first")
+        return self.kvm.read(offset, length)
+
+    def do_map_fixed(self, addr: int, length: int, fill: int) -> None:
+        """mmap(MAP_FIXED_NOREPLACE) of fresh anonymous memory, then write `fill`."""
+        got = libc.mmap(addr, length, libc.PROT_READ | libc.PROT_WRITE,
+                        libc.MAP_PRIVATE | libc.MAP_ANONYMOUS | MAP_FIXED_NOREPLACE)
+        if got != addr:         # a kernel before 4.17 treats the flag as a hint
+            libc.munmap(got, length)
+            raise OSError(errno.EEXIST, f"could not map at {addr:#x}")
+        chunk = bytes([fill]) * min(length, self.pipe_size)
+        for off in range(0, length, len(chunk)):
+            self._copy_in(addr + off, chunk[:length - off])
 
     def do_limit_memlock(self, limit: int, uid: int) -> None:
         """Set RLIMIT_MEMLOCK, drop CAP_IPC_LOCK, and become `uid` keeping the rest."""

@@ -33,9 +33,13 @@ class MirrorHolder(Protocol):
     """A driver object whose device page table mirrors part of `mm`."""
 
     @property
-    def mm(self) -> MM: ...
+    def mm(self) -> MM:
+        """The address space the device mirrors."""
+        ...
 
-    def device_mappings(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
+    def device_mappings(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(virtual addresses, frames, writable) of every device entry."""
+        ...
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """drivers/hmm_mirror.py: the dmirror device meets the expectations of
 tools/testing/selftests/mm/hmm-tests.c (read, write, protections, fork/COW, munmap,
-mremap, huge pages, files, migration), and drivers/mirror_frames.py sees no violation.
+mremap, huge pages, files, migration, snapshot), and drivers/mirror_frames.py sees no violation.
 
 The host cannot run these: /dev/hmm_dmirror0 needs the test_hmm module
 (CONFIG_TEST_HMM), see test_host_has_no_dmirror_device.
@@ -33,7 +33,17 @@ from gupsim import (
     mmu_notifier_invalidate_range_start_nonblock,
 )
 from gupsim.constants import MREMAP_MAYMOVE
-from gupsim.drivers.hmm_mirror import Dmirror, DmirrorDevice, dmirror_open
+from gupsim.drivers.hmm_mirror import (
+    HMM_DMIRROR_PROT_ERROR,
+    HMM_DMIRROR_PROT_NONE,
+    HMM_DMIRROR_PROT_PMD,
+    HMM_DMIRROR_PROT_READ,
+    HMM_DMIRROR_PROT_WRITE,
+    HMM_DMIRROR_PROT_ZERO,
+    Dmirror,
+    DmirrorDevice,
+    dmirror_open,
+)
 from gupsim.drivers.mirror_frames import MirrorWatch
 from gupsim.mm.reclaim import compact_range
 
@@ -302,3 +312,36 @@ def test_host_has_no_dmirror_device() -> None:
     except OSError:
         why += " (and no /proc/config.gz to say why)"
     pytest.skip(why)
+
+
+def test_snapshot(k: gupsim.Kernel) -> None:
+    """hmm2.snapshot (device-private pages aside): unmapped pages are ERROR, a read page
+    is ZERO|READ, a read-only one READ, a written one WRITE; nothing is faulted in."""
+    p = k.spawn("t")
+    a = p.mmap(0, 7 * PAGE_SIZE, RW, ANON)
+    p.munmap(a, 2 * PAGE_SIZE)
+    p.read(a + 2 * PAGE_SIZE, 1)
+    p.write(a + 3 * PAGE_SIZE, b"r")
+    p.mprotect(a + 3 * PAGE_SIZE, PAGE_SIZE, PROT_READ)
+    p.write(a + 4 * PAGE_SIZE, b"w")
+    d, _ = _open(k, p)
+    faults = k.vmstat["pgfault"]
+    cmd = d.snapshot(a, 7)
+    assert (cmd.ret, cmd.cpages) == (0, 7)
+    assert list(cmd.data) == [HMM_DMIRROR_PROT_ERROR, HMM_DMIRROR_PROT_ERROR,
+                              HMM_DMIRROR_PROT_ZERO | HMM_DMIRROR_PROT_READ,
+                              HMM_DMIRROR_PROT_READ, HMM_DMIRROR_PROT_WRITE,
+                              HMM_DMIRROR_PROT_NONE, HMM_DMIRROR_PROT_NONE]
+    assert k.vmstat["pgfault"] == faults and d.pt == {}
+
+
+def test_compound_snapshot() -> None:
+    """hmm.compound: a THP mapped by a PMD snapshots as PMD|WRITE."""
+    k = gupsim.Kernel(memory="128MiB", thp="always")
+    p = k.spawn("t")
+    a = p.mmap(0, 4 << 20, RW, ANON)
+    a2 = (a + (2 << 20) - 1) & ~((2 << 20) - 1)
+    p.write(a2, b"huge")
+    d, _ = _open(k, p)
+    cmd = d.snapshot(a2, 512)
+    assert cmd.ret == 0 and set(cmd.data) == {HMM_DMIRROR_PROT_PMD | HMM_DMIRROR_PROT_WRITE}

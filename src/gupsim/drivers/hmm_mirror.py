@@ -17,8 +17,11 @@ longer maps.
 own retry loop still ends) but keeps the entries, so after munmap, COW or migration the
 device reads and writes frames the process no longer maps (or that were freed).
 
+`snapshot()` is HMM_DMIRROR_SNAPSHOT: the CPU page table's state per page as
+HMM_DMIRROR_PROT_* bytes, without faulting.
+
 Simplifications: one mirror per open, no device-private memory (no
-HMM_DMIRROR_MIGRATE_TO_DEV, no exclusive access); commands return the kernel helper's
+HMM_DMIRROR_MIGRATE_TO_DEV / _TO_SYS, no exclusive access); commands return the kernel helper's
 0 / -errno in `DmirrorCmd.ret`; a command on an exited mm answers -EFAULT (the kernel's
 dmirror_fault() returns 0 there and its loop would spin).
 """
@@ -30,7 +33,17 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..constants import EBUSY, EFAULT, EINVAL, ENOENT, PAGE_MASK, PAGE_SHIFT, PAGE_SIZE
+from ..constants import (
+    EBUSY,
+    EFAULT,
+    EINVAL,
+    ENOENT,
+    PAGE_MASK,
+    PAGE_SHIFT,
+    PAGE_SIZE,
+    PMD_ORDER,
+    PUD_ORDER,
+)
 from ..mm.hmm import (
     HMM_PFN_ERROR,
     HMM_PFN_REQ_FAULT,
@@ -38,6 +51,7 @@ from ..mm.hmm import (
     HMM_PFN_VALID,
     HMM_PFN_WRITE,
     HmmRange,
+    hmm_pfn_to_map_order,
     hmm_pfn_to_pfn,
     hmm_range_fault,
 )
@@ -60,6 +74,15 @@ if TYPE_CHECKING:
 __gupsim_call_site__ = True
 
 DMIRROR_FAULT_CHUNK = 64            # pages per hmm_range_fault() call (its pfns[64])
+
+# what HMM_DMIRROR_SNAPSHOT reports per page (lib/test_hmm_uapi.h)
+HMM_DMIRROR_PROT_ERROR = 0xFF
+HMM_DMIRROR_PROT_NONE = 0x00
+HMM_DMIRROR_PROT_READ = 0x01
+HMM_DMIRROR_PROT_WRITE = 0x02
+HMM_DMIRROR_PROT_PMD = 0x04
+HMM_DMIRROR_PROT_PUD = 0x08
+HMM_DMIRROR_PROT_ZERO = 0x10
 _MAX_RETRIES = 1000                 # the kernel's 1 s HMM_RANGE_DEFAULT_TIMEOUT, in tries
 
 
@@ -241,6 +264,74 @@ class Dmirror:
                              f"multiple of {PAGE_SIZE}; pad the data")
         return self._access(addr, len(data) >> PAGE_SHIFT, True, bytes(data))
 
+    def _mkentry(self, entry: int) -> int:
+        """dmirror_mkentry(): one HMM_DMIRROR_PROT_* byte for an hmm_range_fault() entry."""
+        if entry & HMM_PFN_ERROR:
+            return HMM_DMIRROR_PROT_ERROR
+        if not entry & HMM_PFN_VALID:
+            return HMM_DMIRROR_PROT_NONE
+        pfn = hmm_pfn_to_pfn(entry)
+        perm = HMM_DMIRROR_PROT_ZERO if pfn == self.k.mem.zero_pfn else HMM_DMIRROR_PROT_NONE
+        perm |= HMM_DMIRROR_PROT_WRITE if entry & HMM_PFN_WRITE else HMM_DMIRROR_PROT_READ
+        order = hmm_pfn_to_map_order(entry)
+        if order == PMD_ORDER:
+            perm |= HMM_DMIRROR_PROT_PMD
+        elif order == PUD_ORDER:
+            perm |= HMM_DMIRROR_PROT_PUD
+        return perm
+
+    def snapshot(self, addr: int, npages: int) -> DmirrorCmd:
+        """HMM_DMIRROR_SNAPSHOT: the CPU page table's state per page, faulting nothing.
+
+        As dmirror_snapshot(): a temporary interval notifier over the range that only
+        stores the seq, hmm_range_fault() without REQ_FAULT in chunks of 64 pages, one
+        HMM_DMIRROR_PROT_* byte per page in `cmd.data`.
+        """
+        cmd = DmirrorCmd(addr, npages)
+        end = addr + (npages << PAGE_SHIFT)
+        if addr % PAGE_SIZE or npages <= 0 or end > ULONG_MAX:
+            cmd.ret = -EINVAL
+            return cmd
+        out = bytearray()
+        start = addr
+        while start < end and not cmd.ret:
+            stop = min(start + DMIRROR_FAULT_CHUNK * PAGE_SIZE, end)
+            notifier = MmuIntervalNotifier()
+            ret = mmu_interval_notifier_insert(notifier, self.mm, start, stop - start,
+                                               _SnapshotOps(self))
+            if ret:
+                cmd.ret = ret
+                break
+            try:
+                cmd.ret = self._snapshot_range(HmmRange(notifier, start, stop), out)
+            finally:
+                mmu_interval_notifier_remove(notifier)
+            start = stop
+        if not cmd.ret:
+            cmd.cpages = npages
+        cmd.data = bytes(out)
+        return cmd
+
+    def _snapshot_range(self, rng: HmmRange, out: bytearray) -> int:
+        mm = self.mm
+        for _ in range(_MAX_RETRIES):
+            rng.hmm_pfns[:] = 0
+            rng.notifier_seq = mmu_interval_read_begin(rng.notifier)
+            mm.mmap_lock.readers += 1
+            try:
+                ret = hmm_range_fault(rng)
+            finally:
+                mm.mmap_lock.readers -= 1
+            if ret == -EBUSY:
+                continue
+            if ret:
+                return ret
+            if mmu_interval_read_retry(rng.notifier, rng.notifier_seq):
+                continue
+            out += bytes(self._mkentry(int(e)) for e in rng.hmm_pfns.tolist())
+            return 0
+        return -EBUSY
+
     def close(self) -> None:
         """dmirror_fops_release(): unsubscribe and drop the device page table."""
         if not self.closed:
@@ -262,6 +353,21 @@ class Dmirror:
         return v << PAGE_SHIFT, pfns, w
 
 
+class _SnapshotOps:
+    """dmirror_snapshot_invalidate(): only the seq (the snapshot programs nothing)."""
+
+    def __init__(self, dmirror: Dmirror) -> None:
+        self.dmirror = dmirror
+
+    def invalidate(self, sub: MmuIntervalNotifier, range: MmuNotifierRange,
+                   cur_seq: int) -> bool:
+        """Store the seq, under the mirror's mutex (trylock when not blockable)."""
+        if self.dmirror.mutex_held and not mmu_notifier_range_blockable(range):
+            return False
+        mmu_interval_set_seq(sub, cur_seq)
+        return True
+
+
 class DmirrorIgnoringInvalidation(Dmirror):
     """The wrong twin: mirrors with hmm_range_fault() but keeps entries on invalidation."""
 
@@ -278,5 +384,7 @@ def dmirror_open(device: DmirrorDevice, proc: Process, *, ignore_invalidation: b
     return cls(device, proc)
 
 
-__all__ = ["DMIRROR_FAULT_CHUNK", "Dmirror", "DmirrorCmd", "DmirrorDevice",
-           "DmirrorIgnoringInvalidation", "dmirror_open"]
+__all__ = ["DMIRROR_FAULT_CHUNK", "HMM_DMIRROR_PROT_ERROR", "HMM_DMIRROR_PROT_NONE",
+           "HMM_DMIRROR_PROT_PMD", "HMM_DMIRROR_PROT_PUD", "HMM_DMIRROR_PROT_READ",
+           "HMM_DMIRROR_PROT_WRITE", "HMM_DMIRROR_PROT_ZERO", "Dmirror", "DmirrorCmd",
+           "DmirrorDevice", "DmirrorIgnoringInvalidation", "dmirror_open"]

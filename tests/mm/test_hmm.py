@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 import pytest
 from notifier_helpers import Mirror
@@ -20,6 +24,7 @@ from gupsim import (
     MAP_ANONYMOUS,
     MAP_FIXED,
     MAP_HUGETLB,
+    MAP_POPULATE,
     MAP_PRIVATE,
     PAGE_SIZE,
     PROT_NONE,
@@ -256,3 +261,49 @@ def test_refault_after_munmap_and_new_mapping_finds_the_new_frame() -> None:
     p.write(a, b"new")
     ret, rng = _fault(sub, a, a + PAGE_SIZE, HMM_PFN_REQ_FAULT)
     assert ret == 0 and hmm_pfn_to_pfn(int(rng.hmm_pfns[0])) == _pfn(p, a)
+
+
+def _python_calls(fn: Callable[[], int]) -> tuple[int, int]:
+    """(Python function calls, result) of fn(): "no per-page Python" as a test."""
+    calls = 0
+
+    def prof(frame: Any, event: str, arg: Any) -> None:
+        nonlocal calls
+        if event == "call":
+            calls += 1
+
+    sys.setprofile(prof)
+    try:
+        result = fn()
+    finally:
+        sys.setprofile(None)
+    return calls, result
+
+
+def test_vectorised_1gib_walk() -> None:
+    """Walking a populated 1 GiB range runs the same Python as walking 1024 pages."""
+    k = gupsim.Kernel(memory="2GiB")
+    p = k.spawn("app")
+    n = 262144
+    big = p.mmap(0, n * PAGE_SIZE, RW, ANON | MAP_POPULATE)
+    small = p.mmap(0, 1024 * PAGE_SIZE, RW, ANON | MAP_POPULATE)
+    subs = []
+    for base, pages in ((big, n), (small, 1024)):
+        sub = MmuIntervalNotifier()
+        assert mmu_interval_notifier_insert(sub, p.mm, base, pages * PAGE_SIZE, Mirror()) == 0
+        subs.append(sub)
+    r_big = HmmRange(subs[0], big, big + n * PAGE_SIZE, default_flags=HMM_PFN_REQ_FAULT)
+    r_small = HmmRange(subs[1], small, small + 1024 * PAGE_SIZE,
+                       default_flags=HMM_PFN_REQ_FAULT)
+    for r in (r_small, r_big):
+        r.notifier_seq = mmu_interval_read_begin(r.notifier)
+    p.mm.mmap_lock.readers += 1
+    assert hmm_range_fault(r_small) == 0            # warm-up
+    c_small, ret_small = _python_calls(lambda: hmm_range_fault(r_small))
+    c_big, ret_big = _python_calls(lambda: hmm_range_fault(r_big))
+    p.mm.mmap_lock.readers -= 1
+    assert (ret_small, ret_big) == (0, 0)
+    assert c_big <= c_small + 20, (c_small, c_big)
+    vma = p.mm.find_vma(big)
+    assert vma is not None
+    assert np.array_equal(r_big.hmm_pfns & np.uint64((1 << 53) - 1), vma.pfn.astype(np.uint64))

@@ -30,12 +30,12 @@ import numpy as np
 
 from ..constants import EACCES, EBUSY, EFAULT, EINVAL, PAGE_MASK, PAGE_SHIFT, PAGE_SIZE
 from ..mm.hmm import (
+    HMM_PFN_FLAGS,
     HMM_PFN_REQ_FAULT,
     HMM_PFN_REQ_WRITE,
     HMM_PFN_VALID,
     HMM_PFN_WRITE,
     HmmRange,
-    hmm_pfn_to_pfn,
     hmm_range_fault,
 )
 from ..mm.mmu_notifier import (
@@ -179,17 +179,17 @@ def ib_umem_odp_map_dma_and_lock(umem: IbUmemOdp, user_virt: int, bcnt: int, acc
             umem.umem_mutex_held = False
             continue
         first = (start - umem.start) >> PAGE_SHIFT
-        mapped = 0
-        for i, e in enumerate(rng.hmm_pfns.tolist()):
-            if not e & HMM_PFN_VALID:
-                if fault:
-                    break
-                continue
-            if umem.pfn_list[first + i] < 0:
-                umem.npages_mapped += 1
-            umem.pfn_list[first + i] = hmm_pfn_to_pfn(e)
-            umem.writable_list[first + i] = bool(e & HMM_PFN_WRITE)
-            mapped += 1
+        pfns = rng.hmm_pfns
+        valid = (pfns & np.uint64(HMM_PFN_VALID)) != 0
+        if fault and not valid.all():
+            valid[int(np.argmin(valid)):] = False   # stop at the first page not made valid
+        idx = np.nonzero(valid)[0]
+        slot = first + idx
+        umem.npages_mapped += int((umem.pfn_list[slot] < 0).sum())
+        umem.pfn_list[slot] = (pfns[idx] & np.uint64(~HMM_PFN_FLAGS & ((1 << 64) - 1))
+                               ).astype(np.int64)
+        umem.writable_list[slot] = (pfns[idx] & np.uint64(HMM_PFN_WRITE)) != 0
+        mapped = len(idx)
         return mapped
     return -EBUSY
 

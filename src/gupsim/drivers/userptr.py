@@ -12,9 +12,11 @@ Era: this is i915 from v5.6 to v5.12 (pin_user_pages since the FOLL_PIN conversi
 v5.6; then a classic mmu_notifier with i915's own interval tree of objects, whose
 invalidate_range_start unbound the object and put its pages; the model subscribes an
 interval notifier, which delivers the same calls). From v5.13 i915 rewrote userptr on
-mmu_interval_notifier: the callback only stores the seq (for MMU_NOTIFY_UNMAP), the
-pages stay pinned until the object's pages are released, and execbuf checks the seq
-and fails with -EAGAIN; I915_USERPTR_UNSYNCHRONIZED was rejected from then on.
+mmu_interval_notifier: the callback stores the seq under the driver's notifier lock and
+waits for the GPU to go idle, but the pages stay pinned ("we will unbind on next
+submission, still have userptr pins") until the next execbuf, which sees the seq moved,
+unbinds and pins again (-EAGAIN to retry); I915_USERPTR_UNSYNCHRONIZED is rejected
+from then on.
 
 The wrong twin is that flag: `I915_USERPTR_UNSYNCHRONIZED` (CAP_SYS_ADMIN only) pinned
 without any notifier, so after munmap (or mremap, or a new mapping at the same place)

@@ -13,9 +13,8 @@ v5.6; then a classic mmu_notifier with i915's own interval tree of objects, whos
 invalidate_range_start unbound the object and put its pages; the model subscribes an
 interval notifier, which delivers the same calls). From v5.13 i915 rewrote userptr on
 mmu_interval_notifier: the callback stores the seq under the driver's notifier lock and
-waits for the GPU to go idle, but the pages stay pinned ("we will unbind on next
-submission, still have userptr pins") until the next execbuf, which sees the seq moved,
-unbinds and pins again (-EAGAIN to retry); I915_USERPTR_UNSYNCHRONIZED is rejected
+waits for the GPU to go idle, but the pages stay pinned until the next execbuf, which
+sees the seq moved, unbinds and pins again (-EAGAIN to retry); I915_USERPTR_UNSYNCHRONIZED is rejected
 from then on.
 
 The wrong twin is that flag: `I915_USERPTR_UNSYNCHRONIZED` (CAP_SYS_ADMIN only) pinned

@@ -18,6 +18,20 @@ from .memory import (
     page_maybe_dma_pinned,
 )
 from .mm import BusError, OOMKilled, SegmentationFault
+from .mm.hmm import (
+    HMM_PFN_DMA_MAPPED,
+    HMM_PFN_ERROR,
+    HMM_PFN_FLAGS,
+    HMM_PFN_ORDER_SHIFT,
+    HMM_PFN_REQ_FAULT,
+    HMM_PFN_REQ_WRITE,
+    HMM_PFN_VALID,
+    HMM_PFN_WRITE,
+    HmmRange,
+    hmm_pfn_to_map_order,
+    hmm_pfn_to_pfn,
+    hmm_range_fault,
+)
 from .mm.mmu_notifier import (
     MMU_NOTIFIER_RANGE_BLOCKABLE,
     MMU_NOTIFY_CLEAR,

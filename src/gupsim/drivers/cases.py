@@ -37,6 +37,7 @@ from ..kernel import Kernel, Process
 from ..memory import PageArray, page_maybe_dma_pinned
 from ..mm import MMF
 from ..mm.reclaim import compact_range
+from .case3 import case3, case3_userptr
 from .direct_io import dio_read
 from .gpu import (
     GpuDevice,
@@ -550,7 +551,8 @@ def vfio_longterm() -> CaseRun:
                    "movable memory first.", right, wrong)
 
 
-CASES: dict[str, Callable[[], CaseRun]] = {"1": case1, "2": case2, "4": case4, "5": case5,
+CASES: dict[str, Callable[[], CaseRun]] = {"1": case1, "2": case2, "3": case3,
+                                           "3-userptr": case3_userptr, "4": case4, "5": case5,
                                            "vfio": vfio_longterm, "gpu": gpu_fallback}
 
 

@@ -130,12 +130,19 @@ def _kvm() -> str:
 
 
 def _swap() -> str:
-    with open("/proc/swaps") as f:
-        devices = f.read().splitlines()[1:]
-    if not devices:
-        raise HostUnsupported("no swap device (/proc/swaps is empty): MADV_PAGEOUT keeps "
-                              "anonymous pages")
-    return f"{len(devices)} swap device(s)"
+    from .swapfile import SWAP_DIR, active_swaps
+
+    devices = active_swaps()
+    if devices:
+        return f"{len(devices)} swap device(s)"
+    if os.geteuid() != 0:
+        raise HostUnsupported("no swap device (/proc/swaps is empty) and not root to add a "
+                              "swap file: MADV_PAGEOUT keeps anonymous pages")
+    fs = libc.fs_type(SWAP_DIR)
+    if fs in ("tmpfs", "ramfs", "overlay"):
+        raise HostUnsupported(f"no swap device, and {SWAP_DIR} is {fs}, which cannot hold a "
+                              "swap file (set GUPSIM_SWAP_DIR to a disk folder)")
+    return f"no swap device: a case adds a temporary swap file in {SWAP_DIR} ({fs})"
 
 
 def _arch() -> str:

@@ -1,8 +1,8 @@
 """Undo what a dead gupsim run left on this host.
 
 A run killed with SIGKILL (or by the OOM killer, or a CI timeout) restores nothing: a
-raised nr_hugepages, an mTHP `enabled` knob, a changed sysctl and its temporary folders
-stay. Every change is journaled before it is made (`settings`) and every temporary folder
+raised nr_hugepages, an mTHP `enabled` knob, a changed sysctl, a temporary swap file and
+its temporary folders stay. Every change is journaled before it is made (`settings`) and every temporary folder
 says whose it is (`cleanup.temp_dir()`), so the next run can put things back. Call
 `repair_dead_runs()` when a host run starts and show its lines to the user.
 """
@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from .cleanup import remove_dead_temp_dirs
 from .settings import repair_dead_settings
+from .swapfile import repair_dead_swapfiles
 
 
 @dataclass
@@ -44,7 +45,7 @@ def repair_dead_runs(temp_bases: list[str] | None = None, lock_timeout: float = 
     are no longer alive; nothing of a living gupsim process is touched. `lock_timeout`
     is how long to wait for running host systems to end before judging folders that carry
     no pid (they are kept when one is running)."""
-    return Repair(repair_dead_settings(),
+    return Repair(repair_dead_settings() + repair_dead_swapfiles(),
                   remove_dead_temp_dirs(temp_bases, lock_timeout=lock_timeout))
 
 

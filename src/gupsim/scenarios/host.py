@@ -40,6 +40,7 @@ from ..live.settings import (
     read_setting,
     thp_size_enabled,
 )
+from ..live.swapfile import SwapFile, active_swaps
 from ..live.vmstat import Meter, PinCounters, counters_to_ourselves, wait_outstanding, wait_quiet
 from ..mm.access import BusError, SegmentationFault
 from . import wire
@@ -53,6 +54,7 @@ PR_GET_CHILD_SUBREAPER = 37
 
 HUGE_SYSFS = "/sys/kernel/mm/hugepages/hugepages-2048kB"
 HUGE_2M = 2 << 20
+SWAP_FILE_SIZE = 64 << 20    # the temporary swap file of a case that needs swap
 
 # Orchestrator-side sockets of every live HostSystem: a newly spawned server closes them,
 # so that each server sees EOF (and exits) when the orchestrator goes away.
@@ -172,7 +174,7 @@ class HostSystem(BaseSystem):
     procs: list[HostProc]  # type: ignore[assignment]
 
     def __init__(self, *, timeout: float = 5.0, quiet: float = 0.05, settle: float = 0.2,
-                 quiet_timeout: float = 2.0) -> None:
+                 quiet_timeout: float = 2.0, needs: tuple[str, ...] = ()) -> None:
         libc.check_arch()
         if timeout <= 0:
             raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
@@ -186,6 +188,8 @@ class HostSystem(BaseSystem):
         self.end: PinCounters | None = None    # after close(): back to `start.outstanding`
         self._meter = Meter(quiet=quiet, timeout=quiet_timeout)
         self._huge: ExtraHugepages | None = None  # huge pages we added to the pool
+        self._want_swap = "swap" in needs         # the case's host capabilities
+        self._swap: SwapFile | None = None        # a swap file we added for the run
         self._token: int | None = None
         self._old_subreaper: int | None = None
         announce_repairs()     # put back what a killed gupsim run left, before we measure
@@ -300,7 +304,10 @@ class HostSystem(BaseSystem):
     @contextmanager
     def _prepare(self, proc: BaseProc, op: Op, args: dict[str, Any]) -> Iterator[None]:
         """Host settings a map needs: free huge pages for hugetlb kinds, THP enabled for
-        "thp", and hugepages-64kB at "madvise" while an "mthp" map faults."""
+        "thp", and hugepages-64kB at "madvise" while an "mthp" map faults; a swap file
+        before the first step of a case that needs swap, when the host has none."""
+        if self._want_swap:
+            self._ensure_swap()
         if op.name != "map":
             yield
             return
@@ -349,13 +356,21 @@ class HostSystem(BaseSystem):
             raise HostUnsupported(f"needed {need} free 2 MiB huge pages, have {avail} "
                                   "after raising nr_hugepages (memory too fragmented)")
 
+    def _ensure_swap(self) -> None:
+        """Add a temporary swap file (journaled, removed at close) if none is active."""
+        self._want_swap = False
+        if not active_swaps():
+            self._swap = SwapFile(SWAP_FILE_SIZE)
+            self._swap.__enter__()
+
     # -- the end --------------------------------------------------------------------------------
     def _close(self) -> None:
         """Kill and reap every scenario process, wait for the pins they held to be
-        released, restore nr_hugepages and the subreaper flag, remove the temp files."""
+        released, restore nr_hugepages, remove a swap file we added, restore the subreaper
+        flag, remove the temp files."""
         errors: list[BaseException] = []
         for undo in (self._end_processes, self._wait_released, self._restore_huge,
-                     self._restore_subreaper, self._remove_dirs):
+                     self._remove_swap, self._restore_subreaper, self._remove_dirs):
             try:     # every step runs, even after a failure or an interrupt in another
                 undo()
             except BaseException as exc:  # noqa: BLE001
@@ -417,6 +432,11 @@ class HostSystem(BaseSystem):
         if self._huge is not None:
             self._huge.restore()
             self._huge = None
+
+    def _remove_swap(self) -> None:
+        if self._swap is not None:
+            self._swap.remove()
+            self._swap = None
 
     def _restore_subreaper(self) -> None:
         if self._old_subreaper is not None:

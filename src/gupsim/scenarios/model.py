@@ -38,6 +38,8 @@ from .base import BaseProc, BaseSystem, Counted
 from .ops import Op
 from .records import MTHP_SIZE, Outcome
 
+SWAP_SIZE = 64 << 20    # the swap device of a case that needs swap (the host's file size)
+
 
 def fallocate(f: Any, length: int) -> None:
     """fallocate(fd, 0, 0, length) as the host back-end does it: every page of the file
@@ -310,9 +312,11 @@ class ModelSystem(BaseSystem):
     name = "model"
     procs: list[ModelProc]  # type: ignore[assignment]
 
-    def __init__(self, kernel: Kernel | None = None) -> None:
+    def __init__(self, kernel: Kernel | None = None, needs: tuple[str, ...] = ()) -> None:
         super().__init__()
-        self.k = kernel or Kernel(memory="1GiB", nr_hugepages=8)
+        # a case that needs swap gets a swap device, as the host gets a swap file
+        swap = SWAP_SIZE if "swap" in needs else 0
+        self.k = kernel or Kernel(memory="1GiB", nr_hugepages=8, swap=swap)
         self._scratch: Any = None
         self.files: dict[int, Any] = {}      # region id -> the file behind it
 

@@ -7,6 +7,7 @@ probe cannot make model and host agree on a wrong answer.
 
 from __future__ import annotations
 
+import functools
 import random
 import time
 from collections.abc import Callable
@@ -126,7 +127,7 @@ def run_host(case: Case, model: Trace, make: Callable[[], System] | None = None,
         raise ValueError(f"attempts and confirm must be >= 1, got {attempts}, {confirm}")
     if make is None:
         from .host import HostSystem
-        make = HostSystem
+        make = functools.partial(HostSystem, needs=case.needs)
     seen: dict[tuple, int] = {}
     last: Trace | None = None
     for attempt in range(1, attempts + 1):
@@ -167,7 +168,7 @@ def run_case(case: Case, with_host: bool = True,
     it is then used whatever the host's capabilities.
     """
     from .model import ModelSystem
-    model = run_on(case, ModelSystem)
+    model = run_on(case, functools.partial(ModelSystem, needs=case.needs))
     result = Result(case, model, None, case.expect(model))
     if with_host:
         if make_host is None:

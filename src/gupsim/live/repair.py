@@ -2,9 +2,10 @@
 
 A run killed with SIGKILL (or by the OOM killer, or a CI timeout) restores nothing: a
 raised nr_hugepages, an mTHP `enabled` knob, a changed sysctl, a temporary swap file and
-its temporary folders stay. Every change is journaled before it is made (`settings`) and every temporary folder
-says whose it is (`cleanup.temp_dir()`), so the next run can put things back. Call
-`repair_dead_runs()` when a host run starts and show its lines to the user.
+its temporary folders stay. Every change is journaled before it is made (`settings`,
+`swapfile`) and every temporary folder says whose it is (`cleanup.temp_dir()`), so the
+next run can put things back. Call `repair_dead_runs()` when a host run starts and show
+its lines to the user.
 """
 
 from __future__ import annotations

@@ -129,3 +129,17 @@ def test_the_host_swaps_anonymous_pages_out_with_the_temporary_swap_file() -> No
         assert all(e.swapped and not e.present for e in entries), entries
         assert p.read(r, 0, 4) == b"\x66" * 4
     assert active_swaps() == []
+
+
+@needs_swap_file
+def test_a_stray_swap_file_of_a_dead_run_without_a_journal_is_removed() -> None:
+    from gupsim.live.swapfile import SWAP_DIR, repair_dead_swapfiles
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    path = os.path.join(SWAP_DIR, f"gupsim-swap-{dead.pid}-1")
+    with open(path, "w"):
+        pass
+    lines = repair_dead_swapfiles()
+    assert any(path in line for line in lines), lines
+    assert not os.path.exists(path)

@@ -15,6 +15,7 @@ import ctypes
 import errno
 import itertools
 import os
+import re
 import struct
 
 from . import cleanup, libc
@@ -146,8 +147,25 @@ def _take_down(path: str) -> bool:
     return did
 
 
+def _strays(state: dict) -> dict[str, dict]:
+    """Swap files in SWAP_DIR of dead gupsim processes that no journal lists (a journal
+    lost with its temp folder at a reboot): their pid is in the name."""
+    found: dict[str, dict] = {}
+    with contextlib.suppress(OSError):
+        for name in os.listdir(SWAP_DIR):
+            m = _NAME.fullmatch(name)
+            path = os.path.join(SWAP_DIR, name)
+            if m and path not in state and not _pid_alive(int(m[1])):
+                found[path] = {"pid": int(m[1])}
+    return found
+
+
+_NAME = re.compile(r"gupsim-swap-(\d+)-\d+")
+
+
 def _repair_swap(state: dict, done: list[str]) -> None:
     """swapoff and delete the swap files of gupsim processes that died."""
+    state.update(_strays(state))
     for path, entry in list(state.items()):
         if _pid_alive(int(entry["pid"])):
             continue
@@ -167,7 +185,7 @@ def repair_dead_swapfiles() -> list[str]:
     """Take away every swap file journaled by a gupsim process that is no longer alive;
     one line per file."""
     from .settings import journal_path
-    if not os.path.exists(journal_path("swap")):
+    if not os.path.exists(journal_path("swap")) and not _strays({}):
         return []
     done: list[str] = []
     with cleanup.signals_held(), _journal("swap") as state:

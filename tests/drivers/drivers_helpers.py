@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import inspect
-import sys
-import time
-from collections.abc import Callable
 from typing import Any
 
 from gupsim import MAP_ANONYMOUS, MAP_PRIVATE, PAGE_SIZE, PROT_READ, PROT_WRITE, Kernel, Process
@@ -40,20 +37,3 @@ def line_in(module: Any, func: Any, text: str) -> int:
             return first + i
     raise AssertionError(f"{text!r} not found in {func.__name__} of {module.__name__}")
 
-
-def python_calls(fn: Callable[[], Any]) -> tuple[int, float, Any]:
-    """(Python-level function calls, seconds, result) of running fn()."""
-    calls = 0
-
-    def prof(frame: Any, event: str, arg: Any) -> None:
-        nonlocal calls
-        if event == "call":
-            calls += 1
-
-    t0 = time.perf_counter()
-    sys.setprofile(prof)
-    try:
-        result = fn()
-    finally:
-        sys.setprofile(None)
-    return calls, time.perf_counter() - t0, result

@@ -8,7 +8,8 @@ reaches exactly the mapped, permitted IOVAs.
 from __future__ import annotations
 
 import pytest
-from drivers_helpers import ANON, RW, anon_buffer, held, mapped_pfn, python_calls
+from callcount import python_calls
+from drivers_helpers import ANON, RW, anon_buffer, held, mapped_pfn
 
 import gupsim
 from gupsim import (

@@ -3,8 +3,6 @@ memory shapes most tests start from, and the table of entry points as test param
 
 from __future__ import annotations
 
-import sys
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -130,21 +128,3 @@ def release(k: Kernel, ep: EntryPoint, pages: list[Page | None]) -> None:
             if pg is not None:
                 k.put_page(pg)
 
-
-def python_calls(fn: Callable[[], Any]) -> tuple[int, float, Any]:
-    """(Python-level function calls, seconds, result) of running fn(): a way to make "no
-    per-page Python" a test."""
-    calls = 0
-
-    def prof(frame: Any, event: str, arg: Any) -> None:
-        nonlocal calls
-        if event == "call":
-            calls += 1
-
-    t0 = time.perf_counter()
-    sys.setprofile(prof)
-    try:
-        result = fn()
-    finally:
-        sys.setprofile(None)
-    return calls, time.perf_counter() - t0, result

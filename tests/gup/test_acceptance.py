@@ -8,6 +8,7 @@ MMF_HAS_PINNED and the WARN_ON_ONCE sites recorded in `k.warnings`.
 from __future__ import annotations
 
 import pytest
+from callcount import python_calls
 from gup_helpers import (
     anon_rw,
     counters,
@@ -15,7 +16,6 @@ from gup_helpers import (
     has_pinned,
     mapped_pfn,
     pte_of,
-    python_calls,
     special_vma,
     thp_region,
 )

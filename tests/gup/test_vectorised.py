@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from gup_helpers import counters, entries, python_calls
+from callcount import python_calls
+from gup_helpers import counters, entries
 
 from gupsim import (
     FOLL_LONGTERM,

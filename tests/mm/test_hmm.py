@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Callable
-from typing import Any
-
 import numpy as np
 import pytest
+from callcount import python_calls
 from notifier_helpers import Mirror
 
 import gupsim
@@ -263,22 +260,6 @@ def test_refault_after_munmap_and_new_mapping_finds_the_new_frame() -> None:
     assert ret == 0 and hmm_pfn_to_pfn(int(rng.hmm_pfns[0])) == _pfn(p, a)
 
 
-def _python_calls(fn: Callable[[], int]) -> tuple[int, int]:
-    """(Python function calls, result) of fn(): "no per-page Python" as a test."""
-    calls = 0
-
-    def prof(frame: Any, event: str, arg: Any) -> None:
-        nonlocal calls
-        if event == "call":
-            calls += 1
-
-    sys.setprofile(prof)
-    try:
-        result = fn()
-    finally:
-        sys.setprofile(None)
-    return calls, result
-
 
 def test_vectorised_1gib_walk() -> None:
     """Walking a populated 1 GiB range runs the same Python as walking 1024 pages."""
@@ -299,8 +280,8 @@ def test_vectorised_1gib_walk() -> None:
         r.notifier_seq = mmu_interval_read_begin(r.notifier)
     p.mm.mmap_lock.readers += 1
     assert hmm_range_fault(r_small) == 0            # warm-up
-    c_small, ret_small = _python_calls(lambda: hmm_range_fault(r_small))
-    c_big, ret_big = _python_calls(lambda: hmm_range_fault(r_big))
+    c_small, _, ret_small = python_calls(lambda: hmm_range_fault(r_small))
+    c_big, _, ret_big = python_calls(lambda: hmm_range_fault(r_big))
     p.mm.mmap_lock.readers -= 1
     assert (ret_small, ret_big) == (0, 0)
     assert c_big <= c_small + 20, (c_small, c_big)

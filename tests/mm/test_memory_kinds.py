@@ -212,3 +212,37 @@ def test_hugetlb_fixed_address_must_be_huge_aligned(p):
     with pytest.raises(OSError) as e:
         p.mmap(0x40001000, PMD_SIZE, RW, ANON | MAP_HUGETLB | MAP_FIXED)
     assert e.value.errno == errno.EINVAL
+
+
+def test_bulk_free_leaves_the_buddy_lists_as_freeing_page_by_page() -> None:
+    """Allocator.free_folios() (munmap, exit) hands order-0 folios back in aligned blocks;
+    the free lists, the counts and the next allocations must be exactly those that one
+    free_folio() per page gives, also for a fragmented, unaligned set."""
+    import numpy as np
+
+    from gupsim.memory import Kind
+    from gupsim.memory.alloc import aligned_blocks
+
+    def machine() -> tuple[gupsim.Kernel, np.ndarray]:
+        k = gupsim.Kernel(memory="64MiB")
+        pfns = k.alloc.alloc_bulk_order0(3000, Kind.ANON, True, 0, np.zeros(3000, np.int64))
+        return k, pfns
+
+    rng = np.random.default_rng(7)
+    k1, pfns = machine()
+    k2, same = machine()
+    assert (pfns == same).all()
+    chosen = np.sort(rng.choice(pfns, size=2100, replace=False))
+    k1.alloc.mem.refcount[chosen] = 0
+    k2.alloc.mem.refcount[chosen] = 0
+    for pfn in chosen.tolist():
+        k1.alloc.free_folio(pfn)
+    k2.alloc.free_folios(chosen[::-1].copy())
+    for r1, r2 in ((k1.alloc.movable, k2.alloc.movable), (k1.alloc.normal, k2.alloc.normal)):
+        assert r1.nr_free == r2.nr_free
+        assert [sorted(f) for f in r1.free] == [sorted(f) for f in r2.free]
+    assert k1.vmstat["pgfree"] == k2.vmstat["pgfree"]
+    assert [k1.alloc.alloc_frames(0, True) for _ in range(50)] == \
+        [k2.alloc.alloc_frames(0, True) for _ in range(50)]
+    blocks = aligned_blocks(np.arange(1024, 1024 + 1536, dtype=np.int64))
+    assert blocks == [(1024, 10), (2048, 9)]

@@ -5,12 +5,10 @@ sequence, and that the reader's read_retry became true."""
 from __future__ import annotations
 
 import functools
-import sys
 import time
-from collections.abc import Callable
-from typing import Any
 
 import pytest
+from callcount import python_calls
 from notifier_helpers import Mirror, mm_seq, watch
 
 import gupsim
@@ -427,21 +425,6 @@ def test_exit_releases_then_unmaps_everything(p):
 # -- cost without and with notifiers -----------------------------------------------------------
 
 
-def _python_calls(fn: Callable[[], Any]) -> tuple[int, Any]:
-    calls = 0
-
-    def prof(frame: Any, event: str, arg: Any) -> None:
-        nonlocal calls
-        if event == "call":
-            calls += 1
-
-    sys.setprofile(prof)
-    try:
-        return calls, fn()
-    finally:
-        sys.setprofile(None)
-        del prof
-
 
 @pytest.mark.parametrize("subscribed", [False, True])
 def test_bulk_paths_stay_vectorised(subscribed: bool) -> None:
@@ -459,8 +442,8 @@ def test_bulk_paths_stay_vectorised(subscribed: bool) -> None:
     for op in (lambda a, m: p.mprotect(a, m, PROT_READ),
                lambda a, m: p.mprotect(a, m, RW),
                lambda a, m: p.munmap(a + m // 2, m // 2)):
-        c_small, _ = _python_calls(functools.partial(op, small, 4 * P))
+        c_small, _, _ = python_calls(functools.partial(op, small, 4 * P))
         t0 = time.perf_counter()
-        c_big, _ = _python_calls(functools.partial(op, big, n * P))
+        c_big, _, _ = python_calls(functools.partial(op, big, n * P))
         assert c_big <= c_small + 60, (c_small, c_big)
         assert time.perf_counter() - t0 < 2.0

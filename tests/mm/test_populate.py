@@ -9,13 +9,12 @@ reference.
 from __future__ import annotations
 
 import errno
-import sys
-import time
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import pytest
+from callcount import python_calls
 
 import gupsim
 from gupsim import (
@@ -203,22 +202,6 @@ def test_madv_populate_past_the_end_of_a_file_is_efault(k, p):
     assert present(p, a, 4).tolist() == [True, False, False, False]
 
 
-def _python_calls(fn: Callable[[], Any]) -> tuple[int, float, Any]:
-    calls = 0
-
-    def prof(frame: Any, event: str, arg: Any) -> None:
-        nonlocal calls
-        if event == "call":
-            calls += 1
-
-    t0 = time.perf_counter()
-    sys.setprofile(prof)
-    try:
-        result = fn()
-    finally:
-        sys.setprofile(None)
-    return calls, time.perf_counter() - t0, result
-
 
 @pytest.mark.parametrize("how", ("map_populate", "madv_populate_write", "mlock"))
 def test_populating_1gib_of_private_memory_has_no_per_page_python(how: str) -> None:
@@ -237,8 +220,8 @@ def test_populating_1gib_of_private_memory_has_no_per_page_python(how: str) -> N
         return a
 
     run(1024)                                            # warm-up: imports, caches
-    small, _, _ = _python_calls(lambda: run(1024))
-    big, secs, a = _python_calls(lambda: run(262144))
+    small, _, _ = python_calls(lambda: run(1024))
+    big, secs, a = python_calls(lambda: run(262144))
     assert big < 2000, (small, big)      # the allocator works per 4 MiB block; not per page
     assert secs < 2.0
     assert present(p, a, 262144).all()

@@ -55,6 +55,7 @@ from ..mm.hmm import (
     hmm_pfn_to_pfn,
     hmm_range_fault,
 )
+from ..mm.mm_struct import mmap_read_locked
 from ..mm.mmu_notifier import (
     ULONG_MAX,
     MmuIntervalNotifier,
@@ -166,11 +167,8 @@ class Dmirror:
         mm = self.mm
         for _ in range(_MAX_RETRIES):
             rng.notifier_seq = mmu_interval_read_begin(rng.notifier)
-            mm.mmap_lock.readers += 1               # mmap_read_lock()
-            try:
+            with mmap_read_locked(mm):
                 ret = hmm_range_fault(rng)
-            finally:
-                mm.mmap_lock.readers -= 1
             if ret == -EBUSY:
                 continue
             if ret:
@@ -317,11 +315,8 @@ class Dmirror:
         for _ in range(_MAX_RETRIES):
             rng.hmm_pfns[:] = 0
             rng.notifier_seq = mmu_interval_read_begin(rng.notifier)
-            mm.mmap_lock.readers += 1
-            try:
+            with mmap_read_locked(mm):
                 ret = hmm_range_fault(rng)
-            finally:
-                mm.mmap_lock.readers -= 1
             if ret == -EBUSY:
                 continue
             if ret:

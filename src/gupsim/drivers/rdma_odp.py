@@ -38,6 +38,7 @@ from ..mm.hmm import (
     HmmRange,
     hmm_range_fault,
 )
+from ..mm.mm_struct import mmap_read_locked
 from ..mm.mmu_notifier import (
     MmuIntervalNotifier,
     MmuNotifierRange,
@@ -165,11 +166,8 @@ def ib_umem_odp_map_dma_and_lock(umem: IbUmemOdp, user_virt: int, bcnt: int, acc
     for _ in range(_MAX_RETRIES):
         rng.hmm_pfns[:] = 0
         rng.notifier_seq = mmu_interval_read_begin(umem.notifier)
-        mm.mmap_lock.readers += 1
-        try:
+        with mmap_read_locked(mm):
             ret = hmm_range_fault(rng)
-        finally:
-            mm.mmap_lock.readers -= 1
         if ret == -EBUSY:
             continue
         if ret:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from ..check.args import check_ints, check_owner
 from ..constants import CAP_IPC_LOCK, FOLL_LONGTERM, FOLL_WRITE, PAGE_SHIFT, PAGE_SIZE
 from ..memory import PageArray
-from ..mm.mm_struct import UserStruct, rlimit_pages
+from ..mm.mm_struct import UserStruct, mmap_read_locked, rlimit_pages
 
 if TYPE_CHECKING:
     from ..kernel import Kernel, Process
@@ -52,11 +52,8 @@ class XdpSocket:
             self.charged = npgs
         pages = PageArray(npgs)
         mm = self.p.mm
-        mm.mmap_lock.readers += 1
-        try:
+        with mmap_read_locked(mm):
             got = self.p.pin_user_pages(addr, npgs, FOLL_WRITE | FOLL_LONGTERM, pages)
-        finally:
-            mm.mmap_lock.readers -= 1
         if got != npgs:
             if got > 0:
                 self.k.unpin_user_pages(pages[:got])

@@ -30,7 +30,7 @@ from ..constants import (
 from ..memory import PG, Kind
 from ..mm import MM, MMF, VM, VMA, FaultFlag, MMEnv, VMFault, handle_mm_fault
 from ..mm.fault import populate_anon_bulk
-from ..mm.mm_struct import split_huge_mapping
+from ..mm.mm_struct import mmap_read_lock, mmap_read_unlock, split_huge_mapping
 from ..mm.vma import PTE
 from .flags import (
     FOLL_ANON,
@@ -411,16 +411,6 @@ def __get_user_pages(env: MMEnv, mm: MM, start: int, nr_pages: int, gup_flags: i
         ret = -EFAULT               # FOLL_DUMP and the zero page / no struct page
         break
     return done if done else ret
-
-
-def mmap_read_lock(mm: MM) -> None:
-    """Take mmap_lock for read (a count: the model never blocks)."""
-    mm.mmap_lock.readers += 1
-
-
-def mmap_read_unlock(mm: MM) -> None:
-    """Drop a read hold of mmap_lock (never below zero)."""
-    mm.mmap_lock.readers = max(0, mm.mmap_lock.readers - 1)
 
 
 def __get_user_pages_locked(env: MMEnv, mm: MM, start: int, nr_pages: int,

@@ -106,6 +106,29 @@ class BuddyRegion:
         self._push(pfn, order)
 
 
+def aligned_blocks(pfns: np.ndarray) -> list[tuple[int, int]]:
+    """Split sorted, distinct PFNs into the largest naturally aligned power-of-two blocks
+    (start, order) they contain, up to MAX_PAGE_ORDER: what a buddy allocator may free
+    as one block each."""
+    out: list[tuple[int, int]] = []
+    left = pfns
+    for order in range(MAX_PAGE_ORDER, 0, -1):
+        size = 1 << order
+        if len(left) < size:
+            continue
+        idx = np.nonzero(left % size == 0)[0]
+        idx = idx[idx + size - 1 < len(left)]
+        idx = idx[left[idx + size - 1] == left[idx] + size - 1]   # sorted, distinct: a run
+        if len(idx) == 0:
+            continue
+        out += [(int(start), order) for start in left[idx].tolist()]
+        used = np.zeros(len(left), dtype=bool)
+        used[(idx[:, None] + np.arange(size)).ravel()] = True
+        left = left[~used]
+    out += [(int(pfn), 0) for pfn in left.tolist()]
+    return out
+
+
 class Allocator:
     """alloc_pages()/free of folios over the zones of one MemMap, with a hugetlb pool."""
 
@@ -198,6 +221,44 @@ class Allocator:
             self.hugetlb_free[order].append(head)
             return
         self.region_of(head).release(head, order)
+
+    def free_folios(self, heads: np.ndarray) -> None:
+        """Free many folios whose refcount reached 0 (free_unref_folios()): order-0 ones as
+        arrays, handed back to the buddy lists in whole aligned blocks, so that munmap or
+        exit of a large range costs Python per block, not per page; the rest one by one.
+        The buddy lists end as freeing each page would leave them (merging is canonical)."""
+        mem = self.mem
+        heads = np.asarray(heads, dtype=np.int64)
+        small = (mem.order[heads] == 0) & ((mem.flags[heads] & np.uint32(PG.hugetlb)) == 0)
+        for head in heads[~small].tolist():
+            self.free_folio(head)
+        pfns = np.unique(heads[small])
+        if len(pfns) == 0:
+            return
+        bad = (mem.mapcount[pfns] != 0) | (mem.entire_mapcount[pfns] != 0)
+        for pfn in pfns[bad].tolist():      # one hit per bad folio, as free_folio() counts
+            mem.warnings.warn_on_once(True, "free_pages_prepare: bad page state",
+                                      f"freeing folio {pfn:#x} that is still mapped")
+        self._clear_contents(pfns)
+        for arr in (mem.flags, mem.head_off, mem.mapping, mem.index, mem.private, mem.kind,
+                    mem.order, mem.pincount, mem.entire_mapcount, mem.mapcount, mem.refcount):
+            arr[pfns] = 0
+        mem.vmstat["pgfree"] += len(pfns)
+        for region in (self.normal, self.cma, self.movable):
+            inside = pfns[(pfns >= region.start) & (pfns < region.end)]
+            for start, order in aligned_blocks(inside):
+                region.release(start, order)
+
+    def _clear_contents(self, pfns: np.ndarray) -> None:
+        """clear_frames() for many frames: only those with stored contents are touched."""
+        content = self.mem.content
+        if not content:
+            return
+        if len(content) < len(pfns):
+            keys = np.fromiter(content.keys(), dtype=np.int64, count=len(content))
+            pfns = keys[np.isin(keys, pfns)]
+        for pfn in pfns.tolist():
+            content.pop(pfn, None)
 
     # -- hugetlb pool ------------------------------------------------------------------
 

@@ -50,6 +50,5 @@ def folio_put_many(alloc: Allocator, heads: np.ndarray, counts: np.ndarray | Non
                                   f"{int(under.sum())} folios dropped below zero")
         mem.refcount[uniq[under]] = 0
     dead = uniq[mem.refcount[uniq] == 0]
-    for head in dead.tolist():
-        alloc.free_folio(head)
+    alloc.free_folios(dead)
     return len(dead)

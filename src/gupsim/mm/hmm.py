@@ -54,6 +54,7 @@ import numpy as np
 from ..constants import EBUSY, EFAULT, EINVAL, EPERM, PAGE_SHIFT, PAGE_SIZE, PMD_ORDER, PUD_ORDER
 from ..memory import Kind
 from .fault import FaultFlag, VMFault, handle_mm_fault
+from .mm_struct import mmap_read_lock, mmap_read_unlock
 from .mmu_notifier import MmuIntervalNotifier, mmu_interval_check_retry
 from .rmap import MMRmap
 from .vma import PTE, VM, VMA
@@ -271,7 +272,7 @@ def hmm_range_fault(range: HmmRange) -> int:
         mm.mem.warnings.warn_on_once(True, "hmm_range_fault: mmap_lock not held",
                                      "mmap_assert_locked(): take mmap_read_lock(mm) around "
                                      "hmm_range_fault(); the model took it for you")
-        mm.mmap_lock.readers += 1
+        mmap_read_lock(mm)
         took = True
     try:
         last = rng.start
@@ -283,7 +284,7 @@ def hmm_range_fault(range: HmmRange) -> int:
                 return ret
     finally:
         if took:
-            mm.mmap_lock.readers -= 1
+            mmap_read_unlock(mm)
 
 
 __all__ = [

@@ -8,6 +8,8 @@ consistent in one place.
 from __future__ import annotations
 
 import bisect
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import IntFlag
 
@@ -42,6 +44,26 @@ class MMapLock:
     def held(self) -> bool:
         """mmap_assert_locked(): held for read or for write."""
         return self.writer or self.readers > 0
+
+
+def mmap_read_lock(mm: MM) -> None:
+    """Take mmap_lock for read (a count: the model never blocks)."""
+    mm.mmap_lock.readers += 1
+
+
+def mmap_read_unlock(mm: MM) -> None:
+    """Drop a read hold of mmap_lock (never below zero)."""
+    mm.mmap_lock.readers = max(0, mm.mmap_lock.readers - 1)
+
+
+@contextlib.contextmanager
+def mmap_read_locked(mm: MM) -> Iterator[None]:
+    """mmap_read_lock() ... mmap_read_unlock() around a block, also when it raises."""
+    mmap_read_lock(mm)
+    try:
+        yield
+    finally:
+        mmap_read_unlock(mm)
 
 
 _mm_ids = iter(range(1, 1 << 62))

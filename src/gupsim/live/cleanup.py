@@ -270,7 +270,7 @@ def remove_dead_temp_dirs(bases: list[str] | None = None, lock_timeout: float = 
             if m is None or os.path.islink(path) or not os.path.isdir(path):
                 continue
             if m[2] is not None:
-                if not _alive(int(m[2])):
+                if not pid_alive(int(m[2])):
                     shutil.rmtree(path, ignore_errors=True)
                     removed.append(path)
             elif m[1] == "host":
@@ -294,7 +294,9 @@ def remove_dead_temp_dirs(bases: list[str] | None = None, lock_timeout: float = 
     return removed
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists (of any user; a zombie counts): the test
+    for "a gupsim run that is gone", whose journal entries and folders may be repaired."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -366,21 +366,11 @@ def _put_back(path: str, entry: dict) -> bool:
     return False
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 # -- repair: undo what dead gupsim processes left ---------------------------------------------
 
 def _drop_dead_users(state: dict) -> None:
     for entry in state.values():
-        entry["users"] = [p for p in entry.get("users", []) if _pid_alive(p)]
+        entry["users"] = [p for p in entry.get("users", []) if cleanup.pid_alive(p)]
 
 
 def _repair_shared(state: dict, done: list[str], only: str | None = None) -> None:
@@ -400,7 +390,7 @@ def _repair_hugepages(state: dict, done: list[str]) -> None:
     lock, so no gupsim process wrote nr_hugepages since the dead one's last journal entry)."""
     for path, users in list(state.items()):
         for pid, mine in list(users.items()):
-            if _pid_alive(int(pid)):
+            if cleanup.pid_alive(int(pid)):
                 continue
             del users[pid]
             if not os.path.exists(path):
@@ -423,7 +413,7 @@ def _repair_hugepages(state: dict, done: list[str]) -> None:
 
 def _repair_saved(saved: dict, done: list[str]) -> None:
     """Write back the originals of `Setting`s whose process died, newest first."""
-    dead = [(k, e) for k, e in saved.items() if not _pid_alive(int(e["pid"]))]
+    dead = [(k, e) for k, e in saved.items() if not cleanup.pid_alive(int(e["pid"]))]
     for key, entry in reversed(dead):
         path, original = entry["path"], entry["original"]
         if os.path.exists(path):

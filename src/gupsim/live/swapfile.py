@@ -20,7 +20,7 @@ import struct
 
 from . import cleanup, libc
 from .errors import HostUnsupported
-from .settings import _journal, _pid_alive, _write_journal
+from .settings import _journal, _write_journal
 
 SWAP_DIR = os.environ.get("GUPSIM_SWAP_DIR", "/var/tmp")
 PAGE_SIZE = 4096
@@ -155,7 +155,7 @@ def _strays(state: dict) -> dict[str, dict]:
         for name in os.listdir(SWAP_DIR):
             m = _NAME.fullmatch(name)
             path = os.path.join(SWAP_DIR, name)
-            if m and path not in state and not _pid_alive(int(m[1])):
+            if m and path not in state and not cleanup.pid_alive(int(m[1])):
                 found[path] = {"pid": int(m[1])}
     return found
 
@@ -167,7 +167,7 @@ def _repair_swap(state: dict, done: list[str]) -> None:
     """swapoff and delete the swap files of gupsim processes that died."""
     state.update(_strays(state))
     for path, entry in list(state.items()):
-        if _pid_alive(int(entry["pid"])):
+        if cleanup.pid_alive(int(entry["pid"])):
             continue
         try:
             was_on = path in active_swaps()

@@ -25,6 +25,7 @@ import re
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Self
 
 from . import cleanup
 from .errors import HostUnsupported
@@ -64,7 +65,33 @@ def write_setting(path: str, value: str) -> None:
         raise OSError(exc.errno, f"writing {value!r} to {path}: {exc.strerror}") from exc
 
 
-class Setting:
+class JournaledChange:
+    """A change to the host that is journaled before it is made, so that a run killed at
+    any point is repaired by the next one: entering runs `_enter()` (journal, then
+    change) with SIGINT/SIGTERM/SIGHUP held, so the two are never split, and undoes what
+    was done if it fails; leaving undoes the change. Subclasses give `_enter` and `undo`."""
+
+    def _enter(self) -> None:
+        raise NotImplementedError
+
+    def undo(self) -> None:
+        """Put the host back as it was before entering (idempotent)."""
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        try:
+            with cleanup.signals_held():
+                self._enter()
+        except BaseException:
+            self.undo()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.undo()
+
+
+class Setting(JournaledChange):
     """`with Setting(path, value) as s:` writes `value`, restores the original on exit.
 
     `s.actual` is what the file reads back after writing: the kernel may grant less
@@ -80,15 +107,6 @@ class Setting:
         self._token: int | None = None
         self._key: str | None = None
 
-    def __enter__(self) -> Setting:
-        try:
-            with cleanup.signals_held():
-                self._enter()
-        except BaseException:
-            self.restore()
-            raise
-        return self
-
     def _enter(self) -> None:
         with _journal("saved") as saved:
             _repair_saved(saved, [])
@@ -103,9 +121,6 @@ class Setting:
         write_setting(self.path, self.value)
         self.actual = read_setting(self.path)
 
-    def __exit__(self, *exc: object) -> None:
-        self.restore()
-
     def restore(self) -> None:
         """Write the original value back (once), then forget the journal entry."""
         if self._token is not None:
@@ -119,6 +134,8 @@ class Setting:
             with _journal("saved") as saved:
                 saved.pop(self._key, None)
             self._key = None
+
+    undo = restore
 
 
 def hugepages(count: int) -> ExtraHugepages:
@@ -281,7 +298,7 @@ class ExtraHugepages:
         self.restore()
 
 
-class SharedSetting:
+class SharedSetting(JournaledChange):
     """`Setting` for a choice knob (THP per-size `enabled`) that several gupsim processes
     may want at once: the first user saves the original, the last one puts it back.
     Users are tracked by pid in a journal next to the lock, written before the knob is,
@@ -308,15 +325,6 @@ class SharedSetting:
     def _save(cls, state: dict[str, dict]) -> None:
         _write_journal("settings", state)
 
-    def __enter__(self) -> SharedSetting:
-        try:
-            with cleanup.signals_held():
-                self._enter()
-        except BaseException:
-            self.restore()
-            raise
-        return self
-
     def _enter(self) -> None:
         with _journal("settings") as state:
             _repair_shared(state, [], only=self.path)   # its users died without restoring
@@ -337,9 +345,6 @@ class SharedSetting:
             if read_setting(self.path) != self.value:
                 write_setting(self.path, self.value)
 
-    def __exit__(self, *exc: object) -> None:
-        self.restore()
-
     def restore(self) -> None:
         """Leave; the last user writes the original value back (idempotent)."""
         if self._token is None:
@@ -356,6 +361,8 @@ class SharedSetting:
             if not entry["users"]:
                 _put_back(self.path, entry)
                 del state[self.path]
+
+    undo = restore
 
 
 def _put_back(path: str, entry: dict) -> bool:

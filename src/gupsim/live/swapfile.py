@@ -20,7 +20,7 @@ import struct
 
 from . import cleanup, libc
 from .errors import HostUnsupported
-from .settings import _journal, _write_journal
+from .settings import JournaledChange, _journal, _write_journal
 
 SWAP_DIR = os.environ.get("GUPSIM_SWAP_DIR", "/var/tmp")
 PAGE_SIZE = 4096
@@ -64,7 +64,7 @@ def write_swap_header(fd: int, size: int) -> None:
     os.fsync(fd)
 
 
-class SwapFile:
+class SwapFile(JournaledChange):
     """`with SwapFile(size) as s:` adds a swap file of `size` bytes (in SWAP_DIR) with
     swapon, then swapoff and deletes it on leaving, at exit, or, if this process is
     killed, at the next `repair_dead_swapfiles()`. HostUnsupported says why a host cannot
@@ -79,15 +79,6 @@ class SwapFile:
         self.path = os.path.join(self.dir, f"gupsim-swap-{os.getpid()}-{next(_keys)}")
         self._key: str | None = None
         self._token: int | None = None
-
-    def __enter__(self) -> SwapFile:
-        try:
-            with cleanup.signals_held():
-                self._enter()
-        except BaseException:
-            self.remove()
-            raise
-        return self
 
     def _enter(self) -> None:
         if os.geteuid() != 0:
@@ -119,9 +110,6 @@ class SwapFile:
                    errno.ENOMEM: "out of memory"}.get(exc.errno or 0, exc.strerror)
             raise HostUnsupported(f"swapon {self.path}: {why}") from exc
 
-    def __exit__(self, *exc: object) -> None:
-        self.remove()
-
     def remove(self) -> None:
         """swapoff (if on), delete the file, then forget the journal entry (idempotent)."""
         if self._token is not None:
@@ -133,6 +121,8 @@ class SwapFile:
             _take_down(self.path)
             state.pop(self._key, None)
             self._key = None
+
+    undo = remove
 
 
 def _take_down(path: str) -> bool:

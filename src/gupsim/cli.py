@@ -313,8 +313,17 @@ def pins_table(snap: dict) -> Table:
               help="Print JSON (with --watch: one JSON object per line, per refresh).")
 @click.option("--watch", type=Seconds(0.1, 86400.0), default=None, metavar="SECONDS",
               help="Refresh every SECONDS (0.1 to 86400) until Ctrl-C (exit 130).")
-def top(as_json: bool, watch: float | None) -> None:
+@click.option("--prometheus", is_flag=True,
+              help="Print the Prometheus text exposition (gupsim_* metrics) once.")
+def top(as_json: bool, watch: float | None, prometheus: bool) -> None:
     """`gupsim top`: the pinned-memory holders, once or every `watch` seconds."""
+    if prometheus:
+        if as_json or watch is not None:
+            raise click.UsageError("--prometheus prints one exposition: drop --json/--watch "
+                                   "(use `gupsim exporter` for scrapes)")
+        from .report.prometheus import exposition
+        click.echo(exposition(pins_snapshot()), nl=False)
+        return
     if watch is None:
         snap = pins_snapshot()
         if as_json:
@@ -333,6 +342,20 @@ def top(as_json: bool, watch: float | None) -> None:
         while True:
             time.sleep(watch)
             view.update(pins_table(pins_snapshot()))
+
+
+@main.command(help="Serve the `gupsim top` figures at /metrics for Prometheus to scrape.")
+@click.option("--port", type=click.IntRange(1, 65535), required=True, help="TCP port.")
+@click.option("--bind", default="127.0.0.1", show_default=True,
+              help="Address to listen on (loopback by default).")
+def exporter(port: int, bind: str) -> None:
+    """`gupsim exporter`: /metrics with a fresh snapshot per scrape, until Ctrl-C/SIGTERM."""
+    from .report.prometheus import serve
+    try:
+        serve(port, bind, pins_snapshot)
+    except OSError as e:
+        raise click.ClickException(f"cannot listen on {bind}:{port} ({e.strerror or e}): "
+                                   "choose a free port with --port") from None
 
 
 # -- bench -------------------------------------------------------------------------------------

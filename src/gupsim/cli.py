@@ -1,4 +1,4 @@
-"""The `gupsim` command line: `demo` (the main job), `live`, `cases`, `top`, `bench`, `run`.
+"""The `gupsim` command line: `demo` (the main job), `live`, `cases`, `top`, `exporter`, `explain`, `bench`, `run`.
 
 Exit codes, the same for every command: 0 success, 1 the model and the kernel (or the
 documented behaviour) disagreed, 2 a usage error (bad option value, nothing selected),
@@ -356,6 +356,29 @@ def exporter(port: int, bind: str) -> None:
     except OSError as e:
         raise click.ClickException(f"cannot listen on {bind}:{port} ({e.strerror or e}): "
                                    "choose a free port with --port") from None
+
+
+@main.command(help="Run a scenario file on the model up to a step and explain what holds "
+                   "each frame GUP holds then (or the frames given with --pfn).")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--step", type=click.IntRange(1), required=True, help="Step number, from 1.")
+@click.option("--pfn", "pfns", multiple=True, metavar="PFN",
+              type=lambda v: int(v, 0), help="A frame to explain (repeatable; 0x.. allowed).")
+@click.option("--json", "as_json", is_flag=True, help="Print the explanations as JSON.")
+def explain(file: str, step: int, pfns: tuple[int, ...], as_json: bool) -> None:
+    """`gupsim explain FILE --step N`: holders and consequences, with call sites."""
+    from .report.explain_step import explain_step
+    from .scenarios.userfile import ScenarioError
+    try:
+        result = explain_step(file, step, pfns)
+    except ScenarioError as exc:
+        _scenario_failed(exc)
+    except (ValueError, TypeError) as exc:
+        raise click.UsageError(str(exc)) from exc
+    if as_json:
+        click.echo(dumps(result.as_dict()))
+    else:
+        click.echo(str(result))
 
 
 # -- bench -------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""The `gupsim` command line: `demo` (the main job), `live`, `cases`, `top`, `exporter`, `explain`, `bench`, `run`.
+"""The `gupsim` command line: `demo` (the main job), `live`, `cases`, `top`, `exporter`,
+`explain`, `bench`, `run`.
 
 Exit codes, the same for every command: 0 success, 1 the model and the kernel (or the
 documented behaviour) disagreed, 2 a usage error (bad option value, nothing selected),

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..constants import PAGE_SHIFT
+from ..constants import FOLL_LONGTERM, PAGE_SHIFT
 from ..memory import GUP_PIN_COUNTING_BIAS, PG, Kind, Page, Zone
 from ..memory.page import maybe_dma_pinned_pfns
 from ..mm.mm_struct import MMF
@@ -126,7 +126,6 @@ def _pfn_of(k: Kernel, page_or_pfn: Page | int) -> int:
 
 
 def _holders_of(k: Kernel, head: int, n: int) -> list[GupHolder]:
-    from ..constants import FOLL_LONGTERM
     out = []
     for o in k.sanitizer.outstanding():
         inside = int(((o.pfns >= head) & (o.pfns < head + n)).sum())

@@ -161,3 +161,25 @@ def test_why_unmovable_lists_exactly_the_pinned_frames_and_matches_compaction(
     assert get_b[0] is not None
     k.put_page(get_b[0])
     assert k.why_unmovable(lo, hi) == {}
+
+
+def test_movable_zone_frame_blocks_offline_while_pinned_as_compaction_shows() -> None:
+    k = Kernel(memory="64MiB", movable="16MiB")
+    p = k.spawn("app")
+    a, pfns = anon(p, 4)
+    assert k.explain(pfns[0]).zone == "MOVABLE"
+    pages: list[Page | None] = []
+    assert p.pin_user_pages(a, 1, FOLL_WRITE, pages) == 1        # short-term: stays put
+    ex = k.explain(pfns[0])
+    assert "blocks alloc_contig_range()" in ex.consequences["cma_offline"]
+    assert compact_range(k.env, pfns[0], pfns[0] + 1).rc != 0
+    k.unpin_user_pages(pages)
+    assert "can be cleared" in k.explain(pfns[0]).consequences["cma_offline"]
+    assert compact_range(k.env, pfns[0], pfns[0] + 1).rc == 0
+    long: list[Page | None] = []
+    assert p.pin_user_pages(a + PAGE_SIZE, 1, FOLL_WRITE | FOLL_LONGTERM, long) == 1
+    assert long[0] is not None
+    ex = k.explain(long[0])       # FOLL_LONGTERM migrated it out of ZONE_MOVABLE first
+    assert ex.zone != "MOVABLE" and ex.pfn != pfns[1]
+    assert "not in CMA or ZONE_MOVABLE" in ex.consequences["cma_offline"]
+    k.unpin_user_pages(long)

@@ -1,4 +1,5 @@
-"""The `gupsim` command line: `demo` (the main job), `live`, `cases`, `top`, `bench`, `run`.
+"""The `gupsim` command line: `demo` (the main job), `live`, `cases`, `top`, `exporter`,
+`explain`, `bench`, `run`.
 
 Exit codes, the same for every command: 0 success, 1 the model and the kernel (or the
 documented behaviour) disagreed, 2 a usage error (bad option value, nothing selected),
@@ -313,8 +314,17 @@ def pins_table(snap: dict) -> Table:
               help="Print JSON (with --watch: one JSON object per line, per refresh).")
 @click.option("--watch", type=Seconds(0.1, 86400.0), default=None, metavar="SECONDS",
               help="Refresh every SECONDS (0.1 to 86400) until Ctrl-C (exit 130).")
-def top(as_json: bool, watch: float | None) -> None:
+@click.option("--prometheus", is_flag=True,
+              help="Print the Prometheus text exposition (gupsim_* metrics) once.")
+def top(as_json: bool, watch: float | None, prometheus: bool) -> None:
     """`gupsim top`: the pinned-memory holders, once or every `watch` seconds."""
+    if prometheus:
+        if as_json or watch is not None:
+            raise click.UsageError("--prometheus prints one exposition: drop --json/--watch "
+                                   "(use `gupsim exporter` for scrapes)")
+        from .report.prometheus import exposition
+        click.echo(exposition(pins_snapshot()), nl=False)
+        return
     if watch is None:
         snap = pins_snapshot()
         if as_json:
@@ -333,6 +343,43 @@ def top(as_json: bool, watch: float | None) -> None:
         while True:
             time.sleep(watch)
             view.update(pins_table(pins_snapshot()))
+
+
+@main.command(help="Serve the `gupsim top` figures at /metrics for Prometheus to scrape.")
+@click.option("--port", type=click.IntRange(1, 65535), required=True, help="TCP port.")
+@click.option("--bind", default="127.0.0.1", show_default=True,
+              help="Address to listen on (loopback by default).")
+def exporter(port: int, bind: str) -> None:
+    """`gupsim exporter`: /metrics with a fresh snapshot per scrape, until Ctrl-C/SIGTERM."""
+    from .report.prometheus import serve
+    try:
+        serve(port, bind, pins_snapshot)
+    except OSError as e:
+        raise click.ClickException(f"cannot listen on {bind}:{port} ({e.strerror or e}): "
+                                   "choose a free port with --port") from None
+
+
+@main.command(help="Run a scenario file on the model up to a step and explain what holds "
+                   "each frame GUP holds then (or the frames given with --pfn).")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--step", type=click.IntRange(1), required=True, help="Step number, from 1.")
+@click.option("--pfn", "pfns", multiple=True, metavar="PFN",
+              type=lambda v: int(v, 0), help="A frame to explain (repeatable; 0x.. allowed).")
+@click.option("--json", "as_json", is_flag=True, help="Print the explanations as JSON.")
+def explain(file: str, step: int, pfns: tuple[int, ...], as_json: bool) -> None:
+    """`gupsim explain FILE --step N`: holders and consequences, with call sites."""
+    from .report.explain_step import explain_step
+    from .scenarios.userfile import ScenarioError
+    try:
+        result = explain_step(file, step, pfns)
+    except ScenarioError as exc:
+        _scenario_failed(exc)
+    except (ValueError, TypeError) as exc:
+        raise click.UsageError(str(exc)) from exc
+    if as_json:
+        click.echo(dumps(result.as_dict()))
+    else:
+        click.echo(str(result))
 
 
 # -- bench -------------------------------------------------------------------------------------

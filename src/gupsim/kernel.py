@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 from collections import Counter
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from .check.args import check_bytes, check_count, check_int, check_ints, check_page, check_str
 from .check.invariants import InvariantViolation, check_invariants
@@ -36,6 +36,9 @@ from .mm import (
 from .mm import syscalls as sc
 from .mm.mm_struct import RLIMIT_DEFAULT_MEMLOCK, UserStruct
 from .warn import WarnLog
+
+if TYPE_CHECKING:
+    from .check.explain import Explanation, Unmovable
 
 T = TypeVar("T")
 
@@ -171,6 +174,16 @@ class Kernel(KernelPinning):
         from .check.dump import dump_page
         return dump_page(self.mem, page.pfn, reason or None,
                          describe_mapping=self.filesystems.describe_mapping)
+
+    def explain(self, page_or_pfn: Page | int) -> Explanation:
+        """Everything that holds the frame and what it means for migration, CMA, fork..."""
+        from .check.explain import explain
+        return explain(self, page_or_pfn)
+
+    def why_unmovable(self, start_pfn: int, end_pfn: int) -> dict[str, list[Unmovable]]:
+        """Folios of [start_pfn, end_pfn) that cannot migrate, grouped by holder call site."""
+        from .check.explain import why_unmovable
+        return why_unmovable(self, start_pfn, end_pfn)
 
     def page(self, pfn: int) -> Page:
         """pfn_to_page(): a view of frame `pfn` (any frame, allocated or not)."""

@@ -17,7 +17,9 @@ How to add a GUP entry point
 ----------------------------
 1. Add an `EntryPoint` row to `ENTRY_POINTS` below: name, count type, the flags it adds,
    path, the answer to invalid arguments, argument order (one of the `*_ARGS` shapes),
-   a one-line summary, a note if it has a quirk, and the spec sections it follows.
+   a one-line summary, a note if it has a quirk, and the spec sections it follows; if
+   it appeared after the oldest profile, `since=` the era switch (`gupsim.eras`) that
+   brought it, so that it is absent on older machines.
    That is all the code: `gup/api.py` exports it as a function, `gup/facade.py` adds it
    to `Process` (or to `Kernel` when it takes `mm`), and `gupsim` re-exports it.
 2. A path the table does not have yet: add it to `Path` and to `gup_call()` here, and

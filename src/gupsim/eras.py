@@ -107,9 +107,9 @@ SWITCHES: tuple[Switch, ...] = (
     Switch("memfd-pin-folios", "6.11",
            "mm/gup: introduce memfd_pin_folios() for pinning memfd folios",
            "memfd_pin_folios(), unpin_folio() and unpin_folios() exist."),
-    Switch("huge-zero-wp-thp", "6.12", "mm: Allocate THP on hugezeropage wp-fault",
+    Switch("huge-zero-wp-thp", "6.13", "mm: allocate THP on hugezeropage wp-fault",
            "A write fault on the huge zero page allocates a THP instead of splitting the "
-           "PMD and faulting a small page (version from the upstream series; check)."),
+           "PMD and faulting a small page (1ced09e0331f, pulled in the 6.13 merge window)."),
 )
 """Every modelled change of behaviour, oldest first (see the module docstring)."""
 

@@ -96,7 +96,7 @@ class Kernel(KernelPinning):
 
     @property
     def version(self) -> str:
-        """The kernel release this machine models ("6.12"; see `gupsim.KERNEL_VERSIONS`)."""
+        """The kernel release this machine models ("6.13"; see `gupsim.KERNEL_VERSIONS`)."""
         return self.mem.era.version
 
     @property

@@ -7,6 +7,7 @@ path the last one took.
 """
 
 from .constants import *  # noqa: F403 - the kernel's constants are part of the public API
+from .eras import KERNEL_VERSIONS, SWITCHES, Era
 from .gup import *  # noqa: F403 - FOLL_* flags and the GUP/PUP entry points
 from .kernel import Kernel, Process
 from .memory import (

@@ -501,3 +501,18 @@ def steps_table(result: Result) -> Table:
         t.add_row(str(i + 1), step.op, describe(m) if m else "—",
                   ("" if same else "[red]") + other_op + (describe(h) if h else "—"))
     return t
+
+
+@main.command(help="The kernel eras: every modelled change of pinning behaviour, as one "
+                   "table of named switches (behaviour, first release, upstream commit), "
+                   "and the profiles gupsim.Kernel(version=...) accepts. * marks the "
+                   "switches the model wires today.")
+@click.option("--json", "as_json", is_flag=True, help="Print the table as JSON.")
+def eras(as_json: bool) -> None:
+    """`gupsim eras`: print the table of era switches."""
+    from .eras import KERNEL_VERSIONS, NEWEST, render_table, table_rows
+    if as_json:
+        click.echo(dumps({"kernel_versions": list(KERNEL_VERSIONS), "default": NEWEST,
+                          "switches": table_rows()}))
+        return
+    click.echo(render_table())

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, TypeVar
 from .check.args import check_bytes, check_count, check_int, check_ints, check_page, check_str
 from .check.invariants import InvariantViolation, check_invariants
 from .constants import CAP_IPC_LOCK, PAGE_SHIFT, PAGE_SIZE, PMD_ORDER, PUD_ORDER
+from .eras import Era
 from .fs import File, FileSystem, filesystems
 from .gup.facade import KernelPinning, ProcessPinning
 from .memory import Allocator, Kind, MemMap, Page
@@ -51,17 +52,23 @@ class Kernel(KernelPinning):
     hugetlb pool at boot, `nr_hugepages_1g` the 1 GiB one; `swap` sizes a swap device
     (none by default, as on this project's hosts). `debug=True` checks the invariants
     after every system call and raises `InvariantViolation` at the first broken one.
+    `version` picks the kernel release modelled (one of `gupsim.KERNEL_VERSIONS`, default
+    the newest): entry points and vmstat counters it did not have are absent, and the
+    switches of `gupsim.eras` that the model wires behave as then.
     """
 
     def __init__(self, memory: int | str = "4GiB", movable: int | str = 0, cma: int | str = 0,
                  nr_hugepages: int = 0, nr_hugepages_1g: int = 0, swap: int | str = 0,
-                 thp: str = "madvise", debug: bool = False) -> None:
+                 thp: str = "madvise", debug: bool = False, version: str | None = None
+                 ) -> None:
+        era = Era(version)
         total = parse_size(memory, "memory") >> PAGE_SHIFT
         if total < 1024:
             raise ValueError(f"memory={memory!r} is too small: give the machine at least 4MiB")
         self.warnings = WarnLog()
         self.mem = MemMap(total, parse_size(movable, "movable") >> PAGE_SHIFT,
                           parse_size(cma, "cma") >> PAGE_SHIFT, self.warnings)
+        self.mem.era = era
         self.alloc = Allocator(self.mem)
         self.debug = debug
         swap_pages = parse_size(swap, "swap") >> PAGE_SHIFT
@@ -89,6 +96,16 @@ class Kernel(KernelPinning):
         mem.huge_zero_pfn = self.alloc.alloc_folio(PMD_ORDER, Kind.HUGE_ZERO, movable=False)
 
     # -- knobs ---------------------------------------------------------------------------
+
+    @property
+    def version(self) -> str:
+        """The kernel release this machine models ("6.13"; see `gupsim.KERNEL_VERSIONS`)."""
+        return self.mem.era.version
+
+    @property
+    def era(self) -> Era:
+        """The machine's era: `k.era.has("zero-page-not-pin-counted")`."""
+        return self.mem.era
 
     @property
     def thp(self) -> ThpSettings:

@@ -275,9 +275,13 @@ def pins_balance(m: MachineState) -> list[str]:
     GUP_PIN_COUNTING_BIAS (fewer than 1024 untracked references do not count; the
     shared zero page is never pin-counted)."""
     mem = m.mem
+    if not mem.era.has("nr-foll-pin-vmstat"):
+        return []           # no counters to balance before v5.7
     heads = m.heads_in_use
     large = mem.order[heads] > 0
-    small = ~large & (mem.kind[heads] != Kind.ZERO)
+    small = ~large
+    if mem.era.has("zero-page-not-pin-counted"):
+        small &= mem.kind[heads] != Kind.ZERO
     other = m.mapping_and_cache_refs[small] + _counts_at(heads, m.gets)[small]
     held = int(mem.pincount[heads[large]].sum()) + int(
         (np.maximum(mem.refcount[heads[small]] - other, 0) // GUP_PIN_COUNTING_BIAS).sum())

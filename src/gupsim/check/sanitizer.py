@@ -124,7 +124,7 @@ class PinSanitizer:
     def _pins_only(self, pfns: np.ndarray, how: str) -> np.ndarray:
         """Drop NULL entries, and the shared zero page for pins (it is never pin-counted)."""
         pfns = pfns[pfns != NULL]
-        if how == "FOLL_PIN" and len(pfns):
+        if how == "FOLL_PIN" and len(pfns) and self.mem.era.has("zero-page-not-pin-counted"):
             pfns = pfns[self.mem.kind[self.mem.head_of(pfns)] != Kind.ZERO]
         return pfns.astype(np.int64)
 

@@ -79,6 +79,7 @@ def memfd_pin_folios(memfd: Any, start: int, end: int, folios: list[Folio | None
     if machine is not None and inode.mem is not machine:
         raise ValueError(f"{call}(): memfd belongs to another machine")
     env = gup_state(inode.mem).env
+    env.era.require("memfd-pin-folios", f"{call}()")
     st = gup_state(env.mem)
     with st.recording(GupCall("memfd_pin_folios", start, max_folios,
                               FOLL_PIN | FOLL_LONGTERM, PATH_SLOW)) as call_rec:

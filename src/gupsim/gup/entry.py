@@ -17,7 +17,9 @@ How to add a GUP entry point
 ----------------------------
 1. Add an `EntryPoint` row to `ENTRY_POINTS` below: name, count type, the flags it adds,
    path, the answer to invalid arguments, argument order (one of the `*_ARGS` shapes),
-   a one-line summary, a note if it has a quirk, and the spec sections it follows.
+   a one-line summary, a note if it has a quirk, and the spec sections it follows; if
+   it appeared after the oldest profile, `since=` the era switch (`gupsim.eras`) that
+   brought it, so that it is absent on older machines.
    That is all the code: `gup/api.py` exports it as a function, `gup/facade.py` adds it
    to `Process` (or to `Kernel` when it takes `mm`), and `gupsim` re-exports it.
 2. A path the table does not have yet: add it to `Path` and to `gup_call()` here, and
@@ -98,7 +100,8 @@ class EntryPoint:
     it; "fast": GUP-fast, then the slow path for the rest unless FOLL_FAST_ONLY),
     `invalid` what it returns for invalid arguments, `params` its argument order.
     Seed-era wrappers name the entry point they stand for in `base` and the flags they
-    OR into the caller's in `implies`.
+    OR into the caller's in `implies`. `since` names the era switch (`gupsim.eras`)
+    that brought it: on an older machine it is absent (AttributeError); None: always.
     """
 
     name: str
@@ -112,6 +115,7 @@ class EntryPoint:
     note: str = ""
     implies: int = 0
     base: str | None = None
+    since: str | None = None
 
     @property
     def takes_mm(self) -> bool:
@@ -189,7 +193,8 @@ def _seed_wrapper(base: EntryPoint, name: str, removed: str) -> EntryPoint:
         f"Seed-era wrapper: {base.name}() with FOLL_LONGTERM added to gup_flags.",
         base.spec + ", 10.1",
         f"From v2 - v4 of the FOLL_PIN series, dropped in review for passing FOLL_LONGTERM "
-        f"to {base.name}(); {removed}", implies=FOLL_LONGTERM, base=base.name)
+        f"to {base.name}(); {removed}", implies=FOLL_LONGTERM, base=base.name,
+        since=base.since)
 
 
 _LOCKED_NOTE = ("With `locked` (*locked == 1 on entry) faults may drop mmap_lock; without "
@@ -233,20 +238,20 @@ _PIN_USER_PAGES = EntryPoint(
     "access its data; FOLL_LONGTERM pins are first migrated out of movable memory.",
     "1.4, 1.5, 2.1 - 2.3, 4",
     "Unlike get_user_pages(): FOLL_PIN instead of FOLL_GET, no FOLL_TOUCH, 0 on invalid "
-    "arguments, and the FOLL_LONGTERM check-and-migrate loop.")
+    "arguments, and the FOLL_LONGTERM check-and-migrate loop.", since="foll-pin")
 _PIN_USER_PAGES_REMOTE = EntryPoint(
     "pin_user_pages_remote", "ulong", FOLL_PIN | FOLL_TOUCH | FOLL_REMOTE, "slow", 0,
     REMOTE_ARGS, "pin_user_pages() on any mm (process_vm_readv/writev).",
-    "1.4, 1.5, 2.1 - 2.3, 4", _LOCKED_NOTE)
+    "1.4, 1.5, 2.1 - 2.3, 4", _LOCKED_NOTE, since="foll-pin")
 _PIN_USER_PAGES_UNLOCKED = EntryPoint(
     "pin_user_pages_unlocked", "ulong", FOLL_PIN | FOLL_TOUCH | FOLL_UNLOCKABLE,
     "unlocked", 0, UNLOCKED_ARGS,
     "pin_user_pages() for a caller that does not hold mmap_lock.", "1.4, 1.5, 2.1 - 2.3, 4",
-    "Note the argument order: pages comes before gup_flags.")
+    "Note the argument order: pages comes before gup_flags.", since="foll-pin")
 _PIN_USER_PAGES_FAST = EntryPoint(
     "pin_user_pages_fast", "int", FOLL_PIN, "fast", -EINVAL, ARGS,
     "Pin with the lockless GUP-fast walk; the slow path pins the rest.",
-    "1.4, 1.5, 2.1 - 2.3, 4, 7", _FALLBACK_NOTE)
+    "1.4, 1.5, 2.1 - 2.3, 4, 7", _FALLBACK_NOTE, since="foll-pin")
 
 ENTRY_POINTS: tuple[EntryPoint, ...] = (
     _GET_USER_PAGES, _GET_USER_PAGES_REMOTE, _GET_USER_PAGES_UNLOCKED,
@@ -340,12 +345,16 @@ def gup_call(ep: EntryPoint, env: MMEnv, mm: MM, start: int, nr_pages: int, gup_
     _check_capacity(pages, nr_pages)
     call = GupCall(ep.name, start, nr_pages, gup_flags | ep.implies,
                    PATH_FAST if ep.fast else PATH_SLOW)
+    if ep.since is not None:
+        env.era.require(ep.since, f"{ep.name}()")
     with gup_state(env.mem).recording(call):
         flags = is_valid_gup_args(env.mem.warnings, pages, locked, gup_flags | ep.implies,
                                   ep.adds)
         if flags is None:
-            call.path, call.ret = PATH_INVALID, ep.invalid
-            return ep.invalid
+            # before is_valid_gup_args() (v6.3) every entry point answered -EINVAL
+            invalid = ep.invalid if env.era.has("is-valid-gup-args") else -EINVAL
+            call.path, call.ret = PATH_INVALID, invalid
+            return invalid
         call.flags = flags
         if ep.fast:
             n = gup_fast_fallback(env, mm, start, nr_pages, flags, pages)

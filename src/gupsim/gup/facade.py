@@ -11,7 +11,7 @@ process gets the rows that run on current->mm, the machine the remote ones.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..check.args import check_bytes, check_count, check_flag, check_int, check_page, check_pages
@@ -181,10 +181,37 @@ class KernelPinning(KernelEntryPoints):
         return account_locked_vm(mm, pages, inc, cred)
 
 
+class EraGated:
+    """A method that did not exist before an era switch (`gupsim.eras`): on an older
+    machine reading the attribute raises AttributeError saying when it appeared."""
+
+    def __init__(self, fn: Callable[..., Any], switch: str) -> None:
+        self.fn = fn
+        self.switch = switch
+        self.__doc__ = fn.__doc__
+        self.__wrapped__ = fn
+
+    def __get__(self, obj: Any, owner: type | None = None) -> Any:
+        if obj is None:
+            return self.fn
+        env = obj.env if isinstance(obj, KernelPinning) else obj.kernel.env
+        why = env.era.absent(self.switch, f"{self.fn.__name__}()")
+        if why is not None:
+            raise AttributeError(f"{type(obj).__name__!r} object has no attribute "
+                                 f"{self.fn.__name__!r}: {why}")
+        return self.fn.__get__(obj, owner)
+
+
+def _install(cls: type, name: str, fn: Callable[..., Any], since: str | None) -> None:
+    setattr(cls, name, fn if since is None else EraGated(fn, since))
+
+
 # The GUP entry points, one method per row of the table: a remote variant (it names its
 # mm) belongs to the machine, the others to the process that is current.
 for _ep in ENTRY_POINTS:
     if _ep.takes_mm:
-        setattr(KernelPinning, _ep.name, kernel_method(_ep))
+        _install(KernelPinning, _ep.name, kernel_method(_ep), _ep.since)
     else:
-        setattr(ProcessPinning, _ep.name, process_method(_ep))
+        _install(ProcessPinning, _ep.name, process_method(_ep), _ep.since)
+for _name in ("memfd_pin_folios", "unpin_folio", "unpin_folios"):
+    _install(KernelPinning, _name, vars(KernelPinning)[_name], "memfd-pin-folios")

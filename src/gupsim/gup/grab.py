@@ -52,13 +52,15 @@ def _add_refs(mem: MemMap, heads: np.ndarray, refs: np.ndarray, flags: int) -> N
     if flags & FOLL_GET:
         np.add.at(mem.refcount, heads, refs)
     elif flags & FOLL_PIN:
-        keep = mem.kind[heads] != Kind.ZERO
-        heads, refs = heads[keep], refs[keep]
+        if mem.era.has("zero-page-not-pin-counted"):
+            keep = mem.kind[heads] != Kind.ZERO
+            heads, refs = heads[keep], refs[keep]
         large = mem.order[heads] > 0
         np.add.at(mem.refcount, heads[large], refs[large])
         np.add.at(mem.pincount, heads[large], refs[large])
         np.add.at(mem.refcount, heads[~large], refs[~large] * GUP_PIN_COUNTING_BIAS)
-        mem.vmstat[ACQUIRED] += int(refs.sum())
+        if mem.era.has("nr-foll-pin-vmstat"):
+            mem.vmstat[ACQUIRED] += int(refs.sum())
     else:
         return
     _wrap_s32(mem, heads)
@@ -127,11 +129,13 @@ def gup_put_folios(alloc: Allocator, heads: np.ndarray, refs: np.ndarray, flags:
     """
     mem = alloc.mem
     if flags & FOLL_PIN:
-        keep = mem.kind[heads] != Kind.ZERO
-        heads, refs = heads[keep], refs[keep]
+        if mem.era.has("zero-page-not-pin-counted"):
+            keep = mem.kind[heads] != Kind.ZERO
+            heads, refs = heads[keep], refs[keep]
         if len(heads) == 0:
             return 0
-        mem.vmstat[RELEASED] += int(refs.sum())
+        if mem.era.has("nr-foll-pin-vmstat"):
+            mem.vmstat[RELEASED] += int(refs.sum())
         large = mem.order[heads] > 0
         np.subtract.at(mem.pincount, heads[large], refs[large])
         np.subtract.at(mem.refcount, heads[large], refs[large])
@@ -299,6 +303,7 @@ def unpin_user_page_range_dirty_lock(page: Page, npages: int, make_dirty: bool, 
 def unpin_folio(folio: Folio, *, machine: MemMap | None = None) -> None:
     """Release one pin of a folio (the memfd_pin_folios() counterpart of unpin_user_page)."""
     check_folio("unpin_folio", "folio", folio, machine)
+    folio.mem.era.require("memfd-pin-folios", "unpin_folio()")
     _release(folio.mem, np.array([folio.pfn], dtype=np.int64), FOLL_PIN, "unpin_folio")
 
 
@@ -309,6 +314,8 @@ def unpin_folios(folios: Sequence[Folio | None], nfolios: int | None = None, *,
     n = None if nfolios is None else check_count(call, "nfolios", nfolios, errno_ok=True)
     mem, pfns = check_folios(call, "folios", folios, None if n is None or n < 0 else n,
                              machine)
+    if (mem or machine) is not None:
+        (mem or machine).era.require("memfd-pin-folios", f"{call}()")   # type: ignore[union-attr]
     if n is not None and _error_count(call, "nfolios", n, mem or machine):
         return
     _release(mem, pfns, FOLL_PIN, call)

@@ -28,6 +28,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..constants import PAGE_SIZE
+from ..eras import NEWEST_ERA, VMSTAT_SWITCHES, Era
 from ..warn import WarnLog
 from .rmap import NoRmap, RmapWalker
 
@@ -88,6 +89,22 @@ class MigrateType(IntEnum):
     ISOLATE = 2
 
 
+class VmStat(Counter[str]):
+    """/proc/vmstat: counts from 0, but a counter the machine's era did not have yet is
+    absent (KeyError saying when it appeared), as in that kernel's /proc/vmstat."""
+
+    def __init__(self, mem: MemMap) -> None:
+        super().__init__()
+        self._mem = mem
+
+    def __missing__(self, key: str) -> int:
+        name = VMSTAT_SWITCHES.get(key)
+        why = None if name is None else self._mem.era.absent(name, f"/proc/vmstat {key}")
+        if why is not None:
+            raise KeyError(why)
+        return 0
+
+
 class MemMap:
     """Page-frame state for one machine: arrays by PFN, plus the zone layout.
 
@@ -116,7 +133,8 @@ class MemMap:
         self.index = np.zeros(n, dtype=np.int64)
         self.private = np.zeros(n, dtype=np.int64)
         self.content: dict[int, bytearray] = {}
-        self.vmstat: Counter[str] = Counter()
+        self.vmstat: Counter[str] = VmStat(self)
+        self.era: Era = NEWEST_ERA   # the machine's kernel release (gupsim.eras)
         self.warnings = warnings if warnings is not None else WarnLog()
         self.rmap: RmapWalker = NoRmap()
         self._next_mapping_id = 1

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..constants import PAGE_SIZE, PMD_ORDER
+from ..eras import Era
 from ..memory import Allocator, MemMap
 from .file import MappableFile
 
@@ -125,6 +126,11 @@ class MMEnv:
     # pinning layer installs these when it registers the machine (gup.state).
     populate_hook: PopulateHook | None = None
     faultin_hook: FaultinHook | None = None
+
+    @property
+    def era(self) -> Era:
+        """The machine's kernel release (`env.era.has("switch-name")`)."""
+        return self.mem.era
 
     def _hook(self, hook: Callable[..., int] | None, name: str) -> Callable[..., int]:
         if hook is None:

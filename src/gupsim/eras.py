@@ -1,0 +1,272 @@
+"""Kernel eras: every modelled change of pinning behaviour, as one table of named switches.
+
+`SWITCHES` is the table: each `Switch` names one behaviour, the first release that has
+it, and the title of the upstream commit that changed it (facts from
+`/work/shared/reference/eras.md`, checked against upstream). `KERNEL_VERSIONS` is
+derived from it: every release at which a modelled behaviour changed, oldest first.
+`Era(version)` is one profile; code asks `era.has("zero-page-not-pin-counted")` where
+the behaviour lives, never compares versions itself. `gupsim.Kernel(version="6.3")`
+builds a machine of that era (`k.version`, `k.era`, `k.env.era`); `gupsim eras` prints
+the table. This module is the lowest layer: it imports nothing from gupsim.
+
+Wired (consulted where the behaviour lives, tested on both sides of the version):
+
+- `foll-pin` (5.6): the pin_user_pages*() entry points are absent before it (an
+  AttributeError saying when they appeared); so are the seed-era pin_longterm_pages*().
+- `nr-foll-pin-vmstat` (5.7): `nr_foll_pin_acquired` / `_released` absent from vmstat.
+- `is-valid-gup-args` (6.3): before it every entry point answers -EINVAL to invalid
+  flags (the slow-path pin_user_pages*() warned and returned -EINVAL on FOLL_GET);
+  from it the slow-path pin_user_pages*() answer 0. Which flag combinations count as
+  invalid is today's set in every era (the older per-entry checks are not modelled).
+- `zero-page-not-pin-counted` (6.5): before it a pin of the shared zero page is counted
+  like any other (GUP_PIN_COUNTING_BIAS, nr_foll_pin_*), and unpin releases it.
+- `memfd-pin-folios` (6.11): memfd_pin_folios(), unpin_folio(), unpin_folios() absent
+  before it.
+
+Table-only for now (the model behaves as the newest era whatever the version): all the
+other switches. `WIRED` lists the wired names; `gupsim eras` marks them.
+"""
+
+from __future__ import annotations
+
+import bisect
+import re
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Switch:
+    """One behaviour that changed: on from `first_version` (and off again from
+    `removed_in`, for the few that upstream reverted)."""
+
+    name: str
+    first_version: str
+    commit_title: str
+    behaviour: str
+    removed_in: str | None = None
+
+
+SWITCHES: tuple[Switch, ...] = (
+    Switch("longterm-migrate-cma", "5.1",
+           "mm: update get_user_pages_longterm to migrate pages allocated from CMA region",
+           "FOLL_LONGTERM pins migrate pages out of CMA first."),
+    Switch("foll-pin", "5.6", "mm/gup: introduce pin_user_pages*() and FOLL_PIN",
+           "pin_user_pages*() and FOLL_PIN exist, as a placeholder: a pin is a plain "
+           "reference, unpin_user_page() is put_page()."),
+    Switch("pin-counting-bias", "5.7", "mm/gup: track FOLL_PIN pages",
+           "A pin adds GUP_PIN_COUNTING_BIAS (1024); page_maybe_dma_pinned(); compound "
+           "pages keep an exact pin count (\"mm/gup: page->hpage_pinned_refcount: exact "
+           "pin counts for huge pages\")."),
+    Switch("nr-foll-pin-vmstat", "5.7",
+           "mm/gup: /proc/vmstat: pin_user_pages (FOLL_PIN) reporting",
+           "/proc/vmstat has nr_foll_pin_acquired and nr_foll_pin_released."),
+    Switch("gup-forced-cow-break", "5.8",
+           "gup: document and work around \"COW can break either way\" issue",
+           "GUP with FOLL_GET/FOLL_PIN in a COW mapping breaks COW as if writing; GUP-fast "
+           "needs FOLL_WRITE even to read. Removed in 5.9 (\"mm/gup: Remove enfornced COW "
+           "mechanism\").", removed_in="5.9"),
+    Switch("cow-reuse-page-count", "5.9", "mm: do_wp_page() simplification",
+           "A write fault reuses an anonymous page only when page_count() == 1: an extra "
+           "reference, a R/O pin included, forces a copy."),
+    Switch("fork-copies-pinned-anon", "5.9",
+           "mm: Do early cow for pinned pages during fork() for ptes",
+           "fork() copies pinned anonymous pages at once (PMD THPs are split) instead of "
+           "sharing them copy-on-write; mm->has_pinned."),
+    Switch("gup-fast-write-protect-seq", "5.11",
+           "mm/gup: prevent gup_fast from racing with COW during fork",
+           "GUP-fast cannot race with fork's write-protection: on a write_protect_seq "
+           "collision it falls back to the slow path."),
+    Switch("fork-copies-pinned-hugetlb", "5.12",
+           "hugetlb: do early cow when page pinned on src mm",
+           "fork() copies pinned hugetlb pages at once."),
+    Switch("longterm-migrate-movable", "5.13", "mm/gup: migrate pinned pages out of movable zone",
+           "FOLL_LONGTERM pins migrate pages out of ZONE_MOVABLE too; the zero page is not "
+           "migrated; a failed migration is an error."),
+    Switch("anon-exclusive-unshare", "5.19",
+           "mm/gup: trigger FAULT_FLAG_UNSHARE when R/O-pinning a possibly shared "
+           "anonymous page",
+           "PG_anon_exclusive; a R/O pin of a possibly shared anonymous page unshares it "
+           "first, so the pin stays in sync with later writes."),
+    Switch("foll-force-no-foll-cow", "6.0",
+           "mm/gup: fix FOLL_FORCE COW security issue and remove FOLL_COW",
+           "A FOLL_FORCE write to a R/O private mapping no longer relies on FOLL_COW "
+           "(CVE-2022-2590, writing R/O shmem files)."),
+    Switch("reliable-ro-longterm", "6.2", "mm/gup: reliable R/O long-term pinning in COW mappings",
+           "R/O long-term pins in COW mappings stay coherent; FOLL_FORCE|FOLL_WRITE is "
+           "refused on hugetlb."),
+    Switch("is-valid-gup-args", "6.3",
+           "mm/gup: simplify the external interface functions and consolidate invariants",
+           "is_valid_gup_args(): slow-path pin_user_pages*() answer 0 to invalid flags "
+           "(still warning), pin_user_pages_fast() keeps -EINVAL; before, -EINVAL."),
+    Switch("longterm-file-write-refused", "6.5",
+           "mm/gup: disallow FOLL_LONGTERM GUP-[non]fast writing to file-backed mappings",
+           "Writable FOLL_LONGTERM pins of file mappings that need dirty tracking (ext4, "
+           "xfs, btrfs) fail with -EFAULT; shmem and hugetlbfs are exempt."),
+    Switch("zero-page-not-pin-counted", "6.5", "mm: Don't pin ZERO_PAGE in pin_user_pages()",
+           "pin_user_pages*() no longer pin-count the shared zero page; unpin ignores it."),
+    Switch("memfd-pin-folios", "6.11",
+           "mm/gup: introduce memfd_pin_folios() for pinning memfd folios",
+           "memfd_pin_folios(), unpin_folio() and unpin_folios() exist."),
+    Switch("huge-zero-wp-thp", "6.13", "mm: allocate THP on hugezeropage wp-fault",
+           "A write fault on the huge zero page allocates a THP instead of splitting the "
+           "PMD and faulting a small page (1ced09e0331f, pulled in the 6.13 merge window)."),
+)
+"""Every modelled change of behaviour, oldest first (see the module docstring)."""
+
+WIRED: frozenset[str] = frozenset({"foll-pin", "nr-foll-pin-vmstat", "is-valid-gup-args",
+                                   "zero-page-not-pin-counted", "memfd-pin-folios"})
+"""The switches the model consults today; the others are in the table only."""
+
+SWITCHES_BY_NAME: dict[str, Switch] = {s.name: s for s in SWITCHES}
+
+VMSTAT_SWITCHES: dict[str, str] = {"nr_foll_pin_acquired": "nr-foll-pin-vmstat",
+                                   "nr_foll_pin_released": "nr-foll-pin-vmstat"}
+"""/proc/vmstat fields that did not always exist: field -> the switch that added it."""
+
+_VERSION = re.compile(r"v?(\d+)\.(\d+)")
+
+
+def version_key(version: str) -> tuple[int, int]:
+    """"6.5" or "v6.5" as (6, 5); ValueError for anything else."""
+    if not isinstance(version, str):
+        raise TypeError(f"a kernel version is a string such as '6.5', not "
+                        f"{type(version).__name__}")
+    m = _VERSION.fullmatch(version.strip())
+    if m is None:
+        raise ValueError(f"kernel version {version!r} is not of the form '6.5' (major.minor; "
+                         "stable point releases are not modelled)")
+    return int(m.group(1)), int(m.group(2))
+
+
+def _versions() -> tuple[str, ...]:
+    seen = {s.first_version for s in SWITCHES} | {s.removed_in for s in SWITCHES
+                                                   if s.removed_in}
+    return tuple(sorted(seen, key=version_key))
+
+
+KERNEL_VERSIONS: tuple[str, ...] = _versions()
+"""Every modelled profile: each release at which a switch turns on or off, oldest first."""
+
+NEWEST: str = KERNEL_VERSIONS[-1]
+"""The default profile."""
+
+
+def _nearest(key: tuple[int, int]) -> list[str]:
+    keys = [version_key(v) for v in KERNEL_VERSIONS]
+    i = bisect.bisect_left(keys, key)
+    return [KERNEL_VERSIONS[j] for j in (i - 1, i) if 0 <= j < len(KERNEL_VERSIONS)]
+
+
+def profile(version: str | None) -> str:
+    """The profile `version` names ("v6.5" -> "6.5"; None -> the newest); ValueError,
+    naming the nearest profiles, for a version that is not one."""
+    if version is None:
+        return NEWEST
+    key = version_key(version)
+    for v in KERNEL_VERSIONS:
+        if version_key(v) == key:
+            return v
+    near = _nearest(key)
+    which = (f"the nearest are '{near[0]}' and '{near[1]}'" if len(near) == 2
+             else f"the nearest is '{near[0]}'")
+    raise ValueError(f"kernel version {version!r} is not a modelled profile: {which} "
+                     "(gupsim.KERNEL_VERSIONS lists all; a release between two profiles "
+                     "behaves as the older one)")
+
+
+def behaves_as(release: str) -> str:
+    """The profile a kernel release behaves as in the model: the newest profile not
+    after it ("6.8.0-51-generic" -> "6.5"); ValueError if it predates every profile."""
+    m = re.match(r"v?(\d+)\.(\d+)", release.strip())
+    if m is None:
+        raise ValueError(f"kernel release {release!r} does not start with major.minor")
+    key = int(m.group(1)), int(m.group(2))
+    older = [v for v in KERNEL_VERSIONS if version_key(v) <= key]
+    if not older:
+        raise ValueError(f"kernel release {release!r} predates every modelled profile "
+                         f"(the oldest is '{KERNEL_VERSIONS[0]}')")
+    return older[-1]
+
+
+class Era:
+    """One modelled kernel release: which switches are on (`era.has(name)`)."""
+
+    def __init__(self, version: str | None = None) -> None:
+        self.version = profile(version)
+        self.key = version_key(self.version)
+
+    def __repr__(self) -> str:
+        return f"Era('{self.version}')"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Era) and other.version == self.version
+
+    def __hash__(self) -> int:
+        return hash(self.version)
+
+    def has(self, name: str) -> bool:
+        """Whether switch `name` is on in this era; KeyError names the switches."""
+        s = switch(name)
+        if self.key < version_key(s.first_version):
+            return False
+        return s.removed_in is None or self.key < version_key(s.removed_in)
+
+    def absent(self, name: str, what: str) -> str | None:
+        """None when switch `name` is on; else why `what` is absent here (for the
+        AttributeError of an entry point or a counter that did not exist yet)."""
+        if self.has(name):
+            return None
+        return (f"{what} appeared in v{switch(name).first_version} "
+                f"(\"{switch(name).commit_title}\"); this machine is v{self.version}")
+
+    def require(self, name: str, what: str) -> None:
+        """AttributeError, saying when it appeared, if `what` (an entry point of switch
+        `name`) did not exist yet in this era."""
+        why = self.absent(name, what)
+        if why is not None:
+            raise AttributeError(why)
+
+    @property
+    def switches(self) -> list[Switch]:
+        """The switches on in this era."""
+        return [s for s in SWITCHES if self.has(s.name)]
+
+
+def switch(name: str) -> Switch:
+    """The switch of that name; KeyError listing the names."""
+    try:
+        return SWITCHES_BY_NAME[name]
+    except KeyError:
+        raise KeyError(f"no era switch {name!r}: choose one of "
+                       f"{', '.join(SWITCHES_BY_NAME)}") from None
+
+
+NEWEST_ERA = Era()
+"""The era of a machine built without `version=`."""
+
+
+def render_table(width: int = 80) -> str:
+    """The table as `gupsim eras` prints it: one block per switch, within `width` columns."""
+    import textwrap
+    lines = [f"{len(SWITCHES)} switches; profiles: {', '.join(KERNEL_VERSIONS)} "
+             f"(default {NEWEST}); * = wired in the model, the rest table-only", ""]
+    for s in SWITCHES:
+        since = s.first_version + (f" - {s.removed_in}" if s.removed_in else "")
+        mark = "*" if s.name in WIRED else " "
+        lines.append(f"{mark} v{since:<10} {s.name}"[:width])
+        for label, text in (("", s.behaviour), ("commit: ", f'"{s.commit_title}"')):
+            lines += textwrap.wrap(label + text, width, initial_indent=" " * 14,
+                                   subsequent_indent=" " * 16)
+    return "\n".join(textwrap.fill(ln, width) if len(ln) > width else ln for ln in lines)
+
+
+def table_rows() -> list[dict[str, object]]:
+    """The table as data (`gupsim eras --json`)."""
+    return [{"name": s.name, "first_version": s.first_version, "removed_in": s.removed_in,
+             "commit_title": s.commit_title, "behaviour": s.behaviour,
+             "wired": s.name in WIRED} for s in SWITCHES]
+
+
+__all__ = ["Switch", "SWITCHES", "SWITCHES_BY_NAME", "VMSTAT_SWITCHES", "WIRED",
+           "KERNEL_VERSIONS", "NEWEST", "NEWEST_ERA", "Era", "behaves_as", "profile",
+           "switch", "version_key", "render_table", "table_rows"]

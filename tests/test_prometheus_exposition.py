@@ -3,10 +3,12 @@ with the official client library's parser."""
 
 from __future__ import annotations
 
+import pytest
 from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
 
 from gupsim.cli import main
+from gupsim.live import HostUnsupported, pin_counters
 from gupsim.report.prometheus import _user, exposition
 
 
@@ -41,14 +43,23 @@ def test_a_snapshot_round_trips_through_the_parser() -> None:
     assert all(name.startswith("gupsim_") for name, _ in got)
 
 
+@pytest.mark.host
 def test_top_prometheus_prints_the_host_snapshot() -> None:
+    """The exposition's counters are this kernel's /proc/vmstat pin counters, read between
+    a reading before and one after (they only grow), and outstanding is their difference."""
+    try:
+        before = pin_counters(wait=False)
+    except HostUnsupported as exc:
+        pytest.skip(f"host cannot: {exc}")
     out = CliRunner().invoke(main, ["top", "--prometheus"])
+    after = pin_counters(wait=False)
     assert out.exit_code == 0, out.output
     got = samples(out.output)
     acq = got[("gupsim_foll_pin_acquired_pages_total", ())]
     rel = got[("gupsim_foll_pin_released_pages_total", ())]
-    assert acq >= rel >= 0
-    assert ("gupsim_pins_outstanding_pages", ()) in got
+    assert before.acquired <= acq <= after.acquired
+    assert before.released <= rel <= after.released
+    assert got[("gupsim_pins_outstanding_pages", ())] == acq - rel
 
 
 def test_top_prometheus_refuses_json_and_watch() -> None:

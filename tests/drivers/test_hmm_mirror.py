@@ -8,9 +8,6 @@ The host cannot run these: /dev/hmm_dmirror0 needs the test_hmm module
 
 from __future__ import annotations
 
-import gzip
-import os
-
 import pytest
 
 import gupsim
@@ -295,23 +292,6 @@ def test_the_watch_catches_the_wrong_twin(k: gupsim.Kernel) -> None:
     bad = w.violations()
     assert any("no longer maps" in v for v in bad) and any("freed" in v for v in bad)
     p.mmap(a, 2 * PAGE_SIZE, RW, ANON | MAP_FIXED)
-
-
-def test_host_has_no_dmirror_device() -> None:
-    """The host comparison needs lib/test_hmm.c's device; say why it is absent."""
-    if os.path.exists("/dev/hmm_dmirror0"):
-        pytest.skip("a host comparison of the dmirror device is not written yet")
-    why = "no /dev/hmm_dmirror0"
-    try:
-        with gzip.open("/proc/config.gz", "rt") as fh:
-            config = fh.read()
-        if "CONFIG_TEST_HMM=" not in config:
-            why += ": this kernel is built without CONFIG_TEST_HMM"
-        if "# CONFIG_MODULES is not set" in config:
-            why += " and without module support"
-    except OSError:
-        why += " (and no /proc/config.gz to say why)"
-    pytest.skip(why)
 
 
 def test_snapshot(k: gupsim.Kernel) -> None:

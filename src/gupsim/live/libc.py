@@ -201,6 +201,26 @@ def madvise(addr: int, length: int, advice: int) -> None:
         raise _fail(f"madvise({addr:#x}, {length}, {advice})")
 
 
+def madvise_on_every_cpu(addr: int, length: int, advice: int) -> None:
+    """madvise(2) once on each CPU this process can be moved to, then its CPUs restored.
+
+    For MADV_COLD and MADV_PAGEOUT: both skip folios not yet on an LRU list and drain
+    only the calling CPU's batch of newly added folios, so a page faulted on another
+    CPU is silently kept. One call per CPU drains every batch. A repeat is harmless: a
+    folio already deactivated or swapped out is passed over.
+    """
+    cpus = os.sched_getaffinity(0)
+    try:
+        for cpu in range(os.cpu_count() or 1):   # not only today's CPUs: pages may be
+            try:                                 # faulted on any the process ran on
+                os.sched_setaffinity(0, {cpu})
+            except OSError:                      # offline, or outside this cpuset
+                continue
+            madvise(addr, length, advice)
+    finally:
+        os.sched_setaffinity(0, cpus)
+
+
 def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
     """prctl(2); return its result."""
     ctypes.set_errno(0)

@@ -322,8 +322,13 @@ class CommandServer:
         libc.mprotect(addr, length, libc.PROT_READ | (libc.PROT_WRITE if writable else 0))
 
     def do_madvise(self, addr: int, length: int, advice: int) -> None:
-        """madvise()."""
-        libc.madvise(addr, length, advice)
+        """madvise(); MADV_COLD and MADV_PAGEOUT on every CPU, so that, as in the model
+        (which has no per-CPU folio batches), no page of the range is passed over for
+        having been faulted on another CPU."""
+        if advice in (libc.MADV_COLD, libc.MADV_PAGEOUT):
+            libc.madvise_on_every_cpu(addr, length, advice)
+        else:
+            libc.madvise(addr, length, advice)
 
     def do_munmap(self, rid: int, addr: int, length: int) -> None:
         """munmap() the region, then close its file (if any)."""

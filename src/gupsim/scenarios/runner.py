@@ -161,14 +161,16 @@ def _keys(trace: Trace) -> list[tuple]:
 
 
 def run_case(case: Case, with_host: bool = True,
-             make_host: Callable[[], System] | None = None) -> Result:
+             make_host: Callable[[], System] | None = None,
+             version: str | None = None) -> Result:
     """Run a case on the model and (unless told not to, or the host cannot) the host.
 
     `make_host` replaces the host back-end (tests use it to stand in a lying probe);
-    it is then used whatever the host's capabilities.
+    it is then used whatever the host's capabilities. `version` is the model's kernel
+    profile (`gupsim.KERNEL_VERSIONS`; default the newest).
     """
     from .model import ModelSystem
-    model = run_on(case, functools.partial(ModelSystem, needs=case.needs))
+    model = run_on(case, functools.partial(ModelSystem, needs=case.needs, version=version))
     result = Result(case, model, None, case.expect(model))
     if with_host:
         if make_host is None:

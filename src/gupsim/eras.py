@@ -217,6 +217,23 @@ def behaves_as(release: str) -> str:
     return older[-1]
 
 
+def host_profile(release: str | None = None) -> tuple[str, str]:
+    """(profile, why) for a host kernel release (default this host's `uname -r`): the
+    newest profile not after it, since every modelled change up to then is in it; a
+    release older than every profile gets the oldest, said so."""
+    import platform
+    release = release or platform.release()
+    try:
+        chosen = behaves_as(release)
+    except ValueError as e:
+        return KERNEL_VERSIONS[0], f"{e}; modelling it as v{KERNEL_VERSIONS[0]}"
+    newer = [v for v in KERNEL_VERSIONS if version_key(v) > version_key(chosen)]
+    why = (f"host kernel {release}: v{chosen} is the newest modelled profile not after it"
+           + (f" (the next, v{newer[0]}, is later)" if newer else
+              f" (nothing modelled changed after v{chosen})"))
+    return chosen, why
+
+
 class Era:
     """One modelled kernel release: which switches are on (`era.has(name)`)."""
 
@@ -297,5 +314,5 @@ def table_rows() -> list[dict[str, object]]:
 
 
 __all__ = ["Switch", "SWITCHES", "SWITCHES_BY_NAME", "VMSTAT_SWITCHES", "WIRED",
-           "KERNEL_VERSIONS", "NEWEST", "NEWEST_ERA", "Era", "behaves_as", "profile",
-           "switch", "version_key", "render_table", "table_rows"]
+           "KERNEL_VERSIONS", "NEWEST", "NEWEST_ERA", "Era", "behaves_as", "host_profile",
+           "profile", "switch", "version_key", "render_table", "table_rows"]

@@ -318,6 +318,7 @@ class ModelSystem(BaseSystem):
         # a case that needs swap gets a swap device, as the host gets a swap file
         swap = SWAP_SIZE if "swap" in needs else 0
         self.k = kernel or Kernel(memory="1GiB", nr_hugepages=8, swap=swap, version=version)
+        self.trace.counted = self.k.era.has("nr-foll-pin-vmstat")
         self._scratch: Any = None
         self.files: dict[int, Any] = {}      # region id -> the file behind it
 

@@ -169,9 +169,10 @@ def run_case(case: Case, with_host: bool = True,
     it is then used whatever the host's capabilities. `version` is the model's kernel
     profile (`gupsim.KERNEL_VERSIONS`; default the newest).
     """
+    from .era_expect import expectation_on
     from .model import ModelSystem
     model = run_on(case, functools.partial(ModelSystem, needs=case.needs, version=version))
-    result = Result(case, model, None, case.expect(model))
+    result = Result(case, model, None, expectation_on(case, version)(model))
     if with_host:
         if make_host is None:
             from .host import host_skip_reason
@@ -190,6 +191,7 @@ def run_case(case: Case, with_host: bool = True,
             result.differences.append(f"the scenario raised on the host only: {e.message}")
             return result
         if not result.host.skipped:
-            result.host_problems = case.expect(result.host)
+            from ..eras import host_profile
+            result.host_problems = expectation_on(case, host_profile()[0])(result.host)
             result.differences = compare(model, result.host, counters=result.host.exact)
     return result

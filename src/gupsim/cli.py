@@ -170,9 +170,13 @@ def select_cases(only: str | None) -> list:
 
 def run_live(console: Console, only: str | None, model_only: bool) -> list:
     """Run the catalogue on both back-ends, case by case, with progress: a status line on
-    a terminal, else a line on stderr at least every PROGRESS_EVERY seconds (CI logs)."""
+    a terminal, else a line on stderr at least every PROGRESS_EVERY seconds (CI logs).
+    The model runs the host's own era (`eras.host_profile`), and says which and why."""
+    from .eras import host_profile
     from .scenarios.runner import run_case
     cases = select_cases(only)
+    version, why = host_profile()
+    console.print(f"[dim]model profile v{version}: {why}[/]")
     if not model_only:
         _repair_host()
     results = []
@@ -180,15 +184,16 @@ def run_live(console: Console, only: str | None, model_only: bool) -> list:
         with console.status("") as status:
             for i, case in enumerate(cases, 1):
                 status.update(f"[{i}/{len(cases)}] {case.name}")
-                results.append(run_case(case, with_host=not model_only))
+                results.append(run_case(case, with_host=not model_only, version=version))
         return results
     start = last = time.monotonic()
     for i, case in enumerate(cases, 1):
         now = time.monotonic()
         if i == 1 or now - last >= PROGRESS_EVERY:
-            click.echo(f"gupsim: [{i}/{len(cases)}] {now - start:4.0f}s {case.name}", err=True)
+            line = f"gupsim: [{i}/{len(cases)}] {now - start:4.0f}s {case.name}"
+            click.echo(line if len(line) <= 80 else line[:79] + "…", err=True)
             last = now
-        results.append(run_case(case, with_host=not model_only))
+        results.append(run_case(case, with_host=not model_only, version=version))
     counts = _counts(results)
     click.echo(f"gupsim: [{len(cases)}/{len(cases)}] done in {time.monotonic() - start:.0f}s: "
                + ", ".join(f"{n} {s}" for s, n in counts.items() if n), err=True)
@@ -549,4 +554,4 @@ def _eras_of(target: str, as_json: bool) -> None:
     console = Console(highlight=False)
     console.print(era_table(run))
     for line in era_notes(run):
-        console.print(line, soft_wrap=True)
+        console.print(line)

@@ -273,3 +273,37 @@ def test_longterm_pin_and_zone_movable(version: str, migrated: bool) -> None:
     assert page.read(0, 1) == b"\x07"
     k.unpin_user_page(page)
     assert k.check() == []
+
+
+# -- gup-fast-write-protect-seq (5.11) ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("version, raced", [("5.9", True), ("5.11", False)])
+def test_gup_fast_pin_racing_fork(version: str, raced: bool) -> None:
+    """GUP-fast pins between fork's "is it pinned?" check and its write-protect. Before
+    5.11 nothing stops it: the page is pinned and shared with the child anyway, so the
+    parent's next write copies it and the DMA target is lost. From 5.11 the walk sees
+    write_protect_seq odd and takes nothing (a real caller then falls back to the slow
+    path, which waits for fork's mmap_lock)."""
+    from gupsim.gup.fast import gup_fast
+    from gupsim.gup.flags import FOLL_FAST_ONLY, FOLL_PIN
+    from gupsim.gup.pages import PagesOut
+    k, p = _machine(version)
+    a = _filled(p, b"\x01")
+    pages: list[Page | None] = []
+
+    def pin_now(**_: object) -> None:
+        flags = FOLL_PIN | FOLL_WRITE | FOLL_LONGTERM | FOLL_FAST_ONLY
+        gup_fast(k.env, p.mm, a, a + PAGE_SIZE, flags, PagesOut(pages, k.mem))
+
+    k.gup.on_race("fork:before_wrprotect", pin_now)
+    child = p.fork()
+    assert (len(pages) == 1) is raced
+    if raced:
+        page = pages[0]
+        assert page is not None and page.mapcount == 2, "pinned, yet shared with the child"
+        p.write(a, b"\xff" * 8)
+        assert page.read(0, 8) == b"\x01" * 8 and p.read(a, 8) == b"\xff" * 8
+        k.unpin_user_pages(pages)
+    child.exit()
+    assert k.check() == []

@@ -26,6 +26,9 @@ tests/test_eras.py and tests/test_eras_behaviour.py):
   `_wp_can_reuse_anon`).
 - `fork-copies-pinned-anon` (5.9), `fork-copies-pinned-hugetlb` (5.12): before them
   fork shares pinned pages copy-on-write (mm/fork.py `folio_needs_cow_for_dma`).
+- `gup-fast-write-protect-seq` (5.11): before it GUP-fast ignores write_protect_seq, so
+  a pin taken between fork's pinned check and its write-protect (race point
+  "fork:before_wrprotect") leaves a pinned page shared with the child (gup/fast.py).
 - `longterm-migrate-movable` (5.13): before it ZONE_MOVABLE pages are long-term
   pinnable where they are (gup/longterm.py `longterm_pinnable`).
 - `anon-exclusive-unshare` (5.19): before it a R/O pin never unshares, and write-fault
@@ -46,9 +49,8 @@ tests/test_eras.py and tests/test_eras_behaviour.py):
   the PMD is split and one small page copied (mm/fault.py `_huge_zero_wp_thp`).
 
 Table-only (the model behaves as the newest era whatever the version):
-`longterm-migrate-cma` (on in every modelled profile), `gup-fast-write-protect-seq`
-(the model has no race point between fork's pinned check and its write-protect, where
-the pre-5.11 race lies), `foll-force-no-foll-cow` (the model has no FOLL_COW).
+`longterm-migrate-cma` (on in every modelled profile) and `foll-force-no-foll-cow`
+(the model has no FOLL_COW).
 `WIRED` lists the wired names; `gupsim eras` marks them.
 """
 
@@ -141,6 +143,7 @@ SWITCHES: tuple[Switch, ...] = (
 WIRED: frozenset[str] = frozenset({
     "foll-pin", "pin-counting-bias", "nr-foll-pin-vmstat", "gup-forced-cow-break",
     "cow-reuse-page-count", "fork-copies-pinned-anon", "fork-copies-pinned-hugetlb",
+    "gup-fast-write-protect-seq",
     "longterm-migrate-movable", "anon-exclusive-unshare", "reliable-ro-longterm",
     "is-valid-gup-args", "longterm-file-write-refused", "zero-page-not-pin-counted",
     "memfd-pin-folios", "huge-zero-wp-thp"})

@@ -118,7 +118,9 @@ def gup_fast(env: MMEnv, mm: MM, start: int, end: int, flags: int, out: PagesOut
                                  f"flags {foll_flags_str(flags)}"):
         return 0
     seq = mm.write_protect_seq
-    if flags & FOLL_PIN and seq & 1:
+    # from 5.11 (gup-fast-write-protect-seq) a pin backs off while fork write-protects
+    seqcheck = bool(flags & FOLL_PIN) and mem.era.has("gup-fast-write-protect-seq")
+    if seqcheck and seq & 1:
         return 0                            # fork is write-protecting: fall back
     # 5.8 (gup-forced-cow-break): only already-writable entries are safe to take
     # without the slow path's early COW, so a read walks as a write
@@ -160,7 +162,7 @@ def gup_fast(env: MMEnv, mm: MM, start: int, end: int, flags: int, out: PagesOut
         if got < i1 - i0:
             break
         addr = vma.end
-    if flags & FOLL_PIN and mm.write_protect_seq != seq:
+    if seqcheck and mm.write_protect_seq != seq:
         if nr:
             gup_put_pfns(env.alloc, out.pfns(nr).copy(), flags)
             out.clear(nr)

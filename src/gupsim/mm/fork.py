@@ -131,6 +131,9 @@ def _copy_page_range(env: MMEnv, src_mm: MM, dst_mm: MM, src: VMA, dst: VMA) -> 
     anon = mem.kind[heads] == Kind.ANON
     excl = (mem.flags[pfns] & np.uint32(PG.anon_exclusive)) != 0
     copy = anon & excl & folio_needs_cow_for_dma(env, src_mm, heads)
+    if env.race_hook is not None:
+        # GUP-fast may pin here, after the check: before 5.11 nothing stops it
+        env.race_hook("fork:before_wrprotect", mm=src_mm, vma=src)
     share = idx[~copy]
     if len(share):
         sp = src.pfn[share]

@@ -192,7 +192,9 @@ def test_writable_longterm_pin_of_ext4_refused_from_6_5(fast: bool) -> None:
 
 def test_writable_longterm_pin_of_ext4_accepted_before_6_5_and_the_dma_data_lost() -> None:
     """6.3 accepts the pin; writeback cleans the page while the device keeps writing it;
-    the driver unpins without dirtying, so reclaim drops the device's bytes."""
+    the driver unpins without dirtying, so reclaim drops the device's bytes. (A driver
+    that dirties at unpin instead met ext4's BUG, later its "does not have buffers
+    attached" warning, once reclaim had stripped the buffers: not modelled.)"""
     k, p = _machine("6.3")
     f, a = _ext4_shared(k, p)
     pages: list[Page | None] = []

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ..eras import KERNEL_VERSIONS
+from .era_expect import rule_for
 from .protocol import Step, Trace
 from .runner import Case, run_case
 
@@ -89,29 +90,60 @@ def run_across(case: Case, versions: tuple[str, ...] = KERNEL_VERSIONS) -> EraRu
     return result
 
 
-def era_table(run: EraRun) -> Table:
-    """One column per era, one row per step; `≠` marks the steps where eras differ."""
-    from rich.table import Table
-    t = Table(title=f"{run.case.name}: one column per kernel era (model)",
-              show_lines=False, pad_edge=False)
-    t.add_column("", no_wrap=True)
-    t.add_column("step", no_wrap=True)
+def era_groups(run: EraRun) -> list[list[str]]:
+    """Consecutive eras whose every step (or whose error) is the same, as one group each:
+    the table shows a group as one column, so it fits 80 columns."""
+    rows = run.rows()
+
+    def column(v: str) -> tuple:
+        return (run.errors.get(v), tuple(cells[v] for _, cells, _ in rows))
+
+    groups: list[list[str]] = []
     for v in run.versions:
-        t.add_column(v)
+        if groups and column(groups[-1][-1]) == column(v):
+            groups[-1].append(v)
+        else:
+            groups.append([v])
+    return groups
+
+
+def era_table(run: EraRun) -> Table:
+    """One column per era (consecutive eras that behave alike share one, headed
+    "first-last"), one row per step; `≠` marks the steps where eras differ."""
+    from rich.table import Table
+    t = Table(title=f"{run.case.name}: each kernel era (model)", pad_edge=False)
+    t.add_column("", no_wrap=True)
+    t.add_column("step")
+    groups = era_groups(run)
+    for g in groups:
+        t.add_column(g[0] if len(g) == 1 else f"{g[0]}-{g[-1]}")
     for i, (op, cells, differs) in enumerate(run.rows()):
-        style = "bold" if differs else ""
-        t.add_row(f"{i + 1}≠" if differs else str(i + 1), op, *(cells[v] for v in run.versions),
-                  style=style)
+        t.add_row(f"{i + 1}≠" if differs else str(i + 1), op,
+                  *(cells[g[0]] if g[0] in run.traces else "not run" for g in groups),
+                  style="bold" if differs else "")
     return t
 
 
 def era_notes(run: EraRun) -> list[str]:
-    """Under the table: eras that could not run it, and what the expectation found."""
-    lines = [f"{v}: not run: {why}" for v, why in run.errors.items()]
-    lines += [f"{v}: {'; '.join(p)}" for v, p in run.problems.items() if p]
-    ok = [v for v in run.traces if not run.problems.get(v)]
-    if ok:
-        lines.append(f"as expected on: {', '.join(ok)}")
+    """Under the table: why an era could not run it, and what the expectation found,
+    one line per run of consecutive eras with the same answer."""
+    def said(v: str) -> str:
+        if v in run.errors:
+            return f"not run: {run.errors[v]}"
+        found = "; ".join(run.problems.get(v, [])) or "as expected"
+        rule = rule_for(run.case, v)
+        return found if rule is None else f"{found} (of that era: {rule.why})"
+
+    lines: list[str] = []
+    spans: list[list[str]] = []
+    for v in run.versions:
+        if spans and said(spans[-1][-1]) == said(v):
+            spans[-1].append(v)
+        else:
+            spans.append([v])
+    for span in spans:
+        name = span[0] if len(span) == 1 else f"{span[0]}-{span[-1]}"
+        lines.append(f"{name}: {said(span[0])}")
     return lines
 
 
@@ -136,4 +168,5 @@ def load_target(target: str) -> Case:
                      f"{'; ...' if len(cases) > 5 else ''}): give more of the name")
 
 
-__all__ = ["EraRun", "cell", "era_notes", "era_table", "load_target", "run_across"]
+__all__ = ["EraRun", "cell", "era_groups", "era_notes", "era_table", "load_target",
+           "run_across"]

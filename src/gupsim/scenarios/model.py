@@ -312,11 +312,13 @@ class ModelSystem(BaseSystem):
     name = "model"
     procs: list[ModelProc]  # type: ignore[assignment]
 
-    def __init__(self, kernel: Kernel | None = None, needs: tuple[str, ...] = ()) -> None:
+    def __init__(self, kernel: Kernel | None = None, needs: tuple[str, ...] = (),
+                 version: str | None = None) -> None:
         super().__init__()
         # a case that needs swap gets a swap device, as the host gets a swap file
         swap = SWAP_SIZE if "swap" in needs else 0
-        self.k = kernel or Kernel(memory="1GiB", nr_hugepages=8, swap=swap)
+        self.k = kernel or Kernel(memory="1GiB", nr_hugepages=8, swap=swap, version=version)
+        self.trace.counted = self.k.era.has("nr-foll-pin-vmstat")
         self._scratch: Any = None
         self.files: dict[int, Any] = {}      # region id -> the file behind it
 
@@ -324,13 +326,13 @@ class ModelSystem(BaseSystem):
     def _measure(self, settle: bool) -> Iterator[Counted]:
         """The model's counters are exact and nothing else pins: read them around."""
         vm = self.k.vmstat
-        a0, r0 = vm["nr_foll_pin_acquired"], vm["nr_foll_pin_released"]
+        a0, r0 = vm.count("nr_foll_pin_acquired"), vm.count("nr_foll_pin_released")
         counted = Counted()
         try:
             yield counted
         finally:
-            counted.acquired = vm["nr_foll_pin_acquired"] - a0
-            counted.released = vm["nr_foll_pin_released"] - r0
+            counted.acquired = vm.count("nr_foll_pin_acquired") - a0
+            counted.released = vm.count("nr_foll_pin_released") - r0
 
     @contextmanager
     def mthp_enabled(self, on: bool) -> Iterator[None]:

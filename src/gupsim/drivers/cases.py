@@ -37,6 +37,7 @@ from ..kernel import Kernel, Process
 from ..memory import PageArray, page_maybe_dma_pinned
 from ..mm import MMF
 from ..mm.reclaim import compact_range
+from ..observe import step_recorded
 from .case3 import case3, case3_userptr
 from .direct_io import dio_read
 from .gpu import (
@@ -71,6 +72,9 @@ class CaseStep:
     facts: dict[str, Any] = field(default_factory=dict)
     ok: bool = True
     dump: str = ""
+
+    def __post_init__(self) -> None:
+        step_recorded(self)             # an observer drawing pictures (observe.py)
 
     def as_dict(self) -> dict[str, Any]:
         """The step as plain data in the tour's step shape, for JSON output."""

@@ -1,0 +1,188 @@
+"""Pictures of whole runs: one panel per step of a scenario, of the tour, of the cases.
+
+A `Pictures` is what `--html` writes and `--show` prints: a title and panels, each with
+what the step did (its operation and outcome, the scenario line, the GUP calls it made,
+the counters that moved), the model's `Snapshot` with the changes since the previous
+step of the same machine marked, and, where the host ran the same scenario, the host's
+observables of that step beside the model's.
+
+- `scenario_pictures(case, host)`: a scenario (`gupsim run FILE`) on the model, a
+  snapshot after every step, taken inside the step recorder of the model back-end
+  (as `gupsim explain` does);
+- `narrated_pictures(...)`: the tour (`gupsim demo`) and the cases (`gupsim cases`),
+  whose machines and steps are seen through the hooks of `observe.py`; a case step's
+  picture is its machine when the step's record was made, after its work;
+- `table_pictures(...)`: a command with a table and no machine (`gupsim eras`).
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import traceback
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .picture import Snapshot, diff, snapshot
+
+if TYPE_CHECKING:
+    from ..kernel import Kernel
+    from ..scenarios.records import Step, Trace
+    from ..scenarios.runner import Case
+
+
+@dataclass
+class Panel:
+    """One step: what it did and the picture after it."""
+
+    group: str                       # the scenario, tour or case (and driver) it belongs to
+    title: str                       # the operation or the step's title
+    outcome: str = ""
+    story: str = ""                  # what to notice (tour and cases)
+    source: str = ""                 # the scenario line that made the step
+    calls: list[str] = field(default_factory=list)   # kernel functions that ran
+    facts: dict[str, str] = field(default_factory=dict)
+    ok: bool = True
+    model: Snapshot | None = None
+    observed: dict[str, str] | None = None   # the model's step record (as the host's)
+    host: dict[str, str] | None = None
+    table: list[dict[str, str]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain JSON-able data."""
+        return asdict(self)
+
+
+@dataclass
+class Pictures:
+    """A run's panels, in order, and a note under the title (for example the host's
+    reason for skipping)."""
+
+    title: str
+    panels: list[Panel]
+    note: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain JSON-able data."""
+        return {"title": self.title, "note": self.note,
+                "panels": [p.as_dict() for p in self.panels]}
+
+
+def _gup_calls(k: Kernel, seen: list[Any]) -> list[str]:
+    """The GUP entry point calls made since the last look (`seen` holds the last one)."""
+    calls = list(k.gup.calls)
+    if seen and seen[0] is not None:
+        for i in range(len(calls) - 1, -1, -1):
+            if calls[i] is seen[0]:
+                calls = calls[i + 1:]
+                break
+    seen[:] = [k.gup.calls[-1] if k.gup.calls else None]
+    return [str(c) for c in calls]
+
+
+def _line_in(files: set[str]) -> str:
+    """The innermost frame of the call stack that lies in one of `files`, as text."""
+    for frame in reversed(traceback.extract_stack()):
+        if os.path.realpath(frame.filename) in files:
+            return f"{os.path.basename(frame.filename)}:{frame.lineno}: " \
+                   f"{(frame.line or '').strip()}"
+    return ""
+
+
+def _observed(s: Step) -> dict[str, str]:
+    """A step record's observables, as text (the same for model and host)."""
+    out = {"outcome": s.outcome, "nr_foll_pin_acquired": f"+{s.acquired}",
+           "nr_foll_pin_released": f"+{s.released}", "VmPin": f"{s.vm_pin_kb} kB",
+           "VmLck": f"{s.vm_lck_kb} kB"}
+    if s.data is not None:
+        out["data read"] = repr(s.data[:16]) + ("..." if len(s.data) > 16 else "")
+    return out
+
+
+def scenario_pictures(case: Case, host: Trace | None = None) -> Pictures:
+    """Run `case` on the model with a snapshot after every step; with `host` (the same
+    scenario's host trace), each panel carries the host's step beside the model's."""
+    from ..scenarios.model import ModelSystem
+    system = ModelSystem(needs=case.needs)
+    k = system.k
+    panels: list[Panel] = []
+    last: list[Snapshot | None] = [None]
+    seen: list[Any] = [None]
+    files = {os.path.realpath(f) for f in (case.source, inspect.getsourcefile(case.run))
+             if f and os.path.exists(f)}
+    inner = system._step
+
+    def step_hook(*args: Any, **kw: Any) -> Any:
+        try:
+            return inner(*args, **kw)
+        finally:
+            s = system.trace.steps[-1] if len(system.trace.steps) > len(panels) else None
+            if s is not None:
+                snap = diff(last[0], snapshot(k))
+                last[0] = snap
+                panels.append(Panel(case.name, s.op, s.outcome, source=_line_in(files),
+                                    calls=_gup_calls(k, seen), observed=_observed(s),
+                                    model=snap))
+
+    system._step = step_hook  # type: ignore[method-assign]
+    try:
+        case.run(system)
+    except Exception:   # noqa: BLE001 - a fault or error ends the run: show the steps made
+        pass
+    finally:
+        system.close()
+    note = ""
+    if host is not None:
+        if host.skipped:
+            note = f"host skipped: {host.skipped}"
+        else:
+            for panel, hs in zip(panels, host.steps, strict=False):
+                panel.host = _observed(hs)
+    return Pictures(case.name, panels, note)
+
+
+def narrated_pictures(title: str, run: Callable[[], Iterable[Any]],
+                      group_of: Callable[[Any], str]) -> tuple[Pictures, list[Any]]:
+    """Run narrated steps (`run()` returns the tour's steps or the case runs) and draw a
+    panel per step with the picture of its machine when the step was recorded.
+    `group_of(step)` names the group a step belongs to once the run is known.
+    Returns the pictures and what `run()` returned (so the caller narrates it too)."""
+    from ..observe import observing
+    machine: list[Kernel | None] = [None]
+    shots: list[tuple[Any, Snapshot, list[str]]] = []
+    last: dict[int, Snapshot] = {}
+    seen: dict[int, list[Any]] = {}
+
+    def on_kernel(k: Kernel) -> None:
+        machine[0] = k
+
+    def on_step(step: Any) -> None:
+        k = machine[0]
+        if k is None:
+            return
+        snap = diff(last.get(id(k)), snapshot(k))
+        last[id(k)] = snap
+        shots.append((step, snap, _gup_calls(k, seen.setdefault(id(k), [None]))))
+
+    with observing(on_kernel, on_step):
+        result = list(run())
+    panels = []
+    for step, snap, calls in shots:
+        panels.append(Panel(group_of(step), step.title, story=step.story, calls=calls,
+                            facts={str(key): _fact(v) for key, v in step.facts.items()},
+                            ok=step.ok, model=snap))
+    return Pictures(title, panels), result
+
+
+def _fact(v: object) -> str:
+    if isinstance(v, bytes):
+        return repr(v[:32]) + ("..." if len(v) > 32 else "")
+    text = str(v)
+    return text if len(text) <= 200 else text[:200] + "..."
+
+
+def table_pictures(title: str, rows: list[dict[str, Any]], note: str = "") -> Pictures:
+    """A command that has a table and no machine: one panel holding the table."""
+    table = [{str(key): "" if v is None else str(v) for key, v in r.items()} for r in rows]
+    return Pictures(title, [Panel(title, title, table=table)], note)

@@ -97,6 +97,37 @@ def _repair_host() -> None:
         click.echo(f"gupsim: could not check for leftovers of dead runs: {exc}", err=True)
 
 
+def picture_options(fn: Any) -> Any:
+    """`--html OUT` and `--show`, the same on every command that draws pictures."""
+    fn = click.option("--show", is_flag=True,
+                      help="Draw the pictures of every step in the terminal.")(fn)
+    return click.option("--html", "html_out", default=None, metavar="OUT",
+                        type=click.Path(dir_okay=False, writable=True),
+                        help="Write the pictures of every step to OUT, one self-contained "
+                             "HTML page (no network).")(fn)
+
+
+def _check_pictures(as_json: bool, show: bool) -> None:
+    if as_json and show:
+        raise click.UsageError("--show draws on stdout, which --json keeps for JSON: drop "
+                               "one (--html works with --json)")
+
+
+def emit_pictures(pics: Any, html_out: str | None, show: bool) -> None:
+    """Write the pictures to `html_out` and/or draw them on stdout (see report/picture_*)."""
+    if show:
+        from .report.picture_term import show as draw
+        draw(Console(highlight=False), pics)
+    if html_out:
+        from .report.picture_html import write_html
+        try:
+            write_html(pics, html_out)
+        except OSError as e:
+            raise click.ClickException(f"cannot write {html_out}: {e.strerror or e}; choose "
+                                       "another path for --html") from None
+        click.echo(f"gupsim: wrote {len(pics.panels)} step(s) to {html_out}", err=True)
+
+
 @main.command(help="The main job: a narrated tour of the model, then the model-versus-host "
                    "comparison of the whole catalogue, one row per selftest "
                    "(`gupsim live` shows every case).")
@@ -104,11 +135,21 @@ def _repair_host() -> None:
 @click.option("--tour-only", is_flag=True, help="Stop after the tour (no catalogue run).")
 @click.option("--model-only", is_flag=True, help="Run the catalogue on the model only.")
 @click.option("--full", is_flag=True, help="One row per case instead of per selftest.")
-def demo(as_json: bool, tour_only: bool, model_only: bool, full: bool) -> None:
+@picture_options
+def demo(as_json: bool, tour_only: bool, model_only: bool, full: bool, html_out: str | None,
+         show: bool) -> None:
     """`gupsim demo`: the narrated tour, then the catalogue's model-versus-host table."""
-    steps = run_tour()
+    _check_pictures(as_json, show)
+    pics = None
+    if html_out or show:
+        from .report.picture_runs import tour_pictures
+        pics, steps = tour_pictures()
+    else:
+        steps = run_tour()
     if as_json:
         click.echo(dumps([s.as_dict() for s in steps]))
+        if pics is not None:
+            emit_pictures(pics, html_out, show)
         if not all(s.ok for s in steps):
             sys.exit(EXIT_DISAGREE)
         return
@@ -144,6 +185,11 @@ def demo(as_json: bool, tour_only: bool, model_only: bool, full: bool) -> None:
         if not disagree and not model_only:
             console.print("[green]The model and this kernel agreed on every step of every "
                           "case the host could run.[/]")
+        if pics is not None:
+            from .report.picture_runs import catalogue_panel
+            pics.panels.append(catalogue_panel(results))
+    if pics is not None:
+        emit_pictures(pics, html_out, show)
     if bad or disagree:
         sys.exit(EXIT_DISAGREE)
 
@@ -269,26 +315,40 @@ def select_driver_cases(only: str | None) -> list[str]:
               help="Only the case with this key (1, 2, vfio, ...) or whose description "
                    "contains NAME (a usage error if none does).")
 @click.option("--json", "as_json", is_flag=True, help="Print the cases as JSON.")
-def cases(only: str | None, as_json: bool) -> None:
+@picture_options
+def cases(only: str | None, as_json: bool, html_out: str | None, show: bool) -> None:
     """Run the selected cases of `drivers.cases` and narrate them (or print JSON)."""
     from .drivers import cases as case_list
     from .report.cases import as_json as to_json
     from .report.cases import render
+    _check_pictures(as_json, show)
     keys = select_driver_cases(only)
     console = Console(stderr=as_json, highlight=False)
-    runs = []
-    with console.status("") as status:
-        for i, key in enumerate(keys, 1):
-            status.update(f"[{i}/{len(keys)}] case {key}")
-            if not console.is_terminal:
-                click.echo(f"gupsim: [{i}/{len(keys)}] case {key}", err=True)
-            runs.append(case_list.CASES[key]())
+
+    def run_all() -> list:
+        runs = []
+        with console.status("") as status:
+            for i, key in enumerate(keys, 1):
+                status.update(f"[{i}/{len(keys)}] case {key}")
+                if not console.is_terminal:
+                    click.echo(f"gupsim: [{i}/{len(keys)}] case {key}", err=True)
+                runs.append(case_list.CASES[key]())
+        return runs
+
+    pics = None
+    if html_out or show:
+        from .report.picture_runs import case_pictures
+        pics, runs = case_pictures(run_all)
+    else:
+        runs = run_all()
     if as_json:
         out = to_json(runs)
         click.echo(dumps(out))
         ok = out["ok"]
     else:
         ok = render(console, runs)
+    if pics is not None:
+        emit_pictures(pics, html_out, show)
     if not ok:
         sys.exit(EXIT_DISAGREE)
 
@@ -439,7 +499,8 @@ def bench(max_pages: int, repeat: int, model_only: bool, as_json: bool) -> None:
 @click.option("--host", "with_host", is_flag=True,
               help="Also run it on the host kernel and compare step by step.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def run(file: str, with_host: bool, as_json: bool) -> None:
+@picture_options
+def run(file: str, with_host: bool, as_json: bool, html_out: str | None, show: bool) -> None:
     """FILE defines `scenario(system)` (and optionally `expect(trace) -> list[str]`),
     written against gupsim.scenarios.protocol; see examples/ for one. The scenario's own
     error (syntax, an exception, a bad argument) exits 2 with `FILE:LINE: Type: message`."""
@@ -447,6 +508,7 @@ def run(file: str, with_host: bool, as_json: bool) -> None:
     from .scenarios.runner import run_case
     from .scenarios.userfile import ScenarioError, load_scenario
 
+    _check_pictures(as_json, show)
     try:
         case = load_scenario(file)
         if with_host:
@@ -460,6 +522,9 @@ def run(file: str, with_host: bool, as_json: bool) -> None:
         click.echo(dumps(to_json([result])))
     else:
         Console(highlight=False).print(steps_table(result))
+    if html_out or show:
+        from .report.picture_runs import scenario_pictures
+        emit_pictures(scenario_pictures(case, result.host), html_out, show)
     if result.status == "disagree":
         sys.exit(EXIT_DISAGREE)
 
@@ -508,9 +573,17 @@ def steps_table(result: Result) -> Table:
                    "and the profiles gupsim.Kernel(version=...) accepts. * marks the "
                    "switches the model wires today.")
 @click.option("--json", "as_json", is_flag=True, help="Print the table as JSON.")
-def eras(as_json: bool) -> None:
-    """`gupsim eras`: print the table of era switches."""
+@picture_options
+def eras(as_json: bool, html_out: str | None, show: bool) -> None:
+    """`gupsim eras`: print the table of era switches (eras have no per-step machine, so
+    --html and --show give this table)."""
     from .eras import KERNEL_VERSIONS, NEWEST, render_table, table_rows
+    _check_pictures(as_json, show)
+    if html_out:        # --show: the table printed below is the whole picture
+        from .report.picture_runs import table_pictures
+        emit_pictures(table_pictures("gupsim eras: kernel era switches", table_rows(),
+                                     f"profiles: {', '.join(KERNEL_VERSIONS)} (default "
+                                     f"{NEWEST})"), html_out, False)
     if as_json:
         click.echo(dumps({"kernel_versions": list(KERNEL_VERSIONS), "default": NEWEST,
                           "switches": table_rows()}))

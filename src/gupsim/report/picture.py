@@ -26,7 +26,7 @@ Simplification: holders are listed for the first folio of a run of identical fol
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -300,13 +300,37 @@ def _proc_views(k: Kernel) -> list[ProcView]:
     return out
 
 
+def _split_at(runs: list[PteRun], starts: list[int]) -> list[PteRun]:
+    """Cut present runs where a frame row begins, so that each page-table row points into
+    one frame row (one colour in the pictures, one holder list)."""
+    out = []
+    for r in runs:
+        first = r.pfn
+        cuts = [] if first is None or r.state != "present" or r.special else \
+            [b - first for b in starts if first < b < first + r.pages]
+        if first is None or not cuts:
+            out.append(r)
+            continue
+        pid = r.key.split(":")[0]
+        for a, b in zip([0] + cuts, cuts + [r.pages], strict=True):
+            addr = r.addr + (a << PAGE_SHIFT)
+            out.append(replace(r, key=f"{pid}:{addr:#x}", addr=addr, pages=b - a,
+                               pfn=first + a))
+    return out
+
+
 def snapshot(k: Kernel) -> Snapshot:
     """The picture of `k` now (no changes marked: see `diff`)."""
     devices = _device_holders(k)
     frames, more = _frame_runs(k, _reached(k, devices), devices)
     vm = {key: int(v) for key, v in sorted(k.vmstat.items()) if v}
     held = k.vmstat["nr_foll_pin_acquired"] - k.vmstat["nr_foll_pin_released"]
-    return Snapshot(_proc_views(k), frames, more, vm, int(held))
+    procs = _proc_views(k)
+    starts = sorted(f.head for f in frames)
+    for pv in procs:
+        for v in pv.vmas:
+            v.runs = _split_at(v.runs, starts)
+    return Snapshot(procs, frames, more, vm, int(held))
 
 
 def _pt_sig(r: PteRun) -> tuple:
@@ -376,8 +400,8 @@ def diff(prev: Snapshot | None, cur: Snapshot) -> Snapshot:
                            f"{f.mapcount}, pins {f.pincount}")
     left = [key for key in old_frames if key not in seen]
     if left:
-        changes.append(f"no longer reached: frame(s) {', '.join(left[:6])}"
-                       f"{' ...' if len(left) > 6 else ''}")
+        changes.append(f"frame row(s) gone (freed, unmapped, or their run split or merged): "
+                       f"{', '.join(left[:6])}{' ...' if len(left) > 6 else ''}")
     cur.changes = changes or ["nothing the picture shows changed"]
     return cur
 

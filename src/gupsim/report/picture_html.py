@@ -36,7 +36,7 @@ header button{font-size:1em;padding:.3em .9em;cursor:pointer}
 #pos{min-width:6em;text-align:center}
 .note{background:#fff3cd;padding:.4em 1em;margin:0}
 .wrap{display:flex;align-items:flex-start}
-nav{width:17em;max-height:calc(100vh - 3.5em);overflow:auto;background:#fff;
+nav{width:17em;max-height:calc(100vh - 3.5em);overflow-y:auto;overflow-x:hidden;background:#fff;
  border-right:1px solid #ccd;position:sticky;top:0;font-size:.85em}
 nav h3{margin:.6em .6em .2em;font-size:.9em;color:#456}
 nav a{display:block;padding:.25em .6em;color:#1d232a;text-decoration:none;
@@ -183,10 +183,10 @@ def _procs(snap: Snapshot) -> str:
 
 def _frame(f: FrameRun) -> str:
     cls = " chg" if f.changed else ""
-    many = f"{f.folios} folios " if f.folios > 1 else ""
-    size = kib(1 << f.order)
-    head = (f'<b>{_chip(f.head, "pfn " + f.key)}</b> {many}{_e(f.kind)} folio, order '
-            f'{f.order} ({size}), zone {_e(f.zone)}{" CMA" if f.cma else ""}')
+    what = f"{f.folios} {f.kind} folios" if f.folios > 1 else f"{f.kind} folio"
+    head = (f'<b>{_chip(f.head, "pfn " + f.key)}</b> {_e(what)}, order {f.order} '
+            f'({kib(1 << f.order)}{" each" if f.folios > 1 else ""}), zone {_e(f.zone)}'
+            f'{" CMA" if f.cma else ""}')
     total = max(f.refcount, 1)
     bar = (f'<div class="bar" title="refcount {f.refcount}"><span class="plain" '
            f'style="width:{100 * max(f.plain_refs, 0) / total:.1f}%"></span>'

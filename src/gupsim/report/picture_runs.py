@@ -186,3 +186,36 @@ def table_pictures(title: str, rows: list[dict[str, Any]], note: str = "") -> Pi
     """A command that has a table and no machine: one panel holding the table."""
     table = [{str(key): "" if v is None else str(v) for key, v in r.items()} for r in rows]
     return Pictures(title, [Panel(title, title, table=table)], note)
+
+
+def tour_pictures() -> tuple[Pictures, list[Any]]:
+    """The tour of `gupsim demo`, a picture per step; also returns the tour's steps."""
+    from ..tour import run_tour
+    return narrated_pictures("gupsim demo: the tour", run_tour, lambda step: "the tour")
+
+
+def case_pictures(run: Callable[[], list[Any]]) -> tuple[Pictures, list[Any]]:
+    """The cases of `gupsim cases` (`run()` returns their CaseRuns), a picture per step of
+    each right driver and of its wrong-flag twin; also returns the CaseRuns."""
+    groups: dict[int, str] = {}
+
+    def runs() -> list[Any]:
+        out = run()
+        for r in out:
+            for side, steps, flags in (("right", r.right, r.right_flags),
+                                       ("wrong", r.wrong, r.wrong_flags)):
+                for s in steps:
+                    groups[id(s)] = f"{r.name}: {side} driver, {flags}"
+        return out
+
+    return narrated_pictures("gupsim cases: pin_user_pages.rst", runs,
+                             lambda step: groups.get(id(step), ""))
+
+
+def catalogue_panel(results: list[Any]) -> Panel:
+    """The catalogue's model-versus-host verdicts (`gupsim demo`) as a table panel."""
+    rows = [{"case": r.case.name, "source": r.case.source, "status": r.status,
+             "why": "; ".join(r.model_problems + r.host_problems + r.differences)
+             or (r.host.skipped if r.host is not None else "")} for r in results]
+    return Panel("the catalogue, model against this kernel", "catalogue verdicts",
+                 ok=not any(r.status == "disagree" for r in results), table=rows)

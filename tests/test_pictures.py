@@ -142,7 +142,7 @@ def test_show_with_json_is_a_usage_error_and_show_draws() -> None:
     res = CliRunner().invoke(main, ["run", EXAMPLE, "--json", "--show"])
     assert res.exit_code == 2 and "--show" in res.output
     res = CliRunner().invoke(main, ["run", EXAMPLE, "--show"])
-    assert res.exit_code == 0 and "frames and who holds them" in res.output
+    assert res.exit_code == 0 and "who holds them" in res.output
 
 
 def test_an_unwritable_html_path_says_what_to_do(tmp_path: Path) -> None:

@@ -117,7 +117,10 @@ def emit_pictures(pics: Any, html_out: str | None, show: bool) -> None:
     """Write the pictures to `html_out` and/or draw them on stdout (see report/picture_*)."""
     if show:
         from .report.picture_term import show as draw
-        draw(Console(highlight=False), pics)
+        console = Console(highlight=False)
+        if not console.is_terminal:
+            console = Console(highlight=False, width=100)   # piped: the width it is made for
+        draw(console, pics)
     if html_out:
         from .report.picture_html import write_html
         try:

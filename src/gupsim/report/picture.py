@@ -144,6 +144,10 @@ def _pte_runs(k: Kernel, pid: int, vma: Any) -> tuple[list[PteRun], int]:
         return [], 0
     present = (pte & PTE.PRESENT) != 0
     safe = np.where(present, pfn, 0)
+    # a PMD/PUD-mapped folio carries PG_anon_exclusive on its head page only
+    huge = (pte & (PTE.PMD | PTE.PUD)) != 0
+    if huge.any():
+        safe = np.where(huge, k.mem.head_of(safe), safe)
     ae = present & ((k.mem.flags[safe].astype(np.int64) & int(PG.anon_exclusive)) != 0)
     bits = PTE.PRESENT | PTE.WRITE | PTE.SWAP | PTE.SOFT_DIRTY | PTE.SPECIAL | PTE.MARKER \
         | PTE.PMD | PTE.PUD
@@ -244,13 +248,10 @@ def _frame_row(k: Kernel, head: int, folios: int, pins: int, heads: np.ndarray,
     pincount = pins if small else ex.pincount
     bias = pins * GUP_PIN_COUNTING_BIAS if small else 0
     plain = ex.refcount - bias if small else ex.refcount - ex.pincount
-    holders = []
-    for m in ex.mappings[:MAX_HOLDERS]:
-        holders.append(f"PTE pid {m.pid} ({m.comm}) {m.address:#x} "
-                       f"{'rw' if m.writable else 'ro'}"
-                       f"{' anon-exclusive' if m.anon_exclusive else ''}")
-    if len(ex.mappings) > MAX_HOLDERS:
-        holders.append(f"... {len(ex.mappings) - MAX_HOLDERS} more PTEs")
+    ptes = _pte_holders(ex.mappings)
+    holders = ptes[:MAX_HOLDERS]
+    if len(ptes) > MAX_HOLDERS:
+        holders.append(f"... {len(ptes) - MAX_HOLDERS} more mappings")
     if ex.page_cache is not None:
         holders.append(f"page cache (mapping {ex.page_cache['mapping']}, index "
                        f"{ex.page_cache['index']:#x})")
@@ -271,6 +272,26 @@ def _frame_row(k: Kernel, head: int, folios: int, pins: int, heads: np.ndarray,
     return FrameRun(f"{span}", head, folios, ex.order, ex.kind, ex.zone, ex.cma,
                     ex.refcount, ex.mapcount, pincount, plain, bias, ex.maybe_dma_pinned,
                     ex.flags, holders, ex.movable)
+
+
+def _pte_holders(mappings: list[Any]) -> list[str]:
+    """The PTEs mapping a folio, consecutive pages of one process in one line."""
+    out: list[str] = []
+    groups: list[list[Any]] = []
+    for m in sorted(mappings, key=lambda m: (m.pid or 0, m.address)):
+        g = groups[-1] if groups else None
+        if g is not None and (g[-1].pid, g[-1].writable) == (m.pid, m.writable) and \
+                m.address == g[-1].address + (1 << PAGE_SHIFT):
+            g.append(m)
+        else:
+            groups.append([m])
+    for g in groups:
+        m = g[0]
+        where = f"{m.address:#x}" if len(g) == 1 else \
+            f"{m.address:#x}..{g[-1].address:#x} ({len(g)} pages)"
+        ae = " anon-exclusive" if any(x.anon_exclusive for x in g) else ""
+        out.append(f"PTE pid {m.pid} ({m.comm}) {where} {'rw' if m.writable else 'ro'}{ae}")
+    return out
 
 
 def _reached(k: Kernel, devices: list[tuple[str, np.ndarray, np.ndarray]]) -> np.ndarray:

@@ -90,6 +90,13 @@ def _line_in(files: set[str]) -> str:
     return ""
 
 
+def _what_op_does(op: str) -> str:
+    """The operation's own declaration (`scenarios/ops.py`), as its story."""
+    from ..scenarios.ops import Operations
+    method = getattr(Operations, op.split(" ")[0], None)
+    return " ".join((inspect.getdoc(method) or "").split("\n\n")[0].split())
+
+
 def _observed(s: Step) -> dict[str, str]:
     """A step record's observables, as text (the same for model and host)."""
     out = {"outcome": s.outcome, "nr_foll_pin_acquired": f"+{s.acquired}",
@@ -121,7 +128,8 @@ def scenario_pictures(case: Case, host: Trace | None = None) -> Pictures:
             if s is not None:
                 snap = diff(last[0], snapshot(k))
                 last[0] = snap
-                panels.append(Panel(case.name, s.op, s.outcome, source=_line_in(files),
+                panels.append(Panel(case.name, s.op, s.outcome, story=_what_op_does(s.op),
+                                    source=_line_in(files),
                                     calls=_gup_calls(k, seen), observed=_observed(s),
                                     model=snap))
 

@@ -75,27 +75,34 @@ def _page_tables(snap: Snapshot) -> list[RenderableType]:
 def _refs(f: FrameRun) -> str:
     if f.order == 0:
         return f"{f.refcount} = {f.plain_refs} + 1024x{f.pincount}"
-    return f"{f.refcount} = {f.plain_refs} + {f.pincount} (_pincount)"
+    return f"{f.refcount} = {f.plain_refs} + {f.pincount} pin(s)"
 
 
-def _frames(snap: Snapshot) -> Table:
-    t = Table(" ", "frame", "folio", "refcount (plain + bias)", "map", "holders",
-              box=box.SIMPLE_HEAD, title="frames and who holds them", title_justify="left",
-              title_style="bold")
-    t.columns[5].overflow = "fold"
+def _frames(snap: Snapshot) -> list[RenderableType]:
+    """The folios (one row per run), then their holders, one line each (wide enough to
+    read a call site at 100 columns)."""
+    t = Table(" ", "frame", "folio", "refcount = plain + bias", "mapcount", "state",
+              box=box.SIMPLE_HEAD, title="frames", title_justify="left", title_style="bold")
+    t.columns[1].overflow = "fold"
+    held = Table(" ", "frame", "held by", box=box.SIMPLE_HEAD, title="who holds them",
+                 title_justify="left", title_style="bold")
+    held.columns[2].overflow = "fold"
     for f in snap.frames:
-        folio = f"{f.kind} o{f.order} {f.zone}{' CMA' if f.cma else ''}"
+        folio = f"{f.kind} order {f.order} {f.zone}{' CMA' if f.cma else ''}"
         if f.folios > 1:
-            folio = f"{f.folios}x " + folio
-        marks = (" PINNED" if f.maybe_dma_pinned else "") + ("" if f.movable else " stuck")
-        who = "\n".join(f.holders) or "none"
-        if f.folios > 1:
-            who = "(first folio) " + who
-        t.add_row("*" if f.changed else "", f"{f.key}", folio + marks, _refs(f),
-                  str(f.mapcount), who, style=_CHANGED if f.changed else None)
+            folio = f"{f.folios} x " + folio
+        state = ", ".join((["maybe pinned"] if f.maybe_dma_pinned else [])
+                          + ([] if f.movable else ["cannot migrate"])) or "-"
+        style = _CHANGED if f.changed else None
+        mark = "*" if f.changed else ""
+        t.add_row(mark, f.key, folio, _refs(f), str(f.mapcount), state, style=style)
+        for i, h in enumerate(f.holders or ["none"]):
+            first = "(first folio) " if f.folios > 1 and i == 0 else ""
+            held.add_row(mark if i == 0 else "", f.key if i == 0 else "", first + h,
+                         style=style)
     if snap.more_frames:
         t.add_row("", Text(f"... {snap.more_frames} more", style="dim"), "", "", "", "")
-    return t
+    return [t, held]
 
 
 def _observed(p: Panel) -> Table | None:
@@ -131,7 +138,7 @@ def render_panel(i: int, p: Panel) -> RenderableType:
         parts.append(facts)
     if p.model is not None:
         parts += _page_tables(p.model)
-        parts.append(_frames(p.model))
+        parts += _frames(p.model)
         parts.append(Text(f"pins held: {p.model.pins_held} (nr_foll_pin_acquired - "
                           "nr_foll_pin_released)"))
     if p.table:

@@ -248,7 +248,8 @@ def _panel(i: int, p: Panel) -> str:
     out.append("</div>")
     if p.model is not None:
         s = p.model
-        out.append(f"<h3>Page tables</h3>{_procs(s)}")
+        out.append(f'<h3>Page tables <span class="legend">{_e(p.moment)}</span></h3>'
+                   f"{_procs(s)}")
         out.append('<h3>Frames (folios) and who holds them</h3><div class="legend">bar: '
                    'green = plain references (mappings, page cache, GET), red = the pin '
                    'bias; hover a frame to see the PTEs that map it</div>')
@@ -286,8 +287,8 @@ def render_html(pics: Pictures) -> str:
         raise ValueError("nothing to draw: the run recorded no step")
     note = f'<p class="note">{_e(pics.note)}</p>' if pics.note else ""
     return ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>gupsim: {_e(pics.title)}</title><style>{_CSS}</style></head><body>"
-            f'<header><h1>gupsim: {_e(pics.title)}</h1><button id="prev" '
+            f"<title>{_e(pics.title)}</title><style>{_CSS}</style></head><body>"
+            f'<header><h1>{_e(pics.title)}</h1><button id="prev" '
             'title="previous step (left arrow)">&larr; prev</button><span id="pos"></span>'
             '<button id="next" title="next step (right arrow)">next &rarr;</button></header>'
             f'{note}<div class="wrap"><nav>{_nav(pics)}</nav><main>'

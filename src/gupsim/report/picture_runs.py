@@ -48,6 +48,7 @@ class Panel:
     observed: dict[str, str] | None = None   # the model's step record (as the host's)
     host: dict[str, str] | None = None
     table: list[dict[str, str]] = field(default_factory=list)
+    moment: str = "after this step"   # when the picture was taken, for the reader
 
     def as_dict(self) -> dict[str, Any]:
         """Plain JSON-able data."""
@@ -147,7 +148,7 @@ def scenario_pictures(case: Case, host: Trace | None = None) -> Pictures:
         else:
             for panel, hs in zip(panels, host.steps, strict=False):
                 panel.host = _observed(hs)
-    return Pictures(case.name, panels, note)
+    return Pictures(f"gupsim run: {case.name}", panels, note)
 
 
 def narrated_pictures(title: str, run: Callable[[], Iterable[Any]],
@@ -179,7 +180,9 @@ def narrated_pictures(title: str, run: Callable[[], Iterable[Any]],
     for step, snap, calls in shots:
         panels.append(Panel(group_of(step), step.title, story=step.story, calls=calls,
                             facts={str(key): _fact(v) for key, v in step.facts.items()},
-                            ok=step.ok, model=snap))
+                            ok=step.ok, model=snap,
+                            moment="at the end of this step, after every operation its "
+                                   "story tells (the figures were read along the way)"))
     return Pictures(title, panels), result
 
 

@@ -137,6 +137,7 @@ def render_panel(i: int, p: Panel) -> RenderableType:
             facts.add_row(Text(key, style="dim"), value)
         parts.append(facts)
     if p.model is not None:
+        parts.append(Text(f"the machine {p.moment}:", style="dim"))
         parts += _page_tables(p.model)
         parts += _frames(p.model)
         parts.append(Text(f"pins held: {p.model.pins_held} (nr_foll_pin_acquired - "

@@ -26,6 +26,7 @@ Simplification: holders are listed for the first folio of a run of identical fol
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +41,9 @@ if TYPE_CHECKING:
     from ..kernel import Kernel
     from ..mm import MM
 
+# call sites inside gupsim are shown from the package (gupsim/drivers/rdma.py:214)
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) \
+    + os.sep
 MAX_PT_ROWS = 32        # page-table rows per VMA; a teacher's screen, not a dump
 MAX_FRAME_ROWS = 48     # folio rows per snapshot
 MAX_HOLDERS = 8         # PTE holders listed per folio row (the rest counted)
@@ -257,7 +261,7 @@ def _frame_row(k: Kernel, head: int, folios: int, pins: int, heads: np.ndarray,
                        f"{ex.page_cache['index']:#x})")
     for g in ex.gup:
         holders.append(f"{g.how}{' | FOLL_LONGTERM' if g.longterm else ''} x{g.pages} by "
-                       f"{g.call}() at {g.site}")
+                       f"{g.call}() at {g.site.replace(_PACKAGE_DIR, '')}")
     n = 1 << ex.order
     for name, pfns, writable in devices:
         inside = (pfns >= head) & (pfns < head + n)

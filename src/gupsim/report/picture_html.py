@@ -11,6 +11,7 @@ matching colours between the page tables and the frames.
 from __future__ import annotations
 
 import html
+import zlib
 from typing import TYPE_CHECKING
 
 from .picture import FrameRun, PteRun, Snapshot, kib
@@ -24,8 +25,8 @@ def _e(text: object) -> str:
 
 
 def _hue(head: int) -> int:
-    """A stable colour per frame (Knuth's multiplicative hash spreads neighbours apart)."""
-    return (head * 2654435761 >> 8) % 360
+    """A stable colour per frame: the same frame has the same colour in every step."""
+    return zlib.crc32(head.to_bytes(8, "little")) % 360
 
 
 _CSS = """

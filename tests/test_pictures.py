@@ -14,6 +14,7 @@ from rich.console import Console
 import gupsim
 from gupsim import FOLL_LONGTERM, FOLL_WRITE, MAP_ANONYMOUS, MAP_PRIVATE, PROT_READ, PROT_WRITE
 from gupsim.cli import main
+from gupsim.constants import MADV_PAGEOUT
 from gupsim.drivers.cases import CASES
 from gupsim.report.picture import MAX_FRAME_ROWS, diff, snapshot
 from gupsim.report.picture_html import render_html
@@ -67,6 +68,27 @@ def test_a_1gib_pinned_mapping_is_one_row_not_262144() -> None:
     assert sum(f.folios for f in snap.frames) == n and len(snap.frames) <= MAX_FRAME_ROWS
     assert all(f.refcount == 1 + 1024 for f in snap.frames)
     k.unpin_user_pages(vec)
+
+
+def test_swapped_pages_and_a_pmd_mapped_thp_are_drawn_as_the_kernel_holds_them() -> None:
+    k = gupsim.Kernel(memory="64MiB", swap="16MiB", thp="always")
+    p = k.spawn("app")
+    a = p.mmap(0, 4 * 4096, RW, MAP_PRIVATE | MAP_ANONYMOUS)
+    p.write(a, b"x" * 4 * 4096)
+    p.madvise(a + 4096, 2 * 4096, MADV_PAGEOUT)
+    raw = p.mmap(0, 4 << 20, RW, MAP_PRIVATE | MAP_ANONYMOUS)
+    thp = (raw + (2 << 20) - 1) & ~((2 << 20) - 1)
+    p.write(thp, b"y" * (2 << 20))
+    snap = snapshot(k)
+    small = next(v for v in snap.procs[0].vmas if v.start <= a < v.end).runs
+    assert [(r.state, r.pages) for r in small] == [("present", 1), ("swapped", 2),
+                                                    ("present", 1)]
+    assert small[1].anon_exclusive         # the swap entry keeps the exclusive marker
+    huge = [r for v in snap.procs[0].vmas for r in v.runs if r.huge == "PMD"]
+    assert [(r.pages, r.anon_exclusive) for r in huge] == [(512, True)]
+    [folio] = [f for f in snap.frames if f.order == 9]
+    assert folio.holders == [f"PTE pid {p.pid} (app) {thp:#x}..{thp + (511 << 12):#x} "
+                             "(512 pages) rw anon-exclusive"]
 
 
 def test_a_scenario_gets_a_panel_per_step_with_its_line_and_its_gup_call() -> None:
@@ -126,6 +148,11 @@ def test_the_terminal_view_fits_100_columns() -> None:
     assert max(len(line) for line in text.splitlines()) <= 100
     assert "1025 = 1 + 1024x1" in text and "step 8: uring_unregister" in text
     assert re.search(r"\*\s+0x2\s", text)      # the child's new frame, marked changed
+    narrated = Console(width=100, record=True, color_system=None)
+    show(narrated, case_pictures(lambda: [CASES["2"]()])[0])
+    text = narrated.export_text()
+    assert max(len(line) for line in text.splitlines()) <= 100
+    assert "gupsim/drivers/rdma.py" in text and "cannot migrate" in text
 
 
 @pytest.mark.parametrize("args", [["run", EXAMPLE], ["cases", "-k", "1"],

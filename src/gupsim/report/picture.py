@@ -57,6 +57,8 @@ class PteRun:
     addr: int
     pages: int
     state: str          # "present", "swapped", "none" (not faulted in), "marker"
+    # anon_exclusive: PG_anon_exclusive of the page (of the head for a PMD/PUD mapping),
+    # or, for a swap entry, its exclusive marker
     pfn: int | None     # first frame (present) or swap slot (swapped)
     writable: bool
     anon_exclusive: bool
@@ -153,6 +155,7 @@ def _pte_runs(k: Kernel, pid: int, vma: Any) -> tuple[list[PteRun], int]:
     if huge.any():
         safe = np.where(huge, k.mem.head_of(safe), safe)
     ae = present & ((k.mem.flags[safe].astype(np.int64) & int(PG.anon_exclusive)) != 0)
+    ae |= (pte & (PTE.SWAP | PTE.SWP_EXCLUSIVE)) == (PTE.SWAP | PTE.SWP_EXCLUSIVE)
     bits = PTE.PRESENT | PTE.WRITE | PTE.SWAP | PTE.SOFT_DIRTY | PTE.SPECIAL | PTE.MARKER \
         | PTE.PMD | PTE.PUD
     state = (pte & bits) | (ae.astype(np.int64) << 20)

@@ -175,3 +175,13 @@ def test_show_with_json_is_a_usage_error_and_show_draws() -> None:
 def test_an_unwritable_html_path_says_what_to_do(tmp_path: Path) -> None:
     res = CliRunner().invoke(main, ["eras", "--html", str(tmp_path / "no" / "p.html")])
     assert res.exit_code == 1 and "choose another path for --html" in res.output
+
+
+def test_the_release_call_is_named_in_the_step_that_made_it() -> None:
+    pics = scenario_pictures(load_scenario(EXAMPLE))
+    unregister = pics.panels[-1]
+    assert unregister.title == "uring_unregister"
+    [release] = [c for c in unregister.calls if c.startswith("release")]
+    assert release.startswith("release (unpin_*/put_page) x1 called from ")
+    assert release.endswith("fork_with_pinned_buffer.py:26 in scenario")
+    assert not any(c.startswith("release") for p in pics.panels[:-1] for c in p.calls)

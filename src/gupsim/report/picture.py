@@ -264,7 +264,7 @@ def _frame_row(k: Kernel, head: int, folios: int, pins: int, heads: np.ndarray,
                        f"{ex.page_cache['index']:#x})")
     for g in ex.gup:
         holders.append(f"{g.how}{' | FOLL_LONGTERM' if g.longterm else ''} x{g.pages} by "
-                       f"{g.call}() at {g.site.replace(_PACKAGE_DIR, '')}")
+                       f"{g.call}() at {short_site(g.site)}")
     n = 1 << ex.order
     for name, pfns, writable in devices:
         inside = (pfns >= head) & (pfns < head + n)
@@ -279,6 +279,11 @@ def _frame_row(k: Kernel, head: int, folios: int, pins: int, heads: np.ndarray,
     return FrameRun(f"{span}", head, folios, ex.order, ex.kind, ex.zone, ex.cma,
                     ex.refcount, ex.mapcount, pincount, plain, bias, ex.maybe_dma_pinned,
                     ex.flags, holders, ex.movable)
+
+
+def short_site(site: str) -> str:
+    """A call site inside gupsim, from the package (gupsim/drivers/rdma.py:214 in ...)."""
+    return site.replace(_PACKAGE_DIR, "")
 
 
 def _pte_holders(mappings: list[Any]) -> list[str]:

@@ -234,8 +234,8 @@ def _panel(i: int, p: Panel) -> str:
         out.append(f'<p class="story">{_e(p.story)}</p>')
     out.append('<div class="grid">')
     if p.calls:
-        out.append('<div class="box"><h4>GUP entry points called: flags, path taken, '
-                   'result</h4><ul class="mono">'
+        out.append('<div class="box"><h4>GUP calls in this step: entry point, flags, '
+                   'path taken, result; releases</h4><ul class="mono">'
                    + "".join(f"<li>{_e(c)}</li>" for c in p.calls) + "</ul></div>")
     if p.model is not None:
         out.append('<div class="box"><h4>what changed since the previous step</h4>'

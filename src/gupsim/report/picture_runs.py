@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .picture import Snapshot, diff, snapshot
+from .picture import Snapshot, diff, short_site, snapshot
 
 if TYPE_CHECKING:
     from ..kernel import Kernel
@@ -71,15 +71,22 @@ class Pictures:
 
 
 def _gup_calls(k: Kernel, seen: list[Any]) -> list[str]:
-    """The GUP entry point calls made since the last look (`seen` holds the last one)."""
+    """The GUP entry point calls and the release calls made since the last look (`seen`
+    holds the last entry call and the number of release calls then)."""
     calls = list(k.gup.calls)
-    if seen and seen[0] is not None:
+    if seen[0] is not None:
         for i in range(len(calls) - 1, -1, -1):
             if calls[i] is seen[0]:
                 calls = calls[i + 1:]
                 break
-    seen[:] = [k.gup.calls[-1] if k.gup.calls else None]
-    return [str(c) for c in calls]
+    out = [str(c) for c in calls]
+    releases: dict[str, int] = {}
+    for site in k.sanitizer.release_sites(seen[1]):
+        releases[site] = releases.get(site, 0) + 1
+    out += [f"release (unpin_*/put_page) x{n} called from {short_site(site)}"
+            for site, n in releases.items()]
+    seen[:] = [k.gup.calls[-1] if k.gup.calls else None, k.sanitizer.release_calls]
+    return out
 
 
 def _line_in(files: set[str]) -> str:
@@ -116,7 +123,7 @@ def scenario_pictures(case: Case, host: Trace | None = None) -> Pictures:
     k = system.k
     panels: list[Panel] = []
     last: list[Snapshot | None] = [None]
-    seen: list[Any] = [None]
+    seen: list[Any] = [None, 0]
     files = {os.path.realpath(f) for f in (case.source, inspect.getsourcefile(case.run))
              if f and os.path.exists(f)}
     inner = system._step
@@ -172,7 +179,7 @@ def narrated_pictures(title: str, run: Callable[[], Iterable[Any]],
             return
         snap = diff(last.get(id(k)), snapshot(k))
         last[id(k)] = snap
-        shots.append((step, snap, _gup_calls(k, seen.setdefault(id(k), [None]))))
+        shots.append((step, snap, _gup_calls(k, seen.setdefault(id(k), [None, 0]))))
 
     with observing(on_kernel, on_step):
         result = list(run())

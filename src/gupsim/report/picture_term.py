@@ -125,7 +125,7 @@ def render_panel(i: int, p: Panel) -> RenderableType:
     if p.story:
         parts.append(Text(p.story))
     if p.calls:
-        parts.append(Text("GUP: " + "; ".join(p.calls), style="magenta"))
+        parts.append(Text("GUP calls: " + "; ".join(p.calls), style="magenta"))
     if p.model is not None:
         parts.append(Text("changed: " + "; ".join(p.model.changes), style=_CHANGED))
     obs = _observed(p)

@@ -185,3 +185,15 @@ def test_the_release_call_is_named_in_the_step_that_made_it() -> None:
     assert release.startswith("release (unpin_*/put_page) x1 called from ")
     assert release.endswith("fork_with_pinned_buffer.py:26 in scenario")
     assert not any(c.startswith("release") for p in pics.panels[:-1] for c in p.calls)
+
+
+def test_a_step_that_faults_ends_the_pictures_there_and_says_so(tmp_path: Path) -> None:
+    src = tmp_path / "fault.py"
+    src.write_text("def scenario(system):\n"
+                   "    p = system.spawn('app')\n"
+                   "    r = p.map('anon', 4096, writable=False, populate=False)\n"
+                   "    p.write(r, 0, b'x')\n"
+                   "    p.read(r, 0, 1)\n")
+    pics = scenario_pictures(load_scenario(str(src)))
+    assert [p.outcome for p in pics.panels] == ["ok", "SIGSEGV"]
+    assert pics.note == "the scenario ended at step 2: SegmentationFault"

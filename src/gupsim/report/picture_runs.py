@@ -122,6 +122,7 @@ def scenario_pictures(case: Case, host: Trace | None = None) -> Pictures:
     system = ModelSystem(needs=case.needs)
     k = system.k
     panels: list[Panel] = []
+    note = ""
     last: list[Snapshot | None] = [None]
     seen: list[Any] = [None, 0]
     files = {os.path.realpath(f) for f in (case.source, inspect.getsourcefile(case.run))
@@ -144,14 +145,16 @@ def scenario_pictures(case: Case, host: Trace | None = None) -> Pictures:
     system._step = step_hook  # type: ignore[method-assign]
     try:
         case.run(system)
-    except Exception:   # noqa: BLE001 - a fault or error ends the run: show the steps made
-        pass
+    except Exception as e:      # noqa: BLE001 - sorted out below
+        step = getattr(e, "gupsim_step", None)
+        if step is None:
+            raise           # not a step's fault or refusal: an error, never hidden
+        note = f"the scenario ended at step {step}: {type(e).__name__}"
     finally:
         system.close()
-    note = ""
     if host is not None:
         if host.skipped:
-            note = f"host skipped: {host.skipped}"
+            note = "; ".join(filter(None, [note, f"host skipped: {host.skipped}"]))
         else:
             for panel, hs in zip(panels, host.steps, strict=False):
                 panel.host = _observed(hs)

@@ -197,3 +197,19 @@ def test_a_step_that_faults_ends_the_pictures_there_and_says_so(tmp_path: Path) 
     pics = scenario_pictures(load_scenario(str(src)))
     assert [p.outcome for p in pics.panels] == ["ok", "SIGSEGV"]
     assert pics.note == "the scenario ended at step 2: SegmentationFault"
+
+
+def test_a_step_that_unpins_before_it_ends_also_shows_its_fullest_moment() -> None:
+    from gupsim.report.picture_runs import tour_pictures
+    pics, steps = tour_pictures()
+    assert len(pics.panels) == len(steps)
+    pin = next(p for p in pics.panels if p.title.startswith("A pin:"))
+    assert pin.model is not None and pin.model.pins_held == 0
+    assert pin.while_held is not None and pin.while_held.pins_held == 3
+    [huge] = [f for f in pin.while_held.frames if f.order == 9]
+    assert (huge.pincount, huge.refcount, huge.maybe_dma_pinned) == (3, 4, True)
+    assert any(h.startswith("FOLL_PIN x3 by pin_user_pages_fast() at ") and "tour.py" in h
+               for h in huge.holders)
+    rdma, _ = case_pictures(lambda: [CASES["2"]()])
+    assert rdma.panels[0].while_held is None       # ibv_reg_mr keeps its pins: one picture
+    assert "while the step held the most pins (it released them" in render_html(pics)

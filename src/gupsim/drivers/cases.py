@@ -60,6 +60,7 @@ from .struct_page_query import page_status_query, page_status_query_pinned
 from .vfio import VfioContainer
 
 RW = PROT_READ | PROT_WRITE
+__gupsim_call_site__ = True     # the sanitizer names this driver's lines (see warn.py)
 ANON = MAP_PRIVATE | MAP_ANONYMOUS
 
 

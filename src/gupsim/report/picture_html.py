@@ -78,6 +78,7 @@ tr.chg td,.frame.chg{background:#fff1a8}
 .legend{font-size:.8em;color:#456}
 .cmp td:nth-child(2),.cmp td:nth-child(3){font-family:monospace}
 .cmp tr.differ td{background:#fbd3d3}
+.machine{border-top:2px solid #ccd;margin-top:.8em}
 """
 
 _JS = """
@@ -189,9 +190,10 @@ def _frame(f: FrameRun) -> str:
             f'({kib(1 << f.order)}{" each" if f.folios > 1 else ""}), zone {_e(f.zone)}'
             f'{" CMA" if f.cma else ""}')
     total = max(f.refcount, 1)
+    pinned = f.bias_refs if f.order == 0 else f.pincount    # the references pins account for
     bar = (f'<div class="bar" title="refcount {f.refcount}"><span class="plain" '
            f'style="width:{100 * max(f.plain_refs, 0) / total:.1f}%"></span>'
-           f'<span class="bias" style="width:{100 * f.bias_refs / total:.1f}%"></span></div>')
+           f'<span class="bias" style="width:{100 * pinned / total:.1f}%"></span></div>')
     if f.order == 0:
         split = (f"refcount {f.refcount} = {f.plain_refs} plain + {f.bias_refs} "
                  f"(GUP_PIN_COUNTING_BIAS 1024 &times; {f.pincount} pin"
@@ -222,6 +224,27 @@ def _compare(p: Panel) -> str:
             f'</th><th>model</th><th>{host}</th></tr>{"".join(rows)}</table></div>')
 
 
+def _machine(s: Snapshot, moment: str) -> str:
+    """Page tables, then frames and their holders, then the pin counters."""
+    out = [f'<div class="machine"><h3>The machine <span class="legend">{_e(moment)}</span>'
+           f"</h3>"]
+    if s.changes and s.changes[0].endswith("held at this moment of the step"):
+        out.append(f'<ul class="changes"><li>{_e(s.changes[0])}</li></ul>')
+    out.append(f"<h4>Page tables</h4>{_procs(s)}")
+    out.append('<h4>Frames (folios) and who holds them</h4><div class="legend">bar: '
+               'green = plain references (mappings, page cache, GET), red = the pins '
+               '(1024 each on a small folio, 1 each on a large one); hover a frame to see '
+               'the PTEs that map it</div>')
+    out.append('<div class="frames">' + "".join(_frame(f) for f in s.frames) + "</div>")
+    if s.more_frames:
+        out.append(f'<div class="legend">... {s.more_frames} more frame rows not drawn</div>')
+    acq = s.vmstat.get("nr_foll_pin_acquired", 0)
+    rel = s.vmstat.get("nr_foll_pin_released", 0)
+    out.append(f'<p class="mono">nr_foll_pin_acquired {acq}, nr_foll_pin_released '
+               f'{rel}: {s.pins_held} pin(s) held</p></div>')
+    return "".join(out)
+
+
 def _panel(i: int, p: Panel) -> str:
     out = [f'<section class="panel" id="panel-{i + 1}" data-step="{i + 1}">',
            f'<div class="legend">{_e(p.group)}</div>',
@@ -247,21 +270,11 @@ def _panel(i: int, p: Panel) -> str:
             f"<tr><td>{_e(k)}</td><td>{_e(v)}</td></tr>" for k, v in p.facts.items())
             + "</table></div>")
     out.append("</div>")
+    if p.while_held is not None:
+        out.append(_machine(p.while_held, "while the step held the most pins (it released "
+                                          "them before it ended)"))
     if p.model is not None:
-        s = p.model
-        out.append(f'<h3>Page tables <span class="legend">{_e(p.moment)}</span></h3>'
-                   f"{_procs(s)}")
-        out.append('<h3>Frames (folios) and who holds them</h3><div class="legend">bar: '
-                   'green = plain references (mappings, page cache, GET), red = the pin '
-                   'bias; hover a frame to see the PTEs that map it</div>')
-        out.append('<div class="frames">' + "".join(_frame(f) for f in s.frames) + "</div>")
-        if s.more_frames:
-            out.append(f'<div class="legend">... {s.more_frames} more frame rows not '
-                       'drawn</div>')
-        acq = s.vmstat.get("nr_foll_pin_acquired", 0)
-        rel = s.vmstat.get("nr_foll_pin_released", 0)
-        out.append(f'<p class="mono">nr_foll_pin_acquired {acq}, nr_foll_pin_released '
-                   f'{rel}: {s.pins_held} pin(s) held</p>')
+        out.append(_machine(p.model, p.moment))
     if p.table:
         cols = list(p.table[0])
         out.append("<table><tr>" + "".join(f"<th>{_e(c)}</th>" for c in cols) + "</tr>"

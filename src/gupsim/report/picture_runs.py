@@ -49,6 +49,7 @@ class Panel:
     host: dict[str, str] | None = None
     table: list[dict[str, str]] = field(default_factory=list)
     moment: str = "after this step"   # when the picture was taken, for the reader
+    while_held: Snapshot | None = None   # the step's fullest moment, if it unpinned again
 
     def as_dict(self) -> dict[str, Any]:
         """Plain JSON-able data."""
@@ -164,33 +165,51 @@ def scenario_pictures(case: Case, host: Trace | None = None) -> Pictures:
 def narrated_pictures(title: str, run: Callable[[], Iterable[Any]],
                       group_of: Callable[[Any], str]) -> tuple[Pictures, list[Any]]:
     """Run narrated steps (`run()` returns the tour's steps or the case runs) and draw a
-    panel per step with the picture of its machine when the step was recorded.
-    `group_of(step)` names the group a step belongs to once the run is known.
-    Returns the pictures and what `run()` returned (so the caller narrates it too)."""
-    from ..observe import observing
+    panel per step with the picture of its machine when the step was recorded and, if
+    the step pinned pages and released them again before it ended, a second picture of
+    the moment it held the most. `group_of(step)` names the group a step belongs to
+    once the run is known. Returns the pictures and what `run()` returned."""
+    from ..observe import Observer, observing
     machine: list[Kernel | None] = [None]
-    shots: list[tuple[Any, Snapshot, list[str]]] = []
+    shots: list[tuple[Any, Snapshot, Snapshot | None, list[str]]] = []
     last: dict[int, Snapshot] = {}
     seen: dict[int, list[Any]] = {}
+    peak: list[Any] = [0, None]         # pins held at the step's fullest moment, its picture
+
+    def held(k: Kernel) -> int:
+        return k.vmstat["nr_foll_pin_acquired"] - k.vmstat["nr_foll_pin_released"]
 
     def on_kernel(k: Kernel) -> None:
         machine[0] = k
+        peak[:] = [0, None]
+
+    def on_gup(mem: Any) -> None:
+        k = machine[0]
+        if k is not None and k.mem is mem and held(k) > peak[0]:
+            peak[:] = [held(k), snapshot(k)]
 
     def on_step(step: Any) -> None:
         k = machine[0]
         if k is None:
             return
-        snap = diff(last.get(id(k)), snapshot(k))
+        prev = last.get(id(k))
+        snap = snapshot(k)
+        fullest = None
+        if peak[1] is not None and peak[0] > held(k):
+            fullest = diff(prev, peak[1])
+            fullest.changes.insert(0, f"{peak[0]} pin(s) held at this moment of the step")
+        snap = diff(prev, snap)
         last[id(k)] = snap
-        shots.append((step, snap, _gup_calls(k, seen.setdefault(id(k), [None, 0]))))
+        peak[:] = [held(k), None]
+        shots.append((step, snap, fullest, _gup_calls(k, seen.setdefault(id(k), [None, 0]))))
 
-    with observing(on_kernel, on_step):
+    with observing(Observer(on_kernel, on_gup, on_step)):
         result = list(run())
     panels = []
-    for step, snap, calls in shots:
+    for step, snap, fullest, calls in shots:
         panels.append(Panel(group_of(step), step.title, story=step.story, calls=calls,
                             facts={str(key): _fact(v) for key, v in step.facts.items()},
-                            ok=step.ok, model=snap,
+                            ok=step.ok, model=snap, while_held=fullest,
                             moment="at the end of this step, after every operation its "
                                    "story tells (the figures were read along the way)"))
     return Pictures(title, panels), result

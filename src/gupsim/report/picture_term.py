@@ -136,11 +136,14 @@ def render_panel(i: int, p: Panel) -> RenderableType:
         for key, value in p.facts.items():
             facts.add_row(Text(key, style="dim"), value)
         parts.append(facts)
-    if p.model is not None:
-        parts.append(Text(f"the machine {p.moment}:", style="dim"))
-        parts += _page_tables(p.model)
-        parts += _frames(p.model)
-        parts.append(Text(f"pins held: {p.model.pins_held} (nr_foll_pin_acquired - "
+    for snap, moment in ((p.while_held, "while the step held the most pins (it released "
+                                        "them before it ended)"), (p.model, p.moment)):
+        if snap is None:
+            continue
+        parts.append(Text(f"the machine {moment}:", style="bold"))
+        parts += _page_tables(snap)
+        parts += _frames(snap)
+        parts.append(Text(f"pins held: {snap.pins_held} (nr_foll_pin_acquired - "
                           "nr_foll_pin_released)"))
     if p.table:
         cols = list(p.table[0])

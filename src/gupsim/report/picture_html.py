@@ -40,7 +40,7 @@ header button{font-size:1em;padding:.3em .9em;cursor:pointer}
 nav{width:17em;max-height:calc(100vh - 3.5em);overflow-y:auto;overflow-x:hidden;background:#fff;
  border-right:1px solid #ccd;position:sticky;top:0;font-size:.85em}
 nav h3{margin:.6em .6em .2em;font-size:.9em;color:#456}
-nav a{display:block;padding:.25em .6em;color:#1d232a;text-decoration:none;
+nav a{display:block;padding:.25em .6em;color:#1d232a;text-decoration:none;overflow-wrap:anywhere;
  border-left:4px solid transparent}
 nav a.cur{background:#e3ecf7;border-left-color:#18324d;font-weight:600}
 nav a.bad{color:#b00020}

@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test test-deps lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,7 +15,18 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/gupsim demo
 
-test: $(STAMP)
+# Debian's chromium and prometheus for the browser and Prometheus-server tests: installed
+# only when absent and only as root with apt-get; elsewhere those tests skip with the reason.
+test-deps:
+	@if { [ ! -x /usr/bin/chromium ] || ! command -v prometheus >/dev/null; } \
+	    && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "make: installing chromium and prometheus (Debian packages) for the tests"; \
+		{ apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+		    --no-install-recommends chromium prometheus; } >/dev/null \
+		|| echo "make: could not install them; their tests will skip"; \
+	fi
+
+test: $(STAMP) test-deps
 	$(BIN)/ruff check src tests benchmarks examples
 	$(BIN)/mypy src
 	$(BIN)/pytest -q

@@ -97,6 +97,40 @@ def _repair_host() -> None:
         click.echo(f"gupsim: could not check for leftovers of dead runs: {exc}", err=True)
 
 
+def picture_options(fn: Any) -> Any:
+    """`--html OUT` and `--show`, the same on every command that draws pictures."""
+    fn = click.option("--show", is_flag=True,
+                      help="Draw the pictures of every step in the terminal.")(fn)
+    return click.option("--html", "html_out", default=None, metavar="OUT",
+                        type=click.Path(dir_okay=False, writable=True),
+                        help="Write the pictures of every step to OUT, one self-contained "
+                             "HTML page (no network).")(fn)
+
+
+def _check_pictures(as_json: bool, show: bool) -> None:
+    if as_json and show:
+        raise click.UsageError("--show draws on stdout, which --json keeps for JSON: drop "
+                               "one (--html works with --json)")
+
+
+def emit_pictures(pics: Any, html_out: str | None, show: bool) -> None:
+    """Write the pictures to `html_out` and/or draw them on stdout (see report/picture_*)."""
+    if show:
+        from .report.picture_term import show as draw
+        console = Console(highlight=False)
+        if not console.is_terminal:
+            console = Console(highlight=False, width=100)   # piped: the width it is made for
+        draw(console, pics)
+    if html_out:
+        from .report.picture_html import write_html
+        try:
+            write_html(pics, html_out)
+        except OSError as e:
+            raise click.ClickException(f"cannot write {html_out}: {e.strerror or e}; choose "
+                                       "another path for --html") from None
+        click.echo(f"gupsim: wrote {len(pics.panels)} step(s) to {html_out}", err=True)
+
+
 @main.command(help="The main job: a narrated tour of the model, then the model-versus-host "
                    "comparison of the whole catalogue, one row per selftest "
                    "(`gupsim live` shows every case).")
@@ -104,11 +138,21 @@ def _repair_host() -> None:
 @click.option("--tour-only", is_flag=True, help="Stop after the tour (no catalogue run).")
 @click.option("--model-only", is_flag=True, help="Run the catalogue on the model only.")
 @click.option("--full", is_flag=True, help="One row per case instead of per selftest.")
-def demo(as_json: bool, tour_only: bool, model_only: bool, full: bool) -> None:
+@picture_options
+def demo(as_json: bool, tour_only: bool, model_only: bool, full: bool, html_out: str | None,
+         show: bool) -> None:
     """`gupsim demo`: the narrated tour, then the catalogue's model-versus-host table."""
-    steps = run_tour()
+    _check_pictures(as_json, show)
+    pics = None
+    if html_out or show:
+        from .report.picture_runs import tour_pictures
+        pics, steps = tour_pictures()
+    else:
+        steps = run_tour()
     if as_json:
         click.echo(dumps([s.as_dict() for s in steps]))
+        if pics is not None:
+            emit_pictures(pics, html_out, show)
         if not all(s.ok for s in steps):
             sys.exit(EXIT_DISAGREE)
         return
@@ -144,6 +188,11 @@ def demo(as_json: bool, tour_only: bool, model_only: bool, full: bool) -> None:
         if not disagree and not model_only:
             console.print("[green]The model and this kernel agreed on every step of every "
                           "case the host could run.[/]")
+        if pics is not None:
+            from .report.picture_runs import catalogue_panel
+            pics.panels.append(catalogue_panel(results))
+    if pics is not None:
+        emit_pictures(pics, html_out, show)
     if bad or disagree:
         sys.exit(EXIT_DISAGREE)
 
@@ -274,26 +323,40 @@ def select_driver_cases(only: str | None) -> list[str]:
               help="Only the case with this key (1, 2, vfio, ...) or whose description "
                    "contains NAME (a usage error if none does).")
 @click.option("--json", "as_json", is_flag=True, help="Print the cases as JSON.")
-def cases(only: str | None, as_json: bool) -> None:
+@picture_options
+def cases(only: str | None, as_json: bool, html_out: str | None, show: bool) -> None:
     """Run the selected cases of `drivers.cases` and narrate them (or print JSON)."""
     from .drivers import cases as case_list
     from .report.cases import as_json as to_json
     from .report.cases import render
+    _check_pictures(as_json, show)
     keys = select_driver_cases(only)
     console = Console(stderr=as_json, highlight=False)
-    runs = []
-    with console.status("") as status:
-        for i, key in enumerate(keys, 1):
-            status.update(f"[{i}/{len(keys)}] case {key}")
-            if not console.is_terminal:
-                click.echo(f"gupsim: [{i}/{len(keys)}] case {key}", err=True)
-            runs.append(case_list.CASES[key]())
+
+    def run_all() -> list:
+        runs = []
+        with console.status("") as status:
+            for i, key in enumerate(keys, 1):
+                status.update(f"[{i}/{len(keys)}] case {key}")
+                if not console.is_terminal:
+                    click.echo(f"gupsim: [{i}/{len(keys)}] case {key}", err=True)
+                runs.append(case_list.CASES[key]())
+        return runs
+
+    pics = None
+    if html_out or show:
+        from .report.picture_runs import case_pictures
+        pics, runs = case_pictures(run_all)
+    else:
+        runs = run_all()
     if as_json:
         out = to_json(runs)
         click.echo(dumps(out))
         ok = out["ok"]
     else:
         ok = render(console, runs)
+    if pics is not None:
+        emit_pictures(pics, html_out, show)
     if not ok:
         sys.exit(EXIT_DISAGREE)
 
@@ -447,7 +510,9 @@ def bench(max_pages: int, repeat: int, model_only: bool, as_json: bool) -> None:
 @click.option("--kernel", "version", metavar="VERSION", default=None,
               help="The model's kernel era, one of gupsim.KERNEL_VERSIONS (`gupsim eras` "
                    "lists them); default the newest.")
-def run(file: str, with_host: bool, as_json: bool, version: str | None) -> None:
+@picture_options
+def run(file: str, with_host: bool, as_json: bool, version: str | None,
+        html_out: str | None, show: bool) -> None:
     """FILE defines `scenario(system)` (and optionally `expect(trace) -> list[str]`),
     written against gupsim.scenarios.protocol; see examples/ for one. The scenario's own
     error (syntax, an exception, a bad argument) exits 2 with `FILE:LINE: Type: message`."""
@@ -460,6 +525,7 @@ def run(file: str, with_host: bool, as_json: bool, version: str | None) -> None:
     from .scenarios.runner import run_case
     from .scenarios.userfile import ScenarioError, load_scenario
 
+    _check_pictures(as_json, show)
     try:
         case = load_scenario(file)
         if with_host:
@@ -473,6 +539,9 @@ def run(file: str, with_host: bool, as_json: bool, version: str | None) -> None:
         click.echo(dumps(to_json([result])))
     else:
         Console(highlight=False).print(steps_table(result))
+    if html_out or show:
+        from .report.picture_runs import scenario_pictures
+        emit_pictures(scenario_pictures(case, result.host, version=version), html_out, show)
     if result.status == "disagree":
         sys.exit(EXIT_DISAGREE)
 
@@ -524,13 +593,21 @@ def steps_table(result: Result) -> Table:
                    "rows where eras differ marked with ≠.")
 @click.argument("target", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print the table as JSON.")
-def eras(target: str | None, as_json: bool) -> None:
+@picture_options
+def eras(target: str | None, as_json: bool, html_out: str | None, show: bool) -> None:
     """`gupsim eras`: print the table of era switches; `gupsim eras FILE-or-CASE`: run
-    that scenario on every era, one column per era, the steps where they differ marked."""
+    that scenario on every era, one column per era, the steps where they differ marked.
+    Eras have no per-step machine of their own, so --html gives the table printed."""
     from .eras import KERNEL_VERSIONS, NEWEST, render_table, table_rows
+    _check_pictures(as_json, show)
     if target is not None:
-        _eras_of(target, as_json)
+        _eras_of(target, as_json, html_out)
         return
+    if html_out:        # --show: the table printed below is the whole picture
+        from .report.picture_runs import table_pictures
+        emit_pictures(table_pictures("gupsim eras: kernel era switches", table_rows(),
+                                     f"profiles: {', '.join(KERNEL_VERSIONS)} (default "
+                                     f"{NEWEST})"), html_out, False)
     if as_json:
         click.echo(dumps({"kernel_versions": list(KERNEL_VERSIONS), "default": NEWEST,
                           "switches": table_rows()}))
@@ -538,8 +615,9 @@ def eras(target: str | None, as_json: bool) -> None:
     click.echo(render_table())
 
 
-def _eras_of(target: str, as_json: bool) -> None:
-    """`gupsim eras FILE-or-CASE` (logic in scenarios/across_eras.py)."""
+def _eras_of(target: str, as_json: bool, html_out: str | None = None) -> None:
+    """`gupsim eras FILE-or-CASE` (logic in scenarios/across_eras.py); `html_out`: the
+    same table, one row per step and one column per era, as a self-contained page."""
     from .scenarios.across_eras import era_notes, era_table, load_target, run_across
     from .scenarios.userfile import ScenarioError
     try:
@@ -548,6 +626,12 @@ def _eras_of(target: str, as_json: bool) -> None:
         _scenario_failed(exc)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
+    if html_out:
+        from .report.picture_runs import table_pictures
+        rows = [{"#": f"{i}≠" if differs else str(i), "step": op, **cells}
+                for i, (op, cells, differs) in enumerate(run.rows(), 1)]
+        emit_pictures(table_pictures(f"gupsim eras {target}: each kernel era (model)", rows,
+                                     "; ".join(era_notes(run))), html_out, False)
     if as_json:
         click.echo(dumps(run.as_dict()))
         return

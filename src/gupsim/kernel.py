@@ -36,6 +36,7 @@ from .mm import (
 )
 from .mm import syscalls as sc
 from .mm.mm_struct import RLIMIT_DEFAULT_MEMLOCK, UserStruct
+from .observe import kernel_built
 from .warn import WarnLog
 
 if TYPE_CHECKING:
@@ -89,6 +90,7 @@ class Kernel(KernelPinning):
         self.processes: dict[int, Process] = {}
         self.users: dict[int, UserStruct] = {}
         self._pids = itertools.count(1)
+        kernel_built(self)              # an observer drawing pictures (observe.py)
 
     def _boot_zero_pages(self) -> None:
         mem = self.mem

@@ -153,6 +153,15 @@ class PinSanitizer:
         self._release_sites.append(idx)
         return len(self._release_sites) - 1
 
+    @property
+    def release_calls(self) -> int:
+        """How many release calls (unpin_*, put_page of a GUP reference) were recorded."""
+        return len(self._release_sites)
+
+    def release_sites(self, since: int = 0) -> list[str]:
+        """The call site of every release call from number `since` on, in order."""
+        return [self._sites[i] for i in self._release_sites[since:]]
+
     def _released_site(self, cid: int) -> str:
         return self._sites[self._release_sites[cid]]
 

@@ -37,6 +37,7 @@ from ..kernel import Kernel, Process
 from ..memory import PageArray, page_maybe_dma_pinned
 from ..mm import MMF
 from ..mm.reclaim import compact_range
+from ..observe import step_recorded
 from .case3 import case3, case3_userptr
 from .direct_io import dio_read
 from .gpu import (
@@ -59,6 +60,7 @@ from .struct_page_query import page_status_query, page_status_query_pinned
 from .vfio import VfioContainer
 
 RW = PROT_READ | PROT_WRITE
+__gupsim_call_site__ = True     # the sanitizer names this driver's lines (see warn.py)
 ANON = MAP_PRIVATE | MAP_ANONYMOUS
 
 
@@ -71,6 +73,9 @@ class CaseStep:
     facts: dict[str, Any] = field(default_factory=dict)
     ok: bool = True
     dump: str = ""
+
+    def __post_init__(self) -> None:
+        step_recorded(self)             # an observer drawing pictures (observe.py)
 
     def as_dict(self) -> dict[str, Any]:
         """The step as plain data in the tour's step shape, for JSON output."""

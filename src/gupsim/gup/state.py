@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from weakref import WeakKeyDictionary
 
 from ..memory import Allocator, MemMap
+from ..observe import gup_call_ended
 from .flags import foll_flags_str
 
 if TYPE_CHECKING:
@@ -114,6 +115,7 @@ class GupState:
         finally:
             self.call = outer
             self.calls.append(call)
+            gup_call_ended(self.env.mem)    # an observer drawing pictures (observe.py)
 
     @property
     def alloc(self) -> Allocator:

@@ -34,6 +34,11 @@ from .state import PATH_FALLBACK, PATH_INVALID, note_gup, race_point
 
 TASK_SIZE_MAX = TASK_SIZE - PAGE_SIZE
 _U64 = 1 << 64
+# plain ints for array comparisons (see grab.py: an IntEnum operand costs numpy ~2 us)
+_ANON, _KSM, _SHMEM, _SECRETMEM = (int(k) for k in (Kind.ANON, Kind.KSM, Kind.SHMEM,
+                                                   Kind.SECRETMEM))
+_PG_HUGETLB, _PG_ANON_EXCLUSIVE = np.uint32(PG.hugetlb), np.uint32(PG.anon_exclusive)
+_VM_ACCESS = int(VM.READ | VM.WRITE | VM.EXEC)
 
 
 def gup_fast_folio_allowed(env: MMEnv, heads: np.ndarray, flags: int) -> NDArray[np.bool_]:
@@ -41,12 +46,12 @@ def gup_fast_folio_allowed(env: MMEnv, heads: np.ndarray, flags: int) -> NDArray
     of anon, shmem and hugetlb folios (a NULL mapping, e.g. after truncate, falls back)."""
     mem = env.mem
     kind = mem.kind[heads]
-    allowed = kind != Kind.SECRETMEM
+    allowed = kind != _SECRETMEM
     if (flags & (FOLL_PIN | FOLL_LONGTERM | FOLL_WRITE)) == (FOLL_PIN | FOLL_LONGTERM
                                                                | FOLL_WRITE):
-        hugetlb = (mem.flags[heads] & np.uint32(PG.hugetlb)) != 0
-        anon = (kind == Kind.ANON) | (kind == Kind.KSM)
-        shmem = (kind == Kind.SHMEM) & (mem.mapping[heads] != 0)
+        hugetlb = (mem.flags[heads] & _PG_HUGETLB) != 0
+        anon = (kind == _ANON) | (kind == _KSM)
+        shmem = (kind == _SHMEM) & (mem.mapping[heads] != 0)
         allowed &= hugetlb | anon | shmem
     return allowed
 
@@ -64,7 +69,7 @@ def _fast_checks(env: MMEnv, vma: VMA, i0: int, i1: int, flags: int
     pte = vma.pte[i0:i1].astype(np.int64)
     pfn = vma.pfn[i0:i1]
     grab = ((pte & PTE.PRESENT) != 0) & ((pte & PTE.SPECIAL) == 0)
-    if not vma.flags & (VM.READ | VM.WRITE | VM.EXEC):
+    if not vma.flags & _VM_ACCESS:
         grab[:] = False                     # PROT_NONE: protnone entries end the walk
     writable = (pte & PTE.WRITE) != 0
     if flags & FOLL_WRITE:
@@ -76,9 +81,9 @@ def _fast_checks(env: MMEnv, vma: VMA, i0: int, i1: int, flags: int
     after = gup_fast_folio_allowed(env, heads, flags)
     if flags & FOLL_PIN and not flags & FOLL_WRITE:
         kind = mem.kind[heads]
-        anon = (kind == Kind.ANON) | (kind == Kind.KSM)
+        anon = (kind == _ANON) | (kind == _KSM)
         huge = (pte & (PTE.PMD | PTE.PUD)) != 0
-        excl = (mem.flags[np.where(huge, heads, safe)] & np.uint32(PG.anon_exclusive)) != 0
+        excl = (mem.flags[np.where(huge, heads, safe)] & _PG_ANON_EXCLUSIVE) != 0
         must = np.where(anon, ~excl, bool(flags & FOLL_LONGTERM))
         after &= writable | ~must
     return grab, after, pfn
@@ -112,7 +117,7 @@ def gup_fast(env: MMEnv, mm: MM, start: int, end: int, flags: int, out: PagesOut
     mem = env.mem
     if mem.warnings.warn_on_once(not flags & (FOLL_GET | FOLL_PIN),
                                  "try_grab_folio_fast: neither FOLL_GET nor FOLL_PIN",
-                                 f"flags {foll_flags_str(flags)}"):
+                                 lambda: f"flags {foll_flags_str(flags)}"):
         return 0
     seq = mm.write_protect_seq
     if flags & FOLL_PIN and seq & 1:
@@ -168,8 +173,8 @@ def gup_fast_fallback(env: MMEnv, mm: MM, start: int, nr_pages: int, gup_flags: 
     mem = env.mem
     if mem.warnings.warn_on_once(bool(gup_flags & ~FAST_GUP_ALLOWED),
                                  "gup_fast_fallback: flag not allowed",
-                                 f"{foll_flags_str(gup_flags & ~FAST_GUP_ALLOWED)} is not "
-                                 "supported by the fast entry points"):
+                                 lambda: f"{foll_flags_str(gup_flags & ~FAST_GUP_ALLOWED)}"
+                                 " is not supported by the fast entry points"):
         note_gup(mem, path=PATH_INVALID)
         return -EINVAL
     if gup_flags & FOLL_PIN:

@@ -23,6 +23,13 @@ from .flags import FOLL_GET, FOLL_PIN
 from .pages import machine_of
 from .state import gup_state
 
+# plain ints for array comparisons: numpy probes an IntEnum operand's class for
+# __array_ufunc__ through EnumType.__getattr__, about 2 us per comparison
+_FREE, _ZERO_PAGE = int(Kind.FREE), int(Kind.ZERO)
+_ZERO1 = np.zeros(1, dtype=np.int64)
+_ONE1 = np.ones(1, dtype=np.int64)
+_ZERO1.flags.writeable = _ONE1.flags.writeable = False
+
 ACQUIRED = "nr_foll_pin_acquired"
 RELEASED = "nr_foll_pin_released"
 _S32 = 1 << 31
@@ -42,9 +49,18 @@ def folio_runs(mem: MemMap, pfns: np.ndarray) -> tuple[np.ndarray, np.ndarray, n
         z = np.zeros(0, dtype=np.int64)
         return z, z, z
     heads = mem.head_of(pfns).astype(np.int64)
-    starts = np.flatnonzero(np.r_[True, heads[1:] != heads[:-1]])
-    lengths = np.diff(np.r_[starts, len(pfns)])
-    return starts, heads[starts], lengths
+    if len(heads) == 1:                     # a one-page call: skip the run search
+        return _ZERO1, heads, _ONE1
+    # numpy's C entry points only (no np.diff / np.flatnonzero wrappers): this runs on
+    # every pin and unpin, and tests count its Python calls
+    change = np.empty(len(heads), dtype=bool)
+    change[0] = True
+    np.not_equal(heads[1:], heads[:-1], out=change[1:])
+    starts = change.nonzero()[0]
+    ends = np.empty(len(starts), dtype=np.int64)
+    ends[:-1] = starts[1:]
+    ends[-1] = len(pfns)
+    return starts, heads[starts], ends - starts
 
 
 def _add_refs(mem: MemMap, heads: np.ndarray, refs: np.ndarray, flags: int) -> None:
@@ -53,7 +69,7 @@ def _add_refs(mem: MemMap, heads: np.ndarray, refs: np.ndarray, flags: int) -> N
         np.add.at(mem.refcount, heads, refs)
     elif flags & FOLL_PIN:
         if mem.era.has("zero-page-not-pin-counted"):
-            keep = mem.kind[heads] != Kind.ZERO
+            keep = mem.kind[heads] != _ZERO_PAGE
             heads, refs = heads[keep], refs[keep]
         large = mem.order[heads] > 0
         np.add.at(mem.refcount, heads[large], refs[large])
@@ -69,8 +85,8 @@ def _add_refs(mem: MemMap, heads: np.ndarray, refs: np.ndarray, flags: int) -> N
 def try_grab_folio(mem: MemMap, head: int, refs: int, flags: int) -> int:
     """try_grab_folio(): 0, or -ENOMEM (with a warning) if the refcount is unusable."""
     if mem.warnings.warn_on_once(int(mem.refcount[head]) <= 0, "try_grab_folio: refcount <= 0",
-                                 f"folio {head:#x} has refcount {int(mem.refcount[head])} "
-                                 "(freed or overflowed)"):
+                                 lambda: f"folio {head:#x} has refcount "
+                                 f"{int(mem.refcount[head])} (freed or overflowed)"):
         return -ENOMEM
     _add_refs(mem, np.array([head], dtype=np.int64), np.array([refs], dtype=np.int64), flags)
     return 0
@@ -106,8 +122,8 @@ def try_grab_pfns_fast(mem: MemMap, pfns: np.ndarray, flags: int) -> int:
     if len(bad):
         h = int(heads[nruns])
         mem.warnings.warn_on_once(int(mem.refcount[h]) < 0, "try_get_folio: refcount < 0",
-                                  f"folio {h:#x} has refcount {int(mem.refcount[h])} "
-                                  "(overflowed)")
+                                  lambda: f"folio {h:#x} has refcount "
+                                  f"{int(mem.refcount[h])} (overflowed)")
     _add_refs(mem, heads[:nruns], lengths[:nruns], flags)
     return int(starts[nruns]) if nruns < len(heads) else len(pfns)
 
@@ -130,7 +146,7 @@ def gup_put_folios(alloc: Allocator, heads: np.ndarray, refs: np.ndarray, flags:
     mem = alloc.mem
     if flags & FOLL_PIN:
         if mem.era.has("zero-page-not-pin-counted"):
-            keep = mem.kind[heads] != Kind.ZERO
+            keep = mem.kind[heads] != _ZERO_PAGE
             heads, refs = heads[keep], refs[keep]
         if len(heads) == 0:
             return 0
@@ -147,12 +163,14 @@ def gup_put_folios(alloc: Allocator, heads: np.ndarray, refs: np.ndarray, flags:
     else:
         np.subtract.at(mem.refcount, heads, refs)
     # duplicates are harmless below except when freeing: unique only the few hits
-    under = np.unique(heads[mem.refcount[heads] < 0])
+    under = heads[mem.refcount[heads] < 0]
     if mem.warnings.warn_on_once(len(under) > 0, "gup_put_folio: refcount underflow",
-                                 f"folio {int(under[0]) if len(under) else 0:#x} "
-                                 "released more than it held"):
+                                 lambda: f"folio {int(under[0]):#x} released more than it "
+                                 "held"):
         mem.refcount[under] = 0
-    dead = np.unique(heads[(mem.refcount[heads] == 0) & (mem.kind[heads] != Kind.FREE)])
+    dead = heads[(mem.refcount[heads] == 0) & (mem.kind[heads] != _FREE)]
+    if len(dead) > 1:
+        dead = np.unique(dead)
     for head in dead.tolist():
         alloc.free_folio(head)
     return len(dead)

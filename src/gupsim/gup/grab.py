@@ -169,10 +169,11 @@ def gup_put_folios(alloc: Allocator, heads: np.ndarray, refs: np.ndarray, flags:
                                  "held"):
         mem.refcount[under] = 0
     dead = heads[(mem.refcount[heads] == 0) & (mem.kind[heads] != _FREE)]
-    if len(dead) > 1:
+    if len(dead) == 1:
+        alloc.free_folio(int(dead[0]))
+    elif len(dead):
         dead = np.unique(dead)
-    for head in dead.tolist():
-        alloc.free_folio(head)
+        alloc.free_folios(dead)         # order-0 folios by whole blocks, not one by one
     return len(dead)
 
 

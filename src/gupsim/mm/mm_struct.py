@@ -17,7 +17,6 @@ import numpy as np
 
 from ..constants import PAGE_SHIFT, PMD_ORDER, PUD_ORDER, RLIM_INFINITY
 from ..memory import PG, Allocator, Kind, MemMap
-from ..memory.alloc import increasing
 from ..memory.refs import folio_put_many
 from .env import SwapDevice
 from .mmu_notifier import (
@@ -271,10 +270,7 @@ def zap_range(mm: MM, vma: VMA, i0: int, i1: int, swap: SwapDevice | None = None
     small_pfns = pfn[small]
     heads_to_put: list[np.ndarray] = []
     if len(small_pfns):
-        if increasing(small_pfns):          # distinct pages: no need for np.subtract.at
-            mem.mapcount[small_pfns] -= 1
-        else:                               # KSM: one page at several addresses
-            np.subtract.at(mem.mapcount, small_pfns, 1)
+        np.subtract.at(mem.mapcount, small_pfns, 1)
         heads = mem.head_of(small_pfns)
         add_rss(mm, mem.kind[heads], -1)
         dirty = pte[small] & PTE.DIRTY

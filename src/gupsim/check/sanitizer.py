@@ -130,21 +130,26 @@ class PinSanitizer:
 
     # -- acquisition ---------------------------------------------------------------------
 
-    def _pins_only(self, pfns: np.ndarray, how: str) -> np.ndarray:
-        """Drop NULL entries, and the shared zero page for pins (it is never pin-counted)."""
-        pfns = pfns[pfns != NULL]
+    def _pins_only(self, pfns: np.ndarray, how: str) -> tuple[np.ndarray, np.ndarray]:
+        """(PFNs, their folios) without NULL entries, and without the shared zero page for
+        pins (it is never pin-counted); folios are looked up once, here."""
+        pfns = pfns.astype(np.int64, copy=False)
+        if len(pfns) and pfns.min() == NULL:     # one pass when there is no NULL (usual)
+            pfns = pfns[pfns != NULL]
+        heads = self.mem.head_of(pfns)
         if how == "FOLL_PIN" and len(pfns) and self.mem.era.has("zero-page-not-pin-counted"):
-            pfns = pfns[self.mem.kind[self.mem.head_of(pfns)] != _ZERO]
-        return pfns.astype(np.int64)
+            keep = self.mem.kind.take(heads) != _ZERO
+            if not keep.all():
+                pfns, heads = pfns[keep], heads[keep]
+        return pfns, heads
 
     def on_acquire(self, pfns: np.ndarray, flags: int, call: str, mm: MM | None) -> None:
         """Record a successful GUP call: its pages, flags, caller's site and the mm (or None)."""
         how = "FOLL_PIN" if flags & FOLL_PIN else "FOLL_GET"
-        pfns = self._pins_only(pfns, how)
+        pfns, heads = self._pins_only(pfns, how)
         if len(pfns) == 0:
             return
         n = len(pfns)
-        heads = np.asarray(self.mem.head_of(pfns), dtype=np.int64)
         rec = PinRecord(next(self._ids), how, flags, call, user_call_site(),
                         getattr(mm, "id", None), pfns, heads, np.ones(n, dtype=np.int8),
                         np.full(n, -1, np.int32), n, int(heads.min()), int(pfns.max()))
@@ -252,7 +257,7 @@ class PinSanitizer:
         """Match a release against the records; report what does not match (misuse)."""
         mem = self.mem
         how = "FOLL_PIN" if flags & FOLL_PIN else "FOLL_GET"
-        pfns = self._pins_only(pfns, how)
+        pfns, _ = self._pins_only(pfns, how)
         if len(pfns) == 0:
             return
         site = user_call_site()

@@ -57,8 +57,9 @@ def gup_fast_folio_allowed(env: MMEnv, heads: np.ndarray, flags: int) -> NDArray
 
 
 def _fast_checks(env: MMEnv, vma: VMA, i0: int, i1: int, flags: int
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per entry of [i0, i1): (may it be grabbed, does it pass the after-grab checks, PFN).
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per entry of [i0, i1): (may it be grabbed, does it pass the after-grab checks, PFN,
+    its folio; the folio is 0 for an entry that may not be grabbed).
 
     The kernel's order per entry (spec 7.2): the PTE tests and the long-term pinnability
     test inside try_grab_folio_fast() refuse before anything is counted; the folio test
@@ -75,7 +76,7 @@ def _fast_checks(env: MMEnv, vma: VMA, i0: int, i1: int, flags: int
     if flags & FOLL_WRITE:
         grab &= writable
     safe = np.where(grab, pfn, 0)
-    heads = mem.head_of(safe).astype(np.int64)
+    heads = mem.head_of(safe).astype(np.int64, copy=False)
     if flags & FOLL_LONGTERM:
         grab &= longterm_pinnable(mem, heads)
     after = gup_fast_folio_allowed(env, heads, flags)
@@ -86,7 +87,7 @@ def _fast_checks(env: MMEnv, vma: VMA, i0: int, i1: int, flags: int
         excl = (mem.flags[np.where(huge, heads, safe)] & _PG_ANON_EXCLUSIVE) != 0
         must = np.where(anon, ~excl, bool(flags & FOLL_LONGTERM))
         after &= writable | ~must
-    return grab, after, pfn
+    return grab, after, pfn, heads
 
 
 def _unit_bounds(vma: VMA, i0: int, i1: int, j: int) -> tuple[int, int]:
@@ -130,14 +131,14 @@ def gup_fast(env: MMEnv, mm: MM, start: int, end: int, flags: int, out: PagesOut
             break
         i0 = vma.idx(addr)
         i1 = min(vma.nr_pages, i0 + ((end - addr) >> PAGE_SHIFT))
-        grab, after, pfns = _fast_checks(env, vma, i0, i1, flags)
+        grab, after, pfns, heads = _fast_checks(env, vma, i0, i1, flags)
         keep, k = _walk_extent(vma, i0, i1, grab, after)
         if k == 0:
             break
         pfns = pfns[:k].copy()
         snap_pte = vma.pte[i0:i0 + k].copy()
         raced = race_point(mem, "gup_fast:after_pte_read", mm=mm, address=addr)
-        got = try_grab_pfns_fast(mem, pfns, flags)
+        got = try_grab_pfns_fast(mem, pfns, flags, heads[:k])
         keep = min(keep, got)
         if got and raced:
             # re-read the entries, then re-check the folios as they are now (without a
@@ -146,15 +147,14 @@ def gup_fast(env: MMEnv, mm: MM, start: int, end: int, flags: int, out: PagesOut
             if mm.find_vma(addr) is vma and vma.start <= addr and i0 + got <= vma.nr_pages:
                 same = (vma.pte[i0:i0 + got] == snap_pte[:got]) & (vma.pfn[i0:i0 + got]
                                                                    == pfns[:got])
-                grab2, after2, _ = _fast_checks(env, vma, i0, i0 + got, flags)
+                grab2, after2, _, _ = _fast_checks(env, vma, i0, i0 + got, flags)
                 keep, _ = _walk_extent(vma, i0, i0 + got, same & grab2, after2)
         if keep < got:
             gup_put_pfns(env.alloc, pfns[keep:got], flags)
             got = keep
         if got:
             out.store(nr, pfns[:got])
-            heads = mem.head_of(pfns[:got])      # set_flag: repeats are harmless
-            mem.set_flag(heads, PG.referenced)
+            mem.set_flag(heads[:got], PG.referenced)   # repeats are harmless
             nr += got
         if got < i1 - i0:
             break

@@ -43,12 +43,15 @@ def _wrap_s32(mem: MemMap, heads: np.ndarray) -> None:
         mem.refcount[heads[over]] = ((r[over] + _S32) % (1 << 32)) - _S32
 
 
-def folio_runs(mem: MemMap, pfns: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(run start index, run head PFN, run length) of consecutive same-folio entries."""
+def folio_runs(mem: MemMap, pfns: np.ndarray, heads: np.ndarray | None = None
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(run start index, run head PFN, run length) of consecutive same-folio entries;
+    `heads` (the folio of each entry) when the caller has them already."""
     if len(pfns) == 0:
         z = np.zeros(0, dtype=np.int64)
         return z, z, z
-    heads = mem.head_of(pfns).astype(np.int64)
+    if heads is None:
+        heads = mem.head_of(pfns).astype(np.int64, copy=False)
     if len(heads) == 1:                     # a one-page call: skip the run search
         return _ZERO1, heads, _ONE1
     # numpy's C entry points only (no np.diff / np.flatnonzero wrappers): this runs on
@@ -109,14 +112,16 @@ def try_grab_pfns(mem: MemMap, pfns: np.ndarray, flags: int) -> int:
     return int(starts[nruns]) if nruns < len(heads) else len(pfns)
 
 
-def try_grab_pfns_fast(mem: MemMap, pfns: np.ndarray, flags: int) -> int:
+def try_grab_pfns_fast(mem: MemMap, pfns: np.ndarray, flags: int,
+                       heads: np.ndarray | None = None) -> int:
     """try_grab_folio_fast() on each entry, in order: how many were grabbed (a prefix).
 
     GUP-fast holds no stable reference, so it goes through try_get_folio(): a folio
     whose refcount is 0 (being freed) is skipped silently, a negative (overflowed) one
     with a warning; either ends the walk, and the slow path then decides (-ENOMEM).
+    `heads`: the folio of each entry, if the caller has them.
     """
-    starts, heads, lengths = folio_runs(mem, pfns)
+    starts, heads, lengths = folio_runs(mem, pfns, heads)
     bad = np.flatnonzero(mem.refcount[heads] <= 0)
     nruns = int(bad[0]) if len(bad) else len(heads)
     if len(bad):
@@ -131,7 +136,8 @@ def try_grab_pfns_fast(mem: MemMap, pfns: np.ndarray, flags: int) -> int:
 def gup_put_pfns(alloc: Allocator, pfns: np.ndarray, flags: int) -> int:
     """gup_put_folio() for every entry (NULLs skipped), grouped by runs; returns folios freed."""
     mem = alloc.mem
-    pfns = pfns[pfns != NULL]
+    if len(pfns) and pfns.min() == NULL:     # one pass when there is no NULL (usual)
+        pfns = pfns[pfns != NULL]
     if len(pfns) == 0:
         return 0
     _, heads, refs = folio_runs(mem, pfns)

@@ -18,6 +18,7 @@ import numpy as np
 from ..check.args import check_count, check_flag, check_folio, check_folios, check_page, check_pages
 from ..constants import EINVAL, ENOMEM
 from ..memory import GUP_PIN_COUNTING_BIAS, Allocator, Folio, Kind, MemMap, Page, PageArray
+from ..memory.memmap import add_at
 from ..memory.pagearray import NULL
 from .flags import FOLL_GET, FOLL_PIN
 from .pages import machine_of
@@ -69,15 +70,15 @@ def folio_runs(mem: MemMap, pfns: np.ndarray, heads: np.ndarray | None = None
 def _add_refs(mem: MemMap, heads: np.ndarray, refs: np.ndarray, flags: int) -> None:
     """Add `refs` references (GET) or pins (PIN) to each folio, with vmstat."""
     if flags & FOLL_GET:
-        np.add.at(mem.refcount, heads, refs)
+        add_at(mem.refcount, heads, refs)
     elif flags & FOLL_PIN:
         if mem.era.has("zero-page-not-pin-counted"):
             keep = mem.kind[heads] != _ZERO_PAGE
             heads, refs = heads[keep], refs[keep]
         large = mem.order[heads] > 0
-        np.add.at(mem.refcount, heads[large], refs[large])
-        np.add.at(mem.pincount, heads[large], refs[large])
-        np.add.at(mem.refcount, heads[~large], refs[~large] * GUP_PIN_COUNTING_BIAS)
+        add_at(mem.refcount, heads[large], refs[large])
+        add_at(mem.pincount, heads[large], refs[large])
+        add_at(mem.refcount, heads[~large], refs[~large] * GUP_PIN_COUNTING_BIAS)
         if mem.era.has("nr-foll-pin-vmstat"):
             mem.vmstat[ACQUIRED] += int(refs.sum())
     else:
@@ -159,15 +160,15 @@ def gup_put_folios(alloc: Allocator, heads: np.ndarray, refs: np.ndarray, flags:
         if mem.era.has("nr-foll-pin-vmstat"):
             mem.vmstat[RELEASED] += int(refs.sum())
         large = mem.order[heads] > 0
-        np.subtract.at(mem.pincount, heads[large], refs[large])
-        np.subtract.at(mem.refcount, heads[large], refs[large])
-        np.subtract.at(mem.refcount, heads[~large], refs[~large] * GUP_PIN_COUNTING_BIAS)
+        add_at(mem.pincount, heads[large], -refs[large])
+        add_at(mem.refcount, heads[large], -refs[large])
+        add_at(mem.refcount, heads[~large], -refs[~large] * GUP_PIN_COUNTING_BIAS)
         neg = heads[large][mem.pincount[heads[large]] < 0]
         if mem.warnings.warn_on_once(len(neg) > 0, "gup_put_folio: pincount underflow",
                                      "more unpins than pins on a large folio"):
             mem.pincount[neg] = 0
     else:
-        np.subtract.at(mem.refcount, heads, refs)
+        add_at(mem.refcount, heads, -refs)
     # duplicates are harmless below except when freeing: unique only the few hits
     under = heads[mem.refcount[heads] < 0]
     if mem.warnings.warn_on_once(len(under) > 0, "gup_put_folio: refcount underflow",

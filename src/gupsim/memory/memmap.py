@@ -33,6 +33,13 @@ from ..warn import WarnLog
 from .rmap import NoRmap, RmapWalker
 
 
+def add_at(arr: np.ndarray, idx: np.ndarray, vals: object) -> None:
+    """np.add.at(arr, idx, vals), every repeat of an index counted, with `vals` cast to
+    arr's dtype first: numpy 2 takes a ~40x slower path when the two differ (an int32
+    count and a Python int or an int64 array: 0.8 ms instead of 20 us per 16k entries)."""
+    np.add.at(arr, idx, np.asarray(vals, dtype=arr.dtype))
+
+
 class PG(IntEnum):
     """Page flag bits (names as the kernel's PG_* flags; bit numbers are ours)."""
 

@@ -84,7 +84,7 @@ def fuzz(steps: int = FUZZ_STEPS) -> Case:
 def memory(pages: int = MEMORY_PAGES) -> Case:
     """Resident bytes per populated page."""
     return Case(f"memory {_size(pages)}", "memory", {"pages": pages}, "B/page", 1,
-                ("resident",), Goal("max", 32), host=False, rounds=1)
+                ("resident", "glibc heap"), Goal("max", 32), host=False, rounds=1)
 
 
 def _size(pages: int) -> str:

@@ -208,12 +208,14 @@ WORKLOADS: dict[str, Callable[..., AbstractContextManager[Round]]] = {
 
 @contextmanager
 def memory(pages: int) -> Iterator[Round]:
-    """Resident bytes per populated page, in a fresh process (see memory.py); the phase
-    value is bytes, not seconds."""
+    """Resident bytes per further populated page, in a fresh process (see memory.py), with
+    gupsim.heap's tuning ("resident") and with glibc's defaults ("glibc heap"); the
+    values are bytes, not seconds."""
     from .memory import resident_per_page
 
     def round_() -> dict[str, float]:
-        return {"resident": resident_per_page(pages)["resident"]}
+        return {"resident": resident_per_page(pages)["resident"],
+                "glibc heap": resident_per_page(pages, malloc_defaults=True)["resident"]}
 
     yield round_
 

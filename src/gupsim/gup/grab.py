@@ -18,6 +18,7 @@ import numpy as np
 from ..check.args import check_count, check_flag, check_folio, check_folios, check_page, check_pages
 from ..constants import EINVAL, ENOMEM
 from ..memory import GUP_PIN_COUNTING_BIAS, Allocator, Folio, Kind, MemMap, Page, PageArray
+from ..memory.alloc import increasing
 from ..memory.memmap import add_at
 from ..memory.pagearray import NULL
 from .flags import FOLL_GET, FOLL_PIN
@@ -179,7 +180,8 @@ def gup_put_folios(alloc: Allocator, heads: np.ndarray, refs: np.ndarray, flags:
     if len(dead) == 1:
         alloc.free_folio(int(dead[0]))
     elif len(dead):
-        dead = np.unique(dead)
+        if not increasing(dead):        # runs of one folio may recur: free each once
+            dead = np.unique(dead)
         alloc.free_folios(dead)         # order-0 folios by whole blocks, not one by one
     return len(dead)
 
@@ -288,8 +290,8 @@ def _mark_dirty(mem: MemMap, pfns: np.ndarray) -> None:
     """folio_mark_dirty() under the folio lock on every folio not dirty yet."""
     from ..memory import PG
     pfns = pfns[pfns != NULL]
-    heads = np.unique(mem.head_of(pfns))
-    heads = heads[mem.kind[heads] != Kind.ZERO]
+    heads = mem.head_of(pfns)           # set_flag(): repeats are harmless, no unique
+    heads = heads[mem.kind[heads] != _ZERO_PAGE]
     mem.set_flag(heads, PG.dirty)
 
 

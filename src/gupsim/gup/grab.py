@@ -30,7 +30,8 @@ from .state import gup_state
 _FREE, _ZERO_PAGE = int(Kind.FREE), int(Kind.ZERO)
 _ZERO1 = np.zeros(1, dtype=np.int64)
 _ONE1 = np.ones(1, dtype=np.int64)
-_ZERO1.flags.writeable = _ONE1.flags.writeable = False
+_NONE = np.zeros(0, dtype=np.int64)
+_ZERO1.flags.writeable = _ONE1.flags.writeable = _NONE.flags.writeable = False
 
 ACQUIRED = "nr_foll_pin_acquired"
 RELEASED = "nr_foll_pin_released"
@@ -68,6 +69,18 @@ def folio_runs(mem: MemMap, pfns: np.ndarray, heads: np.ndarray | None = None
     return starts, heads[starts], ends - starts
 
 
+def _by_size(mem: MemMap, heads: np.ndarray, refs: np.ndarray
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(large heads, their refs, small heads, their refs): a large folio counts pins in
+    `_pincount`, a small one by the bias. No copies when all are of one size (usual)."""
+    large = mem.order[heads] > 0
+    if not large.any():
+        return _NONE, _NONE, heads, refs
+    if large.all():
+        return heads, refs, _NONE, _NONE
+    return heads[large], refs[large], heads[~large], refs[~large]
+
+
 def _add_refs(mem: MemMap, heads: np.ndarray, refs: np.ndarray, flags: int) -> None:
     """Add `refs` references (GET) or pins (PIN) to each folio, with vmstat."""
     if flags & FOLL_GET:
@@ -76,10 +89,12 @@ def _add_refs(mem: MemMap, heads: np.ndarray, refs: np.ndarray, flags: int) -> N
         if mem.era.has("zero-page-not-pin-counted"):
             keep = mem.kind[heads] != _ZERO_PAGE
             heads, refs = heads[keep], refs[keep]
-        large = mem.order[heads] > 0
-        add_at(mem.refcount, heads[large], refs[large])
-        add_at(mem.pincount, heads[large], refs[large])
-        add_at(mem.refcount, heads[~large], refs[~large] * GUP_PIN_COUNTING_BIAS)
+        big, big_refs, small, small_refs = _by_size(mem, heads, refs)
+        if len(big):
+            add_at(mem.refcount, big, big_refs)
+            add_at(mem.pincount, big, big_refs)
+        if len(small):
+            add_at(mem.refcount, small, small_refs * GUP_PIN_COUNTING_BIAS)
         if mem.era.has("nr-foll-pin-vmstat"):
             mem.vmstat[ACQUIRED] += int(refs.sum())
     else:
@@ -160,14 +175,16 @@ def gup_put_folios(alloc: Allocator, heads: np.ndarray, refs: np.ndarray, flags:
             return 0
         if mem.era.has("nr-foll-pin-vmstat"):
             mem.vmstat[RELEASED] += int(refs.sum())
-        large = mem.order[heads] > 0
-        add_at(mem.pincount, heads[large], -refs[large])
-        add_at(mem.refcount, heads[large], -refs[large])
-        add_at(mem.refcount, heads[~large], -refs[~large] * GUP_PIN_COUNTING_BIAS)
-        neg = heads[large][mem.pincount[heads[large]] < 0]
-        if mem.warnings.warn_on_once(len(neg) > 0, "gup_put_folio: pincount underflow",
-                                     "more unpins than pins on a large folio"):
-            mem.pincount[neg] = 0
+        big, big_refs, small, small_refs = _by_size(mem, heads, refs)
+        if len(big):
+            add_at(mem.pincount, big, -big_refs)
+            add_at(mem.refcount, big, -big_refs)
+            neg = big[mem.pincount[big] < 0]
+            if mem.warnings.warn_on_once(len(neg) > 0, "gup_put_folio: pincount underflow",
+                                         "more unpins than pins on a large folio"):
+                mem.pincount[neg] = 0
+        if len(small):
+            add_at(mem.refcount, small, -small_refs * GUP_PIN_COUNTING_BIAS)
     else:
         add_at(mem.refcount, heads, -refs)
     # duplicates are harmless below except when freeing: unique only the few hits

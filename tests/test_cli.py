@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from gupsim.bench import default_cases
 from gupsim.cli import main
 from gupsim.live import host_capabilities
+from gupsim.live.settings import THP_ENABLED, hugepages_path, read_setting
 from gupsim.tour import run_tour
 
 EXAMPLE = str(Path(__file__).resolve().parent.parent / "examples"
@@ -50,15 +52,38 @@ def test_run_refuses_a_file_without_a_scenario(tmp_path: Path) -> None:
     assert out.exit_code == 2 and "scenario(system)" in out.output
 
 
-def test_bench_reports_the_model_and_why_the_host_was_skipped() -> None:
+def test_bench_model_only_json_has_every_case_and_phase() -> None:
     out = CliRunner().invoke(main, ["bench", "--max-pages", "256", "--repeat", "1",
                                     "--model-only", "--json"])
     assert out.exit_code == 0, out.output
     rows = json.loads(out.output)
-    assert [(r["workload"], r["pages"]) for r in rows] == [("prefaulted", 256),
-                                                          ("untouched", 256)]
-    assert all(r["model_pin"] > 0 and r["model_unpin"] > 0 for r in rows)
-    assert all(r["host_pin"] is None and "model-only" in r["host_skipped"] for r in rows)
+    want = [(c.name, ph) for c in default_cases(256) for ph in c.phases]
+    assert [(r["case"], r["phase"]) for r in rows] == want
+    names = " | ".join(c.name for c in default_cases(256))
+    for part in ("bulk", "-n 1 ", "-n 16 ", "THP", "hugetlb", "unpinned", "pinned", "fuzz",
+                 "memory"):
+        assert part in names
+    for r in rows:                  # "min" is the best round: the highest rate for steps/s
+        assert r["model_min"] > 0, r
+        rate = r["unit"] == "steps/s"
+        assert (r["model_median"] <= r["model_min"]) if rate else \
+            (r["model_median"] >= r["model_min"]), r
+    assert all(r["host_min"] is None and r["ratio"] is None and r["host_skipped"] for r in rows)
+    assert {r["met"] for r in rows if r["goal"] and "x" in r["goal"]} == {None}
+
+
+def test_bench_cases_round_huge_sizes_and_cap_pages_per_call() -> None:
+    cases = {c.name: c for c in default_cases(1000, (1, 16, 3))}
+    assert cases["THP 2 MiB"].params == {"pages": 512, "backing": "thp"}
+    assert cases["-n 3 (3996 KiB)"].params == {"pages": 999, "n": 3}
+    assert cases["-n 3 (3996 KiB)"].per == 333          # us/call: divided by the calls
+    big = [c.name for c in default_cases(1 << 18) if c.workload == "bulk"]
+    assert big[:3] == ["bulk 64 MiB", "bulk 256 MiB", "bulk 1 GiB"]
+
+
+def test_bench_k_that_matches_nothing_is_a_usage_error() -> None:
+    out = CliRunner().invoke(main, ["bench", "--model-only", "-k", "no such case"])
+    assert out.exit_code == 2 and "no case name contains" in out.output
 
 
 @pytest.mark.host
@@ -66,8 +91,21 @@ def test_bench_measures_the_host_beside_the_model() -> None:
     cap = host_capabilities()["io_uring"]
     if not cap:
         pytest.skip(f"host cannot: io_uring: {cap.reason}")
+    knobs = [THP_ENABLED, hugepages_path()]
+    before = [read_setting(k) for k in knobs]
     out = CliRunner().invoke(main, ["bench", "--max-pages", "256", "--repeat", "1", "--json"])
     assert out.exit_code == 0, out.output
-    for row in json.loads(out.output):
-        assert row["host_skipped"] == ""        # the host really pinned all 256 pages
-        assert row["host_pin"] > 0 and row["ratio"] == row["model_pin"] / row["host_pin"]
+    assert [read_setting(k) for k in knobs] == before       # every setting restored
+    rows = json.loads(out.output)
+    for row in rows:
+        if row["case"].startswith(("bulk", "-n", "unpinned", "pinned")):
+            assert row["host_skipped"] == "", row   # io_uring works: these always run
+        if row["host_skipped"]:
+            continue
+        if row["case"].startswith(("fuzz", "memory")):
+            raise AssertionError(f"{row['case']} has no host side: {row}")
+        assert row["host_min"] is not None and row["host_median"] >= row["host_min"]
+        if row["host_min"] > 0:
+            assert row["ratio"] == row["model_min"] / row["host_min"]
+    bulk = {r["phase"]: r for r in rows if r["case"] == "bulk 1 MiB"}
+    assert bulk["pin"]["host_min"] > 0 and bulk["unpin"]["host_min"] > 0

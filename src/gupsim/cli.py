@@ -16,7 +16,6 @@ import traceback
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
-from rich import box
 from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
@@ -452,47 +451,33 @@ def explain(file: str, step: int, pfns: tuple[int, ...], as_json: bool) -> None:
 
 # -- bench -------------------------------------------------------------------------------------
 
-def bench_table(rows: list) -> Table:
-    """Nanoseconds per page, model beside host; why the host was skipped goes under the
-    table, so the columns stay narrow enough for 80 columns."""
-    skipped = sorted({r.host_skipped for r in rows if r.host_skipped})
-    t = Table("workload", "pages", "model\npin", "host\npin", "model/\nhost", "model\nunpin",
-              "host\nunpin", box=box.SIMPLE_HEAD,
-              title="nanoseconds per 4 KiB page: pin_user_pages_fast(FOLL_WRITE | "
-                    "FOLL_LONGTERM); host: io_uring registration",
-              caption="\n".join(f"host skipped: {s}" for s in skipped) or None)
-    t.columns[0].no_wrap = True
-    for c in t.columns[1:]:
-        c.justify = "right"
-        c.no_wrap = True
-
-    def ns(x: float | None) -> str:
-        return "—" if x is None else f"{x:,.0f}"
-
-    for r in rows:
-        ratio = "—" if r.ratio is None else f"{r.ratio:.2f}"
-        host = ns(r.host_pin) if not r.host_skipped else "[dim]skipped[/]"
-        t.add_row(r.workload, f"{r.pages:,}", ns(r.model_pin), host, ratio, ns(r.model_unpin),
-                  ns(r.host_unpin))
-    return t
-
-
-@main.command(help="Time bulk pins on the model against the host kernel, side by side.")
-@click.option("--max-pages", type=click.IntRange(1, 1 << 18), default=1 << 18,
-              show_default=True, help="Largest size measured (262144 pages = 1 GiB).")
-@click.option("--repeat", type=click.IntRange(1, 20), default=3, show_default=True,
-              help="Runs per figure; the best is reported.")
+@main.command(help="Time the model against the host kernel, side by side: bulk pins, pages "
+                   "per call, THP, hugetlb, fork/exit/munmap, fuzzing, memory per page.")
+@click.option("--max-pages", type=click.IntRange(1, 1 << 18), default=1 << 14,
+              show_default=True, help="Largest range, in 4 KiB pages (16384 = 64 MiB, "
+              "262144 = 1 GiB; bulk also runs the sizes 64 MiB, 256 MiB below it).")
+@click.option("-n", "ns", type=click.IntRange(1, 1 << 14), multiple=True, default=(1, 16),
+              show_default=True, help="Pages per call, as gup_test's -n (repeatable).")
+@click.option("--repeat", type=click.IntRange(1, 20), default=5, show_default=True,
+              help="Rounds per figure, after one warm-up round; min and median reported.")
+@click.option("-k", "only", default=None, help="Only the cases whose name contains TEXT.")
 @click.option("--model-only", is_flag=True, help="Do not touch the host kernel.")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
-def bench(max_pages: int, repeat: int, model_only: bool, as_json: bool) -> None:
-    """`gupsim bench`: the model's and the host's pin and unpin costs per page."""
-    from .bench import run
-    sizes = [n for n in (256, 4096, 65536, 1 << 18) if n < max_pages] + [max_pages]
+def bench(max_pages: int, ns: tuple[int, ...], repeat: int, only: str | None,
+          model_only: bool, as_json: bool) -> None:
+    """`gupsim bench`: see gupsim/bench (cases.py lists what is measured and the goals)."""
+    from .bench import default_cases, run
+    from .bench.table import bench_table
+    cases = [c for c in default_cases(max_pages, ns) if only is None or only in c.name]
+    if not cases:
+        raise click.BadParameter(f"no case name contains {only!r} (the cases: "
+                                 f"{', '.join(c.name for c in default_cases(max_pages, ns))})",
+                                 param_hint="-k")
     console = Console(stderr=as_json, highlight=False)
     if not model_only:
         _repair_host()
-    with console.status("timing the model and the host kernel..."):
-        rows = run(sizes, repeat, with_host=not model_only)
+    with console.status("timing the model and the host kernel...") as status:
+        rows = run(cases, repeat, with_host=not model_only, progress=status.update)
     if as_json:
         click.echo(dumps([r.as_dict() for r in rows]))
     else:

@@ -243,6 +243,8 @@ class Era:
     def __init__(self, version: str | None = None) -> None:
         self.version = profile(version)
         self.key = version_key(self.version)
+        # has() runs on every pin and unpin: answer from a table built once per era
+        self._on = {s.name: self._computed(s) for s in SWITCHES}
 
     def __repr__(self) -> str:
         return f"Era('{self.version}')"
@@ -255,7 +257,10 @@ class Era:
 
     def has(self, name: str) -> bool:
         """Whether switch `name` is on in this era; KeyError names the switches."""
-        s = switch(name)
+        on = self._on.get(name)
+        return self._computed(switch(name)) if on is None else on
+
+    def _computed(self, s: Switch) -> bool:
         if self.key < version_key(s.first_version):
             return False
         return s.removed_in is None or self.key < version_key(s.removed_in)

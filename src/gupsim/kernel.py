@@ -12,6 +12,7 @@ import itertools
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
+from . import heap
 from .check.args import check_bytes, check_count, check_int, check_ints, check_page, check_str
 from .check.invariants import InvariantViolation, check_invariants
 from .constants import CAP_IPC_LOCK, PAGE_SHIFT, PAGE_SIZE, PMD_ORDER, PUD_ORDER
@@ -62,6 +63,7 @@ class Kernel(KernelPinning):
                  nr_hugepages: int = 0, nr_hugepages_1g: int = 0, swap: int | str = 0,
                  thp: str = "madvise", debug: bool = False, version: str | None = None
                  ) -> None:
+        heap.tune()                     # once per process: see heap.py
         era = Era(version)
         total = parse_size(memory, "memory") >> PAGE_SHIFT
         if total < 1024:

@@ -30,6 +30,9 @@ from ..warn import source_line, user_call_site
 if TYPE_CHECKING:
     from ..mm import MM
 
+SMALL_RECORD = 64          # records up to this many entries are indexed by page and folio
+_ZERO = int(Kind.ZERO)      # a plain int: numpy compares an IntEnum ~2 us slower (grab.py)
+
 
 @dataclass(eq=False)
 class PinRecord:
@@ -106,6 +109,12 @@ class PinSanitizer:
         self.mem = mem
         self._live: dict[int, PinRecord] = {}                       # id -> record, in order
         self._whole: dict[tuple[str, int, int], list[PinRecord]] = {}  # (how, pfn0, n)
+        # where a release looks for its records: small records by page and by folio, the
+        # few large ones scanned (a batch of many one-page pins then costs per page, not
+        # per page times the number of live records)
+        self._large: dict[int, PinRecord] = {}
+        self._by_pfn: dict[int, dict[int, PinRecord]] = {}
+        self._by_head: dict[int, dict[int, PinRecord]] = {}
         self._emptied: list[PinRecord] = []
         self.released: deque[PinRecord] = deque(maxlen=history)
         self.reports: list[SanitizerReport] = []
@@ -121,26 +130,48 @@ class PinSanitizer:
 
     # -- acquisition ---------------------------------------------------------------------
 
-    def _pins_only(self, pfns: np.ndarray, how: str) -> np.ndarray:
-        """Drop NULL entries, and the shared zero page for pins (it is never pin-counted)."""
-        pfns = pfns[pfns != NULL]
+    def _pins_only(self, pfns: np.ndarray, how: str) -> tuple[np.ndarray, np.ndarray]:
+        """(PFNs, their folios) without NULL entries, and without the shared zero page for
+        pins (it is never pin-counted); folios are looked up once, here."""
+        pfns = pfns.astype(np.int64, copy=False)
+        if len(pfns) and pfns.min() == NULL:     # one pass when there is no NULL (usual)
+            pfns = pfns[pfns != NULL]
+        heads = self.mem.head_of(pfns)
         if how == "FOLL_PIN" and len(pfns) and self.mem.era.has("zero-page-not-pin-counted"):
-            pfns = pfns[self.mem.kind[self.mem.head_of(pfns)] != Kind.ZERO]
-        return pfns.astype(np.int64)
+            keep = self.mem.kind.take(heads) != _ZERO
+            if not keep.all():
+                pfns, heads = pfns[keep], heads[keep]
+        return pfns, heads
 
     def on_acquire(self, pfns: np.ndarray, flags: int, call: str, mm: MM | None) -> None:
         """Record a successful GUP call: its pages, flags, caller's site and the mm (or None)."""
         how = "FOLL_PIN" if flags & FOLL_PIN else "FOLL_GET"
-        pfns = self._pins_only(pfns, how)
+        pfns, heads = self._pins_only(pfns, how)
         if len(pfns) == 0:
             return
         n = len(pfns)
-        heads = np.asarray(self.mem.head_of(pfns), dtype=np.int64)
         rec = PinRecord(next(self._ids), how, flags, call, user_call_site(),
                         getattr(mm, "id", None), pfns, heads, np.ones(n, dtype=np.int8),
                         np.full(n, -1, np.int32), n, int(heads.min()), int(pfns.max()))
         self._live[rec.id] = rec
         self._whole.setdefault((how, int(pfns[0]), n), []).append(rec)
+        if n > SMALL_RECORD:
+            self._large[rec.id] = rec
+        else:
+            for index, keys in ((self._by_pfn, pfns), (self._by_head, heads)):
+                for key in keys.tolist():
+                    index.setdefault(key, {})[rec.id] = rec
+
+    def _unindex(self, rec: PinRecord) -> None:
+        if self._large.pop(rec.id, None) is not None:
+            return
+        for index, keys in ((self._by_pfn, rec.pfns), (self._by_head, rec.heads)):
+            for key in keys.tolist():
+                recs = index.get(key)
+                if recs is not None:
+                    recs.pop(rec.id, None)
+                    if not recs:
+                        del index[key]
 
     # -- release -------------------------------------------------------------------------
 
@@ -186,13 +217,48 @@ class PinSanitizer:
         tu, tc = np.unique(ps[take], return_counts=True)
         need[np.searchsorted(uniq, tu)] -= tc
 
+    def _consume_small(self, rec: PinRecord, keys: np.ndarray, slot: dict[int, int],
+                       need: np.ndarray, site_idx: int) -> None:
+        """`_consume()` for a record of a few entries: a plain loop beats numpy's set-up."""
+        left = rec.left
+        for i, key in enumerate(keys.tolist()):
+            j = slot.get(key)
+            if j is None or not left[i] or need[j] <= 0:
+                continue
+            need[j] -= 1
+            left[i] = 0
+            rec.released_at[i] = site_idx
+            rec.nheld -= 1
+        if rec.nheld == 0:
+            self._emptied.append(rec)
+
+    def _candidates(self, uniq: np.ndarray, by_folio: bool) -> list[PinRecord]:
+        """The live records that may hold an entry keyed (pfn or head) in `uniq`, oldest
+        first: through the index when the release is smaller than the live set."""
+        if len(uniq) >= len(self._live):
+            return list(self._live.values())
+        index = self._by_head if by_folio else self._by_pfn
+        found: dict[int, PinRecord] = dict(self._large)
+        for key in uniq.tolist():
+            recs = index.get(key)
+            if recs:
+                found.update(recs)
+        return [found[i] for i in sorted(found)]
+
     def _match(self, how: str, uniq: np.ndarray, need: np.ndarray, sidx: int,
                by_folio: bool) -> None:
         lo, hi = int(uniq[0]), int(uniq[-1])          # uniq is sorted
-        for rec in list(self._live.values()):
+        slot: dict[int, int] | None = None
+        for rec in self._candidates(uniq, by_folio):
             if rec.how != how or not rec.nheld or rec.hi < lo or rec.lo > hi:
                 continue
-            self._consume(rec, rec.heads if by_folio else rec.pfns, uniq, need, sidx)
+            keys = rec.heads if by_folio else rec.pfns
+            if len(keys) <= SMALL_RECORD:
+                if slot is None:
+                    slot = {k: j for j, k in enumerate(uniq.tolist())}
+                self._consume_small(rec, keys, slot, need, sidx)
+            else:
+                self._consume(rec, keys, uniq, need, sidx)
             if not need.any():
                 return
 
@@ -200,7 +266,7 @@ class PinSanitizer:
         """Match a release against the records; report what does not match (misuse)."""
         mem = self.mem
         how = "FOLL_PIN" if flags & FOLL_PIN else "FOLL_GET"
-        pfns = self._pins_only(pfns, how)
+        pfns, _ = self._pins_only(pfns, how)
         if len(pfns) == 0:
             return
         site = user_call_site()
@@ -297,6 +363,7 @@ class PinSanitizer:
         for rec in self._emptied:
             if self._live.pop(rec.id, None) is None:
                 continue
+            self._unindex(rec)
             key = (rec.how, int(rec.pfns[0]), len(rec.pfns))
             same = self._whole[key]
             same.remove(rec)

@@ -35,6 +35,11 @@ from .state import PATH_FALLBACK, PATH_INVALID, note_gup, race_point
 
 TASK_SIZE_MAX = TASK_SIZE - PAGE_SIZE
 _U64 = 1 << 64
+# plain ints for array comparisons (see grab.py: an IntEnum operand costs numpy ~2 us)
+_ANON, _KSM, _SHMEM, _SECRETMEM = (int(k) for k in (Kind.ANON, Kind.KSM, Kind.SHMEM,
+                                                   Kind.SECRETMEM))
+_PG_HUGETLB, _PG_ANON_EXCLUSIVE = np.uint32(PG.hugetlb), np.uint32(PG.anon_exclusive)
+_VM_ACCESS = int(VM.READ | VM.WRITE | VM.EXEC)
 
 
 def gup_fast_folio_allowed(env: MMEnv, heads: np.ndarray, flags: int) -> NDArray[np.bool_]:
@@ -43,20 +48,21 @@ def gup_fast_folio_allowed(env: MMEnv, heads: np.ndarray, flags: int) -> NDArray
     from 6.5 on (`longterm-file-write-refused`)."""
     mem = env.mem
     kind = mem.kind[heads]
-    allowed = kind != Kind.SECRETMEM
+    allowed = kind != _SECRETMEM
     if (flags & (FOLL_PIN | FOLL_LONGTERM | FOLL_WRITE)) == (FOLL_PIN | FOLL_LONGTERM
                                                                | FOLL_WRITE) \
             and env.era.has("longterm-file-write-refused"):
-        hugetlb = (mem.flags[heads] & np.uint32(PG.hugetlb)) != 0
-        anon = (kind == Kind.ANON) | (kind == Kind.KSM)
-        shmem = (kind == Kind.SHMEM) & (mem.mapping[heads] != 0)
+        hugetlb = (mem.flags[heads] & _PG_HUGETLB) != 0
+        anon = (kind == _ANON) | (kind == _KSM)
+        shmem = (kind == _SHMEM) & (mem.mapping[heads] != 0)
         allowed &= hugetlb | anon | shmem
     return allowed
 
 
 def _fast_checks(env: MMEnv, vma: VMA, i0: int, i1: int, flags: int
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per entry of [i0, i1): (may it be grabbed, does it pass the after-grab checks, PFN).
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per entry of [i0, i1): (may it be grabbed, does it pass the after-grab checks, PFN,
+    its folio; the folio is 0 for an entry that may not be grabbed).
 
     The kernel's order per entry (spec 7.2): the PTE tests and the long-term pinnability
     test inside try_grab_folio_fast() refuse before anything is counted; the folio test
@@ -67,24 +73,24 @@ def _fast_checks(env: MMEnv, vma: VMA, i0: int, i1: int, flags: int
     pte = vma.pte[i0:i1].astype(np.int64)
     pfn = vma.pfn[i0:i1]
     grab = ((pte & PTE.PRESENT) != 0) & ((pte & PTE.SPECIAL) == 0)
-    if not vma.flags & (VM.READ | VM.WRITE | VM.EXEC):
+    if not vma.flags & _VM_ACCESS:
         grab[:] = False                     # PROT_NONE: protnone entries end the walk
     writable = (pte & PTE.WRITE) != 0
     if flags & FOLL_WRITE:
         grab &= writable
     safe = np.where(grab, pfn, 0)
-    heads = mem.head_of(safe).astype(np.int64)
+    heads = mem.head_of(safe).astype(np.int64, copy=False)
     if flags & FOLL_LONGTERM:
         grab &= longterm_pinnable(mem, heads)
     after = gup_fast_folio_allowed(env, heads, flags)
     if flags & FOLL_PIN and not flags & FOLL_WRITE:
         kind = mem.kind[heads]
-        anon = (kind == Kind.ANON) | (kind == Kind.KSM)
+        anon = (kind == _ANON) | (kind == _KSM)
         huge = (pte & (PTE.PMD | PTE.PUD)) != 0
-        excl = (mem.flags[np.where(huge, heads, safe)] & np.uint32(PG.anon_exclusive)) != 0
+        excl = (mem.flags[np.where(huge, heads, safe)] & _PG_ANON_EXCLUSIVE) != 0
         must = gup_must_unshare(env.era, anon, excl, bool(flags & FOLL_LONGTERM))
         after &= writable | ~must
-    return grab, after, pfn
+    return grab, after, pfn, heads
 
 
 def _unit_bounds(vma: VMA, i0: int, i1: int, j: int) -> tuple[int, int]:
@@ -115,7 +121,7 @@ def gup_fast(env: MMEnv, mm: MM, start: int, end: int, flags: int, out: PagesOut
     mem = env.mem
     if mem.warnings.warn_on_once(not flags & (FOLL_GET | FOLL_PIN),
                                  "try_grab_folio_fast: neither FOLL_GET nor FOLL_PIN",
-                                 f"flags {foll_flags_str(flags)}"):
+                                 lambda: f"flags {foll_flags_str(flags)}"):
         return 0
     seq = mm.write_protect_seq
     # from 5.11 (gup-fast-write-protect-seq) a pin backs off while fork write-protects
@@ -133,14 +139,14 @@ def gup_fast(env: MMEnv, mm: MM, start: int, end: int, flags: int, out: PagesOut
             break
         i0 = vma.idx(addr)
         i1 = min(vma.nr_pages, i0 + ((end - addr) >> PAGE_SHIFT))
-        grab, after, pfns = _fast_checks(env, vma, i0, i1, walk)
+        grab, after, pfns, heads = _fast_checks(env, vma, i0, i1, walk)
         keep, k = _walk_extent(vma, i0, i1, grab, after)
         if k == 0:
             break
         pfns = pfns[:k].copy()
         snap_pte = vma.pte[i0:i0 + k].copy()
         raced = race_point(mem, "gup_fast:after_pte_read", mm=mm, address=addr)
-        got = try_grab_pfns_fast(mem, pfns, flags)
+        got = try_grab_pfns_fast(mem, pfns, flags, heads[:k])
         keep = min(keep, got)
         if got and raced:
             # re-read the entries, then re-check the folios as they are now (without a
@@ -149,15 +155,14 @@ def gup_fast(env: MMEnv, mm: MM, start: int, end: int, flags: int, out: PagesOut
             if mm.find_vma(addr) is vma and vma.start <= addr and i0 + got <= vma.nr_pages:
                 same = (vma.pte[i0:i0 + got] == snap_pte[:got]) & (vma.pfn[i0:i0 + got]
                                                                    == pfns[:got])
-                grab2, after2, _ = _fast_checks(env, vma, i0, i0 + got, walk)
+                grab2, after2, _, _ = _fast_checks(env, vma, i0, i0 + got, walk)
                 keep, _ = _walk_extent(vma, i0, i0 + got, same & grab2, after2)
         if keep < got:
             gup_put_pfns(env.alloc, pfns[keep:got], flags)
             got = keep
         if got:
             out.store(nr, pfns[:got])
-            heads = mem.head_of(pfns[:got])      # set_flag: repeats are harmless
-            mem.set_flag(heads, PG.referenced)
+            mem.set_flag(heads[:got], PG.referenced)   # repeats are harmless
             nr += got
         if got < i1 - i0:
             break
@@ -176,8 +181,8 @@ def gup_fast_fallback(env: MMEnv, mm: MM, start: int, nr_pages: int, gup_flags: 
     mem = env.mem
     if mem.warnings.warn_on_once(bool(gup_flags & ~FAST_GUP_ALLOWED),
                                  "gup_fast_fallback: flag not allowed",
-                                 f"{foll_flags_str(gup_flags & ~FAST_GUP_ALLOWED)} is not "
-                                 "supported by the fast entry points"):
+                                 lambda: f"{foll_flags_str(gup_flags & ~FAST_GUP_ALLOWED)}"
+                                 " is not supported by the fast entry points"):
         note_gup(mem, path=PATH_INVALID)
         return -EINVAL
     if gup_flags & FOLL_PIN:

@@ -79,7 +79,7 @@ def is_valid_gup_args(warnings: WarnLog, pages: object, locked: Sequence[int] | 
     """
     if warnings.warn_on_once(bool(gup_flags & INTERNAL_GUP_FLAGS),
                              "is_valid_gup_args: internal FOLL flag",
-                             f"caller passed internal flags "
+                             lambda: "caller passed internal flags "
                              f"{foll_flags_str(gup_flags & INTERNAL_GUP_FLAGS)}"):
         return None
     gup_flags |= to_set

@@ -20,10 +20,20 @@ import numpy as np
 from ..check.args import check_count, check_flag, check_folio, check_folios, check_page, check_pages
 from ..constants import EINVAL, ENOMEM
 from ..memory import GUP_PIN_COUNTING_BIAS, Allocator, Folio, Kind, MemMap, Page, PageArray
+from ..memory.alloc import increasing
+from ..memory.memmap import add_at
 from ..memory.pagearray import NULL
 from .flags import FOLL_GET, FOLL_PIN
 from .pages import machine_of
 from .state import gup_state
+
+# plain ints for array comparisons: numpy probes an IntEnum operand's class for
+# __array_ufunc__ through EnumType.__getattr__, about 2 us per comparison
+_FREE, _ZERO_PAGE = int(Kind.FREE), int(Kind.ZERO)
+_ZERO1 = np.zeros(1, dtype=np.int64)
+_ONE1 = np.ones(1, dtype=np.int64)
+_NONE = np.zeros(0, dtype=np.int64)
+_ZERO1.flags.writeable = _ONE1.flags.writeable = _NONE.flags.writeable = False
 
 ACQUIRED = "nr_foll_pin_acquired"
 RELEASED = "nr_foll_pin_released"
@@ -38,29 +48,55 @@ def _wrap_s32(mem: MemMap, heads: np.ndarray) -> None:
         mem.refcount[heads[over]] = ((r[over] + _S32) % (1 << 32)) - _S32
 
 
-def folio_runs(mem: MemMap, pfns: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(run start index, run head PFN, run length) of consecutive same-folio entries."""
+def folio_runs(mem: MemMap, pfns: np.ndarray, heads: np.ndarray | None = None
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(run start index, run head PFN, run length) of consecutive same-folio entries;
+    `heads` (the folio of each entry) when the caller has them already."""
     if len(pfns) == 0:
         z = np.zeros(0, dtype=np.int64)
         return z, z, z
-    heads = mem.head_of(pfns).astype(np.int64)
-    starts = np.flatnonzero(np.r_[True, heads[1:] != heads[:-1]])
-    lengths = np.diff(np.r_[starts, len(pfns)])
-    return starts, heads[starts], lengths
+    if heads is None:
+        heads = mem.head_of(pfns).astype(np.int64, copy=False)
+    if len(heads) == 1:                     # a one-page call: skip the run search
+        return _ZERO1, heads, _ONE1
+    # numpy's C entry points only (no np.diff / np.flatnonzero wrappers): this runs on
+    # every pin and unpin, and tests count its Python calls
+    change = np.empty(len(heads), dtype=bool)
+    change[0] = True
+    np.not_equal(heads[1:], heads[:-1], out=change[1:])
+    starts = change.nonzero()[0]
+    ends = np.empty(len(starts), dtype=np.int64)
+    ends[:-1] = starts[1:]
+    ends[-1] = len(pfns)
+    return starts, heads[starts], ends - starts
+
+
+def _by_size(mem: MemMap, heads: np.ndarray, refs: np.ndarray
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(large heads, their refs, small heads, their refs): a large folio counts pins in
+    `_pincount`, a small one by the bias. No copies when all are of one size (usual)."""
+    large = mem.order[heads] > 0
+    if not large.any():
+        return _NONE, _NONE, heads, refs
+    if large.all():
+        return heads, refs, _NONE, _NONE
+    return heads[large], refs[large], heads[~large], refs[~large]
 
 
 def _add_refs(mem: MemMap, heads: np.ndarray, refs: np.ndarray, flags: int) -> None:
     """Add `refs` references (GET) or pins (PIN) to each folio, with vmstat."""
     if flags & FOLL_GET or (flags & FOLL_PIN and not mem.era.has("pin-counting-bias")):
-        np.add.at(mem.refcount, heads, refs)     # 5.6: a pin is a plain reference
+        add_at(mem.refcount, heads, refs)        # 5.6: a pin is a plain reference
     elif flags & FOLL_PIN:
         if mem.era.has("zero-page-not-pin-counted"):
-            keep = mem.kind[heads] != Kind.ZERO
+            keep = mem.kind[heads] != _ZERO_PAGE
             heads, refs = heads[keep], refs[keep]
-        large = mem.order[heads] > 0
-        np.add.at(mem.refcount, heads[large], refs[large])
-        np.add.at(mem.pincount, heads[large], refs[large])
-        np.add.at(mem.refcount, heads[~large], refs[~large] * GUP_PIN_COUNTING_BIAS)
+        big, big_refs, small, small_refs = _by_size(mem, heads, refs)
+        if len(big):
+            add_at(mem.refcount, big, big_refs)
+            add_at(mem.pincount, big, big_refs)
+        if len(small):
+            add_at(mem.refcount, small, small_refs * GUP_PIN_COUNTING_BIAS)
         if mem.era.has("nr-foll-pin-vmstat"):
             mem.vmstat[ACQUIRED] += int(refs.sum())
     else:
@@ -71,8 +107,8 @@ def _add_refs(mem: MemMap, heads: np.ndarray, refs: np.ndarray, flags: int) -> N
 def try_grab_folio(mem: MemMap, head: int, refs: int, flags: int) -> int:
     """try_grab_folio(): 0, or -ENOMEM (with a warning) if the refcount is unusable."""
     if mem.warnings.warn_on_once(int(mem.refcount[head]) <= 0, "try_grab_folio: refcount <= 0",
-                                 f"folio {head:#x} has refcount {int(mem.refcount[head])} "
-                                 "(freed or overflowed)"):
+                                 lambda: f"folio {head:#x} has refcount "
+                                 f"{int(mem.refcount[head])} (freed or overflowed)"):
         return -ENOMEM
     _add_refs(mem, np.array([head], dtype=np.int64), np.array([refs], dtype=np.int64), flags)
     return 0
@@ -95,21 +131,23 @@ def try_grab_pfns(mem: MemMap, pfns: np.ndarray, flags: int) -> int:
     return int(starts[nruns]) if nruns < len(heads) else len(pfns)
 
 
-def try_grab_pfns_fast(mem: MemMap, pfns: np.ndarray, flags: int) -> int:
+def try_grab_pfns_fast(mem: MemMap, pfns: np.ndarray, flags: int,
+                       heads: np.ndarray | None = None) -> int:
     """try_grab_folio_fast() on each entry, in order: how many were grabbed (a prefix).
 
     GUP-fast holds no stable reference, so it goes through try_get_folio(): a folio
     whose refcount is 0 (being freed) is skipped silently, a negative (overflowed) one
     with a warning; either ends the walk, and the slow path then decides (-ENOMEM).
+    `heads`: the folio of each entry, if the caller has them.
     """
-    starts, heads, lengths = folio_runs(mem, pfns)
+    starts, heads, lengths = folio_runs(mem, pfns, heads)
     bad = np.flatnonzero(mem.refcount[heads] <= 0)
     nruns = int(bad[0]) if len(bad) else len(heads)
     if len(bad):
         h = int(heads[nruns])
         mem.warnings.warn_on_once(int(mem.refcount[h]) < 0, "try_get_folio: refcount < 0",
-                                  f"folio {h:#x} has refcount {int(mem.refcount[h])} "
-                                  "(overflowed)")
+                                  lambda: f"folio {h:#x} has refcount "
+                                  f"{int(mem.refcount[h])} (overflowed)")
     _add_refs(mem, heads[:nruns], lengths[:nruns], flags)
     return int(starts[nruns]) if nruns < len(heads) else len(pfns)
 
@@ -117,7 +155,8 @@ def try_grab_pfns_fast(mem: MemMap, pfns: np.ndarray, flags: int) -> int:
 def gup_put_pfns(alloc: Allocator, pfns: np.ndarray, flags: int) -> int:
     """gup_put_folio() for every entry (NULLs skipped), grouped by runs; returns folios freed."""
     mem = alloc.mem
-    pfns = pfns[pfns != NULL]
+    if len(pfns) and pfns.min() == NULL:     # one pass when there is no NULL (usual)
+        pfns = pfns[pfns != NULL]
     if len(pfns) == 0:
         return 0
     _, heads, refs = folio_runs(mem, pfns)
@@ -134,31 +173,37 @@ def gup_put_folios(alloc: Allocator, heads: np.ndarray, refs: np.ndarray, flags:
         np.subtract.at(mem.refcount, heads, refs)   # 5.6: unpin_user_page() is put_page()
     elif flags & FOLL_PIN:
         if mem.era.has("zero-page-not-pin-counted"):
-            keep = mem.kind[heads] != Kind.ZERO
+            keep = mem.kind[heads] != _ZERO_PAGE
             heads, refs = heads[keep], refs[keep]
         if len(heads) == 0:
             return 0
         if mem.era.has("nr-foll-pin-vmstat"):
             mem.vmstat[RELEASED] += int(refs.sum())
-        large = mem.order[heads] > 0
-        np.subtract.at(mem.pincount, heads[large], refs[large])
-        np.subtract.at(mem.refcount, heads[large], refs[large])
-        np.subtract.at(mem.refcount, heads[~large], refs[~large] * GUP_PIN_COUNTING_BIAS)
-        neg = heads[large][mem.pincount[heads[large]] < 0]
-        if mem.warnings.warn_on_once(len(neg) > 0, "gup_put_folio: pincount underflow",
-                                     "more unpins than pins on a large folio"):
-            mem.pincount[neg] = 0
+        big, big_refs, small, small_refs = _by_size(mem, heads, refs)
+        if len(big):
+            add_at(mem.pincount, big, -big_refs)
+            add_at(mem.refcount, big, -big_refs)
+            neg = big[mem.pincount[big] < 0]
+            if mem.warnings.warn_on_once(len(neg) > 0, "gup_put_folio: pincount underflow",
+                                         "more unpins than pins on a large folio"):
+                mem.pincount[neg] = 0
+        if len(small):
+            add_at(mem.refcount, small, -small_refs * GUP_PIN_COUNTING_BIAS)
     else:
-        np.subtract.at(mem.refcount, heads, refs)
+        add_at(mem.refcount, heads, -refs)
     # duplicates are harmless below except when freeing: unique only the few hits
-    under = np.unique(heads[mem.refcount[heads] < 0])
+    under = heads[mem.refcount[heads] < 0]
     if mem.warnings.warn_on_once(len(under) > 0, "gup_put_folio: refcount underflow",
-                                 f"folio {int(under[0]) if len(under) else 0:#x} "
-                                 "released more than it held"):
+                                 lambda: f"folio {int(under[0]):#x} released more than it "
+                                 "held"):
         mem.refcount[under] = 0
-    dead = np.unique(heads[(mem.refcount[heads] == 0) & (mem.kind[heads] != Kind.FREE)])
-    for head in dead.tolist():
-        alloc.free_folio(head)
+    dead = heads[(mem.refcount[heads] == 0) & (mem.kind[heads] != _FREE)]
+    if len(dead) == 1:
+        alloc.free_folio(int(dead[0]))
+    elif len(dead):
+        if not increasing(dead):        # runs of one folio may recur: free each once
+            dead = np.unique(dead)
+        alloc.free_folios(dead)         # order-0 folios by whole blocks, not one by one
     return len(dead)
 
 
@@ -266,8 +311,8 @@ def _mark_dirty(mem: MemMap, pfns: np.ndarray) -> None:
     """folio_mark_dirty() under the folio lock on every folio not dirty yet."""
     from ..memory import PG
     pfns = pfns[pfns != NULL]
-    heads = np.unique(mem.head_of(pfns))
-    heads = heads[mem.kind[heads] != Kind.ZERO]
+    heads = mem.head_of(pfns)           # set_flag(): repeats are harmless, no unique
+    heads = heads[mem.kind[heads] != _ZERO_PAGE]
     mem.set_flag(heads, PG.dirty)
 
 

@@ -23,6 +23,11 @@ from ..constants import MAX_PAGE_ORDER, PAGE_SIZE, PMD_ORDER, PUD_ORDER
 from .memmap import PG, Kind, MemMap
 
 
+def increasing(a: np.ndarray) -> bool:
+    """True if `a` is strictly increasing: its entries are then distinct and sorted, so
+    callers can skip np.unique() and np.*.at() (a range torn down in order always is)."""
+    return len(a) < 2 or bool((a[1:] > a[:-1]).all())
+
 class OutOfMemory(Exception):
     """No free block could satisfy an allocation (the caller turns it into -ENOMEM/SIGBUS)."""
 
@@ -232,7 +237,9 @@ class Allocator:
         small = (mem.order[heads] == 0) & ((mem.flags[heads] & np.uint32(PG.hugetlb)) == 0)
         for head in heads[~small].tolist():
             self.free_folio(head)
-        pfns = np.unique(heads[small])
+        pfns = heads[small]
+        if not increasing(pfns):
+            pfns = np.unique(pfns)
         if len(pfns) == 0:
             return
         bad = (mem.mapcount[pfns] != 0) | (mem.entire_mapcount[pfns] != 0)

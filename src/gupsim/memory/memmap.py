@@ -33,6 +33,13 @@ from ..warn import WarnLog
 from .rmap import NoRmap, RmapWalker
 
 
+def add_at(arr: np.ndarray, idx: np.ndarray, vals: object) -> None:
+    """np.add.at(arr, idx, vals), every repeat of an index counted, with `vals` cast to
+    arr's dtype first: numpy 2 takes a ~40x slower path when the two differ (an int32
+    count and a Python int or an int64 array: 0.8 ms instead of 20 us per 16k entries)."""
+    np.add.at(arr, idx, np.asarray(vals, dtype=arr.dtype))
+
+
 class PG(IntEnum):
     """Page flag bits (names as the kernel's PG_* flags; bit numbers are ours)."""
 
@@ -161,7 +168,7 @@ class MemMap:
     def head_of(self, pfn: int | np.ndarray) -> int | np.ndarray:
         """The folio head of a page, or of each page of an array: the kernel's page_folio()."""
         if isinstance(pfn, np.ndarray):
-            return pfn - self.head_off[pfn]
+            return pfn - self.head_off.take(pfn)    # take(): a third faster than [pfn]
         return int(pfn) - int(self.head_off[pfn])
 
     @overload

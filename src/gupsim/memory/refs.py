@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .alloc import Allocator
+from .alloc import Allocator, increasing
 
 
 def folio_get(alloc: Allocator, head: int, n: int = 1) -> None:
@@ -30,6 +30,13 @@ def folio_put(alloc: Allocator, head: int, n: int = 1) -> bool:
     return False
 
 
+def unique_counts(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """np.unique(a, return_counts=True), without the sort when `a` is strictly increasing."""
+    if increasing(a):
+        return a, np.ones(len(a), dtype=np.int64)
+    return np.unique(a, return_counts=True)
+
+
 def folio_put_many(alloc: Allocator, heads: np.ndarray, counts: np.ndarray | None = None) -> int:
     """Drop references on many folios at once (counts default to 1 each); return how many freed.
 
@@ -39,7 +46,7 @@ def folio_put_many(alloc: Allocator, heads: np.ndarray, counts: np.ndarray | Non
     if len(heads) == 0:
         return 0
     if counts is None:
-        uniq, cnt = np.unique(heads, return_counts=True)
+        uniq, cnt = unique_counts(heads)
     else:
         uniq, inv = np.unique(heads, return_inverse=True)
         cnt = np.bincount(inv, weights=counts).astype(np.int64)

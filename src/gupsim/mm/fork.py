@@ -20,6 +20,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..memory import PG, Kind, OutOfMemory
+from ..memory.memmap import add_at
 from ..memory.page import maybe_dma_pinned_pfns
 from .env import MMEnv
 from .mm_struct import MM, MMF, add_rss, split_huge_mapping, zap_vma
@@ -143,8 +144,8 @@ def _copy_page_range(env: MMEnv, src_mm: MM, dst_mm: MM, src: VMA, dst: VMA) -> 
             src.pte[share] &= np.uint16(~PTE.WRITE & 0xFFFF)
         dst.pfn[share] = sp
         dst.pte[share] = src.pte[share]
-        np.add.at(mem.mapcount, sp, 1)
-        np.add.at(mem.refcount, mem.head_of(sp), 1)
+        add_at(mem.mapcount, sp, 1)
+        add_at(mem.refcount, mem.head_of(sp), 1)
         add_rss(dst_mm, mem.kind[mem.head_of(sp)], +1)
     copy_present_pages(env, dst_mm, src, dst, idx[copy])
 

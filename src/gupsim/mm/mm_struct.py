@@ -17,6 +17,7 @@ import numpy as np
 
 from ..constants import PAGE_SHIFT, PMD_ORDER, PUD_ORDER, RLIM_INFINITY
 from ..memory import PG, Allocator, Kind, MemMap
+from ..memory.memmap import add_at
 from ..memory.refs import folio_put_many
 from .env import SwapDevice
 from .mmu_notifier import (
@@ -184,9 +185,9 @@ def map_pte_range(mm: MM, vma: VMA, i0: int, pfns: np.ndarray, bits: int) -> Non
     vma.pte[i0:i0 + n] = bits | PTE.PRESENT
     if bits & PTE.SPECIAL:
         return
-    np.add.at(mem.mapcount, pfns, 1)
+    add_at(mem.mapcount, pfns, 1)
     heads = mem.head_of(pfns)
-    np.add.at(mem.refcount, heads, 1)
+    add_at(mem.refcount, heads, 1)
     add_rss(mm, mem.kind[heads], +1)
 
 
@@ -270,12 +271,12 @@ def zap_range(mm: MM, vma: VMA, i0: int, i1: int, swap: SwapDevice | None = None
     small_pfns = pfn[small]
     heads_to_put: list[np.ndarray] = []
     if len(small_pfns):
-        np.subtract.at(mem.mapcount, small_pfns, 1)
+        add_at(mem.mapcount, small_pfns, -1)
         heads = mem.head_of(small_pfns)
         add_rss(mm, mem.kind[heads], -1)
         dirty = pte[small] & PTE.DIRTY
         if dirty.any():
-            mem.set_flag(np.unique(heads[dirty != 0]), PG.dirty)
+            mem.set_flag(heads[dirty != 0], PG.dirty)     # repeats are harmless: no unique
         heads_to_put.append(heads)
     huge_entries = np.nonzero(present & ~special & huge)[0]
     if len(huge_entries):

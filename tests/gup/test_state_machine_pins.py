@@ -103,6 +103,11 @@ class Held:
     region: Region | None      # for coherence: None once the mapping changed
     first: int                 # page index of pages[0] in the region
     inside: int = 0            # how many of the pages lie in the region (a call may run on)
+    owner: Proc | None = None  # whose exit the sanitizer charges (see release): proc at first
+
+    def __post_init__(self) -> None:
+        if self.owner is None:
+            self.owner = self.proc
 
 
 class PinMachine(RuleBasedStateMachine):
@@ -219,13 +224,13 @@ class PinMachine(RuleBasedStateMachine):
         pr = self.procs.pop(i % len(self.procs))
         for reg in pr.regions:
             self._forget(reg)
-        if any(h.pin and h.proc is pr and self._counted(h.pages) for h in self.held):
+        if any(h.pin and h.owner is pr and self._counted(h.pages) for h in self.held):
             self.leaks_expected += 1
         before = len(self.k.sanitizer.reports)
         pr.p.exit()
         new = self.k.sanitizer.reports[before:]
         assert all(r.kind == "leak" for r in new), new
-        assert bool(new) == any(h.pin and h.proc is pr and self._counted(h.pages)
+        assert bool(new) == any(h.pin and h.owner is pr and self._counted(h.pages)
                                 for h in self.held), (new, pr)
 
     # -- pinning -----------------------------------------------------------------------
@@ -272,8 +277,16 @@ class PinMachine(RuleBasedStateMachine):
     @precondition(lambda self: bool(self.held))
     @rule(h=st.integers(0, 63), dirty=st.booleans())
     def release(self, h: int, dirty: bool) -> None:
-        held = self.held.pop(h % len(self.held))
+        i = h % len(self.held)
+        held = self.held.pop(i)
         if held.pin:
+            # An unpin does not say whose pin it drops: the sanitizer retires the newest
+            # record over exactly these pages, so an older call's record stays held and
+            # the pin left (the newest's) is charged to the older call's process.
+            key = self._pin_key(held.pages)
+            newer = [x for x in self.held[i:] if x.pin and self._pin_key(x.pages) == key]
+            if key and newer:
+                newer[-1].owner = held.owner
             if dirty:
                 self.k.unpin_user_pages_dirty_lock(held.pages, len(held.pages), True)
             else:
@@ -281,6 +294,11 @@ class PinMachine(RuleBasedStateMachine):
         else:
             for pg in held.pages:
                 self.k.put_page(pg)
+
+    def _pin_key(self, pages: list) -> tuple[int, ...]:
+        """The PFNs the sanitizer records for a pin call (the zero page is not counted)."""
+        zero = self.k.mem.zero_pfn
+        return tuple(pg.pfn for pg in pages if pg.folio.pfn != zero)
 
     @precondition(lambda self: any(h.region is not None for h in self.held))
     @rule(val=st.integers(1, 255))

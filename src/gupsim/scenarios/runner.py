@@ -161,14 +161,18 @@ def _keys(trace: Trace) -> list[tuple]:
 
 
 def run_case(case: Case, with_host: bool = True,
-             make_host: Callable[[], System] | None = None) -> Result:
+             make_host: Callable[[], System] | None = None, *,
+             make_model: Callable[[], System] | None = None,
+             attempts: int = HOST_ATTEMPTS, confirm: int = HOST_CONFIRM) -> Result:
     """Run a case on the model and (unless told not to, or the host cannot) the host.
 
     `make_host` replaces the host back-end (tests use it to stand in a lying probe);
-    it is then used whatever the host's capabilities.
+    it is then used whatever the host's capabilities. `make_model` replaces the model
+    back-end (the fuzzer's checks the invariants after every step); `attempts` and
+    `confirm` are `run_host`'s (the fuzzer's shrinker trusts a single run).
     """
     from .model import ModelSystem
-    model = run_on(case, functools.partial(ModelSystem, needs=case.needs))
+    model = run_on(case, make_model or functools.partial(ModelSystem, needs=case.needs))
     result = Result(case, model, None, case.expect(model))
     if with_host:
         if make_host is None:
@@ -179,7 +183,7 @@ def run_case(case: Case, with_host: bool = True,
                 return result
         from .userfile import ScenarioError
         try:
-            result.host = run_host(case, model, make_host)
+            result.host = run_host(case, model, make_host, attempts, confirm)
         except ScenarioError as e:      # raised on the host only: a disagreement
             if not e.is_users():
                 raise

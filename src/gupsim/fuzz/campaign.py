@@ -30,7 +30,7 @@ from ..check.invariants import InvariantViolation
 from ..scenarios.model import ModelSystem
 from ..scenarios.ops import ADVICE
 from ..scenarios.protocol import Step, Trace
-from ..scenarios.runner import Result, run_case
+from ..scenarios.runner import HOST_ATTEMPTS, HOST_CONFIRM, Result, run_case
 from ..scenarios.userfile import ScenarioError
 from .generate import Generator
 from .program import Program
@@ -79,7 +79,8 @@ def evaluate(program: Program, with_host: bool, *, trusted: bool = True) -> Verd
     start = time.perf_counter()
     try:
         result = run_case(case, with_host, make_model=make_model,
-                          **({} if trusted else {"attempts": 1, "confirm": 1}))
+                          attempts=HOST_ATTEMPTS if trusted else 1,
+                          confirm=HOST_CONFIRM if trusted else 1)
     except ScenarioError as exc:
         seconds = time.perf_counter() - start
         steps = len(exc.trace.steps)

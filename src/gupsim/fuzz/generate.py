@@ -35,6 +35,11 @@ from .program import NEEDS_BY_KIND, NEEDS_BY_PREFIX, Call, Fill, Program, Ref
 # the generator only gives them regions it knows to be safe for that access.
 CPU_ACCESS = {"read": "read", "write": "write", "ro_pin_then_write": "write"}
 
+# Operations that need the file a region was mapped from: both back-ends keep it by the
+# region map() or map_view() made, so a part moved by mremap_move has none (a protocol
+# gap: both raise KeyError there), and the generator does not ask.
+NEEDS_ITS_FILE = {"map_view"}
+
 # How often an operation is drawn, relative to the default 1 (new operations get 1).
 WEIGHTS = {"map": 2.0, "read": 2.0, "write": 2.0, "fork": 0.8, "exit": 0.4,
            "limit_memlock": 0.2, "munmap": 0.5}
@@ -54,6 +59,7 @@ class Known:
     read: bool = True
     write: bool = True
     nofork: bool = False      # MADV_DONTFORK was given on some of it
+    moved: bool = False       # made by mremap_move: no file of its own for map_view
 
 
 @dataclass
@@ -181,7 +187,8 @@ class Generator:
         """Draw the region, offset and length of a range into `args`; False if none fits."""
         known = state.procs[owner]
         access = CPU_ACCESS.get(op.name)
-        names = sorted(n for n, k in known.items() if access is None or getattr(k, access))
+        names = sorted(n for n, k in known.items() if (access is None or getattr(k, access))
+                       and not (k.moved and op.name in NEEDS_ITS_FILE))
         fixed = r.length(self._checkable(state, args)) if callable(r.length) else None
         if fixed is not None:
             names = [n for n in names if known[n].length >= fixed]
@@ -244,12 +251,14 @@ class Generator:
         elif call.makes.startswith("r") and mine is not None:   # a view or a moved part
             length = call.arg("length") if "length" in dict(call.args) else mine.length
             writable = dict(call.args).get("writable", mine.write)
-            known[call.makes] = Known(mine.kind, length, write=mine.write and writable)
+            known[call.makes] = Known(mine.kind, length, write=mine.write and writable,
+                                      moved=call.op == "mremap_move" or mine.moved)
             if call.op == "mremap_move":
                 mine.read = mine.write = False
         elif call.op == "fork":
             state.procs[call.makes] = {
-                n: Known(k.kind, k.length, k.read and not k.nofork, k.write and not k.nofork)
+                n: Known(k.kind, k.length, k.read and not k.nofork, k.write and not k.nofork,
+                         moved=k.moved)
                 for n, k in known.items()}
         elif call.op == "exit":
             del state.procs[call.proc]

@@ -38,6 +38,7 @@ def shrink(program: Program, still: Callable[[Program], bool], budget: int = 60)
     size = len(program.calls)
     best = _drop(program, still, left)
     best = _simplify(best, still, left)
+    best = _drop(best, still, left)       # what simpler calls no longer need
     return replace(best, note=f"shrunk from {size} to {len(best.calls)} calls")
 
 
@@ -77,14 +78,22 @@ def simpler(name: str, value: Any) -> list[Any]:
 
 def _simplify(program: Program, still: Callable[[Program], bool], left: Budget) -> Program:
     for i in range(len(program.calls)):
+        if program.calls[i].proc != "p0" and left.spend():   # the first process, if it can
+            candidate = _with_call(program, i, replace(program.calls[i], proc="p0"))
+            if still(candidate):
+                program = candidate
         for name, _ in program.calls[i].args:
             for value in simpler(name, program.calls[i].arg(name)):
                 if not left.spend():
                     return program
-                calls: list[Call] = list(program.calls)
-                calls[i] = calls[i].with_arg(name, value)
-                candidate = replace(program, calls=calls)
+                candidate = _with_call(program, i, program.calls[i].with_arg(name, value))
                 if still(candidate):
                     program = candidate
                     break
     return program
+
+
+def _with_call(program: Program, i: int, call: Call) -> Program:
+    calls = list(program.calls)
+    calls[i] = call
+    return replace(program, calls=calls)

@@ -40,6 +40,11 @@ CPU_ACCESS = {"read": "read", "write": "write", "ro_pin_then_write": "write"}
 # gap: both raise KeyError there), and the generator does not ask.
 NEEDS_ITS_FILE = {"map_view"}
 
+# What may use a region once (some of) it is unmapped. Nothing else: on the host, the
+# scenario process's own allocations (a ring, a buffer) may land in the hole, so an
+# O_DIRECT there may pin them, and a munmap would take them away.
+AFTER_UNMAP = {"map_fixed"}
+
 # How often an operation is drawn, relative to the default 1 (new operations get 1).
 WEIGHTS = {"map": 2.0, "read": 2.0, "write": 2.0, "fork": 0.8, "exit": 0.4,
            "limit_memlock": 0.2, "munmap": 0.5}
@@ -60,6 +65,7 @@ class Known:
     write: bool = True
     nofork: bool = False      # MADV_DONTFORK was given on some of it
     moved: bool = False       # made by mremap_move: no file of its own for map_view
+    gone: bool = False        # unmapped (munmap), or a part moved away (mremap_move)
 
 
 @dataclass
@@ -172,11 +178,12 @@ class Generator:
             return None
         if op.buffers is not None:
             known = state.procs[proc]
-            if not known:
+            mapped = sorted(n for n, k in known.items() if not k.gone)
+            if not mapped:
                 return None
             bufs = []
             for _ in range(rng.randint(1, 3)):
-                name = rng.choice(sorted(known))
+                name = rng.choice(mapped)
                 off, n = span(rng, known[name].length, aligned=False)
                 bufs.append((Ref(name), off, n))
             args[op.buffers] = bufs
@@ -188,7 +195,8 @@ class Generator:
         known = state.procs[owner]
         access = CPU_ACCESS.get(op.name)
         names = sorted(n for n, k in known.items() if (access is None or getattr(k, access))
-                       and not (k.moved and op.name in NEEDS_ITS_FILE))
+                       and not (k.moved and op.name in NEEDS_ITS_FILE)
+                       and not (k.gone and op.name not in AFTER_UNMAP))
         fixed = r.length(self._checkable(state, args)) if callable(r.length) else None
         if fixed is not None:
             names = [n for n in names if known[n].length >= fixed]
@@ -255,16 +263,18 @@ class Generator:
                                       moved=call.op == "mremap_move" or mine.moved)
             if call.op == "mremap_move":
                 mine.read = mine.write = False
+                mine.gone = True
         elif call.op == "fork":
             state.procs[call.makes] = {
                 n: Known(k.kind, k.length, k.read and not k.nofork, k.write and not k.nofork,
-                         moved=k.moved)
+                         moved=k.moved, gone=k.gone)
                 for n, k in known.items()}
         elif call.op == "exit":
             del state.procs[call.proc]
         elif mine is not None:
             if call.op in ("munmap", "map_fixed"):
                 mine.read = mine.write = False
+                mine.gone = True
             elif call.op == "mprotect" and not call.arg("writable"):
                 mine.write = False
             elif call.op == "madvise" and call.arg("advice") == MADV_DONTFORK:

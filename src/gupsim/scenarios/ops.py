@@ -329,6 +329,8 @@ class Operations:
 
     @operation(returns="region", range=Range(offset="offset", length="length", aligned=True),
                label=lambda a: dict(size=a["length"]),
+               check=lambda a: "" if a["length"] > 0 else
+               f"mremap_move moves a part of at least one page, got length {a['length']}",
                makes=lambda a: (a["region"].kind, a["length"], a["region"].shared))
     def mremap_move(self, region: Region, offset: int, length: int) -> Region:
         """Move [offset, offset+length) of a region to a new address (MREMAP_FIXED onto a

@@ -147,3 +147,14 @@ def test_host_campaign_agrees_and_leaves_no_pin(tmp_path: Path) -> None:
     assert report.status["disagree"] == report.status["crash"] == 0, report.as_dict()
     assert report.status["agree"] >= 3, report.as_dict()
     assert report.pins_left == 0
+
+
+def test_written_programs_are_short_lined_python() -> None:
+    """Scenario files fit the project's line length (they are kept as regression cases)
+    and every name they assign is used."""
+    gen = Generator(SEED)
+    for n in range(100):
+        program = gen.program(n, 20)
+        source = program.source()
+        compile(source, "<test>", "exec")
+        assert max(len(line) for line in source.splitlines()) <= 100

@@ -45,6 +45,7 @@ IORING_MAX_REG_BUFFERS = 1 << 14
 MAX_BUFFER = 1 << 30
 RING_PAGES = 2                 # the rings region and the SQE region, one page each
 IORING_SETUP_NO_MMAP = 1 << 14
+RINGS_HEADER = 16      # offsetof(struct io_rings, sq_ring_mask): after sq/cq head and tail
 IOU_PBUF_RING_MMAP = 1
 IOU_PBUF_RING_INC = 2
 IO_URING_BUF_SIZE = 16         # struct io_uring_buf: one entry of a provided-buffer ring
@@ -77,7 +78,7 @@ class IoRing:
     and its rings live in (and pin) the process's memory. Raises OSError as setup does."""
 
     def __init__(self, kernel: Kernel, proc: Process,
-                 user_memory: tuple[int, int] | None = None) -> None:
+                 user_memory: tuple[int, int] | None = None, entries: int = 4) -> None:
         check_owner("io_uring_setup", "proc", proc, kernel)
         self.k = kernel
         self.p = proc
@@ -96,6 +97,19 @@ class IoRing:
         except OSError:
             self._free_region(self.regions.pop())
             raise
+        self._init_rings(entries)
+
+    def _init_rings(self, entries: int) -> None:
+        """The kernel fills in the ring header (struct io_rings) when it sets the rings
+        up: after the SQ and CQ head/tail words, sq_ring_mask, cq_ring_mask,
+        sq_ring_entries and cq_ring_entries (the CQ twice the SQ). With NO_MMAP the
+        header lies in the process's pinned page, where a CPU read sees it."""
+        pfns = self.regions[0].pfns
+        if pfns is None:
+            return
+        header = b"".join(n.to_bytes(4, "little")
+                          for n in (entries - 1, 2 * entries - 1, entries, 2 * entries))
+        self.k.dma_write(self.k.page(int(pfns[0])), RINGS_HEADER, header)
 
     # -- regions: ring memory, in the kernel or provided by the process ---------------------
 

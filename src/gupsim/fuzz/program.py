@@ -12,6 +12,7 @@ returned. Dropping a call drops every call that uses what it made (see `without`
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -71,11 +72,11 @@ class Call:
                     names.add(item.name)
         return names
 
-    def render(self) -> str:
-        """The call as one line of Python."""
+    def render(self, assign: bool = True) -> str:
+        """The call as one line of Python (`assign`: name what it makes)."""
         args = ", ".join(f"{k}={_render(v)}" for k, v in self.args)
         line = f"{self.proc}.{self.op}({args})"
-        return f"{self.makes} = {line}" if self.makes else line
+        return f"{self.makes} = {line}" if self.makes and assign else line
 
 
 def _flatten(value: Any) -> Iterable[Any]:
@@ -92,6 +93,50 @@ def _render(value: Any) -> str:
     if isinstance(value, tuple):
         return "(" + ", ".join(_render(v) for v in value) + ("," if len(value) == 1 else "") + ")"
     return repr(value)
+
+
+def render_bytes(data: bytes) -> str:
+    """Bytes as a short expression: runs of one value as `b"\\x01" * 4096`, joined."""
+    if not data:
+        return "b''"
+    runs: list[str] = []
+    start = 0
+    for i in range(1, len(data) + 1):
+        if i == len(data) or data[i] != data[start]:
+            piece = data[start:start + 1]
+            runs.append(f"{piece!r} * {i - start}" if i - start > 1 else repr(piece))
+            start = i
+    if len(runs) > 64:          # no long runs: hex is shorter (and has no ", " to wrap at)
+        return f"bytes.fromhex({data.hex()!r})"
+    return " + ".join(runs)
+
+
+WIDTH = 99     # the project's line length, less one
+
+
+def wrap(line: str, indent: str) -> list[str]:
+    """A line of rendered Python cut at ", " and " + " (never inside a literal: the
+    rendered values have neither inside one) into lines of at most WIDTH, continued
+    inside the brackets the line opened (`indent` is the continuation's)."""
+    if len(line) <= WIDTH:
+        return [line]
+    out: list[str] = []
+    current = ""
+    for piece in re.split(r"(?<=, )|(?= \+ )", line):
+        if current and len(current) + len(piece) > WIDTH:
+            out.append(current.rstrip())
+            current = indent + piece.lstrip()
+        else:
+            current += piece
+    out.append(current)
+    return out
+
+
+def render_key(key: tuple) -> str:
+    """A step key (`Step.key()`) as Python, its data (the last field) as runs."""
+    *head, data = key
+    inner = ", ".join(repr(v) for v in head)
+    return f"({inner}, {render_bytes(data) if isinstance(data, bytes) else repr(data)})"
 
 
 # What an operation needs from the host (live.capabilities names), by name prefix: the
@@ -153,11 +198,14 @@ class Program:
         lines = [doc + '"""', "", f"NAME = {self.name!r}", f"NEEDS = {self.needs!r}",
                  f"SEED = {self.seed}", "", "", "def scenario(system):",
                  '    p0 = system.spawn("p0")']
-        lines += [f"    {call.render()}" for call in self.calls]
+        used = set().union(*(call.uses() for call in self.calls))
+        for call in self.calls:
+            lines += wrap(f"    {call.render(call.makes in used)}", " " * 8)
         if self.host:
             lines += ["", "", "# (op, outcome, acquired, released, VmPin kB, VmLck kB, data)",
                       "HOST = ["]
-            lines += [f"    {key!r}," for key in self.host]
+            for key in self.host:
+                lines += wrap(f"    {render_key(key)},", " " * 5)
             lines += ["]", "", "", "def expect(trace):",
                       '    """The host\'s steps, one for one."""',
                       "    got = [s.key() for s in trace.steps]",

@@ -425,11 +425,18 @@ def do_madvise(env: MMEnv, mm: MM, start: int, length: int, advice: int) -> None
             invalidate_end(rng)
     elif advice in (MADV_DONTNEED, MADV_REMOVE):
         for v in vmas:
+            s, e = max(start, v.start), min(end, v.end)
             if v.is_hugetlb:
                 align = PAGE_SIZE << v.huge_order
-                if start % align or end % align:
+                if s % align:
+                    raise fail(errno.EINVAL, "hugetlb memory is discarded from a huge page "
+                                             "boundary")
+                if advice == MADV_DONTNEED:   # rounded down: never more than was asked
+                    e = e // align * align
+                elif e % align:
                     raise fail(errno.EINVAL, "hugetlb memory is discarded in whole huge pages")
-            s, e = max(start, v.start), min(end, v.end)
+                if s == e:
+                    continue
             rng = invalidate_start(mm, MMU_NOTIFY_CLEAR, s, e)
             zap_range(mm, v, v.idx(s), v.idx(e), env.swap)
             invalidate_end(rng)

@@ -88,6 +88,7 @@ class IoRing:
         self.user: UserStruct | None = (None if proc.cred.capable(CAP_IPC_LOCK)
                                          else kernel.user(proc.cred.uid))
         self.closed = False
+        self._last_hpage = -1
         sq_addr, cq_addr = user_memory if user_memory is not None else (None, None)
         # io_allocate_scq_urings: the rings region first, then the SQEs; a failure of
         # the second frees the first
@@ -200,6 +201,7 @@ class IoRing:
         if not iovs or len(iovs) > IORING_MAX_REG_BUFFERS:
             raise OSError(errno.EINVAL, f"register 1 to {IORING_MAX_REG_BUFFERS} buffers")
         self.buffers = []
+        self._last_hpage = -1        # io_sqe_buffers_register's last_hpage
         try:
             for addr, length in iovs:
                 self.buffers.append(self._register_one(addr, length))
@@ -260,16 +262,24 @@ class IoRing:
         return pfns[starts]
 
     def _account(self, buf: MappedBuffer) -> None:
-        """io_buffer_account_pin: small pages one each, a large folio's size once overall."""
+        """io_buffer_account_pin: small pages one each, a large folio's size once per
+        buffer. Across the buffers of one registration only the last large folio seen
+        (`last_hpage`) is remembered: the registration's table, which
+        headpage_already_acct also searches, is installed only after every buffer, so a
+        folio a later buffer shares with an earlier one (not its immediate predecessor's
+        last) is charged again, as the kernel does."""
         mem = self.k.mem
         heads = mem.head_of(buf.pfns)
         large = mem.order[heads] > 0
         acct = int((~large).sum())
-        seen = set().union(*(b.heads for b in self.buffers or []))
-        for h in dict.fromkeys(heads[large].tolist()):
-            if h not in seen:
-                buf.heads.add(h)
-                acct += 1 << int(mem.order[h])
+        order = heads[large].tolist()
+        for i, h in enumerate(dict.fromkeys(order)):
+            if i == 0 and h == self._last_hpage:
+                continue
+            buf.heads.add(h)
+            acct += 1 << int(mem.order[h])
+        if order:
+            self._last_hpage = order[-1]
         if acct:
             if self.user is not None:
                 self._charge_user(self.user, acct)

@@ -308,6 +308,10 @@ class HostSystem(BaseSystem):
         before the first step of a case that needs swap, when the host has none."""
         if self._want_swap:
             self._ensure_swap()
+        if op.name == "map_view" and args["rid"] in proc.regions:
+            # a private view of a hugetlb file reserves huge pages of its own at mmap
+            if proc.regions[args["rid"]].kind in ("hugetlb", "memfd-hugetlb"):
+                self._ensure_hugepages(args["length"])
         if op.name != "map":
             yield
             return

@@ -158,3 +158,22 @@ def test_written_programs_are_short_lined_python() -> None:
         source = program.source()
         compile(source, "<test>", "exec")
         assert max(len(line) for line in source.splitlines()) <= 100
+
+
+def test_a_disagreement_is_classed_by_its_first_differing_step() -> None:
+    """The class names the operation (sizes left out, an advice by name) and the
+    observables that differ, so that one model bug counts as one class."""
+    from gupsim.fuzz.campaign import _disagreement
+    from gupsim.scenarios.protocol import Step, Trace
+    from gupsim.scenarios.runner import Case, Result, compare
+
+    same = Step("map anon 8KiB writable", "ok", 0, 0, 0, 0)
+    model = Trace("model", [same, Step("madvise 14", "EINVAL", 0, 0, 0, 0),
+                            Step("uring_register", "ok", 2, 0, 8, 0)])
+    host = Trace("host", [same, Step("madvise 14", "ok", 0, 0, 0, 0),
+                          Step("uring_register", "ok", 2, 0, 16, 0)])
+    result = Result(Case("c", lambda s: None, lambda t: [], "test"), model, host,
+                    differences=compare(model, host))
+    cls, detail = _disagreement(result)
+    assert cls == "madvise MADV_HUGEPAGE: outcome"
+    assert "step 2" in detail and "step 3" in detail

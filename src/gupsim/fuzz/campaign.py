@@ -116,6 +116,8 @@ def _disagreement(result: Result) -> tuple[str, str]:
             return f"{_op_class(m.op)}: {', '.join(fields)}", detail
     if result.differences:
         first = result.differences[0]
+        if result.host is not None and result.host.error:    # "FILE:LINE: Type: message"
+            return f"raised on the host only: {result.host.error.split(': ')[1]}", detail
         return ("ended differently" if "ended by" in first else "steps differ"), detail
     return "expectation", "; ".join(result.model_problems + result.host_problems)[:500]
 

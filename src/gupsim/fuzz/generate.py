@@ -35,9 +35,10 @@ from .program import NEEDS_BY_KIND, NEEDS_BY_PREFIX, Call, Fill, Program, Ref
 # the generator only gives them regions it knows to be safe for that access.
 CPU_ACCESS = {"read": "read", "write": "write", "ro_pin_then_write": "write"}
 
-# Operations that need the file a region was mapped from: both back-ends keep it by the
-# region map() or map_view() made, so a part moved by mremap_move has none (a protocol
-# gap: both raise KeyError there), and the generator does not ask.
+# Operations that need the file a region was mapped from: the host keeps it only by the
+# region map() made (the model also by a view's), so a part moved by mremap_move or a
+# view made by map_view has none (a protocol gap: KeyError inside gupsim), and the
+# generator does not ask.
 NEEDS_ITS_FILE = {"map_view"}
 
 # What may use a region once (some of) it is unmapped. Nothing else: on the host, the
@@ -64,7 +65,7 @@ class Known:
     read: bool = True
     write: bool = True
     nofork: bool = False      # MADV_DONTFORK was given on some of it
-    moved: bool = False       # made by mremap_move: no file of its own for map_view
+    moved: bool = False       # made by mremap_move or map_view: no file for map_view
     gone: bool = False        # unmapped (munmap), or a part moved away (mremap_move)
 
 
@@ -260,7 +261,7 @@ class Generator:
             length = call.arg("length") if "length" in dict(call.args) else mine.length
             writable = dict(call.args).get("writable", mine.write)
             known[call.makes] = Known(mine.kind, length, write=mine.write and writable,
-                                      moved=call.op == "mremap_move" or mine.moved)
+                                      moved=True)
             if call.op == "mremap_move":
                 mine.read = mine.write = False
                 mine.gone = True

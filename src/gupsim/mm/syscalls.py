@@ -395,6 +395,11 @@ def do_madvise(env: MMEnv, mm: MM, start: int, length: int, advice: int) -> None
             raise fail(errno.EINVAL, "MADV_DONTFORK does not apply to VM_IO mappings")
         if advice == MADV_FREE and not v.is_anonymous:
             raise fail(errno.EINVAL, "MADV_FREE applies to private anonymous memory only")
+        if advice == MADV_REMOVE:      # madvise_remove(): a hole punched in a shared file
+            if v.flags & VM.LOCKED or v.file is None:
+                raise fail(errno.EINVAL, "MADV_REMOVE needs an unlocked file mapping")
+            if (v.flags & (VM.SHARED | VM.MAYWRITE)) != (VM.SHARED | VM.MAYWRITE):
+                raise fail(errno.EACCES, "MADV_REMOVE needs a shared, writable mapping")
         if advice == MADV_COLLAPSE and (v.file is not None or v.is_shared or v.is_hugetlb):
             raise fail(errno.EINVAL, "MADV_COLLAPSE is modelled for private anonymous memory")
     hole = _first_hole(mm, start, end)

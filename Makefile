@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-deps lint bench clean
+.PHONY: demo test test-deps lint bench fuzz clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,12 @@ test: $(STAMP) test-deps
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_memory.py
 	$(BIN)/python benchmarks/bench_pin.py
+
+# The long differential campaign: 300 random programs on the model and this kernel.
+# Shrunk findings go to fuzz-findings/ (exit 1 if there are any).
+FUZZ_SEED ?= 1
+fuzz: $(STAMP)
+	$(BIN)/gupsim fuzz --seed $(FUZZ_SEED) --programs 300 --out fuzz-findings
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -1,5 +1,5 @@
 """The `gupsim` command line: `demo` (the main job), `live`, `cases`, `top`, `exporter`,
-`explain`, `bench`, `run`.
+`explain`, `bench`, `run`, `fuzz`.
 
 Exit codes, the same for every command: 0 success, 1 the model and the kernel (or the
 documented behaviour) disagreed, 2 a usage error (bad option value, nothing selected),
@@ -624,3 +624,32 @@ def _eras_of(target: str, as_json: bool, html_out: str | None = None) -> None:
     console.print(era_table(run))
     for line in era_notes(run):
         console.print(line)
+
+
+# -- fuzz --------------------------------------------------------------------------------------
+
+@main.command(help="Random scenario programs run on the model and this kernel, compared "
+                   "step by step; each new class of disagreement or model crash is shrunk "
+                   "and written as a scenario file. Exit 1 if any was found.")
+@click.option("--seed", type=click.IntRange(0), default=0, show_default=True,
+              help="Seed of the programs (the same seed gives the same programs).")
+@click.option("--programs", type=click.IntRange(1), default=100, show_default=True,
+              help="How many programs to run.")
+@click.option("--steps", type=click.IntRange(1, 200), default=15, show_default=True,
+              help="Most calls per program.")
+@click.option("--model-only", is_flag=True,
+              help="Do not touch the host: check the model's invariants after every step.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--out", type=click.Path(file_okay=False), default=None, metavar="DIR",
+              help="Write each shrunk finding to DIR as a scenario file.")
+@click.option("--shrink-budget", type=click.IntRange(0), default=60, show_default=True,
+              help="Most runs spent shrinking one finding.")
+def fuzz(seed: int, programs: int, steps: int, model_only: bool, as_json: bool,
+         out: str | None, shrink_budget: int) -> None:
+    """`gupsim fuzz`: see gupsim.fuzz.campaign."""
+    from .fuzz.command import run_fuzz
+    if not model_only:
+        _repair_host()
+    report = run_fuzz(seed, programs, steps, model_only, as_json, out, shrink_budget)
+    if report.failed:
+        sys.exit(EXIT_DISAGREE)

@@ -60,6 +60,8 @@ def dio_write(kernel: Kernel, proc: Process, file: File, addr: int, length: int,
     """pwrite(O_DIRECT): memory -> file. Returns the bytes written (short if pins fell short)."""
     check_owner("dio_write", "proc", proc, kernel)
     check_ints("dio_write", addr=addr, length=length, pos=pos)
+    if length == 0:         # generic_write_checks(): nothing to write, before any pin
+        return 0
     pages, got = _pin(proc, addr, length, write_to_memory=False)
     data = b"".join(kernel.dma_read(page, off, n) for page, off, n in
                     _chunks(pages, got, addr, length))
@@ -74,6 +76,8 @@ def dio_read(kernel: Kernel, proc: Process, file: File, addr: int, length: int,
     the I/O is in flight (pages pinned, data not yet transferred): another thread's fork."""
     check_owner("dio_read", "proc", proc, kernel)
     check_ints("dio_read", addr=addr, length=length, pos=pos)
+    if length == 0:         # ext4_file_read_iter() returns 0 for an empty request first
+        return 0
     pages, got = _pin(proc, addr, length, write_to_memory=True)
     if while_held is not None:
         while_held()

@@ -45,6 +45,7 @@ IORING_MAX_REG_BUFFERS = 1 << 14
 MAX_BUFFER = 1 << 30
 RING_PAGES = 2                 # the rings region and the SQE region, one page each
 IORING_SETUP_NO_MMAP = 1 << 14
+RINGS_HEADER = 16      # offsetof(struct io_rings, sq_ring_mask): after sq/cq head and tail
 IOU_PBUF_RING_MMAP = 1
 IOU_PBUF_RING_INC = 2
 IO_URING_BUF_SIZE = 16         # struct io_uring_buf: one entry of a provided-buffer ring
@@ -77,7 +78,7 @@ class IoRing:
     and its rings live in (and pin) the process's memory. Raises OSError as setup does."""
 
     def __init__(self, kernel: Kernel, proc: Process,
-                 user_memory: tuple[int, int] | None = None) -> None:
+                 user_memory: tuple[int, int] | None = None, entries: int = 4) -> None:
         check_owner("io_uring_setup", "proc", proc, kernel)
         self.k = kernel
         self.p = proc
@@ -87,6 +88,7 @@ class IoRing:
         self.user: UserStruct | None = (None if proc.cred.capable(CAP_IPC_LOCK)
                                          else kernel.user(proc.cred.uid))
         self.closed = False
+        self._last_hpage = -1
         sq_addr, cq_addr = user_memory if user_memory is not None else (None, None)
         # io_allocate_scq_urings: the rings region first, then the SQEs; a failure of
         # the second frees the first
@@ -96,6 +98,19 @@ class IoRing:
         except OSError:
             self._free_region(self.regions.pop())
             raise
+        self._init_rings(entries)
+
+    def _init_rings(self, entries: int) -> None:
+        """The kernel fills in the ring header (struct io_rings) when it sets the rings
+        up: after the SQ and CQ head/tail words, sq_ring_mask, cq_ring_mask,
+        sq_ring_entries and cq_ring_entries (the CQ twice the SQ). With NO_MMAP the
+        header lies in the process's pinned page, where a CPU read sees it."""
+        pfns = self.regions[0].pfns
+        if pfns is None:
+            return
+        header = b"".join(n.to_bytes(4, "little")
+                          for n in (entries - 1, 2 * entries - 1, entries, 2 * entries))
+        self.k.dma_write(self.k.page(int(pfns[0])), RINGS_HEADER, header)
 
     # -- regions: ring memory, in the kernel or provided by the process ---------------------
 
@@ -186,6 +201,7 @@ class IoRing:
         if not iovs or len(iovs) > IORING_MAX_REG_BUFFERS:
             raise OSError(errno.EINVAL, f"register 1 to {IORING_MAX_REG_BUFFERS} buffers")
         self.buffers = []
+        self._last_hpage = -1        # io_sqe_buffers_register's last_hpage
         try:
             for addr, length in iovs:
                 self.buffers.append(self._register_one(addr, length))
@@ -246,16 +262,24 @@ class IoRing:
         return pfns[starts]
 
     def _account(self, buf: MappedBuffer) -> None:
-        """io_buffer_account_pin: small pages one each, a large folio's size once overall."""
+        """io_buffer_account_pin: small pages one each, a large folio's size once per
+        buffer. Across the buffers of one registration only the last large folio seen
+        (`last_hpage`) is remembered: the registration's table, which
+        headpage_already_acct also searches, is installed only after every buffer, so a
+        folio a later buffer shares with an earlier one (not its immediate predecessor's
+        last) is charged again, as the kernel does."""
         mem = self.k.mem
         heads = mem.head_of(buf.pfns)
         large = mem.order[heads] > 0
         acct = int((~large).sum())
-        seen = set().union(*(b.heads for b in self.buffers or []))
-        for h in dict.fromkeys(heads[large].tolist()):
-            if h not in seen:
-                buf.heads.add(h)
-                acct += 1 << int(mem.order[h])
+        order = heads[large].tolist()
+        for i, h in enumerate(dict.fromkeys(order)):
+            if i == 0 and h == self._last_hpage:
+                continue
+            buf.heads.add(h)
+            acct += 1 << int(mem.order[h])
+        if order:
+            self._last_hpage = order[-1]
         if acct:
             if self.user is not None:
                 self._charge_user(self.user, acct)

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import errno
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import IntFlag
 
 import numpy as np
 
-from ..constants import PAGE_SHIFT, PMD_ORDER, PUD_ORDER, RLIM_INFINITY
+from ..constants import PAGE_SHIFT, PAGE_SIZE, PMD_ORDER, PUD_ORDER, RLIM_INFINITY
 from ..memory import PG, Allocator, Kind, MemMap
 from ..memory.memmap import add_at
 from ..memory.refs import folio_put_many
@@ -119,10 +121,15 @@ class MM:
         bisect.insort(self.vmas, vma, key=lambda v: v.start)
 
     def split_at(self, addr: int) -> None:
-        """Make `addr` a VMA boundary (splitting PMD mappings that straddle it)."""
+        """Make `addr` a VMA boundary (splitting PMD mappings that straddle it). A hugetlb
+        VMA splits only at a huge page boundary: EINVAL elsewhere (hugetlb_vm_op_split,
+        the may_split hook every __split_vma() asks)."""
         vma = self.find_vma(addr)
         if vma is None or vma.start == addr:
             return
+        if vma.is_hugetlb and addr % (PAGE_SIZE << vma.huge_order):
+            raise OSError(errno.EINVAL, f"{os.strerror(errno.EINVAL)}: a hugetlb mapping "
+                          f"splits only at a huge page boundary, not at {addr:#x}")
         split_pmds_across(self, vma, vma.idx(addr))
         tail = vma.split(addr)
         self.insert_vma(tail)

@@ -305,16 +305,24 @@ def do_mprotect(env: MMEnv, mm: MM, addr: int, length: int, prot: int) -> None:
     end = addr + page_align(length)
     vmas = _covering(mm, addr, end)
     new = prot_to_vm(prot)
+
+    def changes(v: VMA) -> bool:     # mprotect_fixup() leaves an unchanged VMA alone
+        return (v.flags & ~(VM.READ | VM.WRITE | VM.EXEC)) | new != v.flags
+
     for v in vmas:
         if new & VM.WRITE and not v.flags & VM.MAYWRITE:
             raise fail(errno.EACCES, "the file is not open for writing: PROT_WRITE refused")
-        if v.is_hugetlb:
+        if v.is_hugetlb and changes(v):
             align = PAGE_SIZE << v.huge_order
             if (addr > v.start and addr % align) or (end < v.end and end % align):
                 raise fail(errno.EINVAL, "hugetlb mappings change protection in whole pages")
-    mm.split_at(addr)
-    mm.split_at(end)
+    for edge in (addr, end):         # no split (of the VMA, or of a THP) where nothing changes
+        at = mm.find_vma(edge)
+        if at is not None and changes(at):
+            mm.split_at(edge)
     for v in mm.vmas_in(addr, end):
+        if not changes(v):
+            continue
         old = v.flags
         v.flags = (v.flags & ~(VM.READ | VM.WRITE | VM.EXEC)) | new
         rng = invalidate_start(mm, MMU_NOTIFY_PROTECTION_VMA, v.start, v.end) \
@@ -387,19 +395,32 @@ def do_madvise(env: MMEnv, mm: MM, start: int, length: int, advice: int) -> None
             raise fail(errno.EINVAL, "MADV_DONTFORK does not apply to VM_IO mappings")
         if advice == MADV_FREE and not v.is_anonymous:
             raise fail(errno.EINVAL, "MADV_FREE applies to private anonymous memory only")
+        if advice == MADV_REMOVE:      # madvise_remove(): a hole punched in a shared file
+            if v.flags & VM.LOCKED or v.file is None:
+                raise fail(errno.EINVAL, "MADV_REMOVE needs an unlocked file mapping")
+            if (v.flags & (VM.SHARED | VM.MAYWRITE)) != (VM.SHARED | VM.MAYWRITE):
+                raise fail(errno.EACCES, "MADV_REMOVE needs a shared, writable mapping")
         if advice == MADV_COLLAPSE and (v.file is not None or v.is_shared or v.is_hugetlb):
             raise fail(errno.EINVAL, "MADV_COLLAPSE is modelled for private anonymous memory")
     hole = _first_hole(mm, start, end)
     if advice in _FLAG_ADVICE:
-        flag, on = _FLAG_ADVICE[advice]
-        mm.split_at(start)
-        mm.split_at(end)
-        for v in mm.vmas_in(start, end):
-            v.flags = (v.flags | flag) if on else (v.flags & ~flag)
+        def advised(v: VMA) -> VM:
+            flag, on = _FLAG_ADVICE[advice]
+            if flag == VM.MERGEABLE and not _ksm_compatible(v):
+                return v.flags               # ksm_madvise() leaves such a VMA as it is
+            flags = (v.flags | flag) if on else (v.flags & ~flag)
             if advice == MADV_HUGEPAGE:
-                v.flags &= ~VM.NOHUGEPAGE
+                flags &= ~VM.NOHUGEPAGE
             elif advice == MADV_NOHUGEPAGE:
-                v.flags &= ~VM.HUGEPAGE
+                flags &= ~VM.HUGEPAGE
+            return flags
+
+        for edge in (start, end):    # madvise_update_vma() splits only a VMA that changes
+            at = mm.find_vma(edge)
+            if at is not None and advised(at) != at.flags:
+                mm.split_at(edge)
+        for v in mm.vmas_in(start, end):
+            v.flags = advised(v)
         mm.merge_vmas(start, end)
     elif advice == MADV_FREE:
         for v in vmas:
@@ -409,11 +430,18 @@ def do_madvise(env: MMEnv, mm: MM, start: int, length: int, advice: int) -> None
             invalidate_end(rng)
     elif advice in (MADV_DONTNEED, MADV_REMOVE):
         for v in vmas:
+            s, e = max(start, v.start), min(end, v.end)
             if v.is_hugetlb:
                 align = PAGE_SIZE << v.huge_order
-                if start % align or end % align:
+                if s % align:
+                    raise fail(errno.EINVAL, "hugetlb memory is discarded from a huge page "
+                                             "boundary")
+                if advice == MADV_DONTNEED:   # rounded down: never more than was asked
+                    e = e // align * align
+                elif e % align:
                     raise fail(errno.EINVAL, "hugetlb memory is discarded in whole huge pages")
-            s, e = max(start, v.start), min(end, v.end)
+                if s == e:
+                    continue
             rng = invalidate_start(mm, MMU_NOTIFY_CLEAR, s, e)
             zap_range(mm, v, v.idx(s), v.idx(e), env.swap)
             invalidate_end(rng)
@@ -437,6 +465,12 @@ def do_madvise(env: MMEnv, mm: MM, start: int, length: int, advice: int) -> None
                 poison_page(env, mm, v, i)
     if hole is not None:
         raise fail(errno.ENOMEM, f"{hole:#x} is not mapped (the rest was advised)")
+
+
+def _ksm_compatible(v: VMA) -> bool:
+    """vma_ksm_compatible(): KSM merges private anonymous-like memory only."""
+    return not v.flags & (VM.SHARED | VM.MAYSHARE | VM.PFNMAP | VM.IO | VM.DONTEXPAND
+                          | VM.HUGETLB | VM.MIXEDMAP)
 
 
 _POPULATE_ERRORS = {
@@ -502,10 +536,16 @@ def do_mremap(env: MMEnv, mm: MM, old_addr: int, old_size: int, new_size: int,
         raise fail(errno.EFAULT, "the old range is not one mapping")
     if dontunmap and vma.flags & (VM.DONTEXPAND | VM.PFNMAP):
         raise fail(errno.EINVAL, "MREMAP_DONTUNMAP refuses VM_DONTEXPAND and VM_PFNMAP mappings")
-    if vma.is_hugetlb:
-        raise fail(errno.EINVAL, "mremap of hugetlb memory is not modelled")
+    align = PAGE_SIZE
+    if vma.is_hugetlb:     # whole huge pages, at huge page boundaries, and never grown
+        align = PAGE_SIZE << vma.huge_order
+        old_size, new_size = -(-old_size // align) * align, -(-new_size // align) * align
+        if old_addr % align or (flags & MREMAP_FIXED and new_addr % align):
+            raise fail(errno.EINVAL, "hugetlb memory moves at huge page boundaries only")
+        if new_size > old_size:
+            raise fail(errno.EINVAL, "hugetlb memory cannot grow by mremap")
     if dontunmap and not flags & MREMAP_FIXED:
-        new_addr = get_unmapped_area(mm, new_size)
+        new_addr = get_unmapped_area(mm, new_size, align)
     elif not flags & MREMAP_FIXED:
         if new_size <= old_size:
             if new_size < old_size:
@@ -516,7 +556,7 @@ def do_mremap(env: MMEnv, mm: MM, old_addr: int, old_size: int, new_size: int,
             return old_addr
         if not flags & MREMAP_MAYMOVE:
             raise fail(errno.ENOMEM, "cannot grow in place and MREMAP_MAYMOVE was not given")
-        new_addr = get_unmapped_area(mm, new_size)
+        new_addr = get_unmapped_area(mm, new_size, align)
     else:
         if new_addr < old_addr + old_size and old_addr < new_addr + new_size:
             raise fail(errno.EINVAL, "old and new ranges overlap")

@@ -308,6 +308,15 @@ class HostSystem(BaseSystem):
         before the first step of a case that needs swap, when the host has none."""
         if self._want_swap:
             self._ensure_swap()
+        huge = ("hugetlb", "memfd-hugetlb")
+        if op.name == "map_view" and args["rid"] in proc.regions:
+            # a private view of a hugetlb file reserves huge pages of its own at mmap
+            if proc.regions[args["rid"]].kind in huge:
+                self._ensure_hugepages(args["length"])
+        elif op.name == "fork":     # a pinned private huge page is copied for the child
+            inherited = sum(r.length for r in proc.regions.values() if r.kind in huge)
+            if inherited:
+                self._ensure_hugepages(inherited // 2)
         if op.name != "map":
             yield
             return

@@ -65,6 +65,7 @@ from ..constants import (
     PAGE_SIZE,
     PMD_SIZE,
 )
+from ..drivers.process_vm import PVM_MAX_PAGES_PER_LOOP
 from .records import (
     FILE_KINDS,
     MAP_KINDS,
@@ -259,6 +260,18 @@ def _check_pbuf_ring(a: Args) -> str:
         "" if a["bgid"] < 1 << 16 else f"bgid must be below 65536, got {a['bgid']}")
 
 
+def _check_ro_pin(a: Args) -> str:
+    off, n = a["offset"], a["length"]
+    if problem := _not_negative("offset", off) or _not_negative("length", n):
+        return problem
+    pages = (off % PAGE_SIZE + n + PAGE_SIZE - 1) // PAGE_SIZE
+    if not 0 < pages <= PVM_MAX_PAGES_PER_LOOP:
+        return (f"ro_pin_then_write holds 1..{PVM_MAX_PAGES_PER_LOOP} pages pinned at once (one "
+                f"process_vm_readv chunk), got {n} bytes at offset {off} ({pages} pages): "
+                "use a length > 0 that spans fewer pages")
+    return _byte("fill", a["fill"])
+
+
 KVM_GUEST_MEMORY = 0xF0000   # a real-mode guest's memory below its code page (live/kvm.py)
 KVM_MAX_READ = PAGE_SIZE
 
@@ -316,6 +329,8 @@ class Operations:
 
     @operation(returns="region", range=Range(offset="offset", length="length", aligned=True),
                label=lambda a: dict(size=a["length"]),
+               check=lambda a: "" if a["length"] > 0 else
+               f"mremap_move moves a part of at least one page, got length {a['length']}",
                makes=lambda a: (a["region"].kind, a["length"], a["region"].shared))
     def mremap_move(self, region: Region, offset: int, length: int) -> Region:
         """Move [offset, offset+length) of a region to a new address (MREMAP_FIXED onto a
@@ -431,7 +446,7 @@ class Operations:
         ...
 
     @operation(returns="outcome", data=True, range=Range(offset="offset", length="length"),
-               check=lambda a: _byte("fill", a["fill"]))
+               check=_check_ro_pin)
     def ro_pin_then_write(self, region: Region, offset: int, length: int,
                           fill: int) -> Outcome:
         """Pin the range R/O (process_vm_readv of this process, short-term FOLL_PIN via

@@ -162,16 +162,21 @@ def _keys(trace: Trace) -> list[tuple]:
 
 def run_case(case: Case, with_host: bool = True,
              make_host: Callable[[], System] | None = None,
-             version: str | None = None) -> Result:
+             version: str | None = None, *,
+             make_model: Callable[[], System] | None = None,
+             attempts: int = HOST_ATTEMPTS, confirm: int = HOST_CONFIRM) -> Result:
     """Run a case on the model and (unless told not to, or the host cannot) the host.
 
     `make_host` replaces the host back-end (tests use it to stand in a lying probe);
     it is then used whatever the host's capabilities. `version` is the model's kernel
-    profile (`gupsim.KERNEL_VERSIONS`; default the newest).
+    profile (`gupsim.KERNEL_VERSIONS`; default the newest). `make_model` replaces the
+    model back-end (the fuzzer's checks the invariants after every step); `attempts` and
+    `confirm` are `run_host`'s (the fuzzer's shrinker trusts a single run).
     """
     from .era_expect import expectation_on
     from .model import ModelSystem
-    model = run_on(case, functools.partial(ModelSystem, needs=case.needs, version=version))
+    model = run_on(case, make_model or functools.partial(ModelSystem, needs=case.needs,
+                                                          version=version))
     result = Result(case, model, None, expectation_on(case, version)(model))
     if with_host:
         if make_host is None:
@@ -182,7 +187,7 @@ def run_case(case: Case, with_host: bool = True,
                 return result
         from .userfile import ScenarioError
         try:
-            result.host = run_host(case, model, make_host)
+            result.host = run_host(case, model, make_host, attempts, confirm)
         except ScenarioError as e:      # raised on the host only: a disagreement
             if not e.is_users():
                 raise

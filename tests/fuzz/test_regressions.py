@@ -1,0 +1,36 @@
+"""The cases `gupsim fuzz` found and the model now gets right, kept as scenario files in
+tests/regressions/: each holds the host's steps as its `expect`, so the model must give
+exactly those, and on a host that can run it the two back-ends must agree again."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gupsim.scenarios.model import ModelSystem
+from gupsim.scenarios.runner import run_case, run_on
+from gupsim.scenarios.userfile import load_scenario
+
+CASES = sorted((Path(__file__).resolve().parent.parent / "regressions").glob("*.py"))
+
+
+def test_there_are_regression_cases() -> None:
+    assert len(CASES) >= 5
+
+
+@pytest.mark.parametrize("path", CASES, ids=lambda p: p.stem)
+def test_model_gives_the_hosts_steps(path: Path) -> None:
+    case = load_scenario(str(path))
+    trace = run_on(case, ModelSystem)
+    assert case.expect(trace) == []
+
+
+@pytest.mark.host
+@pytest.mark.parametrize("path", CASES, ids=lambda p: p.stem)
+def test_model_and_host_agree(path: Path) -> None:
+    result = run_case(load_scenario(str(path)))
+    if result.status == "skipped":
+        assert result.host is not None
+        pytest.skip(result.host.skipped)
+    assert result.status == "agree", result.differences + result.host_problems

@@ -1,0 +1,29 @@
+"""Found by `gupsim fuzz --seed 1` (program 70); shrunk from 14 to 2 calls.
+
+Replay on the model and this kernel:  gupsim run --host THIS_FILE
+`expect` holds the host's steps (the kernel is the truth): the model must give the same.
+"""
+
+NAME = 'fuzz seed 1 program 70'
+NEEDS = ('hugetlb_2m',)
+SEED = 1
+
+
+def scenario(system):
+    p0 = system.spawn("p0")
+    r1 = p0.map(kind='memfd-hugetlb', length=2097152, shared=False, writable=False,
+        populate=False, fill=1)
+    p0.vmsplice(region=r1, offset=0, length=0)
+
+
+# (op, outcome, acquired, released, VmPin kB, VmLck kB, data)
+HOST = [
+    ('map memfd-hugetlb 2MiB', 'ok', 0, 0, 0, 0, None),
+    ('vmsplice', 'ok', 0, 0, 0, 0, None),
+]
+
+
+def expect(trace):
+    """The host's steps, one for one."""
+    got = [s.key() for s in trace.steps]
+    return [] if got == HOST else [f"the steps differ from the host's: {got} != {HOST}"]

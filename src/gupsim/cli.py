@@ -239,13 +239,18 @@ def run_live(console: Console, only: str | None, model_only: bool) -> list:
         now = time.monotonic()
         if i == 1 or now - last >= PROGRESS_EVERY:
             line = f"gupsim: [{i}/{len(cases)}] {now - start:4.0f}s {case.name}"
-            click.echo(line if len(line) <= 80 else line[:79] + "…", err=True)
+            _progress(line)
             last = now
         results.append(run_case(case, with_host=not model_only, version=version))
     counts = _counts(results)
-    click.echo(f"gupsim: [{len(cases)}/{len(cases)}] done in {time.monotonic() - start:.0f}s: "
-               + ", ".join(f"{n} {s}" for s, n in counts.items() if n), err=True)
+    _progress(f"gupsim: [{len(cases)}/{len(cases)}] done in {time.monotonic() - start:.0f}s: "
+              + ", ".join(f"{n} {s}" for s, n in counts.items() if n))
     return results
+
+
+def _progress(line: str) -> None:
+    """A progress line on stderr, cut to 80 columns like every table."""
+    click.echo(line if len(line) <= 80 else line[:79] + "…", err=True)
 
 
 def _counts(results: list[Result]) -> dict[str, int]:

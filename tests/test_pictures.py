@@ -213,3 +213,26 @@ def test_a_step_that_unpins_before_it_ends_also_shows_its_fullest_moment() -> No
     rdma, _ = case_pictures(lambda: [CASES["2"]()])
     assert rdma.panels[0].while_held is None       # ibv_reg_mr keeps its pins: one picture
     assert "while the step held the most pins (it released them" in render_html(pics)
+
+
+def test_a_kvm_guests_secondary_entries_are_holders_and_a_56_machine_draws() -> None:
+    """KVM registers a classic notifier (not an interval one): the frames its guest
+    reaches are still drawn as device entries; and an era without the pin counters
+    draws too (0 pins held)."""
+    from gupsim.drivers.kvm import kvm_create_vm
+    for version in ("5.6", None):
+        k = gupsim.Kernel(memory="64MiB", version=version)
+        p = k.spawn("vmm")
+        a = p.mmap(0, 2 * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS)
+        vm = kvm_create_vm(k, p)
+        assert vm.set_user_memory_region(0, 0, 2 * 4096, a) == 0
+        vm.guest_write(4096, b"guest")
+        snap = snapshot(k)
+        holders = [h for f in snap.frames for h in f.holders]
+        kvm = [h for h in holders if h.startswith("device entry of KvmMmuNotifierOps")]
+        assert len(kvm) == 1 and "(not a pin)" in kvm[0], holders
+        pfn = vm.spte(4096)
+        assert pfn is not None and [f.head for f in snap.frames
+                                    if any("Kvm" in h for h in f.holders)] == [pfn[0]]
+        vm.close()
+        assert not [h for f in snapshot(k).frames for h in f.holders if "Kvm" in h]

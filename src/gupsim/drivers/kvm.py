@@ -172,6 +172,10 @@ class KvmMmuNotifierOps(MmuNotifierOps):
             vm.mmu_invalidate_in_progress = max(vm.mmu_invalidate_in_progress, 0)
             vm.invalidate_range = None
 
+    def device_mappings(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The VM's secondary page table, for pictures and invariants: see KvmVm."""
+        return self.vm.device_mappings()
+
     def release(self, sub: MmuNotifier, mm: MM) -> None:
         """kvm_mmu_notifier_release(): the mm is going away; drop every secondary entry."""
         self.vm.kvm_flush_shadow_all()
@@ -299,6 +303,20 @@ class KvmVm:
             if slot.base_gfn <= gfn < slot.base_gfn + slot.npages:
                 return slot
         return None
+
+    def device_mappings(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(host virtual address, frame, writable) of every present secondary entry: the
+        frames the guest reaches with no pin held, kept coherent by the notifier only."""
+        va, pfns, writable = [], [], []
+        for slot in self.memslots.values():
+            present = np.flatnonzero(slot.spte_pfn != NO_PFN)
+            va.append(slot.userspace_addr + (present.astype(np.int64) << PAGE_SHIFT))
+            pfns.append(slot.spte_pfn[present])
+            writable.append(slot.spte_writable[present])
+        if not va:
+            z = np.zeros(0, dtype=np.int64)
+            return z, z, np.zeros(0, dtype=bool)
+        return np.concatenate(va), np.concatenate(pfns), np.concatenate(writable)
 
     def spte(self, gpa: int) -> tuple[int, bool, bool] | None:
         """The secondary entry behind guest-physical `gpa`: (pfn, writable, young)."""

@@ -198,7 +198,7 @@ def _device_holders(k: Kernel) -> list[tuple[str, np.ndarray, np.ndarray]]:
         subs = getattr(p.mm, "notifier_subscriptions", None)
         if subs is None:
             continue
-        for sub in subs.itree.overlapping(0, (1 << 64) - 1):
+        for sub in [*subs.itree.overlapping(0, (1 << 64) - 1), *subs.hlist]:
             ops = getattr(sub, "ops", None)
             if ops is None or id(ops) in seen or not hasattr(ops, "device_mappings"):
                 continue
@@ -357,7 +357,7 @@ def snapshot(k: Kernel) -> Snapshot:
     devices = _device_holders(k)
     frames, more = _frame_runs(k, _reached(k, devices), devices)
     vm = {key: int(v) for key, v in sorted(k.vmstat.items()) if v}
-    held = k.vmstat["nr_foll_pin_acquired"] - k.vmstat["nr_foll_pin_released"]
+    held = k.vmstat.count("nr_foll_pin_acquired") - k.vmstat.count("nr_foll_pin_released")
     procs = _proc_views(k)
     starts = sorted(f.head for f in frames)
     for pv in procs:

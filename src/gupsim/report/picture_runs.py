@@ -179,7 +179,7 @@ def narrated_pictures(title: str, run: Callable[[], Iterable[Any]],
     peak: list[Any] = [0, None]         # pins held at the step's fullest moment, its picture
 
     def held(k: Kernel) -> int:
-        return k.vmstat["nr_foll_pin_acquired"] - k.vmstat["nr_foll_pin_released"]
+        return k.vmstat.count("nr_foll_pin_acquired") - k.vmstat.count("nr_foll_pin_released")
 
     def on_kernel(k: Kernel) -> None:
         machine[0] = k

@@ -284,9 +284,10 @@ class IoRing:
 
     # -- I/O through a registered buffer -------------------------------------------------------
 
-    def write_fixed(self, index: int, length: int) -> bytes:
-        """IORING_OP_WRITE_FIXED: what a file would receive, read from the pinned pages."""
-        check_ints("write_fixed", index=index, length=length)
+    def _fixed_spans(self, what: str, index: int, length: int) -> list[tuple[int, int, int]]:
+        """(pfn, offset, bytes) pieces of the first `length` bytes of registered buffer
+        `index`, as io_import_fixed builds its bvec iterator; EFAULT as io_uring answers."""
+        check_ints(what, index=index, length=length)
         if self.buffers is None or not 0 <= index < len(self.buffers):
             raise OSError(errno.EFAULT, f"no registered buffer {index}")
         buf = self.buffers[index]
@@ -302,15 +303,30 @@ class IoRing:
                 pages.extend(range(pfn, head + mem.nr_pages_of(head)))
             else:
                 pages.append(pfn)
-        out = bytearray()
-        off = buf.ubuf & ~PAGE_MASK
+        spans: list[tuple[int, int, int]] = []
+        done, off = 0, buf.ubuf & ~PAGE_MASK
         for pfn in pages:
-            if len(out) >= length:
+            if done >= length:
                 break
-            n = min(PAGE_SIZE - off, length - len(out))
-            out += self.k.dma_read(self.k.page(pfn), off, n)
+            n = min(PAGE_SIZE - off, length - done)
+            spans.append((pfn, off, n))
+            done += n
             off = 0
-        return bytes(out)
+        return spans
+
+    def write_fixed(self, index: int, length: int) -> bytes:
+        """IORING_OP_WRITE_FIXED: what a file would receive, read from the pinned pages."""
+        return b"".join(self.k.dma_read(self.k.page(pfn), off, n)
+                        for pfn, off, n in self._fixed_spans("write_fixed", index, length))
+
+    def read_fixed(self, index: int, data: bytes) -> int:
+        """IORING_OP_READ_FIXED: the device writes `data` (what the file held) into the
+        pinned pages, whatever the process maps there now; the byte count."""
+        done = 0
+        for pfn, off, n in self._fixed_spans("read_fixed", index, len(data)):
+            self.k.dma_write(self.k.page(pfn), off, data[done:done + n])
+            done += n
+        return done
 
     def close(self) -> None:
         """Closing the ring unregisters its buffers and buffer rings, and frees its own

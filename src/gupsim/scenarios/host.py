@@ -46,7 +46,7 @@ from ..mm.access import BusError, SegmentationFault
 from . import wire
 from .base import BaseProc, BaseSystem, Counted
 from .ops import Op
-from .records import MTHP_SIZE, Outcome
+from .records import MTHP_KINDS, Outcome
 from .server import server_main
 
 PR_SET_CHILD_SUBREAPER = 36
@@ -304,7 +304,7 @@ class HostSystem(BaseSystem):
     @contextmanager
     def _prepare(self, proc: BaseProc, op: Op, args: dict[str, Any]) -> Iterator[None]:
         """Host settings a map needs: free huge pages for hugetlb kinds, THP enabled for
-        "thp", and hugepages-64kB at "madvise" while an "mthp" map faults; a swap file
+        "thp", and hugepages-<size>kB at "madvise" while an mTHP kind's map faults; a swap file
         before the first step of a case that needs swap, when the host has none."""
         if self._want_swap:
             self._ensure_swap()
@@ -314,15 +314,20 @@ class HostSystem(BaseSystem):
         kind, length = args["kind"], args["length"]
         if kind in ("hugetlb", "memfd-hugetlb"):
             self._ensure_hugepages(length)
-        elif kind in ("thp", "mthp"):
+        elif kind == "thp" or kind in MTHP_KINDS:
             try:
                 mode = read_setting(THP_ENABLED)
             except FileNotFoundError:
                 raise HostUnsupported("this kernel has no transparent huge pages") from None
             if mode == "never":
                 raise HostUnsupported("transparent_hugepage/enabled is 'never'")
-        knob = (SharedSetting(thp_size_enabled(MTHP_SIZE >> 10), "madvise") if kind == "mthp"
-                else contextlib.nullcontext())
+        knob: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
+        if kind in MTHP_KINDS:
+            path = thp_size_enabled(MTHP_KINDS[kind] >> 10)
+            if not os.path.exists(path):
+                raise HostUnsupported(f"this kernel offers no {MTHP_KINDS[kind] >> 10} KiB "
+                                      f"mTHP ({path} is missing)")
+            knob = SharedSetting(path, "madvise")
         with knob:          # the fault (populate) picks the folio size: hold the knob there
             yield
 

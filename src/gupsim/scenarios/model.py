@@ -36,14 +36,17 @@ from ..constants import (
 from ..kernel import Kernel, Process
 from .base import BaseProc, BaseSystem, Counted
 from .ops import Op
-from .records import MTHP_SIZE, Outcome
+from .records import MTHP_KINDS, Outcome
 
 SWAP_SIZE = 64 << 20    # the swap device of a case that needs swap (the host's file size)
 
 
 def fallocate(f: Any, length: int) -> None:
     """fallocate(fd, 0, 0, length) as the host back-end does it: every page of the file
-    in the page cache before it is mapped (the selftests do the same)."""
+    in the page cache before it is mapped (the selftests do the same). A memfd_secret()
+    file has no fallocate (its pages come at the first fault): nothing to do."""
+    if f.is_secretmem:
+        return
     step = 1 << f.folio_order
     for index in range(0, length // PAGE_SIZE, step):
         head = f.get_folio(index)
@@ -98,10 +101,12 @@ class ModelProc(BaseProc):
             addr = p.mmap(0, length, prot, share | MAP_ANONYMOUS | MAP_HUGETLB)
         elif kind == "thp":
             addr = aligned(PMD_SIZE)
-        elif kind == "mthp":
-            addr = aligned(MTHP_SIZE)
+        elif kind in MTHP_KINDS:
+            addr = aligned(MTHP_KINDS[kind])
         else:
-            if kind == "memfd":
+            if kind == "secretmem":
+                f = system.k.filesystems.memfd_secret()
+            elif kind == "memfd":
                 f = p.memfd_create("gupsim")
             elif kind == "memfd-hugetlb":
                 f = p.memfd_create("gupsim-huge", MFD_HUGETLB)
@@ -113,7 +118,7 @@ class ModelProc(BaseProc):
             system.files[new_rid] = f
             addr = p.mmap(0, length, prot, share, fd=f)
         if populate:        # as the host's server: write `fill` everywhere, or read
-            with system.mthp_enabled(kind == "mthp"):
+            with system.mthp_enabled(MTHP_KINDS.get(kind, 0)):
                 self._populate(addr, length, writable and populate != "read", fill)
         return addr
 
@@ -148,9 +153,12 @@ class ModelProc(BaseProc):
         """A CPU write through the model's page tables."""
         self.p.write(addr, data)
 
-    def do_mprotect(self, addr: int, length: int, writable: bool) -> None:
-        """mprotect(PROT_READ [| PROT_WRITE])."""
-        self.p.mprotect(addr, length, PROT_READ | (PROT_WRITE if writable else 0))
+    def do_mprotect(self, addr: int, length: int, writable: bool | None,
+                    prot: int | None) -> None:
+        """mprotect() to `prot`, or to PROT_READ [| PROT_WRITE] by `writable`."""
+        if prot is None:
+            prot = PROT_READ | (PROT_WRITE if writable else 0)
+        self.p.mprotect(addr, length, prot)
 
     def do_madvise(self, addr: int, length: int, advice: int) -> None:
         """madvise()."""
@@ -188,6 +196,10 @@ class ModelProc(BaseProc):
         """IORING_OP_WRITE_FIXED; the bytes written."""
         return self._ring().write_fixed(index, length)
 
+    def do_uring_read_fixed(self, index: int, length: int, fill: int) -> int:
+        """IORING_OP_READ_FIXED of `length` bytes of `fill` into registered buffer `index`."""
+        return self._ring().read_fixed(index, bytes([fill]) * length)
+
     def do_uring_setup_user(self, addr: int) -> None:
         """io_uring_setup(IORING_SETUP_NO_MMAP): rings at addr, SQEs on the next page."""
         from ..drivers.io_uring import IoRing
@@ -224,6 +236,16 @@ class ModelProc(BaseProc):
         """process_vm_readv() of `target`'s memory."""
         from ..drivers.process_vm import process_vm_readv
         return process_vm_readv(self.system.k, self.p, target.p, addr, length)
+
+    def do_process_vm_writev(self, target: ModelProc, addr: int, data: bytes) -> int:
+        """process_vm_writev() into `target`'s memory; the bytes written."""
+        from ..drivers.process_vm import process_vm_writev
+        return process_vm_writev(self.system.k, self.p, target.p, addr, data)
+
+    def do_proc_mem_read(self, target: ModelProc, addr: int, length: int) -> bytes:
+        """pread() of /proc/PID/mem of `target` (access_remote_vm, no pins)."""
+        from ..drivers.proc_mem import proc_mem_read
+        return proc_mem_read(self.system.k, self.p, target.p, addr, length)
 
     def do_ro_pin_then_write(self, addr: int, length: int, fill: int) -> bytes:
         """R/O pins of our own range, a write while they are held, a read through them."""
@@ -333,19 +355,20 @@ class ModelSystem(BaseSystem):
             counted.released = vm["nr_foll_pin_released"] - r0
 
     @contextmanager
-    def mthp_enabled(self, on: bool) -> Iterator[None]:
-        """hugepages-64kB/enabled at "madvise" for a block (the host does the same)."""
-        if not on:
+    def mthp_enabled(self, size: int) -> Iterator[None]:
+        """hugepages-<size>kB/enabled at "madvise" for a block (the host does the same);
+        size 0: nothing to set."""
+        if not size:
             yield
             return
         thp = self.k.thp
-        order = (MTHP_SIZE // PAGE_SIZE).bit_length() - 1
+        order = (size // PAGE_SIZE).bit_length() - 1
         old = thp.per_order[order]
-        thp.set("madvise", MTHP_SIZE >> 10)
+        thp.set("madvise", size >> 10)
         try:
             yield
         finally:
-            thp.set(old, MTHP_SIZE >> 10)
+            thp.set(old, size >> 10)
 
     def adopt(self, p: Process, name: str) -> ModelProc:
         """Give a model process a protocol pid."""

@@ -68,7 +68,7 @@ from ..constants import (
 from .records import (
     FILE_KINDS,
     MAP_KINDS,
-    MTHP_SIZE,
+    MTHP_KINDS,
     PRIVATE_UID_BASE,
     MapKind,
     Outcome,
@@ -100,7 +100,8 @@ ADVICE: dict[int, str] = {
 
 # The folio size a mapping kind is made of: its length must be a multiple of it.
 GRANULE: dict[str, int] = {"hugetlb": PMD_SIZE, "memfd-hugetlb": PMD_SIZE, "thp": PMD_SIZE,
-                           "mthp": MTHP_SIZE}
+                           **MTHP_KINDS}
+PROT_BITS = 0x7   # PROT_READ | PROT_WRITE | PROT_EXEC: the protections a scenario may ask
 
 
 @dataclass(frozen=True)
@@ -215,11 +216,36 @@ def _check_map(a: Args) -> str:
     if not isinstance(length, int) or length <= 0 or length % granule:
         return (f"a {kind} map needs a length that is a positive multiple of {granule} "
                 f"bytes, got {length!r}")
-    if kind in ("thp", "mthp") and a["shared"]:
+    if (kind == "thp" or kind in MTHP_KINDS) and a["shared"]:
         return f"kind {kind!r} is anonymous private memory: use shared=False"
     if a["populate"] not in (True, False, "read"):
         return f"populate must be True, False or 'read', got {a['populate']!r}"
     return _byte("fill", a["fill"])
+
+
+def _check_mprotect(a: Args) -> str:
+    writable, prot = a["writable"], a["prot"]
+    if (writable is None) == (prot is None):
+        return "mprotect takes either writable=True/False or prot=PROT_* bits, not both"
+    if prot is not None and (not isinstance(prot, int) or isinstance(prot, bool)
+                             or prot & ~PROT_BITS or prot < 0):
+        return (f"prot must be PROT_NONE or an OR of PROT_READ, PROT_WRITE, PROT_EXEC "
+                f"(0..7), got {prot!r}")
+    return ""
+
+
+def prot_name(prot: int) -> str:
+    """PROT_* bits by name: 0 is PROT_NONE, 3 is PROT_READ|PROT_WRITE."""
+    names = [n for bit, n in ((1, "PROT_READ"), (2, "PROT_WRITE"), (4, "PROT_EXEC"))
+             if prot & bit]
+    return "|".join(names) or "PROT_NONE"
+
+
+def _mprotect_label(a: Args) -> dict[str, object]:
+    """writable as before (old traces keep their step names), else the PROT_* names."""
+    if a["prot"] is None:
+        return dict(writable=a["writable"])
+    return dict(prot=prot_name(a["prot"]))
 
 
 def _check_map_view(a: Args) -> str:
@@ -302,7 +328,9 @@ class Operations:
         writable), "read" read-faults every page, False leaves them untouched.
         Kinds: "thp" is 2 MiB-aligned anon with MADV_HUGEPAGE; "mthp" the same at 64 KiB
         with hugepages-64kB/enabled at "madvise" while it faults (the host checks the
-        folio it got, and skips the case if THP allocation failed)."""
+        folio it got, and skips the case if THP allocation failed); "mthp-16k" ..
+        "mthp-1024k" the same at their size (`MTHP_KINDS`); "secretmem" a memfd_secret()
+        file (MAP_SHARED only: a private map is the kernel's EINVAL)."""
         ...
 
     @operation(returns="region", range=Range(rid=True), check=_check_map_view,
@@ -334,9 +362,11 @@ class Operations:
         ...
 
     @operation(returns="outcome", range=Range(offset="offset", length="length"),
-               label=lambda a: dict(writable=a["writable"]))
-    def mprotect(self, region: Region, offset: int, length: int, writable: bool) -> Outcome:
-        """mprotect() a range R/O or R/W."""
+               check=_check_mprotect, label=_mprotect_label)
+    def mprotect(self, region: Region, offset: int, length: int, writable: bool | None = None,
+                 *, prot: int | None = None) -> Outcome:
+        """mprotect() a range R/O or R/W (`writable`), or to any protection (`prot`: PROT_*
+        bits, PROT_NONE included); give one of the two."""
         ...
 
     @operation(returns="outcome", settle=True, range=Range(offset="offset", length="length"),
@@ -379,6 +409,14 @@ class Operations:
     def uring_write_fixed(self, index: int, length: int) -> Outcome:
         """IORING_OP_WRITE_FIXED of registered buffer `index` to a scratch file; the value
         is the bytes the file received (what the pinned pages held)."""
+        ...
+
+    @operation(returns="outcome",
+               check=lambda a: _not_negative("length", a["length"]) or _byte("fill", a["fill"]))
+    def uring_read_fixed(self, index: int, length: int, fill: int) -> Outcome:
+        """IORING_OP_READ_FIXED of `length` bytes of value `fill` from a scratch file into
+        registered buffer `index` (the device writes into the pinned pages); value: the
+        byte count. A later read() shows whether the process still maps those pages."""
         ...
 
     @operation(returns="outcome", settle=True,
@@ -428,6 +466,23 @@ class Operations:
     def process_vm_readv(self, target: BaseProc, region: Region, offset: int,
                          length: int) -> Outcome:
         """Read another process's memory (remote short-term pins); value: the bytes."""
+        ...
+
+    @operation(returns="outcome", settle=True,
+               range=Range(offset="offset", length="data", owner="target"))
+    def process_vm_writev(self, target: BaseProc, region: Region, offset: int,
+                          data: bytes) -> Outcome:
+        """Write `data` into another process's memory (remote short-term R/W pins, the
+        pages dirtied as they are unpinned); value: the bytes written."""
+        ...
+
+    @operation(returns="outcome", data=True,
+               range=Range(offset="offset", length="length", owner="target"))
+    def proc_mem_read(self, target: BaseProc, region: Region, offset: int,
+                      length: int) -> Outcome:
+        """pread() of /proc/PID/mem of `target` (access_remote_vm: FOLL_GET|FOLL_FORCE
+        references, no pin); value: the bytes. EIO where nothing could be read (a
+        memfd_secret mapping, which GUP refuses)."""
         ...
 
     @operation(returns="outcome", data=True, range=Range(offset="offset", length="length"),

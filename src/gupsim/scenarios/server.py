@@ -32,14 +32,19 @@ from ..live.errors import HostUnsupported
 from ..live.hostmem import HostMapping
 from ..live.kvm import KvmGuest
 from ..live.odirect import DirectFile, user_buffer
-from ..live.procvm import read_remote
+from ..live.procvm import read_remote, write_remote
 from ..live.uffd import read_pinned_while
-from ..live.uring import IORING_OP_WRITE_FIXED, IoUring, no_mmap_supported
+from ..live.uring import (
+    IORING_OP_READ_FIXED,
+    IORING_OP_WRITE_FIXED,
+    IoUring,
+    no_mmap_supported,
+)
 from ..live.vmstat import forget_inherited_lock
 from ..live.xdp import XdpUmem
 from . import wire
 from .ops import OPS
-from .records import MTHP_SIZE, ProtocolError
+from .records import MTHP_KINDS, ProtocolError
 
 PR_SET_DUMPABLE = 4
 PR_SET_KEEPCAPS = 8
@@ -285,7 +290,7 @@ class CommandServer:
                 chunk = bytes([fill]) * min(length, self.pipe_size)
                 for off in range(0, length, len(chunk)):
                     self._copy_in(m.addr + off, chunk[:length - off])
-                folio = {"thp": HUGE_2M, "mthp": MTHP_SIZE}.get(kind)
+                folio = {"thp": HUGE_2M, **MTHP_KINDS}.get(kind)
                 for off in range(0, length, folio or length):
                     problem = folio and m.folio_problem(off, folio)
                     if problem:     # as cow.c skips when the THP did not materialise
@@ -317,9 +322,12 @@ class CommandServer:
         """A CPU write (through the pipe)."""
         self._copy_in(addr, data)
 
-    def do_mprotect(self, addr: int, length: int, writable: bool) -> None:
-        """mprotect(PROT_READ [| PROT_WRITE])."""
-        libc.mprotect(addr, length, libc.PROT_READ | (libc.PROT_WRITE if writable else 0))
+    def do_mprotect(self, addr: int, length: int, writable: bool | None,
+                    prot: int | None) -> None:
+        """mprotect() to `prot`, or to PROT_READ [| PROT_WRITE] by `writable`."""
+        if prot is None:
+            prot = libc.PROT_READ | (libc.PROT_WRITE if writable else 0)
+        libc.mprotect(addr, length, prot)
 
     def do_madvise(self, addr: int, length: int, advice: int) -> None:
         """madvise(); MADV_COLD and MADV_PAGEOUT on every CPU, so that, as in the model
@@ -402,21 +410,37 @@ class CommandServer:
         """IORING_UNREGISTER_PBUF_RING."""
         self._ring().unregister_pbuf_ring(bgid)
 
-    def do_uring_write_fixed(self, index: int, length: int) -> bytes:
-        """IORING_OP_WRITE_FIXED to a plain file; the bytes it received."""
-        ring = self._ring()
+    def _plain(self) -> int:
+        """The plain (page cache) file fixed reads and writes use."""
         if self.plain is None:
             d = tempfile.mkdtemp(prefix="uring-", dir=self.disk_dir)
             path = os.path.join(d, "out")
             self.plain = (os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600), path)
-        fd = self.plain[0]
-        os.ftruncate(fd, 0)
+        return self.plain[0]
+
+    def _fixed(self, opcode: int, fd: int, index: int, length: int) -> int:
+        """One fixed-buffer request at the start of buffer `index`; its byte count. The
+        kernel checks the index and the range (-EFAULT), not us."""
+        ring = self._ring()
         addr = ring.buffers[index][0] if 0 <= index < len(ring.buffers) else 0
-        # the kernel checks the index and the range (-EFAULT), not us
-        res = ring.submit_and_wait(IORING_OP_WRITE_FIXED, fd, addr, length, 0, index)
+        res = ring.submit_and_wait(opcode, fd, addr, length, 0, index)
         if res < 0:
-            raise OSError(-res, f"IORING_OP_WRITE_FIXED: {os.strerror(-res)}")
-        return os.pread(fd, res, 0)
+            name = "READ" if opcode == IORING_OP_READ_FIXED else "WRITE"
+            raise OSError(-res, f"IORING_OP_{name}_FIXED: {os.strerror(-res)}")
+        return res
+
+    def do_uring_write_fixed(self, index: int, length: int) -> bytes:
+        """IORING_OP_WRITE_FIXED to a plain file; the bytes it received."""
+        fd = self._plain()
+        os.ftruncate(fd, 0)
+        return os.pread(fd, self._fixed(IORING_OP_WRITE_FIXED, fd, index, length), 0)
+
+    def do_uring_read_fixed(self, index: int, length: int, fill: int) -> int:
+        """IORING_OP_READ_FIXED from a plain file holding `length` bytes of `fill`."""
+        fd = self._plain()
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, bytes([fill]) * length, 0)
+        return self._fixed(IORING_OP_READ_FIXED, fd, index, length)
 
     def _dio(self) -> DirectFile:
         if self.dio is None:
@@ -439,6 +463,18 @@ class CommandServer:
     def do_process_vm_readv(self, target: int, addr: int, length: int) -> bytes:
         """process_vm_readv() of process `target` (its real pid)."""
         return read_remote(target, addr, length)
+
+    def do_process_vm_writev(self, target: int, addr: int, data: bytes) -> int:
+        """process_vm_writev() into process `target` (its real pid)."""
+        return write_remote(target, addr, data)
+
+    def do_proc_mem_read(self, target: int, addr: int, length: int) -> bytes:
+        """pread() of /proc/<target>/mem."""
+        fd = os.open(f"/proc/{target}/mem", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            return os.pread(fd, length, addr)
+        finally:
+            os.close(fd)
 
     def do_ro_pin_then_write(self, addr: int, length: int, fill: int) -> bytes:
         """R/O pins held (userfaultfd) while we write `fill`; what the pins saw."""

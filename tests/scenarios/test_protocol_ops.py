@@ -96,6 +96,43 @@ def test_read_fixed_on_the_host() -> None:
     on_both("uring_read_fixed", read_fixed_after_fork)
 
 
+# -- several io_uring rings in one process -----------------------------------------------------
+
+def two_rings(s: System) -> None:
+    p = s.spawn("app")
+    r = p.map("anon", 4 * PAGE_SIZE, fill=2)
+    p.uring_register([(r, 0, 2 * PAGE_SIZE)])
+    p.uring_register([(r, 0, 2 * PAGE_SIZE)], ring=1)   # the same pages, pinned again
+    p.uring_register([(r, 0, PAGE_SIZE)])                # ring 0 has buffers: EBUSY
+    p.uring_write_fixed(0, 3, ring=1)
+    p.uring_close(ring=1)
+    p.uring_close(ring=1)                                # gone: EBADF
+    p.uring_unregister()
+
+
+def test_two_rings_on_the_model() -> None:
+    t = on_model(two_rings)
+    assert outcomes(t)[1:] == [
+        ("uring_register", "ok"), ("uring_register ring1", "ok"),
+        ("uring_register", "EBUSY"), ("uring_write_fixed ring1", "ok"),
+        ("uring_close ring1", "ok"), ("uring_close ring1", "EBADF"),
+        ("uring_unregister", "ok")]
+    assert [s.vm_pin_kb for s in t.steps[1:3]] == [8, 16]    # each ring charges its own
+    assert t.steps[4].data == b"\x02" * 3
+    assert (t.steps[5].released, t.steps[5].vm_pin_kb) == (2, 8)
+
+
+@pytest.mark.host
+def test_two_rings_on_the_host() -> None:
+    on_both("two rings", two_rings)
+
+
+def test_a_ring_id_is_checked(system: System) -> None:
+    p = system.spawn("a")
+    assert "ring id 0..7, got 8" in misuse(system, lambda: p.uring_close(ring=8))
+    assert "ring id 0..7, got -1" in misuse(system, lambda: p.uring_unregister(ring=-1))
+
+
 # -- mprotect to any protection ----------------------------------------------------------------
 
 def prot_none(s: System) -> None:

@@ -62,7 +62,7 @@ class ModelProc(BaseProc):
     def __init__(self, system: ModelSystem, p: Process, pid: int, name: str) -> None:
         super().__init__(system, pid, name)
         self.p = p
-        self.ring: Any = None
+        self.rings: dict[int, Any] = {}   # io_uring rings by protocol ring id
         self.xdp: list[Any] = []      # AF_XDP sockets, as the host's server keeps them
         self.pipe: Any = None
         self.kvm: Any = None          # the VM (drivers/kvm.py), as the server keeps its guest
@@ -178,49 +178,50 @@ class ModelProc(BaseProc):
         self.p.exit()
 
     # -- pinning operations ------------------------------------------------------------------
-    def _ring(self) -> Any:
+    def _ring(self, ring: int) -> Any:
+        """Ring `ring` of this process, set up at its first use."""
         from ..drivers.io_uring import IoRing
-        if self.ring is None:
-            self.ring = IoRing(self.system.k, self.p)
-        return self.ring
+        if ring not in self.rings:
+            self.rings[ring] = IoRing(self.system.k, self.p)
+        return self.rings[ring]
 
-    def do_uring_register(self, buffers: list[tuple[int, int]]) -> None:
+    def do_uring_register(self, buffers: list[tuple[int, int]], ring: int) -> None:
         """IORING_REGISTER_BUFFERS through the model's io_uring driver."""
-        self._ring().register_buffers(buffers)
+        self._ring(ring).register_buffers(buffers)
 
-    def do_uring_unregister(self) -> None:
+    def do_uring_unregister(self, ring: int) -> None:
         """IORING_UNREGISTER_BUFFERS."""
-        self._ring().unregister_buffers()
+        self._ring(ring).unregister_buffers()
 
-    def do_uring_write_fixed(self, index: int, length: int) -> bytes:
+    def do_uring_write_fixed(self, index: int, length: int, ring: int) -> bytes:
         """IORING_OP_WRITE_FIXED; the bytes written."""
-        return self._ring().write_fixed(index, length)
+        return self._ring(ring).write_fixed(index, length)
 
-    def do_uring_read_fixed(self, index: int, length: int, fill: int) -> int:
+    def do_uring_read_fixed(self, index: int, length: int, fill: int, ring: int) -> int:
         """IORING_OP_READ_FIXED of `length` bytes of `fill` into registered buffer `index`."""
-        return self._ring().read_fixed(index, bytes([fill]) * length)
+        return self._ring(ring).read_fixed(index, bytes([fill]) * length)
 
-    def do_uring_setup_user(self, addr: int) -> None:
+    def do_uring_setup_user(self, addr: int, ring: int) -> None:
         """io_uring_setup(IORING_SETUP_NO_MMAP): rings at addr, SQEs on the next page."""
         from ..drivers.io_uring import IoRing
-        if self.ring is not None:
-            raise OSError(errno.EBUSY, "this process already has a ring: uring_close first")
-        self.ring = IoRing(self.system.k, self.p, user_memory=(addr + PAGE_SIZE, addr))
+        if ring in self.rings:
+            raise OSError(errno.EBUSY, f"ring {ring} exists already: uring_close it first")
+        self.rings[ring] = IoRing(self.system.k, self.p, user_memory=(addr + PAGE_SIZE, addr))
 
-    def do_uring_close(self) -> None:
+    def do_uring_close(self, ring: int) -> None:
         """close() of the ring: everything it pinned is released."""
-        if self.ring is None:
-            raise OSError(errno.EBADF, "this process has no ring")
-        self.ring.close()
-        self.ring = None
+        if ring not in self.rings:
+            raise OSError(errno.EBADF, f"this process has no ring {ring}")
+        self.rings.pop(ring).close()
 
-    def do_uring_register_pbuf_ring(self, addr: int, entries: int, bgid: int) -> None:
+    def do_uring_register_pbuf_ring(self, addr: int, entries: int, bgid: int,
+                                    ring: int) -> None:
         """IORING_REGISTER_PBUF_RING in user memory, through the model's io_uring driver."""
-        self._ring().register_pbuf_ring(addr, entries, bgid)
+        self._ring(ring).register_pbuf_ring(addr, entries, bgid)
 
-    def do_uring_unregister_pbuf_ring(self, bgid: int) -> None:
+    def do_uring_unregister_pbuf_ring(self, bgid: int, ring: int) -> None:
         """IORING_UNREGISTER_PBUF_RING."""
-        self._ring().unregister_pbuf_ring(bgid)
+        self._ring(ring).unregister_pbuf_ring(bgid)
 
     def do_odirect_write(self, addr: int, length: int) -> int:
         """pwrite(O_DIRECT) to the ext4 scratch file."""
@@ -318,9 +319,8 @@ class ModelProc(BaseProc):
         if self.kvm is not None:
             self.kvm.close()
             self.kvm = None
-        if self.ring is not None:
-            self.ring.close()
-            self.ring = None
+        for ring in sorted(self.rings):
+            self.rings.pop(ring).close()
         while self.xdp:
             self.xdp.pop().close()
         if self.pipe is not None:

@@ -285,6 +285,31 @@ def _check_pbuf_ring(a: Args) -> str:
         "" if a["bgid"] < 1 << 16 else f"bgid must be below 65536, got {a['bgid']}")
 
 
+MAX_RINGS = 8     # io_uring rings a scenario process may hold at once (ids 0..7)
+
+
+def _ring_check(check: Callable[[Args], str] | None = None) -> Callable[[Args], str]:
+    """The op's own check, after the ring id's."""
+    def run(a: Args) -> str:
+        ring = a["ring"]
+        if not isinstance(ring, int) or isinstance(ring, bool) or not 0 <= ring < MAX_RINGS:
+            return f"ring must be a ring id 0..{MAX_RINGS - 1}, got {ring!r}"
+        return check(a) if check else ""
+    return run
+
+
+def _ring_label(label: Callable[[Args], dict[str, object]] | None = None
+                ) -> Callable[[Args], dict[str, object]]:
+    """The op's own label, plus `ring N` for a ring other than 0 (so that traces of
+    one-ring scenarios keep their step names)."""
+    def run(a: Args) -> dict[str, object]:
+        out = dict(label(a)) if label else {}
+        if a["ring"]:
+            out["ring"] = f"ring{a['ring']}"
+        return out
+    return run
+
+
 KVM_GUEST_MEMORY = 0xF0000   # a real-mode guest's memory below its code page (live/kvm.py)
 KVM_MAX_READ = PAGE_SIZE
 
@@ -394,59 +419,67 @@ class Operations:
 
     # -- operations that take pins --------------------------------------------------------------
 
-    @operation(returns="outcome", settle=True, buffers="buffers", check=_check_buffers)
-    def uring_register(self, buffers: list[tuple[Region, int, int]]) -> Outcome:
-        """IORING_REGISTER_BUFFERS of (region, offset, length) buffers on this process's ring."""
+    @operation(returns="outcome", settle=True, buffers="buffers",
+               check=_ring_check(_check_buffers), label=_ring_label())
+    def uring_register(self, buffers: list[tuple[Region, int, int]], *,
+                       ring: int = 0) -> Outcome:
+        """IORING_REGISTER_BUFFERS of (region, offset, length) buffers on this process's
+        ring `ring` (each process may hold rings 0..MAX_RINGS-1; the first use of an id
+        sets that ring up)."""
         ...
 
-    @operation(returns="outcome", settle=True)
-    def uring_unregister(self) -> Outcome:
+    @operation(returns="outcome", settle=True, check=_ring_check(), label=_ring_label())
+    def uring_unregister(self, *, ring: int = 0) -> Outcome:
         """IORING_UNREGISTER_BUFFERS on this process's ring."""
         ...
 
-    @operation(returns="outcome", data=True,
-               check=lambda a: _not_negative("length", a["length"]))
-    def uring_write_fixed(self, index: int, length: int) -> Outcome:
+    @operation(returns="outcome", data=True, label=_ring_label(),
+               check=_ring_check(lambda a: _not_negative("length", a["length"])))
+    def uring_write_fixed(self, index: int, length: int, *, ring: int = 0) -> Outcome:
         """IORING_OP_WRITE_FIXED of registered buffer `index` to a scratch file; the value
         is the bytes the file received (what the pinned pages held)."""
         ...
 
-    @operation(returns="outcome",
-               check=lambda a: _not_negative("length", a["length"]) or _byte("fill", a["fill"]))
-    def uring_read_fixed(self, index: int, length: int, fill: int) -> Outcome:
+    @operation(returns="outcome", label=_ring_label(),
+               check=_ring_check(lambda a: _not_negative("length", a["length"])
+                                 or _byte("fill", a["fill"])))
+    def uring_read_fixed(self, index: int, length: int, fill: int, *,
+                         ring: int = 0) -> Outcome:
         """IORING_OP_READ_FIXED of `length` bytes of value `fill` from a scratch file into
         registered buffer `index` (the device writes into the pinned pages); value: the
         byte count. A later read() shows whether the process still maps those pages."""
         ...
 
-    @operation(returns="outcome", settle=True,
+    @operation(returns="outcome", settle=True, check=_ring_check(), label=_ring_label(),
                range=Range(offset="offset", length=lambda a: 2 * PAGE_SIZE))
-    def uring_setup_user(self, region: Region, offset: int = 0) -> Outcome:
+    def uring_setup_user(self, region: Region, offset: int = 0, *, ring: int = 0) -> Outcome:
         """io_uring_setup(IORING_SETUP_NO_MMAP) of a 4-entry ring whose memory is two pages
         of the region from `offset`: the SQ/CQ rings in the first (cq_off.user_addr), the
         SQE array in the second (sq_off.user_addr); the kernel pins both long-term. It
-        becomes this process's ring (EBUSY if the process has one: uring_close first)."""
+        becomes this process's ring `ring` (EBUSY if that id has a ring: uring_close it
+        first)."""
         ...
 
-    @operation(returns="outcome", settle=True)
-    def uring_close(self) -> Outcome:
-        """Close this process's ring (EBADF if it has none): its fixed buffers, buffer
+    @operation(returns="outcome", settle=True, check=_ring_check(), label=_ring_label())
+    def uring_close(self, *, ring: int = 0) -> Outcome:
+        """Close this process's ring `ring` (EBADF if there is none): its fixed buffers, buffer
         rings and, for a NO_MMAP ring, its own memory are unpinned."""
         ...
 
     @operation(returns="outcome", settle=True,
                range=Range(offset="offset", length=lambda a: _pbuf_ring_bytes(a["entries"])),
-               check=_check_pbuf_ring, label=lambda a: dict(entries=a["entries"]))
+               check=_ring_check(_check_pbuf_ring),
+               label=_ring_label(lambda a: dict(entries=a["entries"])))
     def uring_register_pbuf_ring(self, region: Region, offset: int, entries: int,
-                                 bgid: int = 0) -> Outcome:
+                                 bgid: int = 0, *, ring: int = 0) -> Outcome:
         """IORING_REGISTER_PBUF_RING of a provided-buffer ring of `entries` 16-byte entries
         at region+offset (IOU_PBUF_RING_MMAP unset) for buffer group `bgid`, on this
         process's ring: the kernel pins its pages long-term."""
         ...
 
-    @operation(returns="outcome", settle=True,
-               check=lambda a: _not_negative("bgid", a["bgid"]))
-    def uring_unregister_pbuf_ring(self, bgid: int = 0) -> Outcome:
+    @operation(returns="outcome", settle=True, label=_ring_label(),
+               check=_ring_check(lambda a: _not_negative("bgid", a["bgid"])))
+    def uring_unregister_pbuf_ring(self, bgid: int = 0, *, ring: int = 0) -> Outcome:
         """IORING_UNREGISTER_PBUF_RING of buffer group `bgid` (ENOENT if it has no ring)."""
         ...
 

@@ -3,7 +3,7 @@
 A scenario process is a forked child of the orchestrator (`scenarios/host.py`) that
 receives requests over a socketpair (`scenarios/wire.py`), runs the primitive
 `do_<operation>` of the declared operation (`scenarios/ops.py`) on its own address
-space (its `HostMapping`s by region id, its io_uring ring, its AF_XDP sockets, its
+space (its `HostMapping`s by region id, its io_uring rings, its AF_XDP sockets, its
 O_DIRECT scratch file) and replies. `fork` makes the server itself fork, so the child
 shares the server's memory copy-on-write exactly as the kernel does it; the new
 server's end of a fresh socketpair goes back to the orchestrator with SCM_RIGHTS.
@@ -106,7 +106,7 @@ class CommandServer:
         self.shm_dir = shm_dir
         self.spawned = spawned
         self.areas: dict[int, HostMapping] = {}
-        self.ring: IoUring | None = None
+        self.rings: dict[int, IoUring] = {}          # io_uring rings by protocol ring id
         self.xdp: list[XdpUmem] = []
         self.dio: DirectFile | None = None
         self.splice: tuple[int, int] | None = None   # vmsplice's pipe (read, write)
@@ -201,9 +201,9 @@ class CommandServer:
         os.close(self.pipe[0])
         os.close(self.pipe[1])
         self._new_pipe()
-        if self.ring is not None:
-            self.ring.close()        # unmaps our copy of the rings, closes our fd copy
-            self.ring = None
+        for ring in self.rings.values():
+            ring.close()             # unmaps our copy of the rings, closes our fd copy
+        self.rings = {}
         for x in self.xdp:
             x.close()                # our copy of the socket; the parent's stays open
         self.xdp = []
@@ -347,8 +347,9 @@ class CommandServer:
             m.close()
 
     # -- pinning operations ------------------------------------------------------------------
-    def _ring(self) -> IoUring:
-        if self.ring is None:
+    def _ring(self, ring_id: int) -> IoUring:
+        """Ring `ring_id` of this process, set up at its first use."""
+        if ring_id not in self.rings:
             ring = IoUring(4)
             try:
                 ring.open()
@@ -356,25 +357,25 @@ class CommandServer:
                 if exc.errno in (errno.ENOSYS, errno.EPERM, errno.EACCES):
                     raise HostUnsupported(f"io_uring is not available here: {exc}") from exc
                 raise
-            self.ring = ring
-        return self.ring
+            self.rings[ring_id] = ring
+        return self.rings[ring_id]
 
-    def do_uring_register(self, buffers: list[tuple[int, int]]) -> None:
-        """IORING_REGISTER_BUFFERS on this process's ring."""
-        self._ring().register_buffers(buffers)
+    def do_uring_register(self, buffers: list[tuple[int, int]], ring: int) -> None:
+        """IORING_REGISTER_BUFFERS on this process's ring `ring`."""
+        self._ring(ring).register_buffers(buffers)
 
-    def do_uring_unregister(self) -> None:
+    def do_uring_unregister(self, ring: int) -> None:
         """IORING_UNREGISTER_BUFFERS."""
-        self._ring().unregister_buffers()
+        self._ring(ring).unregister_buffers()
 
-    def do_uring_setup_user(self, addr: int) -> None:
+    def do_uring_setup_user(self, addr: int, ring: int) -> None:
         """io_uring_setup(IORING_SETUP_NO_MMAP) with the rings at addr and the SQEs on
         the next page; a kernel without NO_MMAP (before 6.5) skips the case."""
-        if self.ring is not None:
-            raise OSError(errno.EBUSY, "this process already has a ring: uring_close first")
-        ring = IoUring(4, user_memory=(addr + libc.PAGE_SIZE, addr))
+        if ring in self.rings:
+            raise OSError(errno.EBUSY, f"ring {ring} exists already: uring_close it first")
+        new = IoUring(4, user_memory=(addr + libc.PAGE_SIZE, addr))
         try:
-            ring.open()
+            new.open()
         except OSError as exc:
             if exc.errno in (errno.ENOSYS, errno.EPERM, errno.EACCES):
                 raise HostUnsupported(f"io_uring is not available here: {exc}") from exc
@@ -385,20 +386,20 @@ class CommandServer:
                 raise HostUnsupported("this kernel has no IORING_SETUP_NO_MMAP (6.5+): "
                                       "io_uring_setup answers EINVAL") from exc
             raise
-        self.ring = ring
+        self.rings[ring] = new
 
-    def do_uring_close(self) -> None:
-        """close() of this process's ring."""
-        if self.ring is None:
-            raise OSError(errno.EBADF, "this process has no ring")
-        self.ring.close()
-        self.ring = None
+    def do_uring_close(self, ring: int) -> None:
+        """close() of this process's ring `ring`."""
+        if ring not in self.rings:
+            raise OSError(errno.EBADF, f"this process has no ring {ring}")
+        self.rings.pop(ring).close()
 
-    def do_uring_register_pbuf_ring(self, addr: int, entries: int, bgid: int) -> None:
+    def do_uring_register_pbuf_ring(self, addr: int, entries: int, bgid: int,
+                                    ring: int) -> None:
         """IORING_REGISTER_PBUF_RING in our memory; a kernel without provided-buffer
         rings (before 5.19) answers EINVAL to a valid request, and skips the case."""
         try:
-            self._ring().register_pbuf_ring(addr, entries, bgid)
+            self._ring(ring).register_pbuf_ring(addr, entries, bgid)
         except OSError as exc:
             valid = addr % libc.PAGE_SIZE == 0 and entries & (entries - 1) == 0
             if exc.errno == errno.EINVAL and valid:
@@ -406,9 +407,9 @@ class CommandServer:
                                       "(provided-buffer rings are 5.19+)") from exc
             raise
 
-    def do_uring_unregister_pbuf_ring(self, bgid: int) -> None:
+    def do_uring_unregister_pbuf_ring(self, bgid: int, ring: int) -> None:
         """IORING_UNREGISTER_PBUF_RING."""
-        self._ring().unregister_pbuf_ring(bgid)
+        self._ring(ring).unregister_pbuf_ring(bgid)
 
     def _plain(self) -> int:
         """The plain (page cache) file fixed reads and writes use."""
@@ -418,10 +419,10 @@ class CommandServer:
             self.plain = (os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600), path)
         return self.plain[0]
 
-    def _fixed(self, opcode: int, fd: int, index: int, length: int) -> int:
+    def _fixed(self, opcode: int, fd: int, index: int, length: int, ring_id: int) -> int:
         """One fixed-buffer request at the start of buffer `index`; its byte count. The
         kernel checks the index and the range (-EFAULT), not us."""
-        ring = self._ring()
+        ring = self._ring(ring_id)
         addr = ring.buffers[index][0] if 0 <= index < len(ring.buffers) else 0
         res = ring.submit_and_wait(opcode, fd, addr, length, 0, index)
         if res < 0:
@@ -429,18 +430,18 @@ class CommandServer:
             raise OSError(-res, f"IORING_OP_{name}_FIXED: {os.strerror(-res)}")
         return res
 
-    def do_uring_write_fixed(self, index: int, length: int) -> bytes:
+    def do_uring_write_fixed(self, index: int, length: int, ring: int) -> bytes:
         """IORING_OP_WRITE_FIXED to a plain file; the bytes it received."""
         fd = self._plain()
         os.ftruncate(fd, 0)
-        return os.pread(fd, self._fixed(IORING_OP_WRITE_FIXED, fd, index, length), 0)
+        return os.pread(fd, self._fixed(IORING_OP_WRITE_FIXED, fd, index, length, ring), 0)
 
-    def do_uring_read_fixed(self, index: int, length: int, fill: int) -> int:
+    def do_uring_read_fixed(self, index: int, length: int, fill: int, ring: int) -> int:
         """IORING_OP_READ_FIXED from a plain file holding `length` bytes of `fill`."""
         fd = self._plain()
         os.ftruncate(fd, 0)
         os.pwrite(fd, bytes([fill]) * length, 0)
-        return self._fixed(IORING_OP_READ_FIXED, fd, index, length)
+        return self._fixed(IORING_OP_READ_FIXED, fd, index, length, ring)
 
     def _dio(self) -> DirectFile:
         if self.dio is None:

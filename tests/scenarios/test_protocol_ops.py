@@ -13,7 +13,7 @@ from collections.abc import Callable
 import pytest
 from test_protocol import misuse
 
-from gupsim.constants import PAGE_SIZE, PMD_SIZE, PROT_NONE, PROT_READ, PROT_WRITE
+from gupsim.constants import MADV_DONTNEED, PAGE_SIZE, PMD_SIZE, PROT_NONE, PROT_READ, PROT_WRITE
 from gupsim.scenarios.model import ModelSystem
 from gupsim.scenarios.protocol import MAP_KINDS, System, Trace
 from gupsim.scenarios.records import MTHP_KINDS
@@ -245,3 +245,43 @@ def system(request: pytest.FixtureRequest) -> System:
     s = MAKERS[request.param]()
     request.addfinalizer(s.close)
     return s
+
+
+# -- page identity -------------------------------------------------------------------------------
+
+def identity_over_fork(s: System) -> None:
+    p = s.spawn("parent")
+    a = p.map("anon", 4 * PAGE_SIZE, fill=5)
+    p.pages(a, 0, a.length)                       # four frames, each mapped once
+    z = p.map("anon", 2 * PAGE_SIZE, populate="read")
+    p.pages(z, 0, z.length)                       # read faults map the zero page
+    p.uring_register([(a, PAGE_SIZE, PAGE_SIZE)])     # page 1 pinned long-term
+    c = p.fork()
+    p.pages(a, 0, a.length, c)       # fork copies the pinned page, shares the rest
+    c.write(a, 2 * PAGE_SIZE, b"x")
+    p.pages(a, 0, a.length, c)       # the child's write gave it a copy of page 2
+    t = p.map("thp", PMD_SIZE, fill=1)
+    p.pages(t, 0, 2 * PAGE_SIZE)
+    p.madvise(a, 0, PAGE_SIZE, MADV_DONTNEED)
+    p.pages(a, 0, 2 * PAGE_SIZE)
+
+
+def test_page_identity_on_the_model() -> None:
+    t = on_model(identity_over_fork)
+    seen = [s.pages for s in t.steps if s.op == "pages"]
+    assert seen == ["1x 2x 3x 4x", "0 0", "1 2x 3 4 | 1 5x 3 4", "1 2x 3x 4 | 1 5x 6x 4",
+                    "1tx 2tx", "- 1x"]
+    assert all(s.pages is None for s in t.steps if s.op != "pages")
+
+
+@pytest.mark.host
+def test_page_identity_on_the_host() -> None:
+    on_both("page identity", identity_over_fork)
+
+
+def test_pages_checks_the_other_process(system: System) -> None:
+    p = system.spawn("a")
+    q = system.spawn("b")
+    r = p.map("anon", PAGE_SIZE)
+    assert "does not map region 1" in misuse(system, lambda: p.pages(r, 0, PAGE_SIZE, q))
+    assert "multiples of the page size" in misuse(system, lambda: p.pages(r, 0, 10))

@@ -259,6 +259,7 @@ class BaseSystem:
             fault.gupsim_step = len(self.trace.steps)   # type: ignore[union-attr]
             raise fault
         data = out.value if op.data and out.ok else None
+        pages = out.value if op.observes and out.ok else None
         self.trace.steps.append(Step(name, str(out), counted.acquired, counted.released,
-                                     st["VmPin"], st["VmLck"], data))
+                                     st["VmPin"], st["VmLck"], data, pages))
         return out

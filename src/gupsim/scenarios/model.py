@@ -34,7 +34,10 @@ from ..constants import (
     PROT_WRITE,
 )
 from ..kernel import Kernel, Process
+from ..memory.memmap import Kind as MemKind
+from ..mm.vma import PTE
 from .base import BaseProc, BaseSystem, Counted
+from .identity import NONE, SWAPPED, PageSeen, encode
 from .ops import Op
 from .records import MTHP_KINDS, Outcome
 
@@ -52,6 +55,37 @@ def fallocate(f: Any, length: int) -> None:
         head = f.get_folio(index)
         if head < 0:
             raise OSError(-head, "fallocate failed on the model")
+
+
+def model_pages(k: Kernel, p: Process, addr: int, length: int) -> list[PageSeen]:
+    """What each page-table entry of [addr, addr+length) shows, as pagemap and kpageflags
+    would tell it: the frame, the zero page, a large folio, a hugetlb page, a swap entry;
+    exclusive when the frame is mapped once (its own and its folio's entire mapcount)."""
+    mem = k.mem
+    out: list[PageSeen] = []
+    for a in range(addr, addr + length, PAGE_SIZE):
+        vma = p.mm.find_vma(a)
+        if vma is None:
+            out.append(NONE)
+            continue
+        i = vma.idx(a)
+        bits = int(vma.pte[i])
+        if bits & PTE.SWAP:
+            out.append(SWAPPED)
+            continue
+        if not bits & PTE.PRESENT:
+            out.append(NONE)
+            continue
+        pfn = int(vma.pfn[i])
+        head = int(mem.head_of(pfn))
+        kind = int(mem.kind[head])
+        zero = kind in (MemKind.ZERO, MemKind.HUGE_ZERO)
+        hugetlb = kind == MemKind.HUGETLBFS or vma.is_hugetlb
+        large = int(mem.order[head]) > 0
+        maps = int(mem.mapcount[pfn]) + (int(mem.entire_mapcount[head]) if large else 0)
+        out.append(PageSeen("present", pfn, zero, large and not hugetlb and not zero,
+                            hugetlb, maps == 1))
+    return out
 
 
 class ModelProc(BaseProc):
@@ -247,6 +281,11 @@ class ModelProc(BaseProc):
         """pread() of /proc/PID/mem of `target` (access_remote_vm, no pins)."""
         from ..drivers.proc_mem import proc_mem_read
         return proc_mem_read(self.system.k, self.p, target.p, addr, length)
+
+    def do_pages(self, addr: int, length: int, other: ModelProc | None) -> str:
+        """Page identity from the model's page tables and page arrays (identity.py)."""
+        procs = [self] if other is None else [self, other]
+        return encode([model_pages(self.system.k, proc.p, addr, length) for proc in procs])
 
     def do_ro_pin_then_write(self, addr: int, length: int, fill: int) -> bytes:
         """R/O pins of our own range, a write while they are held, a read through them."""

@@ -137,6 +137,7 @@ class Op:
     raises: bool = False         # a refusal raises OSError instead of being returned
     ends: bool = False           # the process is gone after the step
     extra: tuple[tuple[str, Callable[[BaseProc], Any]], ...] = ()  # (name, value of caller)
+    observes: bool = False       # the step records the page identity the call returned
 
     def primitive_params(self) -> tuple[str, ...]:
         """The argument names `do_<name>` takes on every back-end (see the module doc)."""
@@ -169,14 +170,14 @@ def operation(*, returns: Returns, data: bool = False, settle: bool = False,
               check: Callable[[Args], str] | None = None,
               makes: Callable[[Args], tuple[str, int, bool]] | None = None,
               raises: bool = False, ends: bool = False,
-              extra: tuple[tuple[str, Callable[[BaseProc], Any]], ...] = ()
-              ) -> Callable[[F], F]:
+              extra: tuple[tuple[str, Callable[[BaseProc], Any]], ...] = (),
+              observes: bool = False) -> Callable[[F], F]:
     """Declare a scenario operation: enter it in `OPS` and make the method call the base."""
     def declare(fn: F) -> F:
         sig = inspect.signature(fn)
         params = tuple(p for p in sig.parameters if p != "self")
         op = Op(fn.__name__, params, returns, inspect.getdoc(fn) or "", data, settle, range,
-                buffers, label, check, makes, raises, ends, extra)
+                buffers, label, check, makes, raises, ends, extra, observes)
         if op.name in OPS:
             raise ValueError(f"operation {op.name!r} is declared twice")
         OPS[op.name] = op
@@ -246,6 +247,22 @@ def _mprotect_label(a: Args) -> dict[str, object]:
     if a["prot"] is None:
         return dict(writable=a["writable"])
     return dict(prot=prot_name(a["prot"]))
+
+
+def _check_pages(a: Args) -> str:
+    other, region = a["other"], a["region"]
+    if other is None:
+        return ""
+    regions = getattr(other, "regions", None)
+    if regions is None:
+        return f"other must be a process (a Proc) or None, got {other!r}"
+    if not getattr(other, "alive", False):
+        return f"other (process {other.pid}) has exited: observe a live process"
+    if not isinstance(region, Region) or region.rid not in regions:
+        return (f"other (process {other.pid}) does not map region "
+                f"{getattr(region, 'rid', region)}: pass a process that mapped or "
+                "inherited it")
+    return ""
 
 
 def _check_map_view(a: Args) -> str:
@@ -546,6 +563,16 @@ class Operations:
     @operation(returns="outcome", settle=True)
     def xdp_close(self) -> Outcome:
         """Close the AF_XDP socket opened last (EBADF if there is none)."""
+        ...
+
+    @operation(returns="outcome", observes=True, check=_check_pages,
+               range=Range(offset="offset", length="length", aligned=True))
+    def pages(self, region: Region, offset: int, length: int,
+              other: BaseProc | None = None) -> Outcome:
+        """Observe page identity of [offset, offset+length) (`scenarios/identity.py`):
+        per page nothing, swapped, the zero page, or a frame numbered by first
+        appearance, THP/hugetlb, exclusively mapped; with `other`, the same range in
+        that process too (did fork share the frames or copy them?). Value: the tokens."""
         ...
 
     @operation(returns="none", raises=True, label=lambda a: dict(size=a["limit"]),

@@ -69,11 +69,12 @@ class Step:
     vm_pin_kb: int | None  # VmPin of the acting process after the step
     vm_lck_kb: int | None
     data: bytes | None = None   # bytes read, for read-like steps
+    pages: str | None = None    # page identity of the range, for observing steps (identity.py)
 
     def key(self) -> tuple:
         """What must agree between back-ends."""
         return (self.op, self.outcome, self.acquired, self.released, self.vm_pin_kb,
-                self.vm_lck_kb, self.data)
+                self.vm_lck_kb, self.data, self.pages)
 
 
 @dataclass

@@ -97,14 +97,15 @@ def compare(model: Trace, host: Trace, *, counters: bool = True) -> list[str]:
 
 
 def _stable(s: Step) -> tuple:
-    return (s.op, s.outcome, s.data)
+    return (s.op, s.outcome, s.data, s.pages)
 
 
 def describe(s: Step) -> str:
     """A step's outcome, pin counts, VmPin/VmLck and data start, for tables and diffs."""
     data = "" if s.data is None else f" data={s.data[:8]!r}{'…' if len(s.data) > 8 else ''}"
+    pages = "" if s.pages is None else f" pages=[{s.pages}]"
     return (f"{s.outcome} pins +{s.acquired}/-{s.released} VmPin={s.vm_pin_kb} "
-            f"VmLck={s.vm_lck_kb}{data}")
+            f"VmLck={s.vm_lck_kb}{data}{pages}")
 
 
 HOST_ATTEMPTS = 5     # host runs at most, per case

@@ -29,7 +29,7 @@ from typing import Any
 
 from ..live import libc
 from ..live.errors import HostUnsupported
-from ..live.hostmem import HostMapping
+from ..live.hostmem import HostMapping, kpageflags, pagemap
 from ..live.kvm import KvmGuest
 from ..live.odirect import DirectFile, user_buffer
 from ..live.procvm import read_remote, write_remote
@@ -43,6 +43,7 @@ from ..live.uring import (
 from ..live.vmstat import forget_inherited_lock
 from ..live.xdp import XdpUmem
 from . import wire
+from .identity import NONE, SWAPPED, PageSeen, encode
 from .ops import OPS
 from .records import MTHP_KINDS, ProtocolError
 
@@ -82,6 +83,25 @@ def fault_at(addr: int, write: bool) -> Fault:
                 return Fault("SIGBUS", addr, "the mapping has no page to give "
                              "(beyond EOF, or no huge page left)")
     return Fault("SIGSEGV", addr, "no mapping at this address")
+
+
+def host_pages(pid: int | str, addr: int, length: int) -> list[PageSeen]:
+    """What /proc/PID/pagemap and /proc/kpageflags say about each page of the range."""
+    out: list[PageSeen] = []
+    for a in range(addr, addr + length, libc.PAGE_SIZE):
+        e = pagemap(a, pid)
+        if e.swapped:
+            out.append(SWAPPED)
+            continue
+        if not e.present:
+            out.append(NONE)
+            continue
+        if e.pfn == 0:
+            raise HostUnsupported("pagemap hides frame numbers here (needs CAP_SYS_ADMIN)")
+        flags = kpageflags(e.pfn)
+        out.append(PageSeen("present", e.pfn, "zero_page" in flags, "thp" in flags,
+                            "huge" in flags, e.exclusive))
+    return out
 
 
 def _forget(obj: Any) -> None:
@@ -476,6 +496,11 @@ class CommandServer:
             return os.pread(fd, length, addr)
         finally:
             os.close(fd)
+
+    def do_pages(self, addr: int, length: int, other: int | None) -> str:
+        """Page identity from /proc/PID/pagemap and /proc/kpageflags (identity.py)."""
+        pids: list[int | str] = ["self"] if other is None else ["self", other]
+        return encode([host_pages(pid, addr, length) for pid in pids])
 
     def do_ro_pin_then_write(self, addr: int, length: int, fill: int) -> bytes:
         """R/O pins held (userfaultfd) while we write `fill`; what the pins saw."""

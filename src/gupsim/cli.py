@@ -168,7 +168,8 @@ def select_cases(only: str | None) -> list:
     return chosen
 
 
-def run_live(console: Console, only: str | None, model_only: bool) -> list:
+def run_live(console: Console, only: str | None, model_only: bool,
+             pages: bool = False) -> list:
     """Run the catalogue on both back-ends, case by case, with progress: a status line on
     a terminal, else a line on stderr at least every PROGRESS_EVERY seconds (CI logs)."""
     from .scenarios.runner import run_case
@@ -180,7 +181,7 @@ def run_live(console: Console, only: str | None, model_only: bool) -> list:
         with console.status("") as status:
             for i, case in enumerate(cases, 1):
                 status.update(f"[{i}/{len(cases)}] {case.name}")
-                results.append(run_case(case, with_host=not model_only))
+                results.append(run_case(case, with_host=not model_only, pages=pages))
         return results
     start = last = time.monotonic()
     for i, case in enumerate(cases, 1):
@@ -188,7 +189,7 @@ def run_live(console: Console, only: str | None, model_only: bool) -> list:
         if i == 1 or now - last >= PROGRESS_EVERY:
             click.echo(f"gupsim: [{i}/{len(cases)}] {now - start:4.0f}s {case.name}", err=True)
             last = now
-        results.append(run_case(case, with_host=not model_only))
+        results.append(run_case(case, with_host=not model_only, pages=pages))
     counts = _counts(results)
     click.echo(f"gupsim: [{len(cases)}/{len(cases)}] done in {time.monotonic() - start:.0f}s: "
                + ", ".join(f"{n} {s}" for s, n in counts.items() if n), err=True)
@@ -208,8 +209,10 @@ def _counts(results: list[Result]) -> dict[str, int]:
 @click.option("--model-only", is_flag=True, help="Do not touch the host kernel.")
 @click.option("--summary", is_flag=True, help="One row per selftest instead of per case.")
 @click.option("--list", "list_cases", is_flag=True, help="Print the case names and stop.")
+@click.option("--pages", is_flag=True,
+              help="Also compare the page identity of what every step touched.")
 def live(as_json: bool, only: str | None, model_only: bool, summary: bool,
-         list_cases: bool) -> None:
+         list_cases: bool, pages: bool) -> None:
     """`gupsim live`: every catalogue case on the model and the host, compared."""
     from .report.live import as_json as to_json
     if list_cases:
@@ -217,7 +220,7 @@ def live(as_json: bool, only: str | None, model_only: bool, summary: bool,
         click.echo(dumps(names) if as_json else "\n".join(names))
         return
     console = Console(stderr=as_json, highlight=False)
-    results = run_live(console, only, model_only)
+    results = run_live(console, only, model_only, pages)
     if as_json:
         click.echo(dumps(to_json(results)))
         disagree = any(r.status == "disagree" for r in results)

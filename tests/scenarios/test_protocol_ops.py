@@ -285,3 +285,34 @@ def test_pages_checks_the_other_process(system: System) -> None:
     r = p.map("anon", PAGE_SIZE)
     assert "does not map region 1" in misuse(system, lambda: p.pages(r, 0, PAGE_SIZE, q))
     assert "multiples of the page size" in misuse(system, lambda: p.pages(r, 0, 10))
+
+
+def test_every_step_records_what_it_touched_when_asked() -> None:
+    s = ModelSystem(observe_pages=True)
+    p = s.spawn("a")
+    r = p.map("anon", 64 * PAGE_SIZE, fill=1)     # 64 pages: the first 16 are shown
+    p.write(r, PAGE_SIZE + 10, b"xy")
+    child = p.fork()
+    child.process_vm_readv(p, r, 0, 2 * PAGE_SIZE)   # the target's pages are observed
+    p.madvise(r, 0, PAGE_SIZE, MADV_DONTNEED)
+    s.close()
+    seen = [(st.op, st.pages) for st in s.trace.steps]
+    assert seen[0] == ("map anon 256KiB writable", " ".join(f"{i}x" for i in range(1, 17)))
+    assert seen[1] == ("write", "1x")
+    assert seen[2] == ("fork", None)                     # no range: nothing observed
+    # shared with the child since the fork, but a R/O FOLL_PIN unshares them: the target
+    # gets copies of its own (mapped once again)
+    assert seen[3] == ("process_vm_readv", "1x 2x")
+    assert seen[4] == ("madvise 4", "-")
+    assert ModelSystem().observe_pages is False          # off unless asked
+
+
+@pytest.mark.host
+def test_every_step_s_page_identity_agrees_with_the_host() -> None:
+    result = run_case(Case("identity", identity_over_fork, lambda t: [], "issue 11"),
+                      pages=True)
+    assert result.host is not None
+    if result.host.skipped:
+        pytest.skip(result.host.skipped)
+    assert result.status == "agree", result.differences
+    assert sum(st.pages is not None for st in result.host.steps) >= 8

@@ -148,6 +148,16 @@ class HostProc(BaseProc):
             return Outcome(reply[1])
         return Outcome(0, value if value is not None else reply[1])
 
+    def _identity(self, addr: int, length: int) -> str:
+        reply, fds = self._call("pages", {"addr": addr, "length": length, "other": None})
+        for fd in fds:
+            os.close(fd)
+        if reply[0] == "exc" and isinstance(reply[1], HostUnsupported):
+            raise reply[1]
+        if reply[0] != "ok":
+            raise ChildError(f"process {self.pid} could not read its pagemap: {reply}", "")
+        return str(reply[1])
+
     def _status(self) -> dict[str, int]:
         try:
             st = proc_status(self.host_pid)
@@ -174,7 +184,8 @@ class HostSystem(BaseSystem):
     procs: list[HostProc]  # type: ignore[assignment]
 
     def __init__(self, *, timeout: float = 5.0, quiet: float = 0.05, settle: float = 0.2,
-                 quiet_timeout: float = 2.0, needs: tuple[str, ...] = ()) -> None:
+                 quiet_timeout: float = 2.0, needs: tuple[str, ...] = (),
+                 observe_pages: bool = False) -> None:
         libc.check_arch()
         if timeout <= 0:
             raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
@@ -183,6 +194,7 @@ class HostSystem(BaseSystem):
         self.quiet = quiet
         self.settle = settle
         self.quiet_timeout = quiet_timeout
+        self.observe_pages = observe_pages
         self.groups: set[int] = set()          # process groups of spawned servers
         self.start: PinCounters | None = None  # counters when the system was opened
         self.end: PinCounters | None = None    # after close(): back to `start.outstanding`

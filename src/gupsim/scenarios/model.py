@@ -111,6 +111,9 @@ class ModelProc(BaseProc):
         st = self.p.proc_status()
         return {"VmPin": st["VmPin"], "VmLck": st["VmLck"]}
 
+    def _identity(self, addr: int, length: int) -> str:
+        return encode([model_pages(self.system.k, self.p, addr, length)])
+
     # -- memory ----------------------------------------------------------------------------
     def do_map(self, kind: str, length: int, shared: bool, writable: bool,
                populate: bool | str, fill: int, new_rid: int) -> int:
@@ -373,8 +376,10 @@ class ModelSystem(BaseSystem):
     name = "model"
     procs: list[ModelProc]  # type: ignore[assignment]
 
-    def __init__(self, kernel: Kernel | None = None, needs: tuple[str, ...] = ()) -> None:
+    def __init__(self, kernel: Kernel | None = None, needs: tuple[str, ...] = (),
+                 observe_pages: bool = False) -> None:
         super().__init__()
+        self.observe_pages = observe_pages
         # a case that needs swap gets a swap device, as the host gets a swap file
         swap = SWAP_SIZE if "swap" in needs else 0
         self.k = kernel or Kernel(memory="1GiB", nr_hugepages=8, swap=swap)

@@ -113,7 +113,8 @@ HOST_CONFIRM = 3      # identical exact runs that make a disagreement trusted
 
 
 def run_host(case: Case, model: Trace, make: Callable[[], System] | None = None,
-             attempts: int = HOST_ATTEMPTS, confirm: int = HOST_CONFIRM) -> Trace:
+             attempts: int = HOST_ATTEMPTS, confirm: int = HOST_CONFIRM,
+             pages: bool = False) -> Trace:
     """Run a case on the host until its trace can be trusted, and return that trace.
 
     The pin counters are machine-wide, so other processes' pins can leak into a step,
@@ -128,7 +129,7 @@ def run_host(case: Case, model: Trace, make: Callable[[], System] | None = None,
         raise ValueError(f"attempts and confirm must be >= 1, got {attempts}, {confirm}")
     if make is None:
         from .host import HostSystem
-        make = functools.partial(HostSystem, needs=case.needs)
+        make = functools.partial(HostSystem, needs=case.needs, observe_pages=pages)
     seen: dict[tuple, int] = {}
     last: Trace | None = None
     for attempt in range(1, attempts + 1):
@@ -162,14 +163,16 @@ def _keys(trace: Trace) -> list[tuple]:
 
 
 def run_case(case: Case, with_host: bool = True,
-             make_host: Callable[[], System] | None = None) -> Result:
+             make_host: Callable[[], System] | None = None, pages: bool = False) -> Result:
     """Run a case on the model and (unless told not to, or the host cannot) the host.
 
     `make_host` replaces the host back-end (tests use it to stand in a lying probe);
-    it is then used whatever the host's capabilities.
+    it is then used whatever the host's capabilities. `pages`: every step also records
+    the page identity of the range it touched (`identity.py`), compared like the rest.
     """
     from .model import ModelSystem
-    model = run_on(case, functools.partial(ModelSystem, needs=case.needs))
+    model = run_on(case, functools.partial(ModelSystem, needs=case.needs,
+                                           observe_pages=pages))
     result = Result(case, model, None, case.expect(model))
     if with_host:
         if make_host is None:
@@ -180,7 +183,7 @@ def run_case(case: Case, with_host: bool = True,
                 return result
         from .userfile import ScenarioError
         try:
-            result.host = run_host(case, model, make_host)
+            result.host = run_host(case, model, make_host, pages=pages)
         except ScenarioError as e:      # raised on the host only: a disagreement
             if not e.is_users():
                 raise

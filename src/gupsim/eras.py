@@ -22,6 +22,8 @@ Wired (consulted where the behaviour lives, tested on both sides of the version)
   like any other (GUP_PIN_COUNTING_BIAS, nr_foll_pin_*), and unpin releases it.
 - `memfd-pin-folios` (6.11): memfd_pin_folios(), unpin_folio(), unpin_folios() absent
   before it.
+- `huge-zero-wp-thp` (6.13): a write fault on the huge zero page maps a new THP; before
+  it the PMD is split and the written page alone is copied (mm/fault.py).
 
 Table-only for now (the model behaves as the newest era whatever the version): all the
 other switches. `WIRED` lists the wired names; `gupsim eras` marks them.
@@ -114,7 +116,8 @@ SWITCHES: tuple[Switch, ...] = (
 """Every modelled change of behaviour, oldest first (see the module docstring)."""
 
 WIRED: frozenset[str] = frozenset({"foll-pin", "nr-foll-pin-vmstat", "is-valid-gup-args",
-                                   "zero-page-not-pin-counted", "memfd-pin-folios"})
+                                   "zero-page-not-pin-counted", "memfd-pin-folios",
+                                   "huge-zero-wp-thp"})
 """The switches the model consults today; the others are in the table only."""
 
 SWITCHES_BY_NAME: dict[str, Switch] = {s.name: s for s in SWITCHES}

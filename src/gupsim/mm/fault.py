@@ -214,6 +214,10 @@ def do_wp_page(env: MMEnv, mm: MM, vma: VMA, i: int, unshare: bool) -> VMFault:
             return VMFault.OK
         if vma.is_hugetlb:
             return hugetlb_wp(env, mm, vma, i, unshare)
+        if (pte & PTE.SPECIAL and mem.kind[head] == Kind.HUGE_ZERO and not unshare
+                and mem.era.has("huge-zero-wp-thp")
+                and huge_zero_wp_thp(env, mm, vma, i - int(mem.head_off[pfn]))):
+            return VMFault.OK
         split_huge_mapping(mm, vma, i)
         pte = int(vma.pte[i])
     if vma.is_shared:
@@ -229,6 +233,23 @@ def do_wp_page(env: MMEnv, mm: MM, vma: VMA, i: int, unshare: bool) -> VMFault:
             mem.vmstat["pgreuse"] += 1
             return VMFault.OK
     return wp_page_copy(env, mm, vma, i, unshare)
+
+
+def huge_zero_wp_thp(env: MMEnv, mm: MM, vma: VMA, first: int) -> bool:
+    """do_huge_zero_wp_pmd() (6.13+): a write to the huge zero page maps a fresh, zeroed
+    PMD THP in its place; False (the caller splits the PMD, as before 6.13) when no THP
+    could be allocated."""
+    try:
+        head = new_anon_folio(env, vma, PMD_ORDER, first)
+    except OutOfMemory:
+        env.mem.vmstat["thp_fault_fallback"] += 1
+        return False
+    n = 1 << PMD_ORDER
+    rng = invalidate_start(mm, MMU_NOTIFY_CLEAR, vma.addr_of(first), vma.addr_of(first + n))
+    zap_range(mm, vma, first, first + n, env.swap)
+    map_new_anon(env, mm, vma, first, head, PMD_ORDER, bool(vma.flags & VM.WRITE), huge=True)
+    invalidate_end(rng)
+    return True
 
 
 def _mkwrite(vma: VMA) -> int:

@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo matrix test lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,6 +14,10 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/gupsim demo
+
+# the whole selftest matrix (every mTHP size, swapped kinds) on the model and this kernel
+matrix: $(STAMP)
+	$(BIN)/gupsim live --full-matrix --summary
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks examples

@@ -148,11 +148,12 @@ def demo(as_json: bool, tour_only: bool, model_only: bool, full: bool) -> None:
         sys.exit(EXIT_DISAGREE)
 
 
-def select_cases(only: str | None) -> list:
-    """The catalogue cases whose name contains `only` (all if None); a usage error if
-    none does, naming close matches."""
+def select_cases(only: str | None, full_matrix: bool = False) -> list:
+    """The catalogue cases (the whole matrix with `full_matrix`) whose name contains
+    `only` (all if None); a usage error if none does, naming close matches."""
     from .scenarios.catalogue import catalogue
-    cases = catalogue()
+    from .scenarios.matrix import full_matrix as matrix
+    cases = matrix() if full_matrix else catalogue()
     if only is None:
         return cases
     if not only.strip():
@@ -169,11 +170,11 @@ def select_cases(only: str | None) -> list:
 
 
 def run_live(console: Console, only: str | None, model_only: bool,
-             pages: bool = False) -> list:
+             pages: bool = False, full_matrix: bool = False) -> list:
     """Run the catalogue on both back-ends, case by case, with progress: a status line on
     a terminal, else a line on stderr at least every PROGRESS_EVERY seconds (CI logs)."""
     from .scenarios.runner import run_case
-    cases = select_cases(only)
+    cases = select_cases(only, full_matrix)
     if not model_only:
         _repair_host()
     results = []
@@ -211,16 +212,19 @@ def _counts(results: list[Result]) -> dict[str, int]:
 @click.option("--list", "list_cases", is_flag=True, help="Print the case names and stop.")
 @click.option("--pages", is_flag=True,
               help="Also compare the page identity of what every step touched.")
+@click.option("--full-matrix", is_flag=True,
+              help="The whole selftest matrix (every mTHP size, swapped kinds), not the "
+                   "representative default.")
 def live(as_json: bool, only: str | None, model_only: bool, summary: bool,
-         list_cases: bool, pages: bool) -> None:
+         list_cases: bool, pages: bool, full_matrix: bool) -> None:
     """`gupsim live`: every catalogue case on the model and the host, compared."""
     from .report.live import as_json as to_json
     if list_cases:
-        names = [c.name for c in select_cases(only)]
+        names = [c.name for c in select_cases(only, full_matrix)]
         click.echo(dumps(names) if as_json else "\n".join(names))
         return
     console = Console(stderr=as_json, highlight=False)
-    results = run_live(console, only, model_only, pages)
+    results = run_live(console, only, model_only, pages, full_matrix)
     if as_json:
         click.echo(dumps(to_json(results)))
         disagree = any(r.status == "disagree" for r in results)

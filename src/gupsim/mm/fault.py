@@ -278,9 +278,13 @@ def _anon_reusable_large(env: MMEnv, mm: MM, head: int) -> bool:
 
 
 def _anon_reusable_huge(env: MMEnv, head: int) -> bool:
+    """do_huge_pmd_wp_page()'s reuse test: the folio is marked exclusive already, or our
+    PMD holds its only reference (a fork child that shared it has gone) and it is not
+    in the swap cache."""
     mem = env.mem
-    return (int(mem.refcount[head]) == 1 and int(mem.entire_mapcount[head]) == 1
-            and mem.test(head, PG.anon_exclusive))
+    if mem.test(head, PG.anon_exclusive):
+        return True
+    return int(mem.refcount[head]) == 1 and not mem.test(head, PG.swapcache)
 
 
 def wp_page_copy(env: MMEnv, mm: MM, vma: VMA, i: int, unshare: bool) -> VMFault:

@@ -266,13 +266,15 @@ def _anon_reusable(env: MMEnv, head: int) -> bool:
 
 def _anon_reusable_large(env: MMEnv, mm: MM, head: int) -> bool:
     """wp_can_reuse_anon_folio() for a PTE-mapped large folio (6.15+): every reference
-    is a mapping (no pin, no swap cache) and every mapping belongs to this mm."""
+    is a mapping (no pin, no swap cache) and every mapping belongs to this mm; but a
+    folio with a single page still mapped is not reused (copying that page lets the
+    rest of the folio be freed)."""
     mem = env.mem
     if mem.order[head] == 0 or mem.test(head, PG.swapcache):
         return False
     n = mem.nr_pages_of(head)
     maps = int(mem.mapcount[head:head + n].sum()) + int(mem.entire_mapcount[head])
-    if int(mem.refcount[head]) != maps:
+    if maps <= 1 or int(mem.refcount[head]) != maps:
         return False
     return all(other is mm for other, _, _ in mappings_of(env, head))
 

@@ -73,6 +73,19 @@ def ro_pin_reuses_a_thp(sys: System) -> None:
     p.pages(r, 0, 4 * PAGE_SIZE)
 
 
+def ro_pin_copies_a_lone_pte(sys: System) -> None:
+    """A R/O pin of the last mapped page of an mTHP its fork child shared copies that
+    page (the folio is not reused for one page: the rest of it can then be freed)."""
+    p = sys.spawn("parent")
+    r = p.map("mthp", MTHP_SIZE, fill=1)
+    p.madvise(r, PAGE_SIZE, MTHP_SIZE - PAGE_SIZE, MADV_DONTNEED)
+    p.pages(r, 0, PAGE_SIZE)
+    p.fork().exit()
+    reader = sys.spawn("reader")
+    reader.process_vm_readv(p, r, 0, PAGE_SIZE)
+    p.pages(r, 0, PAGE_SIZE)
+
+
 def huge_zero_write(sys: System) -> None:
     """A write to the huge zero page maps a new zeroed THP (6.13+), not one small copy."""
     p = sys.spawn("app")
@@ -101,6 +114,12 @@ def identity_cases() -> list[Case]:
              "do_huge_pmd_wp_page() with FAULT_FLAG_UNSHARE: the folio's only reference is "
              "our PMD, so it is marked exclusive in place (no split, no copy)",
              needs=("thp",)),
+        Case("identity: R/O pin of a previously shared lone PTE of an mTHP copies it",
+             ro_pin_copies_a_lone_pte, pages_are("1tx", "1x"),
+             "selftests 3.2 R/O GUP pin on R/O-mapped previously-shared page",
+             "wp_can_reuse_anon_folio() (6.15+) reuses a large folio only while more than "
+             "one of its pages is mapped; a lone PTE is unshared by copying it "
+             "(wp_page_copy), so a small page replaces it", needs=("thp", "mthp_64k")),
         Case("identity: a write to the huge zero page maps a new THP",
              huge_zero_write, pages_are("0 0 0 0", "1tx 2tx 3tx 4tx"),
              "selftests 3.4 huge zeropage",

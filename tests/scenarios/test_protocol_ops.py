@@ -13,7 +13,16 @@ from collections.abc import Callable
 import pytest
 from test_protocol import misuse
 
-from gupsim.constants import MADV_DONTNEED, PAGE_SIZE, PMD_SIZE, PROT_NONE, PROT_READ, PROT_WRITE
+from gupsim.constants import (
+    MADV_DONTNEED,
+    MAP_ANONYMOUS,
+    MAP_PRIVATE,
+    PAGE_SIZE,
+    PMD_SIZE,
+    PROT_NONE,
+    PROT_READ,
+    PROT_WRITE,
+)
 from gupsim.scenarios.model import ModelSystem
 from gupsim.scenarios.protocol import MAP_KINDS, System, Trace
 from gupsim.scenarios.records import MTHP_KINDS
@@ -316,3 +325,48 @@ def test_every_step_s_page_identity_agrees_with_the_host() -> None:
         pytest.skip(result.host.skipped)
     assert result.status == "agree", result.differences
     assert sum(st.pages is not None for st in result.host.steps) >= 8
+
+
+# -- releases the kernel defers to a worker ------------------------------------------------------
+
+def deferred_releases(s: System) -> None:
+    p = s.spawn("app")
+    r = p.map("anon", 4 * PAGE_SIZE, fill=1)
+    p.xdp_umem_reg(r)
+    p.xdp_close()                        # xsk_destruct (after RCU) queues the umem release
+    p.uring_register([(r, 0, PAGE_SIZE)])
+    p.uring_unregister()                 # synchronous
+    p.uring_register([(r, 0, PAGE_SIZE)])
+    p.uring_close()                      # io_ring_exit_work
+    p.xdp_umem_reg(r)
+    p.uring_register([(r, 0, PAGE_SIZE)])
+    child = p.fork()
+    p.exit()                             # both, when the files are released
+    child.odirect_write(r, 0, PAGE_SIZE)     # short-term: released before it returns
+
+
+def test_deferred_releases_on_the_model() -> None:
+    t = on_model(deferred_releases)
+    seen = [(st.op, st.released, st.late) for st in t.steps if st.released]
+    assert seen == [("xdp_close", 4, 4), ("uring_unregister", 1, 0), ("uring_close", 1, 1),
+                    ("exit", 5, 5), ("odirect_write", 1, 0)]
+
+
+def test_a_closed_socket_keeps_its_pins_until_the_work_runs() -> None:
+    from gupsim import Kernel
+    from gupsim.drivers.xdp import XdpSocket
+    k = Kernel(memory="64MiB")
+    p = k.spawn()
+    a = p.mmap(0, 2 * PAGE_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS)
+    p.write(a, b"\1" * 2 * PAGE_SIZE)
+    sock = XdpSocket(k, p)
+    sock.umem_reg(a, 2 * PAGE_SIZE)
+    sock.close()
+    assert k.vmstat["nr_foll_pin_released"] == 0 and len(k.work) == 1
+    assert k.flush_scheduled_work() == 1
+    assert k.vmstat["nr_foll_pin_released"] == 2 and k.check() == []
+
+
+@pytest.mark.host
+def test_deferred_releases_on_the_host() -> None:
+    on_both("deferred releases", deferred_releases, needs=("af_xdp", "io_uring", "o_direct"))

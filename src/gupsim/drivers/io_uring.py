@@ -14,8 +14,10 @@ ring registered without IOU_PBUF_RING_MMAP (IORING_REGISTER_PBUF_RING) is pinned
 same way. Both are charged to the user's locked_vm, never to mm->pinned_vm, so VmPin
 and VmLck do not show them; their pins go at unregistration or when the ring closes.
 
-Simplification: rings of a few entries only (each region one page); deferred work at
-close is done at once.
+Simplification: rings of a few entries only (each region one page). `close()` is the
+teardown that io_ring_exit_work does; the kernel queues it on a workqueue when the ring
+file is released, so its unpins come after close(2) returns: a caller that models that
+queues `ring.close` with `Kernel.schedule_work()` (the scenario back-end does).
 """
 
 from __future__ import annotations

@@ -38,6 +38,7 @@ class Counted:
 
     acquired: int = 0
     released: int = 0
+    late: int = 0            # of `released`: seen only after the call returned (deferred)
     trusted: bool = True     # exact, and no other pinner moved the counters meanwhile
 
 
@@ -290,11 +291,11 @@ class BaseSystem:
         if fault is not None:
             sig = "SIGSEGV" if isinstance(fault, SegmentationFault) else "SIGBUS"
             self.trace.steps.append(Step(name, sig, counted.acquired, counted.released,
-                                         st["VmPin"], st["VmLck"], None))
+                                         st["VmPin"], st["VmLck"], None, late=counted.late))
             fault.gupsim_step = len(self.trace.steps)   # type: ignore[union-attr]
             raise fault
         data = out.value if op.data and out.ok else None
         pages = out.value if op.observes and out.ok else None
         self.trace.steps.append(Step(name, str(out), counted.acquired, counted.released,
-                                     st["VmPin"], st["VmLck"], data, pages))
+                                     st["VmPin"], st["VmLck"], data, pages, counted.late))
         return out

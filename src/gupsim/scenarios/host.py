@@ -311,6 +311,7 @@ class HostSystem(BaseSystem):
             yield counted
         d = m.delta
         counted.acquired, counted.released = d.acquired, d.released
+        counted.late = m.late_released
         counted.trusted = d.exact and d.quiet
 
     @contextmanager

@@ -249,7 +249,7 @@ class ModelProc(BaseProc):
         """close() of the ring: everything it pinned is released."""
         if ring not in self.rings:
             raise OSError(errno.EBADF, f"this process has no ring {ring}")
-        self.rings.pop(ring).close()
+        self.system.k.schedule_work(self.rings.pop(ring).close)   # io_ring_exit_work
 
     def do_uring_register_pbuf_ring(self, addr: int, entries: int, bgid: int,
                                     ring: int) -> None:
@@ -361,8 +361,8 @@ class ModelProc(BaseProc):
         if self.kvm is not None:
             self.kvm.close()
             self.kvm = None
-        for ring in sorted(self.rings):
-            self.rings.pop(ring).close()
+        for ring in sorted(self.rings):      # io_uring_release queues io_ring_exit_work
+            self.system.k.schedule_work(self.rings.pop(ring).close)
         while self.xdp:
             self.xdp.pop().close()
         if self.pipe is not None:
@@ -388,15 +388,21 @@ class ModelSystem(BaseSystem):
 
     @contextmanager
     def _measure(self, settle: bool) -> Iterator[Counted]:
-        """The model's counters are exact and nothing else pins: read them around."""
+        """The model's counters are exact and nothing else pins: read them around. A step
+        that settles runs the work it queued (as the host waits for the kernel's
+        workers) after the call returned: those releases are `late`."""
         vm = self.k.vmstat
         a0, r0 = vm["nr_foll_pin_acquired"], vm["nr_foll_pin_released"]
         counted = Counted()
         try:
             yield counted
         finally:
+            returned = vm["nr_foll_pin_released"]
+            if settle:
+                self.k.flush_scheduled_work()
             counted.acquired = vm["nr_foll_pin_acquired"] - a0
             counted.released = vm["nr_foll_pin_released"] - r0
+            counted.late = vm["nr_foll_pin_released"] - returned
 
     @contextmanager
     def mthp_enabled(self, size: int) -> Iterator[None]:
@@ -441,3 +447,4 @@ class ModelSystem(BaseSystem):
             if proc.p.alive:
                 proc._release_files()
                 proc.p.exit()
+        self.k.flush_scheduled_work()

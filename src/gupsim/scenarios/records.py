@@ -70,11 +70,12 @@ class Step:
     vm_lck_kb: int | None
     data: bytes | None = None   # bytes read, for read-like steps
     pages: str | None = None    # page identity of the range, for observing steps (identity.py)
+    late: int = 0               # of `released`: seen only after the call had returned
 
     def key(self) -> tuple:
         """What must agree between back-ends."""
         return (self.op, self.outcome, self.acquired, self.released, self.vm_pin_kb,
-                self.vm_lck_kb, self.data, self.pages)
+                self.vm_lck_kb, self.data, self.pages, self.late)
 
 
 @dataclass

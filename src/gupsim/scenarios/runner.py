@@ -104,7 +104,8 @@ def describe(s: Step) -> str:
     """A step's outcome, pin counts, VmPin/VmLck and data start, for tables and diffs."""
     data = "" if s.data is None else f" data={s.data[:8]!r}{'…' if len(s.data) > 8 else ''}"
     pages = "" if s.pages is None else f" pages=[{s.pages}]"
-    return (f"{s.outcome} pins +{s.acquired}/-{s.released} VmPin={s.vm_pin_kb} "
+    late = f" ({s.late} late)" if s.late else ""
+    return (f"{s.outcome} pins +{s.acquired}/-{s.released}{late} VmPin={s.vm_pin_kb} "
             f"VmLck={s.vm_lck_kb}{data}{pages}")
 
 

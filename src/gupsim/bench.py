@@ -92,7 +92,7 @@ def model_cost(pages: int, prefault: bool, repeat: int) -> tuple[float, float]:
         k.unpin_user_pages(state[1])
 
     def cleanup(state: tuple[int, gupsim.PageArray]) -> None:
-        if k.vmstat["nr_foll_pin_acquired"] != k.vmstat["nr_foll_pin_released"]:
+        if k.vmstat.count("nr_foll_pin_acquired") != k.vmstat.count("nr_foll_pin_released"):
             k.unpin_user_pages(state[1])    # the pin succeeded but the unpin never ran
         p.munmap(state[0], size)
 

@@ -172,9 +172,13 @@ def select_cases(only: str | None, full_matrix: bool = False) -> list:
 def run_live(console: Console, only: str | None, model_only: bool,
              pages: bool = False, full_matrix: bool = False) -> list:
     """Run the catalogue on both back-ends, case by case, with progress: a status line on
-    a terminal, else a line on stderr at least every PROGRESS_EVERY seconds (CI logs)."""
+    a terminal, else a line on stderr at least every PROGRESS_EVERY seconds (CI logs).
+    The model runs the host's own era (`eras.host_profile`), and says which and why."""
+    from .eras import host_profile
     from .scenarios.runner import run_case
     cases = select_cases(only, full_matrix)
+    version, why = host_profile()
+    console.print(f"[dim]model profile v{version}: {why}[/]")
     if not model_only:
         _repair_host()
     results = []
@@ -182,15 +186,18 @@ def run_live(console: Console, only: str | None, model_only: bool,
         with console.status("") as status:
             for i, case in enumerate(cases, 1):
                 status.update(f"[{i}/{len(cases)}] {case.name}")
-                results.append(run_case(case, with_host=not model_only, pages=pages))
+                results.append(run_case(case, with_host=not model_only, version=version,
+                                        pages=pages))
         return results
     start = last = time.monotonic()
     for i, case in enumerate(cases, 1):
         now = time.monotonic()
         if i == 1 or now - last >= PROGRESS_EVERY:
-            click.echo(f"gupsim: [{i}/{len(cases)}] {now - start:4.0f}s {case.name}", err=True)
+            line = f"gupsim: [{i}/{len(cases)}] {now - start:4.0f}s {case.name}"
+            click.echo(line if len(line) <= 80 else line[:79] + "…", err=True)
             last = now
-        results.append(run_case(case, with_host=not model_only, pages=pages))
+        results.append(run_case(case, with_host=not model_only, version=version,
+                                pages=pages))
     counts = _counts(results)
     click.echo(f"gupsim: [{len(cases)}/{len(cases)}] done in {time.monotonic() - start:.0f}s: "
                + ", ".join(f"{n} {s}" for s, n in counts.items() if n), err=True)
@@ -446,10 +453,18 @@ def bench(max_pages: int, repeat: int, model_only: bool, as_json: bool) -> None:
 @click.option("--host", "with_host", is_flag=True,
               help="Also run it on the host kernel and compare step by step.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def run(file: str, with_host: bool, as_json: bool) -> None:
+@click.option("--kernel", "version", metavar="VERSION", default=None,
+              help="The model's kernel era, one of gupsim.KERNEL_VERSIONS (`gupsim eras` "
+                   "lists them); default the newest.")
+def run(file: str, with_host: bool, as_json: bool, version: str | None) -> None:
     """FILE defines `scenario(system)` (and optionally `expect(trace) -> list[str]`),
     written against gupsim.scenarios.protocol; see examples/ for one. The scenario's own
     error (syntax, an exception, a bad argument) exits 2 with `FILE:LINE: Type: message`."""
+    from .eras import profile
+    try:
+        version = profile(version)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--kernel") from exc
     from .report.live import as_json as to_json
     from .scenarios.runner import run_case
     from .scenarios.userfile import ScenarioError, load_scenario
@@ -458,7 +473,7 @@ def run(file: str, with_host: bool, as_json: bool) -> None:
         case = load_scenario(file)
         if with_host:
             _repair_host()
-        result = run_case(case, with_host=with_host)
+        result = run_case(case, with_host=with_host, version=version)
     except ScenarioError as exc:
         _scenario_failed(exc)
     except ValueError as exc:        # no scenario() in the file
@@ -513,13 +528,39 @@ def steps_table(result: Result) -> Table:
 @main.command(help="The kernel eras: every modelled change of pinning behaviour, as one "
                    "table of named switches (behaviour, first release, upstream commit), "
                    "and the profiles gupsim.Kernel(version=...) accepts. * marks the "
-                   "switches the model wires today.")
+                   "switches the model wires today. With FILE-or-CASE (a scenario file or "
+                   "a catalogue case name): run it on every era, one column per era, "
+                   "rows where eras differ marked with ≠.")
+@click.argument("target", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print the table as JSON.")
-def eras(as_json: bool) -> None:
-    """`gupsim eras`: print the table of era switches."""
+def eras(target: str | None, as_json: bool) -> None:
+    """`gupsim eras`: print the table of era switches; `gupsim eras FILE-or-CASE`: run
+    that scenario on every era, one column per era, the steps where they differ marked."""
     from .eras import KERNEL_VERSIONS, NEWEST, render_table, table_rows
+    if target is not None:
+        _eras_of(target, as_json)
+        return
     if as_json:
         click.echo(dumps({"kernel_versions": list(KERNEL_VERSIONS), "default": NEWEST,
                           "switches": table_rows()}))
         return
     click.echo(render_table())
+
+
+def _eras_of(target: str, as_json: bool) -> None:
+    """`gupsim eras FILE-or-CASE` (logic in scenarios/across_eras.py)."""
+    from .scenarios.across_eras import era_notes, era_table, load_target, run_across
+    from .scenarios.userfile import ScenarioError
+    try:
+        run = run_across(load_target(target))
+    except ScenarioError as exc:
+        _scenario_failed(exc)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+    if as_json:
+        click.echo(dumps(run.as_dict()))
+        return
+    console = Console(highlight=False)
+    console.print(era_table(run))
+    for line in era_notes(run):
+        console.print(line)

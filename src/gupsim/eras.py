@@ -9,24 +9,49 @@ the behaviour lives, never compares versions itself. `gupsim.Kernel(version="6.3
 builds a machine of that era (`k.version`, `k.era`, `k.env.era`); `gupsim eras` prints
 the table. This module is the lowest layer: it imports nothing from gupsim.
 
-Wired (consulted where the behaviour lives, tested on both sides of the version):
+Wired (consulted where the behaviour lives, tested on both sides of the version in
+tests/test_eras.py and tests/test_eras_behaviour.py):
 
 - `foll-pin` (5.6): the pin_user_pages*() entry points are absent before it (an
   AttributeError saying when they appeared); so are the seed-era pin_longterm_pages*().
-- `nr-foll-pin-vmstat` (5.7): `nr_foll_pin_acquired` / `_released` absent from vmstat.
+- `pin-counting-bias` (5.7): in 5.6 a pin is one plain reference and unpin a put_page()
+  (gup/grab.py); folio_maybe_dma_pinned() is false (memory/page.py).
+- `nr-foll-pin-vmstat` (5.7): `nr_foll_pin_acquired` / `_released` absent from vmstat
+  (`vmstat.count(name)` reads 0 for code that compares eras).
+- `gup-forced-cow-break` (5.8 only): GUP with FOLL_GET/FOLL_PIN in a writable COW
+  mapping walks and faults as a write; GUP-fast takes only writable entries (gup/slow.py
+  `forced_cow_flags`, gup/fast.py).
+- `cow-reuse-page-count` (5.9): before it a write fault reuses an anonymous page mapped
+  once whatever its refcount; 5.9 - 5.18 only when page_count() == 1 (mm/fault.py
+  `_wp_can_reuse_anon`).
+- `fork-copies-pinned-anon` (5.9), `fork-copies-pinned-hugetlb` (5.12): before them
+  fork shares pinned pages copy-on-write (mm/fork.py `folio_needs_cow_for_dma`).
+- `gup-fast-write-protect-seq` (5.11): before it GUP-fast ignores write_protect_seq, so
+  a pin taken between fork's pinned check and its write-protect (race point
+  "fork:before_wrprotect") leaves a pinned page shared with the child (gup/fast.py).
+- `longterm-migrate-movable` (5.13): before it ZONE_MOVABLE pages are long-term
+  pinnable where they are (gup/longterm.py `longterm_pinnable`).
+- `anon-exclusive-unshare` (5.19): before it a R/O pin never unshares, and write-fault
+  reuse does not consult PG_anon_exclusive (gup/slow.py `gup_must_unshare`, mm/fault.py).
+- `reliable-ro-longterm` (6.2): before it a R/O long-term pin of a non-anonymous page
+  (the zero page, page cache) in a COW mapping takes the page as is.
 - `is-valid-gup-args` (6.3): before it every entry point answers -EINVAL to invalid
   flags (the slow-path pin_user_pages*() warned and returned -EINVAL on FOLL_GET);
   from it the slow-path pin_user_pages*() answer 0. Which flag combinations count as
   invalid is today's set in every era (the older per-entry checks are not modelled).
+- `longterm-file-write-refused` (6.5): before it writable long-term pins of
+  dirty-tracked file mappings (ext4) are accepted, slow path and fast.
 - `zero-page-not-pin-counted` (6.5): before it a pin of the shared zero page is counted
   like any other (GUP_PIN_COUNTING_BIAS, nr_foll_pin_*), and unpin releases it.
 - `memfd-pin-folios` (6.11): memfd_pin_folios(), unpin_folio(), unpin_folios() absent
   before it.
-- `huge-zero-wp-thp` (6.13): a write fault on the huge zero page maps a new THP; before
-  it the PMD is split and the written page alone is copied (mm/fault.py).
+- `huge-zero-wp-thp` (6.13): a write fault on the huge zero page maps a new THP; before,
+  the PMD is split and one small page copied (mm/fault.py `_huge_zero_wp_thp`).
 
-Table-only for now (the model behaves as the newest era whatever the version): all the
-other switches. `WIRED` lists the wired names; `gupsim eras` marks them.
+Table-only (the model behaves as the newest era whatever the version):
+`longterm-migrate-cma` (on in every modelled profile) and `foll-force-no-foll-cow`
+(the model has no FOLL_COW).
+`WIRED` lists the wired names; `gupsim eras` marks them.
 """
 
 from __future__ import annotations
@@ -115,9 +140,13 @@ SWITCHES: tuple[Switch, ...] = (
 )
 """Every modelled change of behaviour, oldest first (see the module docstring)."""
 
-WIRED: frozenset[str] = frozenset({"foll-pin", "nr-foll-pin-vmstat", "is-valid-gup-args",
-                                   "zero-page-not-pin-counted", "memfd-pin-folios",
-                                   "huge-zero-wp-thp"})
+WIRED: frozenset[str] = frozenset({
+    "foll-pin", "pin-counting-bias", "nr-foll-pin-vmstat", "gup-forced-cow-break",
+    "cow-reuse-page-count", "fork-copies-pinned-anon", "fork-copies-pinned-hugetlb",
+    "gup-fast-write-protect-seq",
+    "longterm-migrate-movable", "anon-exclusive-unshare", "reliable-ro-longterm",
+    "is-valid-gup-args", "longterm-file-write-refused", "zero-page-not-pin-counted",
+    "memfd-pin-folios", "huge-zero-wp-thp"})
 """The switches the model consults today; the others are in the table only."""
 
 SWITCHES_BY_NAME: dict[str, Switch] = {s.name: s for s in SWITCHES}
@@ -189,6 +218,23 @@ def behaves_as(release: str) -> str:
         raise ValueError(f"kernel release {release!r} predates every modelled profile "
                          f"(the oldest is '{KERNEL_VERSIONS[0]}')")
     return older[-1]
+
+
+def host_profile(release: str | None = None) -> tuple[str, str]:
+    """(profile, why) for a host kernel release (default this host's `uname -r`): the
+    newest profile not after it, since every modelled change up to then is in it; a
+    release older than every profile gets the oldest, said so."""
+    import platform
+    release = release or platform.release()
+    try:
+        chosen = behaves_as(release)
+    except ValueError as e:
+        return KERNEL_VERSIONS[0], f"{e}; modelling it as v{KERNEL_VERSIONS[0]}"
+    newer = [v for v in KERNEL_VERSIONS if version_key(v) > version_key(chosen)]
+    why = (f"host kernel {release}: v{chosen} is the newest modelled profile not after it"
+           + (f" (the next, v{newer[0]}, is later)" if newer else
+              f" (nothing modelled changed after v{chosen})"))
+    return chosen, why
 
 
 class Era:
@@ -271,5 +317,5 @@ def table_rows() -> list[dict[str, object]]:
 
 
 __all__ = ["Switch", "SWITCHES", "SWITCHES_BY_NAME", "VMSTAT_SWITCHES", "WIRED",
-           "KERNEL_VERSIONS", "NEWEST", "NEWEST_ERA", "Era", "behaves_as", "profile",
-           "switch", "version_key", "render_table", "table_rows"]
+           "KERNEL_VERSIONS", "NEWEST", "NEWEST_ERA", "Era", "behaves_as", "host_profile",
+           "profile", "switch", "version_key", "render_table", "table_rows"]

@@ -9,7 +9,6 @@ process as `current`.
 from __future__ import annotations
 
 import itertools
-from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
@@ -20,6 +19,7 @@ from .eras import Era
 from .fs import File, FileSystem, filesystems
 from .gup.facade import KernelPinning, ProcessPinning
 from .memory import Allocator, Kind, MemMap, Page
+from .memory.memmap import VmStat
 from .memory.units import parse_size
 from .mm import (
     MM,
@@ -129,8 +129,9 @@ class Kernel(KernelPinning):
         return self.env.thp
 
     @property
-    def vmstat(self) -> Counter[str]:
-        """/proc/vmstat counters (nr_foll_pin_acquired, nr_foll_pin_released, ...)."""
+    def vmstat(self) -> VmStat:
+        """/proc/vmstat counters (nr_foll_pin_acquired, nr_foll_pin_released, ...);
+        `vmstat.count(name)` reads 0 for a counter this era does not have."""
         return self.mem.vmstat
 
     def set_nr_hugepages(self, count: int, size: str | int = "2MiB") -> int:

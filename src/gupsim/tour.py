@@ -127,7 +127,7 @@ def step_shared_file() -> Step:
 
 
 def _pins(k: Kernel) -> tuple[int, int]:
-    return k.vmstat["nr_foll_pin_acquired"], k.vmstat["nr_foll_pin_released"]
+    return k.vmstat.count("nr_foll_pin_acquired"), k.vmstat.count("nr_foll_pin_released")
 
 
 def step_pin() -> Step:

@@ -132,21 +132,21 @@ def test_the_host_swaps_anonymous_pages_out_with_the_temporary_swap_file() -> No
 
 
 @needs_swap_file
-@pytest.mark.parametrize("every_cpu", [False, True])
-def test_pageout_of_pages_faulted_on_another_cpu(every_cpu: bool) -> None:
-    """MADV_PAGEOUT drains only the calling CPU's batch of new folios: pages faulted on
-    one CPU and paged out from another stay resident (CI saw it), unless the call is
-    repeated on every CPU, as the host back-end does."""
+def test_pageout_reaches_pages_faulted_on_another_cpu() -> None:
+    """MADV_PAGEOUT drains only the calling CPU's batch of new folios, so pages faulted
+    on one CPU and paged out from another can stay resident (CI saw it); the host
+    back-end repeats the call on every CPU. (That a single call misses them is not
+    asserted: another drain may happen to run first.)"""
     import ctypes
     import mmap
 
     from gupsim.live import libc
     from gupsim.live.hostmem import pagemap
 
-    if len(os.sched_getaffinity(0)) < 2:
-        pytest.skip("needs two CPUs: one to fault the pages on, one to page them out from")
-    first, second = sorted(os.sched_getaffinity(0))[:2]
     cpus = os.sched_getaffinity(0)
+    if len(cpus) < 2:
+        pytest.skip("needs two CPUs: one to fault the pages on, one to page them out from")
+    first, second = sorted(cpus)[:2]
     area = mmap.mmap(-1, 4 * PAGE_SIZE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     addr = ctypes.addressof(ctypes.c_char.from_buffer(area))
     try:
@@ -155,13 +155,10 @@ def test_pageout_of_pages_faulted_on_another_cpu(every_cpu: bool) -> None:
             for i in range(4):
                 area[i * PAGE_SIZE] = 0x5A
             os.sched_setaffinity(0, {second})
-            if every_cpu:
-                libc.madvise_on_every_cpu(addr, 4 * PAGE_SIZE, MADV_PAGEOUT)
-                assert os.sched_getaffinity(0) == {second}, "its CPUs are restored"
-            else:
-                libc.madvise(addr, 4 * PAGE_SIZE, MADV_PAGEOUT)
+            libc.madvise_on_every_cpu(addr, 4 * PAGE_SIZE, MADV_PAGEOUT)
+            assert os.sched_getaffinity(0) == {second}, "its CPUs are restored"
             swapped = [pagemap(addr + i * PAGE_SIZE, os.getpid()).swapped for i in range(4)]
-            assert swapped == [every_cpu] * 4
+            assert swapped == [True] * 4
             assert area[0] == 0x5A
     finally:
         os.sched_setaffinity(0, cpus)

@@ -51,7 +51,7 @@ def _mirror(ignore: bool) -> list[CaseStep]:
     cmd = d.read(a, NPAGES3)
     frame = _pfn(p, a)
     facts: dict[str, Any] = {"device read": cmd.data[:4], "device faults": cmd.faults,
-                             "nr_foll_pin_acquired": k.vmstat["nr_foll_pin_acquired"],
+                             "nr_foll_pin_acquired": k.vmstat.count("nr_foll_pin_acquired"),
                              "refcount of the first frame": k.page(frame).refcount,
                              "VmPin kB": p.proc_status()["VmPin"]}
     steps = [CaseStep(
@@ -149,7 +149,7 @@ def _userptr(unsync: bool) -> list[CaseStep]:
     watch = MirrorWatch(k)
     watch.watch(obj, "userptr")
     data = obj.gpu_read(0, 4)
-    held = k.vmstat["nr_foll_pin_acquired"] - k.vmstat["nr_foll_pin_released"]
+    held = k.vmstat.count("nr_foll_pin_acquired") - k.vmstat.count("nr_foll_pin_released")
     steps = [CaseStep(
         "The GPU uses the object: its pages are pinned (FOLL_PIN, FOLL_WRITE)",
         "get_pages pins every page of the object; the "
@@ -161,13 +161,13 @@ def _userptr(unsync: bool) -> list[CaseStep]:
     p.mmap(a, NPAGES3 * PAGE_SIZE, RW, ANON | MAP_FIXED)
     p.write(a, b"fresh")
     data = obj.gpu_read(0, 5)
-    held = k.vmstat["nr_foll_pin_acquired"] - k.vmstat["nr_foll_pin_released"]
+    held = k.vmstat.count("nr_foll_pin_acquired") - k.vmstat.count("nr_foll_pin_released")
     facts = {"GPU read": data, "process reads": p.read(a, 5), "pins held": held,
              "unpinned by the notifier": obj.unpins_by_notifier,
              "invariant violations": watch.violations()}
     obj.close()
-    facts["pins held after close"] = k.vmstat["nr_foll_pin_acquired"] - \
-        k.vmstat["nr_foll_pin_released"]
+    facts["pins held after close"] = k.vmstat.count("nr_foll_pin_acquired") - \
+        k.vmstat.count("nr_foll_pin_released")
     if not unsync:
         steps.append(CaseStep(
             "munmap(), a new mapping, the GPU reads: the notifier unpinned, the GPU re-pinned",

@@ -109,12 +109,12 @@ def _pfn(p: Process, addr: int) -> int:
 
 
 def _acq(k: Kernel) -> int:
-    return k.vmstat["nr_foll_pin_acquired"]
+    return k.vmstat.count("nr_foll_pin_acquired")
 
 
 def _held(k: Kernel) -> int:
     """Pins outstanding: nr_foll_pin_acquired - nr_foll_pin_released."""
-    return k.vmstat["nr_foll_pin_acquired"] - k.vmstat["nr_foll_pin_released"]
+    return k.vmstat.count("nr_foll_pin_acquired") - k.vmstat.count("nr_foll_pin_released")
 
 
 # -- case 1: Direct IO --------------------------------------------------------------------

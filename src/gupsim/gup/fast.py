@@ -30,6 +30,7 @@ from .flags import (
 from .grab import gup_put_pfns, try_grab_pfns_fast
 from .longterm import __gup_longterm_locked, longterm_pinnable
 from .pages import Pages, PagesOut
+from .slow import gup_must_unshare
 from .state import PATH_FALLBACK, PATH_INVALID, note_gup, race_point
 
 TASK_SIZE_MAX = TASK_SIZE - PAGE_SIZE
@@ -38,12 +39,14 @@ _U64 = 1 << 64
 
 def gup_fast_folio_allowed(env: MMEnv, heads: np.ndarray, flags: int) -> NDArray[np.bool_]:
     """Vectorised gup_fast_folio_allowed(): secretmem never; long-term writable pins only
-    of anon, shmem and hugetlb folios (a NULL mapping, e.g. after truncate, falls back)."""
+    of anon, shmem and hugetlb folios (a NULL mapping, e.g. after truncate, falls back),
+    from 6.5 on (`longterm-file-write-refused`)."""
     mem = env.mem
     kind = mem.kind[heads]
     allowed = kind != Kind.SECRETMEM
     if (flags & (FOLL_PIN | FOLL_LONGTERM | FOLL_WRITE)) == (FOLL_PIN | FOLL_LONGTERM
-                                                               | FOLL_WRITE):
+                                                               | FOLL_WRITE) \
+            and env.era.has("longterm-file-write-refused"):
         hugetlb = (mem.flags[heads] & np.uint32(PG.hugetlb)) != 0
         anon = (kind == Kind.ANON) | (kind == Kind.KSM)
         shmem = (kind == Kind.SHMEM) & (mem.mapping[heads] != 0)
@@ -79,7 +82,7 @@ def _fast_checks(env: MMEnv, vma: VMA, i0: int, i1: int, flags: int
         anon = (kind == Kind.ANON) | (kind == Kind.KSM)
         huge = (pte & (PTE.PMD | PTE.PUD)) != 0
         excl = (mem.flags[np.where(huge, heads, safe)] & np.uint32(PG.anon_exclusive)) != 0
-        must = np.where(anon, ~excl, bool(flags & FOLL_LONGTERM))
+        must = gup_must_unshare(env.era, anon, excl, bool(flags & FOLL_LONGTERM))
         after &= writable | ~must
     return grab, after, pfn
 
@@ -115,8 +118,13 @@ def gup_fast(env: MMEnv, mm: MM, start: int, end: int, flags: int, out: PagesOut
                                  f"flags {foll_flags_str(flags)}"):
         return 0
     seq = mm.write_protect_seq
-    if flags & FOLL_PIN and seq & 1:
+    # from 5.11 (gup-fast-write-protect-seq) a pin backs off while fork write-protects
+    seqcheck = bool(flags & FOLL_PIN) and mem.era.has("gup-fast-write-protect-seq")
+    if seqcheck and seq & 1:
         return 0                            # fork is write-protecting: fall back
+    # 5.8 (gup-forced-cow-break): only already-writable entries are safe to take
+    # without the slow path's early COW, so a read walks as a write
+    walk = flags | FOLL_WRITE if mem.era.has("gup-forced-cow-break") else flags
     nr = 0
     addr = start
     while addr < end:
@@ -125,7 +133,7 @@ def gup_fast(env: MMEnv, mm: MM, start: int, end: int, flags: int, out: PagesOut
             break
         i0 = vma.idx(addr)
         i1 = min(vma.nr_pages, i0 + ((end - addr) >> PAGE_SHIFT))
-        grab, after, pfns = _fast_checks(env, vma, i0, i1, flags)
+        grab, after, pfns = _fast_checks(env, vma, i0, i1, walk)
         keep, k = _walk_extent(vma, i0, i1, grab, after)
         if k == 0:
             break
@@ -141,7 +149,7 @@ def gup_fast(env: MMEnv, mm: MM, start: int, end: int, flags: int, out: PagesOut
             if mm.find_vma(addr) is vma and vma.start <= addr and i0 + got <= vma.nr_pages:
                 same = (vma.pte[i0:i0 + got] == snap_pte[:got]) & (vma.pfn[i0:i0 + got]
                                                                    == pfns[:got])
-                grab2, after2, _ = _fast_checks(env, vma, i0, i0 + got, flags)
+                grab2, after2, _ = _fast_checks(env, vma, i0, i0 + got, walk)
                 keep, _ = _walk_extent(vma, i0, i0 + got, same & grab2, after2)
         if keep < got:
             gup_put_pfns(env.alloc, pfns[keep:got], flags)
@@ -154,7 +162,7 @@ def gup_fast(env: MMEnv, mm: MM, start: int, end: int, flags: int, out: PagesOut
         if got < i1 - i0:
             break
         addr = vma.end
-    if flags & FOLL_PIN and mm.write_protect_seq != seq:
+    if seqcheck and mm.write_protect_seq != seq:
         if nr:
             gup_put_pfns(env.alloc, out.pfns(nr).copy(), flags)
             out.clear(nr)

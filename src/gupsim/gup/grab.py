@@ -7,6 +7,8 @@ pages. Bulk forms work on PFN arrays: consecutive entries of one folio form a ru
 each run is one `np.add.at` / `np.subtract.at` update, never a Python loop per page.
 The refcount has 32-bit signed semantics: a wrap makes it negative, and the next grab
 is refused with -ENOMEM (there is no pre-check, as in the kernel).
+In 5.6 (before `pin-counting-bias`) FOLL_PIN was a placeholder: a pin is one plain
+reference and unpin a put_page(), so nothing can tell a pinned page from a referenced one.
 """
 
 from __future__ import annotations
@@ -49,8 +51,8 @@ def folio_runs(mem: MemMap, pfns: np.ndarray) -> tuple[np.ndarray, np.ndarray, n
 
 def _add_refs(mem: MemMap, heads: np.ndarray, refs: np.ndarray, flags: int) -> None:
     """Add `refs` references (GET) or pins (PIN) to each folio, with vmstat."""
-    if flags & FOLL_GET:
-        np.add.at(mem.refcount, heads, refs)
+    if flags & FOLL_GET or (flags & FOLL_PIN and not mem.era.has("pin-counting-bias")):
+        np.add.at(mem.refcount, heads, refs)     # 5.6: a pin is a plain reference
     elif flags & FOLL_PIN:
         if mem.era.has("zero-page-not-pin-counted"):
             keep = mem.kind[heads] != Kind.ZERO
@@ -128,7 +130,9 @@ def gup_put_folios(alloc: Allocator, heads: np.ndarray, refs: np.ndarray, flags:
     Underflows warn once and clamp to 0; returns how many folios were freed.
     """
     mem = alloc.mem
-    if flags & FOLL_PIN:
+    if flags & FOLL_PIN and not mem.era.has("pin-counting-bias"):
+        np.subtract.at(mem.refcount, heads, refs)   # 5.6: unpin_user_page() is put_page()
+    elif flags & FOLL_PIN:
         if mem.era.has("zero-page-not-pin-counted"):
             keep = mem.kind[heads] != Kind.ZERO
             heads, refs = heads[keep], refs[keep]

@@ -29,11 +29,15 @@ from .state import gup_state, note_gup, race_point
 
 
 def longterm_pinnable(mem: MemMap, heads: np.ndarray) -> NDArray[np.bool_]:
-    """Vectorised folio_is_longterm_pinnable() over head PFNs."""
+    """Vectorised folio_is_longterm_pinnable() over head PFNs. ZONE_MOVABLE counts only
+    from 5.13 (`longterm-migrate-movable`): before, a long-term pin stays where it is
+    and blocks offlining that memory; CMA is refused on every modelled era."""
     kind = mem.kind[heads]
     zero = (kind == Kind.ZERO) | (kind == Kind.HUGE_ZERO)
     ok = ~np.asarray(mem.is_cma(heads), dtype=bool)
     movable = np.asarray(mem.zone_of(heads)) == Zone.MOVABLE
+    if not mem.era.has("longterm-migrate-movable"):
+        movable = np.zeros_like(movable)
     return ok & (zero | ((kind != Kind.FSDAX) & ~movable))
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 
 import numpy as np
+from numpy.typing import NDArray
 
 from ..constants import (
     EAGAIN,
@@ -27,6 +28,7 @@ from ..constants import (
     PAGE_SHIFT,
     PAGE_SIZE,
 )
+from ..eras import NEWEST_ERA, Era
 from ..memory import PG, Kind
 from ..mm import MM, MMF, VM, VMA, FaultFlag, MMEnv, VMFault, handle_mm_fault
 from ..mm.fault import populate_anon_bulk
@@ -82,8 +84,10 @@ def vma_needs_dirty_tracking(vma: VMA) -> bool:
     return bool(vma.file.needs_writenotify)
 
 
-def check_vma_flags(vma: VMA, gup_flags: int) -> int:
-    """0, or the errno that refuses this VMA for these flags (spec 2.5, in order)."""
+def check_vma_flags(vma: VMA, gup_flags: int, era: Era = NEWEST_ERA) -> int:
+    """0, or the errno that refuses this VMA for these flags (spec 2.5, in order).
+    Writable long-term pins of dirty-tracked file mappings are refused from 6.5 on
+    (`longterm-file-write-refused`); before, they were accepted."""
     write = gup_flags & FOLL_WRITE
     anon = vma.is_anonymous
     if vma.flags & (VM.IO | VM.PFNMAP):
@@ -98,7 +102,7 @@ def check_vma_flags(vma: VMA, gup_flags: int) -> int:
         return -EFAULT
     if write:
         if (not anon and (gup_flags & (FOLL_PIN | FOLL_LONGTERM)) == (FOLL_PIN | FOLL_LONGTERM)
-                and vma_needs_dirty_tracking(vma)):
+                and vma_needs_dirty_tracking(vma) and era.has("longterm-file-write-refused")):
             return -EFAULT
         if not vma.flags & VM.WRITE:
             if not gup_flags & FOLL_FORCE:
@@ -158,12 +162,40 @@ def follow_range(env: MMEnv, vma: VMA, i0: int, i1: int, flags: int
         codes[(codes == OK) & special & ~zero] = NOPAGE
     if ro_pin:
         ro = (codes == OK) & ~writable
-        if flags & FOLL_LONGTERM and vma.is_cow:
-            must = np.where(anon, ~exclusive, True)
-        else:
-            must = anon & ~exclusive
+        must = gup_must_unshare(env.era, anon, exclusive,
+                                bool(flags & FOLL_LONGTERM) and vma.is_cow)
         codes[ro & must] = UNSHARE
     return codes, pfn
+
+
+def gup_must_unshare(era: Era, anon: NDArray[np.bool_], exclusive: NDArray[np.bool_],
+                     longterm_cow: bool) -> NDArray[np.bool_]:
+    """Vectorised gup_must_unshare() for R/O pins of R/O-mapped pages: must the page be
+    unshared (FAULT_FLAG_UNSHARE) before it is pinned?
+
+    From 5.19 (`anon-exclusive-unshare`) a possibly shared anonymous page must; from 6.2
+    (`reliable-ro-longterm`) also any other page of a COW mapping under FOLL_LONGTERM
+    (`longterm_cow`). Before 5.19 nothing is unshared: the pin takes the shared page and
+    a later write by the process copies it away from the pin.
+    """
+    if era.has("anon-exclusive-unshare"):
+        must = anon & ~exclusive
+    else:
+        must = np.zeros(len(anon), dtype=bool)
+    if longterm_cow and era.has("reliable-ro-longterm"):
+        must = must | ~anon
+    return must
+
+
+def forced_cow_flags(era: Era, vma: VMA, gup_flags: int) -> int:
+    """5.8 only (`gup-forced-cow-break`): GUP taking references (FOLL_GET or FOLL_PIN) in
+    a COW mapping walks and faults as if writing, so a shared page is copied first.
+    Modelled for writable VMAs only (on a read-only private VMA the 5.8 kernel relied on
+    FOLL_COW, which the model does not have)."""
+    if (era.has("gup-forced-cow-break") and vma.is_cow and vma.flags & VM.WRITE
+            and gup_flags & (FOLL_GET | FOLL_PIN)):
+        return gup_flags | FOLL_WRITE
+    return gup_flags
 
 
 def _touch(env: MMEnv, vma: VMA, i0: int, n: int, pfns: np.ndarray, flags: int) -> None:
@@ -333,6 +365,7 @@ def __get_user_pages(env: MMEnv, mm: MM, start: int, nr_pages: int, gup_flags: i
     window = nr_pages
     retries = 0
     grab = bool(gup_flags & (FOLL_GET | FOLL_PIN))
+    walk = gup_flags                # the flags the walk and its faults use (5.8: +WRITE)
     failed: dict[int, int] = {}     # address -> result of a run's failed fault (populate)
     while done < nr_pages:
         addr = start + (done << PAGE_SHIFT)
@@ -341,15 +374,16 @@ def __get_user_pages(env: MMEnv, mm: MM, start: int, nr_pages: int, gup_flags: i
             if vma is None:
                 ret = -ENOMEM if gup_flags & FOLL_MADV_POPULATE else -EFAULT
                 break
-            rc = check_vma_flags(vma, gup_flags)
+            rc = check_vma_flags(vma, gup_flags, env.era)
             if rc:
                 ret = -EINVAL if gup_flags & FOLL_MADV_POPULATE else rc
                 break
+            walk = forced_cow_flags(env.era, vma, gup_flags)
         i = vma.idx(addr)
         n = min(nr_pages - done, vma.nr_pages - i, window)
         if gup_flags & FOLL_SPLIT_PMD:
             _split_pmds(mm, vma, i, i + n)
-        codes, pfns = follow_range(env, vma, i, i + n, gup_flags)
+        codes, pfns = follow_range(env, vma, i, i + n, walk)
         bad = np.flatnonzero(codes != OK)
         k = int(bad[0]) if len(bad) else n
         if k:
@@ -361,7 +395,7 @@ def __get_user_pages(env: MMEnv, mm: MM, start: int, nr_pages: int, gup_flags: i
                     break
                 if out is not None:
                     out.store(done, pfns[:got])
-            _touch(env, vma, i, got, pfns, gup_flags)
+            _touch(env, vma, i, got, pfns, walk)
             done += got
             retries = 0
             window = min(window * 2, nr_pages)
@@ -384,7 +418,7 @@ def __get_user_pages(env: MMEnv, mm: MM, start: int, nr_pages: int, gup_flags: i
                 break
             raced = race_point(mem, "gup_slow:before_fault", mm=mm, address=addr)
             bulk = 0 if raced or code != ABSENT or addr in failed else (
-                _bulk_anon_write_faults(env, mm, vma, i, codes, gup_flags)
+                _bulk_anon_write_faults(env, mm, vma, i, codes, walk)
                 or (out is None and not grab
                     and _populate_faults(env, mm, vma, i, codes, gup_flags, locked, failed)))
             if bulk:
@@ -393,7 +427,7 @@ def __get_user_pages(env: MMEnv, mm: MM, start: int, nr_pages: int, gup_flags: i
             if addr in failed:              # populate already faulted here and failed
                 rc = failed.pop(addr)
             else:
-                rc = faultin_page(env, mm, vma, addr, gup_flags, code == UNSHARE, locked)
+                rc = faultin_page(env, mm, vma, addr, walk, code == UNSHARE, locked)
             if rc == 0:
                 vma = None          # the fault may have changed the VMA list (never here)
                 continue

@@ -17,6 +17,7 @@ call, never per page.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
@@ -35,6 +36,7 @@ RACE_POINTS = (
     "gup_fast:after_pte_read",     # PTEs read, folios not yet grabbed (fork, munmap, ...)
     "gup_slow:before_fault",       # the slow path is about to fault a page in
     "longterm:before_migrate",     # pins dropped, folios about to be migrated
+    "fork:before_wrprotect",       # fork chose which pages to share, not yet write-protected
 )
 
 
@@ -137,6 +139,7 @@ def register_machine(env: MMEnv) -> GupState:
         st = _states[env.mem] = GupState(env)
         from .slow import register_populate  # here: slow.py imports this module
         register_populate(env)
+        env.race_hook = functools.partial(race_point, env.mem)
     return st
 
 

@@ -97,6 +97,11 @@ class VmStat(Counter[str]):
         super().__init__()
         self._mem = mem
 
+    def count(self, key: str) -> int:
+        """The counter's value, 0 where the era has no such counter: for code that
+        compares counters on machines of any era (`vmstat[key]` raises there)."""
+        return self.get(key, 0)
+
     def __missing__(self, key: str) -> int:
         name = VMSTAT_SWITCHES.get(key)
         why = None if name is None else self._mem.era.absent(name, f"/proc/vmstat {key}")
@@ -133,7 +138,7 @@ class MemMap:
         self.index = np.zeros(n, dtype=np.int64)
         self.private = np.zeros(n, dtype=np.int64)
         self.content: dict[int, bytearray] = {}
-        self.vmstat: Counter[str] = VmStat(self)
+        self.vmstat: VmStat = VmStat(self)
         self.era: Era = NEWEST_ERA   # the machine's kernel release (gupsim.eras)
         self.warnings = warnings if warnings is not None else WarnLog()
         self.rmap: RmapWalker = NoRmap()

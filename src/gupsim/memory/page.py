@@ -213,7 +213,10 @@ def page_maybe_dma_pinned(page: Page) -> bool:
 
 
 def maybe_dma_pinned_pfns(mem: MemMap, heads: np.ndarray) -> NDArray[np.bool_]:
-    """Vectorised folio_maybe_dma_pinned() over an array of head PFNs."""
+    """Vectorised folio_maybe_dma_pinned() over an array of head PFNs; always false in
+    5.6, where FOLL_PIN did not count pins yet (`pin-counting-bias`)."""
+    if not mem.era.has("pin-counting-bias"):
+        return np.zeros(len(heads), dtype=bool)
     large = mem.order[heads] > 0
     small_pinned = (mem.refcount[heads] & 0xFFFFFFFF) >= GUP_PIN_COUNTING_BIAS
     return (large & (mem.pincount[heads] > 0)) | (~large & small_pinned)

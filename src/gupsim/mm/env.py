@@ -126,6 +126,8 @@ class MMEnv:
     # pinning layer installs these when it registers the machine (gup.state).
     populate_hook: PopulateHook | None = None
     faultin_hook: FaultinHook | None = None
+    # race points inside mm/ (fork), run by the pinning layer's hooks (`k.gup.on_race`)
+    race_hook: Callable[..., bool] | None = None
 
     @property
     def era(self) -> Era:

@@ -214,9 +214,7 @@ def do_wp_page(env: MMEnv, mm: MM, vma: VMA, i: int, unshare: bool) -> VMFault:
             return VMFault.OK
         if vma.is_hugetlb:
             return hugetlb_wp(env, mm, vma, i, unshare)
-        if (pte & PTE.SPECIAL and mem.kind[head] == Kind.HUGE_ZERO and not unshare
-                and mem.era.has("huge-zero-wp-thp")
-                and huge_zero_wp_thp(env, mm, vma, i - int(mem.head_off[pfn]))):
+        if pte & PTE.SPECIAL and not unshare and _huge_zero_wp_thp(env, mm, vma, i):
             return VMFault.OK
         split_huge_mapping(mm, vma, i)
         pte = int(vma.pte[i])
@@ -225,8 +223,7 @@ def do_wp_page(env: MMEnv, mm: MM, vma: VMA, i: int, unshare: bool) -> VMFault:
     head = int(mem.head_of(pfn))
     kind = int(mem.kind[head]) if not pte & PTE.SPECIAL else int(mem.kind[pfn])
     if kind == Kind.ANON and not pte & PTE.SPECIAL:
-        if (mem.test(pfn, PG.anon_exclusive) or _anon_reusable(env, head)
-                or _anon_reusable_large(env, mm, head)):
+        if _wp_can_reuse_anon(env, mm, pfn, head):
             mem.set_flag(pfn, PG.anon_exclusive)
             if not unshare:
                 vma.pte[i] |= _mkwrite(vma) | PTE.DIRTY | PTE.YOUNG
@@ -235,16 +232,19 @@ def do_wp_page(env: MMEnv, mm: MM, vma: VMA, i: int, unshare: bool) -> VMFault:
     return wp_page_copy(env, mm, vma, i, unshare)
 
 
-def huge_zero_wp_thp(env: MMEnv, mm: MM, vma: VMA, first: int) -> bool:
-    """do_huge_zero_wp_pmd() (6.13+): a write to the huge zero page maps a fresh, zeroed
-    PMD THP in its place; False (the caller splits the PMD, as before 6.13) when no THP
-    could be allocated."""
+def _huge_zero_wp_thp(env: MMEnv, mm: MM, vma: VMA, i: int) -> bool:
+    """A write to the huge zero page from 6.13 (`huge-zero-wp-thp`): replace the whole PMD
+    with a fresh zeroed THP (do_huge_zero_wp_pmd()). False, so the caller splits the PMD
+    and copies one small page as before 6.13, on an older era or when no THP is free."""
+    if not env.era.has("huge-zero-wp-thp") or not int(vma.pte[i]) & PTE.PMD:
+        return False
+    n = 1 << PMD_ORDER
+    first = i - ((vma.start >> PAGE_SHIFT) + i) % n
     try:
         head = new_anon_folio(env, vma, PMD_ORDER, first)
     except OutOfMemory:
         env.mem.vmstat["thp_fault_fallback"] += 1
         return False
-    n = 1 << PMD_ORDER
     rng = invalidate_start(mm, MMU_NOTIFY_CLEAR, vma.addr_of(first), vma.addr_of(first + n))
     zap_range(mm, vma, first, first + n, env.swap)
     map_new_anon(env, mm, vma, first, head, PMD_ORDER, bool(vma.flags & VM.WRITE), huge=True)
@@ -255,6 +255,33 @@ def huge_zero_wp_thp(env: MMEnv, mm: MM, vma: VMA, first: int) -> bool:
 def _mkwrite(vma: VMA) -> int:
     """maybe_mkwrite(): the PTE becomes writable only if the VMA is (not under FOLL_FORCE)."""
     return PTE.WRITE if vma.flags & VM.WRITE else 0
+
+
+def _wp_can_reuse_anon(env: MMEnv, mm: MM, pfn: int, head: int) -> bool:
+    """May a write fault reuse this anonymous page rather than copy it? The rule of the
+    machine's era (`gupsim.eras`):
+
+    - from 5.19 (`anon-exclusive-unshare`): the page is PG_anon_exclusive, or we hold
+      the only reference;
+    - 5.9 - 5.18 (`cow-reuse-page-count`): page_count() == 1, so any extra reference,
+      a pin included, forces a copy (the pin keeps the old page);
+    - before 5.9: reuse_swap_page(), i.e. the page is mapped once, whatever its
+      refcount, so a page a R/O GUP reference still holds is reused and written.
+    """
+    mem = env.mem
+    if env.era.has("anon-exclusive-unshare"):
+        return (mem.test(pfn, PG.anon_exclusive) or _anon_reusable(env, head)
+                or _anon_reusable_large(env, mm, head))
+    if env.era.has("cow-reuse-page-count"):
+        return _anon_reusable(env, head)
+    return _mapped_once(env, pfn, head)
+
+
+def _mapped_once(env: MMEnv, pfn: int, head: int) -> bool:
+    """reuse_swap_page() before 5.9 (swap count ignored): one mapping of the page."""
+    mem = env.mem
+    return int(mem.mapcount[pfn]) + int(mem.entire_mapcount[head]) == 1 \
+        and not mem.test(head, PG.swapcache)
 
 
 def _anon_reusable(env: MMEnv, head: int) -> bool:
@@ -280,13 +307,19 @@ def _anon_reusable_large(env: MMEnv, mm: MM, head: int) -> bool:
 
 
 def _anon_reusable_huge(env: MMEnv, head: int) -> bool:
-    """do_huge_pmd_wp_page()'s reuse test: the folio is marked exclusive already, or our
-    PMD holds its only reference (a fork child that shared it has gone) and it is not
-    in the swap cache."""
+    """do_huge_pmd_wp_page() reuse: the PMD-mapped THP is ours alone. From 5.19 it is
+    marked exclusive already, or our PMD holds its only reference (a fork child that
+    shared it has gone) and it is not in the swap cache; before 5.19 there is no
+    PG_anon_exclusive to ask (5.9 - 5.18: the refcount alone; before 5.9: the mapcount
+    alone, a pinned THP mapped once is reused)."""
     mem = env.mem
-    if mem.test(head, PG.anon_exclusive):
-        return True
-    return int(mem.refcount[head]) == 1 and not mem.test(head, PG.swapcache)
+    once = int(mem.entire_mapcount[head]) == 1
+    if env.era.has("anon-exclusive-unshare"):
+        return mem.test(head, PG.anon_exclusive) or (
+            int(mem.refcount[head]) == 1 and once and not mem.test(head, PG.swapcache))
+    if env.era.has("cow-reuse-page-count"):
+        return int(mem.refcount[head]) == 1 and once
+    return once
 
 
 def wp_page_copy(env: MMEnv, mm: MM, vma: VMA, i: int, unshare: bool) -> VMFault:

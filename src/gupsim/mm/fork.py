@@ -4,6 +4,12 @@ The copy decision for each anonymous page is the kernel's: a page is shared with
 child (its anon-exclusive bit cleared, both PTEs write-protected) unless its folio may
 be pinned by DMA and the page is exclusive; such a page is copied for the child at once,
 and the parent's mapping stays as it was, so a pin keeps seeing what the parent sees.
+
+Eras (`gupsim.eras`): before 5.9 (`fork-copies-pinned-anon`) fork never asks whether a
+page may be pinned and shares every anonymous page copy-on-write, pinned or not; the
+parent's next write then copies (mapcount 2), so the device keeps writing into the page
+the child now owns. Pinned hugetlb pages are shared the same way before 5.12
+(`fork-copies-pinned-hugetlb`).
 """
 
 from __future__ import annotations
@@ -32,9 +38,11 @@ class ForkFailed(OSError):
     """fork() could not copy the address space (ENOMEM): the child was torn down again."""
 
 
-def folio_needs_cow_for_dma(env: MMEnv, mm: MM, heads: np.ndarray) -> NDArray[np.bool_]:
-    """Vectorised folio_needs_cow_for_dma(): the mm ever pinned and the folio may be pinned."""
-    if not mm.flags & MMF.HAS_PINNED:
+def folio_needs_cow_for_dma(env: MMEnv, mm: MM, heads: np.ndarray,
+                            era_switch: str = "fork-copies-pinned-anon") -> NDArray[np.bool_]:
+    """Vectorised folio_needs_cow_for_dma(): the mm ever pinned and the folio may be pinned.
+    All false in an era before `era_switch` (fork did not copy pinned pages yet)."""
+    if not mm.flags & MMF.HAS_PINNED or not env.era.has(era_switch):
         return np.zeros(len(heads), dtype=bool)
     return maybe_dma_pinned_pfns(env.mem, heads)
 
@@ -123,6 +131,9 @@ def _copy_page_range(env: MMEnv, src_mm: MM, dst_mm: MM, src: VMA, dst: VMA) -> 
     anon = mem.kind[heads] == Kind.ANON
     excl = (mem.flags[pfns] & np.uint32(PG.anon_exclusive)) != 0
     copy = anon & excl & folio_needs_cow_for_dma(env, src_mm, heads)
+    if env.race_hook is not None:
+        # GUP-fast may pin here, after the check: before 5.11 nothing stops it
+        env.race_hook("fork:before_wrprotect", mm=src_mm, vma=src)
     share = idx[~copy]
     if len(share):
         sp = src.pfn[share]
@@ -176,7 +187,8 @@ def _copy_huge(env: MMEnv, src_mm: MM, dst_mm: MM, src: VMA, dst: VMA, i: int) -
     head = pfn
     anon = mem.kind[head] == Kind.ANON
     excl = mem.test(head, PG.anon_exclusive)
-    pinned = bool(folio_needs_cow_for_dma(env, src_mm, np.array([head]))[0])
+    which = "fork-copies-pinned-hugetlb" if src.is_hugetlb else "fork-copies-pinned-anon"
+    pinned = bool(folio_needs_cow_for_dma(env, src_mm, np.array([head]), which)[0])
     if anon and excl and pinned:
         if src.is_hugetlb:
             new = env.alloc.alloc_hugetlb_folio(src.huge_order, Kind.ANON, dst.anon_id,

@@ -377,12 +377,13 @@ class ModelSystem(BaseSystem):
     procs: list[ModelProc]  # type: ignore[assignment]
 
     def __init__(self, kernel: Kernel | None = None, needs: tuple[str, ...] = (),
-                 observe_pages: bool = False) -> None:
+                 version: str | None = None, observe_pages: bool = False) -> None:
         super().__init__()
         self.observe_pages = observe_pages
         # a case that needs swap gets a swap device, as the host gets a swap file
         swap = SWAP_SIZE if "swap" in needs else 0
-        self.k = kernel or Kernel(memory="1GiB", nr_hugepages=8, swap=swap)
+        self.k = kernel or Kernel(memory="1GiB", nr_hugepages=8, swap=swap, version=version)
+        self.trace.counted = self.k.era.has("nr-foll-pin-vmstat")
         self._scratch: Any = None
         self.files: dict[int, Any] = {}      # region id -> the file behind it
 
@@ -392,17 +393,17 @@ class ModelSystem(BaseSystem):
         that settles runs the work it queued (as the host waits for the kernel's
         workers) after the call returned: those releases are `late`."""
         vm = self.k.vmstat
-        a0, r0 = vm["nr_foll_pin_acquired"], vm["nr_foll_pin_released"]
+        a0, r0 = vm.count("nr_foll_pin_acquired"), vm.count("nr_foll_pin_released")
         counted = Counted()
         try:
             yield counted
         finally:
-            returned = vm["nr_foll_pin_released"]
+            returned = vm.count("nr_foll_pin_released")
             if settle:
                 self.k.flush_scheduled_work()
-            counted.acquired = vm["nr_foll_pin_acquired"] - a0
-            counted.released = vm["nr_foll_pin_released"] - r0
-            counted.late = vm["nr_foll_pin_released"] - returned
+            counted.acquired = vm.count("nr_foll_pin_acquired") - a0
+            counted.released = vm.count("nr_foll_pin_released") - r0
+            counted.late = vm.count("nr_foll_pin_released") - returned
 
     @contextmanager
     def mthp_enabled(self, size: int) -> Iterator[None]:

@@ -92,3 +92,4 @@ class Trace:
     left_pins: int | None = None   # pins the scenario's steps left held (the close freed them)
     reports: list[str] = field(default_factory=list)    # model: sanitizer reports
     warnings: list[str] = field(default_factory=list)   # model: WARN_ON_ONCE sites that fired
+    counted: bool = True       # the kernel has nr_foll_pin_* (model eras before 5.7 do not)

@@ -164,17 +164,21 @@ def _keys(trace: Trace) -> list[tuple]:
 
 
 def run_case(case: Case, with_host: bool = True,
-             make_host: Callable[[], System] | None = None, pages: bool = False) -> Result:
+             make_host: Callable[[], System] | None = None,
+             version: str | None = None, pages: bool = False) -> Result:
     """Run a case on the model and (unless told not to, or the host cannot) the host.
 
     `make_host` replaces the host back-end (tests use it to stand in a lying probe);
-    it is then used whatever the host's capabilities. `pages`: every step also records
-    the page identity of the range it touched (`identity.py`), compared like the rest.
+    it is then used whatever the host's capabilities. `version` is the model's kernel
+    profile (`gupsim.KERNEL_VERSIONS`; default the newest). `pages`: every step also
+    records the page identity of the range it touched (`identity.py`), compared like
+    the rest.
     """
+    from .era_expect import expectation_on
     from .model import ModelSystem
-    model = run_on(case, functools.partial(ModelSystem, needs=case.needs,
+    model = run_on(case, functools.partial(ModelSystem, needs=case.needs, version=version,
                                            observe_pages=pages))
-    result = Result(case, model, None, case.expect(model))
+    result = Result(case, model, None, expectation_on(case, version)(model))
     if with_host:
         if make_host is None:
             from .host import host_skip_reason
@@ -193,6 +197,7 @@ def run_case(case: Case, with_host: bool = True,
             result.differences.append(f"the scenario raised on the host only: {e.message}")
             return result
         if not result.host.skipped:
-            result.host_problems = case.expect(result.host)
+            from ..eras import host_profile
+            result.host_problems = expectation_on(case, host_profile()[0])(result.host)
             result.differences = compare(model, result.host, counters=result.host.exact)
     return result

@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-deps lint bench fuzz clean
+.PHONY: demo matrix test test-deps lint bench fuzz clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,6 +14,10 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/gupsim demo
+
+# the whole selftest matrix (every mTHP size, swapped kinds) on the model and this kernel
+matrix: $(STAMP)
+	$(BIN)/gupsim live --full-matrix --summary
 
 # Debian's chromium and prometheus for the browser and Prometheus-server tests: installed
 # only when absent and only as root with apt-get; elsewhere those tests skip with the reason.

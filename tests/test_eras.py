@@ -16,6 +16,7 @@ from gupsim import (
     EINVAL,
     FOLL_GET,
     GUP_PIN_COUNTING_BIAS,
+    MADV_HUGEPAGE,
     MAP_ANONYMOUS,
     MAP_PRIVATE,
     PAGE_SIZE,
@@ -242,6 +243,26 @@ def test_zero_page_pin_counted_before_6_5() -> None:
 def test_zero_page_not_pin_counted_from_6_5() -> None:
     k, held, acquired, _ = _pin_zero_page("6.5")
     assert held == 0 and acquired == 0
+
+
+# -- huge-zero-wp-thp (6.13) -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("version, order", [("6.11", 0), ("6.13", 9)])
+def test_a_write_to_the_huge_zero_page_maps_a_thp_from_6_13(version: str, order: int) -> None:
+    k = Kernel(memory="64MiB", version=version)
+    p = k.spawn()
+    raw = p.mmap(0, 4 << 20, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS)
+    a = (raw + (2 << 20) - 1) & ~((2 << 20) - 1)
+    p.madvise(a, 2 << 20, MADV_HUGEPAGE)
+    assert p.read(a + PAGE_SIZE, 1) == b"\0"             # the huge zero page is mapped
+    assert p.mm.find_vma(a).pfn[1] == k.mem.huge_zero_pfn + 1
+    p.write(a + PAGE_SIZE, b"w")
+    vma = p.mm.find_vma(a)
+    folio = k.page(int(vma.pfn[1])).folio
+    assert folio.order == order                        # a THP, or one copied small page
+    assert p.read(a + PAGE_SIZE, 2) == b"w\0" and p.read(a, 1) == b"\0"
+    assert k.check() == []
 
 
 # -- memfd-pin-folios (6.11) -----------------------------------------------------------------

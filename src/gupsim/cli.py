@@ -196,11 +196,12 @@ def demo(as_json: bool, tour_only: bool, model_only: bool, full: bool, html_out:
         sys.exit(EXIT_DISAGREE)
 
 
-def select_cases(only: str | None) -> list:
-    """The catalogue cases whose name contains `only` (all if None); a usage error if
-    none does, naming close matches."""
+def select_cases(only: str | None, full_matrix: bool = False) -> list:
+    """The catalogue cases (the whole matrix with `full_matrix`) whose name contains
+    `only` (all if None); a usage error if none does, naming close matches."""
     from .scenarios.catalogue import catalogue
-    cases = catalogue()
+    from .scenarios.matrix import full_matrix as matrix
+    cases = matrix() if full_matrix else catalogue()
     if only is None:
         return cases
     if not only.strip():
@@ -216,13 +217,14 @@ def select_cases(only: str | None) -> list:
     return chosen
 
 
-def run_live(console: Console, only: str | None, model_only: bool) -> list:
+def run_live(console: Console, only: str | None, model_only: bool,
+             pages: bool = False, full_matrix: bool = False) -> list:
     """Run the catalogue on both back-ends, case by case, with progress: a status line on
     a terminal, else a line on stderr at least every PROGRESS_EVERY seconds (CI logs).
     The model runs the host's own era (`eras.host_profile`), and says which and why."""
     from .eras import host_profile
     from .scenarios.runner import run_case
-    cases = select_cases(only)
+    cases = select_cases(only, full_matrix)
     version, why = host_profile()
     console.print(f"[dim]model profile v{version}: {why}[/]")
     if not model_only:
@@ -232,7 +234,8 @@ def run_live(console: Console, only: str | None, model_only: bool) -> list:
         with console.status("") as status:
             for i, case in enumerate(cases, 1):
                 status.update(f"[{i}/{len(cases)}] {case.name}")
-                results.append(run_case(case, with_host=not model_only, version=version))
+                results.append(run_case(case, with_host=not model_only, version=version,
+                                        pages=pages))
         return results
     start = last = time.monotonic()
     for i, case in enumerate(cases, 1):
@@ -241,7 +244,8 @@ def run_live(console: Console, only: str | None, model_only: bool) -> list:
             line = f"gupsim: [{i}/{len(cases)}] {now - start:4.0f}s {case.name}"
             _progress(line)
             last = now
-        results.append(run_case(case, with_host=not model_only, version=version))
+        results.append(run_case(case, with_host=not model_only, version=version,
+                                pages=pages))
     counts = _counts(results)
     _progress(f"gupsim: [{len(cases)}/{len(cases)}] done in {time.monotonic() - start:.0f}s: "
               + ", ".join(f"{n} {s}" for s, n in counts.items() if n))
@@ -266,16 +270,21 @@ def _counts(results: list[Result]) -> dict[str, int]:
 @click.option("--model-only", is_flag=True, help="Do not touch the host kernel.")
 @click.option("--summary", is_flag=True, help="One row per selftest instead of per case.")
 @click.option("--list", "list_cases", is_flag=True, help="Print the case names and stop.")
+@click.option("--pages", is_flag=True,
+              help="Also compare the page identity of what every step touched.")
+@click.option("--full-matrix", is_flag=True,
+              help="The whole selftest matrix (every mTHP size, swapped kinds), not the "
+                   "representative default.")
 def live(as_json: bool, only: str | None, model_only: bool, summary: bool,
-         list_cases: bool) -> None:
+         list_cases: bool, pages: bool, full_matrix: bool) -> None:
     """`gupsim live`: every catalogue case on the model and the host, compared."""
     from .report.live import as_json as to_json
     if list_cases:
-        names = [c.name for c in select_cases(only)]
+        names = [c.name for c in select_cases(only, full_matrix)]
         click.echo(dumps(names) if as_json else "\n".join(names))
         return
     console = Console(stderr=as_json, highlight=False)
-    results = run_live(console, only, model_only)
+    results = run_live(console, only, model_only, pages, full_matrix)
     if as_json:
         click.echo(dumps(to_json(results)))
         disagree = any(r.status == "disagree" for r in results)

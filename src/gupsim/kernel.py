@@ -92,7 +92,23 @@ class Kernel(KernelPinning):
         self.processes: dict[int, Process] = {}
         self.users: dict[int, UserStruct] = {}
         self._pids = itertools.count(1)
+        self.work: list[Callable[[], object]] = []   # system_wq: schedule_work() items
         kernel_built(self)              # an observer drawing pictures (observe.py)
+
+    # -- deferred work (kernel/workqueue.c, without concurrency) -------------------------
+
+    def schedule_work(self, fn: Callable[[], object]) -> None:
+        """Queue work for a kernel worker (as AF_XDP queues its umem release at close):
+        it runs at `flush_scheduled_work()`, not now, so its effects are seen later."""
+        self.work.append(fn)
+
+    def flush_scheduled_work(self) -> int:
+        """Run every queued work item (and what they queue), in order; how many ran."""
+        ran = 0
+        while self.work:
+            self.work.pop(0)()
+            ran += 1
+        return ran
 
     def _boot_zero_pages(self) -> None:
         mem = self.mem

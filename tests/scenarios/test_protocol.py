@@ -209,14 +209,15 @@ def test_an_unknown_kind(system: System) -> None:
     a = system.spawn("a")
     assert misuse(system, lambda: a.map("dax", PAGE_SIZE)) == (  # type: ignore[arg-type]
         "unknown mapping kind 'dax': use one of ('anon', 'memfd', 'tmpfs', 'file', "
-        "'hugetlb', 'memfd-hugetlb', 'thp', 'mthp')")
+        "'hugetlb', 'memfd-hugetlb', 'thp', 'mthp-16k', 'mthp-32k', 'mthp', 'mthp-128k', "
+        "'mthp-256k', 'mthp-512k', 'mthp-1024k', 'secretmem')")
 
 
 def test_a_second_view_needs_a_file(system: System) -> None:
     a, _, r = two(system)
     assert misuse(system, lambda: a.map_view(r, shared=True, writable=False)) == (
-        "map_view needs a file-backed region (('memfd', 'tmpfs', 'file', 'memfd-hugetlb')), "
-        "not 'anon'")
+        "map_view needs a file-backed region (('memfd', 'tmpfs', 'file', 'memfd-hugetlb', "
+        "'secretmem')), not 'anon'")
 
 
 @pytest.mark.parametrize("advice", [99, MADV_HWPOISON, -1])

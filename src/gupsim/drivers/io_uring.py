@@ -14,8 +14,10 @@ ring registered without IOU_PBUF_RING_MMAP (IORING_REGISTER_PBUF_RING) is pinned
 same way. Both are charged to the user's locked_vm, never to mm->pinned_vm, so VmPin
 and VmLck do not show them; their pins go at unregistration or when the ring closes.
 
-Simplification: rings of a few entries only (each region one page); deferred work at
-close is done at once.
+Simplification: rings of a few entries only (each region one page). `close()` is the
+teardown that io_ring_exit_work does; the kernel queues it on a workqueue when the ring
+file is released, so its unpins come after close(2) returns: a caller that models that
+queues `ring.close` with `Kernel.schedule_work()` (the scenario back-end does).
 """
 
 from __future__ import annotations
@@ -308,9 +310,10 @@ class IoRing:
 
     # -- I/O through a registered buffer -------------------------------------------------------
 
-    def write_fixed(self, index: int, length: int) -> bytes:
-        """IORING_OP_WRITE_FIXED: what a file would receive, read from the pinned pages."""
-        check_ints("write_fixed", index=index, length=length)
+    def _fixed_spans(self, what: str, index: int, length: int) -> list[tuple[int, int, int]]:
+        """(pfn, offset, bytes) pieces of the first `length` bytes of registered buffer
+        `index`, as io_import_fixed builds its bvec iterator; EFAULT as io_uring answers."""
+        check_ints(what, index=index, length=length)
         if self.buffers is None or not 0 <= index < len(self.buffers):
             raise OSError(errno.EFAULT, f"no registered buffer {index}")
         buf = self.buffers[index]
@@ -326,15 +329,30 @@ class IoRing:
                 pages.extend(range(pfn, head + mem.nr_pages_of(head)))
             else:
                 pages.append(pfn)
-        out = bytearray()
-        off = buf.ubuf & ~PAGE_MASK
+        spans: list[tuple[int, int, int]] = []
+        done, off = 0, buf.ubuf & ~PAGE_MASK
         for pfn in pages:
-            if len(out) >= length:
+            if done >= length:
                 break
-            n = min(PAGE_SIZE - off, length - len(out))
-            out += self.k.dma_read(self.k.page(pfn), off, n)
+            n = min(PAGE_SIZE - off, length - done)
+            spans.append((pfn, off, n))
+            done += n
             off = 0
-        return bytes(out)
+        return spans
+
+    def write_fixed(self, index: int, length: int) -> bytes:
+        """IORING_OP_WRITE_FIXED: what a file would receive, read from the pinned pages."""
+        return b"".join(self.k.dma_read(self.k.page(pfn), off, n)
+                        for pfn, off, n in self._fixed_spans("write_fixed", index, length))
+
+    def read_fixed(self, index: int, data: bytes) -> int:
+        """IORING_OP_READ_FIXED: the device writes `data` (what the file held) into the
+        pinned pages, whatever the process maps there now; the byte count."""
+        done = 0
+        for pfn, off, n in self._fixed_spans("read_fixed", index, len(data)):
+            self.k.dma_write(self.k.page(pfn), off, data[done:done + n])
+            done += n
+        return done
 
     def close(self) -> None:
         """Closing the ring unregisters its buffers and buffer rings, and frees its own

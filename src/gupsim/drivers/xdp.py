@@ -3,7 +3,12 @@
 XDP_UMEM_REG charges the pages to the user's locked_vm (not to VmPin) unless the task
 has CAP_IPC_LOCK (-ENOBUFS past RLIMIT_MEMLOCK), then pins them with
 pin_user_pages(FOLL_WRITE | FOLL_LONGTERM) under mmap_lock; a short pin is -ENOMEM.
-Closing the socket unpins them, dirtied (the device may have written them).
+Closing the socket unpins them, dirtied (the device may have written them), and
+uncharges them, but not at once: the socket is freed after an RCU grace period
+(SOCK_RCU_FREE) and its destructor queues the umem release on a workqueue
+(xdp_put_umem with defer_cleanup), so the counters move after close() has returned.
+The model queues the release with `Kernel.schedule_work()`; it happens at
+`Kernel.flush_scheduled_work()` (the scenario back-end flushes while a step settles).
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ class XdpSocket:
         self.pages: PageArray | None = None
         self.charged = 0
         self.user: UserStruct | None = None    # charged for the UMEM (no CAP_IPC_LOCK)
+        self.closed = False
 
     def umem_reg(self, addr: int, length: int, chunk_size: int = PAGE_SIZE) -> None:
         """setsockopt(XDP_UMEM_REG): charge locked_vm (no CAP_IPC_LOCK), pin it all or undo both."""
@@ -67,7 +73,15 @@ class XdpSocket:
         self.charged = 0
 
     def close(self) -> None:
-        """Close the socket: unpin the UMEM dirtied (the device may have written it), uncharge."""
+        """Close the socket: the UMEM's release (unpin dirtied, uncharge) is queued as
+        deferred work, as xsk_destruct() -> xdp_put_umem() queues it."""
+        if self.closed:
+            return
+        self.closed = True
+        self.k.schedule_work(self._release)
+
+    def _release(self) -> None:
+        """xdp_umem_release(): unpin the UMEM dirtied (the device may have written it)."""
         if self.pages is not None:
             self.k.unpin_user_pages_dirty_lock(self.pages, True)
             self.pages = None

@@ -102,7 +102,7 @@ def evaluate(program: Program, with_host: bool, *, trusted: bool = True) -> Verd
     return verdict
 
 
-FIELDS = ("outcome", "pins+", "pins-", "VmPin", "VmLck", "data")
+FIELDS = ("outcome", "pins+", "pins-", "VmPin", "VmLck", "data", "pages", "late")
 
 
 def _disagreement(result: Result) -> tuple[str, str]:

@@ -245,6 +245,11 @@ class Generator:
         if hint is BaseProc or hint == "BaseProc":
             return Ref(rng.choice(sorted(state.procs)))
         args_ = typing.get_args(hint)     # a union such as bool | Literal["read"]
+        if type(None) in args_ and rng.random() < 0.5:
+            return None                   # an optional argument left out half the time
+        rest = [a for a in args_ if a is not type(None)]
+        if len(rest) == 1 and args_:      # X | None: draw an X
+            return self._value(rng, state, op, name, rest[0], args)
         if args_:
             options: list[Any] = []
             for a in args_:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import os
 import shutil
 import struct
@@ -21,11 +22,18 @@ from typing import Literal
 from . import cleanup, libc
 from .errors import HostUnsupported
 
-Kind = Literal["anon", "memfd", "tmpfs", "file", "hugetlb", "memfd-hugetlb", "thp", "mthp"]
-KINDS: tuple[str, ...] = ("anon", "memfd", "tmpfs", "file", "hugetlb", "memfd-hugetlb", "thp",
-                          "mthp")
+Kind = Literal["anon", "memfd", "tmpfs", "file", "hugetlb", "memfd-hugetlb", "thp", "mthp",
+               "mthp-16k", "mthp-32k", "mthp-128k", "mthp-256k", "mthp-512k", "mthp-1024k",
+               "secretmem"]
 HUGE_2M = 2 << 20
 MTHP_64K = 64 << 10
+# anonymous mTHP kinds by folio size: "mthp" is 64 KiB, "mthp-<N>k" is N KiB
+MTHP_SIZES: dict[str, int] = {"mthp-16k": 16 << 10, "mthp-32k": 32 << 10, "mthp": MTHP_64K,
+                              "mthp-128k": 128 << 10, "mthp-256k": 256 << 10,
+                              "mthp-512k": 512 << 10, "mthp-1024k": 1024 << 10}
+KINDS: tuple[str, ...] = ("anon", "memfd", "tmpfs", "file", "hugetlb", "memfd-hugetlb", "thp",
+                          *MTHP_SIZES, "secretmem")
+SYS_memfd_secret = 447     # x86-64
 
 
 def _release(addr: int, length: int, fd: int, path: str | None, tmpdir: str | None) -> None:
@@ -67,9 +75,10 @@ class HostMapping:
             raise ValueError(f"a {kind} mapping needs a multiple of 2 MiB, got {length}")
         if not 0 <= fill <= 255:
             raise ValueError(f"fill must be a byte value 0..255, got {fill}")
-        if kind == "mthp" and length % MTHP_64K:
-            raise ValueError(f"an mthp mapping needs a multiple of 64 KiB, got {length}")
-        if kind in ("thp", "mthp") and shared:
+        if kind in MTHP_SIZES and length % MTHP_SIZES[kind]:
+            raise ValueError(f"an {kind} mapping needs a multiple of "
+                             f"{MTHP_SIZES[kind] >> 10} KiB, got {length}")
+        if (kind == "thp" or kind in MTHP_SIZES) and shared:
             raise ValueError(f"kind {kind!r} is anonymous private memory; use shared=False")
         self.length = length
         self.kind = kind
@@ -122,8 +131,8 @@ class HostMapping:
             self.addr = self._map_huge(flags, -1)
         elif kind == "thp":
             self._map_thp(HUGE_2M)
-        elif kind == "mthp":
-            self._map_thp(MTHP_64K)
+        elif kind in MTHP_SIZES:
+            self._map_thp(MTHP_SIZES[kind])
         else:
             self._open_file()
             self._track(0)
@@ -156,6 +165,17 @@ class HostMapping:
 
     def _open_file(self) -> None:
         kind = self.kind
+        if kind == "secretmem":
+            try:
+                self.fd = libc.syscall(SYS_memfd_secret, os.O_CLOEXEC, name="memfd_secret")
+            except OSError as exc:
+                if exc.errno in (errno.ENOSYS, errno.EPERM):
+                    raise HostUnsupported(f"memfd_secret is not available here: {exc} "
+                                          "(secretmem.enable=0, or a kernel before 5.14)"
+                                          ) from exc
+                raise
+            os.ftruncate(self.fd, self.length)
+            return          # secretmem has no fallocate: its pages come at the first fault
         if kind == "memfd":
             self.fd = os.memfd_create("gupsim-live", libc.MFD_CLOEXEC)
         elif kind == "memfd-hugetlb":
@@ -182,7 +202,9 @@ class HostMapping:
     @property
     def fs(self) -> str:
         """File system of the backing file ("anon" for anonymous memory)."""
-        if self.kind in ("anon", "thp", "mthp"):
+        if self.kind == "secretmem":
+            return "secretmem"
+        if self.kind in ("anon", "thp") or self.kind in MTHP_SIZES:
             return "shmem" if self.shared else "anon"
         if self.kind in ("memfd",):
             return "tmpfs"

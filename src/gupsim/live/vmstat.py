@@ -204,7 +204,16 @@ class Measurement:
     quiet_before: bool = False
     quiet_after: bool = False
     settle: float = 0.0
+    returned: PinCounters | None = None   # with `settle`: read as the block returned
     _delta: PinDelta | None = field(default=None, repr=False)
+
+    @property
+    def late_released(self) -> int:
+        """Releases seen after the block returned, while the counters settled (work the
+        kernel deferred to a worker, as AF_XDP's umem release); 0 without `settle`."""
+        if self.returned is None or self.after is None:
+            return 0
+        return self.after.released - self.returned.released
 
     @property
     def delta(self) -> PinDelta:
@@ -252,6 +261,8 @@ class Meter:
         try:
             yield m
         finally:  # a failing block (a refused pin) is measured too: the error is the point
+            if settle:
+                m.returned = pin_counters()
             m.after = wait_quiet(settle, self.timeout)[0] if settle else pin_counters()
             time.sleep(self.quiet)
             check = pin_counters()

@@ -293,25 +293,30 @@ def _anon_reusable(env: MMEnv, head: int) -> bool:
 
 def _anon_reusable_large(env: MMEnv, mm: MM, head: int) -> bool:
     """wp_can_reuse_anon_folio() for a PTE-mapped large folio (6.15+): every reference
-    is a mapping (no pin, no swap cache) and every mapping belongs to this mm."""
+    is a mapping (no pin, no swap cache) and every mapping belongs to this mm; but a
+    folio with a single page still mapped is not reused (copying that page lets the
+    rest of the folio be freed)."""
     mem = env.mem
     if mem.order[head] == 0 or mem.test(head, PG.swapcache):
         return False
     n = mem.nr_pages_of(head)
     maps = int(mem.mapcount[head:head + n].sum()) + int(mem.entire_mapcount[head])
-    if int(mem.refcount[head]) != maps:
+    if maps <= 1 or int(mem.refcount[head]) != maps:
         return False
     return all(other is mm for other, _, _ in mappings_of(env, head))
 
 
 def _anon_reusable_huge(env: MMEnv, head: int) -> bool:
-    """do_huge_pmd_wp_page() reuse: the PMD-mapped THP is ours alone. Before 5.19 there
-    is no PG_anon_exclusive to ask (5.9 - 5.18: the refcount alone; before 5.9: the
-    mapcount alone, a pinned THP mapped once is reused)."""
+    """do_huge_pmd_wp_page() reuse: the PMD-mapped THP is ours alone. From 5.19 it is
+    marked exclusive already, or our PMD holds its only reference (a fork child that
+    shared it has gone) and it is not in the swap cache; before 5.19 there is no
+    PG_anon_exclusive to ask (5.9 - 5.18: the refcount alone; before 5.9: the mapcount
+    alone, a pinned THP mapped once is reused)."""
     mem = env.mem
     once = int(mem.entire_mapcount[head]) == 1
     if env.era.has("anon-exclusive-unshare"):
-        return int(mem.refcount[head]) == 1 and once and mem.test(head, PG.anon_exclusive)
+        return mem.test(head, PG.anon_exclusive) or (
+            int(mem.refcount[head]) == 1 and once and not mem.test(head, PG.swapcache))
     if env.era.has("cow-reuse-page-count"):
         return int(mem.refcount[head]) == 1 and once
     return once

@@ -209,6 +209,13 @@ def do_mmap(env: MMEnv, mm: MM, cred: Cred, addr: int, length: int, prot: int, f
     if flags & MAP_LOCKED:
         _charge_mlock(mm, cred, length >> PAGE_SHIFT, errno.EAGAIN)
         vmflags |= VM.LOCKED
+    if file is not None and not anon and file.fs_name == "secretmem":
+        # secretmem_mmap: shared mappings only, always locked (and charged as mlock)
+        if not shared:
+            raise fail(errno.EINVAL, "a memfd_secret() file can be mapped MAP_SHARED only")
+        if not vmflags & VM.LOCKED:
+            _charge_mlock(mm, cred, length >> PAGE_SHIFT, errno.EAGAIN)
+        vmflags |= VM.LOCKED | VM.DONTDUMP
     if huge_order:
         vmflags |= VM.HUGETLB
     # the backing object for anonymous shared and hugetlb memory
@@ -237,7 +244,7 @@ def do_mmap(env: MMEnv, mm: MM, cred: Cred, addr: int, length: int, prot: int, f
     if anon and not shared and not huge_order:
         vma.pgoff = addr >> PAGE_SHIFT
     vma.anon_id = env.mem.new_mapping_id()
-    if flags & MAP_LOCKED:
+    if vmflags & VM.LOCKED:
         mm.locked_vm += vma.nr_pages
     mm.insert_vma(vma)
     if flags & MAP_LOCKED or (flags & (MAP_POPULATE | MAP_NONBLOCK)) == MAP_POPULATE:

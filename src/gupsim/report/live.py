@@ -117,7 +117,8 @@ def as_json(results: list[Result]) -> list[dict[str, Any]]:
                 "sanitizer_reports": tr.reports, "warnings": tr.warnings,
                 "steps": [{"op": s.op, "outcome": s.outcome, "acquired": s.acquired,
                            "released": s.released, "VmPin": s.vm_pin_kb, "VmLck": s.vm_lck_kb,
-                           "data": None if s.data is None else s.data.hex()}
+                           "data": None if s.data is None else s.data.hex(),
+                           "pages": s.pages, "late_released": s.late}
                           for s in tr.steps]}
     return [{"case": r.case.name, "source": r.case.source, "why": r.case.why,
              "model_gap": r.case.model_gap, "status": r.status, "model": trace(r.model),

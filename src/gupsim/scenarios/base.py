@@ -29,6 +29,8 @@ from ..mm.access import BusError, SegmentationFault
 from .ops import Op, Operations, Range
 from .records import Outcome, ProtocolError, Region, Step, Trace
 
+OBSERVED_PAGES = 16     # pages of a touched range whose identity a step records
+
 
 @dataclass
 class Counted:
@@ -36,6 +38,7 @@ class Counted:
 
     acquired: int = 0
     released: int = 0
+    late: int = 0            # of `released`: seen only after the call returned (deferred)
     trusted: bool = True     # exact, and no other pinner moved the counters meanwhile
 
 
@@ -62,6 +65,10 @@ class BaseProc(Operations):
         """VmPin and VmLck (kB) of this live process."""
         raise NotImplementedError
 
+    def _identity(self, addr: int, length: int) -> str:
+        """Page identity of [addr, addr+length) in this process (`identity.encode`)."""
+        raise NotImplementedError
+
     # -- not a step ------------------------------------------------------------------------
     def status(self) -> dict[str, int]:
         """VmPin and VmLck in kB (not recorded as a step); zero once the process exited."""
@@ -75,13 +82,17 @@ class BaseProc(Operations):
         system = self.system
         self._usable(op.name)
         given = dict(args)            # the declared arguments, then what replaces them
+        touched: list[tuple[BaseProc, int, int]] = []    # (owner, addr, length) of the step
         if op.range is not None:
-            given.update(self._resolve(op, op.range, args))
+            resolved, owner, length = self._resolve(op, op.range, args)
+            given.update(resolved)
+            touched.append((owner, resolved["addr"], length))
         if op.check and (problem := op.check(args)):
             raise ProtocolError(problem)
         if op.buffers is not None:      # checked for shape above, each buffer here
             given[op.buffers] = [(self._addr(op.name, r, off, n), n)
                                  for r, off, n in args[op.buffers]]
+            touched += [(self, addr, n) for addr, n in given[op.buffers]]
         if op.returns == "region":
             given["new_rid"] = system._next_rid()
         for key, value_of in op.extra:
@@ -96,7 +107,10 @@ class BaseProc(Operations):
             kind, length, shared = op.makes(args)
             region = Region(self.pid, prim["new_rid"], kind, length, shared, out.value)
             self.regions[region.rid] = region
+            system._observe(touched + [(self, region.addr, region.length)])
             return region
+        if out.ok or op.returns == "outcome":
+            system._observe(touched)
         if op.returns == "proc":
             if not out.ok:
                 system._refused(op, args, name, out)
@@ -120,9 +134,10 @@ class BaseProc(Operations):
             raise ProtocolError(f"{what}: process {self.pid} ({self.name}) has exited; "
                                 "spawn or fork a new one")
 
-    def _resolve(self, op: Op, rng: Range, args: dict[str, Any]) -> dict[str, Any]:
+    def _resolve(self, op: Op, rng: Range, args: dict[str, Any]
+                 ) -> tuple[dict[str, Any], BaseProc, int]:
         """Check a region argument; what the primitive gets instead: `addr` (and `rid`,
-        and `length` for a whole region)."""
+        and `length` for a whole region); and the owner and length of the range."""
         out: dict[str, Any] = {}
         owner: BaseProc = self
         if rng.owner is not None:
@@ -147,7 +162,7 @@ class BaseProc(Operations):
         out["addr"] = owner._addr(op.name, region, offset, length)
         if rng.rid:
             out["rid"] = region.rid
-        return out
+        return out, owner, length
 
     def _addr(self, what: str, region: object, offset: object, n: object) -> int:
         """The address of [offset, offset+n) of a region of this process, or ProtocolError."""
@@ -176,6 +191,9 @@ class BaseSystem:
         self.procs: list[BaseProc] = []
         self.closed = False
         self._rid = 0
+        # record the page identity of the range every step touched (its first
+        # OBSERVED_PAGES pages), as `Step.pages`; the `pages` operation asks explicitly
+        self.observe_pages = False
 
     # -- primitives a back-end supplies -----------------------------------------------------
     def _measure(self, settle: bool) -> contextlib.AbstractContextManager[Counted]:
@@ -230,6 +248,24 @@ class BaseSystem:
         self._rid += 1
         return self._rid
 
+    def _observe(self, touched: list[tuple[BaseProc, int, int]]) -> None:
+        """With `observe_pages`, the identity of what the last step touched (the first
+        OBSERVED_PAGES pages of each range, ranges joined by " ; ") becomes its `pages`."""
+        if not self.observe_pages or not touched or not self.trace.steps:
+            return
+        step = self.trace.steps[-1]
+        if step.pages is not None:
+            return          # an observing step recorded its own
+        parts = []
+        for owner, addr, length in touched:
+            if not owner.alive:
+                continue
+            start = addr - addr % PAGE_SIZE
+            pages = min(OBSERVED_PAGES, -(-(addr + length - start) // PAGE_SIZE))
+            if length > 0:
+                parts.append(owner._identity(start, pages * PAGE_SIZE))
+        step.pages = " ; ".join(parts) if parts else None
+
     def _refused(self, op: Op, args: dict[str, Any], name: str, out: Outcome) -> None:
         """An operation that returns a region or a process (or `raises`) failed."""
         exc = OSError(out.errno, f"{name} failed on the {self.name}: "
@@ -255,10 +291,11 @@ class BaseSystem:
         if fault is not None:
             sig = "SIGSEGV" if isinstance(fault, SegmentationFault) else "SIGBUS"
             self.trace.steps.append(Step(name, sig, counted.acquired, counted.released,
-                                         st["VmPin"], st["VmLck"], None))
+                                         st["VmPin"], st["VmLck"], None, late=counted.late))
             fault.gupsim_step = len(self.trace.steps)   # type: ignore[union-attr]
             raise fault
         data = out.value if op.data and out.ok else None
+        pages = out.value if op.observes and out.ok else None
         self.trace.steps.append(Step(name, str(out), counted.acquired, counted.released,
-                                     st["VmPin"], st["VmLck"], data))
+                                     st["VmPin"], st["VmLck"], data, pages, counted.late))
         return out

@@ -257,10 +257,13 @@ COW_WHY = ("fork() write-protects the anon pages it shares and clears their excl
            "hugetlb_wp for hugetlb) and the child keeps the original")
 
 
-def cow_cases() -> list[Case]:
-    """cow.c 3.2 basic COW and io_uring rows over every anon kind."""
+Kinds = dict[str, tuple[Maker, tuple[str, ...]]]
+
+
+def cow_cases(kinds: Kinds | None = None) -> list[Case]:
+    """cow.c 3.2 basic COW and io_uring rows over every anon kind (or `kinds`)."""
     cases = []
-    for kind, (make, needs) in ANON_KINDS.items():
+    for kind, (make, needs) in (ANON_KINDS if kinds is None else kinds).items():
         cases += [
             Case(f"cow: basic COW after fork, {kind}", cow_basic(make, False),
                  snapshot_kept, "selftests 3.2 Basic COW after fork()", COW_WHY, needs=needs),
@@ -383,11 +386,12 @@ HUGETLB_VMSPLICE = ("hugetlb_wp() reuses a hugetlb page mapped only once without
                     "cow.c marks this an expected failure (xfail)")
 
 
-def cow_more_cases() -> list[Case]:
-    """The cow.c rows beyond basic COW and io_uring, over the core kinds."""
+def cow_more_cases(kinds: Kinds | None = None) -> list[Case]:
+    """The cow.c rows beyond basic COW and io_uring, over the core kinds (or `kinds`)."""
     cases = []
-    for kind in CORE_KINDS:
-        make, needs = ANON_KINDS[kind]
+    if kinds is None:
+        kinds = {kind: ANON_KINDS[kind] for kind in CORE_KINDS}
+    for kind, (make, needs) in kinds.items():
         leak = kind.startswith("hugetlb")
         old = pipe_yields(0xff if leak else 1)
         for mprotect_first in (False, True):
@@ -1076,7 +1080,10 @@ def kvm_cases() -> list[Case]:
 
 
 def catalogue() -> list[Case]:
-    """Every case, in a stable order."""
+    """Every case of the default run (`gupsim live`, `make demo`), in a stable order; the
+    whole selftest matrix is `matrix.full_matrix()`."""
+    from .matrix import identity_cases, secretmem_cases
     return (cow_cases() + cow_more_cases() + collapse_cases() + nonanon_cases()
             + longterm_cases() + readonly_cases() + dio_cases() + remote_cases()
-            + accounting_cases() + uring_user_cases() + kvm_cases())
+            + accounting_cases() + uring_user_cases() + kvm_cases() + secretmem_cases()
+            + identity_cases())

@@ -46,7 +46,7 @@ from ..mm.access import BusError, SegmentationFault
 from . import wire
 from .base import BaseProc, BaseSystem, Counted
 from .ops import Op
-from .records import MTHP_SIZE, Outcome
+from .records import MTHP_KINDS, Outcome
 from .server import server_main
 
 PR_SET_CHILD_SUBREAPER = 36
@@ -148,6 +148,16 @@ class HostProc(BaseProc):
             return Outcome(reply[1])
         return Outcome(0, value if value is not None else reply[1])
 
+    def _identity(self, addr: int, length: int) -> str:
+        reply, fds = self._call("pages", {"addr": addr, "length": length, "other": None})
+        for fd in fds:
+            os.close(fd)
+        if reply[0] == "exc" and isinstance(reply[1], HostUnsupported):
+            raise reply[1]
+        if reply[0] != "ok":
+            raise ChildError(f"process {self.pid} could not read its pagemap: {reply}", "")
+        return str(reply[1])
+
     def _status(self) -> dict[str, int]:
         try:
             st = proc_status(self.host_pid)
@@ -174,7 +184,8 @@ class HostSystem(BaseSystem):
     procs: list[HostProc]  # type: ignore[assignment]
 
     def __init__(self, *, timeout: float = 5.0, quiet: float = 0.05, settle: float = 0.2,
-                 quiet_timeout: float = 2.0, needs: tuple[str, ...] = ()) -> None:
+                 quiet_timeout: float = 2.0, needs: tuple[str, ...] = (),
+                 observe_pages: bool = False) -> None:
         libc.check_arch()
         if timeout <= 0:
             raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
@@ -183,6 +194,7 @@ class HostSystem(BaseSystem):
         self.quiet = quiet
         self.settle = settle
         self.quiet_timeout = quiet_timeout
+        self.observe_pages = observe_pages
         self.groups: set[int] = set()          # process groups of spawned servers
         self.start: PinCounters | None = None  # counters when the system was opened
         self.end: PinCounters | None = None    # after close(): back to `start.outstanding`
@@ -299,12 +311,13 @@ class HostSystem(BaseSystem):
             yield counted
         d = m.delta
         counted.acquired, counted.released = d.acquired, d.released
+        counted.late = m.late_released
         counted.trusted = d.exact and d.quiet
 
     @contextmanager
     def _prepare(self, proc: BaseProc, op: Op, args: dict[str, Any]) -> Iterator[None]:
         """Host settings a map needs: free huge pages for hugetlb kinds, THP enabled for
-        "thp", and hugepages-64kB at "madvise" while an "mthp" map faults; a swap file
+        "thp", and hugepages-<size>kB at "madvise" while an mTHP kind's map faults; a swap file
         before the first step of a case that needs swap, when the host has none."""
         if self._want_swap:
             self._ensure_swap()
@@ -323,15 +336,20 @@ class HostSystem(BaseSystem):
         kind, length = args["kind"], args["length"]
         if kind in ("hugetlb", "memfd-hugetlb"):
             self._ensure_hugepages(length)
-        elif kind in ("thp", "mthp"):
+        elif kind == "thp" or kind in MTHP_KINDS:
             try:
                 mode = read_setting(THP_ENABLED)
             except FileNotFoundError:
                 raise HostUnsupported("this kernel has no transparent huge pages") from None
             if mode == "never":
                 raise HostUnsupported("transparent_hugepage/enabled is 'never'")
-        knob = (SharedSetting(thp_size_enabled(MTHP_SIZE >> 10), "madvise") if kind == "mthp"
-                else contextlib.nullcontext())
+        knob: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
+        if kind in MTHP_KINDS:
+            path = thp_size_enabled(MTHP_KINDS[kind] >> 10)
+            if not os.path.exists(path):
+                raise HostUnsupported(f"this kernel offers no {MTHP_KINDS[kind] >> 10} KiB "
+                                      f"mTHP ({path} is missing)")
+            knob = SharedSetting(path, "madvise")
         with knob:          # the fault (populate) picks the folio size: hold the knob there
             yield
 

@@ -34,21 +34,58 @@ from ..constants import (
     PROT_WRITE,
 )
 from ..kernel import Kernel, Process
+from ..memory.memmap import Kind as MemKind
+from ..mm.vma import PTE
 from .base import BaseProc, BaseSystem, Counted
+from .identity import NONE, SWAPPED, PageSeen, encode
 from .ops import Op
-from .records import MTHP_SIZE, Outcome
+from .records import MTHP_KINDS, Outcome
 
 SWAP_SIZE = 64 << 20    # the swap device of a case that needs swap (the host's file size)
 
 
 def fallocate(f: Any, length: int) -> None:
     """fallocate(fd, 0, 0, length) as the host back-end does it: every page of the file
-    in the page cache before it is mapped (the selftests do the same)."""
+    in the page cache before it is mapped (the selftests do the same). A memfd_secret()
+    file has no fallocate (its pages come at the first fault): nothing to do."""
+    if f.is_secretmem:
+        return
     step = 1 << f.folio_order
     for index in range(0, length // PAGE_SIZE, step):
         head = f.get_folio(index)
         if head < 0:
             raise OSError(-head, "fallocate failed on the model")
+
+
+def model_pages(k: Kernel, p: Process, addr: int, length: int) -> list[PageSeen]:
+    """What each page-table entry of [addr, addr+length) shows, as pagemap and kpageflags
+    would tell it: the frame, the zero page, a large folio, a hugetlb page, a swap entry;
+    exclusive when the frame is mapped once (its own and its folio's entire mapcount)."""
+    mem = k.mem
+    out: list[PageSeen] = []
+    for a in range(addr, addr + length, PAGE_SIZE):
+        vma = p.mm.find_vma(a)
+        if vma is None:
+            out.append(NONE)
+            continue
+        i = vma.idx(a)
+        bits = int(vma.pte[i])
+        if bits & PTE.SWAP:
+            out.append(SWAPPED)
+            continue
+        if not bits & PTE.PRESENT:
+            out.append(NONE)
+            continue
+        pfn = int(vma.pfn[i])
+        head = int(mem.head_of(pfn))
+        kind = int(mem.kind[head])
+        zero = kind in (MemKind.ZERO, MemKind.HUGE_ZERO)
+        hugetlb = kind == MemKind.HUGETLBFS or vma.is_hugetlb
+        large = int(mem.order[head]) > 0
+        maps = int(mem.mapcount[pfn]) + (int(mem.entire_mapcount[head]) if large else 0)
+        out.append(PageSeen("present", pfn, zero, large and not hugetlb and not zero,
+                            hugetlb, maps == 1))
+    return out
 
 
 class ModelProc(BaseProc):
@@ -59,7 +96,7 @@ class ModelProc(BaseProc):
     def __init__(self, system: ModelSystem, p: Process, pid: int, name: str) -> None:
         super().__init__(system, pid, name)
         self.p = p
-        self.ring: Any = None
+        self.rings: dict[int, Any] = {}   # io_uring rings by protocol ring id
         self.xdp: list[Any] = []      # AF_XDP sockets, as the host's server keeps them
         self.pipe: Any = None
         self.kvm: Any = None          # the VM (drivers/kvm.py), as the server keeps its guest
@@ -73,6 +110,9 @@ class ModelProc(BaseProc):
     def _status(self) -> dict[str, int]:
         st = self.p.proc_status()
         return {"VmPin": st["VmPin"], "VmLck": st["VmLck"]}
+
+    def _identity(self, addr: int, length: int) -> str:
+        return encode([model_pages(self.system.k, self.p, addr, length)])
 
     # -- memory ----------------------------------------------------------------------------
     def do_map(self, kind: str, length: int, shared: bool, writable: bool,
@@ -98,10 +138,12 @@ class ModelProc(BaseProc):
             addr = p.mmap(0, length, prot, share | MAP_ANONYMOUS | MAP_HUGETLB)
         elif kind == "thp":
             addr = aligned(PMD_SIZE)
-        elif kind == "mthp":
-            addr = aligned(MTHP_SIZE)
+        elif kind in MTHP_KINDS:
+            addr = aligned(MTHP_KINDS[kind])
         else:
-            if kind == "memfd":
+            if kind == "secretmem":
+                f = system.k.filesystems.memfd_secret()
+            elif kind == "memfd":
                 f = p.memfd_create("gupsim")
             elif kind == "memfd-hugetlb":
                 f = p.memfd_create("gupsim-huge", MFD_HUGETLB)
@@ -113,7 +155,7 @@ class ModelProc(BaseProc):
             system.files[new_rid] = f
             addr = p.mmap(0, length, prot, share, fd=f)
         if populate:        # as the host's server: write `fill` everywhere, or read
-            with system.mthp_enabled(kind == "mthp"):
+            with system.mthp_enabled(MTHP_KINDS.get(kind, 0)):
                 self._populate(addr, length, writable and populate != "read", fill)
         return addr
 
@@ -148,9 +190,12 @@ class ModelProc(BaseProc):
         """A CPU write through the model's page tables."""
         self.p.write(addr, data)
 
-    def do_mprotect(self, addr: int, length: int, writable: bool) -> None:
-        """mprotect(PROT_READ [| PROT_WRITE])."""
-        self.p.mprotect(addr, length, PROT_READ | (PROT_WRITE if writable else 0))
+    def do_mprotect(self, addr: int, length: int, writable: bool | None,
+                    prot: int | None) -> None:
+        """mprotect() to `prot`, or to PROT_READ [| PROT_WRITE] by `writable`."""
+        if prot is None:
+            prot = PROT_READ | (PROT_WRITE if writable else 0)
+        self.p.mprotect(addr, length, prot)
 
     def do_madvise(self, addr: int, length: int, advice: int) -> None:
         """madvise()."""
@@ -170,45 +215,50 @@ class ModelProc(BaseProc):
         self.p.exit()
 
     # -- pinning operations ------------------------------------------------------------------
-    def _ring(self) -> Any:
+    def _ring(self, ring: int) -> Any:
+        """Ring `ring` of this process, set up at its first use."""
         from ..drivers.io_uring import IoRing
-        if self.ring is None:
-            self.ring = IoRing(self.system.k, self.p)
-        return self.ring
+        if ring not in self.rings:
+            self.rings[ring] = IoRing(self.system.k, self.p)
+        return self.rings[ring]
 
-    def do_uring_register(self, buffers: list[tuple[int, int]]) -> None:
+    def do_uring_register(self, buffers: list[tuple[int, int]], ring: int) -> None:
         """IORING_REGISTER_BUFFERS through the model's io_uring driver."""
-        self._ring().register_buffers(buffers)
+        self._ring(ring).register_buffers(buffers)
 
-    def do_uring_unregister(self) -> None:
+    def do_uring_unregister(self, ring: int) -> None:
         """IORING_UNREGISTER_BUFFERS."""
-        self._ring().unregister_buffers()
+        self._ring(ring).unregister_buffers()
 
-    def do_uring_write_fixed(self, index: int, length: int) -> bytes:
+    def do_uring_write_fixed(self, index: int, length: int, ring: int) -> bytes:
         """IORING_OP_WRITE_FIXED; the bytes written."""
-        return self._ring().write_fixed(index, length)
+        return self._ring(ring).write_fixed(index, length)
 
-    def do_uring_setup_user(self, addr: int) -> None:
+    def do_uring_read_fixed(self, index: int, length: int, fill: int, ring: int) -> int:
+        """IORING_OP_READ_FIXED of `length` bytes of `fill` into registered buffer `index`."""
+        return self._ring(ring).read_fixed(index, bytes([fill]) * length)
+
+    def do_uring_setup_user(self, addr: int, ring: int) -> None:
         """io_uring_setup(IORING_SETUP_NO_MMAP): rings at addr, SQEs on the next page."""
         from ..drivers.io_uring import IoRing
-        if self.ring is not None:
-            raise OSError(errno.EBUSY, "this process already has a ring: uring_close first")
-        self.ring = IoRing(self.system.k, self.p, user_memory=(addr + PAGE_SIZE, addr))
+        if ring in self.rings:
+            raise OSError(errno.EBUSY, f"ring {ring} exists already: uring_close it first")
+        self.rings[ring] = IoRing(self.system.k, self.p, user_memory=(addr + PAGE_SIZE, addr))
 
-    def do_uring_close(self) -> None:
+    def do_uring_close(self, ring: int) -> None:
         """close() of the ring: everything it pinned is released."""
-        if self.ring is None:
-            raise OSError(errno.EBADF, "this process has no ring")
-        self.ring.close()
-        self.ring = None
+        if ring not in self.rings:
+            raise OSError(errno.EBADF, f"this process has no ring {ring}")
+        self.system.k.schedule_work(self.rings.pop(ring).close)   # io_ring_exit_work
 
-    def do_uring_register_pbuf_ring(self, addr: int, entries: int, bgid: int) -> None:
+    def do_uring_register_pbuf_ring(self, addr: int, entries: int, bgid: int,
+                                    ring: int) -> None:
         """IORING_REGISTER_PBUF_RING in user memory, through the model's io_uring driver."""
-        self._ring().register_pbuf_ring(addr, entries, bgid)
+        self._ring(ring).register_pbuf_ring(addr, entries, bgid)
 
-    def do_uring_unregister_pbuf_ring(self, bgid: int) -> None:
+    def do_uring_unregister_pbuf_ring(self, bgid: int, ring: int) -> None:
         """IORING_UNREGISTER_PBUF_RING."""
-        self._ring().unregister_pbuf_ring(bgid)
+        self._ring(ring).unregister_pbuf_ring(bgid)
 
     def do_odirect_write(self, addr: int, length: int) -> int:
         """pwrite(O_DIRECT) to the ext4 scratch file."""
@@ -224,6 +274,21 @@ class ModelProc(BaseProc):
         """process_vm_readv() of `target`'s memory."""
         from ..drivers.process_vm import process_vm_readv
         return process_vm_readv(self.system.k, self.p, target.p, addr, length)
+
+    def do_process_vm_writev(self, target: ModelProc, addr: int, data: bytes) -> int:
+        """process_vm_writev() into `target`'s memory; the bytes written."""
+        from ..drivers.process_vm import process_vm_writev
+        return process_vm_writev(self.system.k, self.p, target.p, addr, data)
+
+    def do_proc_mem_read(self, target: ModelProc, addr: int, length: int) -> bytes:
+        """pread() of /proc/PID/mem of `target` (access_remote_vm, no pins)."""
+        from ..drivers.proc_mem import proc_mem_read
+        return proc_mem_read(self.system.k, self.p, target.p, addr, length)
+
+    def do_pages(self, addr: int, length: int, other: ModelProc | None) -> str:
+        """Page identity from the model's page tables and page arrays (identity.py)."""
+        procs = [self] if other is None else [self, other]
+        return encode([model_pages(self.system.k, proc.p, addr, length) for proc in procs])
 
     def do_ro_pin_then_write(self, addr: int, length: int, fill: int) -> bytes:
         """R/O pins of our own range, a write while they are held, a read through them."""
@@ -296,9 +361,8 @@ class ModelProc(BaseProc):
         if self.kvm is not None:
             self.kvm.close()
             self.kvm = None
-        if self.ring is not None:
-            self.ring.close()
-            self.ring = None
+        for ring in sorted(self.rings):      # io_uring_release queues io_ring_exit_work
+            self.system.k.schedule_work(self.rings.pop(ring).close)
         while self.xdp:
             self.xdp.pop().close()
         if self.pipe is not None:
@@ -313,8 +377,9 @@ class ModelSystem(BaseSystem):
     procs: list[ModelProc]  # type: ignore[assignment]
 
     def __init__(self, kernel: Kernel | None = None, needs: tuple[str, ...] = (),
-                 version: str | None = None) -> None:
+                 version: str | None = None, observe_pages: bool = False) -> None:
         super().__init__()
+        self.observe_pages = observe_pages
         # a case that needs swap gets a swap device, as the host gets a swap file
         swap = SWAP_SIZE if "swap" in needs else 0
         self.k = kernel or Kernel(memory="1GiB", nr_hugepages=8, swap=swap, version=version)
@@ -324,30 +389,37 @@ class ModelSystem(BaseSystem):
 
     @contextmanager
     def _measure(self, settle: bool) -> Iterator[Counted]:
-        """The model's counters are exact and nothing else pins: read them around."""
+        """The model's counters are exact and nothing else pins: read them around. A step
+        that settles runs the work it queued (as the host waits for the kernel's
+        workers) after the call returned: those releases are `late`."""
         vm = self.k.vmstat
         a0, r0 = vm.count("nr_foll_pin_acquired"), vm.count("nr_foll_pin_released")
         counted = Counted()
         try:
             yield counted
         finally:
+            returned = vm.count("nr_foll_pin_released")
+            if settle:
+                self.k.flush_scheduled_work()
             counted.acquired = vm.count("nr_foll_pin_acquired") - a0
             counted.released = vm.count("nr_foll_pin_released") - r0
+            counted.late = vm.count("nr_foll_pin_released") - returned
 
     @contextmanager
-    def mthp_enabled(self, on: bool) -> Iterator[None]:
-        """hugepages-64kB/enabled at "madvise" for a block (the host does the same)."""
-        if not on:
+    def mthp_enabled(self, size: int) -> Iterator[None]:
+        """hugepages-<size>kB/enabled at "madvise" for a block (the host does the same);
+        size 0: nothing to set."""
+        if not size:
             yield
             return
         thp = self.k.thp
-        order = (MTHP_SIZE // PAGE_SIZE).bit_length() - 1
+        order = (size // PAGE_SIZE).bit_length() - 1
         old = thp.per_order[order]
-        thp.set("madvise", MTHP_SIZE >> 10)
+        thp.set("madvise", size >> 10)
         try:
             yield
         finally:
-            thp.set(old, MTHP_SIZE >> 10)
+            thp.set(old, size >> 10)
 
     def adopt(self, p: Process, name: str) -> ModelProc:
         """Give a model process a protocol pid."""
@@ -376,3 +448,4 @@ class ModelSystem(BaseSystem):
             if proc.p.alive:
                 proc._release_files()
                 proc.p.exit()
+        self.k.flush_scheduled_work()

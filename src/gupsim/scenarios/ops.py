@@ -69,7 +69,7 @@ from ..drivers.process_vm import PVM_MAX_PAGES_PER_LOOP
 from .records import (
     FILE_KINDS,
     MAP_KINDS,
-    MTHP_SIZE,
+    MTHP_KINDS,
     PRIVATE_UID_BASE,
     MapKind,
     Outcome,
@@ -101,7 +101,8 @@ ADVICE: dict[int, str] = {
 
 # The folio size a mapping kind is made of: its length must be a multiple of it.
 GRANULE: dict[str, int] = {"hugetlb": PMD_SIZE, "memfd-hugetlb": PMD_SIZE, "thp": PMD_SIZE,
-                           "mthp": MTHP_SIZE}
+                           **MTHP_KINDS}
+PROT_BITS = 0x7   # PROT_READ | PROT_WRITE | PROT_EXEC: the protections a scenario may ask
 
 
 @dataclass(frozen=True)
@@ -137,6 +138,7 @@ class Op:
     raises: bool = False         # a refusal raises OSError instead of being returned
     ends: bool = False           # the process is gone after the step
     extra: tuple[tuple[str, Callable[[BaseProc], Any]], ...] = ()  # (name, value of caller)
+    observes: bool = False       # the step records the page identity the call returned
 
     def primitive_params(self) -> tuple[str, ...]:
         """The argument names `do_<name>` takes on every back-end (see the module doc)."""
@@ -169,14 +171,14 @@ def operation(*, returns: Returns, data: bool = False, settle: bool = False,
               check: Callable[[Args], str] | None = None,
               makes: Callable[[Args], tuple[str, int, bool]] | None = None,
               raises: bool = False, ends: bool = False,
-              extra: tuple[tuple[str, Callable[[BaseProc], Any]], ...] = ()
-              ) -> Callable[[F], F]:
+              extra: tuple[tuple[str, Callable[[BaseProc], Any]], ...] = (),
+              observes: bool = False) -> Callable[[F], F]:
     """Declare a scenario operation: enter it in `OPS` and make the method call the base."""
     def declare(fn: F) -> F:
         sig = inspect.signature(fn)
         params = tuple(p for p in sig.parameters if p != "self")
         op = Op(fn.__name__, params, returns, inspect.getdoc(fn) or "", data, settle, range,
-                buffers, label, check, makes, raises, ends, extra)
+                buffers, label, check, makes, raises, ends, extra, observes)
         if op.name in OPS:
             raise ValueError(f"operation {op.name!r} is declared twice")
         OPS[op.name] = op
@@ -216,11 +218,52 @@ def _check_map(a: Args) -> str:
     if not isinstance(length, int) or length <= 0 or length % granule:
         return (f"a {kind} map needs a length that is a positive multiple of {granule} "
                 f"bytes, got {length!r}")
-    if kind in ("thp", "mthp") and a["shared"]:
+    if (kind == "thp" or kind in MTHP_KINDS) and a["shared"]:
         return f"kind {kind!r} is anonymous private memory: use shared=False"
     if a["populate"] not in (True, False, "read"):
         return f"populate must be True, False or 'read', got {a['populate']!r}"
     return _byte("fill", a["fill"])
+
+
+def _check_mprotect(a: Args) -> str:
+    writable, prot = a["writable"], a["prot"]
+    if (writable is None) == (prot is None):
+        return "mprotect takes either writable=True/False or prot=PROT_* bits, not both"
+    if prot is not None and (not isinstance(prot, int) or isinstance(prot, bool)
+                             or prot & ~PROT_BITS or prot < 0):
+        return (f"prot must be PROT_NONE or an OR of PROT_READ, PROT_WRITE, PROT_EXEC "
+                f"(0..7), got {prot!r}")
+    return ""
+
+
+def prot_name(prot: int) -> str:
+    """PROT_* bits by name: 0 is PROT_NONE, 3 is PROT_READ|PROT_WRITE."""
+    names = [n for bit, n in ((1, "PROT_READ"), (2, "PROT_WRITE"), (4, "PROT_EXEC"))
+             if prot & bit]
+    return "|".join(names) or "PROT_NONE"
+
+
+def _mprotect_label(a: Args) -> dict[str, object]:
+    """writable as before (old traces keep their step names), else the PROT_* names."""
+    if a["prot"] is None:
+        return dict(writable=a["writable"])
+    return dict(prot=prot_name(a["prot"]))
+
+
+def _check_pages(a: Args) -> str:
+    other, region = a["other"], a["region"]
+    if other is None:
+        return ""
+    regions = getattr(other, "regions", None)
+    if regions is None:
+        return f"other must be a process (a Proc) or None, got {other!r}"
+    if not getattr(other, "alive", False):
+        return f"other (process {other.pid}) has exited: observe a live process"
+    if not isinstance(region, Region) or region.rid not in regions:
+        return (f"other (process {other.pid}) does not map region "
+                f"{getattr(region, 'rid', region)}: pass a process that mapped or "
+                "inherited it")
+    return ""
 
 
 def _check_map_view(a: Args) -> str:
@@ -272,6 +315,31 @@ def _check_ro_pin(a: Args) -> str:
     return _byte("fill", a["fill"])
 
 
+MAX_RINGS = 8     # io_uring rings a scenario process may hold at once (ids 0..7)
+
+
+def _ring_check(check: Callable[[Args], str] | None = None) -> Callable[[Args], str]:
+    """The op's own check, after the ring id's."""
+    def run(a: Args) -> str:
+        ring = a["ring"]
+        if not isinstance(ring, int) or isinstance(ring, bool) or not 0 <= ring < MAX_RINGS:
+            return f"ring must be a ring id 0..{MAX_RINGS - 1}, got {ring!r}"
+        return check(a) if check else ""
+    return run
+
+
+def _ring_label(label: Callable[[Args], dict[str, object]] | None = None
+                ) -> Callable[[Args], dict[str, object]]:
+    """The op's own label, plus `ring N` for a ring other than 0 (so that traces of
+    one-ring scenarios keep their step names)."""
+    def run(a: Args) -> dict[str, object]:
+        out = dict(label(a)) if label else {}
+        if a["ring"]:
+            out["ring"] = f"ring{a['ring']}"
+        return out
+    return run
+
+
 KVM_GUEST_MEMORY = 0xF0000   # a real-mode guest's memory below its code page (live/kvm.py)
 KVM_MAX_READ = PAGE_SIZE
 
@@ -315,7 +383,9 @@ class Operations:
         writable), "read" read-faults every page, False leaves them untouched.
         Kinds: "thp" is 2 MiB-aligned anon with MADV_HUGEPAGE; "mthp" the same at 64 KiB
         with hugepages-64kB/enabled at "madvise" while it faults (the host checks the
-        folio it got, and skips the case if THP allocation failed)."""
+        folio it got, and skips the case if THP allocation failed); "mthp-16k" ..
+        "mthp-1024k" the same at their size (`MTHP_KINDS`); "secretmem" a memfd_secret()
+        file (MAP_SHARED only: a private map is the kernel's EINVAL)."""
         ...
 
     @operation(returns="region", range=Range(rid=True), check=_check_map_view,
@@ -349,9 +419,11 @@ class Operations:
         ...
 
     @operation(returns="outcome", range=Range(offset="offset", length="length"),
-               label=lambda a: dict(writable=a["writable"]))
-    def mprotect(self, region: Region, offset: int, length: int, writable: bool) -> Outcome:
-        """mprotect() a range R/O or R/W."""
+               check=_check_mprotect, label=_mprotect_label)
+    def mprotect(self, region: Region, offset: int, length: int, writable: bool | None = None,
+                 *, prot: int | None = None) -> Outcome:
+        """mprotect() a range R/O or R/W (`writable`), or to any protection (`prot`: PROT_*
+        bits, PROT_NONE included); give one of the two."""
         ...
 
     @operation(returns="outcome", settle=True, range=Range(offset="offset", length="length"),
@@ -379,51 +451,67 @@ class Operations:
 
     # -- operations that take pins --------------------------------------------------------------
 
-    @operation(returns="outcome", settle=True, buffers="buffers", check=_check_buffers)
-    def uring_register(self, buffers: list[tuple[Region, int, int]]) -> Outcome:
-        """IORING_REGISTER_BUFFERS of (region, offset, length) buffers on this process's ring."""
+    @operation(returns="outcome", settle=True, buffers="buffers",
+               check=_ring_check(_check_buffers), label=_ring_label())
+    def uring_register(self, buffers: list[tuple[Region, int, int]], *,
+                       ring: int = 0) -> Outcome:
+        """IORING_REGISTER_BUFFERS of (region, offset, length) buffers on this process's
+        ring `ring` (each process may hold rings 0..MAX_RINGS-1; the first use of an id
+        sets that ring up)."""
         ...
 
-    @operation(returns="outcome", settle=True)
-    def uring_unregister(self) -> Outcome:
+    @operation(returns="outcome", settle=True, check=_ring_check(), label=_ring_label())
+    def uring_unregister(self, *, ring: int = 0) -> Outcome:
         """IORING_UNREGISTER_BUFFERS on this process's ring."""
         ...
 
-    @operation(returns="outcome", data=True,
-               check=lambda a: _not_negative("length", a["length"]))
-    def uring_write_fixed(self, index: int, length: int) -> Outcome:
+    @operation(returns="outcome", data=True, label=_ring_label(),
+               check=_ring_check(lambda a: _not_negative("length", a["length"])))
+    def uring_write_fixed(self, index: int, length: int, *, ring: int = 0) -> Outcome:
         """IORING_OP_WRITE_FIXED of registered buffer `index` to a scratch file; the value
         is the bytes the file received (what the pinned pages held)."""
         ...
 
-    @operation(returns="outcome", settle=True,
+    @operation(returns="outcome", label=_ring_label(),
+               check=_ring_check(lambda a: _not_negative("length", a["length"])
+                                 or _byte("fill", a["fill"])))
+    def uring_read_fixed(self, index: int, length: int, fill: int, *,
+                         ring: int = 0) -> Outcome:
+        """IORING_OP_READ_FIXED of `length` bytes of value `fill` from a scratch file into
+        registered buffer `index` (the device writes into the pinned pages); value: the
+        byte count. A later read() shows whether the process still maps those pages."""
+        ...
+
+    @operation(returns="outcome", settle=True, check=_ring_check(), label=_ring_label(),
                range=Range(offset="offset", length=lambda a: 2 * PAGE_SIZE))
-    def uring_setup_user(self, region: Region, offset: int = 0) -> Outcome:
+    def uring_setup_user(self, region: Region, offset: int = 0, *, ring: int = 0) -> Outcome:
         """io_uring_setup(IORING_SETUP_NO_MMAP) of a 4-entry ring whose memory is two pages
         of the region from `offset`: the SQ/CQ rings in the first (cq_off.user_addr), the
         SQE array in the second (sq_off.user_addr); the kernel pins both long-term. It
-        becomes this process's ring (EBUSY if the process has one: uring_close first)."""
+        becomes this process's ring `ring` (EBUSY if that id has a ring: uring_close it
+        first)."""
         ...
 
-    @operation(returns="outcome", settle=True)
-    def uring_close(self) -> Outcome:
-        """Close this process's ring (EBADF if it has none): its fixed buffers, buffer
+    @operation(returns="outcome", settle=True, check=_ring_check(), label=_ring_label())
+    def uring_close(self, *, ring: int = 0) -> Outcome:
+        """Close this process's ring `ring` (EBADF if there is none): its fixed buffers, buffer
         rings and, for a NO_MMAP ring, its own memory are unpinned."""
         ...
 
     @operation(returns="outcome", settle=True,
                range=Range(offset="offset", length=lambda a: _pbuf_ring_bytes(a["entries"])),
-               check=_check_pbuf_ring, label=lambda a: dict(entries=a["entries"]))
+               check=_ring_check(_check_pbuf_ring),
+               label=_ring_label(lambda a: dict(entries=a["entries"])))
     def uring_register_pbuf_ring(self, region: Region, offset: int, entries: int,
-                                 bgid: int = 0) -> Outcome:
+                                 bgid: int = 0, *, ring: int = 0) -> Outcome:
         """IORING_REGISTER_PBUF_RING of a provided-buffer ring of `entries` 16-byte entries
         at region+offset (IOU_PBUF_RING_MMAP unset) for buffer group `bgid`, on this
         process's ring: the kernel pins its pages long-term."""
         ...
 
-    @operation(returns="outcome", settle=True,
-               check=lambda a: _not_negative("bgid", a["bgid"]))
-    def uring_unregister_pbuf_ring(self, bgid: int = 0) -> Outcome:
+    @operation(returns="outcome", settle=True, label=_ring_label(),
+               check=_ring_check(lambda a: _not_negative("bgid", a["bgid"])))
+    def uring_unregister_pbuf_ring(self, bgid: int = 0, *, ring: int = 0) -> Outcome:
         """IORING_UNREGISTER_PBUF_RING of buffer group `bgid` (ENOENT if it has no ring)."""
         ...
 
@@ -443,6 +531,23 @@ class Operations:
     def process_vm_readv(self, target: BaseProc, region: Region, offset: int,
                          length: int) -> Outcome:
         """Read another process's memory (remote short-term pins); value: the bytes."""
+        ...
+
+    @operation(returns="outcome", settle=True,
+               range=Range(offset="offset", length="data", owner="target"))
+    def process_vm_writev(self, target: BaseProc, region: Region, offset: int,
+                          data: bytes) -> Outcome:
+        """Write `data` into another process's memory (remote short-term R/W pins, the
+        pages dirtied as they are unpinned); value: the bytes written."""
+        ...
+
+    @operation(returns="outcome", data=True,
+               range=Range(offset="offset", length="length", owner="target"))
+    def proc_mem_read(self, target: BaseProc, region: Region, offset: int,
+                      length: int) -> Outcome:
+        """pread() of /proc/PID/mem of `target` (access_remote_vm: FOLL_GET|FOLL_FORCE
+        references, no pin); value: the bytes. EIO where nothing could be read (a
+        memfd_secret mapping, which GUP refuses)."""
         ...
 
     @operation(returns="outcome", data=True, range=Range(offset="offset", length="length"),
@@ -473,6 +578,16 @@ class Operations:
     @operation(returns="outcome", settle=True)
     def xdp_close(self) -> Outcome:
         """Close the AF_XDP socket opened last (EBADF if there is none)."""
+        ...
+
+    @operation(returns="outcome", observes=True, check=_check_pages,
+               range=Range(offset="offset", length="length", aligned=True))
+    def pages(self, region: Region, offset: int, length: int,
+              other: BaseProc | None = None) -> Outcome:
+        """Observe page identity of [offset, offset+length) (`scenarios/identity.py`):
+        per page nothing, swapped, the zero page, or a frame numbered by first
+        appearance, THP/hugetlb, exclusively mapped; with `other`, the same range in
+        that process too (did fork share the frames or copy them?). Value: the tokens."""
         ...
 
     @operation(returns="none", raises=True, label=lambda a: dict(size=a["limit"]),

@@ -9,11 +9,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-MapKind = Literal["anon", "memfd", "tmpfs", "file", "hugetlb", "memfd-hugetlb", "thp", "mthp"]
-MAP_KINDS: tuple[str, ...] = ("anon", "memfd", "tmpfs", "file", "hugetlb", "memfd-hugetlb",
-                              "thp", "mthp")
-FILE_KINDS: tuple[str, ...] = ("memfd", "tmpfs", "file", "memfd-hugetlb")
+MapKind = Literal["anon", "memfd", "tmpfs", "file", "hugetlb", "memfd-hugetlb", "thp", "mthp",
+                  "mthp-16k", "mthp-32k", "mthp-128k", "mthp-256k", "mthp-512k",
+                  "mthp-1024k", "secretmem"]
 MTHP_SIZE = 64 << 10   # the mTHP size the "mthp" kind uses (hugepages-64kB)
+# Every anonymous mTHP size below the PMD that x86-64 offers (hugepages-<N>kB), by kind:
+# "mthp" keeps its 64 KiB meaning, the others name their size.
+MTHP_KINDS: dict[str, int] = {"mthp-16k": 16 << 10, "mthp-32k": 32 << 10, "mthp": MTHP_SIZE,
+                              "mthp-128k": 128 << 10, "mthp-256k": 256 << 10,
+                              "mthp-512k": 512 << 10, "mthp-1024k": 1024 << 10}
+MAP_KINDS: tuple[str, ...] = ("anon", "memfd", "tmpfs", "file", "hugetlb", "memfd-hugetlb",
+                              "thp", *MTHP_KINDS, "secretmem")
+FILE_KINDS: tuple[str, ...] = ("memfd", "tmpfs", "file", "memfd-hugetlb", "secretmem")
 PRIVATE_UID_BASE = 60000   # limit_memlock: uid = base + the process's protocol pid
 
 
@@ -62,11 +69,13 @@ class Step:
     vm_pin_kb: int | None  # VmPin of the acting process after the step
     vm_lck_kb: int | None
     data: bytes | None = None   # bytes read, for read-like steps
+    pages: str | None = None    # page identity of the range, for observing steps (identity.py)
+    late: int = 0               # of `released`: seen only after the call had returned
 
     def key(self) -> tuple:
         """What must agree between back-ends."""
         return (self.op, self.outcome, self.acquired, self.released, self.vm_pin_kb,
-                self.vm_lck_kb, self.data)
+                self.vm_lck_kb, self.data, self.pages, self.late)
 
 
 @dataclass

@@ -97,14 +97,16 @@ def compare(model: Trace, host: Trace, *, counters: bool = True) -> list[str]:
 
 
 def _stable(s: Step) -> tuple:
-    return (s.op, s.outcome, s.data)
+    return (s.op, s.outcome, s.data, s.pages)
 
 
 def describe(s: Step) -> str:
     """A step's outcome, pin counts, VmPin/VmLck and data start, for tables and diffs."""
     data = "" if s.data is None else f" data={s.data[:8]!r}{'…' if len(s.data) > 8 else ''}"
-    return (f"{s.outcome} pins +{s.acquired}/-{s.released} VmPin={s.vm_pin_kb} "
-            f"VmLck={s.vm_lck_kb}{data}")
+    pages = "" if s.pages is None else f" pages=[{s.pages}]"
+    late = f" ({s.late} late)" if s.late else ""
+    return (f"{s.outcome} pins +{s.acquired}/-{s.released}{late} VmPin={s.vm_pin_kb} "
+            f"VmLck={s.vm_lck_kb}{data}{pages}")
 
 
 HOST_ATTEMPTS = 5     # host runs at most, per case
@@ -112,7 +114,8 @@ HOST_CONFIRM = 3      # identical exact runs that make a disagreement trusted
 
 
 def run_host(case: Case, model: Trace, make: Callable[[], System] | None = None,
-             attempts: int = HOST_ATTEMPTS, confirm: int = HOST_CONFIRM) -> Trace:
+             attempts: int = HOST_ATTEMPTS, confirm: int = HOST_CONFIRM,
+             pages: bool = False) -> Trace:
     """Run a case on the host until its trace can be trusted, and return that trace.
 
     The pin counters are machine-wide, so other processes' pins can leak into a step,
@@ -127,7 +130,7 @@ def run_host(case: Case, model: Trace, make: Callable[[], System] | None = None,
         raise ValueError(f"attempts and confirm must be >= 1, got {attempts}, {confirm}")
     if make is None:
         from .host import HostSystem
-        make = functools.partial(HostSystem, needs=case.needs)
+        make = functools.partial(HostSystem, needs=case.needs, observe_pages=pages)
     seen: dict[tuple, int] = {}
     last: Trace | None = None
     for attempt in range(1, attempts + 1):
@@ -162,21 +165,23 @@ def _keys(trace: Trace) -> list[tuple]:
 
 def run_case(case: Case, with_host: bool = True,
              make_host: Callable[[], System] | None = None,
-             version: str | None = None, *,
+             version: str | None = None, pages: bool = False, *,
              make_model: Callable[[], System] | None = None,
              attempts: int = HOST_ATTEMPTS, confirm: int = HOST_CONFIRM) -> Result:
     """Run a case on the model and (unless told not to, or the host cannot) the host.
 
     `make_host` replaces the host back-end (tests use it to stand in a lying probe);
     it is then used whatever the host's capabilities. `version` is the model's kernel
-    profile (`gupsim.KERNEL_VERSIONS`; default the newest). `make_model` replaces the
-    model back-end (the fuzzer's checks the invariants after every step); `attempts` and
-    `confirm` are `run_host`'s (the fuzzer's shrinker trusts a single run).
+    profile (`gupsim.KERNEL_VERSIONS`; default the newest). `pages`: every step also
+    records the page identity of the range it touched (`identity.py`), compared like
+    the rest. `make_model` replaces the model back-end (the fuzzer's checks the
+    invariants after every step; `pages` is then up to it); `attempts` and `confirm`
+    are `run_host`'s (the fuzzer's shrinker trusts a single run).
     """
     from .era_expect import expectation_on
     from .model import ModelSystem
-    model = run_on(case, make_model or functools.partial(ModelSystem, needs=case.needs,
-                                                          version=version))
+    model = run_on(case, make_model or functools.partial(
+        ModelSystem, needs=case.needs, version=version, observe_pages=pages))
     result = Result(case, model, None, expectation_on(case, version)(model))
     if with_host:
         if make_host is None:
@@ -187,7 +192,7 @@ def run_case(case: Case, with_host: bool = True,
                 return result
         from .userfile import ScenarioError
         try:
-            result.host = run_host(case, model, make_host, attempts, confirm)
+            result.host = run_host(case, model, make_host, attempts, confirm, pages=pages)
         except ScenarioError as e:      # raised on the host only: a disagreement
             if not e.is_users():
                 raise

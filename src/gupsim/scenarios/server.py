@@ -3,7 +3,7 @@
 A scenario process is a forked child of the orchestrator (`scenarios/host.py`) that
 receives requests over a socketpair (`scenarios/wire.py`), runs the primitive
 `do_<operation>` of the declared operation (`scenarios/ops.py`) on its own address
-space (its `HostMapping`s by region id, its io_uring ring, its AF_XDP sockets, its
+space (its `HostMapping`s by region id, its io_uring rings, its AF_XDP sockets, its
 O_DIRECT scratch file) and replies. `fork` makes the server itself fork, so the child
 shares the server's memory copy-on-write exactly as the kernel does it; the new
 server's end of a fresh socketpair goes back to the orchestrator with SCM_RIGHTS.
@@ -29,17 +29,23 @@ from typing import Any
 
 from ..live import libc
 from ..live.errors import HostUnsupported
-from ..live.hostmem import HostMapping
+from ..live.hostmem import HostMapping, kpageflags, pagemap
 from ..live.kvm import KvmGuest
 from ..live.odirect import DirectFile, user_buffer
-from ..live.procvm import read_remote
+from ..live.procvm import read_remote, write_remote
 from ..live.uffd import read_pinned_while
-from ..live.uring import IORING_OP_WRITE_FIXED, IoUring, no_mmap_supported
+from ..live.uring import (
+    IORING_OP_READ_FIXED,
+    IORING_OP_WRITE_FIXED,
+    IoUring,
+    no_mmap_supported,
+)
 from ..live.vmstat import forget_inherited_lock
 from ..live.xdp import XdpUmem
 from . import wire
+from .identity import NONE, SWAPPED, PageSeen, encode
 from .ops import OPS
-from .records import MTHP_SIZE, ProtocolError
+from .records import MTHP_KINDS, ProtocolError
 
 PR_SET_DUMPABLE = 4
 PR_SET_KEEPCAPS = 8
@@ -79,6 +85,25 @@ def fault_at(addr: int, write: bool) -> Fault:
     return Fault("SIGSEGV", addr, "no mapping at this address")
 
 
+def host_pages(pid: int | str, addr: int, length: int) -> list[PageSeen]:
+    """What /proc/PID/pagemap and /proc/kpageflags say about each page of the range."""
+    out: list[PageSeen] = []
+    for a in range(addr, addr + length, libc.PAGE_SIZE):
+        e = pagemap(a, pid)
+        if e.swapped:
+            out.append(SWAPPED)
+            continue
+        if not e.present:
+            out.append(NONE)
+            continue
+        if e.pfn == 0:
+            raise HostUnsupported("pagemap hides frame numbers here (needs CAP_SYS_ADMIN)")
+        flags = kpageflags(e.pfn)
+        out.append(PageSeen("present", e.pfn, "zero_page" in flags, "thp" in flags,
+                            "huge" in flags, e.exclusive))
+    return out
+
+
 def _forget(obj: Any) -> None:
     """Drop a finalizer inherited over fork, so this process never unlinks the parent's
     files; HostMapping.close() then only unmaps our copy and closes our fd."""
@@ -101,7 +126,7 @@ class CommandServer:
         self.shm_dir = shm_dir
         self.spawned = spawned
         self.areas: dict[int, HostMapping] = {}
-        self.ring: IoUring | None = None
+        self.rings: dict[int, IoUring] = {}          # io_uring rings by protocol ring id
         self.xdp: list[XdpUmem] = []
         self.dio: DirectFile | None = None
         self.splice: tuple[int, int] | None = None   # vmsplice's pipe (read, write)
@@ -196,9 +221,9 @@ class CommandServer:
         os.close(self.pipe[0])
         os.close(self.pipe[1])
         self._new_pipe()
-        if self.ring is not None:
-            self.ring.close()        # unmaps our copy of the rings, closes our fd copy
-            self.ring = None
+        for ring in self.rings.values():
+            ring.close()             # unmaps our copy of the rings, closes our fd copy
+        self.rings = {}
         for x in self.xdp:
             x.close()                # our copy of the socket; the parent's stays open
         self.xdp = []
@@ -285,7 +310,7 @@ class CommandServer:
                 chunk = bytes([fill]) * min(length, self.pipe_size)
                 for off in range(0, length, len(chunk)):
                     self._copy_in(m.addr + off, chunk[:length - off])
-                folio = {"thp": HUGE_2M, "mthp": MTHP_SIZE}.get(kind)
+                folio = {"thp": HUGE_2M, **MTHP_KINDS}.get(kind)
                 for off in range(0, length, folio or length):
                     problem = folio and m.folio_problem(off, folio)
                     if problem:     # as cow.c skips when the THP did not materialise
@@ -317,9 +342,12 @@ class CommandServer:
         """A CPU write (through the pipe)."""
         self._copy_in(addr, data)
 
-    def do_mprotect(self, addr: int, length: int, writable: bool) -> None:
-        """mprotect(PROT_READ [| PROT_WRITE])."""
-        libc.mprotect(addr, length, libc.PROT_READ | (libc.PROT_WRITE if writable else 0))
+    def do_mprotect(self, addr: int, length: int, writable: bool | None,
+                    prot: int | None) -> None:
+        """mprotect() to `prot`, or to PROT_READ [| PROT_WRITE] by `writable`."""
+        if prot is None:
+            prot = libc.PROT_READ | (libc.PROT_WRITE if writable else 0)
+        libc.mprotect(addr, length, prot)
 
     def do_madvise(self, addr: int, length: int, advice: int) -> None:
         """madvise(); MADV_COLD and MADV_PAGEOUT on every CPU, so that, as in the model
@@ -339,8 +367,9 @@ class CommandServer:
             m.close()
 
     # -- pinning operations ------------------------------------------------------------------
-    def _ring(self) -> IoUring:
-        if self.ring is None:
+    def _ring(self, ring_id: int) -> IoUring:
+        """Ring `ring_id` of this process, set up at its first use."""
+        if ring_id not in self.rings:
             ring = IoUring(4)
             try:
                 ring.open()
@@ -348,25 +377,25 @@ class CommandServer:
                 if exc.errno in (errno.ENOSYS, errno.EPERM, errno.EACCES):
                     raise HostUnsupported(f"io_uring is not available here: {exc}") from exc
                 raise
-            self.ring = ring
-        return self.ring
+            self.rings[ring_id] = ring
+        return self.rings[ring_id]
 
-    def do_uring_register(self, buffers: list[tuple[int, int]]) -> None:
-        """IORING_REGISTER_BUFFERS on this process's ring."""
-        self._ring().register_buffers(buffers)
+    def do_uring_register(self, buffers: list[tuple[int, int]], ring: int) -> None:
+        """IORING_REGISTER_BUFFERS on this process's ring `ring`."""
+        self._ring(ring).register_buffers(buffers)
 
-    def do_uring_unregister(self) -> None:
+    def do_uring_unregister(self, ring: int) -> None:
         """IORING_UNREGISTER_BUFFERS."""
-        self._ring().unregister_buffers()
+        self._ring(ring).unregister_buffers()
 
-    def do_uring_setup_user(self, addr: int) -> None:
+    def do_uring_setup_user(self, addr: int, ring: int) -> None:
         """io_uring_setup(IORING_SETUP_NO_MMAP) with the rings at addr and the SQEs on
         the next page; a kernel without NO_MMAP (before 6.5) skips the case."""
-        if self.ring is not None:
-            raise OSError(errno.EBUSY, "this process already has a ring: uring_close first")
-        ring = IoUring(4, user_memory=(addr + libc.PAGE_SIZE, addr))
+        if ring in self.rings:
+            raise OSError(errno.EBUSY, f"ring {ring} exists already: uring_close it first")
+        new = IoUring(4, user_memory=(addr + libc.PAGE_SIZE, addr))
         try:
-            ring.open()
+            new.open()
         except OSError as exc:
             if exc.errno in (errno.ENOSYS, errno.EPERM, errno.EACCES):
                 raise HostUnsupported(f"io_uring is not available here: {exc}") from exc
@@ -377,20 +406,20 @@ class CommandServer:
                 raise HostUnsupported("this kernel has no IORING_SETUP_NO_MMAP (6.5+): "
                                       "io_uring_setup answers EINVAL") from exc
             raise
-        self.ring = ring
+        self.rings[ring] = new
 
-    def do_uring_close(self) -> None:
-        """close() of this process's ring."""
-        if self.ring is None:
-            raise OSError(errno.EBADF, "this process has no ring")
-        self.ring.close()
-        self.ring = None
+    def do_uring_close(self, ring: int) -> None:
+        """close() of this process's ring `ring`."""
+        if ring not in self.rings:
+            raise OSError(errno.EBADF, f"this process has no ring {ring}")
+        self.rings.pop(ring).close()
 
-    def do_uring_register_pbuf_ring(self, addr: int, entries: int, bgid: int) -> None:
+    def do_uring_register_pbuf_ring(self, addr: int, entries: int, bgid: int,
+                                    ring: int) -> None:
         """IORING_REGISTER_PBUF_RING in our memory; a kernel without provided-buffer
         rings (before 5.19) answers EINVAL to a valid request, and skips the case."""
         try:
-            self._ring().register_pbuf_ring(addr, entries, bgid)
+            self._ring(ring).register_pbuf_ring(addr, entries, bgid)
         except OSError as exc:
             valid = addr % libc.PAGE_SIZE == 0 and entries & (entries - 1) == 0
             if exc.errno == errno.EINVAL and valid:
@@ -398,25 +427,41 @@ class CommandServer:
                                       "(provided-buffer rings are 5.19+)") from exc
             raise
 
-    def do_uring_unregister_pbuf_ring(self, bgid: int) -> None:
+    def do_uring_unregister_pbuf_ring(self, bgid: int, ring: int) -> None:
         """IORING_UNREGISTER_PBUF_RING."""
-        self._ring().unregister_pbuf_ring(bgid)
+        self._ring(ring).unregister_pbuf_ring(bgid)
 
-    def do_uring_write_fixed(self, index: int, length: int) -> bytes:
-        """IORING_OP_WRITE_FIXED to a plain file; the bytes it received."""
-        ring = self._ring()
+    def _plain(self) -> int:
+        """The plain (page cache) file fixed reads and writes use."""
         if self.plain is None:
             d = tempfile.mkdtemp(prefix="uring-", dir=self.disk_dir)
             path = os.path.join(d, "out")
             self.plain = (os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600), path)
-        fd = self.plain[0]
-        os.ftruncate(fd, 0)
+        return self.plain[0]
+
+    def _fixed(self, opcode: int, fd: int, index: int, length: int, ring_id: int) -> int:
+        """One fixed-buffer request at the start of buffer `index`; its byte count. The
+        kernel checks the index and the range (-EFAULT), not us."""
+        ring = self._ring(ring_id)
         addr = ring.buffers[index][0] if 0 <= index < len(ring.buffers) else 0
-        # the kernel checks the index and the range (-EFAULT), not us
-        res = ring.submit_and_wait(IORING_OP_WRITE_FIXED, fd, addr, length, 0, index)
+        res = ring.submit_and_wait(opcode, fd, addr, length, 0, index)
         if res < 0:
-            raise OSError(-res, f"IORING_OP_WRITE_FIXED: {os.strerror(-res)}")
-        return os.pread(fd, res, 0)
+            name = "READ" if opcode == IORING_OP_READ_FIXED else "WRITE"
+            raise OSError(-res, f"IORING_OP_{name}_FIXED: {os.strerror(-res)}")
+        return res
+
+    def do_uring_write_fixed(self, index: int, length: int, ring: int) -> bytes:
+        """IORING_OP_WRITE_FIXED to a plain file; the bytes it received."""
+        fd = self._plain()
+        os.ftruncate(fd, 0)
+        return os.pread(fd, self._fixed(IORING_OP_WRITE_FIXED, fd, index, length, ring), 0)
+
+    def do_uring_read_fixed(self, index: int, length: int, fill: int, ring: int) -> int:
+        """IORING_OP_READ_FIXED from a plain file holding `length` bytes of `fill`."""
+        fd = self._plain()
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, bytes([fill]) * length, 0)
+        return self._fixed(IORING_OP_READ_FIXED, fd, index, length, ring)
 
     def _dio(self) -> DirectFile:
         if self.dio is None:
@@ -439,6 +484,23 @@ class CommandServer:
     def do_process_vm_readv(self, target: int, addr: int, length: int) -> bytes:
         """process_vm_readv() of process `target` (its real pid)."""
         return read_remote(target, addr, length)
+
+    def do_process_vm_writev(self, target: int, addr: int, data: bytes) -> int:
+        """process_vm_writev() into process `target` (its real pid)."""
+        return write_remote(target, addr, data)
+
+    def do_proc_mem_read(self, target: int, addr: int, length: int) -> bytes:
+        """pread() of /proc/<target>/mem."""
+        fd = os.open(f"/proc/{target}/mem", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            return os.pread(fd, length, addr)
+        finally:
+            os.close(fd)
+
+    def do_pages(self, addr: int, length: int, other: int | None) -> str:
+        """Page identity from /proc/PID/pagemap and /proc/kpageflags (identity.py)."""
+        pids: list[int | str] = ["self"] if other is None else ["self", other]
+        return encode([host_pages(pid, addr, length) for pid in pids])
 
     def do_ro_pin_then_write(self, addr: int, length: int, fill: int) -> bytes:
         """R/O pins held (userfaultfd) while we write `fill`; what the pins saw."""

@@ -123,12 +123,17 @@ class ModelProc(BaseProc):
         system, p = self.system, self.p
 
         def aligned(align: int) -> int:
-            raw = p.mmap(0, length + align, prot, MAP_PRIVATE | MAP_ANONYMOUS)
-            start = (raw + align - 1) & ~(align - 1)
+            # as the host's HostMapping._map_thp: an mTHP region starts `align` past a
+            # 2 MiB boundary, so whether a PMD THP fits never hangs on the address
+            extra = PMD_SIZE if align < PMD_SIZE else 0
+            span = length + align + extra
+            raw = p.mmap(0, span, prot, MAP_PRIVATE | MAP_ANONYMOUS)
+            start = ((raw + align - 1) & ~(align - 1)) if not extra else \
+                ((raw + PMD_SIZE - 1) & ~(PMD_SIZE - 1)) + align
             if start > raw:
                 p.munmap(raw, start - raw)
-            if raw + length + align > start + length:
-                p.munmap(start + length, raw + length + align - start - length)
+            if raw + span > start + length:
+                p.munmap(start + length, raw + span - start - length)
             p.madvise(start, length, MADV_HUGEPAGE)
             return start
 

@@ -16,7 +16,8 @@ def scenario(system):
     p0.uring_register(buffers=[(r1, 1139613, 585484)], ring=2)
 
 
-# (op, outcome, acquired, released, VmPin kB, VmLck kB, data, pages, late): Step.key(); a file written before a field existed compares the fields it has
+# (op, outcome, acquired, released, VmPin kB, VmLck kB, data, pages, late):
+# Step.key(); a file written before a field existed compares the fields it has
 HOST = [
     ('map mthp-1024k 2MiB writable', 'ok', 0, 0, 0, 0, None, None, 0),
     ('uring_register ring2', 'ok', 144, 143, 1024, 0, None, None, 0),

@@ -203,8 +203,9 @@ class Program:
             lines += wrap(f"    {call.render(call.makes in used)}", " " * 8)
         if self.host:
             lines += ["", "", "# (op, outcome, acquired, released, VmPin kB, VmLck kB, data, "
-                      "pages, late): Step.key(); a file written before a field existed "
-                      "compares the fields it has",
+                      "pages, late):",
+                      "# Step.key(); a file written before a field existed compares the "
+                      "fields it has",
                       "HOST = ["]
             for key in self.host:
                 lines += wrap(f"    {render_key(key)},", " " * 5)

@@ -48,6 +48,7 @@ MAX_BUFFER = 1 << 30
 RING_PAGES = 2                 # the rings region and the SQE region, one page each
 IORING_SETUP_NO_MMAP = 1 << 14
 RINGS_HEADER = 16      # offsetof(struct io_rings, sq_ring_mask): after sq/cq head and tail
+RINGS_STRUCT = 64      # offsetof(struct io_rings, cqes): the CQEs start a cache line in
 IOU_PBUF_RING_MMAP = 1
 IOU_PBUF_RING_INC = 2
 IO_URING_BUF_SIZE = 16         # struct io_uring_buf: one entry of a provided-buffer ring
@@ -105,14 +106,18 @@ class IoRing:
     def _init_rings(self, entries: int) -> None:
         """The kernel fills in the ring header (struct io_rings) when it sets the rings
         up: after the SQ and CQ head/tail words, sq_ring_mask, cq_ring_mask,
-        sq_ring_entries and cq_ring_entries (the CQ twice the SQ). With NO_MMAP the
-        header lies in the process's pinned page, where a CPU read sees it."""
+        sq_ring_entries and cq_ring_entries (the CQ twice the SQ); every other field of
+        the struct (heads, tails, flags, dropped and overflow counts, up to the CQEs at
+        byte 64) starts at 0, as this kernel shows over memory the process had filled
+        (`gupsim fuzz --seed 7`). With NO_MMAP the header lies in the process's pinned
+        page, where a CPU read sees it."""
         pfns = self.regions[0].pfns
         if pfns is None:
             return
-        header = b"".join(n.to_bytes(4, "little")
+        fields = b"".join(n.to_bytes(4, "little")
                           for n in (entries - 1, 2 * entries - 1, entries, 2 * entries))
-        self.k.dma_write(self.k.page(int(pfns[0])), RINGS_HEADER, header)
+        header = bytes(RINGS_HEADER) + fields + bytes(RINGS_STRUCT - RINGS_HEADER - len(fields))
+        self.k.dma_write(self.k.page(int(pfns[0])), 0, header)
 
     # -- regions: ring memory, in the kernel or provided by the process ---------------------
 

@@ -19,6 +19,7 @@ import weakref
 from dataclasses import dataclass
 from typing import Literal
 
+from ..memory.units import thp_area
 from . import cleanup, libc
 from .errors import HostUnsupported
 
@@ -154,11 +155,9 @@ class HostMapping:
         """An anonymous area aligned for THP of `align` bytes; an mTHP area (below 2 MiB)
         starts `align` past a 2 MiB boundary, so that whether a PMD THP fits in it (and
         takes the place of the mTHP folios) does not depend on where mmap() put it."""
-        extra = HUGE_2M if align < HUGE_2M else 0
-        span = self.length + align + extra
+        span, _ = thp_area(0, self.length, align)      # the model's rule too
         raw = libc.mmap(0, span, self.prot, libc.MAP_PRIVATE | libc.MAP_ANONYMOUS)
-        start = ((raw + align - 1) & ~(align - 1)) if not extra else \
-            ((raw + HUGE_2M - 1) & ~(HUGE_2M - 1)) + align
+        _, start = thp_area(raw, self.length, align)
         if start > raw:
             libc.munmap(raw, start - raw)
         tail = raw + span - (start + self.length)

@@ -1,4 +1,5 @@
-"""Parsing of memory sizes given as text ("4GiB", "512M") or as integers."""
+"""Parsing of memory sizes given as text ("4GiB", "512M") or as integers, and where a
+THP-aligned area starts inside a reservation (one rule for the model and the host)."""
 
 from __future__ import annotations
 
@@ -28,3 +29,17 @@ def parse_size(value: int | str, what: str = "size") -> int:
     if not m or m.group(2).lower() not in _UNITS:
         raise ValueError(f"{what}={value!r} is not a size: write it like '4GiB', '512MiB' or 4096")
     return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+PMD_BYTES = 2 << 20
+
+
+def thp_area(raw: int, length: int, align: int) -> tuple[int, int]:
+    """(span to reserve, start) of an anonymous area of `length` bytes meant for THPs of
+    `align` bytes: call it once with raw=0 for the span, mmap that span, then again with
+    its address for the start. A PMD area starts on a 2 MiB boundary; an mTHP area (below
+    2 MiB) starts `align` past one, so whether a PMD THP fits in it never depends on
+    where mmap() put the reservation (the model and the host then get the same folios)."""
+    if align >= PMD_BYTES:
+        return length + align, (raw + align - 1) & ~(align - 1)
+    return length + align + PMD_BYTES, ((raw + PMD_BYTES - 1) & ~(PMD_BYTES - 1)) + align

@@ -35,6 +35,7 @@ from ..constants import (
 )
 from ..kernel import Kernel, Process
 from ..memory.memmap import Kind as MemKind
+from ..memory.units import thp_area
 from ..mm.vma import PTE
 from .base import BaseProc, BaseSystem, Counted
 from .identity import NONE, SWAPPED, PageSeen, encode
@@ -123,13 +124,9 @@ class ModelProc(BaseProc):
         system, p = self.system, self.p
 
         def aligned(align: int) -> int:
-            # as the host's HostMapping._map_thp: an mTHP region starts `align` past a
-            # 2 MiB boundary, so whether a PMD THP fits never hangs on the address
-            extra = PMD_SIZE if align < PMD_SIZE else 0
-            span = length + align + extra
+            span, _ = thp_area(0, length, align)        # the host's rule too
             raw = p.mmap(0, span, prot, MAP_PRIVATE | MAP_ANONYMOUS)
-            start = ((raw + align - 1) & ~(align - 1)) if not extra else \
-                ((raw + PMD_SIZE - 1) & ~(PMD_SIZE - 1)) + align
+            _, start = thp_area(raw, length, align)
             if start > raw:
                 p.munmap(raw, start - raw)
             if raw + span > start + length:

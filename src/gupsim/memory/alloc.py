@@ -185,23 +185,28 @@ class Allocator:
 
     def prep_folio(self, pfn: int, order: int, kind: Kind, mapping: int = 0, index: int = 0,
                    extra_flags: int = 0) -> None:
-        """Turn free frames into a fresh folio: head and tails, refcount 1, zeroed contents."""
+        """Turn free frames into a fresh folio: head and tails, refcount 1, zeroed contents.
+
+        Free frames hold 0 in every field and no contents (free_folio(), free_folios()
+        clear them; frames above a region's high-water mark were never touched), so only
+        the nonzero fields are written: the pages of the per-PFN arrays an order-0 folio
+        does not use (head_off, order, pincount, ...) then stay untouched and cost no
+        resident memory. A hugetlb pool page keeps its order and PG_hugetlb while free.
+        """
         mem = self.mem
         n = 1 << order
-        sl = slice(pfn, pfn + n)
-        mem.head_off[sl] = np.arange(n, dtype=np.uint32)
-        mem.flags[sl] = 0
-        mem.mapcount[sl] = 0
-        mem.refcount[sl] = 0
+        if order:
+            mem.head_off[pfn:pfn + n] = np.arange(n, dtype=np.uint32)
+            mem.order[pfn] = order
         mem.refcount[pfn] = 1
-        mem.order[pfn] = order
         mem.kind[pfn] = kind
-        mem.mapping[pfn] = mapping
-        mem.index[pfn] = index
-        mem.pincount[pfn] = 0
-        mem.entire_mapcount[pfn] = 0
-        mem.flags[pfn] = (PG.head if order else 0) | extra_flags
-        mem.clear_frames(pfn, n)
+        if mapping:
+            mem.mapping[pfn] = mapping
+        if index:
+            mem.index[pfn] = index
+        flags = (PG.head if order else 0) | extra_flags
+        if flags or mem.flags[pfn]:
+            mem.flags[pfn] = flags
 
     def free_folio(self, head: int) -> None:
         """Return a folio whose refcount reached 0 to the buddy lists or the hugetlb pool."""
@@ -328,13 +333,9 @@ class Allocator:
                 break
         pfns = np.concatenate(got) if got else np.zeros(0, dtype=np.int64)
         mem = self.mem
-        mem.head_off[pfns] = 0
-        mem.flags[pfns] = 0
-        mem.mapcount[pfns] = 0
-        mem.entire_mapcount[pfns] = 0
-        mem.pincount[pfns] = 0
+        # free frames hold 0 in every field (see prep_folio): only the nonzero ones are
+        # written, which keeps the pages of the other arrays untouched (not resident)
         mem.refcount[pfns] = 1
-        mem.order[pfns] = 0
         mem.kind[pfns] = kind
         mem.mapping[pfns] = mapping
         mem.index[pfns] = index[:len(pfns)]

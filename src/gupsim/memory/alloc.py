@@ -257,6 +257,8 @@ class Allocator:
             arr[pfns] = 0
         mem.vmstat["pgfree"] += len(pfns)
         for region in (self.normal, self.cma, self.movable):
+            if region.start > pfns[-1] or region.end <= pfns[0]:
+                continue                        # sorted: nothing of this region's
             inside = pfns[(pfns >= region.start) & (pfns < region.end)]
             for start, order in aligned_blocks(inside):
                 region.release(start, order)

@@ -120,3 +120,32 @@ def test_a_store_over_many_pages_faults_as_one_store_per_page_would(
     monkeypatch.setattr(access, "prefault_write", lambda *args: None)
     assert run() == fast
     assert fast[0] == "SegmentationFault" and fast[-1] == []
+
+
+def _read_scenario(thp: bool) -> Callable[[], tuple[object, ...]]:
+    def run() -> tuple[object, ...]:
+        k = gupsim.Kernel(memory="64MiB", thp="always" if thp else "never")
+        p = k.spawn("reader")
+        a = p.mmap(0, 64 * PAGE_SIZE, RW, ANON)
+        p.mprotect(a + 48 * PAGE_SIZE, PAGE_SIZE, 0)      # PROT_NONE: the load stops
+        for j in (1, 2, 30):
+            p.write(a + j * PAGE_SIZE, bytes([j]) * 8)
+        raised = ""
+        try:
+            p.read(a + 100, 60 * PAGE_SIZE)
+        except Exception as exc:      # noqa: BLE001 - which signal, compared below
+            raised = type(exc).__name__
+        got = p.read(a, 48 * PAGE_SIZE)
+        vmas = [(v.pte.tolist(), v.pfn.tolist()) for v in p.mm.vmas]
+        return (raised, got, vmas, k.mem.vmstat.count("pgfault"), p.mm.rss, k.check())
+    return run
+
+
+@pytest.mark.parametrize("thp", [False, True])
+def test_a_load_over_many_pages_faults_as_one_load_per_page_would(
+        monkeypatch: pytest.MonkeyPatch, thp: bool) -> None:
+    run = _read_scenario(thp)
+    fast = run()
+    monkeypatch.setattr(access, "prefault_read", lambda *args: None)
+    assert run() == fast
+    assert fast[0] == "SegmentationFault" and fast[-1] == []

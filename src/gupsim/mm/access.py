@@ -6,8 +6,15 @@ import numpy as np
 
 from ..constants import PAGE_SIZE
 from .env import MMEnv
-from .fault import FaultFlag, VMFault, handle_mm_fault, populate_anon_bulk, wp_copy_run
-from .mm_struct import MM
+from .fault import (
+    FaultFlag,
+    VMFault,
+    anon_orders,
+    handle_mm_fault,
+    populate_anon_bulk,
+    wp_copy_run,
+)
+from .mm_struct import MM, map_pte_range
 from .vma import PTE, VM, VMA
 
 
@@ -66,6 +73,7 @@ def resolve(env: MMEnv, mm: MM, addr: int, write: bool) -> tuple[VMA, int]:
 
 def access_read(env: MMEnv, mm: MM, addr: int, n: int) -> bytes:
     """A CPU load of `n` bytes at `addr`, page by page, faulting as the MMU would."""
+    prefault_read(env, mm, addr, n)
     out = bytearray()
     end = addr + n
     while addr < end:
@@ -128,3 +136,26 @@ def _runs(idx: np.ndarray) -> list[tuple[int, int]]:
     starts = idx[np.concatenate(([0], cut))]
     ends = idx[np.concatenate((cut - 1, [len(idx) - 1]))] + 1
     return list(zip(starts.tolist(), ends.tolist(), strict=True))
+
+
+def prefault_read(env: MMEnv, mm: MM, addr: int, n: int) -> None:
+    """Take the read faults a load of `n` bytes at `addr` will take on private anonymous
+    memory without THP in runs: each empty entry maps the shared zero page, as
+    do_anonymous_page() does for a read, one run at a time. Stops where the load could
+    not read (no VMA, PROT_NONE); THP-eligible and every other kind of memory fault page
+    by page in resolve() (a THP read fault may map the huge zero page instead)."""
+    end = addr + n
+    zero = env.mem.zero_pfn
+    while addr < end:
+        vma = mm.find_vma(addr)
+        if vma is None or not vma.contains(addr) or \
+                not vma.flags & (VM.READ | VM.WRITE | VM.EXEC):
+            return
+        i0, i1 = vma.idx(addr), vma.idx(min(end, vma.end) - 1) + 1
+        if (vma.is_anonymous and not vma.is_shared and not vma.is_hugetlb and zero >= 0
+                and not anon_orders(env, vma)):
+            for lo, hi in _runs(np.flatnonzero(vma.pte[i0:i1] == 0) + i0):
+                map_pte_range(mm, vma, lo, np.full(hi - lo, zero, dtype=np.int64),
+                              PTE.SPECIAL | PTE.YOUNG)
+                env.mem.vmstat["pgfault"] += hi - lo
+        addr = vma.end

@@ -186,9 +186,31 @@ def _counts_at(keys: np.ndarray, values: np.ndarray,
 
 def _compare(m: MachineState, have: np.ndarray, entries: np.ndarray
              ) -> tuple[np.ndarray, np.ndarray]:
-    """(pfns where `have` is nonzero or `entries` lists them, how often each is listed)."""
-    pfns = np.union1d(m.nonzero(have), entries)
-    return pfns, _counts_at(pfns, entries)
+    """(pfns where `have` differs from how often `entries` lists them, that count).
+
+    Within each of the machine's spans a bincount of the entries, compared slice by
+    slice (no sort); entries outside every span, which no allocated frame has, are
+    compared one by one."""
+    spans = m.spans if m.spans is not None else [(0, len(have))]
+    pfns, want = [], []
+    outside = np.ones(len(entries), dtype=bool)
+    for lo, hi in spans:
+        if hi <= lo:
+            continue
+        inside = (entries >= lo) & (entries < hi)
+        outside &= ~inside
+        counts = np.bincount(entries[inside] - lo, minlength=hi - lo)
+        diff = np.flatnonzero(have[lo:hi] != counts)
+        pfns.append(diff + lo)
+        want.append(counts[diff])
+    if outside.any():
+        extra, n = np.unique(entries[outside], return_counts=True)
+        bad = have[extra] != n
+        pfns.append(extra[bad])
+        want.append(n[bad])
+    if not pfns:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    return np.concatenate(pfns).astype(np.int64), np.concatenate(want).astype(np.int64)
 
 
 # -- the invariants ----------------------------------------------------------------------

@@ -202,7 +202,7 @@ class MemMap:
 
     def test(self, pfn: int, flag: PG) -> bool:
         """The kernel's folio_test_*()/PageFoo() for one flag bit of one frame."""
-        return bool(self.flags[pfn] & flag)
+        return bool(int(self.flags[pfn]) & flag)   # int & int: numpy would probe the enum
 
     def set_flag(self, pfn: int | np.ndarray, flag: int) -> None:
         """Set a PG bit (or an OR of several) on one frame or an array of frames."""

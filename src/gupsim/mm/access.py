@@ -73,7 +73,8 @@ def resolve(env: MMEnv, mm: MM, addr: int, write: bool) -> tuple[VMA, int]:
 
 def access_read(env: MMEnv, mm: MM, addr: int, n: int) -> bytes:
     """A CPU load of `n` bytes at `addr`, page by page, faulting as the MMU would."""
-    prefault_read(env, mm, addr, n)
+    if addr % PAGE_SIZE + n > PAGE_SIZE:         # more than one page: fault in runs
+        prefault_read(env, mm, addr, n)
     out = bytearray()
     end = addr + n
     while addr < end:
@@ -86,7 +87,8 @@ def access_read(env: MMEnv, mm: MM, addr: int, n: int) -> bytes:
 
 def access_write(env: MMEnv, mm: MM, addr: int, data: bytes) -> None:
     """A CPU store of `data` at `addr`: write faults break COW, dirty and age the PTEs."""
-    prefault_write(env, mm, addr, len(data))
+    if addr % PAGE_SIZE + len(data) > PAGE_SIZE:
+        prefault_write(env, mm, addr, len(data))
     pos = 0
     while pos < len(data):
         chunk = min(len(data) - pos, PAGE_SIZE - (addr + pos) % PAGE_SIZE)

@@ -37,6 +37,7 @@ from .mm import (
 )
 from .mm import syscalls as sc
 from .mm.mm_struct import RLIMIT_DEFAULT_MEMLOCK, UserStruct
+from .mm.vma import MAX_PFNS
 from .observe import kernel_built
 from .warn import WarnLog
 
@@ -68,6 +69,9 @@ class Kernel(KernelPinning):
         total = parse_size(memory, "memory") >> PAGE_SHIFT
         if total < 1024:
             raise ValueError(f"memory={memory!r} is too small: give the machine at least 4MiB")
+        if total > MAX_PFNS:
+            raise ValueError(f"memory={memory!r} is too large: the model numbers at most "
+                             f"{MAX_PFNS >> (30 - PAGE_SHIFT) >> 10}TiB of frames")
         self.warnings = WarnLog()
         self.mem = MemMap(total, parse_size(movable, "movable") >> PAGE_SHIFT,
                           parse_size(cma, "cma") >> PAGE_SHIFT, self.warnings)

@@ -70,6 +70,18 @@ class MachineState:
     mms: list[MM]
     cache: dict[int, int] = field(default_factory=dict)
     gets: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    spans: list[tuple[int, int]] | None = None   # PFN ranges ever handed out (None: all)
+
+    def nonzero(self, arr: np.ndarray, test: Callable[[np.ndarray], np.ndarray] | None = None
+                ) -> np.ndarray:
+        """PFNs where `arr` is nonzero (or `test(arr)` holds), ascending, looking only at
+        `spans`: a check after every step then costs what the machine has used, not its
+        size (frames above an allocator's high-water mark were never handed out and are
+        0 in every field; a model bug that wrote there would go unseen)."""
+        spans = self.spans if self.spans is not None else [(0, len(arr))]
+        parts = [np.flatnonzero(arr[lo:hi] if test is None else test(arr[lo:hi])) + lo
+                 for lo, hi in spans if hi > lo]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
     @classmethod
     def of(cls, machine: Any) -> MachineState:
@@ -82,7 +94,10 @@ class MachineState:
         held = [r.heads[r.left != 0] for r in (san.records if san is not None else [])
                 if r.how == "FOLL_GET"]
         gets = np.concatenate(held) if held else np.zeros(0, dtype=np.int64)
-        return cls(machine.mem, list(machine.env.mms), cache, gets.astype(np.int64))
+        alloc = getattr(machine, "alloc", None)
+        spans = None if alloc is None else [
+            (r.start, r.top) for r in (alloc.normal, alloc.cma, alloc.movable)]
+        return cls(machine.mem, list(machine.env.mms), cache, gets.astype(np.int64), spans)
 
     @cached_property
     def entries(self) -> tuple[np.ndarray, np.ndarray]:
@@ -93,7 +108,7 @@ class MachineState:
     @cached_property
     def heads_in_use(self) -> np.ndarray:
         """Head PFNs of every folio with a positive refcount, ascending."""
-        used = np.flatnonzero(self.mem.refcount > 0)
+        used = self.nonzero(self.mem.refcount, lambda r: r > 0)
         return used[self.mem.head_off[used] == 0]
 
     @cached_property
@@ -169,10 +184,33 @@ def _counts_at(keys: np.ndarray, values: np.ndarray,
     return np.bincount(idx[hit], weights=w, minlength=len(keys)).astype(np.int64)
 
 
-def _compare(have: np.ndarray, entries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(pfns where `have` is nonzero or `entries` lists them, how often each is listed)."""
-    pfns = np.union1d(np.flatnonzero(have), entries)
-    return pfns, _counts_at(pfns, entries)
+def _compare(m: MachineState, have: np.ndarray, entries: np.ndarray
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """(pfns where `have` differs from how often `entries` lists them, that count).
+
+    Within each of the machine's spans a bincount of the entries, compared slice by
+    slice (no sort); entries outside every span, which no allocated frame has, are
+    compared one by one."""
+    spans = m.spans if m.spans is not None else [(0, len(have))]
+    pfns, want = [], []
+    outside = np.ones(len(entries), dtype=bool)
+    for lo, hi in spans:
+        if hi <= lo:
+            continue
+        inside = (entries >= lo) & (entries < hi)
+        outside &= ~inside
+        counts = np.bincount(entries[inside] - lo, minlength=hi - lo)
+        diff = np.flatnonzero(have[lo:hi] != counts)
+        pfns.append(diff + lo)
+        want.append(counts[diff])
+    if outside.any():
+        extra, n = np.unique(entries[outside], return_counts=True)
+        bad = have[extra] != n
+        pfns.append(extra[bad])
+        want.append(n[bad])
+    if not pfns:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    return np.concatenate(pfns).astype(np.int64), np.concatenate(want).astype(np.int64)
 
 
 # -- the invariants ----------------------------------------------------------------------
@@ -183,7 +221,7 @@ def counts_nonnegative(m: MachineState) -> list[str]:
     """No page has a negative refcount, mapcount, entire_mapcount or pincount."""
     bad = []
     for name in ("refcount", "mapcount", "entire_mapcount", "pincount"):
-        neg = np.flatnonzero(getattr(m.mem, name) < 0)
+        neg = m.nonzero(getattr(m.mem, name), lambda a: a < 0)
         if len(neg):
             bad.append(f"negative {name} on pfn {_first(neg):#x} ({len(neg)} pages)")
     return bad
@@ -209,7 +247,7 @@ def mapcount_matches_ptes(m: MachineState) -> list[str]:
     """A page's mapcount is the number of PTEs that map it."""
     small, _ = m.entries
     mem = m.mem
-    pfns, want = _compare(mem.mapcount, small)
+    pfns, want = _compare(m, mem.mapcount, small)
     diff = np.flatnonzero(mem.mapcount[pfns] != want)
     if len(diff):
         p, n = int(pfns[diff[0]]), int(want[diff[0]])
@@ -223,7 +261,7 @@ def entire_mapcount_matches_pmds(m: MachineState) -> list[str]:
     mapping is recorded on all its entries, and counted once, at the head's entry)."""
     _, huge = m.entries
     mem = m.mem
-    pfns, want = _compare(mem.entire_mapcount, huge[mem.head_off[huge] == 0])
+    pfns, want = _compare(m, mem.entire_mapcount, huge[mem.head_off[huge] == 0])
     diff = np.flatnonzero(mem.entire_mapcount[pfns] != want)
     if len(diff):
         p, n = int(pfns[diff[0]]), int(want[diff[0]])

@@ -28,6 +28,8 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import ClassVar
 
+import numpy as np
+
 from ..constants import O_ACCMODE, O_CREAT, O_RDONLY, O_RDWR, O_TRUNC, O_WRONLY, PAGE_SIZE
 from ..memory import PG, Allocator, Kind, MemMap, OutOfMemory
 from .common import MAX_LFS_FILESIZE, check_offset, folio_put, oserror, pages_for
@@ -140,6 +142,36 @@ class Inode:
                 mem.write(head + i, 0, data)
         self.cache[fidx] = head
         return head
+
+    def _cache_run(self, first: int, last: int) -> None:
+        """Create the missing page-cache folios of pages [first, last) at once, before a
+        write walks them page by page (a model shortcut: the same folios, flags, data
+        and references as one _add_to_cache() per page, allocated in blocks).
+
+        Only where that is exactly what the walk would do: order-0 folios from the base
+        allocation, no block charged per cached page, and room for every block the
+        write will charge, so the write cannot stop short of a folio made here; if
+        memory runs out the first pages get theirs and the walk fails where it would.
+        """
+        cls = type(self)
+        if (last - first < 2 or self.folio_order or self.charge_on_cache
+                or cls._alloc_folio is not Inode._alloc_folio
+                or cls._page_for_write is not Inode._page_for_write):
+            return
+        missing = [i for i in range(first, last) if i not in self.cache]
+        cap = self.fs.capacity_pages
+        if len(missing) < 2 or (cap is not None and self.fs.used_pages + sum(
+                1 for i in range(first, last) if i not in self.blocks) > cap):
+            return
+        heads = self.alloc.alloc_bulk_order0(len(missing), self.kind, self.movable, self.ino,
+                                             np.array(missing, dtype=np.int64))
+        mem = self.mem
+        mem.set_flag(heads, self._folio_flags())
+        for fidx, head in zip(missing, heads.tolist(), strict=False):
+            data = self.backing.get(fidx)
+            if data is not None:
+                mem.write(head, 0, data)
+            self.cache[fidx] = head
 
     def migrate_folio(self, old_head: int, new_head: int) -> bool:
         """The address_space migrate_folio step: point the cache entry at the new folio.
@@ -323,6 +355,7 @@ class Inode:
             raise oserror(errno.EFBIG, f"offset {off} is past the largest {self.fs_name} file "
                           f"({self.max_size} bytes)")
         data = data[:self.max_size - off]
+        self._cache_run(off // PAGE_SIZE, (off + len(data) - 1) // PAGE_SIZE + 1)
         pos, done = off, 0
         while done < len(data):
             index, poff = divmod(pos, PAGE_SIZE)

@@ -31,7 +31,7 @@ from ..constants import (
 from ..eras import NEWEST_ERA, Era
 from ..memory import PG, Kind
 from ..mm import MM, MMF, VM, VMA, FaultFlag, MMEnv, VMFault, handle_mm_fault
-from ..mm.fault import populate_anon_bulk
+from ..mm.fault import populate_anon_bulk, wp_copy_run
 from ..mm.mm_struct import mmap_read_lock, mmap_read_unlock, split_huge_mapping
 from ..mm.vma import PTE
 from .flags import (
@@ -297,6 +297,19 @@ def _bulk_anon_write_faults(env: MMEnv, mm: MM, vma: VMA, i: int, codes: np.ndar
     return int(np.count_nonzero(vma.pte[i:i + n]))
 
 
+def _cow_faults(env: MMEnv, mm: MM, vma: VMA, i: int, codes: np.ndarray, flags: int) -> int:
+    """The write (or unshare) faults of a run of present entries GUP cannot use yet, at
+    once (`wp_copy_run()`: fork's shared pages, the zero page). Returns the entries done
+    (0: not applicable here, so take the per-page fault path)."""
+    code = int(codes[0])
+    if flags & (FOLL_NOFAULT | FOLL_NOWAIT) or not vma.pte[i] & PTE.PRESENT or not (
+            code == UNSHARE or (code == ABSENT and flags & FOLL_WRITE)):
+        return 0
+    other = np.flatnonzero(codes != code)
+    return wp_copy_run(env, mm, vma, i, i + (int(other[0]) if len(other) else len(codes)),
+                       code == UNSHARE)
+
+
 def _empty_run(vma: VMA, i: int, codes: np.ndarray) -> int:
     """Length of the run of absent, empty (pte_none) entries that starts at entry i."""
     run = np.flatnonzero(codes != ABSENT)
@@ -417,10 +430,11 @@ def __get_user_pages(env: MMEnv, mm: MM, start: int, nr_pages: int, gup_flags: i
                 ret = -EFAULT
                 break
             raced = race_point(mem, "gup_slow:before_fault", mm=mm, address=addr)
-            bulk = 0 if raced or code != ABSENT or addr in failed else (
+            bulk = 0 if raced or addr in failed else _cow_faults(env, mm, vma, i, codes, walk)
+            bulk = bulk or (0 if raced or code != ABSENT or addr in failed else (
                 _bulk_anon_write_faults(env, mm, vma, i, codes, walk)
                 or (out is None and not grab
-                    and _populate_faults(env, mm, vma, i, codes, gup_flags, locked, failed)))
+                    and _populate_faults(env, mm, vma, i, codes, gup_flags, locked, failed))))
             if bulk:
                 window, retries = n, 0
                 continue

@@ -185,23 +185,28 @@ class Allocator:
 
     def prep_folio(self, pfn: int, order: int, kind: Kind, mapping: int = 0, index: int = 0,
                    extra_flags: int = 0) -> None:
-        """Turn free frames into a fresh folio: head and tails, refcount 1, zeroed contents."""
+        """Turn free frames into a fresh folio: head and tails, refcount 1, zeroed contents.
+
+        Free frames hold 0 in every field and no contents (free_folio(), free_folios()
+        clear them; frames above a region's high-water mark were never touched), so only
+        the nonzero fields are written: the pages of the per-PFN arrays an order-0 folio
+        does not use (head_off, order, pincount, ...) then stay untouched and cost no
+        resident memory. A hugetlb pool page keeps its order and PG_hugetlb while free.
+        """
         mem = self.mem
         n = 1 << order
-        sl = slice(pfn, pfn + n)
-        mem.head_off[sl] = np.arange(n, dtype=np.uint32)
-        mem.flags[sl] = 0
-        mem.mapcount[sl] = 0
-        mem.refcount[sl] = 0
+        if order:
+            mem.head_off[pfn:pfn + n] = np.arange(n, dtype=np.uint32)
+            mem.order[pfn] = order
         mem.refcount[pfn] = 1
-        mem.order[pfn] = order
         mem.kind[pfn] = kind
-        mem.mapping[pfn] = mapping
-        mem.index[pfn] = index
-        mem.pincount[pfn] = 0
-        mem.entire_mapcount[pfn] = 0
-        mem.flags[pfn] = (PG.head if order else 0) | extra_flags
-        mem.clear_frames(pfn, n)
+        if mapping:
+            mem.mapping[pfn] = mapping
+        if index:
+            mem.index[pfn] = index
+        flags = (PG.head if order else 0) | extra_flags
+        if flags or mem.flags[pfn]:
+            mem.flags[pfn] = flags
 
     def free_folio(self, head: int) -> None:
         """Return a folio whose refcount reached 0 to the buddy lists or the hugetlb pool."""
@@ -252,6 +257,8 @@ class Allocator:
             arr[pfns] = 0
         mem.vmstat["pgfree"] += len(pfns)
         for region in (self.normal, self.cma, self.movable):
+            if region.start > pfns[-1] or region.end <= pfns[0]:
+                continue                        # sorted: nothing of this region's
             inside = pfns[(pfns >= region.start) & (pfns < region.end)]
             for start, order in aligned_blocks(inside):
                 region.release(start, order)
@@ -305,36 +312,29 @@ class Allocator:
                           index: np.ndarray) -> np.ndarray:
         """Allocate up to `n` order-0 folios at once (fewer if memory runs out).
 
-        alloc_pages_bulk(): whole MAX_PAGE_ORDER blocks are taken while they last, so a
-        1 GiB populate costs a few hundred allocator calls, then prepared as arrays.
+        alloc_pages_bulk(): the largest blocks that fit what is still needed are taken
+        while they last (whole MAX_PAGE_ORDER blocks first), so a 1 GiB populate costs a
+        few hundred allocator calls and 300 pages about ten, then prepared as arrays.
         """
         got: list[np.ndarray] = []
         need = n
-        block = 1 << MAX_PAGE_ORDER
         for region in self.regions(movable):
-            while need >= block:
-                pfn = region.alloc(MAX_PAGE_ORDER)
-                if pfn is None:
-                    break
-                got.append(np.arange(pfn, pfn + block, dtype=np.int64))
-                need -= block
-            while need > 0:
-                pfn = region.alloc(0)
-                if pfn is None:
-                    break
-                got.append(np.array([pfn], dtype=np.int64))
-                need -= 1
+            order = MAX_PAGE_ORDER
+            while need > 0 and order >= 0:
+                order = min(order, need.bit_length() - 1)
+                pfn = region.alloc(order)
+                if pfn is None:         # no block this large left here: try smaller ones
+                    order -= 1
+                    continue
+                got.append(np.arange(pfn, pfn + (1 << order), dtype=np.int64))
+                need -= 1 << order
             if need == 0:
                 break
         pfns = np.concatenate(got) if got else np.zeros(0, dtype=np.int64)
         mem = self.mem
-        mem.head_off[pfns] = 0
-        mem.flags[pfns] = 0
-        mem.mapcount[pfns] = 0
-        mem.entire_mapcount[pfns] = 0
-        mem.pincount[pfns] = 0
+        # free frames hold 0 in every field (see prep_folio): only the nonzero ones are
+        # written, which keeps the pages of the other arrays untouched (not resident)
         mem.refcount[pfns] = 1
-        mem.order[pfns] = 0
         mem.kind[pfns] = kind
         mem.mapping[pfns] = mapping
         mem.index[pfns] = index[:len(pfns)]

@@ -29,6 +29,7 @@ from numpy.typing import NDArray
 
 from ..constants import PAGE_SIZE
 from ..eras import NEWEST_ERA, VMSTAT_SWITCHES, Era
+from ..heap import sparse
 from ..warn import WarnLog
 from .rmap import NoRmap, RmapWalker
 
@@ -133,17 +134,23 @@ class MemMap:
         self.cma_start = self.movable_start - cma_pages
         self.cma_end = self.movable_start
         n = nr_pages
-        self.refcount = np.zeros(n, dtype=np.int64)
-        self.mapcount = np.zeros(n, dtype=np.int32)
-        self.entire_mapcount = np.zeros(n, dtype=np.int32)
-        self.pincount = np.zeros(n, dtype=np.int32)
-        self.flags = np.zeros(n, dtype=np.uint32)
-        self.head_off = np.zeros(n, dtype=np.uint32)
-        self.order = np.zeros(n, dtype=np.int8)
-        self.kind = np.zeros(n, dtype=np.int8)
-        self.mapping = np.zeros(n, dtype=np.int32)
-        self.index = np.zeros(n, dtype=np.int64)
-        self.private = np.zeros(n, dtype=np.int64)
+
+        def array(dtype: type) -> np.ndarray:     # zeros, paged in 4 KiB at a time
+            return sparse(np.zeros(n, dtype=dtype))
+
+        # refcount is the kernel's atomic_t: int32 holds 2**31 / GUP_PIN_COUNTING_BIAS
+        # pins of a small folio, as the kernel's does
+        self.refcount = array(np.int32)
+        self.mapcount = array(np.int32)
+        self.entire_mapcount = array(np.int32)
+        self.pincount = array(np.int32)
+        self.flags = array(np.uint32)
+        self.head_off = array(np.uint32)
+        self.order = array(np.int8)
+        self.kind = array(np.int8)
+        self.mapping = array(np.int32)
+        self.index = array(np.int64)
+        self.private = array(np.int64)
         self.content: dict[int, bytearray] = {}
         self.vmstat: VmStat = VmStat(self)
         self.era: Era = NEWEST_ERA   # the machine's kernel release (gupsim.eras)
@@ -195,7 +202,7 @@ class MemMap:
 
     def test(self, pfn: int, flag: PG) -> bool:
         """The kernel's folio_test_*()/PageFoo() for one flag bit of one frame."""
-        return bool(self.flags[pfn] & flag)
+        return bool(int(self.flags[pfn]) & flag)   # int & int: numpy would probe the enum
 
     def set_flag(self, pfn: int | np.ndarray, flag: int) -> None:
         """Set a PG bit (or an OR of several) on one frame or an array of frames."""

@@ -218,5 +218,5 @@ def maybe_dma_pinned_pfns(mem: MemMap, heads: np.ndarray) -> NDArray[np.bool_]:
     if not mem.era.has("pin-counting-bias"):
         return np.zeros(len(heads), dtype=bool)
     large = mem.order[heads] > 0
-    small_pinned = (mem.refcount[heads] & 0xFFFFFFFF) >= GUP_PIN_COUNTING_BIAS
+    small_pinned = mem.refcount[heads].view(np.uint32) >= GUP_PIN_COUNTING_BIAS
     return (large & (mem.pincount[heads] > 0)) | (~large & small_pinned)

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from ..constants import PAGE_SIZE
 from .env import MMEnv
-from .fault import FaultFlag, VMFault, handle_mm_fault
-from .mm_struct import MM
+from .fault import (
+    FaultFlag,
+    VMFault,
+    anon_orders,
+    handle_mm_fault,
+    populate_anon_bulk,
+    wp_copy_run,
+)
+from .mm_struct import MM, map_pte_range
 from .vma import PTE, VM, VMA
 
 
@@ -64,6 +73,8 @@ def resolve(env: MMEnv, mm: MM, addr: int, write: bool) -> tuple[VMA, int]:
 
 def access_read(env: MMEnv, mm: MM, addr: int, n: int) -> bytes:
     """A CPU load of `n` bytes at `addr`, page by page, faulting as the MMU would."""
+    if addr % PAGE_SIZE + n > PAGE_SIZE:         # more than one page: fault in runs
+        prefault_read(env, mm, addr, n)
     out = bytearray()
     end = addr + n
     while addr < end:
@@ -76,9 +87,77 @@ def access_read(env: MMEnv, mm: MM, addr: int, n: int) -> bytes:
 
 def access_write(env: MMEnv, mm: MM, addr: int, data: bytes) -> None:
     """A CPU store of `data` at `addr`: write faults break COW, dirty and age the PTEs."""
+    if addr % PAGE_SIZE + len(data) > PAGE_SIZE:
+        prefault_write(env, mm, addr, len(data))
     pos = 0
     while pos < len(data):
         chunk = min(len(data) - pos, PAGE_SIZE - (addr + pos) % PAGE_SIZE)
         vma, i = resolve(env, mm, addr + pos, True)
         env.mem.write(int(vma.pfn[i]), (addr + pos) % PAGE_SIZE, data[pos:pos + chunk])
         pos += chunk
+
+
+def prefault_write(env: MMEnv, mm: MM, addr: int, n: int) -> None:
+    """Take the write faults a store of `n` bytes at `addr` will take on private anonymous
+    memory in runs, before the store walks it page by page: empty entries as
+    populate_anon_bulk() and copy-on-write or reuse as wp_copy_run(), the same faults
+    one after the other without a store between (a store to one page does not change
+    another's fault). Stops at the first address the store could not write (no VMA, no
+    PROT_WRITE), so pages beyond a SIGSEGV are never faulted; what is left, and every
+    other kind of memory, faults page by page in resolve()."""
+    end = addr + n
+    while addr < end:
+        vma = mm.find_vma(addr)
+        if vma is None or not vma.contains(addr) or not vma.flags & VM.WRITE:
+            return
+        i0, i1 = vma.idx(addr), vma.idx(min(end, vma.end) - 1) + 1
+        if vma.is_anonymous and not vma.is_shared and not vma.is_hugetlb:
+            _fault_runs(env, mm, vma, i0, i1)
+        addr = vma.end
+
+
+def _fault_runs(env: MMEnv, mm: MM, vma: VMA, i0: int, i1: int) -> None:
+    """The write faults of entries [i0, i1) of a private anonymous VMA, run by run."""
+    for lo, hi in _runs(np.flatnonzero(vma.pte[i0:i1] == 0) + i0):
+        populate_anon_bulk(env, mm, vma, lo, hi)
+    pte = vma.pte[i0:i1]
+    ro = np.flatnonzero(((pte & PTE.PRESENT) != 0) & ((pte & PTE.WRITE) == 0)) + i0
+    for lo, hi in _runs(ro):
+        while lo < hi:
+            done = wp_copy_run(env, mm, vma, lo, hi, False)
+            if not done:
+                break
+            lo += done
+
+
+def _runs(idx: np.ndarray) -> list[tuple[int, int]]:
+    """Ascending indices as [start, end) runs of consecutive ones."""
+    if len(idx) == 0:
+        return []
+    cut = np.flatnonzero(np.diff(idx) != 1) + 1
+    starts = idx[np.concatenate(([0], cut))]
+    ends = idx[np.concatenate((cut - 1, [len(idx) - 1]))] + 1
+    return list(zip(starts.tolist(), ends.tolist(), strict=True))
+
+
+def prefault_read(env: MMEnv, mm: MM, addr: int, n: int) -> None:
+    """Take the read faults a load of `n` bytes at `addr` will take on private anonymous
+    memory without THP in runs: each empty entry maps the shared zero page, as
+    do_anonymous_page() does for a read, one run at a time. Stops where the load could
+    not read (no VMA, PROT_NONE); THP-eligible and every other kind of memory fault page
+    by page in resolve() (a THP read fault may map the huge zero page instead)."""
+    end = addr + n
+    zero = env.mem.zero_pfn
+    while addr < end:
+        vma = mm.find_vma(addr)
+        if vma is None or not vma.contains(addr) or \
+                not vma.flags & (VM.READ | VM.WRITE | VM.EXEC):
+            return
+        i0, i1 = vma.idx(addr), vma.idx(min(end, vma.end) - 1) + 1
+        if (vma.is_anonymous and not vma.is_shared and not vma.is_hugetlb and zero >= 0
+                and not anon_orders(env, vma)):
+            for lo, hi in _runs(np.flatnonzero(vma.pte[i0:i1] == 0) + i0):
+                map_pte_range(mm, vma, lo, np.full(hi - lo, zero, dtype=np.int64),
+                              PTE.SPECIAL | PTE.YOUNG)
+                env.mem.vmstat["pgfault"] += hi - lo
+        addr = vma.end

@@ -170,6 +170,7 @@ def populate_anon_bulk(env: MMEnv, mm: MM, vma: VMA, i0: int, i1: int) -> None:
     if anon_orders(env, vma):
         for i in range(i0, i1):
             if not vma.pte[i] & PTE.PRESENT:
+                env.mem.vmstat["pgfault"] += 1     # each is a fault, as handle_mm_fault()'s
                 rc = do_anonymous_page(env, mm, vma, i, True)
                 if rc:
                     return
@@ -343,6 +344,98 @@ def wp_page_copy(env: MMEnv, mm: MM, vma: VMA, i: int, unshare: bool) -> VMFault
     mem.refcount[new] -= 1
     mem.vmstat["cow_fault"] += 1
     return VMFault.OK
+
+
+def wp_copy_run(env: MMEnv, mm: MM, vma: VMA, i0: int, i1: int, unshare: bool) -> int:
+    """Write (or unshare) faults on the present read-only entries [i0, i1) of a private
+    anonymous VMA at once, for the leading entries that do_wp_page() would each copy:
+    the zero page, and order-0 anonymous pages the era's reuse rule does not reuse (a
+    fork's shared pages). Returns how many entries it did; 0 when the first one needs
+    the per-page path (reuse, a large folio, a PMD, mmu notifiers to call per fault).
+
+    A model shortcut with the kernel's result: the same copies, mappings, references
+    and counters as one wp_page_copy() per page, as arrays. The pages are distinct
+    order-0 folios, so copying one changes nothing another's decision reads; the new
+    frames may differ from the per-page path's (the allocator hands out blocks).
+    """
+    mem = env.mem
+    if (vma.is_shared or vma.is_hugetlb or vma.file is not None or i1 <= i0
+            or mm.notifier_subscriptions is not None or (unshare and not vma.is_cow)):
+        return 0
+    pte = vma.pte[i0:i1]
+    old = vma.pfn[i0:i1].astype(np.int64)
+    ok = ((pte & PTE.PRESENT) != 0) & ((pte & (PTE.PMD | PTE.PUD | PTE.WRITE)) == 0)
+    special = (pte & PTE.SPECIAL) != 0
+    zero = special & (mem.kind[old] == Kind.ZERO)
+    heads = mem.head_of(old)
+    ok &= zero | (~special & (mem.kind[heads] == Kind.ANON))
+    n = int(np.argmin(ok)) if not ok.all() else len(ok)
+    if n == 0:
+        return 0
+    copy = zero[:n] | _anon_must_copy(env, mm, old[:n], heads[:n])
+    if not copy[0]:
+        return _wp_reuse_run(env, vma, i0, old[:int(np.argmax(copy)) or n], unshare)
+    n = int(np.argmin(copy)) or n
+    old = old[:n]
+    try:
+        new = env.alloc.alloc_bulk_order0(n, Kind.ANON, env.movable_alloc, vma.anon_id,
+                                          vma.pgoff + i0 + np.arange(n))
+    except OutOfMemory:
+        return 0
+    n = len(new)
+    if n == 0:
+        return 0
+    old = old[:n]
+    if mem.content:
+        for src, dst in zip(old[~zero[:n]].tolist(), new[~zero[:n]].tolist(), strict=True):
+            mem.copy_frames(dst, src, 1)
+    soft = vma.pte[i0:i0 + n] & PTE.SOFT_DIRTY
+    zap_range(mm, vma, i0, i0 + n, env.swap)
+    writable = not unshare and bool(vma.flags & VM.WRITE)
+    bits = PTE.YOUNG | (PTE.WRITE if writable else 0) | (0 if unshare else PTE.DIRTY)
+    map_pte_range(mm, vma, i0, new, bits)
+    vma.pte[i0:i0 + n] |= soft
+    mem.set_flag(new, PG.anon_exclusive | PG.swapbacked | PG.lru)
+    mem.refcount[new] -= 1
+    mem.vmstat["pgfault"] += n
+    mem.vmstat["cow_fault"] += n
+    return n
+
+
+def _wp_reuse_run(env: MMEnv, vma: VMA, i0: int, pfns: np.ndarray, unshare: bool) -> int:
+    """The reuse half of do_wp_page() for a run of pages it would each reuse: they become
+    anon-exclusive and (a write, not an unshare) writable and dirty in place."""
+    mem = env.mem
+    n = len(pfns)
+    mem.set_flag(pfns, PG.anon_exclusive)
+    if not unshare:
+        vma.pte[i0:i0 + n] |= _mkwrite(vma) | PTE.DIRTY | PTE.YOUNG
+    mem.vmstat["pgreuse"] += n
+    mem.vmstat["pgfault"] += n
+    return n
+
+
+def _anon_must_copy(env: MMEnv, mm: MM, pfns: np.ndarray, heads: np.ndarray) -> np.ndarray:
+    """For anonymous pages mapped by PTEs: would _wp_can_reuse_anon() refuse to reuse
+    each (so do_wp_page() copies it)? Only where copying the earlier ones of the run
+    cannot change the answer: a page's own flag and mapcount, and for a large folio the
+    folio-wide verdict, which copying its pages cannot turn from "copy" to "reuse" (the
+    other mm's mappings stay, and refcount and mapcount drop together); an entry whose
+    folio would be reused ends the run there."""
+    mem = env.mem
+    flags = mem.flags[heads]
+    cached = (flags & np.uint32(PG.swapcache)) != 0
+    small = mem.order[heads] == 0
+    if env.era.has("anon-exclusive-unshare") or env.era.has("cow-reuse-page-count"):
+        reuse = small & (mem.refcount[heads] == 1) & ~cached
+        if env.era.has("anon-exclusive-unshare"):
+            reuse |= (mem.flags[pfns] & np.uint32(PG.anon_exclusive)) != 0
+            for head in np.unique(heads[~small]).tolist():
+                if _anon_reusable_large(env, mm, head):
+                    reuse |= heads == head
+    else:
+        reuse = (mem.mapcount[pfns] + mem.entire_mapcount[heads] == 1) & ~cached
+    return ~reuse
 
 
 def wp_page_shared(env: MMEnv, mm: MM, vma: VMA, i: int) -> VMFault:

@@ -264,8 +264,8 @@ def zap_range(mm: MM, vma: VMA, i0: int, i1: int, swap: SwapDevice | None = None
     Huge mappings that the range only partly covers are split first, as zap_pmd_range()
     does. Swap entries give back their swap slot reference.
     """
-    if i0 >= i1:
-        return
+    if i0 >= i1 or not vma.pte[i0:i1].any():
+        return                  # nothing mapped, nothing swapped: nothing to undo
     split_pmds_across(mm, vma, i0)
     split_pmds_across(mm, vma, i1)
     mem = mm.mem

@@ -67,6 +67,12 @@ class PTE:
 
 _vma_ids = iter(range(1, 1 << 62))
 
+# A page table entry's frame (or swap slot) in 4 bytes, not 8: entries are most of the
+# model's memory per mapped page; int32 numbers the frames of up to 8 TiB (MAX_PFNS,
+# which Kernel() enforces), and keeps the arithmetic signed as the int64 it replaced.
+PFN_DTYPE = np.int32
+MAX_PFNS = 1 << 31
+
 
 class VMA:
     """One vm_area_struct: [start, end), flags, backing file, and its page table."""
@@ -83,7 +89,7 @@ class VMA:
         self.huge_order = 0           # hugetlb VMAs: order of their huge pages
         self.anon_id = 0              # the anon_vma its anonymous folios point to
         n = (end - start) >> PAGE_SHIFT
-        self.pfn = np.zeros(n, dtype=np.int64)
+        self.pfn = np.zeros(n, dtype=PFN_DTYPE)
         self.pte = np.zeros(n, dtype=np.uint16)
 
     # -- geometry ------------------------------------------------------------------------

@@ -28,7 +28,9 @@ tests/test_eras.py and tests/test_eras_behaviour.py):
   fork shares pinned pages copy-on-write (mm/fork.py `folio_needs_cow_for_dma`).
 - `gup-fast-write-protect-seq` (5.11): before it GUP-fast ignores write_protect_seq, so
   a pin taken between fork's pinned check and its write-protect (race point
-  "fork:before_wrprotect") leaves a pinned page shared with the child (gup/fast.py).
+  "fork:before_wrprotect") leaves a pinned page shared with the child (gup/fast.py);
+  from it the pin falls back to the slow path, which waits for fork's mmap_lock
+  (examples/eras/gup_fast_fork_race.py, through the protocol's `on_race`).
 - `longterm-migrate-movable` (5.13): before it ZONE_MOVABLE pages are long-term
   pinnable where they are (gup/longterm.py `longterm_pinnable`).
 - `anon-exclusive-unshare` (5.19): before it a R/O pin never unshares, and write-fault

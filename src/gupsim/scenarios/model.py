@@ -36,10 +36,12 @@ from ..constants import (
 from ..kernel import Kernel, Process
 from ..memory.memmap import Kind as MemKind
 from ..memory.units import thp_area
+from ..mm.mm_struct import MmapLockBusy, racing
 from ..mm.vma import PTE
 from .base import BaseProc, BaseSystem, Counted
 from .identity import NONE, SWAPPED, PageSeen, encode
 from .ops import Op
+from .race import Race, run_in_window
 from .records import MTHP_KINDS, Outcome
 
 SWAP_SIZE = 64 << 20    # the swap device of a case that needs swap (the host's file size)
@@ -105,6 +107,8 @@ class ModelProc(BaseProc):
     def _perform(self, op: Op, args: dict[str, Any]) -> Outcome:
         try:
             return Outcome(0, getattr(self, "do_" + op.name)(**args))
+        except MmapLockBusy:
+            raise                   # a racing step that must wait (race.py)
         except OSError as e:
             return Outcome(e.errno or errno.EIO)
 
@@ -406,6 +410,30 @@ class ModelSystem(BaseSystem):
             counted.acquired = vm.count("nr_foll_pin_acquired") - a0
             counted.released = vm.count("nr_foll_pin_released") - r0
             counted.late = vm.count("nr_foll_pin_released") - returned
+
+    @contextmanager
+    def _race_window(self, race: Race) -> Iterator[None]:
+        """Hook the race point (k.gup.on_race) for the step: the first time the racing
+        process's mm passes it, its steps run there, as another thread's (`racing()`:
+        one that needs the mmap_lock the step holds for write waits, see race.py)."""
+        gup = self.k.gup
+        assert isinstance(race.proc, ModelProc)
+        mm = race.proc.p.mm
+
+        def hook(**context: Any) -> None:
+            if context.get("mm", mm) is not mm:     # another process passed it: re-arm
+                gup.on_race(race.point, hook)
+                return
+            with racing():
+                run_in_window(self, race, MmapLockBusy)
+
+        gup.on_race(race.point, hook)
+        try:
+            yield
+        finally:
+            hooks = gup.race_hooks.get(race.point, [])
+            if hook in hooks:
+                hooks.remove(hook)
 
     @contextmanager
     def mthp_enabled(self, size: int) -> Iterator[None]:

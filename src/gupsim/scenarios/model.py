@@ -291,6 +291,19 @@ class ModelProc(BaseProc):
         from ..drivers.proc_mem import proc_mem_read
         return proc_mem_read(self.system.k, self.p, target.p, addr, length)
 
+    def do_proc_mem_write(self, target: ModelProc, addr: int, data: bytes) -> int:
+        """pwrite() of /proc/PID/mem of `target` (FOLL_FORCE|FOLL_WRITE, no pins)."""
+        from ..drivers.proc_mem import proc_mem_write
+        return proc_mem_write(self.system.k, self.p, target.p, addr, data)
+
+    def do_uffd_continue(self, addr: int, length: int) -> int:
+        """UFFDIO_CONTINUE through the model's mfill_continue(); the bytes mapped."""
+        from ..mm.userfaultfd import mfill_continue
+        ret = mfill_continue(self.system.k.env, self.p.mm, addr, length)
+        if ret < 0:
+            raise OSError(-ret, "UFFDIO_CONTINUE failed on the model")
+        return ret
+
     def do_pages(self, addr: int, length: int, other: ModelProc | None) -> str:
         """Page identity from the model's page tables and page arrays (identity.py)."""
         procs = [self] if other is None else [self, other]

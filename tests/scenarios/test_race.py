@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 import pytest
 
+from gupsim.mm.vma import PTE
 from gupsim.scenarios.model import ModelSystem
-from gupsim.scenarios.protocol import ProtocolError
+from gupsim.scenarios.protocol import ProtocolError, System
 from gupsim.scenarios.runner import Case, run_case
 from gupsim.scenarios.userfile import load_scenario
 
@@ -92,3 +94,57 @@ def test_a_case_object_with_a_race_is_model_only_elsewhere() -> None:
     """run_case without the host still runs it (the `gupsim eras` path)."""
     case = Case("race", load_scenario(RACE).run, lambda t: [], "test")
     assert run_case(case, with_host=False).status == "model-only"
+
+
+# -- the operations the CVE-2022-2590 example needs ---------------------------------------------
+
+def force_write(s: System) -> None:
+    """FOLL_FORCE writes through /proc/PID/mem: a R/O private file mapping gets a COW
+    copy (the file keeps its bytes); a R/O shared one cannot be written (EIO)."""
+    target, writer = s.spawn("target"), s.spawn("writer")
+    r = target.map("memfd", 2 * PAGE, writable=False, populate="read")
+    writer.proc_mem_write(target, r, PAGE - 4, b"12345678")     # spans both pages
+    target.read(r, PAGE - 4, 8)
+    view = target.map_view(r, shared=True, writable=False)
+    target.read(view, PAGE - 4, 8)
+    shared = target.map("memfd", PAGE, shared=True, writable=False, populate="read")
+    writer.proc_mem_write(target, shared, 0, b"x")
+
+
+def test_proc_mem_write_on_the_model() -> None:
+    case = Case("force write", force_write, lambda t: [], "issue 10")
+    t = run_case(case, with_host=False).model
+    assert [(st.op, st.outcome) for st in t.steps] == [
+        ("map memfd 8KiB", "ok"), ("proc_mem_write", "ok"), ("read", "ok"),
+        ("map_view memfd 8KiB shared", "ok"), ("read", "ok"),
+        ("map memfd 4KiB shared", "ok"), ("proc_mem_write", "EIO")]
+    assert t.steps[2].data == b"12345678" and t.steps[4].data == b"\0" * 8
+    assert all(st.acquired == 0 for st in t.steps), "references, never pins"
+
+
+@pytest.mark.host
+def test_proc_mem_write_on_the_host() -> None:
+    result = run_case(Case("force write", force_write, lambda t: [], "issue 10"))
+    assert result.host is not None
+    if result.host.skipped:
+        pytest.skip(f"host cannot: {result.host.skipped}")
+    assert result.status == "agree", result.differences
+
+
+def test_uffd_continue_on_the_model() -> None:
+    with ModelSystem() as s:
+        p = s.spawn("app")
+        r = p.map("memfd", 2 * PAGE, writable=False, populate=False)
+        a = p.map("anon", PAGE)
+        assert p.uffd_continue(r, 0, PAGE).ok           # maps the page cache page
+        assert p.uffd_continue(r, 0, 2 * PAGE).errno == errno.EEXIST
+        assert p.uffd_continue(r, PAGE, PAGE).ok
+        assert p.uffd_continue(a, 0, PAGE).errno == errno.EINVAL    # not shmem
+        with pytest.raises(ProtocolError, match="multiples of the page size"):
+            p.uffd_continue(r, 1, PAGE)
+        vma = s.procs[0].p.mm.find_vma(r.addr)
+        assert vma is not None
+        bits = int(vma.pte[0])
+        assert bits & PTE.DIRTY and not bits & PTE.WRITE, "R/O but dirty, as in 5.19"
+        assert s.k.page(int(vma.pfn[0])).folio.is_anon is False
+    assert s.trace.steps[-1].outcome == "EINVAL"

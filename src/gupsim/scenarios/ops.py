@@ -550,8 +550,7 @@ class Operations:
         memfd_secret mapping, which GUP refuses)."""
         ...
 
-    @operation(returns="outcome", settle=True,
-               range=Range(offset="offset", length="data", owner="target"))
+    @operation(returns="outcome", range=Range(offset="offset", length="data", owner="target"))
     def proc_mem_write(self, target: BaseProc, region: Region, offset: int,
                        data: bytes) -> Outcome:
         """pwrite() of `data` to /proc/PID/mem of `target` (access_remote_vm with

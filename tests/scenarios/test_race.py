@@ -148,3 +148,14 @@ def test_uffd_continue_on_the_model() -> None:
         assert bits & PTE.DIRTY and not bits & PTE.WRITE, "R/O but dirty, as in 5.19"
         assert s.k.page(int(vma.pfn[0])).folio.is_anon is False
     assert s.trace.steps[-1].outcome == "EINVAL"
+
+
+@pytest.mark.parametrize("version", ["5.9", "5.11"])
+def test_page_identity_goes_to_the_step_that_touched_the_range(version: str) -> None:
+    """With `pages`, the racing uring_register records what it pinned, and the fork it
+    interrupted (which names no range) records nothing."""
+    trace = run_case(load_scenario(RACE), with_host=False, version=version,
+                     pages=True).model
+    fork, marker, pin = trace.steps[1:4]
+    assert fork.pages is None and marker.pages is None
+    assert pin.pages is not None and pin.pages != ""

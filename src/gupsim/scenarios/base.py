@@ -128,6 +128,7 @@ class BaseProc(Operations):
             given[key] = value_of(self)
         prim = {key: given[key] for key in op.primitive_params()}
         name = op.step_name(args)
+        at = len(system.trace.steps)       # this step's index (racing steps come after it)
         out = system._step(self, op, name, prim)
         if op.returns == "region":
             if not out.ok:
@@ -136,10 +137,10 @@ class BaseProc(Operations):
             kind, length, shared = op.makes(args)
             region = Region(self.pid, prim["new_rid"], kind, length, shared, out.value)
             self.regions[region.rid] = region
-            system._observe(touched + [(self, region.addr, region.length)])
+            system._observe(touched + [(self, region.addr, region.length)], at)
             return region
         if out.ok or op.returns == "outcome":
-            system._observe(touched)
+            system._observe(touched, at)
         if op.returns == "proc":
             if not out.ok:
                 system._refused(op, args, name, out)
@@ -287,12 +288,12 @@ class BaseSystem:
         self._rid += 1
         return self._rid
 
-    def _observe(self, touched: list[tuple[BaseProc, int, int]]) -> None:
-        """With `observe_pages`, the identity of what the last step touched (the first
+    def _observe(self, touched: list[tuple[BaseProc, int, int]], at: int) -> None:
+        """With `observe_pages`, the identity of what step `at` touched (the first
         OBSERVED_PAGES pages of each range, ranges joined by " ; ") becomes its `pages`."""
-        if not self.observe_pages or not touched or not self.trace.steps:
+        if not self.observe_pages or not touched or at >= len(self.trace.steps):
             return
-        step = self.trace.steps[-1]
+        step = self.trace.steps[at]
         if step.pages is not None:
             return          # an observing step recorded its own
         parts = []
@@ -339,6 +340,8 @@ class BaseSystem:
             self.trace.steps.append(Step(name, sig, counted.acquired, counted.released,
                                          st["VmPin"], st["VmLck"], None, late=counted.late))
             fault.gupsim_step = len(self.trace.steps)   # type: ignore[union-attr]
+            if race is not None:        # what raced still happened; nothing waits now
+                races.finish(self, race, run_waiting=False)
             raise fault
         data = out.value if op.data and out.ok else None
         pages = out.value if op.observes and out.ok else None

@@ -19,11 +19,18 @@ outcome says what happened, then the racing steps:
 - "raced, then waited": a later step waited;
 - "missed": the step never passed the race point, and the racing steps did not run.
 
+A race point whose context names no mm ("longterm:before_migrate") fires for whichever
+process passes it. If the interrupted step faults (SIGSEGV), what raced is still
+recorded and nothing that waited runs.
+
 The interrupted step's pin counts exclude the racing steps' (they have their own). Only
 the model can do this: the host cannot inject into the kernel's race windows, so a
 host run of a scenario with a race is skipped with that reason (never agreement).
 
-Model note: the model cannot suspend a step that waits. The step is abandoned where it
+Model notes: only what the model runs under mmap_read_lock() waits (GUP's slow path,
+drivers that take the lock); the model's system calls (madvise, mprotect, ...) take no
+lock, so they run inside the window even where the kernel's would wait. And the model
+cannot suspend a step that waits. The step is abandoned where it
 asked for the lock (`mm_struct.MmapLockBusy`, an OSError, so its driver undoes what it
 did, as on any error) and run again from the start after the interrupted step; by then
 GUP-fast, the only thing that ran without the lock, has given back whatever it took.
@@ -100,9 +107,9 @@ def run_in_window(system: BaseSystem, race: Race, blocked: type[BaseException]) 
         system.trace.steps = saved
 
 
-def finish(system: BaseSystem, race: Race) -> None:
+def finish(system: BaseSystem, race: Race, run_waiting: bool = True) -> None:
     """After the interrupted step: the marker step, the steps that ran in the window,
-    then the waiting steps run now."""
+    then (unless the step faulted: `run_waiting` False) the waiting steps run now."""
     st = race.proc.status()
     system.trace.steps.append(Step(f"on_race {race.point}", race.outcome, 0, 0,
                                    st["VmPin"], st["VmLck"]))
@@ -113,7 +120,7 @@ def finish(system: BaseSystem, race: Race) -> None:
         if at is not None:
             race.error.gupsim_step = base + at   # type: ignore[attr-defined]
         raise race.error
-    for proc, op, args in race.waiting:
+    for proc, op, args in race.waiting if run_waiting else ():
         proc._invoke(op, args)
 
 

@@ -25,6 +25,7 @@ from ..constants import (
     EINVAL,
     ENOMEM,
     EOPNOTSUPP,
+    FOLL_COW,
     PAGE_SHIFT,
     PAGE_SIZE,
 )
@@ -59,11 +60,6 @@ from .state import race_point
 
 # lookup outcomes of follow_range()
 OK, ABSENT, UNSHARE, NOPAGE, DUMP_FAULT = 0, 1, 2, 3, 4
-
-# Before 6.0 (`foll-force-no-foll-cow`): the internal flag faultin_page() set for the
-# retry after a FOLL_FORCE write fault in a read-only private mapping broke COW (its
-# 4.9 - 5.19 value; the slow path alone sets it, for one page's retry).
-FOLL_COW = 0x4000
 _MAX_FAULT_RETRIES = 8
 
 

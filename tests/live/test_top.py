@@ -48,7 +48,7 @@ def test_json_has_the_counters_and_a_list_of_processes() -> None:
     assert acc["difference"] == snap["outstanding"] - acc["total"] and acc["explanation"]
     for p in snap["processes"]:                             # only holders are listed
         assert (p["VmPin_kB"] or p["VmLck_kB"] or p["uring_buffers"] or p["xdp_umems"]
-                or p["xdp_sockets_unsized"]), p
+                or p["xdp_sockets_unsized"] or p["uring_user_rings"]), p
         assert p["command"]
     assert ours(snap) == []                                 # we hold nothing yet
 

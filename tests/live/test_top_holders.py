@@ -5,6 +5,7 @@ process, under its full command line, with totals that add up or say why not."""
 from __future__ import annotations
 
 import json
+import os
 import select
 import signal
 import subprocess
@@ -114,3 +115,27 @@ def test_json_and_watch_together_stream_one_object_per_line() -> None:
     assert all("outstanding" in s and "processes" in s for s in snaps)
     assert snaps[0]["time"] < snaps[1]["time"] < snaps[2]["time"]
     assert proc.returncode == 130
+
+
+@pytest.mark.parametrize("entries", [4, 256])
+def test_a_ring_in_the_processs_own_memory_is_listed_with_the_pages_it_pins(
+        need: Need, entries: int) -> None:
+    """IORING_SETUP_NO_MMAP: the SQ/CQ rings and SQEs are the process's own pages, pinned
+    at setup and in no fdinfo list or VmPin; top finds the ring by its unmapped inode and
+    sizes it from its entries. The size is checked against the pins setup really took."""
+    from gupsim.live import HostMapping, IoUring
+    from gupsim.live.proc import pin_snapshot
+    from gupsim.live.uring import no_mmap_supported
+    from gupsim.live.vmstat import wait_quiet
+    need("io_uring", "root")
+    if not no_mmap_supported():
+        pytest.skip("host cannot: IORING_SETUP_NO_MMAP (Linux 6.5+)")
+    with HostMapping(MiB, "anon", fill=0) as mem, IoUring(2) as mapped_ring:
+        before, _ = wait_quiet()
+        with IoUring(entries, user_memory=(mem.addr + MiB // 2, mem.addr)) as ring:
+            after, _ = wait_quiet()
+            snap = pin_snapshot()
+        [me] = [p for p in snap["processes"] if p["pid"] == os.getpid()]
+        assert me["uring_user_rings"] == 1, "the mapped ring is not counted, the other is"
+        assert me["uring_ring_pages"] == after.outstanding - before.outstanding
+        assert ring.fd != mapped_ring.fd

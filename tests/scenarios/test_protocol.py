@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from gupsim import SegmentationFault
+from gupsim import Kernel, OOMKilled, SegmentationFault
 from gupsim.constants import MADV_DONTNEED, MADV_HWPOISON, PAGE_SIZE
 from gupsim.scenarios.base import BaseProc
 from gupsim.scenarios.host import HostSystem, host_skip_reason
@@ -268,6 +268,30 @@ def test_a_read_after_munmap_is_a_recorded_sigsegv(system: System) -> None:
     with pytest.raises(SegmentationFault):
         a.read(r, 0, 1)
     assert system.trace.steps[-1].outcome == "SIGSEGV"
+
+
+def test_running_out_of_memory_is_the_oom_killers_sigkill_and_frees_the_process() -> None:
+    """The model's machine is finite: a fault it cannot serve kills the process (as the
+    OOM killer does), recorded as the step's SIGKILL, its memory and pins released."""
+    k = Kernel(memory="64MiB", nr_hugepages=0)
+    system = ModelSystem(k)
+    keeper = system.spawn("keeper")
+    small = keeper.map("anon", 4 * PAGE_SIZE, fill=1)
+    assert keeper.uring_register([(small, 0, PAGE_SIZE)]).ok
+    hog = system.spawn("hog")
+    r = hog.map("anon", 64 * MiB, populate=False)
+    assert hog.uring_register([(r, 0, PAGE_SIZE)]).ok        # one page pinned by its ring
+    with pytest.raises(OOMKilled):
+        hog.write(r, 0, b"\1" * (64 * MiB))
+    last = system.trace.steps[-1]
+    assert (last.op, last.outcome, last.released) == ("write", "SIGKILL", 1)
+    with pytest.raises(ProtocolError, match="has exited"):
+        hog.read(r, 0, 1)
+    free_after = k.alloc.nr_free_pages()
+    assert free_after > (64 * MiB // PAGE_SIZE) // 2, "the victim's memory came back"
+    assert keeper.read(small, 0, 1) == b"\1"          # the other process lives on
+    assert keeper.status()["VmPin"] == 4
+    system.close()
 
 
 # -- the table and the back-ends agree ---------------------------------------------------------

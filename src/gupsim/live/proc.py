@@ -81,6 +81,62 @@ def uring_fdinfo(pid: int | str = "self") -> dict[int, list[UringBuffer]]:
     return result
 
 
+_RING_HEADER = 64          # bytes of struct io_rings before its CQEs (6.x)
+_CQE, _SQE, _SQ_INDEX, _CACHE_LINE = 16, 64, 4, 64
+
+
+@dataclass(frozen=True)
+class UringRing:
+    """One io_uring instance of a process, as its fdinfo (inode, SqMask, CqMask) and the
+    process's maps show it. A ring none of whose memory the process maps was set up with
+    IORING_SETUP_NO_MMAP: its SQ/CQ rings and SQEs are the process's own pages, pinned
+    (FOLL_PIN | FOLL_LONGTERM) at setup, and listed nowhere else."""
+
+    fd: int
+    ino: int
+    sq_entries: int
+    cq_entries: int
+    mapped: bool
+
+    @property
+    def user_pages(self) -> int:
+        """Pages the ring pins when the memory is the process's (0 for a mapped ring):
+        the rings (header, CQEs, then the SQ index array after a cache-line boundary) and
+        the SQEs, each from a page boundary. Approximate: fdinfo does not say whether the
+        ring has 32-byte CQEs, 128-byte SQEs or no SQ array; this assumes the defaults."""
+        if self.mapped:
+            return 0
+        rings = _RING_HEADER + self.cq_entries * _CQE
+        rings = -(-rings // _CACHE_LINE) * _CACHE_LINE + self.sq_entries * _SQ_INDEX
+        return -(-rings // PAGE_SIZE) + -(-(self.sq_entries * _SQE) // PAGE_SIZE)
+
+
+def _fdinfo_field(text: str, name: str) -> int:
+    m = re.search(rf"^{name}:\s*(\S+)", text, re.M)
+    return int(m[1], 0) if m else 0
+
+
+def uring_rings(pid: int | str, ring_fds: list[int]) -> list[UringRing]:
+    """The io_uring instances behind `ring_fds` of `pid`, each with whether the process
+    maps it (the inode of the ring appears in /proc/<pid>/maps)."""
+    try:
+        with open(f"/proc/{pid}/maps") as f:
+            mapped = {int(line.split()[4]) for line in f if "anon_inode:[io_uring]" in line}
+    except OSError:
+        return []
+    rings = []
+    for fd in ring_fds:
+        try:
+            with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+                text = f.read()
+        except OSError:
+            continue                    # closed meanwhile
+        ino = _fdinfo_field(text, "ino")
+        rings.append(UringRing(fd, ino, _fdinfo_field(text, "SqMask") + 1,
+                               _fdinfo_field(text, "CqMask") + 1, ino in mapped))
+    return rings
+
+
 @dataclass(frozen=True)
 class PinnedProcess:
     """A process holding pinned (VmPin) or locked (VmLck) memory."""
@@ -246,6 +302,8 @@ class PinHolderRow(TypedDict):
     VmLck_kB: int
     uring_buffers: int
     uring_bytes: int
+    uring_user_rings: int
+    uring_ring_pages: int
     xdp_umems: int
     xdp_umem_bytes: int
     xdp_sockets_unsized: int
@@ -282,14 +340,16 @@ def pin_snapshot() -> dict[str, Any]:
             xsks = xdp_socket_count(entry, [fd for fd, link in fds.items()
                                             if link.startswith("socket:[")])
         bufs: dict[int, list[UringBuffer]] = {}
+        user_rings: list[UringRing] = []
         if rings:
             try:
                 bufs = uring_fdinfo(entry)
             except OSError:
                 bufs = {}
+            user_rings = [r for r in uring_rings(entry, rings) if not r.mapped]
         nbufs = sum(len(b) for b in bufs.values())
         pin, lck = int(st["VmPin"]), int(st["VmLck"])
-        if not (pin or lck or nbufs or mine or xsks):
+        if not (pin or lck or nbufs or mine or xsks or user_rings):
             continue
         new_umems = [u for u in mine if u.id not in seen_umems]
         seen_umems.update(u.id for u in mine)
@@ -298,12 +358,15 @@ def pin_snapshot() -> dict[str, Any]:
             "command": command_line(entry), "VmPin_kB": pin, "VmLck_kB": lck,
             "uring_buffers": nbufs,
             "uring_bytes": sum(x.length for b in bufs.values() for x in b),
+            "uring_user_rings": len(user_rings),
+            "uring_ring_pages": sum(r.user_pages for r in user_rings),
             "xdp_umems": len(mine), "xdp_umem_bytes": sum(u.size for u in mine),
             "xdp_sockets_unsized": xsks,
             "xdp_umem_pages": sum(u.num_pages for u in new_umems)})
     procs.sort(key=lambda p: (-(p["VmPin_kB"] + p["uring_bytes"] // 1024
                                 + p["xdp_umem_bytes"] // 1024), -p["VmLck_kB"], p["pid"]))
-    uring_pages = sum(-(-p["uring_bytes"] // PAGE_SIZE) for p in procs)
+    uring_pages = sum(-(-p["uring_bytes"] // PAGE_SIZE) + p["uring_ring_pages"]
+                      for p in procs)
     xdp_pages = sum(p["xdp_umem_pages"] for p in procs)
     orphan = [u for u in umems if u.id not in seen_umems]   # sockets we could not see
     xdp_pages += sum(u.num_pages for u in orphan)
@@ -314,16 +377,20 @@ def pin_snapshot() -> dict[str, Any]:
         why = (f"{gap} pinned page(s) are not in the listed io_uring buffers: the "
                f"{unsized} AF_XDP socket(s) listed hold umems whose size this kernel does "
                "not report (no CONFIG_XDP_SOCKETS_DIAG), and O_DIRECT in flight, RDMA or "
-               "VFIO (VmPin only) and kernel users are not listed")
+               "VFIO (VmPin only), io_uring buffer rings in user memory and kernel "
+               "users are not listed")
     elif gap > 0:
         why = (f"{gap} pinned page(s) are held by something not listed: O_DIRECT and other "
-               "short-term I/O in flight, RDMA or VFIO (in VmPin only), or kernel users")
+               "short-term I/O in flight, RDMA or VFIO (in VmPin only), io_uring "
+               "provided-buffer rings in user memory (fdinfo does not list them), or "
+               "kernel users")
     elif gap < 0:
         why = (f"the listed holders cover {-gap} page(s) more than are pinned: io_uring pins "
                "a huge folio once for the whole buffer (folio coalescing), and a page "
                "registered twice is pinned per registration")
     else:
-        why = "the listed io_uring buffers and AF_XDP umems account for every pin"
+        why = ("the listed io_uring buffers and rings and AF_XDP umems account for "
+               "every pin")
     return {"nr_foll_pin_acquired": counters.acquired,
             "nr_foll_pin_released": counters.released,
             "outstanding": counters.outstanding, "exact": counters.exact,

@@ -13,7 +13,8 @@ def _kib(n: int) -> str:
 def top_table(snap: dict) -> Table:
     """One row per holder (full command line, wrapped), VmPin/VmLck in kB, io_uring buffers
     and AF_XDP umems; the caption compares the pins outstanding with what the rows
-    account for and says what explains the difference. Fits 80 columns."""
+    account for and says what explains the difference. The io_uring column counts rings
+    set up in the process's own memory (IORING_SETUP_NO_MMAP) too. Fits 80 columns."""
     approx = "" if snap["exact"] else " (approximate: not root)"
     acc = snap["accounted"]
     t = Table(box=box.SIMPLE_HEAD, expand=False,
@@ -29,6 +30,9 @@ def top_table(snap: dict) -> Table:
     t.add_column("AF_XDP\numems", no_wrap=True)
     for p in snap["processes"]:
         bufs = f"{p['uring_buffers']} ({_kib(p['uring_bytes'])})" if p["uring_buffers"] else ""
+        if p.get("uring_user_rings"):       # IORING_SETUP_NO_MMAP: the ring is user memory
+            rings = f"{p['uring_user_rings']} ring(s) ({p['uring_ring_pages']} pages)"
+            bufs = f"{bufs}\n+ {rings}" if bufs else rings
         xdp = f"{p['xdp_umems']} ({_kib(p['xdp_umem_bytes'])})" if p["xdp_umems"] else ""
         if p.get("xdp_sockets_unsized"):
             xdp = f"{p['xdp_sockets_unsized']} socket(s)"

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..constants import PAGE_SIZE
-from ..mm.access import BusError, SegmentationFault
+from ..mm.access import BusError, OOMKilled, SegmentationFault
 from . import race as races
 from .ops import Op, Operations, Range
 from .records import Outcome, ProtocolError, Region, Step, Trace
@@ -44,6 +44,7 @@ class Counted:
     released: int = 0
     late: int = 0            # of `released`: seen only after the call returned (deferred)
     trusted: bool = True     # exact, and no other pinner moved the counters meanwhile
+    settle: bool = False     # the step ended its process after all (OOM kill): settle it
 
 
 class BaseProc(Operations):
@@ -71,6 +72,10 @@ class BaseProc(Operations):
 
     def _identity(self, addr: int, length: int) -> str:
         """Page identity of [addr, addr+length) in this process (`identity.encode`)."""
+        raise NotImplementedError
+
+    def _oom_kill(self) -> None:
+        """The OOM killer ended this process during a step: tear it down as exit does."""
         raise NotImplementedError
 
     # -- not a step ------------------------------------------------------------------------
@@ -315,8 +320,10 @@ class BaseSystem:
 
     def _step(self, proc: BaseProc, op: Op, name: str, prim: dict[str, Any]) -> Outcome:
         """Run one primitive inside a pin-counter measurement and record its Step; a
-        would-be signal is recorded as the outcome (SIGSEGV, SIGBUS), then raised."""
-        fault: SegmentationFault | BusError | None = None
+        would-be signal is recorded as the outcome (SIGSEGV, SIGBUS), then raised. Running
+        out of memory is the OOM killer's SIGKILL: the process is torn down (`_oom_kill`)
+        inside the step, so the step counts what its exit released."""
+        fault: SegmentationFault | BusError | OOMKilled | None = None
         out = Outcome(errno.EIO)
         race, self._race = self._race, None
         window = self._race_window(race) if race else contextlib.nullcontext()
@@ -326,17 +333,22 @@ class BaseSystem:
                     out = proc._perform(op, prim)
             except (SegmentationFault, BusError) as exc:
                 fault = exc
+            except OOMKilled as exc:
+                fault = exc
+                proc._oom_kill()
+                counted.settle = True
         if race is not None:            # the racing steps' pins are theirs, not this step's
             counted.acquired -= sum(s.acquired for s in race.ran)
             counted.released -= sum(s.released for s in race.ran)
             counted.late -= sum(s.late for s in race.ran)
-        if op.ends:
+        if op.ends or isinstance(fault, OOMKilled):
             proc.alive = False
         if not counted.trusted:
             self.trace.exact = False
         st = proc.status()
         if fault is not None:
-            sig = "SIGSEGV" if isinstance(fault, SegmentationFault) else "SIGBUS"
+            sig = ("SIGSEGV" if isinstance(fault, SegmentationFault) else
+                   "SIGKILL" if isinstance(fault, OOMKilled) else "SIGBUS")
             self.trace.steps.append(Step(name, sig, counted.acquired, counted.released,
                                          st["VmPin"], st["VmLck"], None, late=counted.late))
             fault.gupsim_step = len(self.trace.steps)   # type: ignore[union-attr]

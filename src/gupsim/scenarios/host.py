@@ -149,6 +149,9 @@ class HostProc(BaseProc):
             return Outcome(reply[1])
         return Outcome(0, value if value is not None else reply[1])
 
+    def _oom_kill(self) -> None:
+        """Nothing to do: on the host the kernel's OOM killer ends the child itself."""
+
     def _identity(self, addr: int, length: int) -> str:
         reply, fds = self._call("pages", {"addr": addr, "length": length, "other": None})
         for fd in fds:

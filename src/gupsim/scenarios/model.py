@@ -215,6 +215,10 @@ class ModelProc(BaseProc):
         """fork() of the model process; the child gets a protocol pid of its own."""
         return self.system.adopt(self.p.fork(), f"{self.name}-child")
 
+    def _oom_kill(self) -> None:
+        """Out of memory: the OOM killer's SIGKILL, then the exit path, as for exit()."""
+        self.do_exit()
+
     def do_exit(self) -> None:
         """Drop the file table (ring, sockets, pipe) and exit."""
         self._release_files()
@@ -418,7 +422,7 @@ class ModelSystem(BaseSystem):
             yield counted
         finally:
             returned = vm.count("nr_foll_pin_released")
-            if settle:
+            if settle or counted.settle:
                 self.k.flush_scheduled_work()
             counted.acquired = vm.count("nr_foll_pin_acquired") - a0
             counted.released = vm.count("nr_foll_pin_released") - r0

@@ -309,3 +309,82 @@ def test_gup_fast_pin_racing_fork(version: str, raced: bool) -> None:
         k.unpin_user_pages(pages)
     child.exit()
     assert k.check() == []
+
+
+# -- longterm-migrate-cma (5.1: on in every profile) -------------------------------------------
+
+
+@pytest.mark.parametrize("version", ["5.6", "6.13"])
+def test_longterm_pin_migrates_out_of_cma_on_every_era(version: str) -> None:
+    """CMA migration predates every profile that can pin (5.6 is the oldest with
+    pin_user_pages*()): a long-term pin of a CMA page moves it out on 5.6 as on today."""
+    k = Kernel(memory="256MiB", cma="128MiB", version=version)
+    p = k.spawn()
+    a = _filled(p, b"\x09")
+    assert k.page(int(p.mm.find_vma(a).pfn[0])).folio.is_cma  # type: ignore[union-attr]
+    page = _pin(p, a, FOLL_WRITE | FOLL_LONGTERM)
+    assert not page.folio.is_cma and page.read(0, 1) == b"\x09"
+    k.unpin_user_page(page)
+    assert k.check() == []
+
+
+# -- foll-force-no-foll-cow (6.0) ---------------------------------------------------------------
+
+
+def _force_write_racing_continue(version: str) -> tuple[Kernel, bytes, bytes]:
+    """A FOLL_FORCE write through /proc/self/mem to a R/O private memfd mapping; between
+    its COW fault and the retry the copy is zapped and the memfd page mapped back R/O
+    and dirty (UFFDIO_CONTINUE). (file contents, what the mapping shows) afterwards."""
+    from gupsim.constants import MADV_DONTNEED
+    from gupsim.drivers.proc_mem import proc_mem_write
+    from gupsim.mm.userfaultfd import mfill_continue
+    k, p = _machine(version)
+    f = p.memfd_create("victim")
+    f.truncate(PAGE_SIZE)
+    f.pwrite(0, b"original")
+    a = p.mmap(0, PAGE_SIZE, PROT_READ, MAP_PRIVATE, fd=f)
+    assert p.read(a, 8) == b"original"
+
+    def swap_back(**_: object) -> None:
+        p.madvise(a, PAGE_SIZE, MADV_DONTNEED)
+        assert mfill_continue(k.env, p.mm, a, PAGE_SIZE) == PAGE_SIZE
+        assert p.mm.find_vma(a).pte[0] & PTE.DIRTY  # type: ignore[union-attr]
+
+    k.gup.on_race("gup_slow:after_fault", swap_back)
+    assert proc_mem_write(k, p, p, a, b"pwned!!!") == 8
+    return k, f.pread(0, 8), p.read(a, 8)
+
+
+def test_foll_force_write_before_6_0_lands_in_the_file() -> None:
+    """Before 6.0 the retry carries FOLL_COW and takes the dirty R/O entry of the shared
+    memfd page: the write modifies a file the process may only read (CVE-2022-2590)."""
+    k, file_bytes, mapped = _force_write_racing_continue("5.19")
+    assert file_bytes == b"pwned!!!" and mapped == b"pwned!!!"
+    assert k.check() == []
+
+
+def test_foll_force_write_from_6_0_faults_again_and_writes_a_copy() -> None:
+    """From 6.0 a R/O entry is taken only for an exclusive anonymous page: the memfd page
+    is not, so GUP faults again (a new COW copy) and the file stays as it was."""
+    k, file_bytes, mapped = _force_write_racing_continue("6.0")
+    assert file_bytes == b"original" and mapped == b"pwned!!!"
+    assert k.check() == []
+
+
+@pytest.mark.parametrize("version", ["5.19", "6.0"])
+def test_foll_force_write_without_a_race_writes_a_private_copy(version: str) -> None:
+    """Without the race both rules end the same: FOLL_COW's dirty entry before 6.0, the
+    exclusive anonymous copy from 6.0; the file is untouched and nothing warns."""
+    from gupsim.drivers.proc_mem import proc_mem_write
+    k, p = _machine(version)
+    f = p.memfd_create("victim")
+    f.truncate(2 * PAGE_SIZE)
+    f.pwrite(0, b"original")
+    a = p.mmap(0, 2 * PAGE_SIZE, PROT_READ, MAP_PRIVATE, fd=f)
+    b = _filled(p, b"\x03")
+    p.mprotect(b, PAGE_SIZE, PROT_READ)          # a R/O private anon page too
+    assert proc_mem_write(k, p, p, a + PAGE_SIZE - 4, b"12345678") == 8
+    assert proc_mem_write(k, p, p, b, b"anon") == 4
+    assert f.pread(0, 8) == b"original" and p.read(a + PAGE_SIZE - 4, 8) == b"12345678"
+    assert p.read(b, 5) == b"anon\x03"
+    assert k.warnings.events == [] and k.check() == []

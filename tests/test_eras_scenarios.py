@@ -31,6 +31,8 @@ HEADLINES = {
     str(ERAS / "ro_pin_after_fork.py"): (("5.6", "5.8"), ("5.9", "5.19")),
     str(ERAS / "vmsplice_after_fork.py"): (("5.1", "5.8"),),
     str(ERAS / "ext4_longterm_pin.py"): (("5.6", "6.5"),),
+    str(ERAS / "gup_fast_fork_race.py"): (("5.6", "5.11"),),
+    str(ERAS / "dirty_cow_shmem.py"): (("5.1", "6.0"),),
 }
 
 

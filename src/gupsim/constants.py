@@ -149,6 +149,10 @@ FOLL_UNLOCKABLE = 1 << 21
 FOLL_MADV_POPULATE = 1 << 22
 INTERNAL_GUP_FLAGS = (FOLL_TOUCH | FOLL_TRIED | FOLL_REMOTE | FOLL_PIN | FOLL_FAST_ONLY
                       | FOLL_UNLOCKABLE | FOLL_MADV_POPULATE)
+# Before 6.0 only (era switch foll-force-no-foll-cow): the slow path's own flag for the
+# retry after a FOLL_FORCE write fault broke COW, at its 4.9 - 5.19 value (bit 14, unused
+# in today's layout, so it cannot be mistaken for another flag).
+FOLL_COW = 0x4000
 
 RLIM_INFINITY = (1 << 64) - 1
 CAP_IPC_LOCK = 14

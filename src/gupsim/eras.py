@@ -28,11 +28,22 @@ tests/test_eras.py and tests/test_eras_behaviour.py):
   fork shares pinned pages copy-on-write (mm/fork.py `folio_needs_cow_for_dma`).
 - `gup-fast-write-protect-seq` (5.11): before it GUP-fast ignores write_protect_seq, so
   a pin taken between fork's pinned check and its write-protect (race point
-  "fork:before_wrprotect") leaves a pinned page shared with the child (gup/fast.py).
+  "fork:before_wrprotect") leaves a pinned page shared with the child (gup/fast.py);
+  from it the pin falls back to the slow path, which waits for fork's mmap_lock
+  (examples/eras/gup_fast_fork_race.py, through the protocol's `on_race`).
+- `longterm-migrate-cma` (5.1): FOLL_LONGTERM pins migrate pages out of CMA
+  (gup/longterm.py `longterm_pinnable`). It is on in EVERY modelled profile: the issue
+  asks for eras from v5.6, and this change is older (the 5.1 profile exists only because
+  of it, and has no pin_user_pages*() yet), so no profile shows the behaviour before it.
+  The tests show CMA migration on 5.6, the oldest profile that can take a long-term pin.
 - `longterm-migrate-movable` (5.13): before it ZONE_MOVABLE pages are long-term
   pinnable where they are (gup/longterm.py `longterm_pinnable`).
 - `anon-exclusive-unshare` (5.19): before it a R/O pin never unshares, and write-fault
   reuse does not consult PG_anon_exclusive (gup/slow.py `gup_must_unshare`, mm/fault.py).
+- `foll-force-no-foll-cow` (6.0): before it a FOLL_FORCE write fault in a R/O private
+  mapping sets FOLL_COW for the retry, which then takes any dirty R/O entry; from it
+  only an exclusive anonymous page (gup/slow.py `follow_range`, `FOLL_COW`; race point
+  "gup_slow:after_fault"). CVE-2022-2590: examples/eras/dirty_cow_shmem.py.
 - `reliable-ro-longterm` (6.2): before it a R/O long-term pin of a non-anonymous page
   (the zero page, page cache) in a COW mapping takes the page as is.
 - `is-valid-gup-args` (6.3): before it every entry point answers -EINVAL to invalid
@@ -48,10 +59,7 @@ tests/test_eras.py and tests/test_eras_behaviour.py):
 - `huge-zero-wp-thp` (6.13): a write fault on the huge zero page maps a new THP; before,
   the PMD is split and one small page copied (mm/fault.py `_huge_zero_wp_thp`).
 
-Table-only (the model behaves as the newest era whatever the version):
-`longterm-migrate-cma` (on in every modelled profile) and `foll-force-no-foll-cow`
-(the model has no FOLL_COW).
-`WIRED` lists the wired names; `gupsim eras` marks them.
+`WIRED` lists the wired names (today every switch); `gupsim eras` marks them.
 """
 
 from __future__ import annotations
@@ -76,7 +84,8 @@ class Switch:
 SWITCHES: tuple[Switch, ...] = (
     Switch("longterm-migrate-cma", "5.1",
            "mm: update get_user_pages_longterm to migrate pages allocated from CMA region",
-           "FOLL_LONGTERM pins migrate pages out of CMA first."),
+           "FOLL_LONGTERM pins migrate pages out of CMA first. On in every modelled "
+           "profile: 5.1 is the oldest profile (the issue asks from 5.6)."),
     Switch("foll-pin", "5.6", "mm/gup: introduce pin_user_pages*() and FOLL_PIN",
            "pin_user_pages*() and FOLL_PIN exist, as a placeholder: a pin is a plain "
            "reference, unpin_user_page() is put_page()."),
@@ -116,8 +125,9 @@ SWITCHES: tuple[Switch, ...] = (
            "first, so the pin stays in sync with later writes."),
     Switch("foll-force-no-foll-cow", "6.0",
            "mm/gup: fix FOLL_FORCE COW security issue and remove FOLL_COW",
-           "A FOLL_FORCE write to a R/O private mapping no longer relies on FOLL_COW "
-           "(CVE-2022-2590, writing R/O shmem files)."),
+           "A FOLL_FORCE write to a R/O private mapping takes a R/O entry only for an "
+           "exclusive anonymous page; before, its retry carried FOLL_COW and took any "
+           "dirty R/O entry (CVE-2022-2590: writing R/O shmem files)."),
     Switch("reliable-ro-longterm", "6.2", "mm/gup: reliable R/O long-term pinning in COW mappings",
            "R/O long-term pins in COW mappings stay coherent; FOLL_FORCE|FOLL_WRITE is "
            "refused on hugetlb."),
@@ -143,11 +153,11 @@ SWITCHES: tuple[Switch, ...] = (
 WIRED: frozenset[str] = frozenset({
     "foll-pin", "pin-counting-bias", "nr-foll-pin-vmstat", "gup-forced-cow-break",
     "cow-reuse-page-count", "fork-copies-pinned-anon", "fork-copies-pinned-hugetlb",
-    "gup-fast-write-protect-seq",
+    "gup-fast-write-protect-seq", "longterm-migrate-cma", "foll-force-no-foll-cow",
     "longterm-migrate-movable", "anon-exclusive-unshare", "reliable-ro-longterm",
     "is-valid-gup-args", "longterm-file-write-refused", "zero-page-not-pin-counted",
     "memfd-pin-folios", "huge-zero-wp-thp"})
-"""The switches the model consults today; the others are in the table only."""
+"""The switches the model consults (all of them; a new one may start table-only)."""
 
 SWITCHES_BY_NAME: dict[str, Switch] = {s.name: s for s in SWITCHES}
 

@@ -35,10 +35,13 @@ _MOVABLE = int(Zone.MOVABLE)
 def longterm_pinnable(mem: MemMap, heads: np.ndarray) -> NDArray[np.bool_]:
     """Vectorised folio_is_longterm_pinnable() over head PFNs. ZONE_MOVABLE counts only
     from 5.13 (`longterm-migrate-movable`): before, a long-term pin stays where it is
-    and blocks offlining that memory; CMA is refused on every modelled era."""
+    and blocks offlining that memory. CMA is refused from 5.1 (`longterm-migrate-cma`),
+    which is on in every modelled profile (the oldest profile is 5.1)."""
     kind = mem.kind[heads]
     zero = (kind == _ZERO) | (kind == _HUGE_ZERO)
     ok = ~np.asarray(mem.is_cma(heads), dtype=bool)
+    if not mem.era.has("longterm-migrate-cma"):
+        ok = np.ones_like(ok)
     movable = np.asarray(mem.zone_of(heads)) == _MOVABLE
     if not mem.era.has("longterm-migrate-movable"):
         movable = np.zeros_like(movable)

@@ -25,6 +25,7 @@ from ..constants import (
     EINVAL,
     ENOMEM,
     EOPNOTSUPP,
+    FOLL_COW,
     PAGE_SHIFT,
     PAGE_SIZE,
 )
@@ -124,6 +125,12 @@ def follow_range(env: MMEnv, vma: VMA, i0: int, i1: int, flags: int
                  ) -> tuple[np.ndarray, np.ndarray]:
     """follow_page_mask() over entries [i0, i1): (outcome per entry, PFN per entry).
 
+    A write takes a R/O entry only under FOLL_FORCE in a R/O private mapping
+    (can_follow_write_pte()): from 6.0 when the page is anonymous and exclusive; before
+    6.0 (no `foll-force-no-foll-cow`) when the retry carries FOLL_COW and the entry is
+    dirty, whatever the page (the Dirty COW fix of 4.9, which CVE-2022-2590 got around
+    with a dirty R/O entry of a shmem page).
+
     Folio state (kind, anon-exclusive bit) is looked up only when the answer needs it:
     special entries (zero page or no page), FOLL_FORCE writes and read-only pins; an
     all-empty range answers at once. So a populate or a writable pin of a large range
@@ -154,7 +161,11 @@ def follow_range(env: MMEnv, vma: VMA, i0: int, i1: int, flags: int
         exclusive = (mem.flags[excl_at] & np.uint32(PG.anon_exclusive)) != 0
     codes = np.where(present, OK, ABSENT).astype(np.int8)
     if write:
-        can_write = writable | (force_ok & anon & exclusive) if force_ok else writable
+        if not env.era.has("foll-force-no-foll-cow"):
+            cow = bool(flags & FOLL_COW) and bool(flags & FOLL_FORCE)
+            can_write = writable | ((pte & PTE.DIRTY) != 0) if cow else writable
+        else:
+            can_write = writable | (force_ok & anon & exclusive) if force_ok else writable
         codes[present & ~can_write] = ABSENT
     if any_special:
         if flags & FOLL_DUMP:
@@ -191,7 +202,7 @@ def forced_cow_flags(era: Era, vma: VMA, gup_flags: int) -> int:
     """5.8 only (`gup-forced-cow-break`): GUP taking references (FOLL_GET or FOLL_PIN) in
     a COW mapping walks and faults as if writing, so a shared page is copied first.
     Modelled for writable VMAs only (on a read-only private VMA the 5.8 kernel relied on
-    FOLL_COW, which the model does not have)."""
+    FOLL_COW, as every kernel before 6.0 did: see follow_range())."""
     if (era.has("gup-forced-cow-break") and vma.is_cow and vma.flags & VM.WRITE
             and gup_flags & (FOLL_GET | FOLL_PIN)):
         return gup_flags | FOLL_WRITE
@@ -379,6 +390,7 @@ def __get_user_pages(env: MMEnv, mm: MM, start: int, nr_pages: int, gup_flags: i
     retries = 0
     grab = bool(gup_flags & (FOLL_GET | FOLL_PIN))
     walk = gup_flags                # the flags the walk and its faults use (5.8: +WRITE)
+    cow_at = -1                     # before 6.0: the page whose retry carries FOLL_COW
     failed: dict[int, int] = {}     # address -> result of a run's failed fault (populate)
     while done < nr_pages:
         addr = start + (done << PAGE_SHIFT)
@@ -396,7 +408,8 @@ def __get_user_pages(env: MMEnv, mm: MM, start: int, nr_pages: int, gup_flags: i
         n = min(nr_pages - done, vma.nr_pages - i, window)
         if gup_flags & FOLL_SPLIT_PMD:
             _split_pmds(mm, vma, i, i + n)
-        codes, pfns = follow_range(env, vma, i, i + n, walk)
+        codes, pfns = follow_range(env, vma, i, i + n,
+                                   walk | FOLL_COW if addr == cow_at else walk)
         bad = np.flatnonzero(codes != OK)
         k = int(bad[0]) if len(bad) else n
         if k:
@@ -411,6 +424,7 @@ def __get_user_pages(env: MMEnv, mm: MM, start: int, nr_pages: int, gup_flags: i
             _touch(env, vma, i, got, pfns, walk)
             done += got
             retries = 0
+            cow_at = -1
             window = min(window * 2, nr_pages)
             if got < k:
                 ret = -ENOMEM
@@ -443,6 +457,12 @@ def __get_user_pages(env: MMEnv, mm: MM, start: int, nr_pages: int, gup_flags: i
             else:
                 rc = faultin_page(env, mm, vma, addr, walk, code == UNSHARE, locked)
             if rc == 0:
+                if walk & FOLL_WRITE and not vma.flags & VM.WRITE \
+                        and not env.era.has("foll-force-no-foll-cow"):
+                    # before 6.0 faultin_page() set FOLL_COW once the write fault broke
+                    # COW (VM_FAULT_WRITE; modelled: any write fault that succeeded here)
+                    cow_at = addr
+                race_point(mem, "gup_slow:after_fault", mm=mm, address=addr)
                 vma = None          # the fault may have changed the VMA list (never here)
                 continue
             ret = 0 if rc in (-EBUSY, -EAGAIN) else rc

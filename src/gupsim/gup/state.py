@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 RACE_POINTS = (
     "gup_fast:after_pte_read",     # PTEs read, folios not yet grabbed (fork, munmap, ...)
     "gup_slow:before_fault",       # the slow path is about to fault a page in
+    "gup_slow:after_fault",        # a page faulted in, not yet looked up again
     "longterm:before_migrate",     # pins dropped, folios about to be migrated
     "fork:before_wrprotect",       # fork chose which pages to share, not yet write-protected
 )

@@ -60,7 +60,10 @@ def dup_mm(env: MMEnv, parent: MM) -> MM:
     """copy_mm(): the child's address space; raises OSError(ENOMEM) if a copy fails."""
     child = MM(env.mem, env.alloc)
     child.flags = MMF(0)   # mmf_init_flags(): MMF_HAS_PINNED is not inherited
-    parent.write_protect_seq += 1          # odd: GUP-fast pins back off
+    # dup_mmap() holds the parent's mmap_lock for write; write_protect_seq odd: GUP-fast
+    # pins back off (from 5.11) and fall back to the slow path, which waits for the lock
+    held, parent.mmap_lock.writer = parent.mmap_lock.writer, True
+    parent.write_protect_seq += 1
     try:
         for vma in parent.vmas:
             if vma.flags & VM.DONTCOPY:
@@ -81,6 +84,7 @@ def dup_mm(env: MMEnv, parent: MM) -> MM:
         raise ForkFailed(errno.ENOMEM, f"fork: no memory to copy a pinned page ({e})") from e
     finally:
         parent.write_protect_seq += 1
+        parent.mmap_lock.writer = held
     env.mms.append(child)
     return child
 

@@ -12,6 +12,7 @@ import contextlib
 import errno
 import os
 from collections.abc import Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from enum import IntFlag
 
@@ -49,8 +50,33 @@ class MMapLock:
         return self.writer or self.readers > 0
 
 
+class MmapLockBusy(OSError):
+    """Code run inside a race window (`racing()`) asked for mmap_lock while the operation
+    it interrupted holds it for write: in the kernel that thread sleeps until the lock is
+    released. The model cannot suspend it, so the racing code is abandoned here (an
+    OSError, so drivers undo what they did, as on any error) and whoever ran it runs it
+    again once the interrupted operation is over (scenarios/race.py)."""
+
+
+_racing: ContextVar[bool] = ContextVar("gupsim_racing", default=False)
+
+
+@contextlib.contextmanager
+def racing() -> Iterator[None]:
+    """Mark a block as another thread's, run at a race point inside an operation."""
+    token = _racing.set(True)
+    try:
+        yield
+    finally:
+        _racing.reset(token)
+
+
 def mmap_read_lock(mm: MM) -> None:
-    """Take mmap_lock for read (a count: the model never blocks)."""
+    """Take mmap_lock for read (a count: the model never blocks, except that racing code
+    meeting a writer raises MmapLockBusy, see `racing()`)."""
+    if mm.mmap_lock.writer and _racing.get():
+        raise MmapLockBusy(errno.EAGAIN, "mmap_lock is held for write by the operation "
+                           "this racing step interrupted")
     mm.mmap_lock.readers += 1
 
 

@@ -10,6 +10,8 @@ into what the operation returns. A back-end supplies only the primitives:
 - `BaseProc._status()`: VmPin and VmLck of the live process;
 - `BaseSystem._measure(settle)`: count the pin counters' movement over a block;
 - `BaseSystem._prepare(proc, op, args)` (optional): host settings a step needs;
+- `BaseSystem._race_window(race)`: run a race's steps at its race point during a step
+  (`race.py`); a back-end that cannot raises HostUnsupported from `_arm_race`;
 - `BaseSystem._close()`: release what the scenario left.
 
 Misuse of the protocol raises `ProtocolError` here, before anything runs and without a
@@ -21,11 +23,13 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from ..constants import PAGE_SIZE
 from ..mm.access import BusError, OOMKilled, SegmentationFault
+from . import race as races
 from .ops import Op, Operations, Range
 from .records import Outcome, ProtocolError, Region, Step, Trace
 
@@ -81,6 +85,28 @@ class BaseProc(Operations):
             return {"VmPin": 0, "VmLck": 0}
         return self._status()
 
+    @contextlib.contextmanager
+    def on_race(self, point: str) -> Iterator[None]:
+        """Steps called in the block run when this process passes race point `point`
+        during the scenario's next step, as another thread of it would (`race.py`);
+        model only: a host run is skipped, saying why."""
+        self._usable("on_race")
+        races.check_point(point)
+        system = self.system
+        if system._capture is not None or system._race is not None:
+            raise ProtocolError("on_race: a race is already armed: one race at a time, "
+                                "and its step must come before the next on_race")
+        race = races.Race(self, point)
+        system._capture = race
+        try:
+            yield
+        finally:
+            system._capture = None
+        if not race.steps:
+            raise ProtocolError(f"on_race({point!r}): the block called no step: put the "
+                                "steps to race inside it")
+        system._arm_race(race)
+
     # -- every operation -------------------------------------------------------------------
     def _invoke(self, op: Op, args: dict[str, Any]) -> Any:
         """Check a call of `op`, record it as one step, and return what `op` returns."""
@@ -98,12 +124,16 @@ class BaseProc(Operations):
             given[op.buffers] = [(self._addr(op.name, r, off, n), n)
                                  for r, off, n in args[op.buffers]]
             touched += [(self, addr, n) for addr, n in given[op.buffers]]
+        if system._capture is not None:      # inside `with on_race(...)`: later
+            system._capture.take(self, op, args)
+            return None
         if op.returns == "region":
             given["new_rid"] = system._next_rid()
         for key, value_of in op.extra:
             given[key] = value_of(self)
         prim = {key: given[key] for key in op.primitive_params()}
         name = op.step_name(args)
+        at = len(system.trace.steps)       # this step's index (racing steps come after it)
         out = system._step(self, op, name, prim)
         if op.returns == "region":
             if not out.ok:
@@ -112,10 +142,10 @@ class BaseProc(Operations):
             kind, length, shared = op.makes(args)
             region = Region(self.pid, prim["new_rid"], kind, length, shared, out.value)
             self.regions[region.rid] = region
-            system._observe(touched + [(self, region.addr, region.length)])
+            system._observe(touched + [(self, region.addr, region.length)], at)
             return region
         if out.ok or op.returns == "outcome":
-            system._observe(touched)
+            system._observe(touched, at)
         if op.returns == "proc":
             if not out.ok:
                 system._refused(op, args, name, out)
@@ -199,6 +229,8 @@ class BaseSystem:
         # record the page identity of the range every step touched (its first
         # OBSERVED_PAGES pages), as `Step.pages`; the `pages` operation asks explicitly
         self.observe_pages = False
+        self._capture: races.Race | None = None   # inside `with proc.on_race(...)`
+        self._race: races.Race | None = None      # armed for the next step
 
     # -- primitives a back-end supplies -----------------------------------------------------
     def _measure(self, settle: bool) -> contextlib.AbstractContextManager[Counted]:
@@ -209,6 +241,14 @@ class BaseSystem:
                  args: dict[str, Any]) -> contextlib.AbstractContextManager[None]:
         """Settings a step needs while it runs (none by default)."""
         return contextlib.nullcontext()
+
+    def _arm_race(self, race: races.Race) -> None:
+        """Accept `race` for the next step (the host cannot, and raises HostUnsupported)."""
+        self._race = race
+
+    def _race_window(self, race: races.Race) -> contextlib.AbstractContextManager[None]:
+        """Around a step: run `race`'s steps when its process passes its race point."""
+        raise NotImplementedError
 
     def _findings(self) -> None:
         """Fill the trace's `reports` and `warnings` (a back-end that has them)."""
@@ -253,12 +293,12 @@ class BaseSystem:
         self._rid += 1
         return self._rid
 
-    def _observe(self, touched: list[tuple[BaseProc, int, int]]) -> None:
-        """With `observe_pages`, the identity of what the last step touched (the first
+    def _observe(self, touched: list[tuple[BaseProc, int, int]], at: int) -> None:
+        """With `observe_pages`, the identity of what step `at` touched (the first
         OBSERVED_PAGES pages of each range, ranges joined by " ; ") becomes its `pages`."""
-        if not self.observe_pages or not touched or not self.trace.steps:
+        if not self.observe_pages or not touched or at >= len(self.trace.steps):
             return
-        step = self.trace.steps[-1]
+        step = self.trace.steps[at]
         if step.pages is not None:
             return          # an observing step recorded its own
         parts = []
@@ -285,15 +325,22 @@ class BaseSystem:
         inside the step, so the step counts what its exit released."""
         fault: SegmentationFault | BusError | OOMKilled | None = None
         out = Outcome(errno.EIO)
+        race, self._race = self._race, None
+        window = self._race_window(race) if race else contextlib.nullcontext()
         with self._prepare(proc, op, prim), self._measure(op.settle) as counted:
             try:
-                out = proc._perform(op, prim)
+                with window:
+                    out = proc._perform(op, prim)
             except (SegmentationFault, BusError) as exc:
                 fault = exc
             except OOMKilled as exc:
                 fault = exc
                 proc._oom_kill()
                 counted.settle = True
+        if race is not None:            # the racing steps' pins are theirs, not this step's
+            counted.acquired -= sum(s.acquired for s in race.ran)
+            counted.released -= sum(s.released for s in race.ran)
+            counted.late -= sum(s.late for s in race.ran)
         if op.ends or isinstance(fault, OOMKilled):
             proc.alive = False
         if not counted.trusted:
@@ -305,9 +352,13 @@ class BaseSystem:
             self.trace.steps.append(Step(name, sig, counted.acquired, counted.released,
                                          st["VmPin"], st["VmLck"], None, late=counted.late))
             fault.gupsim_step = len(self.trace.steps)   # type: ignore[union-attr]
+            if race is not None:        # what raced still happened; nothing waits now
+                races.finish(self, race, run_waiting=False)
             raise fault
         data = out.value if op.data and out.ok else None
         pages = out.value if op.observes and out.ok else None
         self.trace.steps.append(Step(name, str(out), counted.acquired, counted.released,
                                      st["VmPin"], st["VmLck"], data, pages, counted.late))
+        if race is not None:
+            races.finish(self, race)
         return out

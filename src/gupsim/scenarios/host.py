@@ -46,6 +46,7 @@ from ..mm.access import BusError, SegmentationFault
 from . import wire
 from .base import BaseProc, BaseSystem, Counted
 from .ops import Op
+from .race import Race
 from .records import MTHP_KINDS, Outcome
 from .server import server_main
 
@@ -477,6 +478,11 @@ class HostSystem(BaseSystem):
         for d in (self.disk_dir, self.shm_dir):
             if d:
                 shutil.rmtree(d, ignore_errors=True)
+
+    def _arm_race(self, race: Race) -> None:
+        """The host cannot inject steps into the kernel's race windows: skip the case."""
+        raise HostUnsupported(f"on_race({race.point!r}): the host cannot run steps inside a "
+                              "kernel race window; races are model-only")
 
     # -- for tests and reports ------------------------------------------------------------------
     @property

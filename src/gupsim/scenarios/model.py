@@ -36,10 +36,12 @@ from ..constants import (
 from ..kernel import Kernel, Process
 from ..memory.memmap import Kind as MemKind
 from ..memory.units import thp_area
+from ..mm.mm_struct import MmapLockBusy, racing
 from ..mm.vma import PTE
 from .base import BaseProc, BaseSystem, Counted
 from .identity import NONE, SWAPPED, PageSeen, encode
 from .ops import Op
+from .race import Race, run_in_window
 from .records import MTHP_KINDS, Outcome
 
 SWAP_SIZE = 64 << 20    # the swap device of a case that needs swap (the host's file size)
@@ -105,6 +107,8 @@ class ModelProc(BaseProc):
     def _perform(self, op: Op, args: dict[str, Any]) -> Outcome:
         try:
             return Outcome(0, getattr(self, "do_" + op.name)(**args))
+        except MmapLockBusy:
+            raise                   # a racing step that must wait (race.py)
         except OSError as e:
             return Outcome(e.errno or errno.EIO)
 
@@ -291,6 +295,19 @@ class ModelProc(BaseProc):
         from ..drivers.proc_mem import proc_mem_read
         return proc_mem_read(self.system.k, self.p, target.p, addr, length)
 
+    def do_proc_mem_write(self, target: ModelProc, addr: int, data: bytes) -> int:
+        """pwrite() of /proc/PID/mem of `target` (FOLL_FORCE|FOLL_WRITE, no pins)."""
+        from ..drivers.proc_mem import proc_mem_write
+        return proc_mem_write(self.system.k, self.p, target.p, addr, data)
+
+    def do_uffd_continue(self, addr: int, length: int) -> int:
+        """UFFDIO_CONTINUE through the model's mfill_continue(); the bytes mapped."""
+        from ..mm.userfaultfd import mfill_continue
+        ret = mfill_continue(self.system.k.env, self.p.mm, addr, length)
+        if ret < 0:
+            raise OSError(-ret, "UFFDIO_CONTINUE failed on the model")
+        return ret
+
     def do_pages(self, addr: int, length: int, other: ModelProc | None) -> str:
         """Page identity from the model's page tables and page arrays (identity.py)."""
         procs = [self] if other is None else [self, other]
@@ -410,6 +427,30 @@ class ModelSystem(BaseSystem):
             counted.acquired = vm.count("nr_foll_pin_acquired") - a0
             counted.released = vm.count("nr_foll_pin_released") - r0
             counted.late = vm.count("nr_foll_pin_released") - returned
+
+    @contextmanager
+    def _race_window(self, race: Race) -> Iterator[None]:
+        """Hook the race point (k.gup.on_race) for the step: the first time the racing
+        process's mm passes it, its steps run there, as another thread's (`racing()`:
+        one that needs the mmap_lock the step holds for write waits, see race.py)."""
+        gup = self.k.gup
+        assert isinstance(race.proc, ModelProc)
+        mm = race.proc.p.mm
+
+        def hook(**context: Any) -> None:
+            if context.get("mm", mm) is not mm:     # another process passed it: re-arm
+                gup.on_race(race.point, hook)
+                return
+            with racing():
+                run_in_window(self, race, MmapLockBusy)
+
+        gup.on_race(race.point, hook)
+        try:
+            yield
+        finally:
+            hooks = gup.race_hooks.get(race.point, [])
+            if hook in hooks:
+                hooks.remove(hook)
 
     @contextmanager
     def mthp_enabled(self, size: int) -> Iterator[None]:

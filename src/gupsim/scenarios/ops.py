@@ -550,6 +550,22 @@ class Operations:
         memfd_secret mapping, which GUP refuses)."""
         ...
 
+    @operation(returns="outcome", range=Range(offset="offset", length="data", owner="target"))
+    def proc_mem_write(self, target: BaseProc, region: Region, offset: int,
+                       data: bytes) -> Outcome:
+        """pwrite() of `data` to /proc/PID/mem of `target` (access_remote_vm with
+        FOLL_FORCE|FOLL_WRITE references, no pin: a read-only private mapping is written
+        through a COW copy); value: the bytes written. EIO where nothing could be written."""
+        ...
+
+    @operation(returns="outcome", range=Range(offset="offset", length="length", aligned=True))
+    def uffd_continue(self, region: Region, offset: int, length: int) -> Outcome:
+        """UFFDIO_CONTINUE of the range of a shmem (memfd, tmpfs) mapping taken to be
+        registered for minor faults: its page cache pages are mapped (read-only and dirty
+        in a private mapping). EEXIST where a page is mapped already. Model only: the host
+        back-end registers no userfaultfd, so a host run skips the case (mm/userfaultfd.py)."""
+        ...
+
     @operation(returns="outcome", data=True, range=Range(offset="offset", length="length"),
                check=_check_ro_pin)
     def ro_pin_then_write(self, region: Region, offset: int, length: int,

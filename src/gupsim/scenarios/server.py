@@ -497,6 +497,19 @@ class CommandServer:
         finally:
             os.close(fd)
 
+    def do_proc_mem_write(self, target: int, addr: int, data: bytes) -> int:
+        """pwrite() of /proc/<target>/mem."""
+        fd = os.open(f"/proc/{target}/mem", os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            return os.pwrite(fd, data, addr)
+        finally:
+            os.close(fd)
+
+    def do_uffd_continue(self, addr: int, length: int) -> int:
+        """Not on the host: no userfaultfd is registered for minor faults here."""
+        raise HostUnsupported("uffd_continue: the host back-end registers no userfaultfd "
+                              "for minor faults (UFFDIO_CONTINUE is model-only)")
+
     def do_pages(self, addr: int, length: int, other: int | None) -> str:
         """Page identity from /proc/PID/pagemap and /proc/kpageflags (identity.py)."""
         pids: list[int | str] = ["self"] if other is None else ["self", other]

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..constants import FOLL_PIN
+from ..lean import SHORT, has_null, lo_hi, same
 from ..memory import Kind, MemMap
 from ..memory.pagearray import NULL
 from ..warn import source_line, user_call_site
@@ -134,12 +135,12 @@ class PinSanitizer:
         """(PFNs, their folios) without NULL entries, and without the shared zero page for
         pins (it is never pin-counted); folios are looked up once, here."""
         pfns = pfns.astype(np.int64, copy=False)
-        if len(pfns) and pfns.min() == NULL:     # one pass when there is no NULL (usual)
+        if has_null(pfns):
             pfns = pfns[pfns != NULL]
         heads = self.mem.head_of(pfns)
         if how == "FOLL_PIN" and len(pfns) and self.mem.era.has("zero-page-not-pin-counted"):
             keep = self.mem.kind.take(heads) != _ZERO
-            if not keep.all():
+            if False in keep.tolist() if len(keep) <= SHORT else not keep.all():
                 pfns, heads = pfns[keep], heads[keep]
         return pfns, heads
 
@@ -150,9 +151,11 @@ class PinSanitizer:
         if len(pfns) == 0:
             return
         n = len(pfns)
+        released_at = np.empty(n, dtype=np.int32)
+        released_at.fill(-1)
         rec = PinRecord(next(self._ids), how, flags, call, user_call_site(),
                         getattr(mm, "id", None), pfns, heads, np.ones(n, dtype=np.int8),
-                        np.full(n, -1, np.int32), n, int(heads.min()), int(pfns.max()))
+                        released_at, n, lo_hi(heads)[0], lo_hi(pfns)[1])
         self._live[rec.id] = rec
         self._whole.setdefault((how, int(pfns[0]), n), []).append(rec)
         if n > SMALL_RECORD:
@@ -292,7 +295,7 @@ class PinSanitizer:
         """The common case in O(n): the release is exactly what one call still holds
         (found by its first page and length, whatever the number of records)."""
         for rec in reversed(self._whole.get((how, int(pfns[0]), len(pfns)), ())):
-            if rec.nheld == len(pfns) and np.array_equal(rec.pfns, pfns):
+            if rec.nheld == len(pfns) and same(rec.pfns, pfns):
                 rec.left[:] = 0
                 rec.released_at[:] = sidx
                 rec.nheld = 0

@@ -17,8 +17,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from .. import lean
 from ..check.args import check_count, check_flag, check_folio, check_folios, check_page, check_pages
 from ..constants import EINVAL, ENOMEM
+from ..lean import has_null
 from ..memory import GUP_PIN_COUNTING_BIAS, Allocator, Folio, Kind, MemMap, Page, PageArray
 from ..memory.alloc import increasing
 from ..memory.memmap import add_at
@@ -104,6 +106,33 @@ def _add_refs(mem: MemMap, heads: np.ndarray, refs: np.ndarray, flags: int) -> N
     _wrap_s32(mem, heads)
 
 
+def _s32(value: int) -> int:
+    """A 32-bit signed counter's value after adding past its range (it wraps)."""
+    return (value + _S32) % (1 << 32) - _S32
+
+
+def _add_refs_one(mem: MemMap, head: int, refs: int, flags: int) -> None:
+    """`_add_refs()` of one folio in plain ints: a one-page call, or a run inside one
+    large folio (the kernel's one atomic per folio). A test checks it against the array
+    form."""
+    rc = int(mem.refcount[head])
+    if flags & FOLL_GET or (flags & FOLL_PIN and not mem.era.has("pin-counting-bias")):
+        rc += refs                               # 5.6: a pin is a plain reference
+    elif flags & FOLL_PIN:
+        counted = not (mem.era.has("zero-page-not-pin-counted")
+                       and int(mem.kind[head]) == _ZERO_PAGE)
+        if counted and mem.order[head] > 0:
+            rc += refs
+            mem.pincount[head] = _s32(int(mem.pincount[head]) + refs)
+        elif counted:
+            rc += refs * GUP_PIN_COUNTING_BIAS
+        if mem.era.has("nr-foll-pin-vmstat"):
+            mem.vmstat[ACQUIRED] += refs if counted else 0
+    else:
+        return
+    mem.refcount[head] = _s32(rc) if rc >= _S32 else rc
+
+
 def try_grab_folio(mem: MemMap, head: int, refs: int, flags: int) -> int:
     """try_grab_folio(): 0, or -ENOMEM (with a warning) if the refcount is unusable."""
     if mem.warnings.warn_on_once(int(mem.refcount[head]) <= 0, "try_grab_folio: refcount <= 0",
@@ -141,6 +170,15 @@ def try_grab_pfns_fast(mem: MemMap, pfns: np.ndarray, flags: int,
     `heads`: the folio of each entry, if the caller has them.
     """
     starts, heads, lengths = folio_runs(mem, pfns, heads)
+    if len(heads) == 1 and lean.ENABLED:    # one folio: plain ints
+        h = int(heads[0])
+        rc = int(mem.refcount[h])
+        if rc <= 0:
+            mem.warnings.warn_on_once(rc < 0, "try_get_folio: refcount < 0",
+                                      lambda: f"folio {h:#x} has refcount {rc} (overflowed)")
+            return 0
+        _add_refs_one(mem, h, len(pfns), flags)
+        return len(pfns)
     bad = np.flatnonzero(mem.refcount[heads] <= 0)
     nruns = int(bad[0]) if len(bad) else len(heads)
     if len(bad):
@@ -155,7 +193,7 @@ def try_grab_pfns_fast(mem: MemMap, pfns: np.ndarray, flags: int,
 def gup_put_pfns(alloc: Allocator, pfns: np.ndarray, flags: int) -> int:
     """gup_put_folio() for every entry (NULLs skipped), grouped by runs; returns folios freed."""
     mem = alloc.mem
-    if len(pfns) and pfns.min() == NULL:     # one pass when there is no NULL (usual)
+    if has_null(pfns):
         pfns = pfns[pfns != NULL]
     if len(pfns) == 0:
         return 0
@@ -168,6 +206,8 @@ def gup_put_folios(alloc: Allocator, heads: np.ndarray, refs: np.ndarray, flags:
 
     Underflows warn once and clamp to 0; returns how many folios were freed.
     """
+    if len(heads) == 1 and lean.ENABLED:
+        return _put_folio_one(alloc, int(heads[0]), int(refs[0]), flags)
     mem = alloc.mem
     if flags & FOLL_PIN and not mem.era.has("pin-counting-bias"):
         np.subtract.at(mem.refcount, heads, refs)   # 5.6: unpin_user_page() is put_page()
@@ -205,6 +245,39 @@ def gup_put_folios(alloc: Allocator, heads: np.ndarray, refs: np.ndarray, flags:
             dead = np.unique(dead)
         alloc.free_folios(dead)         # order-0 folios by whole blocks, not one by one
     return len(dead)
+
+
+def _put_folio_one(alloc: Allocator, head: int, refs: int, flags: int) -> int:
+    """`gup_put_folios()` of one folio in plain ints (the same checks, warnings and
+    order; a test checks it against the array form); returns folios freed (0 or 1)."""
+    mem = alloc.mem
+    rc = int(mem.refcount[head])
+    if flags & FOLL_PIN and not mem.era.has("pin-counting-bias"):
+        rc -= refs                               # 5.6: unpin_user_page() is put_page()
+    elif flags & FOLL_PIN:
+        if mem.era.has("zero-page-not-pin-counted") and int(mem.kind[head]) == _ZERO_PAGE:
+            return 0
+        if mem.era.has("nr-foll-pin-vmstat"):
+            mem.vmstat[RELEASED] += refs
+        if mem.order[head] > 0:
+            pins = _s32(int(mem.pincount[head]) - refs)
+            rc -= refs
+            if mem.warnings.warn_on_once(pins < 0, "gup_put_folio: pincount underflow",
+                                         "more unpins than pins on a large folio"):
+                pins = 0
+            mem.pincount[head] = pins
+        else:
+            rc -= refs * GUP_PIN_COUNTING_BIAS
+    else:
+        rc -= refs
+    if mem.warnings.warn_on_once(rc < 0, "gup_put_folio: refcount underflow",
+                                 lambda: f"folio {head:#x} released more than it held"):
+        rc = 0
+    mem.refcount[head] = rc
+    if rc == 0 and int(mem.kind[head]) != _FREE:
+        alloc.free_folio(head)
+        return 1
+    return 0
 
 
 def gup_put_folio(alloc: Allocator, head: int, refs: int, flags: int) -> None:

@@ -114,6 +114,9 @@ class PinSanitizer:
         # few large ones scanned (a batch of many one-page pins then costs per page, not
         # per page times the number of live records)
         self._large: dict[int, PinRecord] = {}
+        # small records join the two indexes only when a partial release needs them: most
+        # are released whole (found by `_whole`), so most are never indexed at all
+        self._unindexed: dict[int, PinRecord] = {}
         self._by_pfn: dict[int, dict[int, PinRecord]] = {}
         self._by_head: dict[int, dict[int, PinRecord]] = {}
         self._emptied: list[PinRecord] = []
@@ -158,15 +161,20 @@ class PinSanitizer:
                         released_at, n, lo_hi(heads)[0], lo_hi(pfns)[1])
         self._live[rec.id] = rec
         self._whole.setdefault((how, int(pfns[0]), n), []).append(rec)
-        if n > SMALL_RECORD:
-            self._large[rec.id] = rec
-        else:
-            for index, keys in ((self._by_pfn, pfns), (self._by_head, heads)):
+        (self._large if n > SMALL_RECORD else self._unindexed)[rec.id] = rec
+
+    def _index_pending(self) -> None:
+        """Put the small records not indexed yet into the by-page and by-folio indexes."""
+        for rec in self._unindexed.values():
+            for index, keys in ((self._by_pfn, rec.pfns), (self._by_head, rec.heads)):
                 for key in keys.tolist():
                     index.setdefault(key, {})[rec.id] = rec
+        self._unindexed.clear()
 
     def _unindex(self, rec: PinRecord) -> None:
         if self._large.pop(rec.id, None) is not None:
+            return
+        if self._unindexed.pop(rec.id, None) is not None:
             return
         for index, keys in ((self._by_pfn, rec.pfns), (self._by_head, rec.heads)):
             for key in keys.tolist():
@@ -240,6 +248,7 @@ class PinSanitizer:
         first: through the index when the release is smaller than the live set."""
         if len(uniq) >= len(self._live):
             return list(self._live.values())
+        self._index_pending()
         index = self._by_head if by_folio else self._by_pfn
         found: dict[int, PinRecord] = dict(self._large)
         for key in uniq.tolist():

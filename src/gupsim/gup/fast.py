@@ -41,6 +41,7 @@ _ANON, _KSM, _SHMEM, _SECRETMEM = (int(k) for k in (Kind.ANON, Kind.KSM, Kind.SH
                                                    Kind.SECRETMEM))
 _PG_HUGETLB, _PG_ANON_EXCLUSIVE = np.uint32(PG.hugetlb), np.uint32(PG.anon_exclusive)
 _VM_ACCESS = int(VM.READ | VM.WRITE | VM.EXEC)
+_HAS_PINNED = int(MMF.HAS_PINNED)
 
 
 def gup_fast_folio_allowed(env: MMEnv, heads: np.ndarray, flags: int) -> NDArray[np.bool_]:
@@ -240,7 +241,7 @@ def gup_fast_fallback(env: MMEnv, mm: MM, start: int, nr_pages: int, gup_flags: 
                                  " is not supported by the fast entry points"):
         note_gup(mem, path=PATH_INVALID)
         return -EINVAL
-    if gup_flags & FOLL_PIN:
+    if gup_flags & FOLL_PIN and not int(mm.flags) & _HAS_PINNED:   # int(): no enum op
         mm.flags |= MMF.HAS_PINNED
     start = (start % _U64) & ~(PAGE_SIZE - 1)
     length = ((nr_pages % _U64) << PAGE_SHIFT) % _U64

@@ -37,6 +37,8 @@ def lo_hi(values: np.ndarray) -> tuple[int, int]:
 
 
 def same(a: np.ndarray, b: np.ndarray) -> bool:
-    """Equal shape, dtype and contents: a byte comparison, without np.array_equal's
-    Python-level checks."""
-    return a.shape == b.shape and a.dtype == b.dtype and a.tobytes() == b.tobytes()
+    """Equal shape and contents (np.array_equal); a short pair is compared as bytes,
+    without np.array_equal's Python-level checks, when the dtypes agree."""
+    if len(a) <= SHORT and a.dtype == b.dtype:
+        return a.shape == b.shape and a.tobytes() == b.tobytes()
+    return bool(np.array_equal(a, b))

@@ -23,6 +23,7 @@ from gupsim import (
     FOLL_LONGTERM,
     FOLL_WRITE,
     MADV_HUGEPAGE,
+    MADV_POPULATE_WRITE,
     MAP_ANONYMOUS,
     MAP_HUGETLB,
     MAP_POPULATE,
@@ -36,6 +37,7 @@ from gupsim import (
     PageArray,
     lean,
 )
+from gupsim.gup import fast
 
 RW = PROT_READ | PROT_WRITE
 ERAS = ("5.6", "5.8", "5.11", "5.13", "5.19", "6.2", "6.5", None)
@@ -56,7 +58,8 @@ def _program(era: str | None, seed: int, steps: int = 250) -> list[Any]:
         op = rng.random()
         if op < 0.15 or not mine:
             pages, kind = rng.choice(((1, "anon"), (4, "anon"), (16, "anon"), (512, "thp"),
-                                      (8, "shmem"), (512, "hugetlb"), (4, "ro"), (2, "none")))
+                                      (1536, "thp"), (8, "shmem"), (512, "hugetlb"),
+                                      (1024, "hugetlb"), (4, "ro"), (2, "none")))
             flags = MAP_PRIVATE | MAP_ANONYMOUS
             prot = {"ro": PROT_READ, "none": PROT_NONE}.get(kind, RW)
             if kind == "shmem":
@@ -72,11 +75,14 @@ def _program(era: str | None, seed: int, steps: int = 250) -> list[Any]:
                 continue
             if kind == "thp":
                 p.madvise(a, pages * PAGE_SIZE, MADV_HUGEPAGE)
+                if rng.random() < 0.7:
+                    p.madvise(a, pages * PAGE_SIZE, MADV_POPULATE_WRITE)
             maps.append((p, a, pages))
             continue
         _, a, pages = rng.choice(mine)
         i = rng.randrange(pages)
-        n = rng.choice((1, 1, 2, 3, 16, 17, pages - i))
+        n = rng.choice((1, 1, 2, 3, 16, 17, 600, pages - i, pages))
+        i = 0 if n == pages else i
         n = max(1, min(n, pages - i))
         if op < 0.50:
             vec = PageArray(n)
@@ -127,18 +133,71 @@ def _program(era: str | None, seed: int, steps: int = 250) -> list[Any]:
 
 @pytest.mark.parametrize("era", ERAS)
 def test_shortcuts_change_nothing(era: str | None, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The same random program with and without the plain-int paths: same results, same
-    machine, on every era whose pinning rules differ."""
+    """The same random program with and without the plain-int and per-leaf paths: same
+    results, same machine, on every era whose pinning rules differ."""
+    leaf_walks = []
+    leaf_starts = fast._leaf_starts
+
+    def spy(*args: Any) -> Any:
+        starts = leaf_starts(*args)
+        leaf_walks.append(starts is not None)
+        return starts
+
+    monkeypatch.setattr(fast, "_leaf_starts", spy)
     for seed in (1, 2):
-        fast = _program(era, seed)
+        lean_run = _program(era, seed)
         monkeypatch.setattr(lean, "ENABLED", False)
-        slow = _program(era, seed)
+        plain = _program(era, seed)
         monkeypatch.setattr(lean, "ENABLED", True)
-        assert fast[0] == slow[0]
-        for a, b in zip(fast[1], slow[1], strict=True):
+        assert lean_run[0] == plain[0]
+        for a, b in zip(lean_run[1], plain[1], strict=True):
             assert np.array_equal(a, b)
-        assert fast[2:] == slow[2:]
-        assert any(t[0] != "write" and t[-1] > 0 for t in fast[0])   # something was pinned
+        assert lean_run[2:] == plain[2:]
+        assert any(t[0] != "write" and t[-1] > 0 for t in lean_run[0])   # something was pinned
+    assert any(leaf_walks)                      # GUP-fast took huge leaves whole
+
+
+def _thp_program(era: str | None) -> list[Any]:
+    """Pins of 2 MiB THP leaves that pass, that are refused before the grab (absent,
+    read-only) and after it (a shared anon leaf must be unshared first), across fork."""
+    k = Kernel(memory="256MiB", movable="64MiB", version=era)
+    p = k.spawn("thp")
+    size = 8 << 20
+    a = p.mmap(0, size + (2 << 20), RW, MAP_PRIVATE | MAP_ANONYMOUS)
+    a = (a + (2 << 20) - 1) & ~((2 << 20) - 1)
+    p.madvise(a, size, MADV_HUGEPAGE)
+    p.madvise(a, size * 3 // 4, MADV_POPULATE_WRITE)        # the last 2 MiB stay absent
+    trace: list[Any] = []
+    held = []
+    for q in (p.fork(), p):                 # the leaves are shared until unshared
+        for off, n, flags in ((4096, 300, 0), (0, 1536, 0), (0, 1024, FOLL_LONGTERM),
+                              (0, 1024, FOLL_WRITE | FOLL_LONGTERM), (0, 2048, FOLL_WRITE),
+                              (8192, 1500, FOLL_WRITE | FOLL_LONGTERM)):
+            vec = PageArray(n)
+            got = q.pin_user_pages_fast(a + off, n, flags, vec)
+            last = k.gup.last_call
+            trace.append((off, n, flags, got, last.fast if last else None))
+            if got > 0:
+                held.append(vec[:got])
+    for vec in held:
+        k.unpin_user_pages(vec)
+    mem = k.mem
+    return [trace, [getattr(mem, f).copy() for f in ("refcount", "pincount", "flags")],
+            dict(k.vmstat), [str(w) for w in k.warnings]]
+
+
+@pytest.mark.parametrize("era", ERAS)
+def test_leaf_walks_change_nothing(era: str | None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """GUP-fast over huge leaves: what it takes and what it refuses, per leaf, is what
+    the walk entry by entry takes and refuses."""
+    lean_run = _thp_program(era)
+    monkeypatch.setattr(lean, "ENABLED", False)
+    plain = _thp_program(era)
+    assert lean_run[0] == plain[0]
+    for x, y in zip(lean_run[1], plain[1], strict=True):
+        assert np.array_equal(x, y)
+    assert lean_run[2:] == plain[2:]
+    assert {t[3] for t in lean_run[0]} != {lean_run[0][0][3]}   # some took less
 
 
 def test_one_page_pin_is_lean() -> None:

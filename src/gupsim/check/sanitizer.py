@@ -278,12 +278,23 @@ class PinSanitizer:
         """Match a release against the records; report what does not match (misuse)."""
         mem = self.mem
         how = "FOLL_PIN" if flags & FOLL_PIN else "FOLL_GET"
-        pfns, _ = self._pins_only(pfns, how)
-        if len(pfns) == 0:
-            return
+        pfns = pfns.astype(np.int64, copy=False)
+        # the common case first, on the array as passed: a record's pages hold no NULL
+        # and no zero page, and stay pinned while held, so filtering would change nothing
+        whole = self._held_whole(how, pfns)
+        if whole is None:
+            pfns, _ = self._pins_only(pfns, how)
+            if len(pfns) == 0:
+                return
+            whole = self._held_whole(how, pfns)
         site = user_call_site()
         sidx = self._new_release(site)
-        if self._release_whole_record(how, pfns, sidx):
+        if whole is not None:
+            whole.left[:] = 0
+            whole.released_at[:] = sidx
+            whole.nheld = 0
+            self._emptied.append(whole)
+            self._retire()
             return
         uniq, cnt = np.unique(pfns, return_counts=True)
         need = cnt.astype(np.int64)
@@ -300,18 +311,16 @@ class PinSanitizer:
                 self._misuse(how, call, site, sidx, huniq, hneed, first)
         self._retire()
 
-    def _release_whole_record(self, how: str, pfns: np.ndarray, sidx: int) -> bool:
-        """The common case in O(n): the release is exactly what one call still holds
-        (found by its first page and length, whatever the number of records)."""
+    def _held_whole(self, how: str, pfns: np.ndarray) -> PinRecord | None:
+        """The common case in O(n): the record of one call that still holds exactly
+        these pages (found by its first page and length, whatever the number of
+        records); None if there is none."""
+        if len(pfns) == 0:
+            return None
         for rec in reversed(self._whole.get((how, int(pfns[0]), len(pfns)), ())):
             if rec.nheld == len(pfns) and same(rec.pfns, pfns):
-                rec.left[:] = 0
-                rec.released_at[:] = sidx
-                rec.nheld = 0
-                self._emptied.append(rec)
-                self._retire()
-                return True
-        return False
+                return rec
+        return None
 
     def _find(self, how: str, head: int, held: bool,
               recs: Iterable[PinRecord] | None = None) -> PinRecord | None:

@@ -13,7 +13,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .. import lean
-from ..constants import EFAULT, EINVAL, EOVERFLOW, PAGE_SHIFT, PAGE_SIZE, TASK_SIZE
+from ..constants import EFAULT, EINVAL, EOVERFLOW, PAGE_SHIFT, PAGE_SIZE, PMD_ORDER, TASK_SIZE
 from ..memory import PG, Kind, MemMap
 from ..mm import MM, MMF, VM, VMA, MMEnv
 from ..mm.vma import PTE
@@ -28,11 +28,11 @@ from .flags import (
     FOLL_WRITE,
     foll_flags_str,
 )
-from .grab import gup_put_pfns, try_grab_pfns_fast
+from .grab import Runs, folio_runs, gup_put_pfns, try_grab_runs
 from .longterm import __gup_longterm_locked, longterm_pinnable, longterm_pinnable_one
 from .pages import Pages, PagesOut
 from .slow import gup_must_unshare, must_unshare_one
-from .state import PATH_FALLBACK, PATH_INVALID, note_gup, race_point
+from .state import PATH_FALLBACK, PATH_INVALID, note_gup, race_pending, race_point
 
 TASK_SIZE_MAX = TASK_SIZE - PAGE_SIZE
 _U64 = 1 << 64
@@ -42,6 +42,7 @@ _ANON, _KSM, _SHMEM, _SECRETMEM = (int(k) for k in (Kind.ANON, Kind.KSM, Kind.SH
 _PG_HUGETLB, _PG_ANON_EXCLUSIVE = np.uint32(PG.hugetlb), np.uint32(PG.anon_exclusive)
 _VM_ACCESS = int(VM.READ | VM.WRITE | VM.EXEC)
 _HAS_PINNED = int(MMF.HAS_PINNED)
+_PMD_PAGES = 1 << PMD_ORDER
 
 
 def gup_fast_folio_allowed(env: MMEnv, heads: np.ndarray, flags: int) -> NDArray[np.bool_]:
@@ -61,10 +62,12 @@ def gup_fast_folio_allowed(env: MMEnv, heads: np.ndarray, flags: int) -> NDArray
     return allowed
 
 
-def _fast_checks(env: MMEnv, vma: VMA, i0: int, i1: int, flags: int
+def _fast_checks(env: MMEnv, vma: VMA, i0: int, i1: int, flags: int,
+                 at: np.ndarray | None = None
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Per entry of [i0, i1): (may it be grabbed, does it pass the after-grab checks, PFN,
-    its folio; the folio is 0 for an entry that may not be grabbed).
+    """Per entry of [i0, i1), or of the entries `at`: (may it be grabbed, does it pass
+    the after-grab checks, PFN, its folio; the folio is 0 for an entry that may not be
+    grabbed).
 
     The kernel's order per entry (spec 7.2): the PTE tests and the long-term pinnability
     test inside try_grab_folio_fast() refuse before anything is counted; the folio test
@@ -72,8 +75,9 @@ def _fast_checks(env: MMEnv, vma: VMA, i0: int, i1: int, flags: int
     there is a pin taken and dropped again (visible as +1/-1 in the vmstat counters).
     """
     mem = env.mem
-    pte = vma.pte[i0:i1].astype(np.int64)
-    pfn = vma.pfn[i0:i1]
+    where = slice(i0, i1) if at is None else at
+    pte = vma.pte[where].astype(np.int64)
+    pfn = vma.pfn[where]
     grab = ((pte & PTE.PRESENT) != 0) & ((pte & PTE.SPECIAL) == 0)
     if not vma.flags & _VM_ACCESS:
         grab[:] = False                     # PROT_NONE: protnone entries end the walk
@@ -143,6 +147,57 @@ def folio_allowed_one(mem: MemMap, head: int, kind: int, file_write: bool) -> bo
             or kind == _SHMEM and int(mem.mapping[head]) != 0)
 
 
+def _leaf_starts(vma: VMA, i0: int, i1: int) -> np.ndarray | None:
+    """When PMD/PUD leaves map all of [i0, i1): i0 and every PMD boundary after it, the
+    first entry of each leaf part (else None). A leaf's entries share their bits and map
+    one folio (vma.py), so GUP-fast checks and grabs it once, as the kernel's
+    gup_fast_pmd_leaf() does, instead of once per 4 KiB entry."""
+    if i1 - i0 <= _PMD_PAGES or not lean.ENABLED:
+        return None
+    first = i0 + (-((vma.start >> PAGE_SHIFT) + i0)) % _PMD_PAGES
+    starts = np.arange(first, i1, _PMD_PAGES, dtype=np.int64)
+    if first != i0:
+        starts = np.concatenate(([i0], starts))
+    if ((vma.pte[starts] & (PTE.PMD | PTE.PUD)) == 0).any():
+        return None
+    return starts
+
+
+def _checked_runs(env: MMEnv, vma: VMA, i0: int, i1: int, flags: int
+                  ) -> tuple[int, int, np.ndarray, Runs]:
+    """The walk over [i0, i1) up to its first refusal: (entries kept, entries to grab,
+    the PFNs, the folio runs of the entries to grab). Short ranges are checked in plain
+    ints, huge leaves once each, anything else entry by entry in numpy."""
+    mem = env.mem
+    pfns = vma.pfn[i0:i1]
+    heads = _fast_checks_small(env, vma, i0, i1, flags) \
+        if lean.ENABLED and i1 - i0 <= SMALL_WALK else None
+    if heads is not None:
+        return i1 - i0, i1 - i0, pfns, folio_runs(mem, pfns, heads)
+    starts = _leaf_starts(vma, i0, i1)
+    if starts is None:
+        grab, after, pfns, heads = _fast_checks(env, vma, i0, i1, flags)
+        keep, k = _walk_extent(vma, i0, i1, grab, after)
+        return keep, k, pfns, folio_runs(mem, pfns[:k], heads[:k])
+    grab, after, _, heads = _fast_checks(env, vma, i0, i1, flags, at=starts)
+    keep = k = i1 - i0
+    bad = np.flatnonzero(~(grab & after))
+    if len(bad):
+        u = int(bad[0])
+        a, b = _unit_bounds(vma, i0, i1, int(starts[u]))
+        keep, k = a - i0, (b if grab[u] else a) - i0
+    offs = starts - i0
+    n = int(np.searchsorted(offs, k))             # the leaf parts the walk grabs
+    offs, heads = offs[:n], heads[:n]
+    if n > 1:                                     # PMD parts of one PUD leaf: one run
+        first = np.empty(n, dtype=bool)
+        first[0] = True
+        np.not_equal(heads[1:], heads[:-1], out=first[1:])
+        offs, heads = offs[first], heads[first]
+    lengths = np.diff(offs, append=k) if n else offs
+    return keep, k, pfns, (offs, heads, lengths)
+
+
 def _unit_bounds(vma: VMA, i0: int, i1: int, j: int) -> tuple[int, int]:
     """The entries [a, b) (clipped to [i0, i1)) that GUP-fast grabs together with entry j:
     the entry itself, or the part of the range inside its PMD / PUD leaf."""
@@ -189,22 +244,18 @@ def gup_fast(env: MMEnv, mm: MM, start: int, end: int, flags: int, out: PagesOut
             break
         i0 = vma.idx(addr)
         i1 = min(vma.nr_pages, i0 + ((end - addr) >> PAGE_SHIFT))
-        heads = _fast_checks_small(env, vma, i0, i1, walk) \
-            if lean.ENABLED and i1 - i0 <= SMALL_WALK else None
-        if heads is not None:
-            pfns = vma.pfn[i0:i1]
-            keep = k = i1 - i0
-        else:
-            grab, after, pfns, heads = _fast_checks(env, vma, i0, i1, walk)
-            keep, k = _walk_extent(vma, i0, i1, grab, after)
+        keep, k, pfns, runs = _checked_runs(env, vma, i0, i1, walk)
         if k == 0:
             break
-        pfns = pfns[:k].copy()
-        snap_pte = vma.pte[i0:i0 + k].copy()
+        # a race hook may change the tables: snapshot what was read (only then)
+        pending = race_pending(mem, "gup_fast:after_pte_read")
+        pfns = pfns[:k].copy() if pending else pfns[:k]
+        snap_pte = vma.pte[i0:i0 + k].copy() if pending else None
         raced = race_point(mem, "gup_fast:after_pte_read", mm=mm, address=addr)
-        got = try_grab_pfns_fast(mem, pfns, flags, heads[:k])
+        got = try_grab_runs(mem, *runs, k, flags)
         keep = min(keep, got)
         if got and raced:
+            assert snap_pte is not None             # a hook ran: it was pending
             # re-read the entries, then re-check the folios as they are now (without a
             # race nothing could change them: the first checks stand)
             keep = 0
@@ -218,7 +269,8 @@ def gup_fast(env: MMEnv, mm: MM, start: int, end: int, flags: int, out: PagesOut
             got = keep
         if got:
             out.store(nr, pfns[:got])
-            mem.set_flag(heads[:got], PG.referenced)   # repeats are harmless
+            starts, heads, _ = runs
+            mem.set_flag(heads[starts < got], PG.referenced)
             nr += got
         if got < i1 - i0:
             break

@@ -50,8 +50,10 @@ def _wrap_s32(mem: MemMap, heads: np.ndarray) -> None:
         mem.refcount[heads[over]] = ((r[over] + _S32) % (1 << 32)) - _S32
 
 
-def folio_runs(mem: MemMap, pfns: np.ndarray, heads: np.ndarray | None = None
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+Runs = tuple[np.ndarray, np.ndarray, np.ndarray]   # (start index, head PFN, length) of runs
+
+
+def folio_runs(mem: MemMap, pfns: np.ndarray, heads: np.ndarray | None = None) -> Runs:
     """(run start index, run head PFN, run length) of consecutive same-folio entries;
     `heads` (the folio of each entry) when the caller has them already."""
     if len(pfns) == 0:
@@ -169,7 +171,14 @@ def try_grab_pfns_fast(mem: MemMap, pfns: np.ndarray, flags: int,
     with a warning; either ends the walk, and the slow path then decides (-ENOMEM).
     `heads`: the folio of each entry, if the caller has them.
     """
-    starts, heads, lengths = folio_runs(mem, pfns, heads)
+    return try_grab_runs(mem, *folio_runs(mem, pfns, heads), len(pfns), flags)
+
+
+def try_grab_runs(mem: MemMap, starts: np.ndarray, heads: np.ndarray, lengths: np.ndarray,
+                  n: int, flags: int) -> int:
+    """`try_grab_pfns_fast()` of `n` entries given as folio runs (`folio_runs()`): one
+    grab of `lengths[i]` references per folio, as the kernel's try_grab_folio_fast()
+    takes one atomic per folio."""
     if len(heads) == 1 and lean.ENABLED:    # one folio: plain ints
         h = int(heads[0])
         rc = int(mem.refcount[h])
@@ -177,8 +186,8 @@ def try_grab_pfns_fast(mem: MemMap, pfns: np.ndarray, flags: int,
             mem.warnings.warn_on_once(rc < 0, "try_get_folio: refcount < 0",
                                       lambda: f"folio {h:#x} has refcount {rc} (overflowed)")
             return 0
-        _add_refs_one(mem, h, len(pfns), flags)
-        return len(pfns)
+        _add_refs_one(mem, h, n, flags)
+        return n
     bad = np.flatnonzero(mem.refcount[heads] <= 0)
     nruns = int(bad[0]) if len(bad) else len(heads)
     if len(bad):
@@ -187,7 +196,7 @@ def try_grab_pfns_fast(mem: MemMap, pfns: np.ndarray, flags: int,
                                   lambda: f"folio {h:#x} has refcount "
                                   f"{int(mem.refcount[h])} (overflowed)")
     _add_refs(mem, heads[:nruns], lengths[:nruns], flags)
-    return int(starts[nruns]) if nruns < len(heads) else len(pfns)
+    return int(starts[nruns]) if nruns < len(heads) else n
 
 
 def gup_put_pfns(alloc: Allocator, pfns: np.ndarray, flags: int) -> int:
@@ -481,7 +490,7 @@ def get_page(page: Page, *, machine: MemMap | None = None) -> None:
 
 
 __all__ = ["ACQUIRED", "RELEASED", "EINVAL", "folio_runs", "try_grab_folio", "try_grab_pfns",
-           "try_grab_pfns_fast", "gup_put_pfns", "gup_put_folio", "gup_put_folios",
+           "try_grab_pfns_fast", "try_grab_runs", "gup_put_pfns", "gup_put_folio", "gup_put_folios",
            "folio_add_pin", "folio_add_pins", "unpin_user_page", "unpin_user_pages",
            "unpin_user_pages_dirty_lock", "unpin_user_page_range_dirty_lock", "unpin_folio",
            "unpin_folios", "unpin_user_folio", "put_page", "get_page"]

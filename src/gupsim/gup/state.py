@@ -175,6 +175,13 @@ def note_gup(mem: MemMap, **fields: Any) -> None:
             setattr(call, name, value)
 
 
+def race_pending(mem: MemMap, point: str) -> bool:
+    """Whether a callback waits at race point `point` (what was read must be kept to
+    re-check it after the race)."""
+    st = _states.get(mem)
+    return st is not None and bool(st.race_hooks.get(point))
+
+
 def race_point(mem: MemMap, point: str, **context: Any) -> bool:
     """Run (and forget) the callbacks registered for `point`; True if any ran (the
     machine may have changed, so the caller must re-check what it read)."""

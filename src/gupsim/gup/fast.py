@@ -110,7 +110,7 @@ def _fast_checks_small(env: MMEnv, vma: VMA, i0: int, i1: int, flags: int
     folio of each entry; None as soon as an entry is refused (the vectorised checks then
     decide how far the walk got). Same tests, same order; a test compares the two."""
     mem = env.mem
-    if not vma.flags & _VM_ACCESS:
+    if not int(vma.flags) & _VM_ACCESS:         # int(): no enum operation
         return None
     era = env.era
     head_off, kind_of, pgflags = mem.head_off, mem.kind, mem.flags
@@ -251,7 +251,7 @@ def gup_fast(env: MMEnv, mm: MM, start: int, end: int, flags: int, out: PagesOut
         pending = race_pending(mem, "gup_fast:after_pte_read")
         pfns = pfns[:k].copy() if pending else pfns[:k]
         snap_pte = vma.pte[i0:i0 + k].copy() if pending else None
-        raced = race_point(mem, "gup_fast:after_pte_read", mm=mm, address=addr)
+        raced = pending and race_point(mem, "gup_fast:after_pte_read", mm=mm, address=addr)
         got = try_grab_runs(mem, *runs, k, flags)
         keep = min(keep, got)
         if got and raced:
@@ -270,7 +270,8 @@ def gup_fast(env: MMEnv, mm: MM, start: int, end: int, flags: int, out: PagesOut
         if got:
             out.store(nr, pfns[:got])
             starts, heads, _ = runs
-            mem.set_flag(heads[starts < got], PG.referenced)
+            mem.set_flag(int(heads[0]) if len(heads) == 1 else heads[starts < got],
+                         PG.referenced)
             nr += got
         if got < i1 - i0:
             break

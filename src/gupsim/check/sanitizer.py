@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..constants import FOLL_PIN
-from ..lean import SHORT, has_null, lo_hi, same
+from ..lean import SHORT, lo_hi, same
 from ..memory import Kind, MemMap
 from ..memory.pagearray import NULL
 from ..warn import source_line, user_call_site
@@ -137,28 +137,47 @@ class PinSanitizer:
     def _pins_only(self, pfns: np.ndarray, how: str) -> tuple[np.ndarray, np.ndarray]:
         """(PFNs, their folios) without NULL entries, and without the shared zero page for
         pins (it is never pin-counted); folios are looked up once, here."""
+        pfns, _, _ = self._counted(pfns, how)
+        return pfns, self.mem.head_of(pfns)
+
+    def _counted(self, pfns: np.ndarray, how: str) -> tuple[np.ndarray, int, int]:
+        """(the PFNs whose references count: no NULL entries and, for pins, no shared
+        zero page; their lowest and highest PFN). One min and one max over the array:
+        the zero page is the one frame of Kind.ZERO (allocated at boot, order 0), so it
+        needs a look only when it lies between the two."""
         pfns = pfns.astype(np.int64, copy=False)
-        if has_null(pfns):
+        if len(pfns) == 0:
+            return pfns, 0, -1
+        lo, hi = lo_hi(pfns)
+        if lo == NULL:
             pfns = pfns[pfns != NULL]
-        heads = self.mem.head_of(pfns)
-        if how == "FOLL_PIN" and len(pfns) and self.mem.era.has("zero-page-not-pin-counted"):
-            keep = self.mem.kind.take(heads) != _ZERO
+            if len(pfns) == 0:
+                return pfns, 0, -1
+            lo, hi = lo_hi(pfns)
+        mem = self.mem
+        zero = mem.zero_pfn
+        if how == "FOLL_PIN" and (zero < 0 or lo <= zero <= hi) \
+                and mem.era.has("zero-page-not-pin-counted"):
+            keep = pfns != zero if zero >= 0 else mem.kind.take(mem.head_of(pfns)) != _ZERO
             if False in keep.tolist() if len(keep) <= SHORT else not keep.all():
-                pfns, heads = pfns[keep], heads[keep]
-        return pfns, heads
+                pfns = pfns[keep]
+                lo, hi = lo_hi(pfns) if len(pfns) else (0, -1)
+        return pfns, lo, hi
 
     def on_acquire(self, pfns: np.ndarray, flags: int, call: str, mm: MM | None) -> None:
         """Record a successful GUP call: its pages, flags, caller's site and the mm (or None)."""
         how = "FOLL_PIN" if flags & FOLL_PIN else "FOLL_GET"
-        pfns, heads = self._pins_only(pfns, how)
+        pfns, lo, hi = self._counted(pfns, how)
         if len(pfns) == 0:
             return
         n = len(pfns)
+        heads = self.mem.head_of(pfns)
         released_at = np.empty(n, dtype=np.int32)
         released_at.fill(-1)
+        # folios are runs of frames, so the lowest head is the head of the lowest frame
         rec = PinRecord(next(self._ids), how, flags, call, user_call_site(),
                         getattr(mm, "id", None), pfns, heads, np.ones(n, dtype=np.int8),
-                        released_at, n, lo_hi(heads)[0], lo_hi(pfns)[1])
+                        released_at, n, self.mem.head_of(lo), hi)
         self._live[rec.id] = rec
         self._whole.setdefault((how, int(pfns[0]), n), []).append(rec)
         (self._large if n > SMALL_RECORD else self._unindexed)[rec.id] = rec

@@ -1,10 +1,11 @@
 """Plain-int shortcuts for short PFN arrays, where numpy's fixed cost dominates.
 
 A numpy reduction (`a.min()`, `a.any()`, `np.array_equal`) costs about 1 us whatever the
-length, because it runs through Python wrappers; a one-page pin and its unpin ran some
-ten of them. Up to `SHORT` entries the helpers here answer from `a.tolist()` instead,
-with the same results; longer arrays keep the vectorised form. `ENABLED` switches off
-the plain-int twins of GUP's per-folio work, for the test that compares the two.
+length, because it runs through Python wrappers (`np.minimum.reduce` skips them); a
+one-page pin and its unpin ran some ten of them. Up to `SHORT` entries the helpers here
+answer from `a.tolist()` instead, with the same results; longer arrays keep the
+vectorised form. `ENABLED` switches off the plain-int twins of GUP's per-folio work, for
+the test that compares the two.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ def has_null(pfns: np.ndarray) -> bool:
     """Whether a PFN array holds a NULL entry (-1; every other PFN is >= 0)."""
     if len(pfns) <= SHORT:
         return NULL in pfns.tolist()
-    return bool(len(pfns)) and int(pfns.min()) == NULL
+    return bool(len(pfns)) and int(np.minimum.reduce(pfns)) == NULL
 
 
 def lo_hi(values: np.ndarray) -> tuple[int, int]:
@@ -33,7 +34,7 @@ def lo_hi(values: np.ndarray) -> tuple[int, int]:
     if len(values) <= SHORT:
         seq = values.tolist()
         return min(seq), max(seq)
-    return int(values.min()), int(values.max())
+    return int(np.minimum.reduce(values)), int(np.maximum.reduce(values))
 
 
 def same(a: np.ndarray, b: np.ndarray) -> bool:

@@ -2,7 +2,11 @@
 
 The walk reads a run of entries, grabs the acceptable prefix at once, re-reads the
 entries and keeps only what did not change, exactly as the kernel's per-PTE
-read / grab / recheck sequence, but vectorised over the VMA arrays. Pinning callers
+read / grab / recheck sequence, but vectorised over the VMA arrays. Huge leaves are
+checked and grabbed once per leaf (gup_fast_pmd_leaf(): one reference count update per
+folio), and a short range (`SMALL_WALK`) is checked in plain ints, where numpy's fixed
+cost per operation would dominate; tests/gup/test_lean_paths.py holds both to the
+entry-by-entry result. Pinning callers
 bracket the walk with `write_protect_seq` and drop everything if fork ran meanwhile.
 `gup_fast_fallback()` then hands the remainder to the slow path unless FOLL_FAST_ONLY.
 """

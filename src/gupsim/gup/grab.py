@@ -217,6 +217,8 @@ def gup_put_folios(alloc: Allocator, heads: np.ndarray, refs: np.ndarray, flags:
     """
     if len(heads) == 1 and lean.ENABLED:
         return _put_folio_one(alloc, int(heads[0]), int(refs[0]), flags)
+    if len(heads) == 0:
+        return 0
     mem = alloc.mem
     if flags & FOLL_PIN and not mem.era.has("pin-counting-bias"):
         np.subtract.at(mem.refcount, heads, refs)   # 5.6: unpin_user_page() is put_page()
@@ -240,13 +242,19 @@ def gup_put_folios(alloc: Allocator, heads: np.ndarray, refs: np.ndarray, flags:
             add_at(mem.refcount, small, -small_refs * GUP_PIN_COUNTING_BIAS)
     else:
         add_at(mem.refcount, heads, -refs)
+    # one read and one minimum tell the usual case (nothing at or below 0) apart;
     # duplicates are harmless below except when freeing: unique only the few hits
-    under = heads[mem.refcount[heads] < 0]
+    counts = mem.refcount[heads]
+    low = int(np.minimum.reduce(counts))
+    if low > 0:
+        return 0
+    under = heads[counts < 0]
     if mem.warnings.warn_on_once(len(under) > 0, "gup_put_folio: refcount underflow",
                                  lambda: f"folio {int(under[0]):#x} released more than it "
                                  "held"):
         mem.refcount[under] = 0
-    dead = heads[(mem.refcount[heads] == 0) & (mem.kind[heads] != _FREE)]
+        counts = mem.refcount[heads]
+    dead = heads[(counts == 0) & (mem.kind[heads] != _FREE)]
     if len(dead) == 1:
         alloc.free_folio(int(dead[0]))
     elif len(dead):

@@ -45,8 +45,8 @@ _S32 = 1 << 31
 def _wrap_s32(mem: MemMap, heads: np.ndarray) -> None:
     """atomic_t semantics: a refcount pushed past INT_MAX wraps to a negative value."""
     r = mem.refcount[heads]
-    over = r >= _S32
-    if over.any():
+    if len(r) and np.maximum.reduce(r) >= _S32:
+        over = r >= _S32
         mem.refcount[heads[over]] = ((r[over] + _S32) % (1 << 32)) - _S32
 
 
@@ -79,12 +79,28 @@ def _by_size(mem: MemMap, heads: np.ndarray, refs: np.ndarray
              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(large heads, their refs, small heads, their refs): a large folio counts pins in
     `_pincount`, a small one by the bias. No copies when all are of one size (usual)."""
-    large = mem.order[heads] > 0
-    if not large.any():
+    orders = mem.order[heads]
+    if not len(orders) or not np.maximum.reduce(orders):   # C reductions: no wrapper
         return _NONE, _NONE, heads, refs
-    if large.all():
+    large = orders > 0
+    if np.minimum.reduce(orders):
         return heads, refs, _NONE, _NONE
     return heads[large], refs[large], heads[~large], refs[~large]
+
+
+def _without_zero_page(mem: MemMap, heads: np.ndarray, refs: np.ndarray
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """The folios and refs without the shared zero page (never pin-counted). It is the
+    one frame of Kind.ZERO (allocated at boot, kernel.py), so a look for its PFN stands
+    in for a kind lookup per folio; a machine without one is checked by kind."""
+    zero = mem.zero_pfn
+    if zero < 0:
+        keep = mem.kind[heads] != _ZERO_PAGE
+    elif zero in heads.tolist() if len(heads) <= lean.SHORT else (heads == zero).any():
+        keep = heads != zero
+    else:
+        return heads, refs
+    return heads[keep], refs[keep]
 
 
 def _add_refs(mem: MemMap, heads: np.ndarray, refs: np.ndarray, flags: int) -> None:
@@ -93,8 +109,7 @@ def _add_refs(mem: MemMap, heads: np.ndarray, refs: np.ndarray, flags: int) -> N
         add_at(mem.refcount, heads, refs)        # 5.6: a pin is a plain reference
     elif flags & FOLL_PIN:
         if mem.era.has("zero-page-not-pin-counted"):
-            keep = mem.kind[heads] != _ZERO_PAGE
-            heads, refs = heads[keep], refs[keep]
+            heads, refs = _without_zero_page(mem, heads, refs)
         big, big_refs, small, small_refs = _by_size(mem, heads, refs)
         if len(big):
             add_at(mem.refcount, big, big_refs)
@@ -102,7 +117,7 @@ def _add_refs(mem: MemMap, heads: np.ndarray, refs: np.ndarray, flags: int) -> N
         if len(small):
             add_at(mem.refcount, small, small_refs * GUP_PIN_COUNTING_BIAS)
         if mem.era.has("nr-foll-pin-vmstat"):
-            mem.vmstat[ACQUIRED] += int(refs.sum())
+            mem.vmstat[ACQUIRED] += int(np.add.reduce(refs))
     else:
         return
     _wrap_s32(mem, heads)
@@ -188,7 +203,9 @@ def try_grab_runs(mem: MemMap, starts: np.ndarray, heads: np.ndarray, lengths: n
             return 0
         _add_refs_one(mem, h, n, flags)
         return n
-    bad = np.flatnonzero(mem.refcount[heads] <= 0)
+    counts = mem.refcount[heads]
+    bad = np.flatnonzero(counts <= 0) if len(counts) and np.minimum.reduce(counts) <= 0 \
+        else _NONE
     nruns = int(bad[0]) if len(bad) else len(heads)
     if len(bad):
         h = int(heads[nruns])
@@ -224,12 +241,11 @@ def gup_put_folios(alloc: Allocator, heads: np.ndarray, refs: np.ndarray, flags:
         np.subtract.at(mem.refcount, heads, refs)   # 5.6: unpin_user_page() is put_page()
     elif flags & FOLL_PIN:
         if mem.era.has("zero-page-not-pin-counted"):
-            keep = mem.kind[heads] != _ZERO_PAGE
-            heads, refs = heads[keep], refs[keep]
+            heads, refs = _without_zero_page(mem, heads, refs)
         if len(heads) == 0:
             return 0
         if mem.era.has("nr-foll-pin-vmstat"):
-            mem.vmstat[RELEASED] += int(refs.sum())
+            mem.vmstat[RELEASED] += int(np.add.reduce(refs))
         big, big_refs, small, small_refs = _by_size(mem, heads, refs)
         if len(big):
             add_at(mem.pincount, big, -big_refs)

@@ -1,12 +1,12 @@
-"""The plain-int shortcuts (gupsim.lean) change nothing but speed.
+"""The plain-int and per-leaf shortcuts (gupsim.lean) change nothing but speed.
 
-GUP-fast checks a short range entry by entry in plain ints, and a call that touches one
-folio grabs and releases it in plain ints; the array forms do the same for any length.
-A random program (maps of anon, shmem, THP, hugetlb, read-only and PROT_NONE memory,
-pins with and without FOLL_WRITE / FOLL_LONGTERM, references, unpins, put_page, writes,
-fork, exit, munmap) runs twice on a machine of each era, with the shortcuts and
-without: every return value, the page-frame arrays, /proc/vmstat, the warnings and the
-sanitizer's reports must be identical.
+GUP-fast checks a short range in plain ints and a huge leaf once, and a call that
+touches one folio grabs and releases it in plain ints; the array forms do the same entry
+by entry. A random program (maps of anon, shmem, THP, hugetlb, ext4, secretmem,
+read-only and PROT_NONE memory; pins with and without FOLL_WRITE / FOLL_LONGTERM,
+references, unpins, put_page, writes, fork, exit, munmap) runs twice on a machine of
+each era, with the shortcuts and without: every return value, the page-frame arrays,
+/proc/vmstat, the warnings and the sanitizer's reports must be identical.
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ def _program(era: str | None, seed: int, steps: int = 250) -> list[Any]:
     maps: list[tuple[gupsim.Process, int, int]] = []
     held: list[tuple[bool, PageArray]] = []            # (pinned, pages)
     trace: list[Any] = []
+    i_map = 0
     for _ in range(steps):
         p = rng.choice(procs)
         mine = [m for m in maps if m[0] is p]
@@ -59,7 +60,8 @@ def _program(era: str | None, seed: int, steps: int = 250) -> list[Any]:
         if op < 0.15 or not mine:
             pages, kind = rng.choice(((1, "anon"), (4, "anon"), (16, "anon"), (512, "thp"),
                                       (1536, "thp"), (8, "shmem"), (512, "hugetlb"),
-                                      (1024, "hugetlb"), (4, "ro"), (2, "none")))
+                                      (1024, "hugetlb"), (4, "ro"), (2, "none"),
+                                      (4, "ext4"), (2, "secretmem")))
             flags = MAP_PRIVATE | MAP_ANONYMOUS
             prot = {"ro": PROT_READ, "none": PROT_NONE}.get(kind, RW)
             if kind == "shmem":
@@ -68,8 +70,17 @@ def _program(era: str | None, seed: int, steps: int = 250) -> list[Any]:
                 flags |= MAP_HUGETLB
             if kind != "thp" and rng.random() < 0.6:
                 flags |= MAP_POPULATE
+            fd = None
+            if kind == "ext4":
+                fd = k.fs("ext4").create(f"file{i_map}", pages * PAGE_SIZE)
+                i_map += 1
+            if kind == "secretmem":
+                fd = k.filesystems.memfd_secret()
+                fd.truncate(pages * PAGE_SIZE)
+            if fd is not None:
+                flags = MAP_SHARED | (flags & MAP_POPULATE)
             try:
-                a = p.mmap(0, pages * PAGE_SIZE, prot, flags)
+                a = p.mmap(0, pages * PAGE_SIZE, prot, flags, fd=fd)
             except OSError as e:                  # the hugetlb pool is used up
                 trace.append(("mmap", e.errno))
                 continue

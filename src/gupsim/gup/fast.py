@@ -13,6 +13,8 @@ bracket the walk with `write_protect_seq` and drop everything if fork ran meanwh
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from numpy.typing import NDArray
 
@@ -111,33 +113,36 @@ SMALL_WALK = 16
 def _fast_checks_small(env: MMEnv, vma: VMA, i0: int, i1: int, flags: int
                        ) -> NDArray[np.int64] | None:
     """`_fast_checks()` for a short range whose every entry passes, in plain ints: the
-    folio of each entry; None as soon as an entry is refused (the vectorised checks then
-    decide how far the walk got). Same tests, same order; a test compares the two."""
+    folio of each entry; None if any entry is refused (the vectorised checks then decide
+    how far the walk got, so the order of the tests here does not matter). The same
+    tests; a test compares the two."""
     mem = env.mem
     if not int(vma.flags) & _VM_ACCESS:         # int(): no enum operation
         return None
-    era = env.era
-    head_off, kind_of, pgflags = mem.head_off, mem.kind, mem.flags
     write, pin, longterm = flags & FOLL_WRITE, flags & FOLL_PIN, flags & FOLL_LONGTERM
-    unshare = pin and not write
-    file_write = bool(pin and write and longterm) and era.has("longterm-file-write-refused")
-    heads = []
-    for pte, pfn in zip(vma.pte[i0:i1].tolist(), vma.pfn[i0:i1].tolist(), strict=True):
+    ptes = vma.pte[i0:i1].tolist()
+    for pte in ptes:
         if not pte & PTE.PRESENT or pte & PTE.SPECIAL or write and not pte & PTE.WRITE:
             return None
-        head = pfn - int(head_off[pfn])
-        kind = int(kind_of[head])
-        if longterm and not longterm_pinnable_one(mem, head, kind):
-            return None
-        if not folio_allowed_one(mem, head, kind, file_write):
-            return None
-        if unshare and not pte & PTE.WRITE:
-            excl = bool(pgflags[head if pte & (PTE.PMD | PTE.PUD) else pfn]
+    pfns = vma.pfn[i0:i1]
+    heads = mem.head_of(pfns)
+    hl, kinds = heads.tolist(), mem.kind.take(heads).tolist()
+    if longterm and not all(map(functools.partial(longterm_pinnable_one, mem), hl, kinds)):
+        return None
+    era = env.era
+    file_write = bool(pin and write and longterm) and era.has("longterm-file-write-refused")
+    if not all(folio_allowed_one(mem, h, kind, file_write)
+               for h, kind in zip(hl, kinds, strict=True)):
+        return None
+    if pin and not write:
+        for pte, pfn, head, kind in zip(ptes, pfns.tolist(), hl, kinds, strict=True):
+            if pte & PTE.WRITE:
+                continue
+            excl = bool(mem.flags[head if pte & (PTE.PMD | PTE.PUD) else pfn]
                         & _PG_ANON_EXCLUSIVE)
             if must_unshare_one(era, kind in (_ANON, _KSM), excl, bool(longterm)):
                 return None
-        heads.append(head)
-    return np.array(heads, dtype=np.int64)
+    return heads
 
 
 def folio_allowed_one(mem: MemMap, head: int, kind: int, file_write: bool) -> bool:

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from ..lean import lo_hi
 from ..memory import Folio, MemMap, Page, PageArray
 from ..memory.pagearray import NULL
 
@@ -133,8 +134,11 @@ def check_pages(call: str, name: str, pages: object, n: int | None,
                 raise ValueError(f"{call}(): {name} holds PFNs of no machine")
             return None, pfns
         _machine(call, name, mem, got)
-        live = pfns[pfns != NULL]
-        if len(live) and (live.min() < 0 or live.max() >= got.nr_pages):
+        lo, hi = lo_hi(pfns) if len(pfns) else (0, 0)
+        if lo == NULL:                       # NULL entries are skipped: look at the rest
+            live = pfns[pfns != NULL]
+            lo, hi = lo_hi(live) if len(live) else (0, 0)
+        if lo < 0 or hi >= got.nr_pages:
             raise ValueError(f"{call}(): {name} holds a PFN outside the machine")
         return got, pfns
     if not isinstance(pages, list | tuple):

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..constants import FOLL_PIN
+from ..lean import SHORT, lo_hi, same
 from ..memory import Kind, MemMap
 from ..memory.pagearray import NULL
 from ..warn import source_line, user_call_site
@@ -113,6 +114,9 @@ class PinSanitizer:
         # few large ones scanned (a batch of many one-page pins then costs per page, not
         # per page times the number of live records)
         self._large: dict[int, PinRecord] = {}
+        # small records join the two indexes only when a partial release needs them: most
+        # are released whole (found by `_whole`), so most are never indexed at all
+        self._unindexed: dict[int, PinRecord] = {}
         self._by_pfn: dict[int, dict[int, PinRecord]] = {}
         self._by_head: dict[int, dict[int, PinRecord]] = {}
         self._emptied: list[PinRecord] = []
@@ -133,37 +137,63 @@ class PinSanitizer:
     def _pins_only(self, pfns: np.ndarray, how: str) -> tuple[np.ndarray, np.ndarray]:
         """(PFNs, their folios) without NULL entries, and without the shared zero page for
         pins (it is never pin-counted); folios are looked up once, here."""
+        pfns, _, _ = self._counted(pfns, how)
+        return pfns, self.mem.head_of(pfns)
+
+    def _counted(self, pfns: np.ndarray, how: str) -> tuple[np.ndarray, int, int]:
+        """(the PFNs whose references count: no NULL entries and, for pins, no shared
+        zero page; their lowest and highest PFN). One min and one max over the array:
+        the zero page is the one frame of Kind.ZERO (allocated at boot, order 0), so it
+        needs a look only when it lies between the two."""
         pfns = pfns.astype(np.int64, copy=False)
-        if len(pfns) and pfns.min() == NULL:     # one pass when there is no NULL (usual)
+        if len(pfns) == 0:
+            return pfns, 0, -1
+        lo, hi = lo_hi(pfns)
+        if lo == NULL:
             pfns = pfns[pfns != NULL]
-        heads = self.mem.head_of(pfns)
-        if how == "FOLL_PIN" and len(pfns) and self.mem.era.has("zero-page-not-pin-counted"):
-            keep = self.mem.kind.take(heads) != _ZERO
-            if not keep.all():
-                pfns, heads = pfns[keep], heads[keep]
-        return pfns, heads
+            if len(pfns) == 0:
+                return pfns, 0, -1
+            lo, hi = lo_hi(pfns)
+        mem = self.mem
+        zero = mem.zero_pfn
+        if how == "FOLL_PIN" and (zero < 0 or lo <= zero <= hi) \
+                and mem.era.has("zero-page-not-pin-counted"):
+            keep = pfns != zero if zero >= 0 else mem.kind.take(mem.head_of(pfns)) != _ZERO
+            if False in keep.tolist() if len(keep) <= SHORT else not keep.all():
+                pfns = pfns[keep]
+                lo, hi = lo_hi(pfns) if len(pfns) else (0, -1)
+        return pfns, lo, hi
 
     def on_acquire(self, pfns: np.ndarray, flags: int, call: str, mm: MM | None) -> None:
         """Record a successful GUP call: its pages, flags, caller's site and the mm (or None)."""
         how = "FOLL_PIN" if flags & FOLL_PIN else "FOLL_GET"
-        pfns, heads = self._pins_only(pfns, how)
+        pfns, lo, hi = self._counted(pfns, how)
         if len(pfns) == 0:
             return
         n = len(pfns)
+        heads = self.mem.head_of(pfns)
+        released_at = np.empty(n, dtype=np.int32)
+        released_at.fill(-1)
+        # folios are runs of frames, so the lowest head is the head of the lowest frame
         rec = PinRecord(next(self._ids), how, flags, call, user_call_site(),
                         getattr(mm, "id", None), pfns, heads, np.ones(n, dtype=np.int8),
-                        np.full(n, -1, np.int32), n, int(heads.min()), int(pfns.max()))
+                        released_at, n, self.mem.head_of(lo), hi)
         self._live[rec.id] = rec
         self._whole.setdefault((how, int(pfns[0]), n), []).append(rec)
-        if n > SMALL_RECORD:
-            self._large[rec.id] = rec
-        else:
-            for index, keys in ((self._by_pfn, pfns), (self._by_head, heads)):
+        (self._large if n > SMALL_RECORD else self._unindexed)[rec.id] = rec
+
+    def _index_pending(self) -> None:
+        """Put the small records not indexed yet into the by-page and by-folio indexes."""
+        for rec in self._unindexed.values():
+            for index, keys in ((self._by_pfn, rec.pfns), (self._by_head, rec.heads)):
                 for key in keys.tolist():
                     index.setdefault(key, {})[rec.id] = rec
+        self._unindexed.clear()
 
     def _unindex(self, rec: PinRecord) -> None:
         if self._large.pop(rec.id, None) is not None:
+            return
+        if self._unindexed.pop(rec.id, None) is not None:
             return
         for index, keys in ((self._by_pfn, rec.pfns), (self._by_head, rec.heads)):
             for key in keys.tolist():
@@ -237,6 +267,7 @@ class PinSanitizer:
         first: through the index when the release is smaller than the live set."""
         if len(uniq) >= len(self._live):
             return list(self._live.values())
+        self._index_pending()
         index = self._by_head if by_folio else self._by_pfn
         found: dict[int, PinRecord] = dict(self._large)
         for key in uniq.tolist():
@@ -266,12 +297,23 @@ class PinSanitizer:
         """Match a release against the records; report what does not match (misuse)."""
         mem = self.mem
         how = "FOLL_PIN" if flags & FOLL_PIN else "FOLL_GET"
-        pfns, _ = self._pins_only(pfns, how)
-        if len(pfns) == 0:
-            return
+        pfns = pfns.astype(np.int64, copy=False)
+        # the common case first, on the array as passed: a record's pages hold no NULL
+        # and no zero page, and stay pinned while held, so filtering would change nothing
+        whole = self._held_whole(how, pfns)
+        if whole is None:
+            pfns, _ = self._pins_only(pfns, how)
+            if len(pfns) == 0:
+                return
+            whole = self._held_whole(how, pfns)
         site = user_call_site()
         sidx = self._new_release(site)
-        if self._release_whole_record(how, pfns, sidx):
+        if whole is not None:
+            whole.left[:] = 0
+            whole.released_at[:] = sidx
+            whole.nheld = 0
+            self._emptied.append(whole)
+            self._retire()
             return
         uniq, cnt = np.unique(pfns, return_counts=True)
         need = cnt.astype(np.int64)
@@ -288,18 +330,16 @@ class PinSanitizer:
                 self._misuse(how, call, site, sidx, huniq, hneed, first)
         self._retire()
 
-    def _release_whole_record(self, how: str, pfns: np.ndarray, sidx: int) -> bool:
-        """The common case in O(n): the release is exactly what one call still holds
-        (found by its first page and length, whatever the number of records)."""
+    def _held_whole(self, how: str, pfns: np.ndarray) -> PinRecord | None:
+        """The common case in O(n): the record of one call that still holds exactly
+        these pages (found by its first page and length, whatever the number of
+        records); None if there is none."""
+        if len(pfns) == 0:
+            return None
         for rec in reversed(self._whole.get((how, int(pfns[0]), len(pfns)), ())):
-            if rec.nheld == len(pfns) and np.array_equal(rec.pfns, pfns):
-                rec.left[:] = 0
-                rec.released_at[:] = sidx
-                rec.nheld = 0
-                self._emptied.append(rec)
-                self._retire()
-                return True
-        return False
+            if rec.nheld == len(pfns) and same(rec.pfns, pfns):
+                return rec
+        return None
 
     def _find(self, how: str, head: int, held: bool,
               recs: Iterable[PinRecord] | None = None) -> PinRecord | None:

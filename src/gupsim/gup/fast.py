@@ -2,18 +2,25 @@
 
 The walk reads a run of entries, grabs the acceptable prefix at once, re-reads the
 entries and keeps only what did not change, exactly as the kernel's per-PTE
-read / grab / recheck sequence, but vectorised over the VMA arrays. Pinning callers
+read / grab / recheck sequence, but vectorised over the VMA arrays. Huge leaves are
+checked and grabbed once per leaf (gup_fast_pmd_leaf(): one reference count update per
+folio), and a short range (`SMALL_WALK`) is checked in plain ints, where numpy's fixed
+cost per operation would dominate; tests/gup/test_lean_paths.py holds both to the
+entry-by-entry result. Pinning callers
 bracket the walk with `write_protect_seq` and drop everything if fork ran meanwhile.
 `gup_fast_fallback()` then hands the remainder to the slow path unless FOLL_FAST_ONLY.
 """
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from numpy.typing import NDArray
 
-from ..constants import EFAULT, EINVAL, EOVERFLOW, PAGE_SHIFT, PAGE_SIZE, TASK_SIZE
-from ..memory import PG, Kind
+from .. import lean
+from ..constants import EFAULT, EINVAL, EOVERFLOW, PAGE_SHIFT, PAGE_SIZE, PMD_ORDER, TASK_SIZE
+from ..memory import PG, Kind, MemMap
 from ..mm import MM, MMF, VM, VMA, MMEnv
 from ..mm.vma import PTE
 from .flags import (
@@ -27,11 +34,11 @@ from .flags import (
     FOLL_WRITE,
     foll_flags_str,
 )
-from .grab import gup_put_pfns, try_grab_pfns_fast
-from .longterm import __gup_longterm_locked, longterm_pinnable
+from .grab import Runs, folio_runs, gup_put_pfns, try_grab_runs
+from .longterm import __gup_longterm_locked, longterm_pinnable, longterm_pinnable_one
 from .pages import Pages, PagesOut
-from .slow import gup_must_unshare
-from .state import PATH_FALLBACK, PATH_INVALID, note_gup, race_point
+from .slow import gup_must_unshare, must_unshare_one
+from .state import PATH_FALLBACK, PATH_INVALID, note_gup, race_pending, race_point
 
 TASK_SIZE_MAX = TASK_SIZE - PAGE_SIZE
 _U64 = 1 << 64
@@ -40,6 +47,8 @@ _ANON, _KSM, _SHMEM, _SECRETMEM = (int(k) for k in (Kind.ANON, Kind.KSM, Kind.SH
                                                    Kind.SECRETMEM))
 _PG_HUGETLB, _PG_ANON_EXCLUSIVE = np.uint32(PG.hugetlb), np.uint32(PG.anon_exclusive)
 _VM_ACCESS = int(VM.READ | VM.WRITE | VM.EXEC)
+_HAS_PINNED = int(MMF.HAS_PINNED)
+_PMD_PAGES = 1 << PMD_ORDER
 
 
 def gup_fast_folio_allowed(env: MMEnv, heads: np.ndarray, flags: int) -> NDArray[np.bool_]:
@@ -59,10 +68,12 @@ def gup_fast_folio_allowed(env: MMEnv, heads: np.ndarray, flags: int) -> NDArray
     return allowed
 
 
-def _fast_checks(env: MMEnv, vma: VMA, i0: int, i1: int, flags: int
+def _fast_checks(env: MMEnv, vma: VMA, i0: int, i1: int, flags: int,
+                 at: np.ndarray | None = None
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Per entry of [i0, i1): (may it be grabbed, does it pass the after-grab checks, PFN,
-    its folio; the folio is 0 for an entry that may not be grabbed).
+    """Per entry of [i0, i1), or of the entries `at`: (may it be grabbed, does it pass
+    the after-grab checks, PFN, its folio; the folio is 0 for an entry that may not be
+    grabbed).
 
     The kernel's order per entry (spec 7.2): the PTE tests and the long-term pinnability
     test inside try_grab_folio_fast() refuse before anything is counted; the folio test
@@ -70,8 +81,9 @@ def _fast_checks(env: MMEnv, vma: VMA, i0: int, i1: int, flags: int
     there is a pin taken and dropped again (visible as +1/-1 in the vmstat counters).
     """
     mem = env.mem
-    pte = vma.pte[i0:i1].astype(np.int64)
-    pfn = vma.pfn[i0:i1]
+    where = slice(i0, i1) if at is None else at
+    pte = vma.pte[where].astype(np.int64)
+    pfn = vma.pfn[where]
     grab = ((pte & PTE.PRESENT) != 0) & ((pte & PTE.SPECIAL) == 0)
     if not vma.flags & _VM_ACCESS:
         grab[:] = False                     # PROT_NONE: protnone entries end the walk
@@ -91,6 +103,108 @@ def _fast_checks(env: MMEnv, vma: VMA, i0: int, i1: int, flags: int
         must = gup_must_unshare(env.era, anon, excl, bool(flags & FOLL_LONGTERM))
         after &= writable | ~must
     return grab, after, pfn, heads
+
+
+# Up to this many entries the walk checks entry by entry with plain Python ints: numpy's
+# fixed cost (about 1 us per operation, some 25 operations) dominates a short range.
+SMALL_WALK = 16
+
+
+def _fast_checks_small(env: MMEnv, vma: VMA, i0: int, i1: int, flags: int
+                       ) -> NDArray[np.int64] | None:
+    """`_fast_checks()` for a short range whose every entry passes, in plain ints: the
+    folio of each entry; None if any entry is refused (the vectorised checks then decide
+    how far the walk got, so the order of the tests here does not matter). The same
+    tests; a test compares the two."""
+    mem = env.mem
+    if not int(vma.flags) & _VM_ACCESS:         # int(): no enum operation
+        return None
+    write, pin, longterm = flags & FOLL_WRITE, flags & FOLL_PIN, flags & FOLL_LONGTERM
+    ptes = vma.pte[i0:i1].tolist()
+    for pte in ptes:
+        if not pte & PTE.PRESENT or pte & PTE.SPECIAL or write and not pte & PTE.WRITE:
+            return None
+    pfns = vma.pfn[i0:i1]
+    heads = mem.head_of(pfns)
+    hl, kinds = heads.tolist(), mem.kind.take(heads).tolist()
+    if longterm and not all(map(functools.partial(longterm_pinnable_one, mem), hl, kinds)):
+        return None
+    era = env.era
+    file_write = bool(pin and write and longterm) and era.has("longterm-file-write-refused")
+    if not all(folio_allowed_one(mem, h, kind, file_write)
+               for h, kind in zip(hl, kinds, strict=True)):
+        return None
+    if pin and not write:
+        for pte, pfn, head, kind in zip(ptes, pfns.tolist(), hl, kinds, strict=True):
+            if pte & PTE.WRITE:
+                continue
+            excl = bool(mem.flags[head if pte & (PTE.PMD | PTE.PUD) else pfn]
+                        & _PG_ANON_EXCLUSIVE)
+            if must_unshare_one(era, kind in (_ANON, _KSM), excl, bool(longterm)):
+                return None
+    return heads
+
+
+def folio_allowed_one(mem: MemMap, head: int, kind: int, file_write: bool) -> bool:
+    """`gup_fast_folio_allowed()` of one folio; `file_write`: a long-term writable pin
+    on an era that refuses file folios to it."""
+    if kind == _SECRETMEM:
+        return False
+    if not file_write:
+        return True
+    return (bool(mem.flags[head] & _PG_HUGETLB) or kind in (_ANON, _KSM)
+            or kind == _SHMEM and int(mem.mapping[head]) != 0)
+
+
+def _leaf_starts(vma: VMA, i0: int, i1: int) -> np.ndarray | None:
+    """When PMD/PUD leaves map all of [i0, i1): i0 and every PMD boundary after it, the
+    first entry of each leaf part (else None). A leaf's entries share their bits and map
+    one folio (vma.py), so GUP-fast checks and grabs it once, as the kernel's
+    gup_fast_pmd_leaf() does, instead of once per 4 KiB entry."""
+    if i1 - i0 <= _PMD_PAGES or not lean.ENABLED:
+        return None
+    first = i0 + (-((vma.start >> PAGE_SHIFT) + i0)) % _PMD_PAGES
+    starts = np.arange(first, i1, _PMD_PAGES, dtype=np.int64)
+    if first != i0:
+        starts = np.concatenate(([i0], starts))
+    if ((vma.pte[starts] & (PTE.PMD | PTE.PUD)) == 0).any():
+        return None
+    return starts
+
+
+def _checked_runs(env: MMEnv, vma: VMA, i0: int, i1: int, flags: int
+                  ) -> tuple[int, int, np.ndarray, Runs]:
+    """The walk over [i0, i1) up to its first refusal: (entries kept, entries to grab,
+    the PFNs, the folio runs of the entries to grab). Short ranges are checked in plain
+    ints, huge leaves once each, anything else entry by entry in numpy."""
+    mem = env.mem
+    pfns = vma.pfn[i0:i1]
+    heads = _fast_checks_small(env, vma, i0, i1, flags) \
+        if lean.ENABLED and i1 - i0 <= SMALL_WALK else None
+    if heads is not None:
+        return i1 - i0, i1 - i0, pfns, folio_runs(mem, pfns, heads)
+    starts = _leaf_starts(vma, i0, i1)
+    if starts is None:
+        grab, after, pfns, heads = _fast_checks(env, vma, i0, i1, flags)
+        keep, k = _walk_extent(vma, i0, i1, grab, after)
+        return keep, k, pfns, folio_runs(mem, pfns[:k], heads[:k])
+    grab, after, _, heads = _fast_checks(env, vma, i0, i1, flags, at=starts)
+    keep = k = i1 - i0
+    bad = np.flatnonzero(~(grab & after))
+    if len(bad):
+        u = int(bad[0])
+        a, b = _unit_bounds(vma, i0, i1, int(starts[u]))
+        keep, k = a - i0, (b if grab[u] else a) - i0
+    offs = starts - i0
+    n = int(np.searchsorted(offs, k))             # the leaf parts the walk grabs
+    offs, heads = offs[:n], heads[:n]
+    if n > 1:                                     # PMD parts of one PUD leaf: one run
+        first = np.empty(n, dtype=bool)
+        first[0] = True
+        np.not_equal(heads[1:], heads[:-1], out=first[1:])
+        offs, heads = offs[first], heads[first]
+    lengths = np.diff(offs, append=k) if n else offs
+    return keep, k, pfns, (offs, heads, lengths)
 
 
 def _unit_bounds(vma: VMA, i0: int, i1: int, j: int) -> tuple[int, int]:
@@ -139,16 +253,18 @@ def gup_fast(env: MMEnv, mm: MM, start: int, end: int, flags: int, out: PagesOut
             break
         i0 = vma.idx(addr)
         i1 = min(vma.nr_pages, i0 + ((end - addr) >> PAGE_SHIFT))
-        grab, after, pfns, heads = _fast_checks(env, vma, i0, i1, walk)
-        keep, k = _walk_extent(vma, i0, i1, grab, after)
+        keep, k, pfns, runs = _checked_runs(env, vma, i0, i1, walk)
         if k == 0:
             break
-        pfns = pfns[:k].copy()
-        snap_pte = vma.pte[i0:i0 + k].copy()
-        raced = race_point(mem, "gup_fast:after_pte_read", mm=mm, address=addr)
-        got = try_grab_pfns_fast(mem, pfns, flags, heads[:k])
+        # a race hook may change the tables: snapshot what was read (only then)
+        pending = race_pending(mem, "gup_fast:after_pte_read")
+        pfns = pfns[:k].copy() if pending else pfns[:k]
+        snap_pte = vma.pte[i0:i0 + k].copy() if pending else None
+        raced = pending and race_point(mem, "gup_fast:after_pte_read", mm=mm, address=addr)
+        got = try_grab_runs(mem, *runs, k, flags)
         keep = min(keep, got)
         if got and raced:
+            assert snap_pte is not None             # a hook ran: it was pending
             # re-read the entries, then re-check the folios as they are now (without a
             # race nothing could change them: the first checks stand)
             keep = 0
@@ -162,7 +278,9 @@ def gup_fast(env: MMEnv, mm: MM, start: int, end: int, flags: int, out: PagesOut
             got = keep
         if got:
             out.store(nr, pfns[:got])
-            mem.set_flag(heads[:got], PG.referenced)   # repeats are harmless
+            starts, heads, _ = runs
+            mem.set_flag(int(heads[0]) if len(heads) == 1 else heads[starts < got],
+                         PG.referenced)
             nr += got
         if got < i1 - i0:
             break
@@ -185,7 +303,7 @@ def gup_fast_fallback(env: MMEnv, mm: MM, start: int, nr_pages: int, gup_flags: 
                                  " is not supported by the fast entry points"):
         note_gup(mem, path=PATH_INVALID)
         return -EINVAL
-    if gup_flags & FOLL_PIN:
+    if gup_flags & FOLL_PIN and not int(mm.flags) & _HAS_PINNED:   # int(): no enum op
         mm.flags |= MMF.HAS_PINNED
     start = (start % _U64) & ~(PAGE_SIZE - 1)
     length = ((nr_pages % _U64) << PAGE_SHIFT) % _U64

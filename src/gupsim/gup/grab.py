@@ -17,8 +17,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from .. import lean
 from ..check.args import check_count, check_flag, check_folio, check_folios, check_page, check_pages
 from ..constants import EINVAL, ENOMEM
+from ..lean import has_null
 from ..memory import GUP_PIN_COUNTING_BIAS, Allocator, Folio, Kind, MemMap, Page, PageArray
 from ..memory.alloc import increasing
 from ..memory.memmap import add_at
@@ -43,13 +45,15 @@ _S32 = 1 << 31
 def _wrap_s32(mem: MemMap, heads: np.ndarray) -> None:
     """atomic_t semantics: a refcount pushed past INT_MAX wraps to a negative value."""
     r = mem.refcount[heads]
-    over = r >= _S32
-    if over.any():
+    if len(r) and np.maximum.reduce(r) >= _S32:
+        over = r >= _S32
         mem.refcount[heads[over]] = ((r[over] + _S32) % (1 << 32)) - _S32
 
 
-def folio_runs(mem: MemMap, pfns: np.ndarray, heads: np.ndarray | None = None
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+Runs = tuple[np.ndarray, np.ndarray, np.ndarray]   # (start index, head PFN, length) of runs
+
+
+def folio_runs(mem: MemMap, pfns: np.ndarray, heads: np.ndarray | None = None) -> Runs:
     """(run start index, run head PFN, run length) of consecutive same-folio entries;
     `heads` (the folio of each entry) when the caller has them already."""
     if len(pfns) == 0:
@@ -75,12 +79,28 @@ def _by_size(mem: MemMap, heads: np.ndarray, refs: np.ndarray
              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(large heads, their refs, small heads, their refs): a large folio counts pins in
     `_pincount`, a small one by the bias. No copies when all are of one size (usual)."""
-    large = mem.order[heads] > 0
-    if not large.any():
+    orders = mem.order[heads]
+    if not len(orders) or not np.maximum.reduce(orders):   # C reductions: no wrapper
         return _NONE, _NONE, heads, refs
-    if large.all():
+    large = orders > 0
+    if np.minimum.reduce(orders):
         return heads, refs, _NONE, _NONE
     return heads[large], refs[large], heads[~large], refs[~large]
+
+
+def _without_zero_page(mem: MemMap, heads: np.ndarray, refs: np.ndarray
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """The folios and refs without the shared zero page (never pin-counted). It is the
+    one frame of Kind.ZERO (allocated at boot, kernel.py), so a look for its PFN stands
+    in for a kind lookup per folio; a machine without one is checked by kind."""
+    zero = mem.zero_pfn
+    if zero < 0:
+        keep = mem.kind[heads] != _ZERO_PAGE
+    elif zero in heads.tolist() if len(heads) <= lean.SHORT else (heads == zero).any():
+        keep = heads != zero
+    else:
+        return heads, refs
+    return heads[keep], refs[keep]
 
 
 def _add_refs(mem: MemMap, heads: np.ndarray, refs: np.ndarray, flags: int) -> None:
@@ -89,8 +109,7 @@ def _add_refs(mem: MemMap, heads: np.ndarray, refs: np.ndarray, flags: int) -> N
         add_at(mem.refcount, heads, refs)        # 5.6: a pin is a plain reference
     elif flags & FOLL_PIN:
         if mem.era.has("zero-page-not-pin-counted"):
-            keep = mem.kind[heads] != _ZERO_PAGE
-            heads, refs = heads[keep], refs[keep]
+            heads, refs = _without_zero_page(mem, heads, refs)
         big, big_refs, small, small_refs = _by_size(mem, heads, refs)
         if len(big):
             add_at(mem.refcount, big, big_refs)
@@ -98,10 +117,37 @@ def _add_refs(mem: MemMap, heads: np.ndarray, refs: np.ndarray, flags: int) -> N
         if len(small):
             add_at(mem.refcount, small, small_refs * GUP_PIN_COUNTING_BIAS)
         if mem.era.has("nr-foll-pin-vmstat"):
-            mem.vmstat[ACQUIRED] += int(refs.sum())
+            mem.vmstat[ACQUIRED] += int(np.add.reduce(refs))
     else:
         return
     _wrap_s32(mem, heads)
+
+
+def _s32(value: int) -> int:
+    """A 32-bit signed counter's value after adding past its range (it wraps)."""
+    return (value + _S32) % (1 << 32) - _S32
+
+
+def _add_refs_one(mem: MemMap, head: int, refs: int, flags: int) -> None:
+    """`_add_refs()` of one folio in plain ints: a one-page call, or a run inside one
+    large folio (the kernel's one atomic per folio). A test checks it against the array
+    form."""
+    rc = int(mem.refcount[head])
+    if flags & FOLL_GET or (flags & FOLL_PIN and not mem.era.has("pin-counting-bias")):
+        rc += refs                               # 5.6: a pin is a plain reference
+    elif flags & FOLL_PIN:
+        counted = not (mem.era.has("zero-page-not-pin-counted")
+                       and int(mem.kind[head]) == _ZERO_PAGE)
+        if counted and mem.order[head] > 0:
+            rc += refs
+            mem.pincount[head] = _s32(int(mem.pincount[head]) + refs)
+        elif counted:
+            rc += refs * GUP_PIN_COUNTING_BIAS
+        if mem.era.has("nr-foll-pin-vmstat"):
+            mem.vmstat[ACQUIRED] += refs if counted else 0
+    else:
+        return
+    mem.refcount[head] = _s32(rc) if rc >= _S32 else rc
 
 
 def try_grab_folio(mem: MemMap, head: int, refs: int, flags: int) -> int:
@@ -140,8 +186,26 @@ def try_grab_pfns_fast(mem: MemMap, pfns: np.ndarray, flags: int,
     with a warning; either ends the walk, and the slow path then decides (-ENOMEM).
     `heads`: the folio of each entry, if the caller has them.
     """
-    starts, heads, lengths = folio_runs(mem, pfns, heads)
-    bad = np.flatnonzero(mem.refcount[heads] <= 0)
+    return try_grab_runs(mem, *folio_runs(mem, pfns, heads), len(pfns), flags)
+
+
+def try_grab_runs(mem: MemMap, starts: np.ndarray, heads: np.ndarray, lengths: np.ndarray,
+                  n: int, flags: int) -> int:
+    """`try_grab_pfns_fast()` of `n` entries given as folio runs (`folio_runs()`): one
+    grab of `lengths[i]` references per folio, as the kernel's try_grab_folio_fast()
+    takes one atomic per folio."""
+    if len(heads) == 1 and lean.ENABLED:    # one folio: plain ints
+        h = int(heads[0])
+        rc = int(mem.refcount[h])
+        if rc <= 0:
+            mem.warnings.warn_on_once(rc < 0, "try_get_folio: refcount < 0",
+                                      lambda: f"folio {h:#x} has refcount {rc} (overflowed)")
+            return 0
+        _add_refs_one(mem, h, n, flags)
+        return n
+    counts = mem.refcount[heads]
+    bad = np.flatnonzero(counts <= 0) if len(counts) and np.minimum.reduce(counts) <= 0 \
+        else _NONE
     nruns = int(bad[0]) if len(bad) else len(heads)
     if len(bad):
         h = int(heads[nruns])
@@ -149,13 +213,13 @@ def try_grab_pfns_fast(mem: MemMap, pfns: np.ndarray, flags: int,
                                   lambda: f"folio {h:#x} has refcount "
                                   f"{int(mem.refcount[h])} (overflowed)")
     _add_refs(mem, heads[:nruns], lengths[:nruns], flags)
-    return int(starts[nruns]) if nruns < len(heads) else len(pfns)
+    return int(starts[nruns]) if nruns < len(heads) else n
 
 
 def gup_put_pfns(alloc: Allocator, pfns: np.ndarray, flags: int) -> int:
     """gup_put_folio() for every entry (NULLs skipped), grouped by runs; returns folios freed."""
     mem = alloc.mem
-    if len(pfns) and pfns.min() == NULL:     # one pass when there is no NULL (usual)
+    if has_null(pfns):
         pfns = pfns[pfns != NULL]
     if len(pfns) == 0:
         return 0
@@ -168,17 +232,20 @@ def gup_put_folios(alloc: Allocator, heads: np.ndarray, refs: np.ndarray, flags:
 
     Underflows warn once and clamp to 0; returns how many folios were freed.
     """
+    if len(heads) == 1 and lean.ENABLED:
+        return _put_folio_one(alloc, int(heads[0]), int(refs[0]), flags)
+    if len(heads) == 0:
+        return 0
     mem = alloc.mem
     if flags & FOLL_PIN and not mem.era.has("pin-counting-bias"):
         np.subtract.at(mem.refcount, heads, refs)   # 5.6: unpin_user_page() is put_page()
     elif flags & FOLL_PIN:
         if mem.era.has("zero-page-not-pin-counted"):
-            keep = mem.kind[heads] != _ZERO_PAGE
-            heads, refs = heads[keep], refs[keep]
+            heads, refs = _without_zero_page(mem, heads, refs)
         if len(heads) == 0:
             return 0
         if mem.era.has("nr-foll-pin-vmstat"):
-            mem.vmstat[RELEASED] += int(refs.sum())
+            mem.vmstat[RELEASED] += int(np.add.reduce(refs))
         big, big_refs, small, small_refs = _by_size(mem, heads, refs)
         if len(big):
             add_at(mem.pincount, big, -big_refs)
@@ -191,13 +258,19 @@ def gup_put_folios(alloc: Allocator, heads: np.ndarray, refs: np.ndarray, flags:
             add_at(mem.refcount, small, -small_refs * GUP_PIN_COUNTING_BIAS)
     else:
         add_at(mem.refcount, heads, -refs)
+    # one read and one minimum tell the usual case (nothing at or below 0) apart;
     # duplicates are harmless below except when freeing: unique only the few hits
-    under = heads[mem.refcount[heads] < 0]
+    counts = mem.refcount[heads]
+    low = int(np.minimum.reduce(counts))
+    if low > 0:
+        return 0
+    under = heads[counts < 0]
     if mem.warnings.warn_on_once(len(under) > 0, "gup_put_folio: refcount underflow",
                                  lambda: f"folio {int(under[0]):#x} released more than it "
                                  "held"):
         mem.refcount[under] = 0
-    dead = heads[(mem.refcount[heads] == 0) & (mem.kind[heads] != _FREE)]
+        counts = mem.refcount[heads]
+    dead = heads[(counts == 0) & (mem.kind[heads] != _FREE)]
     if len(dead) == 1:
         alloc.free_folio(int(dead[0]))
     elif len(dead):
@@ -205,6 +278,39 @@ def gup_put_folios(alloc: Allocator, heads: np.ndarray, refs: np.ndarray, flags:
             dead = np.unique(dead)
         alloc.free_folios(dead)         # order-0 folios by whole blocks, not one by one
     return len(dead)
+
+
+def _put_folio_one(alloc: Allocator, head: int, refs: int, flags: int) -> int:
+    """`gup_put_folios()` of one folio in plain ints (the same checks, warnings and
+    order; a test checks it against the array form); returns folios freed (0 or 1)."""
+    mem = alloc.mem
+    rc = int(mem.refcount[head])
+    if flags & FOLL_PIN and not mem.era.has("pin-counting-bias"):
+        rc -= refs                               # 5.6: unpin_user_page() is put_page()
+    elif flags & FOLL_PIN:
+        if mem.era.has("zero-page-not-pin-counted") and int(mem.kind[head]) == _ZERO_PAGE:
+            return 0
+        if mem.era.has("nr-foll-pin-vmstat"):
+            mem.vmstat[RELEASED] += refs
+        if mem.order[head] > 0:
+            pins = _s32(int(mem.pincount[head]) - refs)
+            rc -= refs
+            if mem.warnings.warn_on_once(pins < 0, "gup_put_folio: pincount underflow",
+                                         "more unpins than pins on a large folio"):
+                pins = 0
+            mem.pincount[head] = pins
+        else:
+            rc -= refs * GUP_PIN_COUNTING_BIAS
+    else:
+        rc -= refs
+    if mem.warnings.warn_on_once(rc < 0, "gup_put_folio: refcount underflow",
+                                 lambda: f"folio {head:#x} released more than it held"):
+        rc = 0
+    mem.refcount[head] = rc
+    if rc == 0 and int(mem.kind[head]) != _FREE:
+        alloc.free_folio(head)
+        return 1
+    return 0
 
 
 def gup_put_folio(alloc: Allocator, head: int, refs: int, flags: int) -> None:
@@ -408,7 +514,7 @@ def get_page(page: Page, *, machine: MemMap | None = None) -> None:
 
 
 __all__ = ["ACQUIRED", "RELEASED", "EINVAL", "folio_runs", "try_grab_folio", "try_grab_pfns",
-           "try_grab_pfns_fast", "gup_put_pfns", "gup_put_folio", "gup_put_folios",
+           "try_grab_pfns_fast", "try_grab_runs", "gup_put_pfns", "gup_put_folio", "gup_put_folios",
            "folio_add_pin", "folio_add_pins", "unpin_user_page", "unpin_user_pages",
            "unpin_user_pages_dirty_lock", "unpin_user_page_range_dirty_lock", "unpin_folio",
            "unpin_folios", "unpin_user_folio", "put_page", "get_page"]

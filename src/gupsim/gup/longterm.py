@@ -48,6 +48,17 @@ def longterm_pinnable(mem: MemMap, heads: np.ndarray) -> NDArray[np.bool_]:
     return ok & (zero | ((kind != _FSDAX) & ~movable))
 
 
+def longterm_pinnable_one(mem: MemMap, head: int, kind: int) -> bool:
+    """`longterm_pinnable()` of one folio (`kind`: its Kind as an int), in plain ints for
+    the short walks of GUP-fast; a test checks it against the vectorised form."""
+    if mem.cma_start <= head < mem.cma_end:
+        return False
+    if kind in (_ZERO, _HUGE_ZERO):
+        return True
+    movable = head >= mem.movable_start and mem.era.has("longterm-migrate-movable")
+    return kind != _FSDAX and not movable
+
+
 def folio_is_longterm_pinnable(folio: Folio) -> bool:
     """May this folio be pinned long-term where it is? (spec 4.2, in order)."""
     return bool(longterm_pinnable(folio.mem, np.array([folio.pfn]))[0])

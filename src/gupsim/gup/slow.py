@@ -198,6 +198,13 @@ def gup_must_unshare(era: Era, anon: NDArray[np.bool_], exclusive: NDArray[np.bo
     return must
 
 
+def must_unshare_one(era: Era, anon: bool, exclusive: bool, longterm_cow: bool) -> bool:
+    """`gup_must_unshare()` of one page, in plain bools (GUP-fast's short walks)."""
+    if era.has("anon-exclusive-unshare") and anon and not exclusive:
+        return True
+    return longterm_cow and era.has("reliable-ro-longterm") and not anon
+
+
 def forced_cow_flags(era: Era, vma: VMA, gup_flags: int) -> int:
     """5.8 only (`gup-forced-cow-break`): GUP taking references (FOLL_GET or FOLL_PIN) in
     a COW mapping walks and faults as if writing, so a shared page is copied first.

@@ -16,10 +16,9 @@ call, never per page.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -106,17 +105,10 @@ class GupState:
         """The record of the most recent GUP entry point call (None before the first)."""
         return self.calls[-1] if self.calls else None
 
-    @contextlib.contextmanager
-    def recording(self, call: GupCall) -> Iterator[GupCall]:
+    def recording(self, call: GupCall) -> _Recording:
         """Make `call` the call in progress; append it to `calls` when it ends. A call made
         from a race hook inside another gets its own record, and the outer one resumes."""
-        outer, self.call = self.call, call
-        try:
-            yield call
-        finally:
-            self.call = outer
-            self.calls.append(call)
-            gup_call_ended(self.env.mem)    # an observer drawing pictures (observe.py)
+        return _Recording(self, call)
 
     @property
     def alloc(self) -> Allocator:
@@ -128,6 +120,26 @@ class GupState:
         if point not in RACE_POINTS:
             raise ValueError(f"no race point {point!r}: choose one of {RACE_POINTS}")
         self.race_hooks.setdefault(point, []).append(fn)
+
+
+class _Recording:
+    """`GupState.recording()`: a plain class, as it runs on every GUP call (a generator
+    context manager costs about 1 us more)."""
+
+    __slots__ = ("st", "call", "outer")
+
+    def __init__(self, st: GupState, call: GupCall) -> None:
+        self.st, self.call, self.outer = st, call, st.call
+
+    def __enter__(self) -> GupCall:
+        self.outer, self.st.call = self.st.call, self.call
+        return self.call
+
+    def __exit__(self, *exc: object) -> None:
+        st = self.st
+        st.call = self.outer
+        st.calls.append(self.call)
+        gup_call_ended(st.env.mem)          # an observer drawing pictures (observe.py)
 
 
 _states: WeakKeyDictionary[MemMap, GupState] = WeakKeyDictionary()
@@ -164,6 +176,13 @@ def note_gup(mem: MemMap, **fields: Any) -> None:
             setattr(call, name, value)
 
 
+def race_pending(mem: MemMap, point: str) -> bool:
+    """Whether a callback waits at race point `point` (what was read must be kept to
+    re-check it after the race)."""
+    st = _states.get(mem)
+    return st is not None and bool(st.race_hooks.get(point))
+
+
 def race_point(mem: MemMap, point: str, **context: Any) -> bool:
     """Run (and forget) the callbacks registered for `point`; True if any ran (the
     machine may have changed, so the caller must re-check what it read)."""
@@ -191,15 +210,21 @@ class Current:
 _current: ContextVar[Current | None] = ContextVar("gupsim_current", default=None)
 
 
-@contextlib.contextmanager
-def running_as(env: MMEnv, mm: MM, task: Any = None) -> Iterator[Current]:
-    """Run kernel code with `current` set to a task (the facade's process methods use it)."""
-    cur = Current(env, mm, task)
-    token = _current.set(cur)
-    try:
-        yield cur
-    finally:
-        _current.reset(token)
+class running_as:  # noqa: N801 - used as a function: `with running_as(env, mm, task):`
+    """Run kernel code with `current` set to a task (the facade's process methods use it).
+    A plain class rather than a generator: every process GUP call enters it."""
+
+    __slots__ = ("cur", "token")
+
+    def __init__(self, env: MMEnv, mm: MM, task: Any = None) -> None:
+        self.cur = Current(env, mm, task)
+
+    def __enter__(self) -> Current:
+        self.token = _current.set(self.cur)
+        return self.cur
+
+    def __exit__(self, *exc: object) -> None:
+        _current.reset(self.token)
 
 
 def current() -> Current:

@@ -1,0 +1,45 @@
+"""Plain-int shortcuts for short PFN arrays, where numpy's fixed cost dominates.
+
+A numpy reduction (`a.min()`, `a.any()`, `np.array_equal`) costs about 1 us whatever the
+length, because it runs through Python wrappers (`np.minimum.reduce` skips them); a
+one-page pin and its unpin ran some ten of them. Up to `SHORT` entries the helpers here
+answer from `a.tolist()` instead, with the same results; longer arrays keep the
+vectorised form. `ENABLED` switches off the plain-int twins of GUP's per-folio work, for
+the test that compares the two.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .memory.pagearray import NULL
+
+SHORT = 64                 # up to this many entries a Python list is cheaper than numpy
+
+#: The one-folio and short-walk paths of GUP (gup/fast.py, gup/grab.py) redo in plain
+#: ints what the array forms do. A test turns this off and checks that a random program
+#: leaves the machine in exactly the same state both ways.
+ENABLED = True
+
+
+def has_null(pfns: np.ndarray) -> bool:
+    """Whether a PFN array holds a NULL entry (-1; every other PFN is >= 0)."""
+    if len(pfns) <= SHORT:
+        return NULL in pfns.tolist()
+    return bool(len(pfns)) and int(np.minimum.reduce(pfns)) == NULL
+
+
+def lo_hi(values: np.ndarray) -> tuple[int, int]:
+    """(min, max) of a non-empty integer array, as ints."""
+    if len(values) <= SHORT:
+        seq = values.tolist()
+        return min(seq), max(seq)
+    return int(np.minimum.reduce(values)), int(np.maximum.reduce(values))
+
+
+def same(a: np.ndarray, b: np.ndarray) -> bool:
+    """Equal shape and contents (np.array_equal); a short pair is compared as bytes,
+    without np.array_equal's Python-level checks, when the dtypes agree."""
+    if len(a) <= SHORT and a.dtype == b.dtype:
+        return a.shape == b.shape and a.tobytes() == b.tobytes()
+    return bool(np.array_equal(a, b))

@@ -1,0 +1,227 @@
+"""The plain-int and per-leaf shortcuts (gupsim.lean) change nothing but speed.
+
+GUP-fast checks a short range in plain ints and a huge leaf once, and a call that
+touches one folio grabs and releases it in plain ints; the array forms do the same entry
+by entry. A random program (maps of anon, shmem, THP, hugetlb, ext4, secretmem,
+read-only and PROT_NONE memory; pins with and without FOLL_WRITE / FOLL_LONGTERM,
+references, unpins, put_page, writes, fork, exit, munmap) runs twice on a machine of
+each era, with the shortcuts and without: every return value, the page-frame arrays,
+/proc/vmstat, the warnings and the sanitizer's reports must be identical.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import numpy as np
+import pytest
+from callcount import python_calls
+
+import gupsim
+from gupsim import (
+    FOLL_LONGTERM,
+    FOLL_WRITE,
+    MADV_HUGEPAGE,
+    MADV_POPULATE_WRITE,
+    MAP_ANONYMOUS,
+    MAP_HUGETLB,
+    MAP_POPULATE,
+    MAP_PRIVATE,
+    MAP_SHARED,
+    PAGE_SIZE,
+    PROT_NONE,
+    PROT_READ,
+    PROT_WRITE,
+    Kernel,
+    PageArray,
+    lean,
+)
+from gupsim.gup import fast
+
+RW = PROT_READ | PROT_WRITE
+ERAS = ("5.6", "5.8", "5.11", "5.13", "5.19", "6.2", "6.5", None)
+PIN_FLAGS = (FOLL_WRITE | FOLL_LONGTERM, FOLL_WRITE, 0, FOLL_LONGTERM)
+
+
+def _program(era: str | None, seed: int, steps: int = 250) -> list[Any]:
+    """Run a random program; the trace of what it returned and the machine's state."""
+    rng = random.Random(seed)
+    k = Kernel(memory="256MiB", movable="32MiB", cma="16MiB", nr_hugepages=4, version=era)
+    procs = [k.spawn("lean")]
+    maps: list[tuple[gupsim.Process, int, int]] = []
+    held: list[tuple[bool, PageArray]] = []            # (pinned, pages)
+    trace: list[Any] = []
+    i_map = 0
+    for _ in range(steps):
+        p = rng.choice(procs)
+        mine = [m for m in maps if m[0] is p]
+        op = rng.random()
+        if op < 0.15 or not mine:
+            pages, kind = rng.choice(((1, "anon"), (4, "anon"), (16, "anon"), (512, "thp"),
+                                      (1536, "thp"), (8, "shmem"), (512, "hugetlb"),
+                                      (1024, "hugetlb"), (4, "ro"), (2, "none"),
+                                      (4, "ext4"), (2, "secretmem")))
+            flags = MAP_PRIVATE | MAP_ANONYMOUS
+            prot = {"ro": PROT_READ, "none": PROT_NONE}.get(kind, RW)
+            if kind == "shmem":
+                flags = MAP_SHARED | MAP_ANONYMOUS
+            if kind == "hugetlb":
+                flags |= MAP_HUGETLB
+            if kind != "thp" and rng.random() < 0.6:
+                flags |= MAP_POPULATE
+            fd = None
+            if kind == "ext4":
+                fd = k.fs("ext4").create(f"file{i_map}", pages * PAGE_SIZE)
+                i_map += 1
+            if kind == "secretmem":
+                fd = k.filesystems.memfd_secret()
+                fd.truncate(pages * PAGE_SIZE)
+            if fd is not None:
+                flags = MAP_SHARED | (flags & MAP_POPULATE)
+            try:
+                a = p.mmap(0, pages * PAGE_SIZE, prot, flags, fd=fd)
+            except OSError as e:                  # the hugetlb pool is used up
+                trace.append(("mmap", e.errno))
+                continue
+            if kind == "thp":
+                p.madvise(a, pages * PAGE_SIZE, MADV_HUGEPAGE)
+                if rng.random() < 0.7:
+                    p.madvise(a, pages * PAGE_SIZE, MADV_POPULATE_WRITE)
+            maps.append((p, a, pages))
+            continue
+        _, a, pages = rng.choice(mine)
+        i = rng.randrange(pages)
+        n = rng.choice((1, 1, 2, 3, 16, 17, 600, pages - i, pages))
+        i = 0 if n == pages else i
+        n = max(1, min(n, pages - i))
+        if op < 0.50:
+            vec = PageArray(n)
+            entry = rng.choice(("pin_user_pages_fast", "pin_user_pages_fast",
+                                "get_user_pages_fast", "pin_user_pages_unlocked"))
+            flags = rng.choice(PIN_FLAGS)
+            if entry == "get_user_pages_fast":
+                flags &= ~FOLL_LONGTERM
+            if entry == "pin_user_pages_unlocked":
+                got = p.pin_user_pages_unlocked(a + i * PAGE_SIZE, n, vec, flags)
+            else:
+                got = getattr(p, entry)(a + i * PAGE_SIZE, n, flags, vec)
+            trace.append((entry, n, flags, got))
+            if got > 0:
+                held.append((entry != "get_user_pages_fast", vec[:got]))
+        elif op < 0.70 and held:
+            pinned, vec = held.pop(rng.randrange(len(held)))
+            if pinned:
+                k.unpin_user_pages(vec)
+            else:
+                for page in vec.filled():
+                    k.put_page(page)
+        elif op < 0.80:
+            try:
+                p.write(a + i * PAGE_SIZE, b"y")
+            except Exception as e:                # a PROT_NONE or read-only map: SIGSEGV
+                trace.append(("write", type(e).__name__))
+        elif op < 0.87 and len(procs) < 4:
+            try:
+                procs.append(p.fork())
+            except OSError as e:                  # no huge page to copy a pinned one into
+                trace.append(("fork", e.errno))
+                continue
+            maps.extend((procs[-1], b, m) for q, b, m in list(maps) if q is p)
+        elif op < 0.92 and p is not procs[0]:
+            p.exit()
+            procs.remove(p)
+            maps[:] = [m for m in maps if m[0] is not p]
+        else:
+            p.munmap(a, pages * PAGE_SIZE)
+            maps.remove((p, a, pages))
+    mem = k.mem
+    state = [getattr(mem, name).copy() for name in
+             ("refcount", "pincount", "mapcount", "flags", "kind", "order")]
+    return [trace, state, dict(k.vmstat), [str(w) for w in k.warnings],
+            [str(r) for r in k.sanitizer.reports]]
+
+
+@pytest.mark.parametrize("era", ERAS)
+def test_shortcuts_change_nothing(era: str | None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same random program with and without the plain-int and per-leaf paths: same
+    results, same machine, on every era whose pinning rules differ."""
+    leaf_walks = []
+    leaf_starts = fast._leaf_starts
+
+    def spy(*args: Any) -> Any:
+        starts = leaf_starts(*args)
+        leaf_walks.append(starts is not None)
+        return starts
+
+    monkeypatch.setattr(fast, "_leaf_starts", spy)
+    for seed in (1, 2):
+        lean_run = _program(era, seed)
+        monkeypatch.setattr(lean, "ENABLED", False)
+        plain = _program(era, seed)
+        monkeypatch.setattr(lean, "ENABLED", True)
+        assert lean_run[0] == plain[0]
+        for a, b in zip(lean_run[1], plain[1], strict=True):
+            assert np.array_equal(a, b)
+        assert lean_run[2:] == plain[2:]
+        assert any(t[0] != "write" and t[-1] > 0 for t in lean_run[0])   # something was pinned
+    assert any(leaf_walks)                      # GUP-fast took huge leaves whole
+
+
+def _thp_program(era: str | None) -> list[Any]:
+    """Pins of 2 MiB THP leaves that pass, that are refused before the grab (absent,
+    read-only) and after it (a shared anon leaf must be unshared first), across fork."""
+    k = Kernel(memory="256MiB", movable="64MiB", version=era)
+    p = k.spawn("thp")
+    size = 8 << 20
+    a = p.mmap(0, size + (2 << 20), RW, MAP_PRIVATE | MAP_ANONYMOUS)
+    a = (a + (2 << 20) - 1) & ~((2 << 20) - 1)
+    p.madvise(a, size, MADV_HUGEPAGE)
+    p.madvise(a, size * 3 // 4, MADV_POPULATE_WRITE)        # the last 2 MiB stay absent
+    trace: list[Any] = []
+    held = []
+    for q in (p.fork(), p):                 # the leaves are shared until unshared
+        for off, n, flags in ((4096, 300, 0), (0, 1536, 0), (0, 1024, FOLL_LONGTERM),
+                              (0, 1024, FOLL_WRITE | FOLL_LONGTERM), (0, 2048, FOLL_WRITE),
+                              (8192, 1500, FOLL_WRITE | FOLL_LONGTERM)):
+            vec = PageArray(n)
+            got = q.pin_user_pages_fast(a + off, n, flags, vec)
+            last = k.gup.last_call
+            trace.append((off, n, flags, got, last.fast if last else None))
+            if got > 0:
+                held.append(vec[:got])
+    for vec in held:
+        k.unpin_user_pages(vec)
+    mem = k.mem
+    return [trace, [getattr(mem, f).copy() for f in ("refcount", "pincount", "flags")],
+            dict(k.vmstat), [str(w) for w in k.warnings]]
+
+
+@pytest.mark.parametrize("era", ERAS)
+def test_leaf_walks_change_nothing(era: str | None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """GUP-fast over huge leaves: what it takes and what it refuses, per leaf, is what
+    the walk entry by entry takes and refuses."""
+    lean_run = _thp_program(era)
+    monkeypatch.setattr(lean, "ENABLED", False)
+    plain = _thp_program(era)
+    assert lean_run[0] == plain[0]
+    for x, y in zip(lean_run[1], plain[1], strict=True):
+        assert np.array_equal(x, y)
+    assert lean_run[2:] == plain[2:]
+    assert {t[3] for t in lean_run[0]} != {lean_run[0][0][3]}   # some took less
+
+
+def test_one_page_pin_is_lean() -> None:
+    """A one-page pin and its unpin run a bounded number of Python calls (the issue's
+    profile counted about 400)."""
+    k = Kernel(memory="64MiB")
+    p = k.spawn("app")
+    a = p.mmap(0, 64 * PAGE_SIZE, RW, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE)
+    vec = PageArray(1)
+    p.pin_user_pages_fast(a, 1, FOLL_WRITE | FOLL_LONGTERM, vec)   # warm caches
+    k.unpin_user_pages(vec)
+    pin, _, got = python_calls(lambda: p.pin_user_pages_fast(a + PAGE_SIZE, 1,
+                                                              FOLL_WRITE | FOLL_LONGTERM, vec))
+    unpin, _, _ = python_calls(lambda: k.unpin_user_pages(vec))
+    assert got == 1
+    assert pin <= 110 and unpin <= 40, (pin, unpin)

@@ -318,10 +318,12 @@ def _bulk_anon_write_faults(env: MMEnv, mm: MM, vma: VMA, i: int, codes: np.ndar
 def _cow_faults(env: MMEnv, mm: MM, vma: VMA, i: int, codes: np.ndarray, flags: int) -> int:
     """The write (or unshare) faults of a run of present entries GUP cannot use yet, at
     once (`wp_copy_run()`: fork's shared pages, the zero page). Returns the entries done
-    (0: not applicable here, so take the per-page fault path)."""
+    (0: not applicable here, so take the per-page fault path). A FOLL_FORCE write into a
+    mapping without VM_WRITE goes per page: its retry rule depends on the era (FOLL_COW)."""
     code = int(codes[0])
     if flags & (FOLL_NOFAULT | FOLL_NOWAIT) or not vma.pte[i] & PTE.PRESENT or not (
-            code == UNSHARE or (code == ABSENT and flags & FOLL_WRITE)):
+            code == UNSHARE or (code == ABSENT and flags & FOLL_WRITE
+                                and vma.flags & VM.WRITE)):
         return 0
     other = np.flatnonzero(codes != code)
     return wp_copy_run(env, mm, vma, i, i + (int(other[0]) if len(other) else len(codes)),
@@ -456,8 +458,8 @@ def __get_user_pages(env: MMEnv, mm: MM, start: int, nr_pages: int, gup_flags: i
                 _bulk_anon_write_faults(env, mm, vma, i, codes, walk)
                 or (out is None and not grab
                     and _populate_faults(env, mm, vma, i, codes, gup_flags, locked, failed))))
-            if bulk:
-                window, retries = n, 0
+            if bulk:                # progress is counted when the entries are grabbed
+                window = n
                 continue
             if addr in failed:              # populate already faulted here and failed
                 rc = failed.pop(addr)

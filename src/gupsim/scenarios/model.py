@@ -98,6 +98,8 @@ class ModelProc(BaseProc):
         super().__init__(system, pid, name)
         self.p = p
         self.rings: dict[int, Any] = {}   # io_uring rings by protocol ring id
+        # where this process reaches each NO_MMAP ring's memory: [SQE page, rings page]
+        self.ring_memory: dict[int, list[int]] = {}
         self.xdp: list[Any] = []      # AF_XDP sockets, as the host's server keeps them
         self.pipe: Any = None
         self.kvm: Any = None          # the VM (drivers/kvm.py), as the server keeps its guest
@@ -182,7 +184,10 @@ class ModelProc(BaseProc):
     def do_mremap_move(self, addr: int, length: int, new_rid: int) -> int:
         """mremap(MREMAP_MAYMOVE | MREMAP_FIXED) onto a fresh PROT_NONE reservation."""
         dst = self.p.mmap(0, length, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS)
-        return self.p.mremap(addr, length, length, MREMAP_MAYMOVE | MREMAP_FIXED, dst)
+        new = self.p.mremap(addr, length, length, MREMAP_MAYMOVE | MREMAP_FIXED, dst)
+        for pages in self.ring_memory.values():   # the process reaches its ring there now
+            pages[:] = [a - addr + new if addr <= a < addr + length else a for a in pages]
+        return new
 
     def do_read(self, addr: int, n: int) -> bytes:
         """A CPU read through the model's page tables."""
@@ -232,13 +237,33 @@ class ModelProc(BaseProc):
         """IORING_UNREGISTER_BUFFERS."""
         self._ring(ring).unregister_buffers()
 
+    def _submit(self, ring: int) -> Any:
+        """Ring `ring`, once the process has stored an SQE in it. A NO_MMAP ring lives in
+        the process's memory: the stores fault like any CPU store (unmapped, read-only),
+        and if a page it reaches there now is not the frame the kernel pinned at setup
+        (zapped by MADV_DONTNEED, replaced by munmap and mmap) the kernel never sees the
+        SQE: io_uring_enter submits nothing, which the host reports as EIO."""
+        io = self._ring(ring)
+        pages = self.ring_memory.get(ring)
+        if pages is None:
+            return io
+        p = self.p
+        for addr, region in zip(pages, (io.regions[1], io.regions[0]), strict=True):
+            p.write(addr, p.read(addr, 1))
+            vma = p.mm.find_vma(addr)
+            seen = int(vma.pfn[vma.idx(addr)]) if vma is not None else -1
+            if region.pfns is None or seen != int(region.pfns[0]):
+                raise OSError(errno.EIO, "io_uring_enter submitted nothing: the ring the "
+                              "kernel reads is not the memory this process wrote its SQE to")
+        return io
+
     def do_uring_write_fixed(self, index: int, length: int, ring: int) -> bytes:
         """IORING_OP_WRITE_FIXED; the bytes written."""
-        return self._ring(ring).write_fixed(index, length)
+        return self._submit(ring).write_fixed(index, length)
 
     def do_uring_read_fixed(self, index: int, length: int, fill: int, ring: int) -> int:
         """IORING_OP_READ_FIXED of `length` bytes of `fill` into registered buffer `index`."""
-        return self._ring(ring).read_fixed(index, bytes([fill]) * length)
+        return self._submit(ring).read_fixed(index, bytes([fill]) * length)
 
     def do_uring_setup_user(self, addr: int, ring: int) -> None:
         """io_uring_setup(IORING_SETUP_NO_MMAP): rings at addr, SQEs on the next page."""
@@ -246,11 +271,13 @@ class ModelProc(BaseProc):
         if ring in self.rings:
             raise OSError(errno.EBUSY, f"ring {ring} exists already: uring_close it first")
         self.rings[ring] = IoRing(self.system.k, self.p, user_memory=(addr + PAGE_SIZE, addr))
+        self.ring_memory[ring] = [addr + PAGE_SIZE, addr]
 
     def do_uring_close(self, ring: int) -> None:
         """close() of the ring: everything it pinned is released."""
         if ring not in self.rings:
             raise OSError(errno.EBADF, f"this process has no ring {ring}")
+        self.ring_memory.pop(ring, None)
         self.system.k.schedule_work(self.rings.pop(ring).close)   # io_ring_exit_work
 
     def do_uring_register_pbuf_ring(self, addr: int, entries: int, bgid: int,

@@ -332,7 +332,10 @@ class CommandServer:
     def do_mremap_move(self, addr: int, length: int, new_rid: int) -> int:
         """mremap(MREMAP_MAYMOVE | MREMAP_FIXED) onto a fresh PROT_NONE reservation."""
         dst = libc.mmap(0, length, libc.PROT_NONE, libc.MAP_PRIVATE | libc.MAP_ANONYMOUS)
-        return libc.mremap(addr, length, length, libc.MREMAP_MAYMOVE | libc.MREMAP_FIXED, dst)
+        new = libc.mremap(addr, length, length, libc.MREMAP_MAYMOVE | libc.MREMAP_FIXED, dst)
+        for ring in self.rings.values():     # the process reaches its ring memory there now
+            ring.moved(addr, length, new)
+        return new
 
     def do_read(self, addr: int, n: int) -> bytes:
         """A CPU read (through the pipe)."""
@@ -443,6 +446,9 @@ class CommandServer:
         """One fixed-buffer request at the start of buffer `index`; its byte count. The
         kernel checks the index and the range (-EFAULT), not us."""
         ring = self._ring(ring_id)
+        if ring.user_memory is not None:    # the SQE page, then the rings page
+            for page in ring.user_memory:   # the process's stores to them, as the CPU's
+                self._copy_in(page, self._copy_out(page, 1))
         addr = ring.buffers[index][0] if 0 <= index < len(ring.buffers) else 0
         res = ring.submit_and_wait(opcode, fd, addr, length, 0, index)
         if res < 0:

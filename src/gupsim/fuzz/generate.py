@@ -35,12 +35,6 @@ from .program import NEEDS_BY_KIND, NEEDS_BY_PREFIX, Call, Fill, Program, Ref
 # the generator only gives them regions it knows to be safe for that access.
 CPU_ACCESS = {"read": "read", "write": "write", "ro_pin_then_write": "write"}
 
-# Operations that need the file a region was mapped from: the host keeps it only by the
-# region map() made (the model also by a view's), so a part moved by mremap_move or a
-# view made by map_view has none (a protocol gap: KeyError inside gupsim), and the
-# generator does not ask.
-NEEDS_ITS_FILE = {"map_view"}
-
 # What may use a region once (some of) it is unmapped. Nothing else: on the host, the
 # scenario process's own allocations (a ring, a buffer) may land in the hole, so an
 # O_DIRECT there may pin them, and a munmap would take them away.
@@ -70,7 +64,7 @@ class Known:
     read: bool = True
     write: bool = True
     nofork: bool = False      # MADV_DONTFORK was given on some of it
-    moved: bool = False       # made by mremap_move or map_view: no file for map_view
+    moved: bool = False       # made by mremap_move or map_view
     gone: bool = False        # unmapped (munmap), or a part moved away (mremap_move)
 
 
@@ -204,7 +198,6 @@ class Generator:
         known = state.procs[owner]
         access = CPU_ACCESS.get(op.name)
         names = sorted(n for n, k in known.items() if (access is None or getattr(k, access))
-                       and not (k.moved and op.name in NEEDS_ITS_FILE)
                        and not (k.gone and op.name not in AFTER_UNMAP))
         fixed = r.length(self._checkable(state, args)) if callable(r.length) else None
         if fixed is not None:

@@ -173,7 +173,9 @@ class ModelProc(BaseProc):
     def do_map_view(self, rid: int, addr: int, length: int, shared: bool, writable: bool,
                     new_rid: int) -> int:
         """mmap the file behind region `rid` again, and read-fault it."""
-        f = self.system.files[rid]
+        f = self.system.files.get(rid)
+        if f is None:
+            raise OSError(errno.EBADF, f"region {rid} has no file behind it")
         prot = PROT_READ | (PROT_WRITE if writable else 0)
         share = MAP_SHARED if shared else MAP_PRIVATE
         new = self.p.mmap(0, length, prot, share, fd=f)
@@ -181,8 +183,11 @@ class ModelProc(BaseProc):
         self._populate(new, length, False, 0)
         return new
 
-    def do_mremap_move(self, addr: int, length: int, new_rid: int) -> int:
-        """mremap(MREMAP_MAYMOVE | MREMAP_FIXED) onto a fresh PROT_NONE reservation."""
+    def do_mremap_move(self, rid: int, addr: int, length: int, new_rid: int) -> int:
+        """mremap(MREMAP_MAYMOVE | MREMAP_FIXED) onto a fresh PROT_NONE reservation; the
+        moved part maps the region's file (if any) as the region did."""
+        if rid in self.system.files:
+            self.system.files[new_rid] = self.system.files[rid]
         dst = self.p.mmap(0, length, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS)
         new = self.p.mremap(addr, length, length, MREMAP_MAYMOVE | MREMAP_FIXED, dst)
         for pages in self.ring_memory.values():   # the process reaches its ring there now

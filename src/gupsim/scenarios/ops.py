@@ -394,10 +394,12 @@ class Operations:
                makes=lambda a: (a["region"].kind, a["region"].length, a["shared"]))
     def map_view(self, region: Region, *, shared: bool, writable: bool) -> Region:
         """mmap the file behind a file-kind region once more (read-faulted), as cow.c
-        maps a page cache page privately and shared at once."""
+        maps a page cache page privately and shared at once: from the file's start, the
+        region's length. A view, or a part moved by mremap_move, maps the same file."""
         ...
 
-    @operation(returns="region", range=Range(offset="offset", length="length", aligned=True),
+    @operation(returns="region",
+               range=Range(offset="offset", length="length", aligned=True, rid=True),
                label=lambda a: dict(size=a["length"]),
                check=lambda a: "" if a["length"] > 0 else
                f"mremap_move moves a part of at least one page, got length {a['length']}",

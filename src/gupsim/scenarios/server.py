@@ -126,6 +126,7 @@ class CommandServer:
         self.shm_dir = shm_dir
         self.spawned = spawned
         self.areas: dict[int, HostMapping] = {}
+        self.files: dict[int, int] = {}   # region id -> an fd of its file (views, moved parts)
         self.rings: dict[int, IoUring] = {}          # io_uring rings by protocol ring id
         self.xdp: list[XdpUmem] = []
         self.dio: DirectFile | None = None
@@ -322,17 +323,36 @@ class CommandServer:
     def do_map_view(self, rid: int, addr: int, length: int, shared: bool, writable: bool,
                     new_rid: int) -> int:
         """mmap the file behind region `rid` again, read-faulted; its address."""
-        m = self.areas[rid]
         prot = libc.PROT_READ | (libc.PROT_WRITE if writable else 0)
         flags = libc.MAP_SHARED if shared else libc.MAP_PRIVATE
-        new = libc.mmap(0, length, prot, flags, m.fd, 0)
+        new = libc.mmap(0, length, prot, flags, self._file_of(rid), 0)
+        self._keep_file(rid, new_rid)
         self._read_fault(new, length)
         return new
 
-    def do_mremap_move(self, addr: int, length: int, new_rid: int) -> int:
-        """mremap(MREMAP_MAYMOVE | MREMAP_FIXED) onto a fresh PROT_NONE reservation."""
+    def _file_of(self, rid: int) -> int:
+        """An fd of the file behind region `rid` (one map() made, or a view or moved part
+        of one); EBADF for a region without one (the model's answer too)."""
+        if rid in self.areas and self.areas[rid].fd >= 0:
+            return self.areas[rid].fd
+        if rid in self.files:
+            return self.files[rid]
+        raise OSError(errno.EBADF, f"region {rid} has no file behind it here")
+
+    def _keep_file(self, rid: int, new_rid: int) -> None:
+        """Region `new_rid` maps region `rid`'s file: keep an fd of it (a dup, so that
+        the file outlives a munmap of `rid`, as the mapping does)."""
+        try:
+            self.files[new_rid] = os.dup(self._file_of(rid))
+        except OSError:
+            pass                  # anonymous memory: no file to keep
+
+    def do_mremap_move(self, rid: int, addr: int, length: int, new_rid: int) -> int:
+        """mremap(MREMAP_MAYMOVE | MREMAP_FIXED) onto a fresh PROT_NONE reservation; the
+        moved part keeps the region's file (if any) for map_view."""
         dst = libc.mmap(0, length, libc.PROT_NONE, libc.MAP_PRIVATE | libc.MAP_ANONYMOUS)
         new = libc.mremap(addr, length, length, libc.MREMAP_MAYMOVE | libc.MREMAP_FIXED, dst)
+        self._keep_file(rid, new_rid)
         for ring in self.rings.values():     # the process reaches its ring memory there now
             ring.moved(addr, length, new)
         return new
@@ -365,6 +385,8 @@ class CommandServer:
         """munmap() the region, then close its file (if any)."""
         m = self.areas.pop(rid, None)
         libc.munmap(addr, length)
+        if rid in self.files:
+            os.close(self.files.pop(rid))
         if m is not None:
             m.addr = 0           # already unmapped; close() closes the fd, removes the file
             m.close()

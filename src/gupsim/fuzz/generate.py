@@ -40,11 +40,6 @@ CPU_ACCESS = {"read": "read", "write": "write", "ro_pin_then_write": "write"}
 # O_DIRECT there may pin them, and a munmap would take them away.
 AFTER_UNMAP = {"map_fixed"}
 
-# Operations a process (and its children) makes once: a second limit_memlock would
-# raise the hard limit without CAP_SYS_RESOURCE (the host server raises ValueError
-# there, the model allows it: neither is the kernel's EPERM).
-ONCE = {"limit_memlock"}
-
 # How often an operation is drawn, relative to the default 1 (new operations get 1).
 WEIGHTS = {"map": 2.0, "read": 2.0, "write": 2.0, "fork": 0.8, "exit": 0.4,
            "limit_memlock": 0.2, "munmap": 0.5}
@@ -75,7 +70,6 @@ class State:
     procs: dict[str, dict[str, Known]] = field(default_factory=lambda: {"p0": {}})
     maps: int = 0
     hugetlb: int = 0
-    limited: set[str] = field(default_factory=set)   # limit_memlock done (or inherited)
 
 
 def _hints(name: str) -> dict[str, Any]:
@@ -123,8 +117,6 @@ class Generator:
         op = rng.choices(ops, [WEIGHTS.get(op.name, 1.0) for op in ops])[0]
         if not state.procs[proc] and rng.random() < 0.7:
             op = OPS["map"]       # most operations want a region: make one first
-        if op.name in ONCE and proc in state.limited:
-            return None
         for _ in range(10):
             args = self._args(rng, state, op, proc)
             if args is None:
@@ -271,11 +263,7 @@ class Generator:
             if call.op == "mremap_move":
                 mine.read = mine.write = False
                 mine.gone = True
-        elif call.op in ONCE:
-            state.limited.add(call.proc)
         elif call.op == "fork":
-            if call.proc in state.limited:
-                state.limited.add(call.makes)
             state.procs[call.makes] = {
                 n: Known(k.kind, k.length, k.read and not k.nofork, k.write and not k.nofork,
                          moved=k.moved, gone=k.gone)

@@ -18,6 +18,7 @@ from typing import Any
 
 from ..constants import (
     CAP_IPC_LOCK,
+    CAP_SYS_RESOURCE,
     MADV_HUGEPAGE,
     MAP_ANONYMOUS,
     MAP_FIXED_NOREPLACE,
@@ -359,8 +360,14 @@ class ModelProc(BaseProc):
         self.xdp.pop().close()
 
     def do_limit_memlock(self, limit: int, uid: int) -> None:
-        """Drop CAP_IPC_LOCK, set RLIMIT_MEMLOCK, become `uid` (a user of our own)."""
-        self.p.cred.caps.discard(CAP_IPC_LOCK)
+        """Set RLIMIT_MEMLOCK (soft and hard; raising the hard limit needs
+        CAP_SYS_RESOURCE, which a scenario process never has here: EPERM, as do_prlimit),
+        drop CAP_IPC_LOCK and CAP_SYS_RESOURCE, become `uid` (a user of our own)."""
+        cred = self.p.cred
+        if limit > cred.rlimit_memlock and not cred.capable(CAP_SYS_RESOURCE):
+            raise OSError(errno.EPERM, f"raising RLIMIT_MEMLOCK from {cred.rlimit_memlock} "
+                          f"to {limit} needs CAP_SYS_RESOURCE")
+        self.p.cred.caps -= {CAP_IPC_LOCK, CAP_SYS_RESOURCE}
         self.p.cred.rlimit_memlock = limit
         self.p.cred.uid = uid
 

@@ -596,8 +596,11 @@ class Operations:
                check=lambda a: _not_negative("limit", a["limit"]),
                extra=(("uid", lambda proc: PRIVATE_UID_BASE + proc.pid),))
     def limit_memlock(self, limit: int) -> None:
-        """Drop CAP_IPC_LOCK and set RLIMIT_MEMLOCK, as an unprivileged user would have
-        (the process also moves to a uid of its own, `PRIVATE_UID_BASE + pid`)."""
+        """Set RLIMIT_MEMLOCK and drop CAP_IPC_LOCK and CAP_SYS_RESOURCE, as an unprivileged
+        user would have (the process also moves to a uid of its own, `PRIVATE_UID_BASE +
+        pid`). Lowering the limit again is allowed; raising it is EPERM (no
+        CAP_SYS_RESOURCE; the model's root has none from the start, as this host's
+        container root: there a first limit above the 8 MiB default is EPERM too)."""
         ...
 
     # -- KVM: a case-3 user (MMU notifiers, no pins) -----------------------------------------

@@ -27,6 +27,7 @@ import traceback
 from collections.abc import Iterable
 from typing import Any
 
+from ..constants import CAP_SYS_RESOURCE
 from ..live import libc
 from ..live.errors import HostUnsupported
 from ..live.hostmem import HostMapping, kpageflags, pagemap
@@ -597,10 +598,11 @@ class CommandServer:
 
     def do_limit_memlock(self, limit: int, uid: int) -> None:
         """Set RLIMIT_MEMLOCK, drop CAP_IPC_LOCK, and become `uid` keeping the rest."""
-        if os.geteuid() != 0 and not os.getuid() == uid:
+        if not libc.capget()[0] & (1 << libc.CAP_SETUID):   # kept by an earlier call
             raise HostUnsupported("limit_memlock switches to a private uid: needs root")
         libc.set_memlock_limit(limit)
         libc.drop_capability(libc.CAP_IPC_LOCK)
+        libc.drop_capability(CAP_SYS_RESOURCE)   # a later raise is EPERM, as the model's
         libc.prctl(PR_SET_KEEPCAPS, 1)
         os.setgroups([])
         os.setresgid(uid, uid, uid)

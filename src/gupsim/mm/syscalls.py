@@ -213,8 +213,8 @@ def do_mmap(env: MMEnv, mm: MM, cred: Cred, addr: int, length: int, prot: int, f
         # secretmem_mmap: shared mappings only, always locked (and charged as mlock)
         if not shared:
             raise fail(errno.EINVAL, "a memfd_secret() file can be mapped MAP_SHARED only")
-        if not vmflags & VM.LOCKED:
-            _charge_mlock(mm, cred, length >> PAGE_SHIFT, errno.EAGAIN)
+        if not vmflags & VM.LOCKED:     # mlock_future_ok only: no can_do_mlock (EPERM)
+            _charge_mlock(mm, cred, length >> PAGE_SHIFT, errno.EAGAIN, can_do_mlock=False)
         vmflags |= VM.LOCKED | VM.DONTDUMP
     if huge_order:
         vmflags |= VM.HUGETLB
@@ -644,11 +644,13 @@ def _split_moved(mm: MM, vma: VMA, i: int, shift: int) -> None:
 # -- mlock ----------------------------------------------------------------------------------
 
 
-def _charge_mlock(mm: MM, cred: Cred, pages: int, err: int) -> None:
+def _charge_mlock(mm: MM, cred: Cred, pages: int, err: int, can_do_mlock: bool = True) -> None:
+    """can_do_mlock() (EPERM at a limit of 0; mlock and MAP_LOCKED check it, secretmem_mmap
+    does not), then mlock_future_ok() (`err` over the limit)."""
     if cred.capable(CAP_IPC_LOCK):
         return
     limit = rlimit_pages(cred.rlimit_memlock)
-    if limit == 0:
+    if limit == 0 and can_do_mlock:
         raise fail(errno.EPERM, "RLIMIT_MEMLOCK is 0 and the task lacks CAP_IPC_LOCK")
     if mm.locked_vm + pages > limit:
         raise fail(err, f"locking {pages} more pages exceeds RLIMIT_MEMLOCK "

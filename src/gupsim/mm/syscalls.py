@@ -398,6 +398,8 @@ def do_madvise(env: MMEnv, mm: MM, start: int, length: int, advice: int) -> None
         if advice in (MADV_DONTNEED, MADV_FREE, MADV_COLD, MADV_PAGEOUT) and (
                 v.flags & (VM.LOCKED | VM.PFNMAP)):
             raise fail(errno.EINVAL, "cannot discard or page out locked or PFN-mapped memory")
+        if advice in (MADV_COLD, MADV_PAGEOUT) and v.flags & VM.HUGETLB:   # can_madv_lru_vma
+            raise fail(errno.EINVAL, "MADV_COLD and MADV_PAGEOUT do not apply to hugetlb memory")
         if advice == MADV_DONTFORK and v.flags & VM.IO:
             raise fail(errno.EINVAL, "MADV_DONTFORK does not apply to VM_IO mappings")
         if advice == MADV_FREE and not v.is_anonymous:

@@ -331,4 +331,5 @@ NAMED: dict[str, Callable[[random.Random, Generator, State, dict[str, Any]], Any
     "bgid": lambda rng, g, s, a: rng.choice((0, 0, 1)),
     "index": lambda rng, g, s, a: rng.choice((0, 0, 1, 5)),
     "limit": lambda rng, g, s, a: rng.choice((0, PAGE_SIZE, 64 << 10, 1 << 20)),
+    "soft_dirty": lambda rng, g, s, a: g.allowed("soft_dirty") and rng.random() < 0.5,
 }

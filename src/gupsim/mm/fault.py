@@ -75,7 +75,7 @@ def handle_mm_fault(env: MMEnv, mm: MM, vma: VMA, addr: int, flags: FaultFlag) -
         return do_fault(env, mm, vma, i, write)
     if write or unshare:
         if write and pte & PTE.WRITE:
-            vma.pte[i] |= PTE.DIRTY | PTE.YOUNG
+            vma.pte[i] |= PTE.MKDIRTY | PTE.YOUNG
             return VMFault.OK
         return do_wp_page(env, mm, vma, i, unshare)
     vma.pte[i] |= PTE.YOUNG
@@ -210,7 +210,7 @@ def do_wp_page(env: MMEnv, mm: MM, vma: VMA, i: int, unshare: bool) -> VMFault:
             n = mem.nr_pages_of(head)
             mem.set_flag(head, PG.anon_exclusive)
             if not unshare:
-                vma.pte[first:first + n] |= _mkwrite(vma) | PTE.DIRTY
+                vma.pte[first:first + n] |= _mkwrite(vma) | PTE.MKDIRTY
             return VMFault.OK
         if vma.is_hugetlb:
             return hugetlb_wp(env, mm, vma, i, unshare)
@@ -226,7 +226,7 @@ def do_wp_page(env: MMEnv, mm: MM, vma: VMA, i: int, unshare: bool) -> VMFault:
         if _wp_can_reuse_anon(env, mm, pfn, head):
             mem.set_flag(pfn, PG.anon_exclusive)
             if not unshare:
-                vma.pte[i] |= _mkwrite(vma) | PTE.DIRTY | PTE.YOUNG
+                vma.pte[i] |= _mkwrite(vma) | PTE.MKDIRTY | PTE.YOUNG
             mem.vmstat["pgreuse"] += 1
             return VMFault.OK
     return wp_page_copy(env, mm, vma, i, unshare)
@@ -358,9 +358,9 @@ def wp_page_shared(env: MMEnv, mm: MM, vma: VMA, i: int) -> VMFault:
     mem.set_flag(head, PG.dirty)
     if vma.pte[i] & (PTE.PMD | PTE.PUD):
         first = i - int(mem.head_off[int(vma.pfn[i])])
-        vma.pte[first:first + mem.nr_pages_of(head)] |= PTE.WRITE | PTE.DIRTY | PTE.YOUNG
+        vma.pte[first:first + mem.nr_pages_of(head)] |= PTE.WRITE | PTE.MKDIRTY | PTE.YOUNG
     else:
-        vma.pte[i] |= PTE.WRITE | PTE.DIRTY | PTE.YOUNG
+        vma.pte[i] |= PTE.WRITE | PTE.MKDIRTY | PTE.YOUNG
     return VMFault.OK
 
 
@@ -457,7 +457,7 @@ def hugetlb_wp(env: MMEnv, mm: MM, vma: VMA, i: int, unshare: bool) -> VMFault:
     if mem.kind[old] == Kind.ANON and mapcount == 1:
         mem.set_flag(old, PG.anon_exclusive)
         if not unshare:
-            vma.pte[first:first + n] |= _mkwrite(vma) | PTE.DIRTY
+            vma.pte[first:first + n] |= _mkwrite(vma) | PTE.MKDIRTY
         return VMFault.OK
     try:
         head = env.alloc.alloc_hugetlb_folio(order, Kind.ANON, vma.anon_id, vma.pgoff + first)
@@ -493,9 +493,10 @@ def do_swap_page(env: MMEnv, mm: MM, vma: VMA, i: int) -> VMFault:
     if data is not None:
         mem.write(head, 0, data)
     swap.free_entries(np.array([slot]))
+    soft = int(vma.pte[i]) & PTE.SOFT_DIRTY     # pte_swp_soft_dirty
     vma.pte[i] = 0
     vma.pfn[i] = 0
-    map_pte_range(mm, vma, i, np.array([head], dtype=np.int64), PTE.YOUNG)
+    map_pte_range(mm, vma, i, np.array([head], dtype=np.int64), PTE.YOUNG | soft)
     mem.set_flag(head, PG.swapbacked | PG.lru)
     if exclusive:
         mem.set_flag(head, PG.anon_exclusive)

@@ -239,7 +239,7 @@ def do_mmap(env: MMEnv, mm: MM, cred: Cred, addr: int, length: int, prot: int, f
         _unmap_range(env, mm, addr, addr + length)
     if backing is not None and backing is file:
         backing.get_file()
-    vma = VMA(addr, addr + length, vmflags, backing, offset >> PAGE_SHIFT)
+    vma = VMA(addr, addr + length, vmflags | VM.SOFTDIRTY, backing, offset >> PAGE_SHIFT)
     vma.huge_order = huge_order
     if anon and not shared and not huge_order:
         vma.pgoff = addr >> PAGE_SHIFT
@@ -585,6 +585,8 @@ def do_mremap(env: MMEnv, mm: MM, old_addr: int, old_size: int, new_size: int,
         tail = moved.split(new_addr + new_size)
         zap_range(mm, tail, 0, tail.nr_pages, env.swap)
         vma_close(tail)
+    if not moved.is_hugetlb:     # move_soft_dirty_pte: what moved reads soft-dirty
+        moved.pte[(moved.pte & (PTE.PRESENT | PTE.SWAP)) != 0] |= PTE.SOFT_DIRTY
     _fix_huge_alignment(mm, moved, shift)
     if new_size > moved.end - moved.start:
         _grow_vma(moved, new_addr + new_size)

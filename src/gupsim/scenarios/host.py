@@ -149,7 +149,8 @@ class HostProc(BaseProc):
         return Outcome(0, value if value is not None else reply[1])
 
     def _identity(self, addr: int, length: int) -> str:
-        reply, fds = self._call("pages", {"addr": addr, "length": length, "other": None})
+        reply, fds = self._call("pages", {"addr": addr, "length": length, "other": None,
+                                          "soft_dirty": False})
         for fd in fds:
             os.close(fd)
         if reply[0] == "exc" and isinstance(reply[1], HostUnsupported):

@@ -37,9 +37,9 @@ from ..constants import (
 from ..kernel import Kernel, Process
 from ..memory.memmap import Kind as MemKind
 from ..memory.units import thp_area
-from ..mm.vma import PTE
+from ..mm.vma import PTE, VM
 from .base import BaseProc, BaseSystem, Counted
-from .identity import NONE, SWAPPED, PageSeen, encode
+from .identity import NONE, PageSeen, encode
 from .ops import Op
 from .records import MTHP_KINDS, Outcome
 
@@ -72,11 +72,12 @@ def model_pages(k: Kernel, p: Process, addr: int, length: int) -> list[PageSeen]
             continue
         i = vma.idx(a)
         bits = int(vma.pte[i])
+        soft = bool(vma.flags & VM.SOFTDIRTY or bits & PTE.SOFT_DIRTY)
         if bits & PTE.SWAP:
-            out.append(SWAPPED)
+            out.append(PageSeen("swapped", soft_dirty=soft))
             continue
         if not bits & PTE.PRESENT:
-            out.append(NONE)
+            out.append(PageSeen(soft_dirty=soft))
             continue
         pfn = int(vma.pfn[i])
         head = int(mem.head_of(pfn))
@@ -86,7 +87,7 @@ def model_pages(k: Kernel, p: Process, addr: int, length: int) -> list[PageSeen]
         large = int(mem.order[head]) > 0
         maps = int(mem.mapcount[pfn]) + (int(mem.entire_mapcount[head]) if large else 0)
         out.append(PageSeen("present", pfn, zero, large and not hugetlb and not zero,
-                            hugetlb, maps == 1))
+                            hugetlb, maps == 1, soft))
     return out
 
 
@@ -320,10 +321,16 @@ class ModelProc(BaseProc):
         from ..drivers.proc_mem import proc_mem_read
         return proc_mem_read(self.system.k, self.p, target.p, addr, length)
 
-    def do_pages(self, addr: int, length: int, other: ModelProc | None) -> str:
+    def do_pages(self, addr: int, length: int, other: ModelProc | None,
+                 soft_dirty: bool) -> str:
         """Page identity from the model's page tables and page arrays (identity.py)."""
         procs = [self] if other is None else [self, other]
-        return encode([model_pages(self.system.k, proc.p, addr, length) for proc in procs])
+        return encode([model_pages(self.system.k, proc.p, addr, length) for proc in procs],
+                      soft_dirty)
+
+    def do_clear_refs(self) -> None:
+        """clear_refs "4" through the model (mm/soft_dirty.py)."""
+        self.p.clear_refs(4)
 
     def do_ro_pin_then_write(self, addr: int, length: int, fill: int) -> bytes:
         """R/O pins of our own range, a write while they are held, a read through them."""

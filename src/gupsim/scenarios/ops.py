@@ -434,6 +434,13 @@ class Operations:
         """madvise() a range with one of the `ADVICE` values."""
         ...
 
+    @operation(returns="outcome")
+    def clear_refs(self) -> Outcome:
+        """Write "4" to /proc/self/clear_refs, as cow.c does before its mprotect cases:
+        soft-dirty bits reset, every PTE write-protected (but a pinned one in a COW
+        mapping), so the next write faults (`mm/soft_dirty.py`)."""
+        ...
+
     @operation(returns="outcome", settle=True, range=Range(rid=True))
     def munmap(self, region: Region) -> Outcome:
         """Unmap the whole region (the region stays known: a later access faults)."""
@@ -585,11 +592,12 @@ class Operations:
     @operation(returns="outcome", observes=True, check=_check_pages,
                range=Range(offset="offset", length="length", aligned=True))
     def pages(self, region: Region, offset: int, length: int,
-              other: BaseProc | None = None) -> Outcome:
+              other: BaseProc | None = None, soft_dirty: bool = False) -> Outcome:
         """Observe page identity of [offset, offset+length) (`scenarios/identity.py`):
         per page nothing, swapped, the zero page, or a frame numbered by first
-        appearance, THP/hugetlb, exclusively mapped; with `other`, the same range in
-        that process too (did fork share the frames or copy them?). Value: the tokens."""
+        appearance, THP/hugetlb, exclusively mapped, and with `soft_dirty` whether it
+        reads soft-dirty; with `other`, the same range in that process too (did fork
+        share the frames or copy them?). Value: the tokens."""
         ...
 
     @operation(returns="none", raises=True, label=lambda a: dict(size=a["limit"]),

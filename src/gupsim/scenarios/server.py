@@ -29,6 +29,7 @@ from typing import Any
 
 from ..constants import CAP_SYS_RESOURCE
 from ..live import libc
+from ..live.capabilities import soft_dirty_reason
 from ..live.errors import HostUnsupported
 from ..live.hostmem import HostMapping, kpageflags, pagemap
 from ..live.kvm import KvmGuest
@@ -44,7 +45,7 @@ from ..live.uring import (
 from ..live.vmstat import forget_inherited_lock
 from ..live.xdp import XdpUmem
 from . import wire
-from .identity import NONE, SWAPPED, PageSeen, encode
+from .identity import PageSeen, encode
 from .ops import OPS
 from .records import MTHP_KINDS, ProtocolError
 
@@ -92,16 +93,16 @@ def host_pages(pid: int | str, addr: int, length: int) -> list[PageSeen]:
     for a in range(addr, addr + length, libc.PAGE_SIZE):
         e = pagemap(a, pid)
         if e.swapped:
-            out.append(SWAPPED)
+            out.append(PageSeen("swapped", soft_dirty=e.soft_dirty))
             continue
         if not e.present:
-            out.append(NONE)
+            out.append(PageSeen(soft_dirty=e.soft_dirty))
             continue
         if e.pfn == 0:
             raise HostUnsupported("pagemap hides frame numbers here (needs CAP_SYS_ADMIN)")
         flags = kpageflags(e.pfn)
         out.append(PageSeen("present", e.pfn, "zero_page" in flags, "thp" in flags,
-                            "huge" in flags, e.exclusive))
+                            "huge" in flags, e.exclusive, e.soft_dirty))
     return out
 
 
@@ -526,10 +527,17 @@ class CommandServer:
         finally:
             os.close(fd)
 
-    def do_pages(self, addr: int, length: int, other: int | None) -> str:
+    def do_pages(self, addr: int, length: int, other: int | None, soft_dirty: bool) -> str:
         """Page identity from /proc/PID/pagemap and /proc/kpageflags (identity.py)."""
         pids: list[int | str] = ["self"] if other is None else ["self", other]
-        return encode([host_pages(pid, addr, length) for pid in pids])
+        if soft_dirty and (reason := soft_dirty_reason()):
+            raise HostUnsupported(reason)
+        return encode([host_pages(pid, addr, length) for pid in pids], soft_dirty)
+
+    def do_clear_refs(self) -> None:
+        """write "4" to /proc/self/clear_refs (soft-dirty reset)."""
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("4")
 
     def do_ro_pin_then_write(self, addr: int, length: int, fill: int) -> bytes:
         """R/O pins held (userfaultfd) while we write `fill`; what the pins saw."""

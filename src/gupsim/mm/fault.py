@@ -7,10 +7,11 @@ kernel's handler does; the caller turns those into a signal (CPU) or an errno (G
 from __future__ import annotations
 
 from enum import IntFlag
+from typing import Any
 
 import numpy as np
 
-from ..constants import EAGAIN, EFAULT, ENOMEM, PAGE_SHIFT, PMD_ORDER
+from ..constants import EAGAIN, EFAULT, ENOMEM, PAGE_SHIFT, PAGE_SIZE, PMD_ORDER
 from ..memory import PG, Kind, OutOfMemory
 from ..memory.refs import folio_put
 from .env import MMEnv
@@ -367,12 +368,57 @@ def wp_page_shared(env: MMEnv, mm: MM, vma: VMA, i: int) -> VMFault:
 # -- file-backed faults -------------------------------------------------------------------
 
 
+FAULT_AROUND_PAGES = 16          # fault_around_bytes (64 KiB) / PAGE_SIZE
+PTRS_PER_PTE = 512
+MAP_PAGES_FS = ("ext4", "tmpfs", "generic")   # vm_ops->map_pages = filemap_map_pages
+
+
+def _read_pte_bits(vma: VMA, f: Any) -> int:
+    """The entry a read fault maps a page-cache page with: writable at once in a shared
+    writable mapping of a file that needs no write notification."""
+    if vma.is_shared and vma.flags & VM.WRITE and not f.needs_writenotify:
+        return PTE.YOUNG | PTE.WRITE
+    return PTE.YOUNG
+
+
+def do_fault_around(mm: MM, vma: VMA, i: int) -> bool:
+    """do_fault_around() of a read fault: map every page already in the page cache in
+    the 16-entry aligned window around entry `i` (inside the VMA and one page table)
+    whose entry is empty, as filemap_map_pages() does; True if entry `i` got mapped
+    (the fault is done). Nothing is allocated or read here.
+
+    Simplifications: no large-folio PMD mapping, no mmap_miss accounting."""
+    f = vma.file
+    if f is None or getattr(f, "fs_name", "") not in MAP_PAGES_FS:
+        return False
+    mem = mm.mem
+    pte_off = (vma.start >> PAGE_SHIFT) + i
+    pte_off %= PTRS_PER_PTE
+    first = max(pte_off - pte_off % FAULT_AROUND_PAGES, pte_off - min(pte_off, i))
+    last = min(first + FAULT_AROUND_PAGES, PTRS_PER_PTE, pte_off + vma.nr_pages - i)
+    bits = _read_pte_bits(vma, f)
+    size_pages = (f.size + PAGE_SIZE - 1) >> PAGE_SHIFT
+    for j in range(first - pte_off + i, last - pte_off + i):
+        index = vma.pgoff + j
+        if vma.pte[j] or index >= size_pages or not f.has_folio(index):
+            continue
+        head = f.get_folio(index)
+        if head < 0 or not mem.test(head, PG.uptodate):
+            continue
+        pfn = head + (index - int(mem.index[head]))
+        map_pte_range(mm, vma, j, np.array([pfn], dtype=np.int64), bits)
+    return bool(vma.pte[i] & PTE.PRESENT)
+
+
 def do_fault(env: MMEnv, mm: MM, vma: VMA, i: int, write: bool) -> VMFault:
-    """A fault on an empty entry of a file (or shmem) mapping: read, COW or shared fault."""
+    """A fault on an empty entry of a file (or shmem) mapping: read, COW or shared fault;
+    a read fault maps the cached pages around it first (do_fault_around)."""
     mem = env.mem
     f = vma.file
     if f is None:
         return VMFault.SIGBUS
+    if not write and do_fault_around(mm, vma, i):
+        return VMFault.OK
     index = vma.pgoff + i
     head = f.get_folio(index)
     if head < 0:

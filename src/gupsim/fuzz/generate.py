@@ -35,9 +35,11 @@ from .program import NEEDS_BY_KIND, NEEDS_BY_PREFIX, Call, Fill, Program, Ref
 # the generator only gives them regions it knows to be safe for that access.
 CPU_ACCESS = {"read": "read", "write": "write", "ro_pin_then_write": "write"}
 
-# What may use a region once (some of) it is unmapped. Nothing else: on the host, the
-# scenario process's own allocations (a ring, a buffer) may land in the hole, so an
-# O_DIRECT there may pin them, and a munmap would take them away.
+# What may use a region once (some of) it is unmapped: map_fixed, whose answer no
+# longer depends on layout (scenarios/holes.py keeps the scenario's own maps out of
+# holes). Nothing else: on the host, the server's own allocations (a ring, a buffer)
+# may land in the hole, so an O_DIRECT there may pin them, and a munmap would take
+# them away.
 AFTER_UNMAP = {"map_fixed"}
 
 # How often an operation is drawn, relative to the default 1 (new operations get 1).

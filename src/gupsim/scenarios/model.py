@@ -39,6 +39,7 @@ from ..memory.memmap import Kind as MemKind
 from ..memory.units import thp_area
 from ..mm.vma import PTE, VM
 from .base import BaseProc, BaseSystem, Counted
+from .holes import Holes, keeping_holes
 from .identity import NONE, PageSeen, encode
 from .ops import Op
 from .records import MTHP_KINDS, Outcome
@@ -102,6 +103,7 @@ class ModelProc(BaseProc):
         self.rings: dict[int, Any] = {}   # io_uring rings by protocol ring id
         # where this process reaches each NO_MMAP ring's memory: [SQE page, rings page]
         self.ring_memory: dict[int, list[int]] = {}
+        self.holes = Holes()          # what it unmapped, kept out of its later maps
         self.xdp: list[Any] = []      # AF_XDP sockets, as the host's server keeps them
         self.pipe: Any = None
         self.kvm: Any = None          # the VM (drivers/kvm.py), as the server keeps its guest
@@ -120,6 +122,7 @@ class ModelProc(BaseProc):
         return encode([model_pages(self.system.k, self.p, addr, length)])
 
     # -- memory ----------------------------------------------------------------------------
+    @keeping_holes
     def do_map(self, kind: str, length: int, shared: bool, writable: bool,
                populate: bool | str, fill: int, new_rid: int) -> int:
         """mmap (a file made and fallocated first, for file kinds), then populate."""
@@ -172,6 +175,7 @@ class ModelProc(BaseProc):
             for off in range(0, length, PAGE_SIZE):
                 self.p.read(addr + off, 1)
 
+    @keeping_holes
     def do_map_view(self, rid: int, addr: int, length: int, shared: bool, writable: bool,
                     new_rid: int) -> int:
         """mmap the file behind region `rid` again, and read-fault it."""
@@ -185,6 +189,7 @@ class ModelProc(BaseProc):
         self._populate(new, length, False, 0)
         return new
 
+    @keeping_holes
     def do_mremap_move(self, rid: int, addr: int, length: int, new_rid: int) -> int:
         """mremap(MREMAP_MAYMOVE | MREMAP_FIXED) onto a fresh PROT_NONE reservation; the
         moved part maps the region's file (if any) as the region did."""
@@ -194,6 +199,7 @@ class ModelProc(BaseProc):
         new = self.p.mremap(addr, length, length, MREMAP_MAYMOVE | MREMAP_FIXED, dst)
         for pages in self.ring_memory.values():   # the process reaches its ring there now
             pages[:] = [a - addr + new if addr <= a < addr + length else a for a in pages]
+        self.holes.add(addr, length)
         return new
 
     def do_read(self, addr: int, n: int) -> bytes:
@@ -218,10 +224,25 @@ class ModelProc(BaseProc):
     def do_munmap(self, rid: int, addr: int, length: int) -> None:
         """munmap() of the whole region."""
         self.p.munmap(addr, length)
+        self.holes.add(addr, length)
 
     def do_fork(self) -> ModelProc:
         """fork() of the model process; the child gets a protocol pid of its own."""
-        return self.system.adopt(self.p.fork(), f"{self.name}-child")
+        child = self.system.adopt(self.p.fork(), f"{self.name}-child")
+        child.holes = self.holes.copy()
+        return child
+
+    def _reserve_hole(self, addr: int, length: int) -> bool:
+        """A PROT_NONE placeholder over a hole (holes.py); False if it is taken."""
+        try:
+            self.p.mmap(addr, length, PROT_NONE,
+                        MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE)
+        except OSError:
+            return False
+        return True
+
+    def _release_hole(self, addr: int, length: int) -> None:
+        self.p.munmap(addr, length)
 
     def do_exit(self) -> None:
         """Drop the file table (ring, sockets, pipe) and exit."""
@@ -402,6 +423,7 @@ class ModelProc(BaseProc):
         """mmap(MAP_FIXED_NOREPLACE) of fresh anonymous memory, then write `fill`."""
         self.p.mmap(addr, length, PROT_READ | PROT_WRITE,
                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE)
+        self.holes.filled(addr, length)
         self._populate(addr, length, True, fill)
 
     def _release_files(self) -> None:

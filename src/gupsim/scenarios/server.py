@@ -45,6 +45,7 @@ from ..live.uring import (
 from ..live.vmstat import forget_inherited_lock
 from ..live.xdp import XdpUmem
 from . import wire
+from .holes import Holes, keeping_holes
 from .identity import PageSeen, encode
 from .ops import OPS
 from .records import MTHP_KINDS, ProtocolError
@@ -129,6 +130,7 @@ class CommandServer:
         self.spawned = spawned
         self.areas: dict[int, HostMapping] = {}
         self.files: dict[int, int] = {}   # region id -> an fd of its file (views, moved parts)
+        self.holes = Holes()          # what it unmapped, kept out of its later maps
         self.rings: dict[int, IoUring] = {}          # io_uring rings by protocol ring id
         self.xdp: list[XdpUmem] = []
         self.dio: DirectFile | None = None
@@ -299,6 +301,7 @@ class CommandServer:
             self._copy_out(addr + off, 1)
 
     # -- memory ------------------------------------------------------------------------------
+    @keeping_holes
     def do_map(self, kind: str, length: int, shared: bool, writable: bool,
                populate: bool | str, fill: int, new_rid: int) -> int:
         """A HostMapping of the kind, populated through the pipe; its address."""
@@ -322,6 +325,7 @@ class CommandServer:
                 self._read_fault(m.addr, length)
         return m.addr
 
+    @keeping_holes
     def do_map_view(self, rid: int, addr: int, length: int, shared: bool, writable: bool,
                     new_rid: int) -> int:
         """mmap the file behind region `rid` again, read-faulted; its address."""
@@ -349,6 +353,7 @@ class CommandServer:
         except OSError:
             pass                  # anonymous memory: no file to keep
 
+    @keeping_holes
     def do_mremap_move(self, rid: int, addr: int, length: int, new_rid: int) -> int:
         """mremap(MREMAP_MAYMOVE | MREMAP_FIXED) onto a fresh PROT_NONE reservation; the
         moved part keeps the region's file (if any) for map_view."""
@@ -357,6 +362,7 @@ class CommandServer:
         self._keep_file(rid, new_rid)
         for ring in self.rings.values():     # the process reaches its ring memory there now
             ring.moved(addr, length, new)
+        self.holes.add(addr, length)
         return new
 
     def do_read(self, addr: int, n: int) -> bytes:
@@ -387,6 +393,7 @@ class CommandServer:
         """munmap() the region, then close its file (if any)."""
         m = self.areas.pop(rid, None)
         libc.munmap(addr, length)
+        self.holes.add(addr, length)
         if rid in self.files:
             os.close(self.files.pop(rid))
         if m is not None:
@@ -600,9 +607,25 @@ class CommandServer:
         if got != addr:         # a kernel before 4.17 treats the flag as a hint
             libc.munmap(got, length)
             raise OSError(errno.EEXIST, f"could not map at {addr:#x}")
+        self.holes.filled(addr, length)
         chunk = bytes([fill]) * min(length, self.pipe_size)
         for off in range(0, length, len(chunk)):
             self._copy_in(addr + off, chunk[:length - off])
+
+    def _reserve_hole(self, addr: int, length: int) -> bool:
+        """A PROT_NONE placeholder over a hole (holes.py); False if something is there."""
+        try:
+            got = libc.mmap(addr, length, libc.PROT_NONE,
+                            libc.MAP_PRIVATE | libc.MAP_ANONYMOUS | MAP_FIXED_NOREPLACE)
+        except OSError:
+            return False
+        if got != addr:         # a kernel before 4.17 treats the flag as a hint
+            libc.munmap(got, length)
+            return False
+        return True
+
+    def _release_hole(self, addr: int, length: int) -> None:
+        libc.munmap(addr, length)
 
     def do_limit_memlock(self, limit: int, uid: int) -> None:
         """Set RLIMIT_MEMLOCK, drop CAP_IPC_LOCK, and become `uid` keeping the rest."""

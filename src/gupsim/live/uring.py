@@ -258,9 +258,17 @@ class IoUring:
                         buf_index: int = 0) -> int:
         """Submit one SQE, wait for its CQE and return `res` (bytes, or -errno)."""
         self._need_open()
-        p = self.params
         idx = self._sq_tail & self._sq_mask
         sqe = io_uring_sqe.from_address(self.sqes + idx * SQE_SIZE)
+        before = ctypes.string_at(ctypes.addressof(sqe), SQE_SIZE)
+        try:
+            return self._submit(sqe, idx, opcode, fd, addr, length, offset, buf_index)
+        finally:     # the kernel copied the SQE at submission: the slot gets back what
+            ctypes.memmove(ctypes.addressof(sqe), before, SQE_SIZE)   # it held before
+
+    def _submit(self, sqe: io_uring_sqe, idx: int, opcode: int, fd: int, addr: int,
+                length: int, offset: int, buf_index: int) -> int:
+        p = self.params
         ctypes.memset(ctypes.addressof(sqe), 0, SQE_SIZE)
         self._user_data += 1
         sqe.opcode, sqe.fd, sqe.off, sqe.addr = opcode, fd, offset, addr

@@ -12,9 +12,9 @@ module holds only the primitives `do_<operation>`.
 from __future__ import annotations
 
 import errno
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from ..constants import (
     CAP_IPC_LOCK,
@@ -60,6 +60,15 @@ def fallocate(f: Any, length: int) -> None:
             raise OSError(-head, "fallocate failed on the model")
 
 
+T = TypeVar("T")
+
+# Where the fields of a 4-entry NO_MMAP ring lie in its rings page, as io_uring_setup
+# reports them (sq_off, cq_off; the host's live/uring.py reads them from there)
+SQ_HEAD, SQ_TAIL, CQ_HEAD, CQ_TAIL = 0, 4, 8, 12
+SQ_MASK, CQ_MASK = 3, 7
+CQES, SQ_ARRAY = 64, 192
+
+
 def model_pages(k: Kernel, p: Process, addr: int, length: int) -> list[PageSeen]:
     """What each page-table entry of [addr, addr+length) shows, as pagemap and kpageflags
     would tell it: the frame, the zero page, a large folio, a hugetlb page, a swap entry;
@@ -103,6 +112,7 @@ class ModelProc(BaseProc):
         self.rings: dict[int, Any] = {}   # io_uring rings by protocol ring id
         # where this process reaches each NO_MMAP ring's memory: [SQE page, rings page]
         self.ring_memory: dict[int, list[int]] = {}
+        self.ring_counts: dict[int, list[int]] = {}   # a NO_MMAP ring's indices (_submit)
         self.holes = Holes()          # what it unmapped, kept out of its later maps
         self.xdp: list[Any] = []      # AF_XDP sockets, as the host's server keeps them
         self.pipe: Any = None
@@ -265,33 +275,65 @@ class ModelProc(BaseProc):
         """IORING_UNREGISTER_BUFFERS."""
         self._ring(ring).unregister_buffers()
 
-    def _submit(self, ring: int) -> Any:
-        """Ring `ring`, once the process has stored an SQE in it. A NO_MMAP ring lives in
-        the process's memory: the stores fault like any CPU store (unmapped, read-only),
-        and if a page it reaches there now is not the frame the kernel pinned at setup
-        (zapped by MADV_DONTNEED, replaced by munmap and mmap) the kernel never sees the
-        SQE: io_uring_enter submits nothing, which the host reports as EIO."""
+    def _submit(self, ring: int, request: Callable[[Any], T]) -> T:
+        """One request on ring `ring`, as the host's user makes it (live/uring.py). A
+        NO_MMAP ring lives in the process's memory: the user's stores (the SQE, put back
+        as it was once submitted, its index in the SQ array, the SQ tail, the CQ head and
+        tail) fault like any CPU store (unmapped, read-only), and if a page it reaches
+        there now is not the frame the kernel pinned at setup (zapped by MADV_DONTNEED,
+        replaced by munmap and mmap) the kernel never sees the SQE: io_uring_enter
+        submits nothing, which the host reports as EIO. Else the kernel consumes it (SQ
+        head), posts the CQE (user_data, res) and the CQ tail, and the user advances
+        the CQ head: what a later read of the ring shows."""
         io = self._ring(ring)
         pages = self.ring_memory.get(ring)
         if pages is None:
-            return io
-        p = self.p
+            return request(io)
+        p, k = self.p, self.system.k
+        seen = True
         for addr, region in zip(pages, (io.regions[1], io.regions[0]), strict=True):
             p.write(addr, p.read(addr, 1))
             vma = p.mm.find_vma(addr)
-            seen = int(vma.pfn[vma.idx(addr)]) if vma is not None else -1
-            if region.pfns is None or seen != int(region.pfns[0]):
-                raise OSError(errno.EIO, "io_uring_enter submitted nothing: the ring the "
-                              "kernel reads is not the memory this process wrote its SQE to")
-        return io
+            pfn = int(vma.pfn[vma.idx(addr)]) if vma is not None else -1
+            seen = seen and region.pfns is not None and pfn == int(region.pfns[0])
+        count = self.ring_counts.setdefault(ring, [0, 0, 0])   # user tail, CQ head, consumed
+        tail, head, consumed = count
+        rings = pages[1]
+
+        def u32(value: int) -> bytes:
+            return (value & 0xFFFFFFFF).to_bytes(4, "little")
+        p.write(rings + SQ_ARRAY + (tail & SQ_MASK) * 4, u32(tail & SQ_MASK))
+        p.write(rings + CQ_HEAD, u32(head) + u32(head))     # CQ head, and tail put back
+        count[0] = tail = tail + 1
+        p.write(rings + SQ_TAIL, u32(tail))
+        if not seen:
+            raise OSError(errno.EIO, "io_uring_enter submitted nothing: the ring the "
+                          "kernel reads is not the memory this process wrote its SQE to")
+        try:
+            value: Any = request(io)
+            res = len(value) if isinstance(value, bytes) else int(value)
+        except OSError as exc:
+            value, res = exc, -(exc.errno or errno.EIO)
+        ring_page = k.page(int(io.regions[0].pfns[0]))
+        count[2] = consumed + 1
+        k.dma_write(ring_page, SQ_HEAD, u32(consumed + 1))
+        cqe = (tail & 0xFFFFFFFFFFFFFFFF).to_bytes(8, "little") + (res & 0xFFFFFFFF).to_bytes(
+            4, "little") + bytes(4)
+        k.dma_write(ring_page, CQES + (head & CQ_MASK) * 16, cqe)
+        k.dma_write(ring_page, CQ_TAIL, u32(head + 1))
+        count[1] = head + 1
+        p.write(rings + CQ_HEAD, u32(head + 1))
+        if isinstance(value, OSError):
+            raise value
+        return cast(T, value)
 
     def do_uring_write_fixed(self, index: int, length: int, ring: int) -> bytes:
         """IORING_OP_WRITE_FIXED; the bytes written."""
-        return self._submit(ring).write_fixed(index, length)
+        return self._submit(ring, lambda io: io.write_fixed(index, length))
 
     def do_uring_read_fixed(self, index: int, length: int, fill: int, ring: int) -> int:
         """IORING_OP_READ_FIXED of `length` bytes of `fill` into registered buffer `index`."""
-        return self._submit(ring).read_fixed(index, bytes([fill]) * length)
+        return self._submit(ring, lambda io: io.read_fixed(index, bytes([fill]) * length))
 
     def do_uring_setup_user(self, addr: int, ring: int) -> None:
         """io_uring_setup(IORING_SETUP_NO_MMAP): rings at addr, SQEs on the next page."""
@@ -306,6 +348,7 @@ class ModelProc(BaseProc):
         if ring not in self.rings:
             raise OSError(errno.EBADF, f"this process has no ring {ring}")
         self.ring_memory.pop(ring, None)
+        self.ring_counts.pop(ring, None)
         self.system.k.schedule_work(self.rings.pop(ring).close)   # io_ring_exit_work
 
     def do_uring_register_pbuf_ring(self, addr: int, entries: int, bgid: int,

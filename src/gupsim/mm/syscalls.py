@@ -371,7 +371,9 @@ _ADVICE = {MADV_NORMAL, MADV_RANDOM, MADV_SEQUENTIAL, MADV_WILLNEED, MADV_DONTNE
            MADV_KEEPONFORK, MADV_COLD, MADV_PAGEOUT, MADV_POPULATE_READ, MADV_POPULATE_WRITE,
            MADV_COLLAPSE, MADV_HWPOISON}
 
-_FLAG_ADVICE = {
+_FLAG_ADVICE = {   # MADV_NORMAL clears both read-ahead hints, each hint clears the other
+    MADV_NORMAL: (VM.SEQ_READ | VM.RAND_READ, False),
+    MADV_SEQUENTIAL: (VM.SEQ_READ, True), MADV_RANDOM: (VM.RAND_READ, True),
     MADV_DONTFORK: (VM.DONTCOPY, True), MADV_DOFORK: (VM.DONTCOPY, False),
     MADV_WIPEONFORK: (VM.WIPEONFORK, True), MADV_KEEPONFORK: (VM.WIPEONFORK, False),
     MADV_HUGEPAGE: (VM.HUGEPAGE, True), MADV_NOHUGEPAGE: (VM.NOHUGEPAGE, True),
@@ -422,6 +424,10 @@ def do_madvise(env: MMEnv, mm: MM, start: int, length: int, advice: int) -> None
                 flags &= ~VM.NOHUGEPAGE
             elif advice == MADV_NOHUGEPAGE:
                 flags &= ~VM.HUGEPAGE
+            elif advice == MADV_SEQUENTIAL:
+                flags &= ~VM.RAND_READ
+            elif advice == MADV_RANDOM:
+                flags &= ~VM.SEQ_READ
             return flags
 
         for edge in (start, end):    # madvise_update_vma() splits only a VMA that changes

@@ -39,6 +39,8 @@ class VM(IntFlag):
     LOCKONFAULT = 0x80000
     NORESERVE = 0x200000
     HUGETLB = 0x400000
+    SEQ_READ = 0x8000       # MADV_SEQUENTIAL
+    RAND_READ = 0x10000     # MADV_RANDOM
     WIPEONFORK = 0x2000000
     SOFTDIRTY = 0x8000000   # every page reads soft-dirty (a new VMA) until clear_refs
     DONTDUMP = 0x4000000

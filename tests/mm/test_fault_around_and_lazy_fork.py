@@ -4,7 +4,16 @@ is mapped once or twice, which pagemap's exclusive bit shows (gupsim fuzz found 
 
 from __future__ import annotations
 
-from gupsim import MAP_PRIVATE, MAP_SHARED, PAGE_SIZE, PROT_READ, PROT_WRITE, Kernel, Process
+from gupsim import (
+    MAP_ANONYMOUS,
+    MAP_PRIVATE,
+    MAP_SHARED,
+    PAGE_SIZE,
+    PROT_READ,
+    PROT_WRITE,
+    Kernel,
+    Process,
+)
 
 P = PAGE_SIZE
 
@@ -45,3 +54,13 @@ def test_fork_leaves_a_read_only_private_file_mapping_to_the_childs_faults(
     second = p.fork()
     assert mapped(second, a, 2) == [True, True]      # copied, page cache entry too
     assert child.read(a, 1) == b"\0" and second.read(a, 1) == b"x"
+
+
+def test_fork_leaves_zero_page_only_anonymous_memory_to_the_childs_faults(
+        k: Kernel, p: Process) -> None:
+    a = p.mmap(0, 2 * P, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS)
+    p.read(a, 1)                                     # the zero page: no anon_vma
+    assert mapped(p, a, 2) == [True, False]
+    assert mapped(p.fork(), a, 2) == [False, False]
+    p.write(a + P, b"w")
+    assert mapped(p.fork(), a, 2) == [True, True]

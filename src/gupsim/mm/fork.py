@@ -50,22 +50,23 @@ def folio_needs_cow_for_dma(env: MMEnv, mm: MM, heads: np.ndarray,
 
 def vma_needs_copy(env: MMEnv, vma: VMA) -> bool:
     """What a page fault cannot refill is copied: PFN maps, and a VMA with an anon_vma
-    (anonymous memory; a private file or hugetlb mapping that holds anonymous copies).
-    Shared mappings, and private file or hugetlb mappings that only map the page cache
-    (read-faulted), are refilled by the child's faults: their pages stay mapped once.
+    (anonymous folios; a private file or hugetlb mapping that holds anonymous copies).
+    Shared mappings, and private mappings that only map the page cache or the zero page
+    (read faults prepare no anon_vma), are refilled by the child's faults: their pages
+    stay mapped once.
 
-    Simplifications: the model has no anon_vma, so a private file or hugetlb mapping
-    counts as having one while an entry of it maps an anonymous folio or holds a swap
+    Simplifications: the model has no anon_vma, so a private mapping counts as having
+    one while an entry of it maps an anonymous folio or holds a swap, guard or poison
     entry (the kernel keeps the anon_vma after they are gone); hugetlb follows the rule
     of 6.0+ ("hugetlb: lazy page table copies in fork()") in every era."""
     if vma.flags & VM.WIPEONFORK:
         return False
-    if vma.flags & (VM.PFNMAP | VM.MIXEDMAP) or vma.file is None:
+    if vma.flags & (VM.PFNMAP | VM.MIXEDMAP):
         return True
     if vma.is_shared:
         return False
     pte = vma.pte
-    if (pte & PTE.SWAP).any():
+    if (pte & (PTE.SWAP | PTE.MARKER | PTE.HWPOISON)).any():
         return True
     real = (pte & PTE.PRESENT) != 0
     real &= (pte & PTE.SPECIAL) == 0

@@ -387,7 +387,10 @@ def do_fault_around(mm: MM, vma: VMA, i: int) -> bool:
     whose entry is empty, as filemap_map_pages() does; True if entry `i` got mapped
     (the fault is done). Nothing is allocated or read here.
 
-    Simplifications: no large-folio PMD mapping, no mmap_miss accounting."""
+    Simplifications: no large-folio PMD mapping, no mmap_miss accounting; the model's
+    fallocate puts every page in the cache, where the host's leaves shmem folios not
+    uptodate and ext4 extents unwritten (no page at all) until first touched, so a
+    neighbour counts as uptodate here only once something maps it or dirtied it."""
     f = vma.file
     if f is None or getattr(f, "fs_name", "") not in MAP_PAGES_FS:
         return False
@@ -406,6 +409,8 @@ def do_fault_around(mm: MM, vma: VMA, i: int) -> bool:
         if head < 0 or not mem.test(head, PG.uptodate):
             continue
         pfn = head + (index - int(mem.index[head]))
+        if not (mem.mapcount[pfn] or mem.entire_mapcount[head] or mem.test(head, PG.dirty)):
+            continue        # fallocated, never touched: not uptodate on the host
         map_pte_range(mm, vma, j, np.array([pfn], dtype=np.int64), bits)
     return bool(vma.pte[i] & PTE.PRESENT)
 

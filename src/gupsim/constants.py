@@ -156,3 +156,4 @@ FOLL_COW = 0x4000
 
 RLIM_INFINITY = (1 << 64) - 1
 CAP_IPC_LOCK = 14
+CAP_SYS_RESOURCE = 24    # raising a hard rlimit (do_prlimit)

@@ -8,6 +8,7 @@ process as `current`.
 
 from __future__ import annotations
 
+import errno
 import itertools
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
@@ -297,6 +298,15 @@ class Process(ProcessPinning):
         """madvise(2): advises the mapped parts, then raises OSError(ENOMEM) if there was a hole."""
         check_ints("madvise", addr=addr, length=length, advice=advice)
         self._step("madvise", sc.do_madvise, self._env, self.mm, addr, length, advice)
+
+    def clear_refs(self, value: int = 4) -> None:
+        """write(/proc/PID/clear_refs, value): 4 resets soft-dirty tracking (mm/soft_dirty.py),
+        the only value modelled (EINVAL for others)."""
+        from .mm.soft_dirty import CLEAR_REFS_SOFT_DIRTY, clear_refs_soft_dirty
+        if value != CLEAR_REFS_SOFT_DIRTY:
+            raise OSError(errno.EINVAL, f"clear_refs: only {CLEAR_REFS_SOFT_DIRTY} "
+                          f"(soft-dirty) is modelled, got {value!r}")
+        self._step("clear_refs", clear_refs_soft_dirty, self._env, self.mm)
 
     def mremap(self, old_addr: int, old_size: int, new_size: int, flags: int = 0,
                new_addr: int = 0) -> int:

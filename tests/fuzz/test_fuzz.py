@@ -66,7 +66,9 @@ def test_a_written_program_replays_as_the_fuzzer_ran_it(tmp_path: Path) -> None:
     f.write_text(program.source())
     from_file = run_on(load_scenario(str(f)), ModelSystem)
     in_fuzzer = run_on(program.case(), ModelSystem)
-    assert len(from_file.steps) == len(program.calls) > 5
+    assert len(from_file.steps) > 5 and from_file.ended == in_fuzzer.ended
+    if not from_file.ended:             # a refusal that raises (EPERM) ends it early
+        assert len(from_file.steps) == len(program.calls)
     assert [s.key() for s in from_file.steps] == [s.key() for s in in_fuzzer.steps]
 
 

@@ -204,7 +204,7 @@ def test_5_ro_pin_of_thp_shared_with_a_child_splits_the_pmd(k: Kernel, p: Proces
     assert copy.read(0, 5) == b"three"
     bits, pfn = pte_of(p, t + 3 * PAGE_SIZE)
     assert pfn == copy.pfn and not bits & (PTE.PMD | PTE.WRITE | PTE.DIRTY)
-    assert pte_of(p, t + 4 * PAGE_SIZE) == (PTE.PRESENT | PTE.DIRTY | PTE.YOUNG,
+    assert pte_of(p, t + 4 * PAGE_SIZE) == (PTE.PRESENT | PTE.MKDIRTY | PTE.YOUNG,
                                            folio.pfn + 4), "the rest is PTE-mapped"
     assert pte_of(child, t)[0] & PTE.PMD and mapped_pfn(child, t + 3 * PAGE_SIZE) == folio.pfn + 3
     assert folio.pincount == 0 and folio.refcount == 511 + 1

@@ -35,21 +35,12 @@ from .program import NEEDS_BY_KIND, NEEDS_BY_PREFIX, Call, Fill, Program, Ref
 # the generator only gives them regions it knows to be safe for that access.
 CPU_ACCESS = {"read": "read", "write": "write", "ro_pin_then_write": "write"}
 
-# Operations that need the file a region was mapped from: the host keeps it only by the
-# region map() made (the model also by a view's), so a part moved by mremap_move or a
-# view made by map_view has none (a protocol gap: KeyError inside gupsim), and the
-# generator does not ask.
-NEEDS_ITS_FILE = {"map_view"}
-
-# What may use a region once (some of) it is unmapped. Nothing else: on the host, the
-# scenario process's own allocations (a ring, a buffer) may land in the hole, so an
-# O_DIRECT there may pin them, and a munmap would take them away.
+# What may use a region once (some of) it is unmapped: map_fixed, whose answer no
+# longer depends on layout (scenarios/holes.py keeps the scenario's own maps out of
+# holes). Nothing else: on the host, the server's own allocations (a ring, a buffer)
+# may land in the hole, so an O_DIRECT there may pin them, and a munmap would take
+# them away.
 AFTER_UNMAP = {"map_fixed"}
-
-# Operations a process (and its children) makes once: a second limit_memlock would
-# raise the hard limit without CAP_SYS_RESOURCE (the host server raises ValueError
-# there, the model allows it: neither is the kernel's EPERM).
-ONCE = {"limit_memlock"}
 
 # How often an operation is drawn, relative to the default 1 (new operations get 1).
 WEIGHTS = {"map": 2.0, "read": 2.0, "write": 2.0, "fork": 0.8, "exit": 0.4,
@@ -70,7 +61,7 @@ class Known:
     read: bool = True
     write: bool = True
     nofork: bool = False      # MADV_DONTFORK was given on some of it
-    moved: bool = False       # made by mremap_move or map_view: no file for map_view
+    moved: bool = False       # made by mremap_move or map_view
     gone: bool = False        # unmapped (munmap), or a part moved away (mremap_move)
 
 
@@ -81,7 +72,6 @@ class State:
     procs: dict[str, dict[str, Known]] = field(default_factory=lambda: {"p0": {}})
     maps: int = 0
     hugetlb: int = 0
-    limited: set[str] = field(default_factory=set)   # limit_memlock done (or inherited)
 
 
 def _hints(name: str) -> dict[str, Any]:
@@ -129,8 +119,6 @@ class Generator:
         op = rng.choices(ops, [WEIGHTS.get(op.name, 1.0) for op in ops])[0]
         if not state.procs[proc] and rng.random() < 0.7:
             op = OPS["map"]       # most operations want a region: make one first
-        if op.name in ONCE and proc in state.limited:
-            return None
         for _ in range(10):
             args = self._args(rng, state, op, proc)
             if args is None:
@@ -204,7 +192,6 @@ class Generator:
         known = state.procs[owner]
         access = CPU_ACCESS.get(op.name)
         names = sorted(n for n, k in known.items() if (access is None or getattr(k, access))
-                       and not (k.moved and op.name in NEEDS_ITS_FILE)
                        and not (k.gone and op.name not in AFTER_UNMAP))
         fixed = r.length(self._checkable(state, args)) if callable(r.length) else None
         if fixed is not None:
@@ -278,11 +265,7 @@ class Generator:
             if call.op == "mremap_move":
                 mine.read = mine.write = False
                 mine.gone = True
-        elif call.op in ONCE:
-            state.limited.add(call.proc)
         elif call.op == "fork":
-            if call.proc in state.limited:
-                state.limited.add(call.makes)
             state.procs[call.makes] = {
                 n: Known(k.kind, k.length, k.read and not k.nofork, k.write and not k.nofork,
                          moved=k.moved, gone=k.gone)
@@ -350,4 +333,5 @@ NAMED: dict[str, Callable[[random.Random, Generator, State, dict[str, Any]], Any
     "bgid": lambda rng, g, s, a: rng.choice((0, 0, 1)),
     "index": lambda rng, g, s, a: rng.choice((0, 0, 1, 5)),
     "limit": lambda rng, g, s, a: rng.choice((0, PAGE_SIZE, 64 << 10, 1 << 20)),
+    "soft_dirty": lambda rng, g, s, a: g.allowed("soft_dirty") and rng.random() < 0.5,
 }

@@ -171,6 +171,8 @@ class Program:
                        if call.op.startswith(prefix))
             if call.op == "map":
                 out.update({NEEDS_BY_KIND.get(call.arg("kind"), "")} - {""})
+            if call.op == "pages" and dict(call.args).get("soft_dirty"):
+                out.add("soft_dirty")
         return tuple(sorted(out))
 
     def without(self, drop: Iterable[int]) -> Program:

@@ -145,6 +145,35 @@ def _swap() -> str:
     return f"no swap device: a case adds a temporary swap file in {SWAP_DIR} ({fs})"
 
 
+def _soft_dirty() -> str:
+    reason = soft_dirty_reason()
+    if reason:
+        raise HostUnsupported(reason)
+    return "pagemap reports soft-dirty (VM_SOFTDIRTY shows as 'sd')"
+
+
+def soft_dirty_reason() -> str:
+    """Why pagemap cannot report soft-dirty here, or "": a kernel built without
+    CONFIG_MEM_SOFT_DIRTY never sets bit 55, and shows no `sd` in the VmFlags of a
+    mapping just made (every new VMA has VM_SOFTDIRTY where it is built in)."""
+    size = libc.PAGE_SIZE
+    addr = libc.mmap(0, size, libc.PROT_READ, libc.MAP_PRIVATE | libc.MAP_ANONYMOUS)
+    try:
+        with open("/proc/self/smaps") as f:
+            inside = False
+            for line in f:
+                if "-" in line.split(" ", 1)[0] and not line.startswith("VmFlags"):
+                    inside = int(line.split("-", 1)[0], 16) == addr
+                elif inside and line.startswith("VmFlags:"):
+                    if "sd" in line.split()[1:]:
+                        return ""
+                    break
+    finally:
+        libc.munmap(addr, size)
+    return ("this kernel was built without CONFIG_MEM_SOFT_DIRTY: pagemap never reports "
+            "soft-dirty (bit 55), and clear_refs 4 neither clears nor write-protects")
+
+
 def _arch() -> str:
     libc.check_arch()
     return "x86_64"
@@ -154,7 +183,7 @@ PROBES: dict[str, Callable[[], str]] = {
     "x86_64": _arch, "root": _root, "stat_refresh": _stat_refresh, "io_uring": _io_uring,
     "hugetlb_2m": _hugetlb_2m, "thp": _thp, "af_xdp": _af_xdp, "o_direct": _o_direct,
     "disk_fs": _disk_fs, "mthp_64k": _mthp_64k, "userfaultfd": _userfaultfd,
-    "kvm": _kvm, "swap": _swap,
+    "kvm": _kvm, "swap": _swap, "soft_dirty": _soft_dirty,
 }
 
 

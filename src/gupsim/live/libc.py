@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
 import os
 import platform
 import resource
@@ -67,6 +68,7 @@ PR_CAPBSET_DROP = 24
 PR_CAP_AMBIENT = 47
 PR_CAP_AMBIENT_LOWER = 3
 CAP_SYS_ADMIN = 21
+CAP_SETUID = 7
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 
 # --- system call numbers (x86-64) -----------------------------------------------------
@@ -284,8 +286,15 @@ def drop_capability(cap: int) -> None:
 
 
 def set_memlock_limit(soft: int, hard: int | None = None) -> None:
-    """Set RLIMIT_MEMLOCK (bytes); lowering is always allowed, raising needs privilege."""
-    resource.setrlimit(resource.RLIMIT_MEMLOCK, (soft, soft if hard is None else hard))
+    """Set RLIMIT_MEMLOCK (bytes); lowering is always allowed, raising the hard limit
+    needs CAP_SYS_RESOURCE: OSError(EPERM) without it (Python says ValueError)."""
+    try:
+        resource.setrlimit(resource.RLIMIT_MEMLOCK, (soft, soft if hard is None else hard))
+    except ValueError as exc:
+        if "not allowed" not in str(exc):     # EINVAL: soft above hard, the caller's bug
+            raise
+        raise OSError(errno.EPERM, f"setrlimit(RLIMIT_MEMLOCK, {soft}): {exc} (raising "
+                      "the hard limit needs CAP_SYS_RESOURCE)") from exc
 
 
 def memlock_limit() -> tuple[int, int]:

@@ -129,6 +129,8 @@ def read_pinned_while(addr: int, length: int, during: Callable[[], None],
         reader = threading.Thread(target=copy, name="gupsim-pinned-read", daemon=True)
         reader.start()
         stalled = _wait_for_fault(uffd, reader, timeout)
+        if not stalled and failed:      # refused before it pinned (EFAULT on secretmem):
+            raise failed[0]             # nothing is held, so no write "while pinned"
         try:
             during()
         finally:

@@ -12,6 +12,12 @@ page-aligned memory, which the kernel pins long-term (io_pin_pages) until the ri
 closed. `register_pbuf_ring()` registers a provided-buffer ring in the caller's memory
 (IOU_PBUF_RING_MMAP unset), pinned the same way until it is unregistered or the ring
 closes. Neither shows in VmPin or VmLck: io_uring charges them to the user's locked_vm.
+
+As liburing does, the ring's masks are read once at setup and the indices the user owns
+(the SQ tail, the CQ head) are kept here and stored into the ring at each submission:
+what else the process writes into its NO_MMAP ring memory cannot steer our accesses
+out of the ring, nor (see `submit_and_wait`) the kernel's wait. A process that moves
+that memory (mremap) says so with `moved()`.
 """
 
 from __future__ import annotations
@@ -120,6 +126,9 @@ class IoUring:
         self._maps: list[tuple[int, int]] = []
         self._finalizer: weakref.finalize | None = None
         self._user_data = 0
+        self._sq_tail = self._cq_head = 0      # the indices the user owns (see the module)
+        self._sq_mask = self._cq_mask = 0
+        self.sq_ring = self.cq_ring = self.sqes = 0      # addresses, once set up
 
     def __enter__(self) -> IoUring:
         self.open()
@@ -148,6 +157,20 @@ class IoUring:
         except BaseException:
             self.close()
             raise
+        self._sq_mask = self._u32(self.sq_ring, self.params.sq_off.ring_mask).value
+        self._cq_mask = self._u32(self.cq_ring, self.params.cq_off.ring_mask).value
+
+    def moved(self, old: int, length: int, new: int) -> None:
+        """The process moved [old, old+length) to `new` (mremap): its NO_MMAP ring memory
+        in that range is now reached there (the kernel keeps the pinned pages)."""
+        if self.user_memory is None:
+            return
+
+        def move(addr: int) -> int:
+            return addr - old + new if old <= addr < old + length else addr
+        self.sqes, self.sq_ring = move(self.sqes), move(self.sq_ring)
+        self.cq_ring = self.sq_ring
+        self.user_memory = (self.sqes, self.sq_ring)
 
     def _map_rings(self) -> None:
         p = self.params
@@ -235,28 +258,43 @@ class IoUring:
                         buf_index: int = 0) -> int:
         """Submit one SQE, wait for its CQE and return `res` (bytes, or -errno)."""
         self._need_open()
-        p = self.params
-        tail = self._u32(self.sq_ring, p.sq_off.tail)
-        mask = self._u32(self.sq_ring, p.sq_off.ring_mask).value
-        idx = tail.value & mask
+        idx = self._sq_tail & self._sq_mask
         sqe = io_uring_sqe.from_address(self.sqes + idx * SQE_SIZE)
+        before = ctypes.string_at(ctypes.addressof(sqe), SQE_SIZE)
+        try:
+            return self._submit(sqe, idx, opcode, fd, addr, length, offset, buf_index)
+        finally:     # the kernel copied the SQE at submission: the slot gets back what
+            ctypes.memmove(ctypes.addressof(sqe), before, SQE_SIZE)   # it held before
+
+    def _submit(self, sqe: io_uring_sqe, idx: int, opcode: int, fd: int, addr: int,
+                length: int, offset: int, buf_index: int) -> int:
+        p = self.params
         ctypes.memset(ctypes.addressof(sqe), 0, SQE_SIZE)
         self._user_data += 1
         sqe.opcode, sqe.fd, sqe.off, sqe.addr = opcode, fd, offset, addr
         sqe.len, sqe.buf_index, sqe.user_data = length, buf_index, self._user_data
         self._u32(self.sq_ring, p.sq_off.array + idx * 4).value = idx
-        tail.value = tail.value + 1  # x86 is TSO; the syscall below orders the rest
-        libc.syscall(libc.SYS_io_uring_enter, self.fd, 1, 1, IORING_ENTER_GETEVENTS, None, 0,
-                     name="io_uring_enter")
-        head = self._u32(self.cq_ring, p.cq_off.head)
+        self._sq_tail = (self._sq_tail + 1) & 0xFFFFFFFF
+        # every earlier completion was consumed, so the CQ tail the kernel last stored
+        # equals our CQ head: put it back, so that a store of ours over the ring cannot
+        # make io_uring_enter's wait see a completion that is not there
+        self._u32(self.cq_ring, p.cq_off.head).value = self._cq_head
+        self._u32(self.cq_ring, p.cq_off.tail).value = self._cq_head
+        # x86 is TSO; the syscall below orders the rest
+        self._u32(self.sq_ring, p.sq_off.tail).value = self._sq_tail
+        submitted = libc.syscall(libc.SYS_io_uring_enter, self.fd, 1, 1,
+                                 IORING_ENTER_GETEVENTS, None, 0, name="io_uring_enter")
+        if submitted == 0:    # it read the SQ tail from its own (pinned) pages
+            raise OSError(errno.EIO, "io_uring_enter submitted nothing: the ring the kernel "
+                          "reads is not the memory this process wrote its SQE to")
         cq_tail = self._u32(self.cq_ring, p.cq_off.tail).value
-        if head.value == cq_tail:
+        if self._cq_head == cq_tail:
             raise OSError(errno.EIO, "io_uring_enter returned without a completion")
-        cmask = self._u32(self.cq_ring, p.cq_off.ring_mask).value
         cqe = io_uring_cqe.from_address(self.cq_ring + p.cq_off.cqes
-                                        + (head.value & cmask) * CQE_SIZE)
+                                        + (self._cq_head & self._cq_mask) * CQE_SIZE)
         res, user_data = cqe.res, cqe.user_data
-        head.value = head.value + 1
+        self._cq_head = (self._cq_head + 1) & 0xFFFFFFFF
+        self._u32(self.cq_ring, p.cq_off.head).value = self._cq_head
         if user_data != self._user_data:
             raise OSError(errno.EIO, f"unexpected completion {user_data}, "
                           f"wanted {self._user_data}")

@@ -56,7 +56,7 @@ def resolve(env: MMEnv, mm: MM, addr: int, write: bool) -> tuple[VMA, int]:
     for _ in range(4):
         pte = int(vma.pte[i])
         if pte & PTE.PRESENT and (not write or pte & PTE.WRITE):
-            vma.pte[i] |= PTE.YOUNG | (PTE.DIRTY if write else 0)
+            vma.pte[i] |= PTE.YOUNG | (PTE.MKDIRTY if write else 0)
             return vma, i
         rc = handle_mm_fault(env, mm, vma, addr, FaultFlag.WRITE if write else FaultFlag(0))
         if rc & VMFault.SIGSEGV:

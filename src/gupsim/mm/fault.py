@@ -7,10 +7,11 @@ kernel's handler does; the caller turns those into a signal (CPU) or an errno (G
 from __future__ import annotations
 
 from enum import IntFlag
+from typing import Any
 
 import numpy as np
 
-from ..constants import EAGAIN, EFAULT, ENOMEM, PAGE_SHIFT, PMD_ORDER
+from ..constants import EAGAIN, EFAULT, ENOMEM, PAGE_SHIFT, PAGE_SIZE, PMD_ORDER
 from ..memory import PG, Kind, OutOfMemory
 from ..memory.refs import folio_put
 from .env import MMEnv
@@ -75,7 +76,7 @@ def handle_mm_fault(env: MMEnv, mm: MM, vma: VMA, addr: int, flags: FaultFlag) -
         return do_fault(env, mm, vma, i, write)
     if write or unshare:
         if write and pte & PTE.WRITE:
-            vma.pte[i] |= PTE.DIRTY | PTE.YOUNG
+            vma.pte[i] |= PTE.MKDIRTY | PTE.YOUNG
             return VMFault.OK
         return do_wp_page(env, mm, vma, i, unshare)
     vma.pte[i] |= PTE.YOUNG
@@ -211,7 +212,7 @@ def do_wp_page(env: MMEnv, mm: MM, vma: VMA, i: int, unshare: bool) -> VMFault:
             n = mem.nr_pages_of(head)
             mem.set_flag(head, PG.anon_exclusive)
             if not unshare:
-                vma.pte[first:first + n] |= _mkwrite(vma) | PTE.DIRTY
+                vma.pte[first:first + n] |= _mkwrite(vma) | PTE.MKDIRTY
             return VMFault.OK
         if vma.is_hugetlb:
             return hugetlb_wp(env, mm, vma, i, unshare)
@@ -227,7 +228,7 @@ def do_wp_page(env: MMEnv, mm: MM, vma: VMA, i: int, unshare: bool) -> VMFault:
         if _wp_can_reuse_anon(env, mm, pfn, head):
             mem.set_flag(pfn, PG.anon_exclusive)
             if not unshare:
-                vma.pte[i] |= _mkwrite(vma) | PTE.DIRTY | PTE.YOUNG
+                vma.pte[i] |= _mkwrite(vma) | PTE.MKDIRTY | PTE.YOUNG
             mem.vmstat["pgreuse"] += 1
             return VMFault.OK
     return wp_page_copy(env, mm, vma, i, unshare)
@@ -451,21 +452,71 @@ def wp_page_shared(env: MMEnv, mm: MM, vma: VMA, i: int) -> VMFault:
     mem.set_flag(head, PG.dirty)
     if vma.pte[i] & (PTE.PMD | PTE.PUD):
         first = i - int(mem.head_off[int(vma.pfn[i])])
-        vma.pte[first:first + mem.nr_pages_of(head)] |= PTE.WRITE | PTE.DIRTY | PTE.YOUNG
+        vma.pte[first:first + mem.nr_pages_of(head)] |= PTE.WRITE | PTE.MKDIRTY | PTE.YOUNG
     else:
-        vma.pte[i] |= PTE.WRITE | PTE.DIRTY | PTE.YOUNG
+        vma.pte[i] |= PTE.WRITE | PTE.MKDIRTY | PTE.YOUNG
     return VMFault.OK
 
 
 # -- file-backed faults -------------------------------------------------------------------
 
 
+FAULT_AROUND_PAGES = 16          # fault_around_bytes (64 KiB) / PAGE_SIZE
+PTRS_PER_PTE = 512
+MAP_PAGES_FS = ("ext4", "tmpfs", "generic")   # vm_ops->map_pages = filemap_map_pages
+
+
+def _read_pte_bits(vma: VMA, f: Any) -> int:
+    """The entry a read fault maps a page-cache page with: writable at once in a shared
+    writable mapping of a file that needs no write notification."""
+    if vma.is_shared and vma.flags & VM.WRITE and not f.needs_writenotify:
+        return PTE.YOUNG | PTE.WRITE
+    return PTE.YOUNG
+
+
+def do_fault_around(mm: MM, vma: VMA, i: int) -> bool:
+    """do_fault_around() of a read fault: map every page already in the page cache in
+    the 16-entry aligned window around entry `i` (inside the VMA and one page table)
+    whose entry is empty, as filemap_map_pages() does; True if entry `i` got mapped
+    (the fault is done). Nothing is allocated or read here.
+
+    Simplifications: no large-folio PMD mapping, no mmap_miss accounting; the model's
+    fallocate puts every page in the cache, where the host's leaves shmem folios not
+    uptodate and ext4 extents unwritten (no page at all) until first touched, so a
+    neighbour counts as uptodate here only once something maps it or dirtied it."""
+    f = vma.file
+    if f is None or getattr(f, "fs_name", "") not in MAP_PAGES_FS:
+        return False
+    mem = mm.mem
+    pte_off = (vma.start >> PAGE_SHIFT) + i
+    pte_off %= PTRS_PER_PTE
+    first = max(pte_off - pte_off % FAULT_AROUND_PAGES, pte_off - min(pte_off, i))
+    last = min(first + FAULT_AROUND_PAGES, PTRS_PER_PTE, pte_off + vma.nr_pages - i)
+    bits = _read_pte_bits(vma, f)
+    size_pages = (f.size + PAGE_SIZE - 1) >> PAGE_SHIFT
+    for j in range(first - pte_off + i, last - pte_off + i):
+        index = vma.pgoff + j
+        if vma.pte[j] or index >= size_pages or not f.has_folio(index):
+            continue
+        head = f.get_folio(index)
+        if head < 0 or not mem.test(head, PG.uptodate):
+            continue
+        pfn = head + (index - int(mem.index[head]))
+        if not (mem.mapcount[pfn] or mem.entire_mapcount[head] or mem.test(head, PG.dirty)):
+            continue        # fallocated, never touched: not uptodate on the host
+        map_pte_range(mm, vma, j, np.array([pfn], dtype=np.int64), bits)
+    return bool(vma.pte[i] & PTE.PRESENT)
+
+
 def do_fault(env: MMEnv, mm: MM, vma: VMA, i: int, write: bool) -> VMFault:
-    """A fault on an empty entry of a file (or shmem) mapping: read, COW or shared fault."""
+    """A fault on an empty entry of a file (or shmem) mapping: read, COW or shared fault;
+    a read fault maps the cached pages around it first (do_fault_around)."""
     mem = env.mem
     f = vma.file
     if f is None:
         return VMFault.SIGBUS
+    if not write and do_fault_around(mm, vma, i):
+        return VMFault.OK
     index = vma.pgoff + i
     head = f.get_folio(index)
     if head < 0:
@@ -550,7 +601,7 @@ def hugetlb_wp(env: MMEnv, mm: MM, vma: VMA, i: int, unshare: bool) -> VMFault:
     if mem.kind[old] == Kind.ANON and mapcount == 1:
         mem.set_flag(old, PG.anon_exclusive)
         if not unshare:
-            vma.pte[first:first + n] |= _mkwrite(vma) | PTE.DIRTY
+            vma.pte[first:first + n] |= _mkwrite(vma) | PTE.MKDIRTY
         return VMFault.OK
     try:
         head = env.alloc.alloc_hugetlb_folio(order, Kind.ANON, vma.anon_id, vma.pgoff + first)
@@ -586,9 +637,10 @@ def do_swap_page(env: MMEnv, mm: MM, vma: VMA, i: int) -> VMFault:
     if data is not None:
         mem.write(head, 0, data)
     swap.free_entries(np.array([slot]))
+    soft = int(vma.pte[i]) & PTE.SOFT_DIRTY     # pte_swp_soft_dirty
     vma.pte[i] = 0
     vma.pfn[i] = 0
-    map_pte_range(mm, vma, i, np.array([head], dtype=np.int64), PTE.YOUNG)
+    map_pte_range(mm, vma, i, np.array([head], dtype=np.int64), PTE.YOUNG | soft)
     mem.set_flag(head, PG.swapbacked | PG.lru)
     if exclusive:
         mem.set_flag(head, PG.anon_exclusive)

@@ -48,12 +48,32 @@ def folio_needs_cow_for_dma(env: MMEnv, mm: MM, heads: np.ndarray,
     return maybe_dma_pinned_pfns(env.mem, heads)
 
 
-def vma_needs_copy(vma: VMA) -> bool:
-    """Shared file and shmem mappings are refilled by faults in the child, not copied."""
+def vma_needs_copy(env: MMEnv, vma: VMA) -> bool:
+    """What a page fault cannot refill is copied: PFN maps, and a VMA with an anon_vma
+    (anonymous folios; a private file or hugetlb mapping that holds anonymous copies).
+    Shared mappings, and private mappings that only map the page cache or the zero page
+    (read faults prepare no anon_vma), are refilled by the child's faults: their pages
+    stay mapped once.
+
+    Simplifications: the model has no anon_vma, so a private mapping counts as having
+    one while an entry of it maps an anonymous folio or holds a swap, guard or poison
+    entry (the kernel keeps the anon_vma after they are gone); hugetlb follows the rule
+    of 6.0+ ("hugetlb: lazy page table copies in fork()") in every era."""
     if vma.flags & VM.WIPEONFORK:
         return False
-    return vma.is_cow or vma.is_hugetlb or bool(vma.flags & (VM.PFNMAP | VM.MIXEDMAP)) \
-        or vma.file is None
+    if vma.flags & (VM.PFNMAP | VM.MIXEDMAP):
+        return True
+    if vma.is_shared:
+        return False
+    pte = vma.pte
+    if (pte & (PTE.SWAP | PTE.MARKER | PTE.HWPOISON)).any():
+        return True
+    real = (pte & PTE.PRESENT) != 0
+    real &= (pte & PTE.SPECIAL) == 0
+    if not real.any():
+        return False
+    kinds = env.mem.kind[env.mem.head_of(vma.pfn[real])]
+    return bool(((kinds == Kind.ANON) | (kinds == Kind.KSM)).any())
 
 
 def dup_mm(env: MMEnv, parent: MM) -> MM:
@@ -75,7 +95,7 @@ def dup_mm(env: MMEnv, parent: MM) -> MM:
             if vma.file is not None:
                 vma.file.get_file()
             child.insert_vma(cvma)
-            if vma_needs_copy(vma):
+            if vma_needs_copy(env, vma):
                 copy_page_range(env, parent, child, vma, cvma)
     except OutOfMemory as e:
         for vma in child.vmas:

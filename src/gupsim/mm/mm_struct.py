@@ -29,7 +29,7 @@ from .mmu_notifier import (
     invalidate_end,
     invalidate_start,
 )
-from .vma import PTE, VMA, vma_close
+from .vma import PTE, VM, VMA, vma_close
 
 
 class MMF(IntFlag):
@@ -166,12 +166,13 @@ class MM:
         for v in self.vmas:
             prev = out[-1] if out else None
             if (prev is not None and prev.end == v.start and start <= v.start <= end
-                    and prev.flags == v.flags and prev.file is v.file
+                    and not (prev.flags ^ v.flags) & ~VM.SOFTDIRTY and prev.file is v.file
                     and prev.anon_id == v.anon_id and prev.huge_order == v.huge_order
                     and v.pgoff == prev.pgoff + prev.nr_pages):
                 prev.pfn = np.concatenate([prev.pfn, v.pfn])
                 prev.pte = np.concatenate([prev.pte, v.pte])
                 prev.end = v.end
+                prev.flags |= v.flags & VM.SOFTDIRTY
                 vma_close(v)
                 continue
             out.append(v)
@@ -214,6 +215,8 @@ def map_pte_range(mm: MM, vma: VMA, i0: int, pfns: np.ndarray, bits: int) -> Non
     """
     n = len(pfns)
     mem = mm.mem
+    if bits & PTE.DIRTY:
+        bits |= PTE.SOFT_DIRTY        # pte_mkdirty
     vma.pfn[i0:i0 + n] = pfns
     vma.pte[i0:i0 + n] = bits | PTE.PRESENT
     if bits & PTE.SPECIAL:
@@ -229,6 +232,8 @@ def map_huge(mm: MM, vma: VMA, i0: int, head: int, order: int, bits: int) -> Non
     n = 1 << order
     mem = mm.mem
     level = PTE.PMD if order == PMD_ORDER else PTE.PUD
+    if bits & PTE.DIRTY:
+        bits |= PTE.SOFT_DIRTY        # pmd_mkdirty
     vma.pfn[i0:i0 + n] = np.arange(head, head + n, dtype=np.int64)
     vma.pte[i0:i0 + n] = bits | PTE.PRESENT | level
     if bits & PTE.SPECIAL:

@@ -119,7 +119,7 @@ class MMRmap:
             env.swap.counts[slot] = total
         for mm, vma, idx in maps:
             rng = invalidate_start(mm, MMU_NOTIFY_CLEAR, *_entries_range(vma, idx))
-            vma.pte[idx] = PTE.SWAP | excl
+            vma.pte[idx] = PTE.SWAP | excl | (vma.pte[idx] & PTE.SOFT_DIRTY)
             vma.pfn[idx] = slot
             mem.mapcount[head] -= len(idx)
             mem.refcount[head] -= len(idx)

@@ -213,8 +213,8 @@ def do_mmap(env: MMEnv, mm: MM, cred: Cred, addr: int, length: int, prot: int, f
         # secretmem_mmap: shared mappings only, always locked (and charged as mlock)
         if not shared:
             raise fail(errno.EINVAL, "a memfd_secret() file can be mapped MAP_SHARED only")
-        if not vmflags & VM.LOCKED:
-            _charge_mlock(mm, cred, length >> PAGE_SHIFT, errno.EAGAIN)
+        if not vmflags & VM.LOCKED:     # mlock_future_ok only: no can_do_mlock (EPERM)
+            _charge_mlock(mm, cred, length >> PAGE_SHIFT, errno.EAGAIN, can_do_mlock=False)
         vmflags |= VM.LOCKED | VM.DONTDUMP
     if huge_order:
         vmflags |= VM.HUGETLB
@@ -239,7 +239,7 @@ def do_mmap(env: MMEnv, mm: MM, cred: Cred, addr: int, length: int, prot: int, f
         _unmap_range(env, mm, addr, addr + length)
     if backing is not None and backing is file:
         backing.get_file()
-    vma = VMA(addr, addr + length, vmflags, backing, offset >> PAGE_SHIFT)
+    vma = VMA(addr, addr + length, vmflags | VM.SOFTDIRTY, backing, offset >> PAGE_SHIFT)
     vma.huge_order = huge_order
     if anon and not shared and not huge_order:
         vma.pgoff = addr >> PAGE_SHIFT
@@ -371,7 +371,9 @@ _ADVICE = {MADV_NORMAL, MADV_RANDOM, MADV_SEQUENTIAL, MADV_WILLNEED, MADV_DONTNE
            MADV_KEEPONFORK, MADV_COLD, MADV_PAGEOUT, MADV_POPULATE_READ, MADV_POPULATE_WRITE,
            MADV_COLLAPSE, MADV_HWPOISON}
 
-_FLAG_ADVICE = {
+_FLAG_ADVICE = {   # MADV_NORMAL clears both read-ahead hints, each hint clears the other
+    MADV_NORMAL: (VM.SEQ_READ | VM.RAND_READ, False),
+    MADV_SEQUENTIAL: (VM.SEQ_READ, True), MADV_RANDOM: (VM.RAND_READ, True),
     MADV_DONTFORK: (VM.DONTCOPY, True), MADV_DOFORK: (VM.DONTCOPY, False),
     MADV_WIPEONFORK: (VM.WIPEONFORK, True), MADV_KEEPONFORK: (VM.WIPEONFORK, False),
     MADV_HUGEPAGE: (VM.HUGEPAGE, True), MADV_NOHUGEPAGE: (VM.NOHUGEPAGE, True),
@@ -398,6 +400,8 @@ def do_madvise(env: MMEnv, mm: MM, start: int, length: int, advice: int) -> None
         if advice in (MADV_DONTNEED, MADV_FREE, MADV_COLD, MADV_PAGEOUT) and (
                 v.flags & (VM.LOCKED | VM.PFNMAP)):
             raise fail(errno.EINVAL, "cannot discard or page out locked or PFN-mapped memory")
+        if advice in (MADV_COLD, MADV_PAGEOUT) and v.flags & VM.HUGETLB:   # can_madv_lru_vma
+            raise fail(errno.EINVAL, "MADV_COLD and MADV_PAGEOUT do not apply to hugetlb memory")
         if advice == MADV_DONTFORK and v.flags & VM.IO:
             raise fail(errno.EINVAL, "MADV_DONTFORK does not apply to VM_IO mappings")
         if advice == MADV_FREE and not v.is_anonymous:
@@ -420,6 +424,10 @@ def do_madvise(env: MMEnv, mm: MM, start: int, length: int, advice: int) -> None
                 flags &= ~VM.NOHUGEPAGE
             elif advice == MADV_NOHUGEPAGE:
                 flags &= ~VM.HUGEPAGE
+            elif advice == MADV_SEQUENTIAL:
+                flags &= ~VM.RAND_READ
+            elif advice == MADV_RANDOM:
+                flags &= ~VM.SEQ_READ
             return flags
 
         for edge in (start, end):    # madvise_update_vma() splits only a VMA that changes
@@ -583,6 +591,8 @@ def do_mremap(env: MMEnv, mm: MM, old_addr: int, old_size: int, new_size: int,
         tail = moved.split(new_addr + new_size)
         zap_range(mm, tail, 0, tail.nr_pages, env.swap)
         vma_close(tail)
+    if not moved.is_hugetlb:     # move_soft_dirty_pte: what moved reads soft-dirty
+        moved.pte[(moved.pte & (PTE.PRESENT | PTE.SWAP)) != 0] |= PTE.SOFT_DIRTY
     _fix_huge_alignment(mm, moved, shift)
     if new_size > moved.end - moved.start:
         _grow_vma(moved, new_addr + new_size)
@@ -644,11 +654,13 @@ def _split_moved(mm: MM, vma: VMA, i: int, shift: int) -> None:
 # -- mlock ----------------------------------------------------------------------------------
 
 
-def _charge_mlock(mm: MM, cred: Cred, pages: int, err: int) -> None:
+def _charge_mlock(mm: MM, cred: Cred, pages: int, err: int, can_do_mlock: bool = True) -> None:
+    """can_do_mlock() (EPERM at a limit of 0; mlock and MAP_LOCKED check it, secretmem_mmap
+    does not), then mlock_future_ok() (`err` over the limit)."""
     if cred.capable(CAP_IPC_LOCK):
         return
     limit = rlimit_pages(cred.rlimit_memlock)
-    if limit == 0:
+    if limit == 0 and can_do_mlock:
         raise fail(errno.EPERM, "RLIMIT_MEMLOCK is 0 and the task lacks CAP_IPC_LOCK")
     if mm.locked_vm + pages > limit:
         raise fail(err, f"locking {pages} more pages exceeds RLIMIT_MEMLOCK "

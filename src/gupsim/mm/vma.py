@@ -39,7 +39,10 @@ class VM(IntFlag):
     LOCKONFAULT = 0x80000
     NORESERVE = 0x200000
     HUGETLB = 0x400000
+    SEQ_READ = 0x8000       # MADV_SEQUENTIAL
+    RAND_READ = 0x10000     # MADV_RANDOM
     WIPEONFORK = 0x2000000
+    SOFTDIRTY = 0x8000000   # every page reads soft-dirty (a new VMA) until clear_refs
     DONTDUMP = 0x4000000
     MIXEDMAP = 0x10000000
     HUGEPAGE = 0x20000000
@@ -59,10 +62,11 @@ class PTE:
     PMD = 1 << 5          # part of a PMD (2 MiB) mapping
     PUD = 1 << 6          # part of a PUD (1 GiB) mapping
     SWAP = 1 << 7         # not present; `pfn` holds the swap slot
-    SOFT_DIRTY = 1 << 8
+    SOFT_DIRTY = 1 << 8   # x86's pte_mkdirty sets it with DIRTY; only clear_refs clears it
     HWPOISON = 1 << 9     # not present; hwpoison entry
     MARKER = 1 << 10      # not present; guard marker
     SWP_EXCLUSIVE = 1 << 11  # swap entry of a page that was anon-exclusive when swapped out
+    MKDIRTY = DIRTY | SOFT_DIRTY   # what pte_mkdirty() sets (x86, CONFIG_MEM_SOFT_DIRTY)
 
 
 _vma_ids = iter(range(1, 1 << 62))

@@ -229,6 +229,7 @@ def uring_ro_mapping(make: Maker) -> Callable[[System], None]:
         r, n = make(p)
         p.uring_register([(r, 0, n)])
         p.mprotect(r, 0, n, writable=False)
+        p.clear_refs()            # as cow.c: soft-dirty reset, so mprotect keeps it R/O
         p.mprotect(r, 0, n, writable=True)
         p.write(r, 0, b"\xff" * n)
         p.uring_write_fixed(0, n)
@@ -352,6 +353,7 @@ def ro_pin(make: Maker, sharing: str) -> Callable[[System], None]:
                 child = None
         else:                                     # exclusive, mapped R/O then R/W again
             parent.mprotect(r, 0, n, writable=False)
+            parent.clear_refs()                   # as cow.c, between the two
             parent.mprotect(r, 0, n, writable=True)
         parent.ro_pin_then_write(r, 0, n, 0xff)
         parent.read(r, 0, n)

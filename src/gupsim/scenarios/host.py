@@ -153,7 +153,8 @@ class HostProc(BaseProc):
         """Nothing to do: on the host the kernel's OOM killer ends the child itself."""
 
     def _identity(self, addr: int, length: int) -> str:
-        reply, fds = self._call("pages", {"addr": addr, "length": length, "other": None})
+        reply, fds = self._call("pages", {"addr": addr, "length": length, "other": None,
+                                          "soft_dirty": False})
         for fd in fds:
             os.close(fd)
         if reply[0] == "exc" and isinstance(reply[1], HostUnsupported):
@@ -330,10 +331,12 @@ class HostSystem(BaseSystem):
             # a private view of a hugetlb file reserves huge pages of its own at mmap
             if proc.regions[args["rid"]].kind in huge:
                 self._ensure_hugepages(args["length"])
-        elif op.name == "fork":     # a pinned private huge page is copied for the child
+        elif op.name == "fork":     # a pinned private huge page is copied for the child,
+            # and the child's own faults get no reservation: one free page per inherited
+            # huge page (`inherited // 2` asked none for a single 2 MiB page)
             inherited = sum(r.length for r in proc.regions.values() if r.kind in huge)
             if inherited:
-                self._ensure_hugepages(inherited // 2)
+                self._ensure_hugepages(inherited, per_page=1)
         if op.name != "map":
             yield
             return
@@ -366,12 +369,13 @@ class HostSystem(BaseSystem):
         super()._refused(op, args, name, out)
 
     # -- host settings ------------------------------------------------------------------------
-    def _ensure_hugepages(self, length: int) -> None:
-        """Make sure 2 MiB hugetlb pages for `length` bytes, and as many again for copies
-        (COW after fork, pinned pages copied at fork), are free; raise nr_hugepages."""
+    def _ensure_hugepages(self, length: int, per_page: int = 2) -> None:
+        """Make sure `per_page` free 2 MiB hugetlb pages per huge page of `length` bytes
+        (by default one for it and one for a copy: COW after fork, pinned pages copied
+        at fork) are there, unreserved; raise nr_hugepages."""
         if not os.path.isdir(HUGE_SYSFS):
             raise HostUnsupported("this kernel has no 2 MiB hugetlb pages")
-        need = 2 * (length // HUGE_2M)
+        need = per_page * (-(-length // HUGE_2M))
 
         def read(name: str) -> int:
             return int(read_setting(f"{HUGE_SYSFS}/{name}"))

@@ -16,6 +16,10 @@ One token per base page:
         (kpageflags HUGE), `x` mapped by this page table only (pagemap bit 56,
         PM_MMAP_EXCLUSIVE).
 
+Asked for (`pages(..., soft_dirty=True)`), any token gets a `d` when the page reads
+soft-dirty (pagemap bit 55: the VMA's VM_SOFTDIRTY or the entry's bit, see
+`mm/soft_dirty.py`); `-d` is an unmapped page of a soft-dirty VMA.
+
 Processes' token lists are joined with ` | `. Identity is not carried from one step to
 the next: a frame freed and reallocated between two steps keeps its number on the host
 (the page allocator hands hot frames back at once), in a way no model can predict.
@@ -39,15 +43,16 @@ class PageSeen:
     thp: bool = False
     hugetlb: bool = False
     exclusive: bool = False
+    soft_dirty: bool = False
 
 
 NONE = PageSeen()
 SWAPPED = PageSeen("swapped")
 
 
-def encode(groups: Sequence[Sequence[PageSeen]]) -> str:
+def encode(groups: Sequence[Sequence[PageSeen]], soft_dirty: bool = False) -> str:
     """The tokens of each process's pages (see the module doc), frames numbered by first
-    appearance across all groups."""
+    appearance across all groups; `soft_dirty`: with the `d` suffixes."""
     numbers: dict[int, int] = {}
     out = []
     for pages in groups:
@@ -63,5 +68,7 @@ def encode(groups: Sequence[Sequence[PageSeen]]) -> str:
                 n = numbers.setdefault(seen.frame, len(numbers) + 1)
                 tokens.append(f"{n}{'t' if seen.thp else ''}{'h' if seen.hugetlb else ''}"
                               f"{'x' if seen.exclusive else ''}")
+            if soft_dirty and seen.soft_dirty:
+                tokens[-1] += "d"
         out.append(" ".join(tokens))
     return " | ".join(out)

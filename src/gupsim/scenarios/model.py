@@ -12,12 +12,13 @@ module holds only the primitives `do_<operation>`.
 from __future__ import annotations
 
 import errno
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from ..constants import (
     CAP_IPC_LOCK,
+    CAP_SYS_RESOURCE,
     MADV_HUGEPAGE,
     MAP_ANONYMOUS,
     MAP_FIXED_NOREPLACE,
@@ -37,9 +38,10 @@ from ..kernel import Kernel, Process
 from ..memory.memmap import Kind as MemKind
 from ..memory.units import thp_area
 from ..mm.mm_struct import MmapLockBusy, racing
-from ..mm.vma import PTE
+from ..mm.vma import PTE, VM
 from .base import BaseProc, BaseSystem, Counted
-from .identity import NONE, SWAPPED, PageSeen, encode
+from .holes import Holes, keeping_holes
+from .identity import NONE, PageSeen, encode
 from .ops import Op
 from .race import Race, run_in_window
 from .records import MTHP_KINDS, Outcome
@@ -60,6 +62,15 @@ def fallocate(f: Any, length: int) -> None:
             raise OSError(-head, "fallocate failed on the model")
 
 
+T = TypeVar("T")
+
+# Where the fields of a 4-entry NO_MMAP ring lie in its rings page, as io_uring_setup
+# reports them (sq_off, cq_off; the host's live/uring.py reads them from there)
+SQ_HEAD, SQ_TAIL, CQ_HEAD, CQ_TAIL = 0, 4, 8, 12
+SQ_MASK, CQ_MASK = 3, 7
+CQES, SQ_ARRAY = 64, 192
+
+
 def model_pages(k: Kernel, p: Process, addr: int, length: int) -> list[PageSeen]:
     """What each page-table entry of [addr, addr+length) shows, as pagemap and kpageflags
     would tell it: the frame, the zero page, a large folio, a hugetlb page, a swap entry;
@@ -73,11 +84,12 @@ def model_pages(k: Kernel, p: Process, addr: int, length: int) -> list[PageSeen]
             continue
         i = vma.idx(a)
         bits = int(vma.pte[i])
+        soft = bool(vma.flags & VM.SOFTDIRTY or bits & PTE.SOFT_DIRTY)
         if bits & PTE.SWAP:
-            out.append(SWAPPED)
+            out.append(PageSeen("swapped", soft_dirty=soft))
             continue
         if not bits & PTE.PRESENT:
-            out.append(NONE)
+            out.append(PageSeen(soft_dirty=soft))
             continue
         pfn = int(vma.pfn[i])
         head = int(mem.head_of(pfn))
@@ -87,7 +99,7 @@ def model_pages(k: Kernel, p: Process, addr: int, length: int) -> list[PageSeen]
         large = int(mem.order[head]) > 0
         maps = int(mem.mapcount[pfn]) + (int(mem.entire_mapcount[head]) if large else 0)
         out.append(PageSeen("present", pfn, zero, large and not hugetlb and not zero,
-                            hugetlb, maps == 1))
+                            hugetlb, maps == 1, soft))
     return out
 
 
@@ -100,6 +112,10 @@ class ModelProc(BaseProc):
         super().__init__(system, pid, name)
         self.p = p
         self.rings: dict[int, Any] = {}   # io_uring rings by protocol ring id
+        # where this process reaches each NO_MMAP ring's memory: [SQE page, rings page]
+        self.ring_memory: dict[int, list[int]] = {}
+        self.ring_counts: dict[int, list[int]] = {}   # a NO_MMAP ring's indices (_submit)
+        self.holes = Holes()          # what it unmapped, kept out of its later maps
         self.xdp: list[Any] = []      # AF_XDP sockets, as the host's server keeps them
         self.pipe: Any = None
         self.kvm: Any = None          # the VM (drivers/kvm.py), as the server keeps its guest
@@ -120,6 +136,7 @@ class ModelProc(BaseProc):
         return encode([model_pages(self.system.k, self.p, addr, length)])
 
     # -- memory ----------------------------------------------------------------------------
+    @keeping_holes
     def do_map(self, kind: str, length: int, shared: bool, writable: bool,
                populate: bool | str, fill: int, new_rid: int) -> int:
         """mmap (a file made and fallocated first, for file kinds), then populate."""
@@ -172,10 +189,13 @@ class ModelProc(BaseProc):
             for off in range(0, length, PAGE_SIZE):
                 self.p.read(addr + off, 1)
 
+    @keeping_holes
     def do_map_view(self, rid: int, addr: int, length: int, shared: bool, writable: bool,
                     new_rid: int) -> int:
         """mmap the file behind region `rid` again, and read-fault it."""
-        f = self.system.files[rid]
+        f = self.system.files.get(rid)
+        if f is None:
+            raise OSError(errno.EBADF, f"region {rid} has no file behind it")
         prot = PROT_READ | (PROT_WRITE if writable else 0)
         share = MAP_SHARED if shared else MAP_PRIVATE
         new = self.p.mmap(0, length, prot, share, fd=f)
@@ -183,10 +203,18 @@ class ModelProc(BaseProc):
         self._populate(new, length, False, 0)
         return new
 
-    def do_mremap_move(self, addr: int, length: int, new_rid: int) -> int:
-        """mremap(MREMAP_MAYMOVE | MREMAP_FIXED) onto a fresh PROT_NONE reservation."""
+    @keeping_holes
+    def do_mremap_move(self, rid: int, addr: int, length: int, new_rid: int) -> int:
+        """mremap(MREMAP_MAYMOVE | MREMAP_FIXED) onto a fresh PROT_NONE reservation; the
+        moved part maps the region's file (if any) as the region did."""
+        if rid in self.system.files:
+            self.system.files[new_rid] = self.system.files[rid]
         dst = self.p.mmap(0, length, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS)
-        return self.p.mremap(addr, length, length, MREMAP_MAYMOVE | MREMAP_FIXED, dst)
+        new = self.p.mremap(addr, length, length, MREMAP_MAYMOVE | MREMAP_FIXED, dst)
+        for pages in self.ring_memory.values():   # the process reaches its ring there now
+            pages[:] = [a - addr + new if addr <= a < addr + length else a for a in pages]
+        self.holes.add(addr, length)
+        return new
 
     def do_read(self, addr: int, n: int) -> bytes:
         """A CPU read through the model's page tables."""
@@ -210,10 +238,25 @@ class ModelProc(BaseProc):
     def do_munmap(self, rid: int, addr: int, length: int) -> None:
         """munmap() of the whole region."""
         self.p.munmap(addr, length)
+        self.holes.add(addr, length)
 
     def do_fork(self) -> ModelProc:
         """fork() of the model process; the child gets a protocol pid of its own."""
-        return self.system.adopt(self.p.fork(), f"{self.name}-child")
+        child = self.system.adopt(self.p.fork(), f"{self.name}-child")
+        child.holes = self.holes.copy()
+        return child
+
+    def _reserve_hole(self, addr: int, length: int) -> bool:
+        """A PROT_NONE placeholder over a hole (holes.py); False if it is taken."""
+        try:
+            self.p.mmap(addr, length, PROT_NONE,
+                        MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE)
+        except OSError:
+            return False
+        return True
+
+    def _release_hole(self, addr: int, length: int) -> None:
+        self.p.munmap(addr, length)
 
     def _oom_kill(self) -> None:
         """Out of memory: the OOM killer's SIGKILL, then the exit path, as for exit()."""
@@ -240,13 +283,65 @@ class ModelProc(BaseProc):
         """IORING_UNREGISTER_BUFFERS."""
         self._ring(ring).unregister_buffers()
 
+    def _submit(self, ring: int, request: Callable[[Any], T]) -> T:
+        """One request on ring `ring`, as the host's user makes it (live/uring.py). A
+        NO_MMAP ring lives in the process's memory: the user's stores (the SQE, put back
+        as it was once submitted, its index in the SQ array, the SQ tail, the CQ head and
+        tail) fault like any CPU store (unmapped, read-only), and if a page it reaches
+        there now is not the frame the kernel pinned at setup (zapped by MADV_DONTNEED,
+        replaced by munmap and mmap) the kernel never sees the SQE: io_uring_enter
+        submits nothing, which the host reports as EIO. Else the kernel consumes it (SQ
+        head), posts the CQE (user_data, res) and the CQ tail, and the user advances
+        the CQ head: what a later read of the ring shows."""
+        io = self._ring(ring)
+        pages = self.ring_memory.get(ring)
+        if pages is None:
+            return request(io)
+        p, k = self.p, self.system.k
+        seen = True
+        for addr, region in zip(pages, (io.regions[1], io.regions[0]), strict=True):
+            p.write(addr, p.read(addr, 1))
+            vma = p.mm.find_vma(addr)
+            pfn = int(vma.pfn[vma.idx(addr)]) if vma is not None else -1
+            seen = seen and region.pfns is not None and pfn == int(region.pfns[0])
+        count = self.ring_counts.setdefault(ring, [0, 0, 0])   # user tail, CQ head, consumed
+        tail, head, consumed = count
+        rings = pages[1]
+
+        def u32(value: int) -> bytes:
+            return (value & 0xFFFFFFFF).to_bytes(4, "little")
+        p.write(rings + SQ_ARRAY + (tail & SQ_MASK) * 4, u32(tail & SQ_MASK))
+        p.write(rings + CQ_HEAD, u32(head) + u32(head))     # CQ head, and tail put back
+        count[0] = tail = tail + 1
+        p.write(rings + SQ_TAIL, u32(tail))
+        if not seen:
+            raise OSError(errno.EIO, "io_uring_enter submitted nothing: the ring the "
+                          "kernel reads is not the memory this process wrote its SQE to")
+        try:
+            value: Any = request(io)
+            res = len(value) if isinstance(value, bytes) else int(value)
+        except OSError as exc:
+            value, res = exc, -(exc.errno or errno.EIO)
+        ring_page = k.page(int(io.regions[0].pfns[0]))
+        count[2] = consumed + 1
+        k.dma_write(ring_page, SQ_HEAD, u32(consumed + 1))
+        cqe = (tail & 0xFFFFFFFFFFFFFFFF).to_bytes(8, "little") + (res & 0xFFFFFFFF).to_bytes(
+            4, "little") + bytes(4)
+        k.dma_write(ring_page, CQES + (head & CQ_MASK) * 16, cqe)
+        k.dma_write(ring_page, CQ_TAIL, u32(head + 1))
+        count[1] = head + 1
+        p.write(rings + CQ_HEAD, u32(head + 1))
+        if isinstance(value, OSError):
+            raise value
+        return cast(T, value)
+
     def do_uring_write_fixed(self, index: int, length: int, ring: int) -> bytes:
         """IORING_OP_WRITE_FIXED; the bytes written."""
-        return self._ring(ring).write_fixed(index, length)
+        return self._submit(ring, lambda io: io.write_fixed(index, length))
 
     def do_uring_read_fixed(self, index: int, length: int, fill: int, ring: int) -> int:
         """IORING_OP_READ_FIXED of `length` bytes of `fill` into registered buffer `index`."""
-        return self._ring(ring).read_fixed(index, bytes([fill]) * length)
+        return self._submit(ring, lambda io: io.read_fixed(index, bytes([fill]) * length))
 
     def do_uring_setup_user(self, addr: int, ring: int) -> None:
         """io_uring_setup(IORING_SETUP_NO_MMAP): rings at addr, SQEs on the next page."""
@@ -254,11 +349,14 @@ class ModelProc(BaseProc):
         if ring in self.rings:
             raise OSError(errno.EBUSY, f"ring {ring} exists already: uring_close it first")
         self.rings[ring] = IoRing(self.system.k, self.p, user_memory=(addr + PAGE_SIZE, addr))
+        self.ring_memory[ring] = [addr + PAGE_SIZE, addr]
 
     def do_uring_close(self, ring: int) -> None:
         """close() of the ring: everything it pinned is released."""
         if ring not in self.rings:
             raise OSError(errno.EBADF, f"this process has no ring {ring}")
+        self.ring_memory.pop(ring, None)
+        self.ring_counts.pop(ring, None)
         self.system.k.schedule_work(self.rings.pop(ring).close)   # io_ring_exit_work
 
     def do_uring_register_pbuf_ring(self, addr: int, entries: int, bgid: int,
@@ -308,10 +406,16 @@ class ModelProc(BaseProc):
             raise OSError(-ret, "UFFDIO_CONTINUE failed on the model")
         return ret
 
-    def do_pages(self, addr: int, length: int, other: ModelProc | None) -> str:
+    def do_pages(self, addr: int, length: int, other: ModelProc | None,
+                 soft_dirty: bool) -> str:
         """Page identity from the model's page tables and page arrays (identity.py)."""
         procs = [self] if other is None else [self, other]
-        return encode([model_pages(self.system.k, proc.p, addr, length) for proc in procs])
+        return encode([model_pages(self.system.k, proc.p, addr, length) for proc in procs],
+                      soft_dirty)
+
+    def do_clear_refs(self) -> None:
+        """clear_refs "4" through the model (mm/soft_dirty.py)."""
+        self.p.clear_refs(4)
 
     def do_ro_pin_then_write(self, addr: int, length: int, fill: int) -> bytes:
         """R/O pins of our own range, a write while they are held, a read through them."""
@@ -348,8 +452,14 @@ class ModelProc(BaseProc):
         self.xdp.pop().close()
 
     def do_limit_memlock(self, limit: int, uid: int) -> None:
-        """Drop CAP_IPC_LOCK, set RLIMIT_MEMLOCK, become `uid` (a user of our own)."""
-        self.p.cred.caps.discard(CAP_IPC_LOCK)
+        """Set RLIMIT_MEMLOCK (soft and hard; raising the hard limit needs
+        CAP_SYS_RESOURCE, which a scenario process never has here: EPERM, as do_prlimit),
+        drop CAP_IPC_LOCK and CAP_SYS_RESOURCE, become `uid` (a user of our own)."""
+        cred = self.p.cred
+        if limit > cred.rlimit_memlock and not cred.capable(CAP_SYS_RESOURCE):
+            raise OSError(errno.EPERM, f"raising RLIMIT_MEMLOCK from {cred.rlimit_memlock} "
+                          f"to {limit} needs CAP_SYS_RESOURCE")
+        self.p.cred.caps -= {CAP_IPC_LOCK, CAP_SYS_RESOURCE}
         self.p.cred.rlimit_memlock = limit
         self.p.cred.uid = uid
 
@@ -377,6 +487,7 @@ class ModelProc(BaseProc):
         """mmap(MAP_FIXED_NOREPLACE) of fresh anonymous memory, then write `fill`."""
         self.p.mmap(addr, length, PROT_READ | PROT_WRITE,
                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE)
+        self.holes.filled(addr, length)
         self._populate(addr, length, True, fill)
 
     def _release_files(self) -> None:

@@ -394,10 +394,12 @@ class Operations:
                makes=lambda a: (a["region"].kind, a["region"].length, a["shared"]))
     def map_view(self, region: Region, *, shared: bool, writable: bool) -> Region:
         """mmap the file behind a file-kind region once more (read-faulted), as cow.c
-        maps a page cache page privately and shared at once."""
+        maps a page cache page privately and shared at once: from the file's start, the
+        region's length. A view, or a part moved by mremap_move, maps the same file."""
         ...
 
-    @operation(returns="region", range=Range(offset="offset", length="length", aligned=True),
+    @operation(returns="region",
+               range=Range(offset="offset", length="length", aligned=True, rid=True),
                label=lambda a: dict(size=a["length"]),
                check=lambda a: "" if a["length"] > 0 else
                f"mremap_move moves a part of at least one page, got length {a['length']}",
@@ -430,6 +432,13 @@ class Operations:
                check=_check_madvise, label=lambda a: dict(advice=a["advice"]))
     def madvise(self, region: Region, offset: int, length: int, advice: int) -> Outcome:
         """madvise() a range with one of the `ADVICE` values."""
+        ...
+
+    @operation(returns="outcome")
+    def clear_refs(self) -> Outcome:
+        """Write "4" to /proc/self/clear_refs, as cow.c does before its mprotect cases:
+        soft-dirty bits reset, every PTE write-protected (but a pinned one in a COW
+        mapping), so the next write faults (`mm/soft_dirty.py`)."""
         ...
 
     @operation(returns="outcome", settle=True, range=Range(rid=True))
@@ -599,19 +608,23 @@ class Operations:
     @operation(returns="outcome", observes=True, check=_check_pages,
                range=Range(offset="offset", length="length", aligned=True))
     def pages(self, region: Region, offset: int, length: int,
-              other: BaseProc | None = None) -> Outcome:
+              other: BaseProc | None = None, soft_dirty: bool = False) -> Outcome:
         """Observe page identity of [offset, offset+length) (`scenarios/identity.py`):
         per page nothing, swapped, the zero page, or a frame numbered by first
-        appearance, THP/hugetlb, exclusively mapped; with `other`, the same range in
-        that process too (did fork share the frames or copy them?). Value: the tokens."""
+        appearance, THP/hugetlb, exclusively mapped, and with `soft_dirty` whether it
+        reads soft-dirty; with `other`, the same range in that process too (did fork
+        share the frames or copy them?). Value: the tokens."""
         ...
 
     @operation(returns="none", raises=True, label=lambda a: dict(size=a["limit"]),
                check=lambda a: _not_negative("limit", a["limit"]),
                extra=(("uid", lambda proc: PRIVATE_UID_BASE + proc.pid),))
     def limit_memlock(self, limit: int) -> None:
-        """Drop CAP_IPC_LOCK and set RLIMIT_MEMLOCK, as an unprivileged user would have
-        (the process also moves to a uid of its own, `PRIVATE_UID_BASE + pid`)."""
+        """Set RLIMIT_MEMLOCK and drop CAP_IPC_LOCK and CAP_SYS_RESOURCE, as an unprivileged
+        user would have (the process also moves to a uid of its own, `PRIVATE_UID_BASE +
+        pid`). Lowering the limit again is allowed; raising it is EPERM (no
+        CAP_SYS_RESOURCE; the model's root has none from the start, as this host's
+        container root: there a first limit above the 8 MiB default is EPERM too)."""
         ...
 
     # -- KVM: a case-3 user (MMU notifiers, no pins) -----------------------------------------

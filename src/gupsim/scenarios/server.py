@@ -27,7 +27,9 @@ import traceback
 from collections.abc import Iterable
 from typing import Any
 
+from ..constants import CAP_SYS_RESOURCE
 from ..live import libc
+from ..live.capabilities import soft_dirty_reason
 from ..live.errors import HostUnsupported
 from ..live.hostmem import HostMapping, kpageflags, pagemap
 from ..live.kvm import KvmGuest
@@ -43,7 +45,8 @@ from ..live.uring import (
 from ..live.vmstat import forget_inherited_lock
 from ..live.xdp import XdpUmem
 from . import wire
-from .identity import NONE, SWAPPED, PageSeen, encode
+from .holes import Holes, keeping_holes
+from .identity import PageSeen, encode
 from .ops import OPS
 from .records import MTHP_KINDS, ProtocolError
 
@@ -91,16 +94,16 @@ def host_pages(pid: int | str, addr: int, length: int) -> list[PageSeen]:
     for a in range(addr, addr + length, libc.PAGE_SIZE):
         e = pagemap(a, pid)
         if e.swapped:
-            out.append(SWAPPED)
+            out.append(PageSeen("swapped", soft_dirty=e.soft_dirty))
             continue
         if not e.present:
-            out.append(NONE)
+            out.append(PageSeen(soft_dirty=e.soft_dirty))
             continue
         if e.pfn == 0:
             raise HostUnsupported("pagemap hides frame numbers here (needs CAP_SYS_ADMIN)")
         flags = kpageflags(e.pfn)
         out.append(PageSeen("present", e.pfn, "zero_page" in flags, "thp" in flags,
-                            "huge" in flags, e.exclusive))
+                            "huge" in flags, e.exclusive, e.soft_dirty))
     return out
 
 
@@ -126,6 +129,8 @@ class CommandServer:
         self.shm_dir = shm_dir
         self.spawned = spawned
         self.areas: dict[int, HostMapping] = {}
+        self.files: dict[int, int] = {}   # region id -> an fd of its file (views, moved parts)
+        self.holes = Holes()          # what it unmapped, kept out of its later maps
         self.rings: dict[int, IoUring] = {}          # io_uring rings by protocol ring id
         self.xdp: list[XdpUmem] = []
         self.dio: DirectFile | None = None
@@ -296,6 +301,7 @@ class CommandServer:
             self._copy_out(addr + off, 1)
 
     # -- memory ------------------------------------------------------------------------------
+    @keeping_holes
     def do_map(self, kind: str, length: int, shared: bool, writable: bool,
                populate: bool | str, fill: int, new_rid: int) -> int:
         """A HostMapping of the kind, populated through the pipe; its address."""
@@ -319,20 +325,45 @@ class CommandServer:
                 self._read_fault(m.addr, length)
         return m.addr
 
+    @keeping_holes
     def do_map_view(self, rid: int, addr: int, length: int, shared: bool, writable: bool,
                     new_rid: int) -> int:
         """mmap the file behind region `rid` again, read-faulted; its address."""
-        m = self.areas[rid]
         prot = libc.PROT_READ | (libc.PROT_WRITE if writable else 0)
         flags = libc.MAP_SHARED if shared else libc.MAP_PRIVATE
-        new = libc.mmap(0, length, prot, flags, m.fd, 0)
+        new = libc.mmap(0, length, prot, flags, self._file_of(rid), 0)
+        self._keep_file(rid, new_rid)
         self._read_fault(new, length)
         return new
 
-    def do_mremap_move(self, addr: int, length: int, new_rid: int) -> int:
-        """mremap(MREMAP_MAYMOVE | MREMAP_FIXED) onto a fresh PROT_NONE reservation."""
+    def _file_of(self, rid: int) -> int:
+        """An fd of the file behind region `rid` (one map() made, or a view or moved part
+        of one); EBADF for a region without one (the model's answer too)."""
+        if rid in self.areas and self.areas[rid].fd >= 0:
+            return self.areas[rid].fd
+        if rid in self.files:
+            return self.files[rid]
+        raise OSError(errno.EBADF, f"region {rid} has no file behind it here")
+
+    def _keep_file(self, rid: int, new_rid: int) -> None:
+        """Region `new_rid` maps region `rid`'s file: keep an fd of it (a dup, so that
+        the file outlives a munmap of `rid`, as the mapping does)."""
+        try:
+            self.files[new_rid] = os.dup(self._file_of(rid))
+        except OSError:
+            pass                  # anonymous memory: no file to keep
+
+    @keeping_holes
+    def do_mremap_move(self, rid: int, addr: int, length: int, new_rid: int) -> int:
+        """mremap(MREMAP_MAYMOVE | MREMAP_FIXED) onto a fresh PROT_NONE reservation; the
+        moved part keeps the region's file (if any) for map_view."""
         dst = libc.mmap(0, length, libc.PROT_NONE, libc.MAP_PRIVATE | libc.MAP_ANONYMOUS)
-        return libc.mremap(addr, length, length, libc.MREMAP_MAYMOVE | libc.MREMAP_FIXED, dst)
+        new = libc.mremap(addr, length, length, libc.MREMAP_MAYMOVE | libc.MREMAP_FIXED, dst)
+        self._keep_file(rid, new_rid)
+        for ring in self.rings.values():     # the process reaches its ring memory there now
+            ring.moved(addr, length, new)
+        self.holes.add(addr, length)
+        return new
 
     def do_read(self, addr: int, n: int) -> bytes:
         """A CPU read (through the pipe)."""
@@ -362,6 +393,9 @@ class CommandServer:
         """munmap() the region, then close its file (if any)."""
         m = self.areas.pop(rid, None)
         libc.munmap(addr, length)
+        self.holes.add(addr, length)
+        if rid in self.files:
+            os.close(self.files.pop(rid))
         if m is not None:
             m.addr = 0           # already unmapped; close() closes the fd, removes the file
             m.close()
@@ -443,6 +477,9 @@ class CommandServer:
         """One fixed-buffer request at the start of buffer `index`; its byte count. The
         kernel checks the index and the range (-EFAULT), not us."""
         ring = self._ring(ring_id)
+        if ring.user_memory is not None:    # the SQE page, then the rings page
+            for page in ring.user_memory:   # the process's stores to them, as the CPU's
+                self._copy_in(page, self._copy_out(page, 1))
         addr = ring.buffers[index][0] if 0 <= index < len(ring.buffers) else 0
         res = ring.submit_and_wait(opcode, fd, addr, length, 0, index)
         if res < 0:
@@ -510,10 +547,17 @@ class CommandServer:
         raise HostUnsupported("uffd_continue: the host back-end registers no userfaultfd "
                               "for minor faults (UFFDIO_CONTINUE is model-only)")
 
-    def do_pages(self, addr: int, length: int, other: int | None) -> str:
+    def do_pages(self, addr: int, length: int, other: int | None, soft_dirty: bool) -> str:
         """Page identity from /proc/PID/pagemap and /proc/kpageflags (identity.py)."""
         pids: list[int | str] = ["self"] if other is None else ["self", other]
-        return encode([host_pages(pid, addr, length) for pid in pids])
+        if soft_dirty and (reason := soft_dirty_reason()):
+            raise HostUnsupported(reason)
+        return encode([host_pages(pid, addr, length) for pid in pids], soft_dirty)
+
+    def do_clear_refs(self) -> None:
+        """write "4" to /proc/self/clear_refs (soft-dirty reset)."""
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("4")
 
     def do_ro_pin_then_write(self, addr: int, length: int, fill: int) -> bytes:
         """R/O pins held (userfaultfd) while we write `fill`; what the pins saw."""
@@ -576,16 +620,33 @@ class CommandServer:
         if got != addr:         # a kernel before 4.17 treats the flag as a hint
             libc.munmap(got, length)
             raise OSError(errno.EEXIST, f"could not map at {addr:#x}")
+        self.holes.filled(addr, length)
         chunk = bytes([fill]) * min(length, self.pipe_size)
         for off in range(0, length, len(chunk)):
             self._copy_in(addr + off, chunk[:length - off])
 
+    def _reserve_hole(self, addr: int, length: int) -> bool:
+        """A PROT_NONE placeholder over a hole (holes.py); False if something is there."""
+        try:
+            got = libc.mmap(addr, length, libc.PROT_NONE,
+                            libc.MAP_PRIVATE | libc.MAP_ANONYMOUS | MAP_FIXED_NOREPLACE)
+        except OSError:
+            return False
+        if got != addr:         # a kernel before 4.17 treats the flag as a hint
+            libc.munmap(got, length)
+            return False
+        return True
+
+    def _release_hole(self, addr: int, length: int) -> None:
+        libc.munmap(addr, length)
+
     def do_limit_memlock(self, limit: int, uid: int) -> None:
         """Set RLIMIT_MEMLOCK, drop CAP_IPC_LOCK, and become `uid` keeping the rest."""
-        if os.geteuid() != 0 and not os.getuid() == uid:
+        if not libc.capget()[0] & (1 << libc.CAP_SETUID):   # kept by an earlier call
             raise HostUnsupported("limit_memlock switches to a private uid: needs root")
         libc.set_memlock_limit(limit)
         libc.drop_capability(libc.CAP_IPC_LOCK)
+        libc.drop_capability(CAP_SYS_RESOURCE)   # a later raise is EPERM, as the model's
         libc.prctl(PR_SET_KEEPCAPS, 1)
         os.setgroups([])
         os.setresgid(uid, uid, uid)

@@ -39,6 +39,16 @@ def test_every_declared_operation_is_drawn() -> None:
     assert set(OPS) - seen == set()
 
 
+def test_a_host_campaign_never_draws_a_model_only_operation() -> None:
+    """uffd_continue has no host primitive: drawing it against the host would only turn
+    programs into skips; a model-only campaign still draws it."""
+    host = Generator(SEED, allowed=lambda need: need != "model_only")
+    drawn = {c.op for n in range(300) for c in host.program(n, 20).calls}
+    assert "uffd_continue" not in drawn and "uring_register" in drawn
+    model = {c.op for n in range(300) for c in Generator(SEED).program(n, 20).calls}
+    assert "uffd_continue" in model
+
+
 def test_invalid_arguments_are_drawn_too() -> None:
     """Zero lengths and unaligned offsets reach the pinning operations."""
     calls = [c for n in range(200) for c in Generator(SEED).program(n, 20).calls]

@@ -140,9 +140,12 @@ def render_key(key: tuple) -> str:
 
 
 # What an operation needs from the host (live.capabilities names), by name prefix: the
-# rest of the protocol runs on any host that runs scenarios at all.
+# rest of the protocol runs on any host that runs scenarios at all. MODEL_ONLY is no host
+# capability: a campaign against the host never draws those (the host back-end would
+# only skip the program), a --model-only campaign does.
+MODEL_ONLY = "model_only"
 NEEDS_BY_PREFIX = {"uring_": "io_uring", "xdp_": "af_xdp", "kvm_": "kvm",
-                   "odirect_": "o_direct"}
+                   "odirect_": "o_direct", "uffd_": MODEL_ONLY}
 NEEDS_BY_KIND = {"hugetlb": "hugetlb_2m", "memfd-hugetlb": "hugetlb_2m", "thp": "thp",
                  "mthp": "mthp_64k"}
 

@@ -388,3 +388,63 @@ def test_foll_force_write_without_a_race_writes_a_private_copy(version: str) -> 
     assert f.pread(0, 8) == b"original" and p.read(a + PAGE_SIZE - 4, 8) == b"12345678"
     assert p.read(b, 5) == b"anon\x03"
     assert k.warnings.events == [] and k.check() == []
+
+
+# -- mremap-move-multiple-vmas (6.17) ---------------------------------------------------------
+
+def _split_in_three(p: Process) -> int:
+    """Four pages, the middle two made R/O: three VMAs, each page's first byte its index."""
+    a = p.mmap(0, 4 * PAGE_SIZE, RW, ANON)
+    for i in range(4):
+        p.write(a + i * PAGE_SIZE, bytes([i + 1]))
+    p.mprotect(a + PAGE_SIZE, 2 * PAGE_SIZE, PROT_READ)
+    return a
+
+
+@pytest.mark.parametrize("version, moves", [("6.13", False), ("6.17", True)])
+def test_a_pure_move_over_several_vmas_from_6_17(version: str, moves: bool) -> None:
+    from gupsim.constants import MREMAP_FIXED, MREMAP_MAYMOVE
+    k, p = _machine(version)
+    a = _split_in_three(p)
+    dst = p.mmap(0, 4 * PAGE_SIZE, PROT_READ, ANON)
+    pin = _pin(p, a + 2 * PAGE_SIZE, 0)                 # a pinned page moves with its PTE
+    if not moves:
+        with pytest.raises(OSError) as exc:
+            p.mremap(a, 4 * PAGE_SIZE, 4 * PAGE_SIZE, MREMAP_MAYMOVE | MREMAP_FIXED, dst)
+        assert exc.value.errno == EFAULT
+        assert p.read(a, 1) == b"\x01"                  # nothing moved
+        k.unpin_user_page(pin)
+        return
+    assert p.mremap(a, 4 * PAGE_SIZE, 4 * PAGE_SIZE, MREMAP_MAYMOVE | MREMAP_FIXED, dst) == dst
+    assert [p.read(dst + i * PAGE_SIZE, 1) for i in range(4)] == [b"\x01", b"\x02", b"\x03",
+                                                                   b"\x04"]
+    assert [(v.start - dst) // PAGE_SIZE for v in p.mm.vmas_in(dst, dst + 4 * PAGE_SIZE)] \
+        == [0, 1, 3]                                     # still three VMAs, in order
+    assert not p.mm.vmas_in(a, a + 4 * PAGE_SIZE)
+    assert pin.pfn == p.mm.find_vma(dst + 2 * PAGE_SIZE).pfn[1]
+    k.unpin_user_page(pin)
+    assert k.check() == []
+
+
+def test_a_multi_vma_move_keeps_gaps_refuses_a_leading_gap_and_an_ext4_member() -> None:
+    from gupsim.constants import MAP_FIXED, MREMAP_FIXED, MREMAP_MAYMOVE
+    move = MREMAP_MAYMOVE | MREMAP_FIXED
+    k, p = _machine("6.17")
+    a = _split_in_three(p)
+    p.munmap(a + PAGE_SIZE, PAGE_SIZE)                   # a gap inside: kept at the target
+    dst = p.mmap(0, 8 * PAGE_SIZE, PROT_READ, ANON)
+    assert p.mremap(a, 4 * PAGE_SIZE, 4 * PAGE_SIZE, move, dst) == dst
+    assert [p.read(dst + i * PAGE_SIZE, 1) for i in (0, 2, 3)] == [b"\x01", b"\x03", b"\x04"]
+    assert p.read(dst + PAGE_SIZE, 1) == b"\x00"         # the target's own page, untouched
+    g = p.mmap(0, 3 * PAGE_SIZE, RW, ANON)
+    p.munmap(g, PAGE_SIZE)                               # the range starts in a gap
+    with pytest.raises(OSError) as exc:
+        p.mremap(g, 3 * PAGE_SIZE, 3 * PAGE_SIZE, move, dst + 4 * PAGE_SIZE)
+    assert exc.value.errno == EFAULT
+    _, b = _ext4_shared(k, p)
+    c = p.mmap(b + PAGE_SIZE, PAGE_SIZE, RW, ANON | MAP_FIXED)
+    assert c == b + PAGE_SIZE
+    with pytest.raises(OSError) as exc:
+        p.mremap(b, 2 * PAGE_SIZE, 2 * PAGE_SIZE, move, dst + 4 * PAGE_SIZE)
+    assert exc.value.errno == EFAULT, "an ext4 mapping cannot move together with others"
+    assert p.mremap(b, PAGE_SIZE, PAGE_SIZE, move, dst + 4 * PAGE_SIZE) == dst + 4 * PAGE_SIZE

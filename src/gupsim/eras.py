@@ -58,6 +58,8 @@ tests/test_eras.py and tests/test_eras_behaviour.py):
   before it.
 - `huge-zero-wp-thp` (6.13): a write fault on the huge zero page maps a new THP; before,
   the PMD is split and one small page copied (mm/fault.py `_huge_zero_wp_thp`).
+- `mremap-move-multiple-vmas` (6.17): a pure move may span several VMAs
+  (mm/syscalls.py `_remap_move`); before, a range over more than one VMA is EFAULT.
 
 `WIRED` lists the wired names (today every switch); `gupsim eras` marks them.
 """
@@ -147,6 +149,11 @@ SWITCHES: tuple[Switch, ...] = (
     Switch("huge-zero-wp-thp", "6.13", "mm: allocate THP on hugezeropage wp-fault",
            "A write fault on the huge zero page allocates a THP instead of splitting the "
            "PMD and faulting a small page (1ced09e0331f, pulled in the 6.13 merge window)."),
+    Switch("mremap-move-multiple-vmas", "6.17",
+           "mm/mremap: permit mremap() move of multiple VMAs",
+           "A pure move (MREMAP_FIXED, same size) may span several VMAs, moved one by one "
+           "with the gaps between them kept (d23cb648e365); before, EFAULT. Not pinning, "
+           "but the scenarios move memory that mprotect or madvise split."),
 )
 """Every modelled change of behaviour, oldest first (see the module docstring)."""
 
@@ -156,7 +163,7 @@ WIRED: frozenset[str] = frozenset({
     "gup-fast-write-protect-seq", "longterm-migrate-cma", "foll-force-no-foll-cow",
     "longterm-migrate-movable", "anon-exclusive-unshare", "reliable-ro-longterm",
     "is-valid-gup-args", "longterm-file-write-refused", "zero-page-not-pin-counted",
-    "memfd-pin-folios", "huge-zero-wp-thp"})
+    "memfd-pin-folios", "huge-zero-wp-thp", "mremap-move-multiple-vmas"})
 """The switches the model consults (all of them; a new one may start table-only)."""
 
 SWITCHES_BY_NAME: dict[str, Switch] = {s.name: s for s in SWITCHES}

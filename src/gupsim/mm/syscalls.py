@@ -530,8 +530,11 @@ def _first_hole(mm: MM, start: int, end: int) -> int | None:
 
 
 def do_mremap(env: MMEnv, mm: MM, old_addr: int, old_size: int, new_size: int,
-              flags: int = 0, new_addr: int = 0) -> int:
-    """mremap(2): shrink, grow in place, or move; folios, pinned ones too, move with their PTEs."""
+              flags: int = 0, new_addr: int = 0, *, one_vma: bool = False) -> int:
+    """mremap(2): shrink, grow in place, or move; folios, pinned ones too, move with their PTEs.
+
+    From 6.17 (`mremap-move-multiple-vmas`) a pure move (MREMAP_FIXED, same size) may
+    span several VMAs: `_remap_move` moves them one by one (`one_vma`)."""
     if flags & ~(MREMAP_MAYMOVE | MREMAP_FIXED | MREMAP_DONTUNMAP):
         raise fail(errno.EINVAL, f"unknown mremap flags {flags:#x}")
     if old_addr % PAGE_SIZE:
@@ -546,6 +549,9 @@ def do_mremap(env: MMEnv, mm: MM, old_addr: int, old_size: int, new_size: int,
         raise fail(errno.EINVAL, "new size must be greater than 0")
     if flags & MREMAP_FIXED and new_addr % PAGE_SIZE:
         raise fail(errno.EINVAL, f"new address {new_addr:#x} is not page aligned")
+    if (not one_vma and flags & MREMAP_FIXED and old_size == new_size
+            and env.era.has("mremap-move-multiple-vmas")):
+        return _remap_move(env, mm, old_addr, old_size, flags, new_addr)
     vma = mm.find_vma(old_addr)
     if vma is None or old_addr + old_size > vma.end:
         raise fail(errno.EFAULT, "the old range is not one mapping")
@@ -602,6 +608,41 @@ def do_mremap(env: MMEnv, mm: MM, old_addr: int, old_size: int, new_size: int,
     if dontunmap:
         _leave_empty_vma(mm, moved, old_addr)
     return new_addr
+
+
+def _multi_move_allowed(vma: VMA) -> bool:
+    """May this VMA take part in a move of several? Not a file whose get_unmapped_area
+    could place it elsewhere than asked (ext4 and DAX files here; shmem, hugetlbfs and
+    secretmem are fine). The model has no userfaultfd-armed VMAs, the other exception."""
+    return vma.file is None or vma.file.fs_name in ("tmpfs", "hugetlbfs", "secretmem")
+
+
+def _remap_move(env: MMEnv, mm: MM, start: int, size: int, flags: int,
+                new_addr: int) -> int:
+    """A pure move of [start, start+size) to new_addr, VMA by VMA (6.17+): the range may
+    not start in a gap, gaps between VMAs are kept at the destination, a gap at the end is
+    allowed; a VMA that may not move with others ends it with EFAULT unless it is the
+    only one. Returns where the first VMA went."""
+    end = start + size
+    if new_addr < end and start < new_addr + size:
+        raise fail(errno.EINVAL, "old and new ranges overlap")
+    first, target, last_end = -1, new_addr, 0
+    for vma in mm.vmas_in(start, end):          # a snapshot: pieces move out of the range
+        addr, piece_end = max(vma.start, start), min(end, vma.end)
+        if first < 0 and start < vma.start:
+            raise fail(errno.EFAULT, "the old range starts in a gap")
+        offset = vma.start - last_end if first >= 0 else 0
+        last_end = vma.end
+        if not _multi_move_allowed(vma) and (first >= 0 or vma.end < end):
+            raise fail(errno.EFAULT, f"a {vma.file.fs_name if vma.file else ''} mapping "
+                                     "cannot move together with others")
+        got = do_mremap(env, mm, addr, piece_end - addr, piece_end - addr, flags,
+                        target + offset, one_vma=True)
+        first = got if first < 0 else first
+        target = got + (piece_end - addr)
+    if first < 0:
+        raise fail(errno.EFAULT, "no mapping in the old range")
+    return first
 
 
 def _leave_empty_vma(mm: MM, moved: VMA, old_addr: int) -> None:

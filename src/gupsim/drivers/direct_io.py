@@ -5,8 +5,14 @@ with pin_user_pages_fast() (FOLL_WRITE when the device writes into memory, i.e. 
 from the file), transfers, and releases them with unpin_user_pages(), dirtying the
 pages first for reads. Buffer and length must be aligned to the logical block size.
 
-Simplification: one bio of the whole range; the kernel splits large I/O into several
-bios, which pins and releases the same pages in the same totals.
+The pages are extracted as bio_iov_iter_get_pages() does: one pin_user_pages_fast() call
+per round, each asking for as many pages as the bio has bvecs left (BIO_MAX_VECS, 256,
+in a new bio; physically contiguous pages merge into one bvec, so a huge folio takes one),
+and a full bio starts a new one where the last ended (a page there, if the request is not
+page aligned, is pinned once per bio). Per-call effects differ from one call for the
+range: a GUP-fast grab that is dropped again (a page to unshare after fork) counts once
+per round. Simplification: the file's extents do not split the request (iomap does,
+per extent), and bios are not limited by the queue's max_sectors.
 """
 
 from __future__ import annotations
@@ -14,6 +20,8 @@ from __future__ import annotations
 import errno
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
+
+import numpy as np
 
 from ..check.args import check_ints, check_owner
 from ..constants import FOLL_WRITE, PAGE_MASK, PAGE_SHIFT, PAGE_SIZE
@@ -26,33 +34,64 @@ if TYPE_CHECKING:
 LOGICAL_BLOCK = 512
 
 
-def _pin(proc: Process, addr: int, length: int, write_to_memory: bool) -> tuple[PageArray, int]:
+BIO_MAX_VECS = 256
+
+Round = tuple[int, int, int, int]   # (first index in the pages array, pages, addr, bytes)
+
+
+def _pin(proc: Process, addr: int, length: int, write_to_memory: bool
+         ) -> tuple[PageArray, int, list[Round]]:
+    """Pin the buffer round by round as the bios extract it: the pages array (every pin,
+    a page at a bio boundary twice), how many, and the rounds."""
     if addr % LOGICAL_BLOCK or length % LOGICAL_BLOCK:
         raise OSError(errno.EINVAL, f"O_DIRECT needs {LOGICAL_BLOCK}-byte aligned buffers "
                                     "and lengths")
-    start = addr & PAGE_MASK
-    nr = ((addr + length + PAGE_SIZE - 1) >> PAGE_SHIFT) - (start >> PAGE_SHIFT)
-    pages = PageArray(nr)
-    got = proc.pin_user_pages_fast(start, nr, FOLL_WRITE if write_to_memory else 0, pages)
-    if got <= 0:
-        raise OSError(errno.EFAULT if got == 0 else -got, "O_DIRECT: no page could be pinned")
-    return pages, got
-
-
-def _chunks(pages: PageArray, got: int, addr: int,
-            length: int) -> Iterator[tuple[Page, int, int]]:
-    """(page, offset in it, bytes) of each pinned page the transfer touches, in order."""
-    off = addr & ~PAGE_MASK
-    left = min(length, got * PAGE_SIZE - off)
-    for i in range(got):
-        n = min(PAGE_SIZE - off, left)
+    end = addr + length
+    nr = ((end + PAGE_SIZE - 1) >> PAGE_SHIFT) - (addr >> PAGE_SHIFT)
+    pages = PageArray(nr + nr // (BIO_MAX_VECS - 1) + 2)
+    flags = FOLL_WRITE if write_to_memory else 0
+    rounds: list[Round] = []
+    got, pos, vecs, last_end = 0, addr, BIO_MAX_VECS, -1   # last_end: physical, of a bvec
+    while pos < end:
+        if vecs >= BIO_MAX_VECS:                      # a full bio: the next one starts
+            vecs, last_end = 0, -1
+        first = pos & PAGE_MASK
+        want = min(BIO_MAX_VECS - vecs, ((end - first + PAGE_SIZE - 1) >> PAGE_SHIFT))
+        n = proc.pin_user_pages_fast(first, want, flags, pages[got:])
         if n <= 0:
+            if not rounds:
+                raise OSError(errno.EFAULT if n == 0 else -n,
+                              "O_DIRECT: no page could be pinned")
             break
-        page = pages[i]
-        assert page is not None, "GUP filled the first `got` entries"
-        yield page, off, n
-        left -= n
-        off = 0
+        pfns = pages.pfns[got:got + n]
+        off = pos - first
+        nbytes = min(end, first + n * PAGE_SIZE) - pos
+        vecs += 1 + int(np.count_nonzero(pfns[1:] != pfns[:-1] + 1))
+        if last_end == (int(pfns[0]) << PAGE_SHIFT) + off:
+            vecs -= 1                                 # merged into the bio's last bvec
+        last_end = (int(pfns[-1]) << PAGE_SHIFT) + ((pos + nbytes - 1) & ~PAGE_MASK) + 1
+        rounds.append((got, n, pos, nbytes))
+        got += n
+        pos += nbytes
+        if n < want:
+            break
+    return pages, got, rounds
+
+
+def _chunks(pages: PageArray, rounds: list[Round]) -> Iterator[tuple[Page, int, int]]:
+    """(page, offset in it, bytes) of each pinned page the transfer touches, in order."""
+    for at, n, addr, length in rounds:
+        off = addr & ~PAGE_MASK
+        left = length
+        for i in range(at, at + n):
+            size = min(PAGE_SIZE - off, left)
+            if size <= 0:
+                break
+            page = pages[i]
+            assert page is not None, "GUP filled the first `got` entries"
+            yield page, off, size
+            left -= size
+            off = 0
 
 
 def dio_write(kernel: Kernel, proc: Process, file: File, addr: int, length: int,
@@ -62,9 +101,8 @@ def dio_write(kernel: Kernel, proc: Process, file: File, addr: int, length: int,
     check_ints("dio_write", addr=addr, length=length, pos=pos)
     if length == 0:         # generic_write_checks(): nothing to write, before any pin
         return 0
-    pages, got = _pin(proc, addr, length, write_to_memory=False)
-    data = b"".join(kernel.dma_read(page, off, n) for page, off, n in
-                    _chunks(pages, got, addr, length))
+    pages, got, rounds = _pin(proc, addr, length, write_to_memory=False)
+    data = b"".join(kernel.dma_read(page, off, n) for page, off, n in _chunks(pages, rounds))
     kernel.unpin_user_pages(pages[:got])
     file.pwrite(pos, data)
     return len(data)
@@ -78,12 +116,12 @@ def dio_read(kernel: Kernel, proc: Process, file: File, addr: int, length: int,
     check_ints("dio_read", addr=addr, length=length, pos=pos)
     if length == 0:         # ext4_file_read_iter() returns 0 for an empty request first
         return 0
-    pages, got = _pin(proc, addr, length, write_to_memory=True)
+    pages, got, rounds = _pin(proc, addr, length, write_to_memory=True)
     if while_held is not None:
         while_held()
     data = file.pread(pos, length)
     done = 0
-    for page, off, n in _chunks(pages, got, addr, length):
+    for page, off, n in _chunks(pages, rounds):
         kernel.dma_write(page, off, data[done:done + n])
         done += n
     kernel.unpin_user_pages_dirty_lock(pages[:got], True)

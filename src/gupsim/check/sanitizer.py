@@ -33,6 +33,9 @@ if TYPE_CHECKING:
 
 SMALL_RECORD = 64          # records up to this many entries are indexed by page and folio
 _ZERO = int(Kind.ZERO)      # a plain int: numpy compares an IntEnum ~2 us slower (grab.py)
+# what a new short record starts from: every entry held, none released (copied per record)
+_ONES = np.ones(SHORT, dtype=np.int8)
+_UNRELEASED = np.full(SHORT, -1, dtype=np.int32)
 
 
 @dataclass(eq=False)
@@ -172,12 +175,14 @@ class PinSanitizer:
             return
         n = len(pfns)
         heads = self.mem.head_of(pfns)
-        released_at = np.empty(n, dtype=np.int32)
-        released_at.fill(-1)
+        if n <= SHORT:          # copies of a template: np.ones() costs about 1 us
+            left, released_at = _ONES[:n].copy(), _UNRELEASED[:n].copy()
+        else:
+            left, released_at = np.ones(n, dtype=np.int8), np.full(n, -1, dtype=np.int32)
         # folios are runs of frames, so the lowest head is the head of the lowest frame
         rec = PinRecord(next(self._ids), how, flags, call, user_call_site(),
-                        getattr(mm, "id", None), pfns, heads, np.ones(n, dtype=np.int8),
-                        released_at, n, self.mem.head_of(lo), hi)
+                        getattr(mm, "id", None), pfns, heads, left, released_at, n,
+                        self.mem.head_of(lo), hi)
         self._live[rec.id] = rec
         self._whole.setdefault((how, int(pfns[0]), n), []).append(rec)
         (self._large if n > SMALL_RECORD else self._unindexed)[rec.id] = rec

@@ -242,8 +242,8 @@ def _walk_extent(vma: VMA, i0: int, i1: int, grab: np.ndarray, after: np.ndarray
 def gup_fast(env: MMEnv, mm: MM, start: int, end: int, flags: int, out: PagesOut) -> int:
     """The lockless walk: pages taken (a prefix of the range), possibly 0."""
     mem = env.mem
-    if mem.warnings.warn_on_once(not flags & (FOLL_GET | FOLL_PIN),
-                                 "try_grab_folio_fast: neither FOLL_GET nor FOLL_PIN",
+    if not flags & (FOLL_GET | FOLL_PIN) and mem.warnings.warn_on_once(
+                                 True, "try_grab_folio_fast: neither FOLL_GET nor FOLL_PIN",
                                  lambda: f"flags {foll_flags_str(flags)}"):
         return 0
     seq = mm.write_protect_seq
@@ -306,8 +306,8 @@ def gup_fast_fallback(env: MMEnv, mm: MM, start: int, nr_pages: int, gup_flags: 
                       pages: Pages | None) -> int:
     """GUP-fast, then the slow path for the rest unless FOLL_FAST_ONLY (spec 1.4, 2.3, 7)."""
     mem = env.mem
-    if mem.warnings.warn_on_once(bool(gup_flags & ~FAST_GUP_ALLOWED),
-                                 "gup_fast_fallback: flag not allowed",
+    if gup_flags & ~FAST_GUP_ALLOWED and mem.warnings.warn_on_once(
+                                 True, "gup_fast_fallback: flag not allowed",
                                  lambda: f"{foll_flags_str(gup_flags & ~FAST_GUP_ALLOWED)}"
                                  " is not supported by the fast entry points"):
         note_gup(mem, path=PATH_INVALID)

@@ -26,6 +26,10 @@ from types import FrameType
 PACKAGE_DIR = os.path.join(os.path.dirname(os.path.realpath(__file__)), "")
 
 _inside_cache: dict[str, bool] = {}
+#: file name -> whether the call-site walk goes on past a frame of that file (inside the
+#: package and not a module marked `__gupsim_call_site__`): one dict lookup per frame,
+#: as the walk runs on every pin and unpin
+_passes_cache: dict[str, bool] = {}
 
 
 def in_package(filename: str) -> bool:
@@ -51,10 +55,16 @@ def user_call_site(skip_package: str | None = None) -> str:
     kernel report names the driver function.
     """
     frame: FrameType | None = sys._getframe(1)
+    passes = _passes_cache
     while frame is not None:
-        code = frame.f_code
-        if not in_package(code.co_filename) or frame.f_globals.get("__gupsim_call_site__"):
-            return f"{code.co_filename}:{frame.f_lineno} in {code.co_name}"
+        filename = frame.f_code.co_filename
+        through = passes.get(filename)
+        if through is None:
+            through = passes[filename] = in_package(filename) and not \
+                frame.f_globals.get("__gupsim_call_site__")
+        if not through:
+            code = frame.f_code
+            return f"{filename}:{frame.f_lineno} in {code.co_name}"
         frame = frame.f_back
     return "<gupsim>"
 

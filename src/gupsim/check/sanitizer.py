@@ -14,6 +14,7 @@ Reports, each naming where the reference was taken and where it was released:
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections import deque
 from collections.abc import Iterable
@@ -27,12 +28,16 @@ from ..lean import SHORT, lo_hi, same
 from ..memory import Kind, MemMap
 from ..memory.pagearray import NULL
 from ..warn import source_line, user_call_site
+from .runs import Runs
 
 if TYPE_CHECKING:
     from ..mm import MM
 
 SMALL_RECORD = 64          # records up to this many entries are indexed by page and folio
 _ZERO = int(Kind.ZERO)      # a plain int: numpy compares an IntEnum ~2 us slower (grab.py)
+# what a new short record starts from: every entry held, none released (copied per record)
+_ONES = np.ones(SHORT, dtype=np.int8)
+_UNRELEASED = np.full(SHORT, -1, dtype=np.int32)
 
 
 @dataclass(eq=False)
@@ -57,6 +62,40 @@ class PinRecord:
     def held(self) -> int:
         """Entries of this call whose reference or pin is still held."""
         return self.nheld
+
+
+_NO_ENTRIES = np.zeros(0, dtype=np.int64)
+
+
+@dataclass(eq=False)
+class PackedRecord:
+    """A released large record in the history, its per-entry arrays as runs (runs.py):
+    `meta` is the record without them; `expand()` gives the whole record back."""
+
+    meta: PinRecord
+    pfns: Runs
+    heads: Runs
+    left: Runs
+    released_at: Runs
+
+    @classmethod
+    def pack(cls, rec: PinRecord) -> PinRecord | PackedRecord:
+        """`rec` in run form, or `rec` itself where runs would not be much smaller."""
+        if len(rec.pfns) <= SMALL_RECORD:
+            return rec
+        pfns = Runs.of(rec.pfns, 1)
+        if len(pfns) > len(rec.pfns) // 8:         # scattered pages: keep the arrays
+            return rec
+        meta = dataclasses.replace(rec, pfns=_NO_ENTRIES, heads=_NO_ENTRIES,
+                                   left=_NO_ENTRIES, released_at=_NO_ENTRIES)
+        return cls(meta, pfns, Runs.of(rec.heads, 0), Runs.of(rec.left, 0),
+                   Runs.of(rec.released_at, 0))
+
+    def expand(self) -> PinRecord:
+        """The record with its per-entry arrays, as it was when it was released."""
+        return dataclasses.replace(self.meta, pfns=self.pfns.expand(),
+                                   heads=self.heads.expand(), left=self.left.expand(),
+                                   released_at=self.released_at.expand())
 
 
 @dataclass(frozen=True)
@@ -120,7 +159,8 @@ class PinSanitizer:
         self._by_pfn: dict[int, dict[int, PinRecord]] = {}
         self._by_head: dict[int, dict[int, PinRecord]] = {}
         self._emptied: list[PinRecord] = []
-        self.released: deque[PinRecord] = deque(maxlen=history)
+        # the history a misuse report looks back into; large records kept as runs
+        self.released: deque[PinRecord | PackedRecord] = deque(maxlen=history)
         self.reports: list[SanitizerReport] = []
         self._sites: list[str] = []
         self._site_ids: dict[str, int] = {}
@@ -172,12 +212,14 @@ class PinSanitizer:
             return
         n = len(pfns)
         heads = self.mem.head_of(pfns)
-        released_at = np.empty(n, dtype=np.int32)
-        released_at.fill(-1)
+        if n <= SHORT:          # copies of a template: np.ones() costs about 1 us
+            left, released_at = _ONES[:n].copy(), _UNRELEASED[:n].copy()
+        else:
+            left, released_at = np.ones(n, dtype=np.int8), np.full(n, -1, dtype=np.int32)
         # folios are runs of frames, so the lowest head is the head of the lowest frame
         rec = PinRecord(next(self._ids), how, flags, call, user_call_site(),
-                        getattr(mm, "id", None), pfns, heads, np.ones(n, dtype=np.int8),
-                        released_at, n, self.mem.head_of(lo), hi)
+                        getattr(mm, "id", None), pfns, heads, left, released_at, n,
+                        self.mem.head_of(lo), hi)
         self._live[rec.id] = rec
         self._whole.setdefault((how, int(pfns[0]), n), []).append(rec)
         (self._large if n > SMALL_RECORD else self._unindexed)[rec.id] = rec
@@ -355,7 +397,8 @@ class PinSanitizer:
     def _misuse(self, how: str, call: str, site: str, sidx: int, huniq: np.ndarray,
                 hneed: np.ndarray, first: dict[int, int]) -> None:
         """One report per folio released more than its records allow (bounded to 16)."""
-        history = list(self._live.values()) + list(self.released)
+        history = list(self._live.values()) + [
+            r.expand() if isinstance(r, PackedRecord) else r for r in self.released]
         for head in huniq[hneed > 0][:16].tolist():
             pfn = first[head]
             j = int(np.searchsorted(huniq, head))
@@ -409,7 +452,7 @@ class PinSanitizer:
             same.remove(rec)
             if not same:
                 del self._whole[key]
-            self.released.append(rec)
+            self.released.append(PackedRecord.pack(rec))
         self._emptied.clear()
 
     # -- queries -------------------------------------------------------------------------

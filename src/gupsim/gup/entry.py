@@ -37,6 +37,7 @@ How to add a GUP entry point
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import os
 import re
@@ -117,37 +118,37 @@ class EntryPoint:
     base: str | None = None
     since: str | None = None
 
-    @property
+    @functools.cached_property
     def takes_mm(self) -> bool:
         """A remote variant: it names its mm, so it is a `Kernel` method."""
         return "mm" in self.params
 
-    @property
+    @functools.cached_property
     def takes_locked(self) -> bool:
         """It takes the `int *locked` pointer (None or a one-element list)."""
         return "locked" in self.params
 
-    @property
+    @functools.cached_property
     def one_page(self) -> bool:
         """The inline one-page wrapper: (addr, gup_flags, pagep), answers a bool."""
         return self.params == ONE_PAGE_ARGS
 
-    @property
+    @functools.cached_property
     def pins(self) -> bool:
         """FOLL_PIN (release with unpin_user_page*()) rather than FOLL_GET (put_page())."""
         return bool(self.adds & FOLL_PIN)
 
-    @property
+    @functools.cached_property
     def fast(self) -> bool:
         """It starts with the lockless GUP-fast walk."""
         return self.path == "fast"
 
-    @property
+    @functools.cached_property
     def fast_only(self) -> bool:
         """GUP-fast alone: no slow path, no faults."""
         return bool(self.adds & FOLL_FAST_ONLY)
 
-    @property
+    @functools.cached_property
     def caller_holds_lock(self) -> bool:
         """The kernel contract says the caller holds mmap_lock (the facade takes it)."""
         return self.path == "slow"
@@ -273,6 +274,8 @@ ENTRY_POINTS_BY_NAME: dict[str, EntryPoint] = {ep.name: ep for ep in ENTRY_POINT
 
 
 def _integer(ep: EntryPoint, name: str, value: object) -> int:
+    if type(value) is int:                      # the common case, bool excluded
+        return value
     if isinstance(value, bool) or not isinstance(value, int | np.integer):
         raise TypeError(f"{ep.name}(): {name} must be an int, not {type(value).__name__} "
                         f"(call {ep.call_shape})")
@@ -345,7 +348,7 @@ def gup_call(ep: EntryPoint, env: MMEnv, mm: MM, start: int, nr_pages: int, gup_
     _check_capacity(pages, nr_pages)
     call = GupCall(ep.name, start, nr_pages, gup_flags | ep.implies,
                    PATH_FAST if ep.fast else PATH_SLOW)
-    if ep.since is not None:
+    if ep.since is not None and not env.era.has(ep.since):
         env.era.require(ep.since, f"{ep.name}()")
     with gup_state(env.mem).recording(call):
         flags = is_valid_gup_args(env.mem.warnings, pages, locked, gup_flags | ep.implies,

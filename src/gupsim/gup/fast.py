@@ -108,23 +108,26 @@ def _fast_checks(env: MMEnv, vma: VMA, i0: int, i1: int, flags: int,
 # Up to this many entries the walk checks entry by entry with plain Python ints: numpy's
 # fixed cost (about 1 us per operation, some 25 operations) dominates a short range.
 SMALL_WALK = 16
+# Up to this many huge leaves (2 MiB each: 128 MiB) are checked the same way, once each.
+SMALL_LEAVES = 64
 
 
-def _fast_checks_small(env: MMEnv, vma: VMA, i0: int, i1: int, flags: int
-                       ) -> NDArray[np.int64] | None:
-    """`_fast_checks()` for a short range whose every entry passes, in plain ints: the
-    folio of each entry; None if any entry is refused (the vectorised checks then decide
-    how far the walk got, so the order of the tests here does not matter). The same
-    tests; a test compares the two."""
+def _fast_checks_small(env: MMEnv, vma: VMA, i0: int, i1: int, flags: int,
+                       at: np.ndarray | None = None) -> NDArray[np.int64] | None:
+    """`_fast_checks()` for a short range (or the few entries `at`, one per huge leaf)
+    whose every entry passes, in plain ints: the folio of each entry; None if any entry
+    is refused (the vectorised checks then decide how far the walk got, so the order of
+    the tests here does not matter). The same tests; a test compares the two."""
     mem = env.mem
     if not int(vma.flags) & _VM_ACCESS:         # int(): no enum operation
         return None
     write, pin, longterm = flags & FOLL_WRITE, flags & FOLL_PIN, flags & FOLL_LONGTERM
-    ptes = vma.pte[i0:i1].tolist()
+    where = slice(i0, i1) if at is None else at
+    ptes = vma.pte[where].tolist()
     for pte in ptes:
         if not pte & PTE.PRESENT or pte & PTE.SPECIAL or write and not pte & PTE.WRITE:
             return None
-    pfns = vma.pfn[i0:i1]
+    pfns = vma.pfn[where]
     heads = mem.head_of(pfns)
     hl, kinds = heads.tolist(), mem.kind.take(heads).tolist()
     if longterm and not all(map(functools.partial(longterm_pinnable_one, mem), hl, kinds)):
@@ -188,13 +191,19 @@ def _checked_runs(env: MMEnv, vma: VMA, i0: int, i1: int, flags: int
         grab, after, pfns, heads = _fast_checks(env, vma, i0, i1, flags)
         keep, k = _walk_extent(vma, i0, i1, grab, after)
         return keep, k, pfns, folio_runs(mem, pfns[:k], heads[:k])
-    grab, after, _, heads = _fast_checks(env, vma, i0, i1, flags, at=starts)
     keep = k = i1 - i0
-    bad = np.flatnonzero(~(grab & after))
-    if len(bad):
-        u = int(bad[0])
-        a, b = _unit_bounds(vma, i0, i1, int(starts[u]))
-        keep, k = a - i0, (b if grab[u] else a) - i0
+    # a few leaves: each checked in plain ints (numpy's fixed cost would dominate)
+    small = _fast_checks_small(env, vma, i0, i1, flags, at=starts) \
+        if len(starts) <= SMALL_LEAVES else None
+    if small is not None:
+        heads = small
+    else:
+        grab, after, _, heads = _fast_checks(env, vma, i0, i1, flags, at=starts)
+        bad = np.flatnonzero(~(grab & after))
+        if len(bad):
+            u = int(bad[0])
+            a, b = _unit_bounds(vma, i0, i1, int(starts[u]))
+            keep, k = a - i0, (b if grab[u] else a) - i0
     offs = starts - i0
     n = int(np.searchsorted(offs, k))             # the leaf parts the walk grabs
     offs, heads = offs[:n], heads[:n]
@@ -233,8 +242,8 @@ def _walk_extent(vma: VMA, i0: int, i1: int, grab: np.ndarray, after: np.ndarray
 def gup_fast(env: MMEnv, mm: MM, start: int, end: int, flags: int, out: PagesOut) -> int:
     """The lockless walk: pages taken (a prefix of the range), possibly 0."""
     mem = env.mem
-    if mem.warnings.warn_on_once(not flags & (FOLL_GET | FOLL_PIN),
-                                 "try_grab_folio_fast: neither FOLL_GET nor FOLL_PIN",
+    if not flags & (FOLL_GET | FOLL_PIN) and mem.warnings.warn_on_once(
+                                 True, "try_grab_folio_fast: neither FOLL_GET nor FOLL_PIN",
                                  lambda: f"flags {foll_flags_str(flags)}"):
         return 0
     seq = mm.write_protect_seq
@@ -297,8 +306,8 @@ def gup_fast_fallback(env: MMEnv, mm: MM, start: int, nr_pages: int, gup_flags: 
                       pages: Pages | None) -> int:
     """GUP-fast, then the slow path for the rest unless FOLL_FAST_ONLY (spec 1.4, 2.3, 7)."""
     mem = env.mem
-    if mem.warnings.warn_on_once(bool(gup_flags & ~FAST_GUP_ALLOWED),
-                                 "gup_fast_fallback: flag not allowed",
+    if gup_flags & ~FAST_GUP_ALLOWED and mem.warnings.warn_on_once(
+                                 True, "gup_fast_fallback: flag not allowed",
                                  lambda: f"{foll_flags_str(gup_flags & ~FAST_GUP_ALLOWED)}"
                                  " is not supported by the fast entry points"):
         note_gup(mem, path=PATH_INVALID)

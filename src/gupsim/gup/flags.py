@@ -77,32 +77,33 @@ def is_valid_gup_args(warnings: WarnLog, pages: object, locked: Sequence[int] | 
     `locked` stands for the `int *locked` pointer: None or a one-element list. The
     kernel updates the caller's flags through a pointer; here the new flags are returned.
     """
-    if warnings.warn_on_once(bool(gup_flags & INTERNAL_GUP_FLAGS),
-                             "is_valid_gup_args: internal FOLL flag",
+    # each test first, warn_on_once() only when it fires: this runs on every GUP call
+    if gup_flags & INTERNAL_GUP_FLAGS and warnings.warn_on_once(
+                             True, "is_valid_gup_args: internal FOLL flag",
                              lambda: "caller passed internal flags "
                              f"{foll_flags_str(gup_flags & INTERNAL_GUP_FLAGS)}"):
         return None
     gup_flags |= to_set
     if locked is not None:
-        if warnings.warn_on_once(locked[0] != 1, "is_valid_gup_args: *locked != 1",
+        if locked[0] != 1 and warnings.warn_on_once(True, "is_valid_gup_args: *locked != 1",
                                  f"*locked is {locked[0]}: take mmap_lock and set it to 1"):
             return None
         gup_flags |= FOLL_UNLOCKABLE
-    if warnings.warn_on_once((gup_flags & (FOLL_GET | FOLL_PIN)) == (FOLL_GET | FOLL_PIN),
-                             "is_valid_gup_args: FOLL_GET with FOLL_PIN",
+    if (gup_flags & (FOLL_GET | FOLL_PIN)) == (FOLL_GET | FOLL_PIN) and warnings.warn_on_once(
+                             True, "is_valid_gup_args: FOLL_GET with FOLL_PIN",
                              "FOLL_GET and FOLL_PIN are mutually exclusive"):
         return None
-    if warnings.warn_on_once(bool(gup_flags & FOLL_LONGTERM) and not gup_flags & FOLL_PIN,
-                             "is_valid_gup_args: FOLL_LONGTERM without FOLL_PIN",
+    if gup_flags & FOLL_LONGTERM and not gup_flags & FOLL_PIN and warnings.warn_on_once(
+                             True, "is_valid_gup_args: FOLL_LONGTERM without FOLL_PIN",
                              "long-term references must be pins: use pin_user_pages*()"):
         return None
-    if warnings.warn_on_once(bool(gup_flags & (FOLL_GET | FOLL_PIN)) and pages is None,
-                             "is_valid_gup_args: no pages array",
+    if gup_flags & (FOLL_GET | FOLL_PIN) and pages is None and warnings.warn_on_once(
+                             True, "is_valid_gup_args: no pages array",
                              "FOLL_GET/FOLL_PIN need a pages array to return the pages in"):
         return None
-    if warnings.warn_on_once((gup_flags & (FOLL_LONGTERM | FOLL_PCI_P2PDMA))
-                             == (FOLL_LONGTERM | FOLL_PCI_P2PDMA),
-                             "is_valid_gup_args: FOLL_LONGTERM with FOLL_PCI_P2PDMA",
+    if (gup_flags & (FOLL_LONGTERM | FOLL_PCI_P2PDMA)) == (FOLL_LONGTERM | FOLL_PCI_P2PDMA) \
+            and warnings.warn_on_once(
+                             True, "is_valid_gup_args: FOLL_LONGTERM with FOLL_PCI_P2PDMA",
                              "P2PDMA memory cannot be pinned long-term"):
         return None
     return gup_flags

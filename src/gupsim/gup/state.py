@@ -22,7 +22,6 @@ from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
-from weakref import WeakKeyDictionary
 
 from ..memory import Allocator, MemMap
 from ..observe import gup_call_ended
@@ -142,16 +141,25 @@ class _Recording:
         gup_call_ended(st.env.mem)          # an observer drawing pictures (observe.py)
 
 
-_states: WeakKeyDictionary[MemMap, GupState] = WeakKeyDictionary()
+# The state hangs off the MemMap itself: a WeakKeyDictionary lookup builds a weakref on
+# every call (some five per one-page pin), and its value (state -> env -> mem) kept the
+# key alive anyway. `_STATE` is the attribute's name; only register_machine() sets it.
+_STATE = "_gupsim_gup_state"
+
+
+def _state_of(mem: MemMap) -> GupState | None:
+    st: GupState | None = getattr(mem, _STATE, None)
+    return st
 
 
 def register_machine(env: MMEnv) -> GupState:
     """Make a machine known to the pinning layer (idempotent; `Kernel()` calls it); also
     links mm/ to GUP's page walk (populate), as the kernel links mm/mmap.c and
     mm/madvise.c to mm/gup.c."""
-    st = _states.get(env.mem)
+    st = _state_of(env.mem)
     if st is None:
-        st = _states[env.mem] = GupState(env)
+        st = GupState(env)
+        setattr(env.mem, _STATE, st)
         from .slow import register_populate  # here: slow.py imports this module
         register_populate(env)
         env.race_hook = functools.partial(race_point, env.mem)
@@ -160,7 +168,7 @@ def register_machine(env: MMEnv) -> GupState:
 
 def gup_state(mem: MemMap) -> GupState:
     """The pinning layer's state of the machine that owns `mem`; RuntimeError if unknown."""
-    st = _states.get(mem)
+    st = _state_of(mem)
     if st is None:
         raise RuntimeError("these pages belong to a machine the pinning layer does not know: "
                            "create it with gupsim.Kernel()")
@@ -169,7 +177,7 @@ def gup_state(mem: MemMap) -> GupState:
 
 def note_gup(mem: MemMap, **fields: Any) -> None:
     """Add to the record of the GUP call in progress, e.g. `note_gup(mem, fast=n)`."""
-    st = _states.get(mem)
+    st = _state_of(mem)
     call = st.call if st is not None else None
     if call is not None:
         for name, value in fields.items():
@@ -179,14 +187,14 @@ def note_gup(mem: MemMap, **fields: Any) -> None:
 def race_pending(mem: MemMap, point: str) -> bool:
     """Whether a callback waits at race point `point` (what was read must be kept to
     re-check it after the race)."""
-    st = _states.get(mem)
+    st = _state_of(mem)
     return st is not None and bool(st.race_hooks.get(point))
 
 
 def race_point(mem: MemMap, point: str, **context: Any) -> bool:
     """Run (and forget) the callbacks registered for `point`; True if any ran (the
     machine may have changed, so the caller must re-check what it read)."""
-    st = _states.get(mem)
+    st = _state_of(mem)
     if st is None or not st.race_hooks.get(point):
         return False
     hooks, st.race_hooks[point] = st.race_hooks[point], []

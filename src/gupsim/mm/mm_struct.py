@@ -284,11 +284,14 @@ def split_pmds_across(mm: MM, vma: VMA, i: int) -> None:
             split_huge_mapping(mm, vma, i - 1)
 
 
-def zap_range(mm: MM, vma: VMA, i0: int, i1: int, swap: SwapDevice | None = None) -> None:
+def zap_range(mm: MM, vma: VMA, i0: int, i1: int, swap: SwapDevice | None = None,
+              gather: list[np.ndarray] | None = None) -> None:
     """Unmap entries [i0, i1) of a VMA: drop mapcounts and references, free what is unused.
 
     Huge mappings that the range only partly covers are split first, as zap_pmd_range()
-    does. Swap entries give back their swap slot reference.
+    does. Swap entries give back their swap slot reference. With `gather` (the mmu_gather
+    of a caller zapping many VMAs, as exit_mmap() is) the folios' references are not
+    dropped here but their heads appended, for the caller to put in one batch.
     """
     if i0 >= i1 or not vma.pte[i0:i1].any():
         return                  # nothing mapped, nothing swapped: nothing to undo
@@ -328,13 +331,16 @@ def zap_range(mm: MM, vma: VMA, i0: int, i1: int, swap: SwapDevice | None = None
         swap.free_entries(pfn[swapped])
     vma.pte[i0:i1] = 0
     vma.pfn[i0:i1] = 0
-    if heads_to_put:
+    if gather is not None:
+        gather.extend(heads_to_put)
+    elif heads_to_put:
         folio_put_many(mm.alloc, np.concatenate(heads_to_put))
 
 
-def zap_vma(mm: MM, vma: VMA, swap: SwapDevice | None = None) -> None:
+def zap_vma(mm: MM, vma: VMA, swap: SwapDevice | None = None,
+            gather: list[np.ndarray] | None = None) -> None:
     """unmap_vmas() for one whole VMA (exit, and the teardown of a child whose fork failed)."""
-    zap_range(mm, vma, 0, vma.nr_pages, swap)
+    zap_range(mm, vma, 0, vma.nr_pages, swap, gather)
 
 
 RLIMIT_DEFAULT_MEMLOCK = 8 << 20   # 8 MiB, the default since 5.16

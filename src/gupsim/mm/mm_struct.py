@@ -293,17 +293,25 @@ def zap_range(mm: MM, vma: VMA, i0: int, i1: int, swap: SwapDevice | None = None
     of a caller zapping many VMAs, as exit_mmap() is) the folios' references are not
     dropped here but their heads appended, for the caller to put in one batch.
     """
-    if i0 >= i1 or not vma.pte[i0:i1].any():
+    if i0 >= i1:
+        return
+    kinds_of_entry = int(np.bitwise_or.reduce(vma.pte[i0:i1]))
+    if not kinds_of_entry:
         return                  # nothing mapped, nothing swapped: nothing to undo
-    split_pmds_across(mm, vma, i0)
-    split_pmds_across(mm, vma, i1)
+    if kinds_of_entry & (PTE.PMD | PTE.PUD):   # one a boundary cuts has an entry inside
+        split_pmds_across(mm, vma, i0)
+        split_pmds_across(mm, vma, i1)
     mem = mm.mem
     pte = vma.pte[i0:i1]
     pfn = vma.pfn[i0:i1]
     present = (pte & PTE.PRESENT) != 0
-    special = (pte & PTE.SPECIAL) != 0
-    huge = (pte & (PTE.PMD | PTE.PUD)) != 0
-    small = present & ~special & ~huge
+    huge = (pte & (PTE.PMD | PTE.PUD)) != 0 if kinds_of_entry & (PTE.PMD | PTE.PUD) \
+        else np.zeros(0, dtype=bool)
+    small = present
+    if kinds_of_entry & PTE.SPECIAL:
+        small = small & ((pte & PTE.SPECIAL) == 0)
+    if len(huge):
+        small = small & ~huge
     small_pfns = pfn[small]
     heads_to_put: list[np.ndarray] = []
     if len(small_pfns):
@@ -314,7 +322,8 @@ def zap_range(mm: MM, vma: VMA, i0: int, i1: int, swap: SwapDevice | None = None
         if dirty.any():
             mem.set_flag(heads[dirty != 0], PG.dirty)     # repeats are harmless: no unique
         heads_to_put.append(heads)
-    huge_entries = np.nonzero(present & ~special & huge)[0]
+    huge_entries = np.nonzero(present & ((pte & PTE.SPECIAL) == 0) & huge)[0] \
+        if len(huge) else huge
     if len(huge_entries):
         starts = huge_entries[mem.head_off[pfn[huge_entries]] == 0]
         for j in starts.tolist():
@@ -326,9 +335,8 @@ def zap_range(mm: MM, vma: VMA, i0: int, i1: int, swap: SwapDevice | None = None
             if pte[j:j + n].any() and (pte[j:j + n] & PTE.DIRTY).any():
                 mem.set_flag(head, PG.dirty)
             heads_to_put.append(np.array([head], dtype=np.int64))
-    swapped = (pte & PTE.SWAP) != 0
-    if swapped.any() and swap is not None:
-        swap.free_entries(pfn[swapped])
+    if kinds_of_entry & PTE.SWAP and swap is not None:
+        swap.free_entries(pfn[(pte & PTE.SWAP) != 0])
     vma.pte[i0:i1] = 0
     vma.pfn[i0:i1] = 0
     if gather is not None:

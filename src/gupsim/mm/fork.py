@@ -22,9 +22,8 @@ from numpy.typing import NDArray
 from ..memory import PG, Kind, OutOfMemory
 from ..memory.memmap import add_at
 from ..memory.page import maybe_dma_pinned_pfns
-from ..memory.refs import folio_put_many
 from .env import MMEnv
-from .mm_struct import MM, MMF, add_rss, split_huge_mapping, zap_vma
+from .mm_struct import MM, MMF, ZapGather, add_rss, split_huge_mapping, zap_vma
 from .mmu_notifier import (
     MMU_NOTIFY_PROTECTION_PAGE,
     MMU_NOTIFY_UNMAP,
@@ -241,17 +240,16 @@ def exit_mmap(env: MMEnv, mm: MM) -> None:
 
     MMU notifiers hear mmu_notifier_release() first, then one MMU_NOTIFY_UNMAP of
     [0, ULONG_MAX) around the zap (interval subscriptions still inserted receive it).
-    The folio references of all VMAs are dropped in one batch after the zap, as the
-    kernel's mmu_gather frees them in tlb_finish_mmu() (one free_folios for the mm).
+    The mapcounts and folio references of all VMAs are dropped in one batch after the
+    zap, as the kernel's mmu_gather frees in tlb_finish_mmu() (one free_folios for the mm).
     """
     mmu_notifier_release(mm)
     rng = invalidate_start(mm, MMU_NOTIFY_UNMAP, 0, ULONG_MAX) if mm.vmas else None
-    gather: list[np.ndarray] = []
+    gather = ZapGather()
     for vma in list(mm.vmas):
         zap_vma(mm, vma, env.swap, gather)
     invalidate_end(rng)
-    if gather:
-        folio_put_many(env.alloc, np.concatenate(gather))
+    gather.finish(mm)
     vmas, mm.vmas = mm.vmas, []
     for vma in vmas:
         vma_close(vma)

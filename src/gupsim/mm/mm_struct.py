@@ -285,13 +285,13 @@ def split_pmds_across(mm: MM, vma: VMA, i: int) -> None:
 
 
 def zap_range(mm: MM, vma: VMA, i0: int, i1: int, swap: SwapDevice | None = None,
-              gather: list[np.ndarray] | None = None) -> None:
+              gather: ZapGather | None = None) -> None:
     """Unmap entries [i0, i1) of a VMA: drop mapcounts and references, free what is unused.
 
     Huge mappings that the range only partly covers are split first, as zap_pmd_range()
     does. Swap entries give back their swap slot reference. With `gather` (the mmu_gather
-    of a caller zapping many VMAs, as exit_mmap() is) the folios' references are not
-    dropped here but their heads appended, for the caller to put in one batch.
+    of a caller zapping many VMAs, as exit_mmap() is) the small pages' mapcounts, RSS and
+    dirty bits and all folio references are left to ZapGather.finish(), in one batch.
     """
     if i0 >= i1:
         return
@@ -314,7 +314,10 @@ def zap_range(mm: MM, vma: VMA, i0: int, i1: int, swap: SwapDevice | None = None
         small = small & ~huge
     small_pfns = pfn[small]
     heads_to_put: list[np.ndarray] = []
-    if len(small_pfns):
+    if gather is not None and len(small_pfns):
+        gather.pfns.append(small_pfns)   # mapcounts, RSS, dirty bits: in the batch
+        gather.dirty.append((pte[small] & PTE.DIRTY) != 0)
+    elif len(small_pfns):
         add_at(mem.mapcount, small_pfns, -1)
         heads = mem.head_of(small_pfns)
         add_rss(mm, mem.kind[heads], -1)
@@ -340,13 +343,39 @@ def zap_range(mm: MM, vma: VMA, i0: int, i1: int, swap: SwapDevice | None = None
     vma.pte[i0:i1] = 0
     vma.pfn[i0:i1] = 0
     if gather is not None:
-        gather.extend(heads_to_put)
+        gather.heads.extend(heads_to_put)
     elif heads_to_put:
         folio_put_many(mm.alloc, np.concatenate(heads_to_put))
 
 
+@dataclass
+class ZapGather:
+    """What zap_range() leaves for one batch at the end of exit_mmap() (the kernel's
+    mmu_gather): the small pages unmapped with their dirty bits, the huge heads."""
+
+    pfns: list[np.ndarray] = field(default_factory=list)
+    dirty: list[np.ndarray] = field(default_factory=list)
+    heads: list[np.ndarray] = field(default_factory=list)
+
+    def finish(self, mm: MM) -> None:
+        """tlb_finish_mmu(): drop the gathered mapcounts, RSS and references at once."""
+        mem = mm.mem
+        heads_to_put = list(self.heads)
+        if self.pfns:
+            pfns = np.concatenate(self.pfns)
+            add_at(mem.mapcount, pfns, -1)
+            heads = mem.head_of(pfns)
+            add_rss(mm, mem.kind[heads], -1)
+            dirty = np.concatenate(self.dirty)
+            if dirty.any():
+                mem.set_flag(heads[dirty], PG.dirty)
+            heads_to_put.append(heads)
+        if heads_to_put:
+            folio_put_many(mm.alloc, np.concatenate(heads_to_put))
+
+
 def zap_vma(mm: MM, vma: VMA, swap: SwapDevice | None = None,
-            gather: list[np.ndarray] | None = None) -> None:
+            gather: ZapGather | None = None) -> None:
     """unmap_vmas() for one whole VMA (exit, and the teardown of a child whose fork failed)."""
     zap_range(mm, vma, 0, vma.nr_pages, swap, gather)
 

@@ -59,6 +59,8 @@ class BuddyRegion:
 
     def alloc(self, order: int) -> int | None:
         """Lowest free block of 2**order frames, split from a larger one if need be."""
+        if self.nr_free < 1 << order:
+            return None         # an empty region (no CMA, no movable zone) answers at once
         if order > MAX_PAGE_ORDER:
             pfn = self._carve(order)
         else:

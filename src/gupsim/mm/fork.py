@@ -23,7 +23,7 @@ from ..memory import PG, Kind, OutOfMemory
 from ..memory.memmap import add_at
 from ..memory.page import maybe_dma_pinned_pfns
 from .env import MMEnv
-from .mm_struct import MM, MMF, add_rss, split_huge_mapping, zap_vma
+from .mm_struct import MM, MMF, ZapGather, add_rss, split_huge_mapping, zap_vma
 from .mmu_notifier import (
     MMU_NOTIFY_PROTECTION_PAGE,
     MMU_NOTIFY_UNMAP,
@@ -125,52 +125,70 @@ def copy_page_range(env: MMEnv, src_mm: MM, dst_mm: MM, src: VMA, dst: VMA) -> N
 
 
 def _copy_page_range(env: MMEnv, src_mm: MM, dst_mm: MM, src: VMA, dst: VMA) -> None:
-    """The copy itself, inside the parent's invalidation."""
+    """The copy itself, inside the parent's invalidation.
+
+    The OR of all entries says which kinds of entry the VMA holds at all, so a VMA with
+    no huge, special, swap or marker entries (most of them) skips those passes.
+    """
     mem = env.mem
-    # huge mappings first: pinned exclusive anon THPs are split, the rest shared whole
-    huge = np.nonzero((src.pte & (PTE.PMD | PTE.PUD)) != 0)[0]
-    for i in huge.tolist():
-        if not src.pte[i] & (PTE.PMD | PTE.PUD) or mem.head_off[int(src.pfn[i])] != 0:
-            continue
-        _copy_huge(env, src_mm, dst_mm, src, dst, i)
+    present_bits = int(np.bitwise_or.reduce(src.pte)) if src.nr_pages else 0
+    if not present_bits:
+        return                                  # nothing mapped, swapped or marked
+    if present_bits & (PTE.PMD | PTE.PUD):
+        # huge mappings first: pinned exclusive anon THPs are split, the rest shared whole
+        huge = np.nonzero((src.pte & (PTE.PMD | PTE.PUD)) != 0)[0]
+        for i in huge.tolist():
+            if not src.pte[i] & (PTE.PMD | PTE.PUD) or mem.head_off[int(src.pfn[i])] != 0:
+                continue
+            _copy_huge(env, src_mm, dst_mm, src, dst, i)
+        present_bits = int(np.bitwise_or.reduce(src.pte))   # splits turned some into PTEs
     pte = src.pte
-    small = ((pte & PTE.PRESENT) != 0) & ((pte & (PTE.PMD | PTE.PUD)) == 0)
-    special = small & ((pte & PTE.SPECIAL) != 0)
-    dst.pfn[special] = src.pfn[special]
-    dst.pte[special] = src.pte[special]
-    swapped = (pte & PTE.SWAP) != 0
-    if swapped.any():
+    small = (pte & PTE.PRESENT) != 0
+    if present_bits & (PTE.PMD | PTE.PUD):
+        small &= (pte & (PTE.PMD | PTE.PUD)) == 0
+    if present_bits & PTE.SPECIAL:
+        special = small & ((pte & PTE.SPECIAL) != 0)
+        dst.pfn[special] = src.pfn[special]
+        dst.pte[special] = src.pte[special]
+        small &= ~special
+    if present_bits & PTE.SWAP:
+        swapped = (pte & PTE.SWAP) != 0
         src.pte[swapped] &= np.uint16(~PTE.SWP_EXCLUSIVE & 0xFFFF)
         dst.pte[swapped] = src.pte[swapped]
         dst.pfn[swapped] = src.pfn[swapped]
         assert env.swap is not None, "a PTE holds a swap entry on a machine without swap"
         env.swap.dup(src.pfn[swapped])
-    poison = (pte & (PTE.HWPOISON | PTE.MARKER)) != 0
-    dst.pte[poison] = src.pte[poison]
-    dst.pfn[poison] = src.pfn[poison]
-    idx = np.nonzero(small & ~special)[0]
+    if present_bits & (PTE.HWPOISON | PTE.MARKER):
+        poison = (pte & (PTE.HWPOISON | PTE.MARKER)) != 0
+        dst.pte[poison] = src.pte[poison]
+        dst.pfn[poison] = src.pfn[poison]
+    idx = np.nonzero(small)[0]
     if len(idx) == 0:
         return
     pfns = src.pfn[idx]
     heads = mem.head_of(pfns)
-    anon = mem.kind[heads] == Kind.ANON
+    kinds = mem.kind[heads]
+    anon = kinds == Kind.ANON
     excl = (mem.flags[pfns] & np.uint32(PG.anon_exclusive)) != 0
     copy = anon & excl & folio_needs_cow_for_dma(env, src_mm, heads)
     if env.race_hook is not None:
         # GUP-fast may pin here, after the check: before 5.11 nothing stops it
         env.race_hook("fork:before_wrprotect", mm=src_mm, vma=src)
-    share = idx[~copy]
+    if copy.any():
+        keep = ~copy
+        share, sp, share_heads = idx[keep], pfns[keep], heads[keep]
+        anon, kinds = anon[keep], kinds[keep]
+    else:
+        share, sp, share_heads = idx, pfns, heads
     if len(share):
-        sp = src.pfn[share]
-        cow = src.is_cow
-        mem.clear_flag(sp[anon[~copy]], PG.anon_exclusive)
-        if cow:
+        mem.clear_flag(sp[anon], PG.anon_exclusive)
+        if src.is_cow:
             src.pte[share] &= np.uint16(~PTE.WRITE & 0xFFFF)
         dst.pfn[share] = sp
         dst.pte[share] = src.pte[share]
         add_at(mem.mapcount, sp, 1)
-        add_at(mem.refcount, mem.head_of(sp), 1)
-        add_rss(dst_mm, mem.kind[mem.head_of(sp)], +1)
+        add_at(mem.refcount, share_heads, 1)
+        add_rss(dst_mm, kinds, +1)
     copy_present_pages(env, dst_mm, src, dst, idx[copy])
 
 
@@ -242,12 +260,16 @@ def exit_mmap(env: MMEnv, mm: MM) -> None:
 
     MMU notifiers hear mmu_notifier_release() first, then one MMU_NOTIFY_UNMAP of
     [0, ULONG_MAX) around the zap (interval subscriptions still inserted receive it).
+    The mapcounts and folio references of all VMAs are dropped in one batch after the
+    zap, as the kernel's mmu_gather frees in tlb_finish_mmu() (one free_folios for the mm).
     """
     mmu_notifier_release(mm)
     rng = invalidate_start(mm, MMU_NOTIFY_UNMAP, 0, ULONG_MAX) if mm.vmas else None
+    gather = ZapGather()
     for vma in list(mm.vmas):
-        zap_vma(mm, vma, env.swap)
+        zap_vma(mm, vma, env.swap, gather)
     invalidate_end(rng)
+    gather.finish(mm)
     vmas, mm.vmas = mm.vmas, []
     for vma in vmas:
         vma_close(vma)

@@ -289,26 +289,40 @@ def split_pmds_across(mm: MM, vma: VMA, i: int) -> None:
             split_huge_mapping(mm, vma, i - 1)
 
 
-def zap_range(mm: MM, vma: VMA, i0: int, i1: int, swap: SwapDevice | None = None) -> None:
+def zap_range(mm: MM, vma: VMA, i0: int, i1: int, swap: SwapDevice | None = None,
+              gather: ZapGather | None = None) -> None:
     """Unmap entries [i0, i1) of a VMA: drop mapcounts and references, free what is unused.
 
     Huge mappings that the range only partly covers are split first, as zap_pmd_range()
-    does. Swap entries give back their swap slot reference.
+    does. Swap entries give back their swap slot reference. With `gather` (the mmu_gather
+    of a caller zapping many VMAs, as exit_mmap() is) the small pages' mapcounts, RSS and
+    dirty bits and all folio references are left to ZapGather.finish(), in one batch.
     """
-    if i0 >= i1 or not vma.pte[i0:i1].any():
+    if i0 >= i1:
+        return
+    kinds_of_entry = int(np.bitwise_or.reduce(vma.pte[i0:i1]))
+    if not kinds_of_entry:
         return                  # nothing mapped, nothing swapped: nothing to undo
-    split_pmds_across(mm, vma, i0)
-    split_pmds_across(mm, vma, i1)
+    if kinds_of_entry & (PTE.PMD | PTE.PUD):   # one a boundary cuts has an entry inside
+        split_pmds_across(mm, vma, i0)
+        split_pmds_across(mm, vma, i1)
     mem = mm.mem
     pte = vma.pte[i0:i1]
     pfn = vma.pfn[i0:i1]
     present = (pte & PTE.PRESENT) != 0
-    special = (pte & PTE.SPECIAL) != 0
-    huge = (pte & (PTE.PMD | PTE.PUD)) != 0
-    small = present & ~special & ~huge
+    huge = (pte & (PTE.PMD | PTE.PUD)) != 0 if kinds_of_entry & (PTE.PMD | PTE.PUD) \
+        else np.zeros(0, dtype=bool)
+    small = present
+    if kinds_of_entry & PTE.SPECIAL:
+        small = small & ((pte & PTE.SPECIAL) == 0)
+    if len(huge):
+        small = small & ~huge
     small_pfns = pfn[small]
     heads_to_put: list[np.ndarray] = []
-    if len(small_pfns):
+    if gather is not None and len(small_pfns):
+        gather.pfns.append(small_pfns)   # mapcounts, RSS, dirty bits: in the batch
+        gather.dirty.append((pte[small] & PTE.DIRTY) != 0)
+    elif len(small_pfns):
         add_at(mem.mapcount, small_pfns, -1)
         heads = mem.head_of(small_pfns)
         add_rss(mm, mem.kind[heads], -1)
@@ -316,7 +330,8 @@ def zap_range(mm: MM, vma: VMA, i0: int, i1: int, swap: SwapDevice | None = None
         if dirty.any():
             mem.set_flag(heads[dirty != 0], PG.dirty)     # repeats are harmless: no unique
         heads_to_put.append(heads)
-    huge_entries = np.nonzero(present & ~special & huge)[0]
+    huge_entries = np.nonzero(present & ((pte & PTE.SPECIAL) == 0) & huge)[0] \
+        if len(huge) else huge
     if len(huge_entries):
         starts = huge_entries[mem.head_off[pfn[huge_entries]] == 0]
         for j in starts.tolist():
@@ -328,18 +343,46 @@ def zap_range(mm: MM, vma: VMA, i0: int, i1: int, swap: SwapDevice | None = None
             if pte[j:j + n].any() and (pte[j:j + n] & PTE.DIRTY).any():
                 mem.set_flag(head, PG.dirty)
             heads_to_put.append(np.array([head], dtype=np.int64))
-    swapped = (pte & PTE.SWAP) != 0
-    if swapped.any() and swap is not None:
-        swap.free_entries(pfn[swapped])
+    if kinds_of_entry & PTE.SWAP and swap is not None:
+        swap.free_entries(pfn[(pte & PTE.SWAP) != 0])
     vma.pte[i0:i1] = 0
     vma.pfn[i0:i1] = 0
-    if heads_to_put:
+    if gather is not None:
+        gather.heads.extend(heads_to_put)
+    elif heads_to_put:
         folio_put_many(mm.alloc, np.concatenate(heads_to_put))
 
 
-def zap_vma(mm: MM, vma: VMA, swap: SwapDevice | None = None) -> None:
+@dataclass
+class ZapGather:
+    """What zap_range() leaves for one batch at the end of exit_mmap() (the kernel's
+    mmu_gather): the small pages unmapped with their dirty bits, the huge heads."""
+
+    pfns: list[np.ndarray] = field(default_factory=list)
+    dirty: list[np.ndarray] = field(default_factory=list)
+    heads: list[np.ndarray] = field(default_factory=list)
+
+    def finish(self, mm: MM) -> None:
+        """tlb_finish_mmu(): drop the gathered mapcounts, RSS and references at once."""
+        mem = mm.mem
+        heads_to_put = list(self.heads)
+        if self.pfns:
+            pfns = np.concatenate(self.pfns)
+            add_at(mem.mapcount, pfns, -1)
+            heads = mem.head_of(pfns)
+            add_rss(mm, mem.kind[heads], -1)
+            dirty = np.concatenate(self.dirty)
+            if dirty.any():
+                mem.set_flag(heads[dirty], PG.dirty)
+            heads_to_put.append(heads)
+        if heads_to_put:
+            folio_put_many(mm.alloc, np.concatenate(heads_to_put))
+
+
+def zap_vma(mm: MM, vma: VMA, swap: SwapDevice | None = None,
+            gather: ZapGather | None = None) -> None:
     """unmap_vmas() for one whole VMA (exit, and the teardown of a child whose fork failed)."""
-    zap_range(mm, vma, 0, vma.nr_pages, swap)
+    zap_range(mm, vma, 0, vma.nr_pages, swap, gather)
 
 
 RLIMIT_DEFAULT_MEMLOCK = 8 << 20   # 8 MiB, the default since 5.16

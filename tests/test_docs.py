@@ -145,3 +145,14 @@ def test_example_output_is_the_golden_output(example: Path) -> None:
     assert out.stdout == golden.read_text(), (
         f"`gupsim run {example.name}` no longer prints {golden.name}; if the change is "
         f"intended, renew it with GUPSIM_REGOLD=1 pytest {__file__}")
+
+
+def test_readme_names_every_scenario_operation_and_map_kind() -> None:
+    """The README's list of what a scenario may do is the operation table's, whole."""
+    from gupsim.scenarios.ops import OPS
+    from gupsim.scenarios.records import MAP_KINDS
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Writing a scenario"):text.index("## Pictures")]
+    kinds = [k for k in MAP_KINDS if not k.startswith("mthp-")] + ["mthp-16k", "mthp-1024k"]
+    missing = [n for n in [*sorted(OPS), *kinds] if f"`{n}`" not in section]
+    assert missing == [], f"the README does not name {missing}"

@@ -18,7 +18,7 @@ per extent), and bios are not limited by the queue's max_sectors.
 from __future__ import annotations
 
 import errno
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -94,18 +94,52 @@ def _chunks(pages: PageArray, rounds: list[Round]) -> Iterator[tuple[Page, int, 
             off = 0
 
 
+def _pieces(pos: int, addr: int, length: int,
+            extent_ends: Sequence[int]) -> list[tuple[int, int, int]]:
+    """(file offset, buffer address, bytes) of each iomap iteration: the request split
+    where one extent of the file ends and the next begins."""
+    cuts = sorted(e for e in extent_ends if pos < e < pos + length)
+    out, start = [], pos
+    for cut in [*cuts, pos + length]:
+        out.append((start, addr + start - pos, cut - start))
+        start = cut
+    return out
+
+
 def dio_write(kernel: Kernel, proc: Process, file: File, addr: int, length: int,
-              pos: int = 0) -> int:
-    """pwrite(O_DIRECT): memory -> file. Returns the bytes written (short if pins fell short)."""
+              pos: int = 0, extent_ends: Sequence[int] = (),
+              mapped: Callable[[int, int], object] | None = None) -> int:
+    """pwrite(O_DIRECT): memory -> file. Returns the bytes written (short if pins fell short).
+
+    iomap writes extent by extent (`extent_ends`: file offsets where one ends; `mapped`
+    is told each piece the file system maps, before its alignment check), so a
+    misaligned piece after an aligned one fails the request with EINVAL after the
+    earlier piece was pinned and written."""
     check_owner("dio_write", "proc", proc, kernel)
     check_ints("dio_write", addr=addr, length=length, pos=pos)
     if length == 0:         # generic_write_checks(): nothing to write, before any pin
         return 0
-    pages, got, rounds = _pin(proc, addr, length, write_to_memory=False)
-    data = b"".join(kernel.dma_read(page, off, n) for page, off, n in _chunks(pages, rounds))
-    kernel.unpin_user_pages(pages[:got])
-    file.pwrite(pos, data)
-    return len(data)
+    written = 0
+    for fpos, at, n in _pieces(pos, addr, length, extent_ends):
+        if mapped is not None:
+            mapped(fpos, n)
+        try:
+            if fpos % LOGICAL_BLOCK:
+                raise OSError(errno.EINVAL, f"O_DIRECT at file offset {fpos} is not "
+                                            f"{LOGICAL_BLOCK}-byte aligned")
+            pages, got, rounds = _pin(proc, at, n, write_to_memory=False)
+        except OSError as exc:
+            if written and exc.errno != errno.EINVAL:
+                break               # pins fell short in a later extent: a short write
+            raise
+        data = b"".join(kernel.dma_read(page, off, size)
+                        for page, off, size in _chunks(pages, rounds))
+        kernel.unpin_user_pages(pages[:got])
+        file.pwrite(fpos, data)
+        written += len(data)
+        if len(data) < n:
+            break
+    return written
 
 
 def dio_read(kernel: Kernel, proc: Process, file: File, addr: int, length: int,

@@ -369,13 +369,24 @@ class ModelProc(BaseProc):
         self._ring(ring).unregister_pbuf_ring(bgid)
 
     def do_odirect_write(self, addr: int, length: int) -> int:
-        """pwrite(O_DIRECT) to the ext4 scratch file."""
+        """pwrite(O_DIRECT) to the ext4 scratch file, extent by extent."""
         from ..drivers.direct_io import dio_write
-        return dio_write(self.system.k, self.p, self.system.scratch(), addr, length)
+        system = self.system
+        try:
+            done = dio_write(system.k, self.p, system.scratch(), addr, length,
+                             extent_ends=system.scratch_extent_ends(),
+                             mapped=system.mapped_scratch)
+        except OSError:
+            system.wrote_scratch(system.dio_done)   # pieces written before it failed
+            raise
+        system.wrote_scratch(done)
+        return done
 
     def do_odirect_read(self, addr: int, length: int, fill: int) -> int:
-        """pread(O_DIRECT) from the scratch file filled with `fill`."""
+        """pread(O_DIRECT) from the scratch file filled with `fill` (its first `length`
+        bytes written through, as the host does before the read)."""
         from ..drivers.direct_io import dio_read
+        self.system.wrote_scratch(length)
         return dio_read(self.system.k, self.p, self.system.scratch(fill), addr, length)
 
     def do_process_vm_readv(self, target: ModelProc, addr: int, length: int) -> bytes:
@@ -519,6 +530,9 @@ class ModelSystem(BaseSystem):
         self.k = kernel or Kernel(memory="1GiB", nr_hugepages=8, swap=swap, version=version)
         self.trace.counted = self.k.era.has("nr-foll-pin-vmstat")
         self._scratch: Any = None
+        self.scratch_written = 0     # bytes from 0 that are a written extent (wrote_scratch)
+        self.scratch_splits: set[int] = set()    # unwritten extents' ends beyond it
+        self.dio_done = 0            # bytes the current O_DIRECT write finished before a piece
         self.files: dict[int, Any] = {}      # region id -> the file behind it
 
     @contextmanager
@@ -584,6 +598,30 @@ class ModelSystem(BaseSystem):
         proc = ModelProc(self, p, len(self.procs), name)
         self.procs.append(proc)
         return proc
+
+    # The host's scratch file is preallocated (unwritten extents). Every write starts at
+    # offset 0, so what has been written is a prefix [0, scratch_written), one extent
+    # (ext4 merges written neighbours); beyond it, each O_DIRECT piece ext4 mapped split
+    # the unwritten extent at the piece's end (scratch_splits), even when iomap then
+    # refused the piece. iomap walks a request extent by extent: these are its pieces.
+
+    def scratch_extent_ends(self) -> list[int]:
+        """File offsets where one extent of the scratch file ends and the next begins."""
+        self.dio_done = 0
+        return sorted({self.scratch_written} | self.scratch_splits)
+
+    def mapped_scratch(self, pos: int, length: int) -> None:
+        """ext4 mapped [pos, pos+length) for an O_DIRECT write: an unwritten extent is
+        split at its block-rounded end; pieces before this one were written whole."""
+        self.dio_done = pos
+        if pos >= self.scratch_written:
+            self.scratch_splits.add(-(-(pos + length) // PAGE_SIZE) * PAGE_SIZE)
+
+    def wrote_scratch(self, length: int) -> None:
+        """Bytes [0, length) of the scratch file were written: its written extent grows."""
+        end = -(-max(length, 0) // PAGE_SIZE) * PAGE_SIZE
+        self.scratch_written = max(self.scratch_written, end)
+        self.scratch_splits = {e for e in self.scratch_splits if e > self.scratch_written}
 
     def scratch(self, fill: int = 0) -> Any:
         """The ext4 file O_DIRECT reads from and writes to (filled with `fill` bytes)."""

@@ -225,3 +225,64 @@ def test_one_page_pin_is_lean() -> None:
     unpin, _, _ = python_calls(lambda: k.unpin_user_pages(vec))
     assert got == 1
     assert pin <= 110 and unpin <= 40, (pin, unpin)
+
+
+def _misused_thp_unpin() -> tuple[list[Any], list[bool]]:
+    """GUP-fast pins 4 MiB of THP leaves (the record keeps their folio runs); a misuse
+    (put_page() of every pinned page, then munmap) frees the folios and small pages
+    reuse the frames; then the pages array is unpinned."""
+    k = Kernel(memory="64MiB")
+    p = k.spawn("misuse")
+    size = 4 << 20
+    a = p.mmap(0, size + (2 << 20), RW, MAP_PRIVATE | MAP_ANONYMOUS)
+    a = (a + (2 << 20) - 1) & ~((2 << 20) - 1)
+    p.madvise(a, size, MADV_HUGEPAGE)
+    p.madvise(a, size, MADV_POPULATE_WRITE)
+    vec = PageArray(size // PAGE_SIZE)
+    assert p.pin_user_pages_fast(a, len(vec), FOLL_WRITE, vec) == len(vec)
+    trusted: list[bool] = []
+    check = k.sanitizer._folios_unchanged
+    k.sanitizer._folios_unchanged = lambda rec: trusted.append(check(rec)) or trusted[-1]
+    for page in vec.filled():
+        k.put_page(page)
+    p.munmap(a, size)
+    p.mmap(0, 2 * size, RW, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE)
+    k.unpin_user_pages(vec)
+    mem = k.mem
+    return [[getattr(mem, f).copy() for f in ("refcount", "pincount", "order", "kind")],
+            dict(k.vmstat), [str(w) for w in k.warnings],
+            [str(r) for r in k.sanitizer.reports]], trusted
+
+
+def test_unpin_rechecks_folios_a_misuse_changed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The unpin of an array that one held record took reuses the record's folio runs
+    only while those folios are as they were: after a misuse freed them it looks every
+    page up again, and ends exactly as the entry-by-entry unpin does."""
+    lean_run, trusted = _misused_thp_unpin()
+    monkeypatch.setattr(lean, "ENABLED", False)
+    plain, _ = _misused_thp_unpin()
+    assert trusted == [False]                   # the runs were offered and refused
+    for x, y in zip(lean_run[0], plain[0], strict=True):
+        assert np.array_equal(x, y)
+    assert lean_run[1:] == plain[1:]
+    assert any("put_page_on_pin" in r for r in lean_run[3])
+
+
+def test_unpin_reuses_the_runs_of_an_intact_pin() -> None:
+    """Without a misuse, the unpin of a THP pin takes the record's folio runs (no page
+    lookups) and leaves the folios unpinned."""
+    k = Kernel(memory="64MiB")
+    p = k.spawn("intact")
+    size = 4 << 20
+    a = p.mmap(0, size + (2 << 20), RW, MAP_PRIVATE | MAP_ANONYMOUS)
+    a = (a + (2 << 20) - 1) & ~((2 << 20) - 1)
+    p.madvise(a, size, MADV_HUGEPAGE)
+    p.madvise(a, size, MADV_POPULATE_WRITE)
+    vec = PageArray(size // PAGE_SIZE)
+    assert p.pin_user_pages_fast(a, len(vec), FOLL_WRITE, vec) == len(vec)
+    rec = k.sanitizer.records[-1]
+    assert rec.folio_runs is not None and len(rec.folio_runs[1]) == 2
+    assert k.sanitizer._folios_unchanged(rec)
+    k.unpin_user_pages(vec)
+    heads = rec.folio_runs[1]
+    assert not k.mem.pincount[heads].any() and k.vmstat["nr_foll_pin_released"] == len(vec)

@@ -35,14 +35,24 @@ if TYPE_CHECKING:
 
 SMALL_RECORD = 64          # records up to this many entries are indexed by page and folio
 _ZERO = int(Kind.ZERO)      # a plain int: numpy compares an IntEnum ~2 us slower (grab.py)
+_FREE = int(Kind.FREE)
 # what a new short record starts from: every entry held, none released (copied per record)
 _ONES = np.ones(SHORT, dtype=np.int8)
 _UNRELEASED = np.full(SHORT, -1, dtype=np.int32)
 
 
+FolioRuns = tuple[np.ndarray, np.ndarray, np.ndarray]   # (start index, head, length)
+
+
 @dataclass(eq=False)
 class PinRecord:
-    """One successful GUP call: its pages, who made it, and which entries are still held."""
+    """One successful GUP call: its pages, who made it, and which entries are still held.
+
+    The per-entry state (`heads`, `left`, `released_at`) is built only when something
+    reads it: a record taken by GUP-fast knows its folios as runs (`folio_runs`), and one
+    held or released all at once (the usual life of a pin) is uniform, so a 1 GiB pin
+    and its unpin never cost the sanitizer a pass per page for that state.
+    """
 
     id: int
     how: str                 # "FOLL_PIN" or "FOLL_GET"
@@ -51,20 +61,78 @@ class PinRecord:
     site: str
     mm_id: int | None
     pfns: np.ndarray
-    heads: np.ndarray        # the folio of each entry when it was taken
-    left: np.ndarray         # 1 while the entry's reference is held
-    released_at: np.ndarray  # id of the release call that dropped the entry, -1 if held
     nheld: int = 0           # entries still held (left.sum(), kept as a count)
     lo: int = 0              # lowest head and highest pfn: releases elsewhere skip the record
     hi: int = -1
+    folio_runs: FolioRuns | None = None    # the folios as GUP grabbed them, if it said
+    folio_orders: np.ndarray | None = None  # the order of each of those folios then
+    released_by: int = -1    # the release call that dropped every entry at once
+    _heads: np.ndarray | None = None        # the folio of each entry when it was taken
+    _left: np.ndarray | None = None         # 1 while the entry's reference is held
+    _released_at: np.ndarray | None = None  # id of the release call that dropped it, -1
 
     @property
     def held(self) -> int:
         """Entries of this call whose reference or pin is still held."""
         return self.nheld
 
+    @property
+    def heads(self) -> np.ndarray:
+        """The folio of each entry when it was taken."""
+        if self._heads is None:
+            assert self.folio_runs is not None, "a record without heads has folio runs"
+            _, heads, lengths = self.folio_runs
+            self._heads = np.repeat(heads, lengths)
+        return self._heads
+
+    @property
+    def uniform(self) -> bool:
+        """Whether every entry is in the same state (all held, or all released by one
+        call): the per-entry arrays are then not built."""
+        return self._left is None
+
+    @property
+    def left(self) -> np.ndarray:
+        """Per entry: 1 while its reference or pin is held, else 0 (built on first read;
+        callers may update it in place)."""
+        if self._left is None:
+            self._build_state()
+        assert self._left is not None
+        return self._left
+
+    def _build_state(self) -> None:
+        """The per-entry arrays of a uniform record, as the record stands."""
+        n = len(self.pfns)
+        if n <= SHORT:              # copies of a template: np.ones() costs about 1 us
+            self._left = (_ONES[:n] if self.nheld else _NONE_LEFT[:n]).copy()
+        else:
+            self._left = np.full(n, 1 if self.nheld else 0, dtype=np.int8)
+        self._released_at = _UNRELEASED[:n].copy() if n <= SHORT and self.nheld \
+            else np.full(n, self.released_by, dtype=np.int32)
+
+    @property
+    def released_at(self) -> np.ndarray:
+        """Per entry: the release call that dropped it, -1 while held."""
+        if self._released_at is None:
+            self._build_state()
+        assert self._released_at is not None
+        return self._released_at
+
+    def release_all(self, sidx: int) -> None:
+        """Release call `sidx` drops every entry (all were held): uniform again."""
+        self._left = self._released_at = None
+        self.released_by = sidx
+        self.nheld = 0
+
 
 _NO_ENTRIES = np.zeros(0, dtype=np.int64)
+_NONE_LEFT = np.zeros(SHORT, dtype=np.int8)
+
+
+def _one_run(n: int, value: int, dtype: type) -> Runs:
+    """The run form of an array of `n` equal values."""
+    return Runs(np.zeros(1, dtype=np.int64), np.array([value], dtype=dtype), n, 0,
+                np.dtype(dtype))
 
 
 @dataclass(eq=False)
@@ -81,21 +149,31 @@ class PackedRecord:
     @classmethod
     def pack(cls, rec: PinRecord) -> PinRecord | PackedRecord:
         """`rec` in run form, or `rec` itself where runs would not be much smaller."""
-        if len(rec.pfns) <= SMALL_RECORD:
+        n = len(rec.pfns)
+        if n <= SMALL_RECORD:
             return rec
         pfns = Runs.of(rec.pfns, 1)
-        if len(pfns) > len(rec.pfns) // 8:         # scattered pages: keep the arrays
+        if len(pfns) > n // 8:                     # scattered pages: keep the arrays
             return rec
-        meta = dataclasses.replace(rec, pfns=_NO_ENTRIES, heads=_NO_ENTRIES,
-                                   left=_NO_ENTRIES, released_at=_NO_ENTRIES)
-        return cls(meta, pfns, Runs.of(rec.heads, 0), Runs.of(rec.left, 0),
-                   Runs.of(rec.released_at, 0))
+        if rec._heads is None and rec.folio_runs is not None:
+            starts, heads, _ = rec.folio_runs
+            head_runs = Runs(starts, heads, n, 0, heads.dtype)
+        else:
+            head_runs = Runs.of(rec.heads, 0)
+        if rec.uniform:
+            left = _one_run(n, 1 if rec.nheld else 0, np.int8)
+            released_at = _one_run(n, rec.released_by, np.int32)
+        else:
+            left, released_at = Runs.of(rec.left, 0), Runs.of(rec.released_at, 0)
+        meta = dataclasses.replace(rec, pfns=_NO_ENTRIES, folio_runs=None, folio_orders=None,
+                                   _heads=_NO_ENTRIES, _left=None, _released_at=None)
+        return cls(meta, pfns, head_runs, left, released_at)
 
     def expand(self) -> PinRecord:
         """The record with its per-entry arrays, as it was when it was released."""
         return dataclasses.replace(self.meta, pfns=self.pfns.expand(),
-                                   heads=self.heads.expand(), left=self.left.expand(),
-                                   released_at=self.released_at.expand())
+                                   _heads=self.heads.expand(), _left=self.left.expand(),
+                                   _released_at=self.released_at.expand())
 
 
 @dataclass(frozen=True)
@@ -204,22 +282,27 @@ class PinSanitizer:
                 lo, hi = lo_hi(pfns) if len(pfns) else (0, -1)
         return pfns, lo, hi
 
-    def on_acquire(self, pfns: np.ndarray, flags: int, call: str, mm: MM | None) -> None:
-        """Record a successful GUP call: its pages, flags, caller's site and the mm (or None)."""
+    def on_acquire(self, pfns: np.ndarray, flags: int, call: str, mm: MM | None,
+                   runs: FolioRuns | None = None) -> None:
+        """Record a successful GUP call: its pages, flags, caller's site and the mm (or
+        None); `runs`: the folio runs GUP grabbed them as (start index, head, length), so
+        that neither this record nor the unpin of the same array looks pages up again."""
         how = "FOLL_PIN" if flags & FOLL_PIN else "FOLL_GET"
+        n_in = len(pfns)
         pfns, lo, hi = self._counted(pfns, how)
-        if len(pfns) == 0:
-            return
         n = len(pfns)
-        heads = self.mem.head_of(pfns)
-        if n <= SHORT:          # copies of a template: np.ones() costs about 1 us
-            left, released_at = _ONES[:n].copy(), _UNRELEASED[:n].copy()
-        else:
-            left, released_at = np.ones(n, dtype=np.int8), np.full(n, -1, dtype=np.int32)
+        if n == 0:
+            return
+        if n != n_in or n <= SHORT:
+            runs = None                 # entries were left out, or the record is short
         # folios are runs of frames, so the lowest head is the head of the lowest frame
         rec = PinRecord(next(self._ids), how, flags, call, user_call_site(),
-                        getattr(mm, "id", None), pfns, heads, left, released_at, n,
-                        self.mem.head_of(lo), hi)
+                        getattr(mm, "id", None), pfns, n, self.mem.head_of(lo), hi)
+        if runs is None:
+            rec._heads = self.mem.head_of(pfns)
+        else:
+            rec.folio_runs = runs
+            rec.folio_orders = self.mem.order[runs[1]]
         self._live[rec.id] = rec
         self._whole.setdefault((how, int(pfns[0]), n), []).append(rec)
         (self._large if n > SMALL_RECORD else self._unindexed)[rec.id] = rec
@@ -335,28 +418,31 @@ class PinSanitizer:
             if not need.any():
                 return
 
-    def on_release(self, pfns: np.ndarray, flags: int, call: str) -> None:
-        """Match a release against the records; report what does not match (misuse)."""
+    def on_release(self, pfns: np.ndarray, flags: int, call: str) -> FolioRuns | None:
+        """Match a release against the records; report what does not match (misuse).
+        Returns the folio runs of the array when it is, entry for entry, one held record
+        GUP-fast took and its folios are still as they were (the caller may then release
+        by folio without looking the pages up); else None."""
         mem = self.mem
         how = "FOLL_PIN" if flags & FOLL_PIN else "FOLL_GET"
         pfns = pfns.astype(np.int64, copy=False)
         # the common case first, on the array as passed: a record's pages hold no NULL
         # and no zero page, and stay pinned while held, so filtering would change nothing
         whole = self._held_whole(how, pfns)
+        as_passed = whole is not None
         if whole is None:
             pfns, _ = self._pins_only(pfns, how)
             if len(pfns) == 0:
-                return
+                return None
             whole = self._held_whole(how, pfns)
         site = user_call_site()
         sidx = self._new_release(site)
         if whole is not None:
-            whole.left[:] = 0
-            whole.released_at[:] = sidx
-            whole.nheld = 0
+            runs = whole.folio_runs if as_passed and self._folios_unchanged(whole) else None
+            whole.release_all(sidx)
             self._emptied.append(whole)
             self._retire()
-            return
+            return runs
         uniq, cnt = np.unique(pfns, return_counts=True)
         need = cnt.astype(np.int64)
         self._match(how, uniq, need, sidx, by_folio=False)       # the same pages first
@@ -371,6 +457,23 @@ class PinSanitizer:
                          for h in huniq[hneed > 0].tolist()}
                 self._misuse(how, call, site, sidx, huniq, hneed, first)
         self._retire()
+        return None
+
+    def _folios_unchanged(self, rec: PinRecord) -> bool:
+        """Whether each folio of `rec`'s runs is still a folio head of the same order: its
+        entries then still belong to it (a folio covers the frames from its head on), so
+        the runs are what looking every page up again would give."""
+        if rec.folio_runs is None or rec.folio_orders is None:
+            return False
+        mem = self.mem
+        heads = rec.folio_runs[1]
+        if len(heads) == 1:
+            h = int(heads[0])
+            return (int(mem.head_off[h]) == 0 and int(mem.order[h]) == int(rec.folio_orders[0])
+                    and int(mem.kind[h]) != _FREE)
+        return bool(not np.maximum.reduce(mem.head_off[heads])
+                    and np.array_equal(mem.order[heads], rec.folio_orders)
+                    and np.minimum.reduce(mem.kind[heads]) != _FREE)
 
     def _held_whole(self, how: str, pfns: np.ndarray) -> PinRecord | None:
         """The common case in O(n): the record of one call that still holds exactly

@@ -331,12 +331,13 @@ def _check_capacity(pages: Pages, nr_pages: int) -> None:
                          f"asked for: allocate gupsim.PageArray({nr_pages})")
 
 
-def _record(env: MMEnv, mm: MM, pages: Pages, n: int, flags: int, call: str) -> None:
-    """Tell the sanitizer which pages a successful call took, and how."""
+def _record(env: MMEnv, mm: MM, out: PagesOut | None, n: int, flags: int, call: str) -> None:
+    """Tell the sanitizer which pages a successful call took, and how (with their folio
+    runs when GUP-fast took them all: it then never looks the pages up again)."""
     st = gup_state(env.mem)
-    if st.sanitizer is None or n <= 0 or pages is None or not flags & (FOLL_GET | FOLL_PIN):
+    if st.sanitizer is None or n <= 0 or out is None or not flags & (FOLL_GET | FOLL_PIN):
         return
-    st.sanitizer.on_acquire(pfns_of(pages, n).copy(), flags, call, mm)
+    st.sanitizer.on_acquire(pfns_of(out.pages, n).copy(), flags, call, mm, out.folio_runs(n))
 
 
 def gup_call(ep: EntryPoint, env: MMEnv, mm: MM, start: int, nr_pages: int, gup_flags: int,
@@ -359,18 +360,18 @@ def gup_call(ep: EntryPoint, env: MMEnv, mm: MM, start: int, nr_pages: int, gup_
             call.path, call.ret = PATH_INVALID, invalid
             return invalid
         call.flags = flags
+        out = None if pages is None else PagesOut(pages, env.mem)
         if ep.fast:
-            n = gup_fast_fallback(env, mm, start, nr_pages, flags, pages)
+            n = gup_fast_fallback(env, mm, start, nr_pages, flags, out)
         else:
             # The kernel's get_user_pages*() call __get_user_pages_locked() directly: the
             # same call here, as FOLL_LONGTERM without FOLL_PIN never gets this far.
-            out = None if pages is None else PagesOut(pages, env.mem)
             n = __gup_longterm_locked(env, mm, start, nr_pages, out,
                                       [0] if ep.path == "unlocked" else locked, flags)
             call.slow = n
         call.ret = n
         got = flags | (FOLL_GET if pages is not None and not flags & FOLL_PIN else 0)
-        _record(env, mm, pages, n, got, ep.name)
+        _record(env, mm, out, n, got, ep.name)
         return n
 
 

@@ -34,7 +34,7 @@ from .flags import (
     FOLL_WRITE,
     foll_flags_str,
 )
-from .grab import Runs, folio_runs, gup_put_pfns, try_grab_runs
+from .grab import Runs, clip_runs, folio_runs, gup_put_pfns, try_grab_runs
 from .longterm import __gup_longterm_locked, longterm_pinnable, longterm_pinnable_one
 from .pages import Pages, PagesOut
 from .slow import gup_must_unshare, must_unshare_one
@@ -130,13 +130,15 @@ def _fast_checks_small(env: MMEnv, vma: VMA, i0: int, i1: int, flags: int,
     pfns = vma.pfn[where]
     heads = mem.head_of(pfns)
     hl, kinds = heads.tolist(), mem.kind.take(heads).tolist()
-    if longterm and not all(map(functools.partial(longterm_pinnable_one, mem), hl, kinds)):
-        return None
     era = env.era
-    file_write = bool(pin and write and longterm) and era.has("longterm-file-write-refused")
-    if not all(folio_allowed_one(mem, h, kind, file_write)
-               for h, kind in zip(hl, kinds, strict=True)):
-        return None
+    if not _anon_all_pass(mem, hl, kinds, longterm):
+        if longterm and not all(map(functools.partial(longterm_pinnable_one, mem), hl,
+                                    kinds)):
+            return None
+        file_write = bool(pin and write and longterm) and era.has("longterm-file-write-refused")
+        if not all(folio_allowed_one(mem, h, kind, file_write)
+                   for h, kind in zip(hl, kinds, strict=True)):
+            return None
     if pin and not write:
         for pte, pfn, head, kind in zip(ptes, pfns.tolist(), hl, kinds, strict=True):
             if pte & PTE.WRITE:
@@ -146,6 +148,22 @@ def _fast_checks_small(env: MMEnv, vma: VMA, i0: int, i1: int, flags: int,
             if must_unshare_one(era, kind in (_ANON, _KSM), excl, bool(longterm)):
                 return None
     return heads
+
+
+def _anon_all_pass(mem: MemMap, heads: list[int], kinds: list[int], longterm: int) -> bool:
+    """True when the folios are all anonymous and none lies in CMA or (for a long-term
+    pin, where the era counts it) ZONE_MOVABLE: every one then passes
+    `longterm_pinnable_one()` and `folio_allowed_one()`, told from the lowest and
+    highest head (the usual run of THP leaves) instead of a call per folio. False
+    means: check each."""
+    if len(heads) < 4 or kinds.count(_ANON) != len(kinds):
+        return False
+    if not longterm:
+        return True
+    lo, hi = min(heads), max(heads)
+    if lo < mem.cma_end and hi >= mem.cma_start:
+        return False
+    return hi < mem.movable_start or not mem.era.has("longterm-migrate-movable")
 
 
 def folio_allowed_one(mem: MemMap, head: int, kind: int, file_write: bool) -> bool:
@@ -212,7 +230,10 @@ def _checked_runs(env: MMEnv, vma: VMA, i0: int, i1: int, flags: int
         first[0] = True
         np.not_equal(heads[1:], heads[:-1], out=first[1:])
         offs, heads = offs[first], heads[first]
-    lengths = np.diff(offs, append=k) if n else offs
+    lengths = np.empty(len(offs), dtype=np.int64)      # np.diff(offs, append=k)
+    if len(offs):
+        np.subtract(offs[1:], offs[:-1], out=lengths[:-1])
+        lengths[-1] = k - int(offs[-1])
     return keep, k, pfns, (offs, heads, lengths)
 
 
@@ -286,7 +307,7 @@ def gup_fast(env: MMEnv, mm: MM, start: int, end: int, flags: int, out: PagesOut
             gup_put_pfns(env.alloc, pfns[keep:got], flags)
             got = keep
         if got:
-            out.store(nr, pfns[:got])
+            out.store(nr, pfns[:got], clip_runs(runs, got) if lean.ENABLED else None)
             starts, heads, _ = runs
             mem.set_flag(int(heads[0]) if len(heads) == 1 else heads[starts < got],
                          PG.referenced)
@@ -303,8 +324,9 @@ def gup_fast(env: MMEnv, mm: MM, start: int, end: int, flags: int, out: PagesOut
 
 
 def gup_fast_fallback(env: MMEnv, mm: MM, start: int, nr_pages: int, gup_flags: int,
-                      pages: Pages | None) -> int:
-    """GUP-fast, then the slow path for the rest unless FOLL_FAST_ONLY (spec 1.4, 2.3, 7)."""
+                      pages: Pages | PagesOut | None) -> int:
+    """GUP-fast, then the slow path for the rest unless FOLL_FAST_ONLY (spec 1.4, 2.3, 7).
+    `pages` may be given as a `PagesOut` whose folio runs the caller reads afterwards."""
     mem = env.mem
     if gup_flags & ~FAST_GUP_ALLOWED and mem.warnings.warn_on_once(
                                  True, "gup_fast_fallback: flag not allowed",
@@ -324,7 +346,7 @@ def gup_fast_fallback(env: MMEnv, mm: MM, start: int, nr_pages: int, gup_flags: 
         note_gup(mem, path=PATH_INVALID)
         return -EFAULT
     assert pages is not None, "is_valid_gup_args() refuses FOLL_GET/FOLL_PIN without pages"
-    out = PagesOut(pages, mem)
+    out = pages if isinstance(pages, PagesOut) else PagesOut(pages, mem)
     nr_pinned = gup_fast(env, mm, start, end, gup_flags, out) if nr_pages > 0 else 0
     note_gup(mem, fast=nr_pinned)
     if nr_pinned == nr_pages or gup_flags & FOLL_FAST_ONLY:

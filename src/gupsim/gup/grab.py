@@ -26,7 +26,7 @@ from ..memory.alloc import increasing
 from ..memory.memmap import add_at
 from ..memory.pagearray import NULL
 from .flags import FOLL_GET, FOLL_PIN
-from .pages import machine_of
+from .pages import FolioRuns, machine_of
 from .state import gup_state
 
 # plain ints for array comparisons: numpy probes an IntEnum operand's class for
@@ -50,7 +50,19 @@ def _wrap_s32(mem: MemMap, heads: np.ndarray) -> None:
         mem.refcount[heads[over]] = ((r[over] + _S32) % (1 << 32)) - _S32
 
 
-Runs = tuple[np.ndarray, np.ndarray, np.ndarray]   # (start index, head PFN, length) of runs
+Runs = FolioRuns                # (start index, head PFN, length) of runs
+
+
+def clip_runs(runs: Runs, n: int) -> Runs:
+    """The runs of the first `n` entries (n at most what `runs` cover)."""
+    starts, heads, lengths = runs
+    m = int(np.searchsorted(starts, n))          # runs that start before entry n
+    if m == len(starts) and (m == 0 or int(starts[-1] + lengths[-1]) == n):
+        return runs
+    lengths = lengths[:m].copy()
+    if m:
+        lengths[-1] = n - int(starts[m - 1])
+    return starts[:m], heads[:m], lengths
 
 
 def folio_runs(mem: MemMap, pfns: np.ndarray, heads: np.ndarray | None = None) -> Runs:
@@ -374,9 +386,11 @@ def _release(mem: MemMap | None, pfns: np.ndarray, flags: int, call: str) -> Non
     if mem is None or len(pfns) == 0:
         return
     st = gup_state(mem)
-    if st.sanitizer is not None:
-        st.sanitizer.on_release(pfns, flags, call)
-    gup_put_pfns(st.alloc, pfns, flags)
+    runs = st.sanitizer.on_release(pfns, flags, call) if st.sanitizer is not None else None
+    if runs is not None and lean.ENABLED:
+        gup_put_folios(st.alloc, runs[1], runs[2], flags)     # the folios GUP took
+    else:
+        gup_put_pfns(st.alloc, pfns, flags)
 
 
 def _error_count(call: str, name: str, n: int, mem: MemMap | None) -> bool:

@@ -2,6 +2,9 @@
 
 Callers pass a Python list (grown as needed), a `PageArray` (numpy PFNs) or None.
 GUP writes PFN runs through `PagesOut.store()`, so bulk results are one numpy copy.
+GUP-fast also hands over the folio runs it grabbed (it works per folio, as the kernel
+does): the sanitizer records them and the unpin of the same array reuses them, so a
+large pin is never looked up page by page again (`folio_runs()`).
 """
 
 from __future__ import annotations
@@ -12,26 +15,43 @@ from ..memory import MemMap, Page, PageArray
 from ..memory.pagearray import NULL, pfns_of, store_pfns
 
 Pages = list[Page | None] | PageArray
+FolioRuns = tuple[np.ndarray, np.ndarray, np.ndarray]   # (start index, head PFN, length)
 
 
 class PagesOut:
     """`pages + off`: where GUP stores its results."""
 
-    __slots__ = ("pages", "off", "mem")
+    __slots__ = ("pages", "off", "mem", "runs")
 
-    def __init__(self, pages: Pages, mem: MemMap, off: int = 0) -> None:
+    def __init__(self, pages: Pages, mem: MemMap, off: int = 0,
+                 runs: list[tuple[int, FolioRuns] | None] | None = None) -> None:
         self.pages = pages
         self.mem = mem
         self.off = off
+        # (array index, folio runs) of each store, in order; None: a store without runs
+        self.runs: list[tuple[int, FolioRuns] | None] = [] if runs is None else runs
 
     def sub(self, n: int) -> PagesOut:
         """`pages + n`: the same array seen `n` entries further on."""
-        return PagesOut(self.pages, self.mem, self.off + n)
+        return PagesOut(self.pages, self.mem, self.off + n, self.runs)
 
-    def store(self, at: int, pfns: np.ndarray) -> None:
-        """Write a run of PFNs from entry `at` on, as one copy (a list grows as needed)."""
+    def store(self, at: int, pfns: np.ndarray, runs: FolioRuns | None = None) -> None:
+        """Write a run of PFNs from entry `at` on, as one copy (a list grows as needed);
+        `runs`: their folio runs (start index, head, length), if the caller has them."""
         if len(pfns):
             store_pfns(self.pages, self.off + at, np.asarray(pfns, dtype=np.int64), self.mem)
+            self.runs.append(None if runs is None else (self.off + at, runs))
+
+    def folio_runs(self, n: int) -> FolioRuns | None:
+        """The folio runs of the first `n` entries of the whole array, when every store
+        came with its runs and they cover those entries; else None (look them up)."""
+        parts = self.runs
+        if len(parts) != 1 or parts[0] is None:
+            return None                 # a store without runs, a clear, or several VMAs
+        at, (starts, heads, lengths) = parts[0]
+        if at != 0 or int(np.add.reduce(lengths)) != n:
+            return None
+        return starts, heads, lengths
 
     def pfns(self, n: int) -> np.ndarray:
         """The first `n` entries (from the offset) as PFNs; -1 for NULL."""
@@ -41,6 +61,7 @@ class PagesOut:
 
     def clear(self, n: int) -> None:
         """Set the first `n` entries to NULL (after their pins were dropped)."""
+        self.runs.append(None)
         if isinstance(self.pages, PageArray):
             self.pages.pfns[self.off:self.off + n] = NULL
         else:

@@ -80,9 +80,11 @@ class PinRecord:
     def heads(self) -> np.ndarray:
         """The folio of each entry when it was taken."""
         if self._heads is None:
-            assert self.folio_runs is not None, "a record without heads has folio runs"
-            _, heads, lengths = self.folio_runs
-            self._heads = np.repeat(heads, lengths)
+            if self.folio_runs is None:             # one page: its folio is `lo`
+                self._heads = np.array([self.lo], dtype=np.int64)
+            else:
+                _, heads, lengths = self.folio_runs
+                self._heads = np.repeat(heads, lengths)
         return self._heads
 
     @property
@@ -303,8 +305,23 @@ class PinSanitizer:
         else:
             rec.folio_runs = runs
             rec.folio_orders = self.mem.order[runs[1]]
+        self._add(rec)
+
+    def on_acquire_one(self, pfn: int, head: int, flags: int, call: str, mm: MM | None
+                       ) -> None:
+        """`on_acquire()` of one page of folio `head`, which the caller checked is not
+        the shared zero page (GUP-fast's one-page call, express.py). The record's heads
+        come from `lo` when read."""
+        how = "FOLL_PIN" if flags & FOLL_PIN else "FOLL_GET"
+        self._add(PinRecord(next(self._ids), how, flags, call, user_call_site(),
+                            getattr(mm, "id", None), np.array([pfn], dtype=np.int64), 1,
+                            head, pfn))
+
+    def _add(self, rec: PinRecord) -> None:
+        """A new record joins the live set and the lookups of a release."""
         self._live[rec.id] = rec
-        self._whole.setdefault((how, int(pfns[0]), n), []).append(rec)
+        n = len(rec.pfns)
+        self._whole.setdefault((rec.how, int(rec.pfns[0]), n), []).append(rec)
         (self._large if n > SMALL_RECORD else self._unindexed)[rec.id] = rec
 
     def _index_pending(self) -> None:

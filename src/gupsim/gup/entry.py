@@ -52,6 +52,7 @@ from ..constants import EINVAL
 from ..memory import Page, PageArray
 from ..memory.pagearray import pfns_of
 from ..mm import MM, MMEnv
+from .express import gup_fast_one
 from .fast import gup_fast_fallback
 from .flags import (
     FOLL_FAST_ONLY,
@@ -509,8 +510,13 @@ def process_method(ep: EntryPoint) -> Callable[..., Any]:
     the kernel contract says the caller holds it."""
     if ep.takes_mm:
         raise ValueError(f"{ep.name} names its mm: it is a Kernel method")
+    express = ep.fast and ep.name.endswith("_user_pages_fast")   # one page: express.py
 
     def method(self: Any, *args: Any, **kwargs: Any) -> int | bool:
+        if express and len(args) == 4 and not kwargs and self.alive:
+            n = gup_fast_one(ep, self, *args)
+            if n is not None:
+                return n
         _, start, nr_pages, gup_flags, pages, locked = _arguments(ep, args, kwargs)
         self._live()
         with running_as(self.kernel.env, self.mm, self), _as_caller(ep, self.mm, locked):

@@ -12,6 +12,7 @@ process gets the rows that run on current->mm, the machine the remote ones.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from types import MethodType
 from typing import TYPE_CHECKING, Any
 
 from ..check.args import check_bytes, check_count, check_flag, check_int, check_page, check_pages
@@ -195,11 +196,11 @@ class EraGated:
         if obj is None:
             return self.fn
         env = obj.env if isinstance(obj, KernelPinning) else obj.kernel.env
-        why = env.era.absent(self.switch, f"{self.fn.__name__}()")
-        if why is not None:
+        if not env.era.has(self.switch):        # read on every call: the usual case first
+            why = env.era.absent(self.switch, f"{self.fn.__name__}()")
             raise AttributeError(f"{type(obj).__name__!r} object has no attribute "
                                  f"{self.fn.__name__!r}: {why}")
-        return self.fn.__get__(obj, owner)
+        return MethodType(self.fn, obj)
 
 
 def _install(cls: type, name: str, fn: Callable[..., Any], since: str | None) -> None:

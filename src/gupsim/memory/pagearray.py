@@ -16,6 +16,8 @@ from .memmap import MemMap
 from .page import Page
 
 NULL = -1
+_NULLS = np.full(64, NULL, dtype=np.int64)
+_NULLS.flags.writeable = False
 
 
 class PageArray:
@@ -28,7 +30,10 @@ class PageArray:
         else:
             if capacity < 0:
                 raise ValueError(f"PageArray capacity must be >= 0, got {capacity}")
-            self.pfns = np.full(int(capacity), NULL, dtype=np.int64)
+            n = int(capacity)
+            # a copy of a template: np.full() costs about 1 us more for a short array
+            self.pfns = _NULLS[:n].copy() if n <= len(_NULLS) else np.full(n, NULL,
+                                                                             dtype=np.int64)
         self._base = base          # a slice shares its base's machine (`vec[n:]` filled by GUP)
         self._mem = mem
 

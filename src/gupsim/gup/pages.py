@@ -39,7 +39,9 @@ class PagesOut:
         """Write a run of PFNs from entry `at` on, as one copy (a list grows as needed);
         `runs`: their folio runs (start index, head, length), if the caller has them."""
         if len(pfns):
-            store_pfns(self.pages, self.off + at, np.asarray(pfns, dtype=np.int64), self.mem)
+            # no int64 copy first: the page tables hold int32 PFNs and the PageArray
+            # write converts on the fly (a temporary of a large pin costs page faults)
+            store_pfns(self.pages, self.off + at, pfns, self.mem)
             self.runs.append(None if runs is None else (self.off + at, runs))
 
     def folio_runs(self, n: int) -> FolioRuns | None:

@@ -301,22 +301,42 @@ class PinSanitizer:
         None); `runs`: the folio runs GUP grabbed them as (start index, head, length), so
         that neither this record nor the unpin of the same array looks pages up again."""
         how = "FOLL_PIN" if flags & FOLL_PIN else "FOLL_GET"
-        n_in = len(pfns)
-        pfns, lo, hi = self._counted(pfns, how)
         n = len(pfns)
-        if n == 0:
-            return
-        if n != n_in or n <= SHORT:
-            runs = None                 # entries were left out, or the record is short
-        # folios are runs of frames, so the lowest head is the head of the lowest frame
+        if runs is not None and n <= SHORT:
+            runs = None                         # a short record: per-entry arrays
+        # a few large folios: the bounds come from the folios; else from the pages
+        bounds = self._run_bounds(runs, how) if runs is not None and len(runs[1]) <= \
+            n // 64 else None
+        if bounds is not None:
+            lo_head, hi = bounds
+        else:
+            pfns, lo, hi = self._counted(pfns, how)
+            if len(pfns) == 0:
+                return
+            if len(pfns) != n:
+                runs = None                     # entries were left out: runs do not fit
+            lo_head = self.mem.head_of(lo)    # the lowest head is that of the lowest frame
         rec = PinRecord(next(self._ids), how, flags, call, user_call_site(),
-                        getattr(mm, "id", None), pfns, n, self.mem.head_of(lo), hi)
+                        getattr(mm, "id", None), pfns, len(pfns), lo_head, hi)
         if runs is None:
             rec._heads = self.mem.head_of(pfns)
         else:
-            rec.folio_runs = runs
-            rec.folio_orders = self.mem.order[runs[1]]
+            rec.folio_runs, rec.folio_orders = runs, self.mem.order[runs[1]]
         self._add(rec)
+
+    def _run_bounds(self, runs: FolioRuns, how: str) -> tuple[int, int] | None:
+        """(lowest head, a bound on the highest PFN) of the few folios GUP took as `runs`
+        (it stored every entry: no NULL), from the folios alone, as each entry lies inside
+        its folio. None when the shared zero page may be among them (its entries are left
+        out of a pin record)."""
+        mem = self.mem
+        heads = runs[1]
+        zero = mem.zero_pfn
+        if how == "FOLL_PIN" and (zero < 0 or zero in heads.tolist()) \
+                and mem.era.has("zero-page-not-pin-counted"):
+            return None
+        last = heads + (np.left_shift(1, mem.order[heads], dtype=np.int64) - 1)
+        return int(np.minimum.reduce(heads)), int(np.maximum.reduce(last))
 
     def on_acquire_one(self, pfn: int, head: int, flags: int, call: str, mm: MM | None
                        ) -> None:

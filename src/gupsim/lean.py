@@ -43,3 +43,24 @@ def same(a: np.ndarray, b: np.ndarray) -> bool:
     if len(a) <= SHORT and a.dtype == b.dtype:
         return a.shape == b.shape and a.tobytes() == b.tobytes()
     return bool(np.array_equal(a, b))
+
+
+def amin(values: np.ndarray) -> int:
+    """The minimum of a non-empty integer array, as an int."""
+    if len(values) <= SHORT:
+        return min(values.tolist())
+    return int(np.minimum.reduce(values))
+
+
+def amax(values: np.ndarray) -> int:
+    """The maximum of a non-empty integer array, as an int."""
+    if len(values) <= SHORT:
+        return max(values.tolist())
+    return int(np.maximum.reduce(values))
+
+
+def total(values: np.ndarray) -> int:
+    """The sum of an integer array, as an int."""
+    if len(values) <= SHORT:
+        return sum(values.tolist())
+    return int(np.add.reduce(values))

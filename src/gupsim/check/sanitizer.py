@@ -302,8 +302,6 @@ class PinSanitizer:
         that neither this record nor the unpin of the same array looks pages up again."""
         how = "FOLL_PIN" if flags & FOLL_PIN else "FOLL_GET"
         n = len(pfns)
-        if runs is not None and n <= SHORT:
-            runs = None                         # a short record: per-entry arrays
         # a few large folios: the bounds come from the folios; else from the pages
         bounds = self._run_bounds(runs, how) if runs is not None and len(runs[1]) <= \
             n // 64 else None
@@ -515,10 +513,10 @@ class PinSanitizer:
             return False
         mem = self.mem
         heads = rec.folio_runs[1]
-        if len(heads) == 1:
-            h = int(heads[0])
-            return (int(mem.head_off[h]) == 0 and int(mem.order[h]) == int(rec.folio_orders[0])
-                    and int(mem.kind[h]) != _FREE)
+        if len(heads) <= SHORT:                 # plain ints: numpy's reductions cost more
+            return (not any(mem.head_off[heads].tolist())
+                    and mem.order[heads].tolist() == rec.folio_orders.tolist()
+                    and _FREE not in mem.kind[heads].tolist())
         return bool(not np.maximum.reduce(mem.head_off[heads])
                     and np.array_equal(mem.order[heads], rec.folio_orders)
                     and np.minimum.reduce(mem.kind[heads]) != _FREE)

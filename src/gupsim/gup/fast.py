@@ -307,7 +307,8 @@ def gup_fast(env: MMEnv, mm: MM, start: int, end: int, flags: int, out: PagesOut
             gup_put_pfns(env.alloc, pfns[keep:got], flags)
             got = keep
         if got:
-            out.store(nr, pfns[:got], clip_runs(runs, got) if lean.ENABLED else None)
+            out.store(nr, pfns[:got], clip_runs(runs, got) if lean.ENABLED and got > 1
+                      else None)
             starts, heads, _ = runs
             mem.set_flag(int(heads[0]) if len(heads) == 1 else heads[starts < got],
                          PG.referenced)

@@ -20,7 +20,7 @@ import numpy as np
 from .. import lean
 from ..check.args import check_count, check_flag, check_folio, check_folios, check_page, check_pages
 from ..constants import EINVAL, ENOMEM
-from ..lean import has_null
+from ..lean import amax, amin, has_null, total
 from ..memory import GUP_PIN_COUNTING_BIAS, Allocator, Folio, Kind, MemMap, Page, PageArray
 from ..memory.alloc import increasing
 from ..memory.memmap import add_at
@@ -45,7 +45,7 @@ _S32 = 1 << 31
 def _wrap_s32(mem: MemMap, heads: np.ndarray) -> None:
     """atomic_t semantics: a refcount pushed past INT_MAX wraps to a negative value."""
     r = mem.refcount[heads]
-    if len(r) and np.maximum.reduce(r) >= _S32:
+    if len(r) and amax(r) >= _S32:
         over = r >= _S32
         mem.refcount[heads[over]] = ((r[over] + _S32) % (1 << 32)) - _S32
 
@@ -92,10 +92,10 @@ def _by_size(mem: MemMap, heads: np.ndarray, refs: np.ndarray
     """(large heads, their refs, small heads, their refs): a large folio counts pins in
     `_pincount`, a small one by the bias. No copies when all are of one size (usual)."""
     orders = mem.order[heads]
-    if not len(orders) or not np.maximum.reduce(orders):   # C reductions: no wrapper
+    if not len(orders) or not amax(orders):
         return _NONE, _NONE, heads, refs
     large = orders > 0
-    if np.minimum.reduce(orders):
+    if amin(orders):
         return heads, refs, _NONE, _NONE
     return heads[large], refs[large], heads[~large], refs[~large]
 
@@ -129,7 +129,7 @@ def _add_refs(mem: MemMap, heads: np.ndarray, refs: np.ndarray, flags: int) -> N
         if len(small):
             add_at(mem.refcount, small, small_refs * GUP_PIN_COUNTING_BIAS)
         if mem.era.has("nr-foll-pin-vmstat"):
-            mem.vmstat[ACQUIRED] += int(np.add.reduce(refs))
+            mem.vmstat[ACQUIRED] += total(refs)
     else:
         return
     _wrap_s32(mem, heads)
@@ -216,7 +216,7 @@ def try_grab_runs(mem: MemMap, starts: np.ndarray, heads: np.ndarray, lengths: n
         _add_refs_one(mem, h, n, flags)
         return n
     counts = mem.refcount[heads]
-    bad = np.flatnonzero(counts <= 0) if len(counts) and np.minimum.reduce(counts) <= 0 \
+    bad = np.flatnonzero(counts <= 0) if len(counts) and amin(counts) <= 0 \
         else _NONE
     nruns = int(bad[0]) if len(bad) else len(heads)
     if len(bad):
@@ -257,7 +257,7 @@ def gup_put_folios(alloc: Allocator, heads: np.ndarray, refs: np.ndarray, flags:
         if len(heads) == 0:
             return 0
         if mem.era.has("nr-foll-pin-vmstat"):
-            mem.vmstat[RELEASED] += int(np.add.reduce(refs))
+            mem.vmstat[RELEASED] += total(refs)
         big, big_refs, small, small_refs = _by_size(mem, heads, refs)
         if len(big):
             add_at(mem.pincount, big, -big_refs)
@@ -273,7 +273,7 @@ def gup_put_folios(alloc: Allocator, heads: np.ndarray, refs: np.ndarray, flags:
     # one read and one minimum tell the usual case (nothing at or below 0) apart;
     # duplicates are harmless below except when freeing: unique only the few hits
     counts = mem.refcount[heads]
-    low = int(np.minimum.reduce(counts))
+    low = amin(counts)
     if low > 0:
         return 0
     under = heads[counts < 0]

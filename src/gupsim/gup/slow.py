@@ -16,6 +16,7 @@ import functools
 import numpy as np
 from numpy.typing import NDArray
 
+from .. import lean
 from ..constants import (
     EAGAIN,
     EBUSY,
@@ -60,6 +61,7 @@ from .state import race_point
 
 # lookup outcomes of follow_range()
 OK, ABSENT, UNSHARE, NOPAGE, DUMP_FAULT = 0, 1, 2, 3, 4
+_PRESENT, _WRITE, _SPECIAL = int(PTE.PRESENT), int(PTE.WRITE), int(PTE.SPECIAL)
 _MAX_FAULT_RETRIES = 8
 
 
@@ -139,12 +141,23 @@ def follow_range(env: MMEnv, vma: VMA, i0: int, i1: int, flags: int
     mem = env.mem
     pte = vma.pte[i0:i1]
     pfn = vma.pfn[i0:i1]
+    write = bool(flags & FOLL_WRITE)
+    # the usual answer first: every entry present, not special, and writable where a
+    # write or a read pin (which may need unsharing otherwise) asks for it: all OK
+    need = _PRESENT | (_WRITE if write or flags & FOLL_PIN else 0)
+    if not lean.ENABLED:
+        all_ok = False
+    elif len(pte) <= lean.SHORT:
+        all_ok = all(e & (need | _SPECIAL) == need for e in pte.tolist())
+    else:
+        all_ok = not np.count_nonzero((pte & (need | _SPECIAL)) != need)
+    if all_ok:
+        return np.zeros(len(pte), dtype=np.int8), pfn
     present = (pte & PTE.PRESENT) != 0
     if not present.any():
         return np.full(len(pte), ABSENT, dtype=np.int8), pfn
     special = (pte & PTE.SPECIAL) != 0
     writable = (pte & PTE.WRITE) != 0
-    write = bool(flags & FOLL_WRITE)
     force_ok = write and bool(flags & FOLL_FORCE) \
         and not vma.flags & (VM.SHARED | VM.MAYSHARE) \
         and bool(vma.flags & VM.MAYWRITE) and not vma.flags & VM.WRITE

@@ -1,10 +1,14 @@
-"""Running the cases: model and host interleaved round by round, after a warm-up.
+"""Running the cases: model and host interleaved round by round, each round warmed up.
 
 For each case both sides set up once (the model in this process, the host in the worker
-process), run one warm-up round each (imports, caches, first faults), then alternate:
-model round, host round, `rounds` times, so that a disturbance of the machine (another
-process, frequency scaling) falls on both. Each phase reports min and median of its
-rounds; the ratio is model min over host min (below 1: the model is faster).
+process), then alternate: model, host, `rounds` times, so that a disturbance of the
+machine (another process, frequency scaling) falls on both. Each side's timed round
+comes right after an untimed warm-up round of its own (imports, caches, first faults):
+without it, a side runs cold after the other's round, and the two are not cold alike:
+the host's set-up populates the whole range (64 MiB of zeroing flushes every cache),
+the model's set-up touches little, and the model's pinning code is an interpreter's
+working set where the kernel's is a few cache lines. Each phase reports min and median
+of its rounds; the ratio is model min over host min (below 1: the model is faster).
 """
 
 from __future__ import annotations
@@ -114,16 +118,19 @@ def measure(case: Case, rounds: int, worker: HostWorker | None, skip: str = "") 
     elif not case.host:
         skip = "no host counterpart"
     try:
+        warm = case.rounds != 1                     # a one-round case is not repeated
         with WORKLOADS[case.workload](**case.params) as model_round:
-            for i in range(rounds + (0 if case.rounds == 1 else 1)):
-                m = model_round()
-                if not skip and worker is not None:
+            for _ in range(rounds):
+                if warm:
+                    model_round()
+                model.append(model_round())
+                for first in (True, False) if warm else (False,):
+                    if skip or worker is None:
+                        break
                     reply = worker.call("round")
                     skip = reply.get("skip", "")
-                    if not skip and (i or case.rounds == 1):
+                    if not skip and not first:
                         host.append(reply["ok"])
-                if i or case.rounds == 1:           # round 0 is the warm-up
-                    model.append(m)
     finally:
         if case.host and worker is not None:
             worker.call("close")

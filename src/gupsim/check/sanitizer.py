@@ -481,14 +481,12 @@ class PinSanitizer:
             if len(pfns) == 0:
                 return None
             whole = self._held_whole(how, pfns)
-        site = user_call_site()
-        sidx = self._new_release(site)
         if whole is not None:
             runs = whole.folio_runs if as_passed and self._folios_unchanged(whole) else None
-            whole.release_all(sidx)
-            self._emptied.append(whole)
-            self._retire()
+            self.release_whole(whole)
             return runs
+        site = user_call_site()
+        sidx = self._new_release(site)
         uniq, cnt = np.unique(pfns, return_counts=True)
         need = cnt.astype(np.int64)
         self._match(how, uniq, need, sidx, by_folio=False)       # the same pages first
@@ -504,6 +502,21 @@ class PinSanitizer:
                 self._misuse(how, call, site, sidx, huniq, hneed, first)
         self._retire()
         return None
+
+    def held_whole(self, how: str, pfns: np.ndarray) -> PinRecord | None:
+        """The held record of one call whose pages are exactly `pfns` (no NULL entry),
+        if there is one: its release is `release_whole()`. Changes nothing."""
+        return self._held_whole(how, pfns)
+
+    def release_whole(self, rec: PinRecord) -> None:
+        """A release call drops every entry of `rec` (from `held_whole()`) at once."""
+        rec.release_all(self._new_release(user_call_site()))
+        self._emptied.append(rec)
+        self._retire()
+
+    def folios_unchanged(self, rec: PinRecord) -> bool:
+        """Whether `rec`'s folio runs (if it has them) still describe its pages."""
+        return self._folios_unchanged(rec)
 
     def _folios_unchanged(self, rec: PinRecord) -> bool:
         """Whether each folio of `rec`'s runs is still a folio head of the same order: its

@@ -52,7 +52,7 @@ from ..constants import EINVAL
 from ..memory import Page, PageArray
 from ..memory.pagearray import pfns_of
 from ..mm import MM, MMEnv
-from .express import gup_fast_one
+from .express import gup_fast_express
 from .fast import gup_fast_fallback
 from .flags import (
     FOLL_FAST_ONLY,
@@ -514,7 +514,7 @@ def process_method(ep: EntryPoint) -> Callable[..., Any]:
 
     def method(self: Any, *args: Any, **kwargs: Any) -> int | bool:
         if express and len(args) == 4 and not kwargs and self.alive:
-            n = gup_fast_one(ep, self, *args)
+            n = gup_fast_express(ep, self, *args)
             if n is not None:
                 return n
         _, start, nr_pages, gup_flags, pages, locked = _arguments(ep, args, kwargs)

@@ -1,15 +1,17 @@
-"""The one-page GUP-fast call in plain ints: `p.pin_user_pages_fast(addr, 1, flags, vec)`.
+"""GUP-fast of a few pages in plain ints: `p.pin_user_pages_fast(addr, n, flags, vec)`.
 
-A driver pinning one page at a time (gup_test -n 1, a 4 KiB io_uring buffer) goes
-through about 150 Python calls on the general path: argument binding, the walk over
-PFN arrays, folio runs, the pages-array writer, the call record. The kernel's
-gup_fast_fallback() for one page is a PTE read, the folio tests and one atomic; this
-module is that, for the common case only: one present PTE that passes every GUP-fast
-test, on a machine of the newest era, with no race hook waiting. Anything else (a
-refusal, an unusual flag, a NULL or overflowed refcount, a list as pages) answers None
-before changing anything, and the caller takes the general path, which decides and
-warns. The result is the general path's, state for state: `tests/gup/test_lean_paths.py`
-runs random programs with it (`lean.ENABLED`) and without and compares the machines.
+A driver pinning one page at a time (gup_test -n 1, a 4 KiB io_uring buffer) or a few
+(-n 16) goes through some 150 Python calls and 40 numpy operations on the general path:
+argument binding, the walk over PFN arrays, folio runs, the pages-array writer, the call
+record. The kernel's gup_fast_fallback() for such a range is a few PTE reads, the folio
+tests and one atomic per folio; this module is that, for the common case only: present
+PTEs in one VMA that pass every GUP-fast test (one page of any folio, or up to
+`SMALL_WALK` pages of order-0 folios), on a machine of the newest era, with no race hook
+waiting. Anything else (a refusal, an unusual flag, a large folio among several pages, a
+refcount near overflow, a list as pages) answers None before changing anything, and the
+caller takes the general path, which decides and warns. The result is the general
+path's, state for state: `tests/gup/test_lean_paths.py` runs random programs with it
+(`lean.ENABLED`) and without and compares the machines.
 """
 
 from __future__ import annotations
@@ -22,14 +24,14 @@ from .. import lean
 from ..constants import PAGE_SHIFT, PAGE_SIZE, TASK_SIZE
 from ..eras import NEWEST_ERA
 from ..memory import GUP_PIN_COUNTING_BIAS, PG, Kind, PageArray
-from ..mm import MMF, VM
+from ..mm import MM, MMF, VM, VMA
 from ..mm.vma import PTE
 from ..observe import gup_call_ended
-from .fast import folio_allowed_one
+from .fast import SMALL_WALK, anon_folios_pass, folio_allowed_one
 from .flags import FOLL_GET, FOLL_LONGTERM, FOLL_PIN, FOLL_WRITE, is_valid_gup_args
-from .grab import ACQUIRED
+from .grab import ACQUIRED, folio_runs
 from .longterm import longterm_pinnable_one
-from .state import PATH_FAST, GupCall, _state_of
+from .state import PATH_FAST, GupCall, GupState, _state_of
 
 if TYPE_CHECKING:
     from .entry import EntryPoint
@@ -46,13 +48,16 @@ _NEWEST = NEWEST_ERA.version        # the era whose rules the checks below follo
 _NO_WRAP = (1 << 31) - GUP_PIN_COUNTING_BIAS   # counts below this take a pin without wrapping
 
 
-def gup_fast_one(ep: EntryPoint, proc: Any, start: object, nr_pages: object,
+def gup_fast_express(ep: EntryPoint, proc: Any, start: object, nr_pages: object,
                  gup_flags: object, pages: object) -> int | None:
-    """`ep` (a GUP-fast entry point) of one page for process `proc`: 1 when the page was
-    taken here, None when the general path must decide (nothing was changed)."""
-    if (nr_pages != 1 or type(start) is not int or type(gup_flags) is not int
-            or type(pages) is not PageArray or not len(pages) or gup_flags & ~_CALLER_FLAGS
-            or not lean.ENABLED or not 0 <= start < TASK_SIZE - PAGE_SIZE):
+    """`ep` (a GUP-fast entry point) of up to `SMALL_WALK` pages for process `proc`: the
+    count when the pages were taken here, None when the general path must decide
+    (nothing was changed)."""
+    if (type(nr_pages) is not int or not 1 <= nr_pages <= SMALL_WALK
+            or type(start) is not int or type(gup_flags) is not int
+            or type(pages) is not PageArray or len(pages) < nr_pages
+            or gup_flags & ~_CALLER_FLAGS or not lean.ENABLED
+            or not 0 <= start < TASK_SIZE - (nr_pages + 1) * PAGE_SIZE):
         return None
     mm = proc.mm
     mem = mm.mem
@@ -64,12 +69,25 @@ def gup_fast_one(ep: EntryPoint, proc: Any, start: object, nr_pages: object,
     if vma is None or start < vma.start or not int(vma.flags) & _VM_ACCESS:
         return None
     i = (start - vma.start) >> PAGE_SHIFT
+    if i + nr_pages > vma.nr_pages:
+        return None                     # the range goes on into another VMA
+    pin = ep.adds & FOLL_PIN
+    if not pin and gup_flags & FOLL_LONGTERM:
+        return None                     # invalid: is_valid_gup_args() warns
+    if nr_pages == 1:
+        return _one(ep, st, mm, vma, i, start, gup_flags, pages)
+    return _short(ep, st, mm, vma, i, start, nr_pages, gup_flags, pages)
+
+
+def _one(ep: EntryPoint, st: GupState, mm: MM, vma: VMA, i: int, start: int,
+         gup_flags: int, pages: PageArray) -> int | None:
+    """One page, any folio size."""
+    mem = mm.mem
     pte = int(vma.pte[i])
     write, longterm = gup_flags & FOLL_WRITE, gup_flags & FOLL_LONGTERM
     pin = ep.adds & FOLL_PIN
-    if not pte & _PRESENT or pte & _SPECIAL or write and not pte & _WRITE \
-            or not pin and longterm or pin and not write and not pte & _WRITE:
-        return None             # refused, invalid, or a read pin that may need unsharing
+    if not pte & _PRESENT or pte & _SPECIAL or (write or pin) and not pte & _WRITE:
+        return None             # refused, or a read pin that may need unsharing first
     pfn = int(vma.pfn[i])
     head = pfn - int(mem.head_off[pfn])
     kind = int(mem.kind[head])
@@ -84,8 +102,7 @@ def gup_fast_one(ep: EntryPoint, proc: Any, start: object, nr_pages: object,
     if flags is None:
         return None
     # taken: what gup_fast_fallback(), gup_fast() and gup_call() do for this page
-    if pin and not int(mm.flags) & _HAS_PINNED:
-        mm.flags |= MMF.HAS_PINNED
+    _mark_pinned(mm, pin)
     # grab.py's _add_refs_one() as the newest era has it, with no wrap possible
     if not pin:
         mem.refcount[head] = rc + 1
@@ -101,7 +118,58 @@ def gup_fast_one(ep: EntryPoint, proc: Any, start: object, nr_pages: object,
     mem.flags[head] |= _REFERENCED
     st.calls.append(GupCall(ep.name, start, 1, flags, PATH_FAST, fast=1, ret=1))
     if st.sanitizer is not None:
-        got = flags if flags & FOLL_PIN else flags | FOLL_GET
-        st.sanitizer.on_acquire_one(pfn, head, got, ep.name, mm)
+        st.sanitizer.on_acquire_one(pfn, head, _taken(flags), ep.name, mm)
     gup_call_ended(mem)
     return 1
+
+
+def _short(ep: EntryPoint, st: GupState, mm: MM, vma: VMA, i: int, start: int, n: int,
+           gup_flags: int, pages: PageArray) -> int | None:
+    """A few pages, each an order-0 folio, in one VMA: checked in plain ints, counted
+    with one array update."""
+    mem = mm.mem
+    write, longterm = gup_flags & FOLL_WRITE, gup_flags & FOLL_LONGTERM
+    pin = ep.adds & FOLL_PIN
+    need = _PRESENT | (_WRITE if write or pin else 0)
+    mask = need | _SPECIAL | _LEAF
+    if any(e & mask != need for e in vma.pte[i:i + n].tolist()):
+        return None
+    pfns = vma.pfn[i:i + n].astype(np.int64)
+    if any(mem.head_off.take(pfns).tolist()) or any(mem.order.take(pfns).tolist()):
+        return None                     # a page of a large folio: the general path
+    hl, kinds = pfns.tolist(), mem.kind.take(pfns).tolist()
+    rcs = mem.refcount.take(pfns).tolist()
+    if min(rcs) <= 0 or max(rcs) >= _NO_WRAP - n * GUP_PIN_COUNTING_BIAS:
+        return None
+    file_write = bool(pin and write and longterm)
+    if not anon_folios_pass(mem, hl, kinds, longterm) and not all(
+            k not in (_ZERO, _HUGE_ZERO)
+            and (not longterm or longterm_pinnable_one(mem, h, k))
+            and folio_allowed_one(mem, h, k, file_write) for h, k in zip(hl, kinds, strict=True)):
+        return None
+    flags = is_valid_gup_args(mem.warnings, pages, None, gup_flags | ep.implies, ep.adds)
+    if flags is None:
+        return None
+    _mark_pinned(mm, pin)
+    np.add.at(mem.refcount, pfns, mem.refcount.dtype.type(GUP_PIN_COUNTING_BIAS if pin else 1))
+    if pin:
+        mem.vmstat[ACQUIRED] += n
+    pages.mem = mem
+    pages.pfns[:n] = pfns
+    mem.flags[pfns] |= _REFERENCED
+    st.calls.append(GupCall(ep.name, start, n, flags, PATH_FAST, fast=n, ret=n))
+    if st.sanitizer is not None:
+        st.sanitizer.on_acquire(pfns, _taken(flags), ep.name, mm, folio_runs(mem, pfns, pfns))
+    gup_call_ended(mem)
+    return n
+
+
+def _mark_pinned(mm: MM, pin: int) -> None:
+    """MMF_HAS_PINNED, set by a pin before its walk (gup_fast_fallback())."""
+    if pin and not int(mm.flags) & _HAS_PINNED:
+        mm.flags |= MMF.HAS_PINNED
+
+
+def _taken(flags: int) -> int:
+    """The flags the sanitizer records: FOLL_GET for a call that took references."""
+    return flags if flags & FOLL_PIN else flags | FOLL_GET

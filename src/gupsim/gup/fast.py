@@ -131,7 +131,7 @@ def _fast_checks_small(env: MMEnv, vma: VMA, i0: int, i1: int, flags: int,
     heads = mem.head_of(pfns)
     hl, kinds = heads.tolist(), mem.kind.take(heads).tolist()
     era = env.era
-    if not _anon_all_pass(mem, hl, kinds, longterm):
+    if not anon_folios_pass(mem, hl, kinds, longterm):
         if longterm and not all(map(functools.partial(longterm_pinnable_one, mem), hl,
                                     kinds)):
             return None
@@ -150,7 +150,7 @@ def _fast_checks_small(env: MMEnv, vma: VMA, i0: int, i1: int, flags: int,
     return heads
 
 
-def _anon_all_pass(mem: MemMap, heads: list[int], kinds: list[int], longterm: int) -> bool:
+def anon_folios_pass(mem: MemMap, heads: list[int], kinds: list[int], longterm: int) -> bool:
     """True when the folios are all anonymous and none lies in CMA or (for a long-term
     pin, where the era counts it) ZONE_MOVABLE: every one then passes
     `longterm_pinnable_one()` and `folio_allowed_one()`, told from the lowest and

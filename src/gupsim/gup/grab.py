@@ -20,6 +20,7 @@ import numpy as np
 from .. import lean
 from ..check.args import check_count, check_flag, check_folio, check_folios, check_page, check_pages
 from ..constants import EINVAL, ENOMEM
+from ..eras import NEWEST_ERA
 from ..lean import amax, amin, has_null, total
 from ..memory import GUP_PIN_COUNTING_BIAS, Allocator, Folio, Kind, MemMap, Page, PageArray
 from ..memory.alloc import increasing
@@ -27,7 +28,7 @@ from ..memory.memmap import add_at
 from ..memory.pagearray import NULL
 from .flags import FOLL_GET, FOLL_PIN
 from .pages import FolioRuns, machine_of
-from .state import gup_state
+from .state import _state_of, gup_state
 
 # plain ints for array comparisons: numpy probes an IntEnum operand's class for
 # __array_ufunc__ through EnumType.__getattr__, about 2 us per comparison
@@ -419,12 +420,51 @@ def unpin_user_page(page: Page, *, machine: MemMap | None = None) -> None:
 def unpin_user_pages(pages: Sequence[Page | None] | PageArray, npages: int | None = None, *,
                      machine: MemMap | None = None) -> None:
     """Release one pin per entry (NULLs skipped); a -errno count warns and does nothing."""
+    if npages is None and type(pages) is PageArray and lean.ENABLED \
+            and _unpin_express(pages, machine):
+        return
     call = "unpin_user_pages"
     n = _pages_count(call, pages, npages)
     mem, pfns = check_pages(call, "pages", pages, None if n is None or n < 0 else n, machine)
     if n is not None and _error_count(call, "npages", n, mem or machine):
         return
     _release(mem, pfns, FOLL_PIN, call)
+
+
+def _unpin_express(pages: PageArray, machine: MemMap | None) -> bool:
+    """unpin_user_pages() of a short pages array that is, entry for entry, what one held
+    pin call took, on a machine of the newest era: a page, or order-0 folios none of
+    which this frees. The same releases as the general path with its layers collapsed
+    (the one-page pins of express.py come back here); False, with nothing changed, for
+    anything else. `tests/gup/test_lean_paths.py` compares the two paths."""
+    mem = pages.mem
+    n = len(pages)
+    if mem is None or machine is not None and mem is not machine or not 1 <= n <= lean.SHORT:
+        return False
+    st = _state_of(mem)
+    if st is None or st.sanitizer is None or mem.era.version != NEWEST_ERA.version:
+        return False
+    rec = st.sanitizer.held_whole("FOLL_PIN", pages.pfns)
+    if rec is None:
+        return False
+    if n == 1:                                  # the plain-int put of one folio
+        pfn = int(pages.pfns[0])
+        st.sanitizer.release_whole(rec)
+        _put_folio_one(st.alloc, pfn - int(mem.head_off[pfn]), 1, FOLL_PIN)
+        return True
+    runs = rec.folio_runs
+    if runs is None or rec.folio_orders is None or any(rec.folio_orders.tolist()) \
+            or not st.sanitizer.folios_unchanged(rec):
+        return False
+    heads, lengths = runs[1], runs[2]
+    hl = heads.tolist()
+    drop = lengths * GUP_PIN_COUNTING_BIAS
+    if len(set(hl)) != len(hl) or min((mem.refcount[heads] - drop).tolist()) <= 0:
+        return False                            # a folio seen twice, or one to free
+    st.sanitizer.release_whole(rec)
+    mem.refcount[heads] -= drop.astype(mem.refcount.dtype)
+    mem.vmstat[RELEASED] += n
+    return True
 
 
 def _mark_dirty(mem: MemMap, pfns: np.ndarray) -> None:

@@ -44,7 +44,7 @@ _UNRELEASED = np.full(SHORT, -1, dtype=np.int32)
 FolioRuns = tuple[np.ndarray, np.ndarray, np.ndarray]   # (start index, head, length)
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class PinRecord:
     """One successful GUP call: its pages, who made it, and which entries are still held.
 

@@ -44,6 +44,7 @@ _REFERENCED = np.uint32(PG.referenced)
 _ZERO, _HUGE_ZERO = int(Kind.ZERO), int(Kind.HUGE_ZERO)
 # the caller's flags the express path takes; anything else goes the general way
 _CALLER_FLAGS = FOLL_WRITE | FOLL_LONGTERM
+_PAGE_MASK = ~(PAGE_SIZE - 1)
 _NEWEST = NEWEST_ERA.version        # the era whose rules the checks below follow
 _NO_WRAP = (1 << 31) - GUP_PIN_COUNTING_BIAS   # counts below this take a pin without wrapping
 
@@ -68,9 +69,9 @@ def gup_fast_express(ep: EntryPoint, proc: Any, start: object, nr_pages: object,
     vma = mm.find_vma(start)
     if vma is None or start < vma.start or not int(vma.flags) & _VM_ACCESS:
         return None
-    i = (start - vma.start) >> PAGE_SHIFT
-    if i + nr_pages > vma.nr_pages:
+    if (start & _PAGE_MASK) + (nr_pages << PAGE_SHIFT) > vma.end:
         return None                     # the range goes on into another VMA
+    i = (start - vma.start) >> PAGE_SHIFT
     pin = ep.adds & FOLL_PIN
     if not pin and gup_flags & FOLL_LONGTERM:
         return None                     # invalid: is_valid_gup_args() warns
@@ -115,7 +116,9 @@ def _one(ep: EntryPoint, st: GupState, mm: MM, vma: VMA, i: int, start: int,
         mem.vmstat[ACQUIRED] += 1
     pages.mem = mem
     pages.pfns[0] = pfn
-    mem.flags[head] |= _REFERENCED
+    fl = mem.flags[head]
+    if not fl & _REFERENCED:
+        mem.flags[head] = fl | _REFERENCED
     st.calls.append(GupCall(ep.name, start, 1, flags, PATH_FAST, fast=1, ret=1))
     if st.sanitizer is not None:
         st.sanitizer.on_acquire_one(pfn, head, _taken(flags), ep.name, mm)

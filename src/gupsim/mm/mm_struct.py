@@ -133,7 +133,13 @@ class MM:
 
     def find_vma(self, addr: int) -> VMA | None:
         """The VMA containing `addr`, or None (unlike the kernel's find_vma, no 'next one')."""
-        i = bisect.bisect_right([v.start for v in self.vmas], addr) - 1
+        vmas = self.vmas
+        if len(vmas) <= 8:                  # a short list: a scan beats building the keys
+            for v in vmas:
+                if v.end > addr:
+                    return v if v.start <= addr else None
+            return None
+        i = bisect.bisect_right([v.start for v in vmas], addr) - 1
         if i >= 0 and self.vmas[i].contains(addr):
             return self.vmas[i]
         return None

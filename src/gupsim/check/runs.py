@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Runs:
     """An integer array as runs: from each run's first entry, values count up by `step`
     (1 for PFNs, 0 for folios and per-entry states)."""

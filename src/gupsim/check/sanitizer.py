@@ -66,6 +66,7 @@ class PinRecord:
     hi: int = -1
     folio_runs: FolioRuns | None = None    # the folios as GUP grabbed them, if it said
     folio_orders: np.ndarray | None = None  # the order of each of those folios then
+    pfn_runs: Runs | None = None            # `pfns` as runs, when GUP knew them (leaves)
     released_by: int = -1    # the release call that dropped every entry at once
     _heads: np.ndarray | None = None        # the folio of each entry when it was taken
     _left: np.ndarray | None = None         # 1 while the entry's reference is held
@@ -163,7 +164,7 @@ class PackedRecord:
         n = len(rec.pfns)
         if n <= SMALL_RECORD:
             return rec
-        pfns = Runs.of(rec.pfns, 1)
+        pfns = rec.pfn_runs if rec.pfn_runs is not None else Runs.of(rec.pfns, 1)
         if len(pfns) > n // 8:                     # scattered pages: keep the arrays
             return rec
         if rec._heads is None and rec.folio_runs is not None:
@@ -296,10 +297,12 @@ class PinSanitizer:
         return pfns, lo, hi
 
     def on_acquire(self, pfns: np.ndarray, flags: int, call: str, mm: MM | None,
-                   runs: FolioRuns | None = None) -> None:
+                   runs: FolioRuns | None = None, pfn_runs: Runs | None = None) -> None:
         """Record a successful GUP call: its pages, flags, caller's site and the mm (or
         None); `runs`: the folio runs GUP grabbed them as (start index, head, length), so
-        that neither this record nor the unpin of the same array looks pages up again."""
+        that neither this record nor the unpin of the same array looks pages up again;
+        `pfn_runs`: `pfns` as runs of consecutive frames, when GUP knows them (a huge
+        leaf maps consecutive frames), kept for the history instead of working them out."""
         how = "FOLL_PIN" if flags & FOLL_PIN else "FOLL_GET"
         n = len(pfns)
         # a few large folios: the bounds come from the folios; else from the pages
@@ -320,6 +323,7 @@ class PinSanitizer:
             rec._heads = self.mem.head_of(pfns)
         else:
             rec.folio_runs, rec.folio_orders = runs, self.mem.order[runs[1]]
+            rec.pfn_runs = pfn_runs
         self._add(rec)
 
     def _run_bounds(self, runs: FolioRuns, how: str) -> tuple[int, int] | None:

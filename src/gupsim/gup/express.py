@@ -21,13 +21,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .. import lean
+from ..check.runs import Runs
 from ..constants import PAGE_SHIFT, PAGE_SIZE, TASK_SIZE
 from ..eras import NEWEST_ERA
 from ..memory import GUP_PIN_COUNTING_BIAS, PG, Kind, PageArray
 from ..mm import MM, MMF, VM, VMA
 from ..mm.vma import PTE
 from ..observe import gup_call_ended
-from .fast import SMALL_WALK, anon_folios_pass, folio_allowed_one
+from . import fast
+from .fast import SMALL_WALK, folio_allowed_one, folios_pass
 from .flags import FOLL_GET, FOLL_LONGTERM, FOLL_PIN, FOLL_WRITE, is_valid_gup_args
 from .grab import ACQUIRED, folio_runs
 from .longterm import longterm_pinnable_one
@@ -54,7 +56,7 @@ def gup_fast_express(ep: EntryPoint, proc: Any, start: object, nr_pages: object,
     """`ep` (a GUP-fast entry point) of up to `SMALL_WALK` pages for process `proc`: the
     count when the pages were taken here, None when the general path must decide
     (nothing was changed)."""
-    if (type(nr_pages) is not int or not 1 <= nr_pages <= SMALL_WALK
+    if (type(nr_pages) is not int or nr_pages < 1
             or type(start) is not int or type(gup_flags) is not int
             or type(pages) is not PageArray or len(pages) < nr_pages
             or gup_flags & ~_CALLER_FLAGS or not lean.ENABLED
@@ -77,7 +79,9 @@ def gup_fast_express(ep: EntryPoint, proc: Any, start: object, nr_pages: object,
         return None                     # invalid: is_valid_gup_args() warns
     if nr_pages == 1:
         return _one(ep, st, mm, vma, i, start, gup_flags, pages)
-    return _short(ep, st, mm, vma, i, start, nr_pages, gup_flags, pages)
+    if nr_pages <= SMALL_WALK:
+        return _short(ep, st, mm, vma, i, start, nr_pages, gup_flags, pages)
+    return _leaves(ep, st, mm, vma, i, start, nr_pages, gup_flags, pages)
 
 
 def _one(ep: EntryPoint, st: GupState, mm: MM, vma: VMA, i: int, start: int,
@@ -145,7 +149,7 @@ def _short(ep: EntryPoint, st: GupState, mm: MM, vma: VMA, i: int, start: int, n
     if min(rcs) <= 0 or max(rcs) >= _NO_WRAP - n * GUP_PIN_COUNTING_BIAS:
         return None
     file_write = bool(pin and write and longterm)
-    if not anon_folios_pass(mem, hl, kinds, longterm) and not all(
+    if not folios_pass(mem, hl, kinds, longterm, file_write) and not all(
             k not in (_ZERO, _HUGE_ZERO)
             and (not longterm or longterm_pinnable_one(mem, h, k))
             and folio_allowed_one(mem, h, k, file_write) for h, k in zip(hl, kinds, strict=True)):
@@ -163,6 +167,63 @@ def _short(ep: EntryPoint, st: GupState, mm: MM, vma: VMA, i: int, start: int, n
     st.calls.append(GupCall(ep.name, start, n, flags, PATH_FAST, fast=n, ret=n))
     if st.sanitizer is not None:
         st.sanitizer.on_acquire(pfns, _taken(flags), ep.name, mm, folio_runs(mem, pfns, pfns))
+    gup_call_ended(mem)
+    return n
+
+
+def _leaves(ep: EntryPoint, st: GupState, mm: MM, vma: VMA, i: int, start: int, n: int,
+            gup_flags: int, pages: PageArray) -> int | None:
+    """A range that PMD or PUD leaves map whole (THP, hugetlb): each leaf checked and
+    counted once, as gup_fast_pmd_leaf() does, the folios' counts in one update."""
+    mem = mm.mem
+    starts = fast.leaf_starts(vma, i, i + n)
+    if starts is None:
+        return None
+    write, longterm = gup_flags & FOLL_WRITE, gup_flags & FOLL_LONGTERM
+    pin = ep.adds & FOLL_PIN
+    need = _PRESENT | (_WRITE if write or pin else 0)
+    if any(e & (need | _SPECIAL) != need for e in vma.pte[starts].tolist()):
+        return None
+    firsts = vma.pfn[starts].astype(np.int64)
+    heads = firsts - mem.head_off.take(firsts)
+    offs = starts - i
+    pfn_runs = Runs(offs, firsts, n, 1, firsts.dtype)   # a leaf maps consecutive frames
+    if len(heads) > 1:                  # the PMD parts of one PUD leaf: one folio
+        first = np.empty(len(heads), dtype=bool)
+        first[0] = True
+        np.not_equal(heads[1:], heads[:-1], out=first[1:])
+        offs, heads = offs[first], heads[first]
+    lengths = np.empty(len(offs), dtype=np.int64)
+    np.subtract(offs[1:], offs[:-1], out=lengths[:-1])
+    lengths[-1] = n - int(offs[-1])
+    hl, kinds = heads.tolist(), mem.kind.take(heads).tolist()
+    if min(mem.order.take(heads).tolist()) == 0 or len(set(hl)) != len(hl) \
+            or min(mem.refcount.take(heads).tolist()) <= 0 \
+            or max(mem.refcount.take(heads).tolist()) >= _NO_WRAP - n \
+            or max(mem.pincount.take(heads).tolist()) >= _NO_WRAP - n:
+        return None
+    file_write = bool(pin and write and longterm)
+    if not folios_pass(mem, hl, kinds, longterm, file_write) and not all(
+            k not in (_ZERO, _HUGE_ZERO)
+            and (not longterm or longterm_pinnable_one(mem, h, k))
+            and folio_allowed_one(mem, h, k, file_write) for h, k in zip(hl, kinds, strict=True)):
+        return None
+    flags = is_valid_gup_args(mem.warnings, pages, None, gup_flags | ep.implies, ep.adds)
+    if flags is None:
+        return None
+    _mark_pinned(mm, pin)
+    counts = lengths.astype(mem.refcount.dtype)
+    mem.refcount[heads] += counts       # large folios: one reference per pin, and
+    if pin:                             # an exact _pincount
+        mem.pincount[heads] += counts.astype(mem.pincount.dtype)
+        mem.vmstat[ACQUIRED] += n
+    pages.mem = mem
+    pages.pfns[:n] = vma.pfn[i:i + n]
+    mem.flags[heads] |= _REFERENCED
+    st.calls.append(GupCall(ep.name, start, n, flags, PATH_FAST, fast=n, ret=n))
+    if st.sanitizer is not None:
+        st.sanitizer.on_acquire(pages.pfns[:n].copy(), _taken(flags), ep.name, mm,
+                                (offs, heads, lengths), pfn_runs)
     gup_call_ended(mem)
     return n
 

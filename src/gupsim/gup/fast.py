@@ -14,6 +14,7 @@ bracket the walk with `write_protect_seq` and drop everything if fork ran meanwh
 from __future__ import annotations
 
 import functools
+import operator
 
 import numpy as np
 from numpy.typing import NDArray
@@ -45,6 +46,7 @@ _U64 = 1 << 64
 # plain ints for array comparisons (see grab.py: an IntEnum operand costs numpy ~2 us)
 _ANON, _KSM, _SHMEM, _SECRETMEM = (int(k) for k in (Kind.ANON, Kind.KSM, Kind.SHMEM,
                                                    Kind.SECRETMEM))
+_FSDAX, _ZERO, _HUGE_ZERO = int(Kind.FSDAX), int(Kind.ZERO), int(Kind.HUGE_ZERO)
 _PG_HUGETLB, _PG_ANON_EXCLUSIVE = np.uint32(PG.hugetlb), np.uint32(PG.anon_exclusive)
 _VM_ACCESS = int(VM.READ | VM.WRITE | VM.EXEC)
 _HAS_PINNED = int(MMF.HAS_PINNED)
@@ -131,11 +133,11 @@ def _fast_checks_small(env: MMEnv, vma: VMA, i0: int, i1: int, flags: int,
     heads = mem.head_of(pfns)
     hl, kinds = heads.tolist(), mem.kind.take(heads).tolist()
     era = env.era
-    if not anon_folios_pass(mem, hl, kinds, longterm):
+    file_write = bool(pin and write and longterm) and era.has("longterm-file-write-refused")
+    if not folios_pass(mem, hl, kinds, longterm, file_write):
         if longterm and not all(map(functools.partial(longterm_pinnable_one, mem), hl,
                                     kinds)):
             return None
-        file_write = bool(pin and write and longterm) and era.has("longterm-file-write-refused")
         if not all(folio_allowed_one(mem, h, kind, file_write)
                    for h, kind in zip(hl, kinds, strict=True)):
             return None
@@ -150,20 +152,28 @@ def _fast_checks_small(env: MMEnv, vma: VMA, i0: int, i1: int, flags: int,
     return heads
 
 
-def anon_folios_pass(mem: MemMap, heads: list[int], kinds: list[int], longterm: int) -> bool:
-    """True when the folios are all anonymous and none lies in CMA or (for a long-term
-    pin, where the era counts it) ZONE_MOVABLE: every one then passes
-    `longterm_pinnable_one()` and `folio_allowed_one()`, told from the lowest and
-    highest head (the usual run of THP leaves) instead of a call per folio. False
-    means: check each."""
-    if len(heads) < 4 or kinds.count(_ANON) != len(kinds):
+def folios_pass(mem: MemMap, heads: list[int], kinds: list[int], longterm: int,
+                file_write: bool) -> bool:
+    """True when the folios are all of one kind that `folio_allowed_one()` takes and
+    none lies in CMA or (for a long-term pin, where the era counts it) ZONE_MOVABLE:
+    every one then passes `longterm_pinnable_one()` and `folio_allowed_one()`, told from
+    the lowest and highest head (the usual run of THP or hugetlb leaves) instead of a
+    call per folio. False means: check each."""
+    if len(heads) < 4:
         return False
-    if not longterm:
-        return True
-    lo, hi = min(heads), max(heads)
-    if lo < mem.cma_end and hi >= mem.cma_start:
+    kind = kinds[0]
+    if kinds.count(kind) != len(kinds) or kind in (_SECRETMEM, _FSDAX, _ZERO, _HUGE_ZERO):
         return False
-    return hi < mem.movable_start or not mem.era.has("longterm-migrate-movable")
+    if longterm:
+        lo, hi = min(heads), max(heads)
+        if lo < mem.cma_end and hi >= mem.cma_start:
+            return False
+        if hi >= mem.movable_start and mem.era.has("longterm-migrate-movable"):
+            return False
+    if file_write and kind not in (_ANON, _KSM):    # only hugetlb folios pass unchecked
+        return bool(int(_PG_HUGETLB) & functools.reduce(operator.and_,
+                                                         mem.flags.take(heads).tolist()))
+    return True
 
 
 def folio_allowed_one(mem: MemMap, head: int, kind: int, file_write: bool) -> bool:
@@ -177,7 +187,7 @@ def folio_allowed_one(mem: MemMap, head: int, kind: int, file_write: bool) -> bo
             or kind == _SHMEM and int(mem.mapping[head]) != 0)
 
 
-def _leaf_starts(vma: VMA, i0: int, i1: int) -> np.ndarray | None:
+def leaf_starts(vma: VMA, i0: int, i1: int) -> np.ndarray | None:
     """When PMD/PUD leaves map all of [i0, i1): i0 and every PMD boundary after it, the
     first entry of each leaf part (else None). A leaf's entries share their bits and map
     one folio (vma.py), so GUP-fast checks and grabs it once, as the kernel's
@@ -204,7 +214,7 @@ def _checked_runs(env: MMEnv, vma: VMA, i0: int, i1: int, flags: int
         if lean.ENABLED and i1 - i0 <= SMALL_WALK else None
     if heads is not None:
         return i1 - i0, i1 - i0, pfns, folio_runs(mem, pfns, heads)
-    starts = _leaf_starts(vma, i0, i1)
+    starts = leaf_starts(vma, i0, i1)
     if starts is None:
         grab, after, pfns, heads = _fast_checks(env, vma, i0, i1, flags)
         keep, k = _walk_extent(vma, i0, i1, grab, after)

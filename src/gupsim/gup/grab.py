@@ -432,38 +432,52 @@ def unpin_user_pages(pages: Sequence[Page | None] | PageArray, npages: int | Non
 
 
 def _unpin_express(pages: PageArray, machine: MemMap | None) -> bool:
-    """unpin_user_pages() of a short pages array that is, entry for entry, what one held
-    pin call took, on a machine of the newest era: a page, or order-0 folios none of
-    which this frees. The same releases as the general path with its layers collapsed
-    (the one-page pins of express.py come back here); False, with nothing changed, for
-    anything else. `tests/gup/test_lean_paths.py` compares the two paths."""
+    """unpin_user_pages() of a pages array that is, entry for entry, what one held pin
+    call took, on a machine of the newest era: one page, or a few folios (all order-0, or
+    all large, as huge leaves are) none of which this frees. The same releases as the
+    general path with its layers collapsed; False, with nothing changed, for anything
+    else. `tests/gup/test_lean_paths.py` compares the two paths."""
     mem = pages.mem
-    n = len(pages)
-    if mem is None or machine is not None and mem is not machine or not 1 <= n <= lean.SHORT:
+    if mem is None or machine is not None and mem is not machine or not len(pages):
         return False
     st = _state_of(mem)
     if st is None or st.sanitizer is None or mem.era.version != NEWEST_ERA.version:
         return False
-    rec = st.sanitizer.held_whole("FOLL_PIN", pages.pfns)
+    san = st.sanitizer
+    rec = san.held_whole("FOLL_PIN", pages.pfns)
     if rec is None:
         return False
-    if n == 1:                                  # the plain-int put of one folio
+    if len(pages) == 1:                         # the plain-int put of one folio
         pfn = int(pages.pfns[0])
-        st.sanitizer.release_whole(rec)
+        san.release_whole(rec)
         _put_folio_one(st.alloc, pfn - int(mem.head_off[pfn]), 1, FOLL_PIN)
         return True
-    runs = rec.folio_runs
-    if runs is None or rec.folio_orders is None or any(rec.folio_orders.tolist()) \
-            or not st.sanitizer.folios_unchanged(rec):
+    runs, orders = rec.folio_runs, rec.folio_orders
+    if runs is None or orders is None or len(orders) > lean.SHORT \
+            or not san.folios_unchanged(rec):
         return False
     heads, lengths = runs[1], runs[2]
-    hl = heads.tolist()
-    drop = lengths * GUP_PIN_COUNTING_BIAS
-    if len(set(hl)) != len(hl) or min((mem.refcount[heads] - drop).tolist()) <= 0:
-        return False                            # a folio seen twice, or one to free
-    st.sanitizer.release_whole(rec)
-    mem.refcount[heads] -= drop.astype(mem.refcount.dtype)
-    mem.vmstat[RELEASED] += n
+    hl, large = heads.tolist(), orders.tolist()
+    if len(set(hl)) != len(hl):
+        return False                            # a folio in two runs: count them together
+    if not any(large):                          # order-0 folios: the bias per pin
+        refs = (mem.refcount[heads] - lengths * GUP_PIN_COUNTING_BIAS).astype(
+            mem.refcount.dtype)
+        pins = None
+    elif all(large):                            # large folios: _pincount, one ref per pin
+        refs = (mem.refcount[heads] - lengths).astype(mem.refcount.dtype)
+        pins = (mem.pincount[heads] - lengths).astype(mem.pincount.dtype)
+        if min(pins.tolist()) < 0:
+            return False                        # an underflow: the general path warns
+    else:
+        return False
+    if min(refs.tolist()) <= 0:
+        return False                            # a folio to free (or an underflow)
+    san.release_whole(rec)
+    mem.refcount[heads] = refs
+    if pins is not None:
+        mem.pincount[heads] = pins
+    mem.vmstat[RELEASED] += len(pages)
     return True
 
 

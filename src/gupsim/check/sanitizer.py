@@ -337,6 +337,10 @@ class PinSanitizer:
         if how == "FOLL_PIN" and (zero < 0 or zero in heads.tolist()) \
                 and mem.era.has("zero-page-not-pin-counted"):
             return None
+        if len(heads) <= SHORT:                 # plain ints: numpy's fixed cost dominates
+            hl = heads.tolist()
+            return min(hl), max(h + (1 << o) - 1
+                                for h, o in zip(hl, mem.order.take(heads).tolist(), strict=True))
         last = heads + (np.left_shift(1, mem.order[heads], dtype=np.int64) - 1)
         return int(np.minimum.reduce(heads)), int(np.maximum.reduce(last))
 

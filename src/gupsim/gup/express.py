@@ -197,9 +197,9 @@ def _leaves(ep: EntryPoint, st: GupState, mm: MM, vma: VMA, i: int, start: int, 
     np.subtract(offs[1:], offs[:-1], out=lengths[:-1])
     lengths[-1] = n - int(offs[-1])
     hl, kinds = heads.tolist(), mem.kind.take(heads).tolist()
+    refs = mem.refcount.take(heads).tolist()
     if min(mem.order.take(heads).tolist()) == 0 or len(set(hl)) != len(hl) \
-            or min(mem.refcount.take(heads).tolist()) <= 0 \
-            or max(mem.refcount.take(heads).tolist()) >= _NO_WRAP - n \
+            or min(refs) <= 0 or max(refs) >= _NO_WRAP - n \
             or max(mem.pincount.take(heads).tolist()) >= _NO_WRAP - n:
         return None
     file_write = bool(pin and write and longterm)

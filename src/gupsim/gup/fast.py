@@ -51,6 +51,7 @@ _PG_HUGETLB, _PG_ANON_EXCLUSIVE = np.uint32(PG.hugetlb), np.uint32(PG.anon_exclu
 _VM_ACCESS = int(VM.READ | VM.WRITE | VM.EXEC)
 _HAS_PINNED = int(MMF.HAS_PINNED)
 _PMD_PAGES = 1 << PMD_ORDER
+_LEAF = int(PTE.PMD | PTE.PUD)
 
 
 def gup_fast_folio_allowed(env: MMEnv, heads: np.ndarray, flags: int) -> NDArray[np.bool_]:
@@ -195,12 +196,14 @@ def leaf_starts(vma: VMA, i0: int, i1: int) -> np.ndarray | None:
     if i1 - i0 <= _PMD_PAGES or not lean.ENABLED:
         return None
     first = i0 + (-((vma.start >> PAGE_SHIFT) + i0)) % _PMD_PAGES
+    if (i1 - first) // _PMD_PAGES < SMALL_LEAVES:   # a few leaves: plain ints
+        firsts = range(first, i1, _PMD_PAGES)
+        starts = np.array(firsts if first == i0 else [i0, *firsts], dtype=np.int64)
+        return starts if all(e & _LEAF for e in vma.pte[starts].tolist()) else None
     starts = np.arange(first, i1, _PMD_PAGES, dtype=np.int64)
     if first != i0:
         starts = np.concatenate(([i0], starts))
-    if ((vma.pte[starts] & (PTE.PMD | PTE.PUD)) == 0).any():
-        return None
-    return starts
+    return None if ((vma.pte[starts] & _LEAF) == 0).any() else starts
 
 
 def _checked_runs(env: MMEnv, vma: VMA, i0: int, i1: int, flags: int

@@ -339,8 +339,9 @@ class PinSanitizer:
             return None
         if len(heads) <= SHORT:                 # plain ints: numpy's fixed cost dominates
             hl = heads.tolist()
-            return min(hl), max(h + (1 << o) - 1
-                                for h, o in zip(hl, mem.order.take(heads).tolist(), strict=True))
+            return min(hl), max([h + (1 << o) - 1        # a list: no call per folio
+                                 for h, o in zip(hl, mem.order.take(heads).tolist(),
+                                                 strict=True)])
         last = heads + (np.left_shift(1, mem.order[heads], dtype=np.int64) - 1)
         return int(np.minimum.reduce(heads)), int(np.maximum.reduce(last))
 

@@ -139,7 +139,7 @@ def _short(ep: EntryPoint, st: GupState, mm: MM, vma: VMA, i: int, start: int, n
     pin = ep.adds & FOLL_PIN
     need = _PRESENT | (_WRITE if write or pin else 0)
     mask = need | _SPECIAL | _LEAF
-    if any(e & mask != need for e in vma.pte[i:i + n].tolist()):
+    if {e & mask for e in vma.pte[i:i + n].tolist()} != {need}:   # a set: no call per entry
         return None
     pfns = vma.pfn[i:i + n].astype(np.int64)
     if any(mem.head_off.take(pfns).tolist()) or any(mem.order.take(pfns).tolist()):
@@ -182,7 +182,7 @@ def _leaves(ep: EntryPoint, st: GupState, mm: MM, vma: VMA, i: int, start: int, 
     write, longterm = gup_flags & FOLL_WRITE, gup_flags & FOLL_LONGTERM
     pin = ep.adds & FOLL_PIN
     need = _PRESENT | (_WRITE if write or pin else 0)
-    if any(e & (need | _SPECIAL) != need for e in vma.pte[starts].tolist()):
+    if {e & (need | _SPECIAL) for e in vma.pte[starts].tolist()} != {need}:
         return None
     firsts = vma.pfn[starts].astype(np.int64)
     heads = firsts - mem.head_off.take(firsts)

@@ -199,7 +199,7 @@ def leaf_starts(vma: VMA, i0: int, i1: int) -> np.ndarray | None:
     if (i1 - first) // _PMD_PAGES < SMALL_LEAVES:   # a few leaves: plain ints
         firsts = range(first, i1, _PMD_PAGES)
         starts = np.array(firsts if first == i0 else [i0, *firsts], dtype=np.int64)
-        return starts if all(e & _LEAF for e in vma.pte[starts].tolist()) else None
+        return starts if 0 not in [e & _LEAF for e in vma.pte[starts].tolist()] else None
     starts = np.arange(first, i1, _PMD_PAGES, dtype=np.int64)
     if first != i0:
         starts = np.concatenate(([i0], starts))

@@ -36,7 +36,12 @@ from .flags import (
     foll_flags_str,
 )
 from .grab import Runs, clip_runs, folio_runs, gup_put_pfns, try_grab_runs
-from .longterm import __gup_longterm_locked, longterm_pinnable, longterm_pinnable_one
+from .longterm import (
+    __gup_longterm_locked,
+    all_longterm_pinnable,
+    longterm_pinnable,
+    longterm_pinnable_one,
+)
 from .pages import Pages, PagesOut
 from .slow import gup_must_unshare, must_unshare_one
 from .state import PATH_FALLBACK, PATH_INVALID, note_gup, race_pending, race_point
@@ -165,12 +170,8 @@ def folios_pass(mem: MemMap, heads: list[int], kinds: list[int], longterm: int,
     kind = kinds[0]
     if kinds.count(kind) != len(kinds) or kind in (_SECRETMEM, _FSDAX, _ZERO, _HUGE_ZERO):
         return False
-    if longterm:
-        lo, hi = min(heads), max(heads)
-        if lo < mem.cma_end and hi >= mem.cma_start:
-            return False
-        if hi >= mem.movable_start and mem.era.has("longterm-migrate-movable"):
-            return False
+    if longterm and not all_longterm_pinnable(mem, heads, kinds):
+        return False
     if file_write and kind not in (_ANON, _KSM):    # only hugetlb folios pass unchecked
         return bool(int(_PG_HUGETLB) & functools.reduce(operator.and_,
                                                          mem.flags.take(heads).tolist()))

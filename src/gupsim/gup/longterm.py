@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Iterator
 import numpy as np
 from numpy.typing import NDArray
 
+from .. import lean
 from ..constants import EAGAIN, EINVAL, ENOMEM, PAGE_SHIFT, PAGE_SIZE
 from ..memory import Folio, Kind, MemMap, Zone
 from ..memory.migrate import ReplaceCache, isolate_folio, migrate_folio, putback_folio
@@ -59,6 +60,18 @@ def longterm_pinnable_one(mem: MemMap, head: int, kind: int) -> bool:
     return kind != _FSDAX and not movable
 
 
+def all_longterm_pinnable(mem: MemMap, heads: list[int], kinds: list[int]) -> bool:
+    """True when every folio passes `longterm_pinnable_one()`, told from the lowest and
+    highest head and the kinds present (no head in CMA or, where the era counts it,
+    ZONE_MOVABLE; no FS-DAX folio); False means: check each."""
+    lo, hi = min(heads), max(heads)
+    if lo < mem.cma_end and hi >= mem.cma_start:
+        return False
+    if hi >= mem.movable_start and mem.era.has("longterm-migrate-movable"):
+        return False
+    return _FSDAX not in kinds
+
+
 def folio_is_longterm_pinnable(folio: Folio) -> bool:
     """May this folio be pinned long-term where it is? (spec 4.2, in order)."""
     return bool(longterm_pinnable(folio.mem, np.array([folio.pfn]))[0])
@@ -81,6 +94,9 @@ def check_and_migrate_pfns(env: MMEnv, pfns: np.ndarray, unpin_all: Callable[[],
     st = gup_state(mem)
     valid = pfns[pfns != NULL]
     heads = mem.head_of(valid).astype(np.int64)
+    if lean.ENABLED and 0 < len(heads) <= lean.SHORT and all_longterm_pinnable(
+            mem, heads.tolist(), mem.kind.take(heads).tolist()):
+        return 0                        # a short array: told in plain ints
     bad = ~longterm_pinnable(mem, heads)
     if not bad.any():
         return 0

@@ -62,6 +62,7 @@ from .state import race_point
 # lookup outcomes of follow_range()
 OK, ABSENT, UNSHARE, NOPAGE, DUMP_FAULT = 0, 1, 2, 3, 4
 _PRESENT, _WRITE, _SPECIAL = int(PTE.PRESENT), int(PTE.WRITE), int(PTE.SPECIAL)
+_DIRTY = int(PTE.DIRTY)
 _MAX_FAULT_RETRIES = 8
 
 
@@ -235,6 +236,17 @@ def _touch(env: MMEnv, vma: VMA, i0: int, n: int, pfns: np.ndarray, flags: int) 
         return
     mem = env.mem
     pte = vma.pte[i0:i0 + n]
+    if lean.ENABLED and n <= lean.SHORT:            # plain ints, one flag update each
+        ptes, taken = pte.tolist(), pfns[:n]
+        if _SPECIAL not in {e & _SPECIAL for e in ptes}:
+            heads = taken if not any(mem.head_off.take(taken).tolist()) \
+                else mem.head_of(taken)
+            mem.set_flag(heads, PG.referenced)
+            if flags & FOLL_WRITE:
+                clean = [j for j, e in enumerate(ptes) if not e & _DIRTY]
+                if clean:
+                    mem.set_flag(heads[clean], PG.dirty)
+            return
     real = (pte & PTE.SPECIAL) == 0
     heads = mem.head_of(pfns[:n][real])
     mem.set_flag(heads, PG.referenced)

@@ -42,7 +42,7 @@ _VM_ACCESS = int(VM.READ | VM.WRITE | VM.EXEC)
 _HAS_PINNED = int(MMF.HAS_PINNED)
 _PRESENT, _SPECIAL, _WRITE = int(PTE.PRESENT), int(PTE.SPECIAL), int(PTE.WRITE)
 _LEAF = int(PTE.PMD | PTE.PUD)
-_REFERENCED = np.uint32(PG.referenced)
+_REFERENCED = int(PG.referenced)
 _ZERO, _HUGE_ZERO = int(Kind.ZERO), int(Kind.HUGE_ZERO)
 # the caller's flags the express path takes; anything else goes the general way
 _CALLER_FLAGS = FOLL_WRITE | FOLL_LONGTERM
@@ -66,7 +66,7 @@ def gup_fast_express(ep: EntryPoint, proc: Any, start: object, nr_pages: object,
     mem = mm.mem
     st = _state_of(mem)
     if st is None or mem.era.version != _NEWEST or mm.write_protect_seq & 1 \
-            or any(st.race_hooks.values()):
+            or st.race_hooks and any(st.race_hooks.values()):
         return None
     vma = mm.find_vma(start)
     if vma is None or start < vma.start or not int(vma.flags) & _VM_ACCESS:
@@ -88,18 +88,18 @@ def _one(ep: EntryPoint, st: GupState, mm: MM, vma: VMA, i: int, start: int,
          gup_flags: int, pages: PageArray) -> int | None:
     """One page, any folio size."""
     mem = mm.mem
-    pte = int(vma.pte[i])
+    pte = vma.pte.item(i)       # .item(): a Python int, no numpy scalar in between
     write, longterm = gup_flags & FOLL_WRITE, gup_flags & FOLL_LONGTERM
     pin = ep.adds & FOLL_PIN
     if not pte & _PRESENT or pte & _SPECIAL or (write or pin) and not pte & _WRITE:
         return None             # refused, or a read pin that may need unsharing first
-    pfn = int(vma.pfn[i])
-    head = pfn - int(mem.head_off[pfn])
-    kind = int(mem.kind[head])
-    rc = int(mem.refcount[head])
-    large = int(mem.order[head]) > 0
+    pfn = vma.pfn.item(i)
+    head = pfn - mem.head_off.item(pfn)
+    kind = mem.kind.item(head)
+    rc = mem.refcount.item(head)
+    large = mem.order.item(head) > 0
     if kind in (_ZERO, _HUGE_ZERO) or not 0 < rc < _NO_WRAP \
-            or large and int(mem.pincount[head]) >= _NO_WRAP \
+            or large and mem.pincount.item(head) >= _NO_WRAP \
             or longterm and not longterm_pinnable_one(mem, head, kind) \
             or not folio_allowed_one(mem, head, kind, bool(pin and write and longterm)):
         return None
@@ -120,7 +120,7 @@ def _one(ep: EntryPoint, st: GupState, mm: MM, vma: VMA, i: int, start: int,
         mem.vmstat[ACQUIRED] += 1
     pages.mem = mem
     pages.pfns[0] = pfn
-    fl = mem.flags[head]
+    fl = mem.flags.item(head)
     if not fl & _REFERENCED:
         mem.flags[head] = fl | _REFERENCED
     st.calls.append(GupCall(ep.name, start, 1, flags, PATH_FAST, fast=1, ret=1))

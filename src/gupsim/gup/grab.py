@@ -145,15 +145,15 @@ def _add_refs_one(mem: MemMap, head: int, refs: int, flags: int) -> None:
     """`_add_refs()` of one folio in plain ints: a one-page call, or a run inside one
     large folio (the kernel's one atomic per folio). A test checks it against the array
     form."""
-    rc = int(mem.refcount[head])
+    rc = mem.refcount.item(head)
     if flags & FOLL_GET or (flags & FOLL_PIN and not mem.era.has("pin-counting-bias")):
         rc += refs                               # 5.6: a pin is a plain reference
     elif flags & FOLL_PIN:
         counted = not (mem.era.has("zero-page-not-pin-counted")
-                       and int(mem.kind[head]) == _ZERO_PAGE)
-        if counted and mem.order[head] > 0:
+                       and mem.kind.item(head) == _ZERO_PAGE)
+        if counted and mem.order.item(head) > 0:
             rc += refs
-            mem.pincount[head] = _s32(int(mem.pincount[head]) + refs)
+            mem.pincount[head] = _s32(mem.pincount.item(head) + refs)
         elif counted:
             rc += refs * GUP_PIN_COUNTING_BIAS
         if mem.era.has("nr-foll-pin-vmstat"):
@@ -297,16 +297,16 @@ def _put_folio_one(alloc: Allocator, head: int, refs: int, flags: int) -> int:
     """`gup_put_folios()` of one folio in plain ints (the same checks, warnings and
     order; a test checks it against the array form); returns folios freed (0 or 1)."""
     mem = alloc.mem
-    rc = int(mem.refcount[head])
+    rc = mem.refcount.item(head)
     if flags & FOLL_PIN and not mem.era.has("pin-counting-bias"):
         rc -= refs                               # 5.6: unpin_user_page() is put_page()
     elif flags & FOLL_PIN:
-        if mem.era.has("zero-page-not-pin-counted") and int(mem.kind[head]) == _ZERO_PAGE:
+        if mem.era.has("zero-page-not-pin-counted") and mem.kind.item(head) == _ZERO_PAGE:
             return 0
         if mem.era.has("nr-foll-pin-vmstat"):
             mem.vmstat[RELEASED] += refs
         if mem.order[head] > 0:
-            pins = _s32(int(mem.pincount[head]) - refs)
+            pins = _s32(mem.pincount.item(head) - refs)
             rc -= refs
             if mem.warnings.warn_on_once(pins < 0, "gup_put_folio: pincount underflow",
                                          "more unpins than pins on a large folio"):
@@ -320,7 +320,7 @@ def _put_folio_one(alloc: Allocator, head: int, refs: int, flags: int) -> int:
                                  lambda: f"folio {head:#x} released more than it held"):
         rc = 0
     mem.refcount[head] = rc
-    if rc == 0 and int(mem.kind[head]) != _FREE:
+    if rc == 0 and mem.kind.item(head) != _FREE:
         alloc.free_folio(head)
         return 1
     return 0
@@ -448,9 +448,9 @@ def _unpin_express(pages: PageArray, machine: MemMap | None) -> bool:
     if rec is None:
         return False
     if len(pages) == 1:                         # the plain-int put of one folio
-        pfn = int(pages.pfns[0])
+        pfn = pages.pfns.item(0)
         san.release_whole(rec)
-        _put_folio_one(st.alloc, pfn - int(mem.head_off[pfn]), 1, FOLL_PIN)
+        _put_folio_one(st.alloc, pfn - mem.head_off.item(pfn), 1, FOLL_PIN)
         return True
     runs, orders = rec.folio_runs, rec.folio_orders
     if runs is None or orders is None or len(orders) > lean.SHORT \

@@ -79,7 +79,7 @@ def vma_needs_copy(env: MMEnv, vma: VMA) -> bool:
 def dup_mm(env: MMEnv, parent: MM) -> MM:
     """copy_mm(): the child's address space; raises OSError(ENOMEM) if a copy fails."""
     child = MM(env.mem, env.alloc)
-    child.flags = MMF(0)   # mmf_init_flags(): MMF_HAS_PINNED is not inherited
+    child.flags = 0        # mmf_init_flags(): MMF_HAS_PINNED is not inherited
     # dup_mmap() holds the parent's mmap_lock for write; write_protect_seq odd: GUP-fast
     # pins back off (from 5.11) and fall back to the slow path, which waits for the lock
     held, parent.mmap_lock.writer = parent.mmap_lock.writer, True

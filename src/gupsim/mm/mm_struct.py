@@ -14,7 +14,6 @@ import os
 from collections.abc import Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from enum import IntFlag
 
 import numpy as np
 
@@ -32,8 +31,8 @@ from .mmu_notifier import (
 from .vma import PTE, VM, VMA, vma_close
 
 
-class MMF(IntFlag):
-    """mm->flags bits that the pinning code sets or reads."""
+class MMF:
+    """mm->flags bits that the pinning code sets or reads (plain ints, as `VM`'s)."""
 
     HAS_PINNED = 1 << 0     # MMF_HAS_PINNED: some page of this mm was ever pinned
 
@@ -119,7 +118,7 @@ class MM:
     alloc: Allocator
     vmas: list[VMA] = field(default_factory=list)
     id: int = field(default_factory=lambda: next(_mm_ids))
-    flags: MMF = MMF(0)
+    flags: int = 0
     rss: RSS = field(default_factory=RSS)
     pinned_vm: int = 0          # pages, charged by long-term pinning users (io_uring, RDMA)
     locked_vm: int = 0          # pages, mlock() and VM_LOCKED

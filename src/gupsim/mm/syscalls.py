@@ -103,7 +103,7 @@ def page_align(n: int) -> int:
     return (n + PAGE_SIZE - 1) & PAGE_MASK
 
 
-def prot_to_vm(prot: int) -> VM:
+def prot_to_vm(prot: int) -> int:
     """calc_vm_prot_bits(): PROT_READ/WRITE/EXEC as VM_READ/WRITE/EXEC."""
     flags = VM.NONE
     if prot & PROT_READ:
@@ -415,7 +415,7 @@ def do_madvise(env: MMEnv, mm: MM, start: int, length: int, advice: int) -> None
             raise fail(errno.EINVAL, "MADV_COLLAPSE is modelled for private anonymous memory")
     hole = _first_hole(mm, start, end)
     if advice in _FLAG_ADVICE:
-        def advised(v: VMA) -> VM:
+        def advised(v: VMA) -> int:
             flag, on = _FLAG_ADVICE[advice]
             if flag == VM.MERGEABLE and not _ksm_compatible(v):
                 return v.flags               # ksm_madvise() leaves such a VMA as it is

@@ -43,9 +43,15 @@ def folio_needs_cow_for_dma(env: MMEnv, mm: MM, heads: np.ndarray,
                             era_switch: str = "fork-copies-pinned-anon") -> NDArray[np.bool_]:
     """Vectorised folio_needs_cow_for_dma(): the mm ever pinned and the folio may be pinned.
     All false in an era before `era_switch` (fork did not copy pinned pages yet)."""
-    if not mm.flags & MMF.HAS_PINNED or not env.era.has(era_switch):
+    if not _may_cow_for_dma(env, mm, era_switch):
         return np.zeros(len(heads), dtype=bool)
     return maybe_dma_pinned_pfns(env.mem, heads)
+
+
+def _may_cow_for_dma(env: MMEnv, mm: MM, era_switch: str = "fork-copies-pinned-anon") -> bool:
+    """False when folio_needs_cow_for_dma() is false for every folio of `mm`: it never
+    pinned, or the era's fork does not copy pinned pages."""
+    return bool(mm.flags & MMF.HAS_PINNED) and env.era.has(era_switch)
 
 
 def vma_needs_copy(env: MMEnv, vma: VMA) -> bool:
@@ -59,21 +65,37 @@ def vma_needs_copy(env: MMEnv, vma: VMA) -> bool:
     one while an entry of it maps an anonymous folio or holds a swap, guard or poison
     entry (the kernel keeps the anon_vma after they are gone); hugetlb follows the rule
     of 6.0+ ("hugetlb: lazy page table copies in fork()") in every era."""
-    if vma.flags & VM.WIPEONFORK:
+    flags = vma.flags
+    if flags & VM.WIPEONFORK:
         return False
-    if vma.flags & (VM.PFNMAP | VM.MIXEDMAP):
+    if flags & (VM.PFNMAP | VM.MIXEDMAP):
         return True
-    if vma.is_shared:
+    if flags & VM.SHARED:
+        return False
+    bits = _entry_bits(vma)
+    if bits & (PTE.SWAP | PTE.MARKER | PTE.HWPOISON):
+        return True
+    if not bits & PTE.PRESENT:
         return False
     pte = vma.pte
-    if (pte & (PTE.SWAP | PTE.MARKER | PTE.HWPOISON)).any():
-        return True
-    real = (pte & PTE.PRESENT) != 0
-    real &= (pte & PTE.SPECIAL) == 0
-    if not real.any():
-        return False
-    kinds = env.mem.kind[env.mem.head_of(vma.pfn[real])]
-    return bool(((kinds == Kind.ANON) | (kinds == Kind.KSM)).any())
+    real = (pte & (PTE.PRESENT | PTE.SPECIAL)) == PTE.PRESENT
+    mem = env.mem
+    return bool(_ANON_KINDS[mem.kind[mem.head_of(vma.pfn[real])]].any())
+
+
+def _entry_bits(vma: VMA) -> int:
+    """The OR of all the VMA's entries: which kinds of entry it holds at all, so that a
+    VMA with no huge, special, swap or marker entries (most) skips those passes."""
+    return int(np.bitwise_or.reduce(vma.pte)) if len(vma.pte) else 0
+
+
+# Kind values as plain ints and a lookup table: comparing a numpy array with an IntEnum
+# member costs ~3 us (numpy probes the enum class for __array_ufunc__), with an int 0.6 us
+_ANON = int(Kind.ANON)
+_ANON_KINDS = np.zeros(len(Kind), dtype=bool)
+_ANON_KINDS[[Kind.ANON, Kind.KSM]] = True
+_ANON_EXCLUSIVE = np.uint32(PG.anon_exclusive)
+_NOT_WRITE = np.uint16(~PTE.WRITE & 0xFFFF)
 
 
 def dup_mm(env: MMEnv, parent: MM) -> MM:
@@ -131,7 +153,7 @@ def _copy_page_range(env: MMEnv, src_mm: MM, dst_mm: MM, src: VMA, dst: VMA) -> 
     no huge, special, swap or marker entries (most of them) skips those passes.
     """
     mem = env.mem
-    present_bits = int(np.bitwise_or.reduce(src.pte)) if src.nr_pages else 0
+    present_bits = _entry_bits(src)
     if not present_bits:
         return                                  # nothing mapped, swapped or marked
     if present_bits & (PTE.PMD | PTE.PUD):
@@ -143,7 +165,10 @@ def _copy_page_range(env: MMEnv, src_mm: MM, dst_mm: MM, src: VMA, dst: VMA) -> 
             _copy_huge(env, src_mm, dst_mm, src, dst, i)
         present_bits = int(np.bitwise_or.reduce(src.pte))   # splits turned some into PTEs
     pte = src.pte
-    small = (pte & PTE.PRESENT) != 0
+    if present_bits & (PTE.PMD | PTE.PUD | PTE.SPECIAL | PTE.SWAP | PTE.HWPOISON | PTE.MARKER):
+        small = (pte & PTE.PRESENT) != 0
+    else:
+        small = None            # every entry is empty or a present small page
     if present_bits & (PTE.PMD | PTE.PUD):
         small &= (pte & (PTE.PMD | PTE.PUD)) == 0
     if present_bits & PTE.SPECIAL:
@@ -162,34 +187,37 @@ def _copy_page_range(env: MMEnv, src_mm: MM, dst_mm: MM, src: VMA, dst: VMA) -> 
         poison = (pte & (PTE.HWPOISON | PTE.MARKER)) != 0
         dst.pte[poison] = src.pte[poison]
         dst.pfn[poison] = src.pfn[poison]
-    idx = np.nonzero(small)[0]
+    idx = np.flatnonzero(pte if small is None else small)
     if len(idx) == 0:
         return
     pfns = src.pfn[idx]
     heads = mem.head_of(pfns)
     kinds = mem.kind[heads]
-    anon = kinds == Kind.ANON
-    excl = (mem.flags[pfns] & np.uint32(PG.anon_exclusive)) != 0
-    copy = anon & excl & folio_needs_cow_for_dma(env, src_mm, heads)
+    anon = kinds == _ANON
+    copy = None                 # None: folio_needs_cow_for_dma() is false for every page
+    if _may_cow_for_dma(env, src_mm):
+        excl = (mem.flags[pfns] & _ANON_EXCLUSIVE) != 0
+        copy = anon & excl & folio_needs_cow_for_dma(env, src_mm, heads)
     if env.race_hook is not None:
         # GUP-fast may pin here, after the check: before 5.11 nothing stops it
         env.race_hook("fork:before_wrprotect", mm=src_mm, vma=src)
-    if copy.any():
+    if copy is not None and copy.any():
         keep = ~copy
         share, sp, share_heads = idx[keep], pfns[keep], heads[keep]
         anon, kinds = anon[keep], kinds[keep]
     else:
         share, sp, share_heads = idx, pfns, heads
     if len(share):
-        mem.clear_flag(sp[anon], PG.anon_exclusive)
+        mem.flags[sp[anon]] &= ~_ANON_EXCLUSIVE      # clear_flag(), the flag cached
         if src.is_cow:
-            src.pte[share] &= np.uint16(~PTE.WRITE & 0xFFFF)
+            src.pte[share] &= _NOT_WRITE
         dst.pfn[share] = sp
         dst.pte[share] = src.pte[share]
         add_at(mem.mapcount, sp, 1)
         add_at(mem.refcount, share_heads, 1)
         add_rss(dst_mm, kinds, +1)
-    copy_present_pages(env, dst_mm, src, dst, idx[copy])
+    if copy is not None:
+        copy_present_pages(env, dst_mm, src, dst, idx[copy])
 
 
 def copy_present_pages(env: MMEnv, dst_mm: MM, src: VMA, dst: VMA, idx: np.ndarray) -> None:

@@ -198,13 +198,16 @@ def add_rss(mm: MM, kinds: np.ndarray, sign: int) -> None:
     """add_mm_counter() for one page per entry of `kinds` (sign +1 to map, -1 to unmap)."""
     if len(kinds) == 0:
         return
-    counts = np.bincount(kinds.astype(np.int64), minlength=len(Kind))
-    anon = int(counts[Kind.ANON] + counts[Kind.KSM])
-    shmem = int(counts[Kind.SHMEM] + counts[Kind.HUGETLBFS])
-    file = int(counts[Kind.FILE] + counts[Kind.FSDAX] + counts[Kind.SECRETMEM])
-    mm.rss.anon += sign * anon
-    mm.rss.shmem += sign * shmem
-    mm.rss.file += sign * file
+    counts = np.bincount(kinds, minlength=_NR_KINDS).tolist()    # ints: no enum indexing
+    mm.rss.anon += sign * (counts[_ANON] + counts[_KSM])
+    mm.rss.shmem += sign * (counts[_SHMEM] + counts[_HUGETLBFS])
+    mm.rss.file += sign * (counts[_FILE] + counts[_FSDAX] + counts[_SECRETMEM])
+
+
+_NR_KINDS = len(Kind)
+_ANON, _KSM, _SHMEM, _HUGETLBFS = int(Kind.ANON), int(Kind.KSM), int(Kind.SHMEM), \
+    int(Kind.HUGETLBFS)
+_FILE, _FSDAX, _SECRETMEM = int(Kind.FILE), int(Kind.FSDAX), int(Kind.SECRETMEM)
 
 
 def map_pte_range(mm: MM, vma: VMA, i0: int, pfns: np.ndarray, bits: int) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..constants import PAGE_SIZE
+from ..memory.alloc import runs
 from .env import MMEnv
 from .fault import (
     FaultFlag,
@@ -118,26 +119,16 @@ def prefault_write(env: MMEnv, mm: MM, addr: int, n: int) -> None:
 
 def _fault_runs(env: MMEnv, mm: MM, vma: VMA, i0: int, i1: int) -> None:
     """The write faults of entries [i0, i1) of a private anonymous VMA, run by run."""
-    for lo, hi in _runs(np.flatnonzero(vma.pte[i0:i1] == 0) + i0):
+    for lo, hi in runs(np.flatnonzero(vma.pte[i0:i1] == 0) + i0):
         populate_anon_bulk(env, mm, vma, lo, hi)
     pte = vma.pte[i0:i1]
     ro = np.flatnonzero(((pte & PTE.PRESENT) != 0) & ((pte & PTE.WRITE) == 0)) + i0
-    for lo, hi in _runs(ro):
+    for lo, hi in runs(ro):
         while lo < hi:
             done = wp_copy_run(env, mm, vma, lo, hi, False)
             if not done:
                 break
             lo += done
-
-
-def _runs(idx: np.ndarray) -> list[tuple[int, int]]:
-    """Ascending indices as [start, end) runs of consecutive ones."""
-    if len(idx) == 0:
-        return []
-    cut = np.flatnonzero(np.diff(idx) != 1) + 1
-    starts = idx[np.concatenate(([0], cut))]
-    ends = idx[np.concatenate((cut - 1, [len(idx) - 1]))] + 1
-    return list(zip(starts.tolist(), ends.tolist(), strict=True))
 
 
 def prefault_read(env: MMEnv, mm: MM, addr: int, n: int) -> None:
@@ -156,7 +147,7 @@ def prefault_read(env: MMEnv, mm: MM, addr: int, n: int) -> None:
         i0, i1 = vma.idx(addr), vma.idx(min(end, vma.end) - 1) + 1
         if (vma.is_anonymous and not vma.is_shared and not vma.is_hugetlb and zero >= 0
                 and not anon_orders(env, vma)):
-            for lo, hi in _runs(np.flatnonzero(vma.pte[i0:i1] == 0) + i0):
+            for lo, hi in runs(np.flatnonzero(vma.pte[i0:i1] == 0) + i0):
                 map_pte_range(mm, vma, lo, np.full(hi - lo, zero, dtype=np.int64),
                               PTE.SPECIAL | PTE.YOUNG)
                 env.mem.vmstat["pgfault"] += hi - lo

@@ -330,7 +330,7 @@ class Allocator:
         while they last (whole MAX_PAGE_ORDER blocks first), so a 1 GiB populate costs a
         few hundred allocator calls and 300 pages about ten, then prepared as arrays.
         """
-        got: list[np.ndarray] = []
+        got: list[tuple[int, int]] = []
         need = n
         for region in self.regions(movable):
             order = MAX_PAGE_ORDER
@@ -340,16 +340,23 @@ class Allocator:
                 if pfn is None:         # no block this large left here: try smaller ones
                     order -= 1
                     continue
-                got.append(np.arange(pfn, pfn + (1 << order), dtype=np.int64))
+                got.append((pfn, 1 << order))
                 need -= 1 << order
             if need == 0:
                 break
-        pfns = np.concatenate(got) if got else np.zeros(0, dtype=np.int64)
         mem = self.mem
+        if len(got) == 1:               # one block (most small requests): slices
+            start, size = got[0]
+            pfns = np.arange(start, start + size, dtype=np.int64)
+            where: slice | np.ndarray = slice(start, start + size)
+        else:
+            pfns = np.concatenate([np.arange(p, p + size, dtype=np.int64) for p, size in got]) \
+                if got else np.zeros(0, dtype=np.int64)
+            where = pfns
         # free frames hold 0 in every field (see prep_folio): only the nonzero ones are
         # written, which keeps the pages of the other arrays untouched (not resident)
-        mem.refcount[pfns] = 1
-        mem.kind[pfns] = kind
-        mem.mapping[pfns] = mapping
-        mem.index[pfns] = index[:len(pfns)]
+        mem.refcount[where] = 1
+        mem.kind[where] = int(kind)
+        mem.mapping[where] = mapping
+        mem.index[where] = index[:len(pfns)]
         return pfns

@@ -311,14 +311,18 @@ def zap_range(mm: MM, vma: VMA, i0: int, i1: int, swap: SwapDevice | None = None
     mem = mm.mem
     pte = vma.pte[i0:i1]
     pfn = vma.pfn[i0:i1]
-    present = (pte & PTE.PRESENT) != 0
-    huge = (pte & (PTE.PMD | PTE.PUD)) != 0 if kinds_of_entry & (PTE.PMD | PTE.PUD) \
-        else np.zeros(0, dtype=bool)
-    small = present
-    if kinds_of_entry & PTE.SPECIAL:
-        small = small & ((pte & PTE.SPECIAL) == 0)
-    if len(huge):
-        small = small & ~huge
+    if kinds_of_entry & _NOT_SMALL:
+        present = (pte & PTE.PRESENT) != 0
+        huge = (pte & (PTE.PMD | PTE.PUD)) != 0 if kinds_of_entry & (PTE.PMD | PTE.PUD) \
+            else _NO_ENTRIES
+        small = present
+        if kinds_of_entry & PTE.SPECIAL:
+            small = small & ((pte & PTE.SPECIAL) == 0)
+        if len(huge):
+            small = small & ~huge
+    else:                       # every entry is empty or maps a small page
+        present = small = pte != 0
+        huge = _NO_ENTRIES
     small_pfns = pfn[small]
     heads_to_put: list[np.ndarray] = []
     if gather is not None and len(small_pfns):
@@ -330,7 +334,7 @@ def zap_range(mm: MM, vma: VMA, i0: int, i1: int, swap: SwapDevice | None = None
         add_rss(mm, mem.kind[heads], -1)
         dirty = pte[small] & PTE.DIRTY
         if dirty.any():
-            mem.set_flag(heads[dirty != 0], PG.dirty)     # repeats are harmless: no unique
+            mem.flags[heads[dirty != 0]] |= _PG_DIRTY     # repeats are harmless: no unique
         heads_to_put.append(heads)
     huge_entries = np.nonzero(present & ((pte & PTE.SPECIAL) == 0) & huge)[0] \
         if len(huge) else huge
@@ -352,7 +356,14 @@ def zap_range(mm: MM, vma: VMA, i0: int, i1: int, swap: SwapDevice | None = None
     if gather is not None:
         gather.heads.extend(heads_to_put)
     elif heads_to_put:
-        folio_put_many(mm.alloc, np.concatenate(heads_to_put))
+        folio_put_many(mm.alloc, heads_to_put[0] if len(heads_to_put) == 1
+                       else np.concatenate(heads_to_put))
+
+
+# Entry bits that make zap_range() tell present small pages from the rest
+_NOT_SMALL = PTE.PMD | PTE.PUD | PTE.SPECIAL | PTE.SWAP | PTE.HWPOISON | PTE.MARKER
+_NO_ENTRIES = np.zeros(0, dtype=bool)
+_PG_DIRTY = np.uint32(PG.dirty)
 
 
 @dataclass

@@ -50,7 +50,12 @@ class VM:
 
 
 class PTE:
-    """Bits of a page-table entry in the model (plain ints, so numpy keeps uint16 arrays)."""
+    """Bits of a page-table entry in the model (plain ints, so numpy keeps uint16 arrays).
+
+    An entry is 0 (none), PRESENT with other bits, or a non-present SWAP, HWPOISON or
+    MARKER entry: fork and zap rely on it to take "not 0" for "present" where the OR of
+    a range's entries holds none of the non-present kinds.
+    """
 
     NONE = 0
     PRESENT = 1 << 0

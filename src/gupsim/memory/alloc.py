@@ -333,6 +333,8 @@ class Allocator:
         got: list[tuple[int, int]] = []
         need = n
         for region in self.regions(movable):
+            if not region.nr_free:
+                continue                # nothing here (no CMA, no movable zone): no probing
             order = MAX_PAGE_ORDER
             while need > 0 and order >= 0:
                 order = min(order, need.bit_length() - 1)

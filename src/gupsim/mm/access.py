@@ -39,6 +39,9 @@ class OOMKilled(Exception):
     """The fault ran out of memory: the kernel's OOM killer would have ended the process."""
 
 
+_WRITE_FAULT, _READ_FAULT = FaultFlag.WRITE, FaultFlag(0)    # built once: FaultFlag(0) costs
+
+
 def _vma_for(mm: MM, addr: int, write: bool) -> VMA:
     vma = mm.find_vma(addr)
     if vma is None:
@@ -59,7 +62,9 @@ def resolve(env: MMEnv, mm: MM, addr: int, write: bool) -> tuple[VMA, int]:
         if pte & PTE.PRESENT and (not write or pte & PTE.WRITE):
             vma.pte[i] |= PTE.YOUNG | (PTE.MKDIRTY if write else 0)
             return vma, i
-        rc = handle_mm_fault(env, mm, vma, addr, FaultFlag.WRITE if write else FaultFlag(0))
+        rc = handle_mm_fault(env, mm, vma, addr, _WRITE_FAULT if write else _READ_FAULT)
+        if not rc:
+            continue
         if rc & VMFault.SIGSEGV:
             raise SegmentationFault(addr, "guard region")
         if rc & VMFault.HWPOISON:

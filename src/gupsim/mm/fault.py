@@ -50,13 +50,16 @@ class VMFault(IntFlag):
     ERROR = OOM | SIGBUS | SIGSEGV | HWPOISON
 
 
+_FAULT_WRITE, _FAULT_UNSHARE = int(FaultFlag.WRITE), int(FaultFlag.UNSHARE)
+
+
 def handle_mm_fault(env: MMEnv, mm: MM, vma: VMA, addr: int, flags: FaultFlag) -> VMFault:
     """Resolve one fault at `addr` in `vma`; the caller re-walks the page table afterwards."""
     env.mem.vmstat["pgfault"] += 1
     i = vma.idx(addr)
     pte = int(vma.pte[i])
-    write = bool(flags & FaultFlag.WRITE)
-    unshare = bool(flags & FaultFlag.UNSHARE)
+    write = bool(int(flags) & _FAULT_WRITE)        # int &: IntFlag's & costs ~0.7 us
+    unshare = bool(int(flags) & _FAULT_UNSHARE)
     if vma.flags & (VM.PFNMAP | VM.IO):
         return VMFault.SIGBUS
     if pte & PTE.MARKER:

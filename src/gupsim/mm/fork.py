@@ -201,7 +201,8 @@ def _copy_page_range(env: MMEnv, src_mm: MM, dst_mm: MM, src: VMA, dst: VMA) -> 
     if env.race_hook is not None:
         # GUP-fast may pin here, after the check: before 5.11 nothing stops it
         env.race_hook("fork:before_wrprotect", mm=src_mm, vma=src)
-    if copy is not None and copy.any():
+    copying = copy is not None and bool(copy.any())
+    if copying:
         keep = ~copy
         share, sp, share_heads = idx[keep], pfns[keep], heads[keep]
         anon, kinds = anon[keep], kinds[keep]
@@ -216,7 +217,7 @@ def _copy_page_range(env: MMEnv, src_mm: MM, dst_mm: MM, src: VMA, dst: VMA) -> 
         add_at(mem.mapcount, sp, 1)
         add_at(mem.refcount, share_heads, 1)
         add_rss(dst_mm, kinds, +1)
-    if copy is not None:
+    if copying:
         copy_present_pages(env, dst_mm, src, dst, idx[copy])
 
 

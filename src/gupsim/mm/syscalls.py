@@ -131,7 +131,7 @@ def get_unmapped_area(mm: MM, length: int, align: int = PAGE_SIZE,
         if not mm.vmas_in(hint, hint + length):
             return hint
     top = MMAP_BASE
-    for vma in sorted(mm.vmas, key=lambda v: -v.start):
+    for vma in reversed(mm.vmas):          # kept sorted by start (find_vma bisects it)
         if vma.start >= top:
             top = min(top, vma.start)
             continue

@@ -26,7 +26,7 @@ from .memmap import PG, Kind, MemMap
 def increasing(a: np.ndarray) -> bool:
     """True if `a` is strictly increasing: its entries are then distinct and sorted, so
     callers can skip np.unique() and np.*.at() (a range torn down in order always is)."""
-    return len(a) < 2 or bool((a[1:] > a[:-1]).all())
+    return len(a) < 2 or not np.count_nonzero(a[1:] <= a[:-1])
 
 _HUGETLB = np.uint32(PG.hugetlb)
 
@@ -120,7 +120,7 @@ def runs(idx: np.ndarray) -> list[tuple[int, int]]:
     """Ascending integers as [start, end) runs of consecutive ones."""
     if len(idx) == 0:
         return []
-    cut = np.flatnonzero(np.diff(idx) != 1) + 1
+    cut = (np.diff(idx) != 1).nonzero()[0] + 1
     starts = idx[np.concatenate(([0], cut))]
     ends = idx[np.concatenate((cut - 1, [len(idx) - 1]))] + 1
     return list(zip(starts.tolist(), ends.tolist(), strict=True))
@@ -247,7 +247,7 @@ class Allocator:
         The buddy lists end as freeing each page would leave them (merging is canonical)."""
         mem = self.mem
         heads = np.asarray(heads, dtype=np.int64)
-        if mem.order[heads].any():
+        if np.count_nonzero(mem.order[heads]):
             small = (mem.order[heads] == 0) & ((mem.flags[heads] & _HUGETLB) == 0)
             for head in heads[~small].tolist():
                 self.free_folio(head)
@@ -255,7 +255,7 @@ class Allocator:
         pfns = heads if increasing(heads) else np.unique(heads)
         if len(pfns) == 0:
             return
-        if mem.mapcount[pfns].any() or mem.entire_mapcount[pfns].any():
+        if np.count_nonzero(mem.mapcount[pfns]) or np.count_nonzero(mem.entire_mapcount[pfns]):
             bad = (mem.mapcount[pfns] != 0) | (mem.entire_mapcount[pfns] != 0)
             for pfn in pfns[bad].tolist():  # one hit per bad folio, as free_folio() counts
                 mem.warnings.warn_on_once(True, "free_pages_prepare: bad page state",

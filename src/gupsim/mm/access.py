@@ -124,10 +124,10 @@ def prefault_write(env: MMEnv, mm: MM, addr: int, n: int) -> None:
 
 def _fault_runs(env: MMEnv, mm: MM, vma: VMA, i0: int, i1: int) -> None:
     """The write faults of entries [i0, i1) of a private anonymous VMA, run by run."""
-    for lo, hi in runs(np.flatnonzero(vma.pte[i0:i1] == 0) + i0):
+    for lo, hi in runs((vma.pte[i0:i1] == 0).nonzero()[0] + i0):
         populate_anon_bulk(env, mm, vma, lo, hi)
     pte = vma.pte[i0:i1]
-    ro = np.flatnonzero(((pte & PTE.PRESENT) != 0) & ((pte & PTE.WRITE) == 0)) + i0
+    ro = ((pte & (PTE.PRESENT | PTE.WRITE)) == PTE.PRESENT).nonzero()[0] + i0
     for lo, hi in runs(ro):
         while lo < hi:
             done = wp_copy_run(env, mm, vma, lo, hi, False)

@@ -179,7 +179,7 @@ def populate_anon_bulk(env: MMEnv, mm: MM, vma: VMA, i0: int, i1: int) -> None:
                 if rc:
                     return
         return
-    empty = np.nonzero(vma.pte[i0:i1] == 0)[0] + i0
+    empty = (vma.pte[i0:i1] == 0).nonzero()[0] + i0
     if len(empty) == 0:
         return
     heads = env.alloc.alloc_bulk_order0(len(empty), Kind.ANON, env.movable_alloc,
@@ -374,7 +374,7 @@ def wp_copy_run(env: MMEnv, mm: MM, vma: VMA, i0: int, i1: int, unshare: bool) -
     kinds = mem.kind[heads]          # the zero page is order 0: its own head
     zero = special & (kinds == _ZERO)
     ok &= zero | (~special & (kinds == _ANON))
-    n = int(np.argmin(ok)) if not ok.all() else len(ok)
+    n = int(np.argmin(ok)) if np.count_nonzero(ok) < len(ok) else len(ok)
     if n == 0:
         return 0
     copy = zero[:n] | _anon_must_copy(env, mm, old[:n], heads[:n])
@@ -438,7 +438,8 @@ def _anon_must_copy(env: MMEnv, mm: MM, pfns: np.ndarray, heads: np.ndarray) -> 
         reuse = small & (mem.refcount[heads] == 1) & ~cached
         if env.era.has("anon-exclusive-unshare"):
             reuse |= (mem.flags[pfns] & _ANON_EXCLUSIVE) != 0
-            large = np.unique(heads[~small]).tolist() if not small.all() else []
+            large = np.unique(heads[~small]).tolist() if np.count_nonzero(small) < len(small) \
+                else []
             for head in large:
                 if _anon_reusable_large(env, mm, head):
                     reuse |= heads == head

@@ -80,7 +80,7 @@ def vma_needs_copy(env: MMEnv, vma: VMA) -> bool:
     pte = vma.pte
     real = (pte & (PTE.PRESENT | PTE.SPECIAL)) == PTE.PRESENT
     mem = env.mem
-    return bool(_ANON_KINDS[mem.kind[mem.head_of(vma.pfn[real])]].any())
+    return bool(np.count_nonzero(_ANON_KINDS[mem.kind[mem.head_of(vma.pfn[real])]]))
 
 
 def _entry_bits(vma: VMA) -> int:
@@ -187,7 +187,7 @@ def _copy_page_range(env: MMEnv, src_mm: MM, dst_mm: MM, src: VMA, dst: VMA) -> 
         poison = (pte & (PTE.HWPOISON | PTE.MARKER)) != 0
         dst.pte[poison] = src.pte[poison]
         dst.pfn[poison] = src.pfn[poison]
-    idx = np.flatnonzero(pte if small is None else small)
+    idx = (pte if small is None else small).nonzero()[0]
     if len(idx) == 0:
         return
     pfns = src.pfn[idx]
@@ -201,8 +201,9 @@ def _copy_page_range(env: MMEnv, src_mm: MM, dst_mm: MM, src: VMA, dst: VMA) -> 
     if env.race_hook is not None:
         # GUP-fast may pin here, after the check: before 5.11 nothing stops it
         env.race_hook("fork:before_wrprotect", mm=src_mm, vma=src)
-    copying = copy is not None and bool(copy.any())
-    if copying:
+    if copy is not None and not np.count_nonzero(copy):
+        copy = None             # no page to copy after all
+    if copy is not None:
         keep = ~copy
         share, sp, share_heads = idx[keep], pfns[keep], heads[keep]
         anon, kinds = anon[keep], kinds[keep]
@@ -217,7 +218,7 @@ def _copy_page_range(env: MMEnv, src_mm: MM, dst_mm: MM, src: VMA, dst: VMA) -> 
         add_at(mem.mapcount, sp, 1)
         add_at(mem.refcount, share_heads, 1)
         add_rss(dst_mm, kinds, +1)
-    if copying:
+    if copy is not None:
         copy_present_pages(env, dst_mm, src, dst, idx[copy])
 
 

@@ -333,7 +333,7 @@ def zap_range(mm: MM, vma: VMA, i0: int, i1: int, swap: SwapDevice | None = None
         heads = mem.head_of(small_pfns)
         add_rss(mm, mem.kind[heads], -1)
         dirty = pte[small] & PTE.DIRTY
-        if dirty.any():
+        if np.count_nonzero(dirty):
             mem.flags[heads[dirty != 0]] |= _PG_DIRTY     # repeats are harmless: no unique
         heads_to_put.append(heads)
     huge_entries = np.nonzero(present & ((pte & PTE.SPECIAL) == 0) & huge)[0] \
@@ -385,7 +385,7 @@ class ZapGather:
             heads = mem.head_of(pfns)
             add_rss(mm, mem.kind[heads], -1)
             dirty = np.concatenate(self.dirty)
-            if dirty.any():
+            if np.count_nonzero(dirty):
                 mem.set_flag(heads[dirty], PG.dirty)
             heads_to_put.append(heads)
         if heads_to_put:

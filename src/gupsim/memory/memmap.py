@@ -248,6 +248,9 @@ class MemMap:
         if buf is None:
             if not any(data):
                 return  # writing zeros to a zero frame stores nothing
+            if len(data) == PAGE_SIZE:
+                self.content[pfn] = bytearray(data)     # a whole frame: no zeros first
+                return
             buf = self.content[pfn] = bytearray(PAGE_SIZE)
         buf[offset:offset + len(data)] = data
 

@@ -83,11 +83,13 @@ def access_read(env: MMEnv, mm: MM, addr: int, n: int) -> bytes:
         prefault_read(env, mm, addr, n)
     out = bytearray()
     end = addr + n
+    mem = env.mem
     while addr < end:
-        chunk = min(end - addr, PAGE_SIZE - addr % PAGE_SIZE)
         vma, i = resolve(env, mm, addr, False)
-        out += env.mem.read(int(vma.pfn[i]), addr % PAGE_SIZE, chunk)
-        addr += chunk
+        for pfn in vma.pfn[i:i + 1 + ready_run(vma, i + 1, addr, end, False)].tolist():
+            chunk = min(end - addr, PAGE_SIZE - addr % PAGE_SIZE)
+            out += mem.read(pfn, addr % PAGE_SIZE, chunk)
+            addr += chunk
     return bytes(out)
 
 
@@ -96,11 +98,30 @@ def access_write(env: MMEnv, mm: MM, addr: int, data: bytes) -> None:
     if addr % PAGE_SIZE + len(data) > PAGE_SIZE:
         prefault_write(env, mm, addr, len(data))
     pos = 0
+    end = addr + len(data)
+    mem = env.mem
     while pos < len(data):
-        chunk = min(len(data) - pos, PAGE_SIZE - (addr + pos) % PAGE_SIZE)
         vma, i = resolve(env, mm, addr + pos, True)
-        env.mem.write(int(vma.pfn[i]), (addr + pos) % PAGE_SIZE, data[pos:pos + chunk])
-        pos += chunk
+        for pfn in vma.pfn[i:i + 1 + ready_run(vma, i + 1, addr + pos, end, True)].tolist():
+            chunk = min(len(data) - pos, PAGE_SIZE - (addr + pos) % PAGE_SIZE)
+            mem.write(pfn, (addr + pos) % PAGE_SIZE, data[pos:pos + chunk])
+            pos += chunk
+
+
+def ready_run(vma: VMA, i: int, addr: int, end: int, write: bool) -> int:
+    """How many entries from `i` on, of the pages after `addr` up to `end` inside `vma`,
+    the CPU reaches without a fault (present, and writable for a store); they are made
+    young (and dirty) as resolve() makes each. The access already passed the VMA's
+    permission check for its first page, which holds for all of the VMA's pages, so a
+    multi-page access walks the page table once per run, not once per page."""
+    last = vma.idx(min(end, vma.end) - 1) + 1
+    if i >= last:
+        return 0
+    need = PTE.PRESENT | (PTE.WRITE if write else 0)
+    ok = (vma.pte[i:last] & need) == need
+    n = int(np.argmin(ok)) if np.count_nonzero(ok) < len(ok) else len(ok)
+    vma.pte[i:i + n] |= PTE.YOUNG | (PTE.MKDIRTY if write else 0)
+    return n
 
 
 def prefault_write(env: MMEnv, mm: MM, addr: int, n: int) -> None:

@@ -117,7 +117,10 @@ def dup_mm(env: MMEnv, parent: MM) -> MM:
             if vma.file is not None:
                 vma.file.get_file()
             child.insert_vma(cvma)
-            if vma_needs_copy(env, vma):
+            bits = _entry_bits(vma)
+            if bits and not bits & _NOT_SMALL and not vma.flags & _NOT_PLAIN:
+                _copy_small_pages(env, parent, child, vma, cvma)
+            elif vma_needs_copy(env, vma):
                 copy_page_range(env, parent, child, vma, cvma)
     except OutOfMemory as e:
         for vma in child.vmas:
@@ -131,19 +134,47 @@ def dup_mm(env: MMEnv, parent: MM) -> MM:
     return child
 
 
-def copy_page_range(env: MMEnv, src_mm: MM, dst_mm: MM, src: VMA, dst: VMA) -> None:
+# VMAs whose entries dup_mm() copies on the short path (_copy_small_pages): no entry is
+# huge, special, swap or a marker, and the VMA is a plain private one
+_NOT_SMALL = PTE.PMD | PTE.PUD | PTE.SPECIAL | PTE.SWAP | PTE.HWPOISON | PTE.MARKER
+_NOT_PLAIN = VM.WIPEONFORK | VM.PFNMAP | VM.MIXEDMAP | VM.SHARED
+
+
+def copy_page_range(env: MMEnv, src_mm: MM, dst_mm: MM, src: VMA, dst: VMA,
+                    small: SmallPages | None = None) -> None:
     """copy_page_range(): fill the child's VMA, sharing pages copy-on-write, copying pinned
     ones; a COW mapping of the parent is write-protected under an
     MMU_NOTIFY_PROTECTION_PAGE invalidation of the whole VMA, as the kernel does.
+    `small`: the VMA holds only small present pages, already looked up (dup_mm).
 
     Raises OutOfMemory when a maybe-pinned exclusive page cannot be copied.
     """
     rng = invalidate_start(src_mm, MMU_NOTIFY_PROTECTION_PAGE, src.start, src.end) \
         if src.is_cow else None
     try:
-        _copy_page_range(env, src_mm, dst_mm, src, dst)
+        if small is not None:
+            _share_or_copy(env, src_mm, dst_mm, src, dst, *small)
+        else:
+            _copy_page_range(env, src_mm, dst_mm, src, dst)
     finally:
         invalidate_end(rng)
+
+
+# (entries, their pages, the pages' folio heads, the folios' kinds)
+SmallPages = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+def _copy_small_pages(env: MMEnv, src_mm: MM, dst_mm: MM, src: VMA, dst: VMA) -> None:
+    """vma_needs_copy() and copy_page_range() at once for a plain private VMA whose
+    entries are all none or small present pages (most): the pages' folios are looked up
+    once for both, and a VMA without anonymous folios is left to the child's faults."""
+    mem = env.mem
+    idx = src.pte.nonzero()[0]
+    pfns = src.pfn[idx]
+    heads = mem.head_of(pfns)
+    kinds = mem.kind[heads]
+    if np.count_nonzero(_ANON_KINDS[kinds]):      # else vma_needs_copy(): faults refill it
+        copy_page_range(env, src_mm, dst_mm, src, dst, (idx, pfns, heads, kinds))
 
 
 def _copy_page_range(env: MMEnv, src_mm: MM, dst_mm: MM, src: VMA, dst: VMA) -> None:
@@ -192,7 +223,15 @@ def _copy_page_range(env: MMEnv, src_mm: MM, dst_mm: MM, src: VMA, dst: VMA) -> 
         return
     pfns = src.pfn[idx]
     heads = mem.head_of(pfns)
-    kinds = mem.kind[heads]
+    _share_or_copy(env, src_mm, dst_mm, src, dst, idx, pfns, heads, mem.kind[heads])
+
+
+def _share_or_copy(env: MMEnv, src_mm: MM, dst_mm: MM, src: VMA, dst: VMA, idx: np.ndarray,
+                   pfns: np.ndarray, heads: np.ndarray, kinds: np.ndarray) -> None:
+    """copy_present_ptes() for the present small entries `idx` (their pages `pfns`, folios
+    `heads` of `kinds`): maybe-pinned exclusive anon pages are copied for the child, the
+    rest shared, write-protected in the parent if it is a COW mapping."""
+    mem = env.mem
     anon = kinds == _ANON
     copy = None                 # None: folio_needs_cow_for_dma() is false for every page
     if _may_cow_for_dma(env, src_mm):

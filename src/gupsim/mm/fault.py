@@ -392,11 +392,10 @@ def wp_copy_run(env: MMEnv, mm: MM, vma: VMA, i0: int, i1: int, unshare: bool) -
         return 0
     old = old[:n]
     if mem.content:       # copy_frames() of the written frames; the new ones hold nothing
-        content = mem.content
-        for src, dst in zip(old[~zero[:n]].tolist(), new[~zero[:n]].tolist(), strict=True):
-            data = content.get(src)
-            if data is not None:
-                content[dst] = bytearray(data)
+        content, zero_pfn = mem.content, mem.zero_pfn      # the zero page is never copied
+        for src, dst in [(s, d) for s, d in zip(old.tolist(), new.tolist(), strict=True)
+                         if s in content and s != zero_pfn]:
+            content[dst] = bytearray(content[src])
     soft = vma.pte[i0:i0 + n] & PTE.SOFT_DIRTY
     zap_range(mm, vma, i0, i0 + n, env.swap)
     writable = not unshare and bool(vma.flags & VM.WRITE)

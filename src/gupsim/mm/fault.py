@@ -15,7 +15,14 @@ from ..constants import EAGAIN, EFAULT, ENOMEM, PAGE_SHIFT, PAGE_SIZE, PMD_ORDER
 from ..memory import PG, Kind, OutOfMemory
 from ..memory.refs import folio_put
 from .env import MMEnv
-from .mm_struct import MM, map_huge, map_pte_range, split_huge_mapping, zap_range
+from .mm_struct import (
+    MM,
+    map_huge,
+    map_new_anon_pages,
+    map_pte_range,
+    split_huge_mapping,
+    zap_range,
+)
 from .mmu_notifier import MMU_NOTIFY_CLEAR, invalidate_end, invalidate_start
 from .rmap import mappings_of
 from .vma import PTE, VM, VMA
@@ -188,11 +195,7 @@ def populate_anon_bulk(env: MMEnv, mm: MM, vma: VMA, i0: int, i1: int) -> None:
     bits = PTE.YOUNG | (PTE.WRITE | PTE.DIRTY if writable else 0)
     mem = env.mem
     got = len(heads)
-    vma.pfn[empty[:got]] = heads
-    vma.pte[empty[:got]] = bits | PTE.PRESENT
-    mem.mapcount[heads] += 1                     # fresh, distinct frames: no repeats
-    mem.flags[heads] |= np.uint32(PG.anon_exclusive | PG.swapbacked | PG.lru)
-    mm.rss.anon += got
+    map_new_anon_pages(mm, vma, empty[:got], heads, bits)
     mem.vmstat["pgalloc_anon"] += got
     mem.vmstat["pgfault"] += got
 
@@ -399,11 +402,9 @@ def wp_copy_run(env: MMEnv, mm: MM, vma: VMA, i0: int, i1: int, unshare: bool) -
     soft = vma.pte[i0:i0 + n] & PTE.SOFT_DIRTY
     zap_range(mm, vma, i0, i0 + n, env.swap)
     writable = not unshare and bool(vma.flags & VM.WRITE)
-    bits = PTE.YOUNG | (PTE.WRITE if writable else 0) | (0 if unshare else PTE.DIRTY)
-    map_pte_range(mm, vma, i0, new, bits)
+    bits = PTE.YOUNG | (PTE.WRITE if writable else 0) | (0 if unshare else PTE.MKDIRTY)
+    map_new_anon_pages(mm, vma, slice(i0, i0 + n), new, bits)   # as wp_page_copy() maps
     vma.pte[i0:i0 + n] |= soft
-    mem.flags[new] |= _NEW_ANON_FLAGS
-    mem.refcount[new] -= 1
     mem.vmstat["pgfault"] += n
     mem.vmstat["cow_fault"] += n
     return n
@@ -452,7 +453,6 @@ def _anon_must_copy(env: MMEnv, mm: MM, pfns: np.ndarray, heads: np.ndarray) -> 
 _ANON, _ZERO = int(Kind.ANON), int(Kind.ZERO)
 _ANON_EXCLUSIVE = np.uint32(PG.anon_exclusive)
 _SWAPCACHE = np.uint32(PG.swapcache)
-_NEW_ANON_FLAGS = np.uint32(PG.anon_exclusive | PG.swapbacked | PG.lru)
 
 
 def wp_page_shared(env: MMEnv, mm: MM, vma: VMA, i: int) -> VMFault:

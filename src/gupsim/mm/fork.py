@@ -23,7 +23,15 @@ from ..memory import PG, Kind, OutOfMemory
 from ..memory.memmap import add_at
 from ..memory.page import maybe_dma_pinned_pfns
 from .env import MMEnv
-from .mm_struct import MM, MMF, ZapGather, add_rss, split_huge_mapping, zap_vma
+from .mm_struct import (
+    MM,
+    MMF,
+    ZapGather,
+    add_rss,
+    map_new_anon_pages,
+    split_huge_mapping,
+    zap_vma,
+)
 from .mmu_notifier import (
     MMU_NOTIFY_PROTECTION_PAGE,
     MMU_NOTIFY_UNMAP,
@@ -278,12 +286,8 @@ def copy_present_pages(env: MMEnv, dst_mm: MM, src: VMA, dst: VMA, idx: np.ndarr
     for d, s in zip(new.tolist(), src.pfn[idx].tolist(), strict=True):
         if s in mem.content:                  # frames never written read as zeros
             mem.copy_frames(d, s, 1)
-    bits = PTE.PRESENT | PTE.DIRTY | PTE.YOUNG | (PTE.WRITE if dst.flags & VM.WRITE else 0)
-    dst.pfn[idx] = new
-    dst.pte[idx] = bits
-    mem.mapcount[new] += 1                    # fresh, distinct frames
-    mem.flags[new] |= np.uint32(PG.anon_exclusive | PG.swapbacked | PG.lru)
-    dst_mm.rss.anon += len(new)
+    bits = PTE.DIRTY | PTE.YOUNG | (PTE.WRITE if dst.flags & VM.WRITE else 0)
+    map_new_anon_pages(dst_mm, dst, idx, new, bits)
     mem.vmstat["fork_copy_pinned"] += len(new)
 
 

@@ -229,6 +229,23 @@ def map_pte_range(mm: MM, vma: VMA, i0: int, pfns: np.ndarray, bits: int) -> Non
     add_rss(mm, mem.kind[heads], +1)
 
 
+def map_new_anon_pages(mm: MM, vma: VMA, where: slice | np.ndarray, pfns: np.ndarray,
+                       bits: int) -> None:
+    """Map fresh order-0 anonymous folios (distinct, just allocated: refcount 1, which
+    becomes the mapping's reference) at entries `where`, exclusive, swap-backed and on the
+    LRU with entry bits `bits`: what do_anonymous_page() or a COW copy leaves for each
+    page, as arrays (map_pte_range() for pages that may repeat or be mapped already)."""
+    mem = mm.mem
+    vma.pfn[where] = pfns
+    vma.pte[where] = bits | PTE.PRESENT
+    mem.mapcount[pfns] += 1                     # fresh, distinct frames: no repeats
+    mem.flags[pfns] |= _NEW_ANON_FLAGS
+    mm.rss.anon += len(pfns)
+
+
+_NEW_ANON_FLAGS = np.uint32(PG.anon_exclusive | PG.swapbacked | PG.lru)
+
+
 def map_huge(mm: MM, vma: VMA, i0: int, head: int, order: int, bits: int) -> None:
     """Install one PMD (order 9) or PUD (order 18) mapping of the folio at `head`."""
     n = 1 << order

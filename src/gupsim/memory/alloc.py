@@ -245,6 +245,8 @@ class Allocator:
         arrays, handed back to the buddy lists in whole aligned blocks, so that munmap or
         exit of a large range costs Python per block, not per page; the rest one by one.
         The buddy lists end as freeing each page would leave them (merging is canonical)."""
+        if len(heads) == 0:
+            return                      # most calls: every folio kept a reference
         mem = self.mem
         heads = np.asarray(heads, dtype=np.int64)
         if np.count_nonzero(mem.order[heads]):

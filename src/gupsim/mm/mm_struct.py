@@ -328,7 +328,7 @@ def zap_range(mm: MM, vma: VMA, i0: int, i1: int, swap: SwapDevice | None = None
     mem = mm.mem
     pte = vma.pte[i0:i1]
     pfn = vma.pfn[i0:i1]
-    if kinds_of_entry & _NOT_SMALL:
+    if kinds_of_entry & PTE.NOT_SMALL:
         present = (pte & PTE.PRESENT) != 0
         huge = (pte & (PTE.PMD | PTE.PUD)) != 0 if kinds_of_entry & (PTE.PMD | PTE.PUD) \
             else _NO_ENTRIES
@@ -377,8 +377,6 @@ def zap_range(mm: MM, vma: VMA, i0: int, i1: int, swap: SwapDevice | None = None
                        else np.concatenate(heads_to_put))
 
 
-# Entry bits that make zap_range() tell present small pages from the rest
-_NOT_SMALL = PTE.PMD | PTE.PUD | PTE.SPECIAL | PTE.SWAP | PTE.HWPOISON | PTE.MARKER
 _NO_ENTRIES = np.zeros(0, dtype=bool)
 _PG_DIRTY = np.uint32(PG.dirty)
 

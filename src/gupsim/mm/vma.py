@@ -71,6 +71,9 @@ class PTE:
     MARKER = 1 << 10      # not present; guard marker
     SWP_EXCLUSIVE = 1 << 11  # swap entry of a page that was anon-exclusive when swapped out
     MKDIRTY = DIRTY | SOFT_DIRTY   # what pte_mkdirty() sets (x86, CONFIG_MEM_SOFT_DIRTY)
+    # any entry but none and a present small page: a range whose OR has none of these
+    # needs no huge, special, swap or marker pass
+    NOT_SMALL = PMD | PUD | SPECIAL | SWAP | HWPOISON | MARKER
 
 
 _vma_ids = iter(range(1, 1 << 62))

@@ -28,6 +28,7 @@ def increasing(a: np.ndarray) -> bool:
     callers can skip np.unique() and np.*.at() (a range torn down in order always is)."""
     return len(a) < 2 or not np.count_nonzero(a[1:] <= a[:-1])
 
+
 _HUGETLB = np.uint32(PG.hugetlb)
 
 

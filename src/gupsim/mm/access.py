@@ -39,7 +39,7 @@ class OOMKilled(Exception):
     """The fault ran out of memory: the kernel's OOM killer would have ended the process."""
 
 
-_WRITE_FAULT, _READ_FAULT = FaultFlag.WRITE, FaultFlag(0)    # built once: FaultFlag(0) costs
+_WRITE_FAULT, _READ_FAULT = FaultFlag.WRITE, FaultFlag(0)    # built once (an IntFlag call)
 
 
 def _vma_for(mm: MM, addr: int, write: bool) -> VMA:

@@ -244,8 +244,9 @@ def _share_or_copy(env: MMEnv, src_mm: MM, dst_mm: MM, src: VMA, dst: VMA, idx: 
     anon = kinds == _ANON
     copy = None                 # None: folio_needs_cow_for_dma() is false for every page
     if _may_cow_for_dma(env, src_mm):
-        excl = (mem.flags[pfns] & _ANON_EXCLUSIVE) != 0
-        copy = anon & excl & folio_needs_cow_for_dma(env, src_mm, heads)
+        copy = anon & ((mem.flags[pfns] & _ANON_EXCLUSIVE) != 0)
+        if np.count_nonzero(copy):  # only exclusive anon pages are ever copied: ask those
+            copy &= folio_needs_cow_for_dma(env, src_mm, heads)
     if env.race_hook is not None:
         # GUP-fast may pin here, after the check: before 5.11 nothing stops it
         env.race_hook("fork:before_wrprotect", mm=src_mm, vma=src)

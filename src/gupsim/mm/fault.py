@@ -127,6 +127,12 @@ def map_new_anon(env: MMEnv, mm: MM, vma: VMA, first: int, head: int, order: int
     mem = env.mem
     bits = PTE.YOUNG | (PTE.WRITE | PTE.DIRTY if writable else 0)
     n = 1 << order
+    if order == 0:
+        bits |= PTE.SOFT_DIRTY if bits & PTE.DIRTY else 0      # pte_mkdirty
+        map_new_anon_pages(mm, vma, slice(first, first + 1), np.array([head], dtype=np.int64),
+                           bits)
+        mem.vmstat["pgalloc_anon"] += 1
+        return
     if huge:
         map_huge(mm, vma, first, head, order, bits)
         mem.set_flag(head, PG.anon_exclusive)
@@ -212,7 +218,7 @@ def do_wp_page(env: MMEnv, mm: MM, vma: VMA, i: int, unshare: bool) -> VMFault:
         return VMFault.OK            # unsharing only applies to COW mappings
     if pte & (PTE.PMD | PTE.PUD):
         head = int(mem.head_of(pfn))
-        if (not pte & PTE.SPECIAL and mem.kind[head] == Kind.ANON
+        if (not pte & PTE.SPECIAL and int(mem.kind[head]) == Kind.ANON
                 and not vma.is_hugetlb and _anon_reusable_huge(env, head)):
             first = i - int(mem.head_off[pfn])
             n = mem.nr_pages_of(head)
@@ -338,17 +344,15 @@ def wp_page_copy(env: MMEnv, mm: MM, vma: VMA, i: int, unshare: bool) -> VMFault
         new = new_anon_folio(env, vma, 0, i)
     except OutOfMemory:
         return VMFault.OOM
-    if mem.kind[old] not in (Kind.ZERO, Kind.HUGE_ZERO):
+    if int(mem.kind[old]) not in (Kind.ZERO, Kind.HUGE_ZERO):
         mem.copy_frames(new, old, 1)
     soft = int(vma.pte[i]) & PTE.SOFT_DIRTY
     rng = invalidate_start(mm, MMU_NOTIFY_CLEAR, vma.addr_of(i), vma.addr_of(i + 1))
     zap_range(mm, vma, i, i + 1, env.swap)
     writable = not unshare and bool(vma.flags & VM.WRITE)
-    bits = PTE.YOUNG | soft | (PTE.WRITE if writable else 0) | (0 if unshare else PTE.DIRTY)
-    map_pte_range(mm, vma, i, np.array([new], dtype=np.int64), bits)
+    bits = PTE.YOUNG | soft | (PTE.WRITE if writable else 0) | (0 if unshare else PTE.MKDIRTY)
+    map_new_anon_pages(mm, vma, slice(i, i + 1), np.array([new], dtype=np.int64), bits)
     invalidate_end(rng)
-    mem.set_flag(new, PG.anon_exclusive | PG.swapbacked | PG.lru)
-    mem.refcount[new] -= 1
     mem.vmstat["cow_fault"] += 1
     return VMFault.OK
 
@@ -614,7 +618,7 @@ def hugetlb_wp(env: MMEnv, mm: MM, vma: VMA, i: int, unshare: bool) -> VMFault:
     # reuse decided on the mapcount alone, not the refcount: an extra FOLL_GET reference
     # (vmsplice) does not force a copy, which is the leak cow.c marks xfail for hugetlb
     mapcount = int(mem.mapcount[old:old + n].sum()) + int(mem.entire_mapcount[old])
-    if mem.kind[old] == Kind.ANON and mapcount == 1:
+    if int(mem.kind[old]) == Kind.ANON and mapcount == 1:
         mem.set_flag(old, PG.anon_exclusive)
         if not unshare:
             vma.pte[first:first + n] |= _mkwrite(vma) | PTE.MKDIRTY

@@ -303,7 +303,7 @@ def _copy_huge(env: MMEnv, src_mm: MM, dst_mm: MM, src: VMA, dst: VMA, i: int) -
         dst.pfn[sl], dst.pte[sl] = src.pfn[sl], src.pte[sl]
         return
     head = pfn
-    anon = mem.kind[head] == Kind.ANON
+    anon = int(mem.kind[head]) == Kind.ANON
     excl = mem.test(head, PG.anon_exclusive)
     which = "fork-copies-pinned-hugetlb" if src.is_hugetlb else "fork-copies-pinned-anon"
     pinned = bool(folio_needs_cow_for_dma(env, src_mm, np.array([head]), which)[0])

@@ -281,7 +281,7 @@ def split_huge_mapping(mm: MM, vma: VMA, i: int) -> None:
     rng = invalidate_start(mm, MMU_NOTIFY_CLEAR, vma.addr_of(i0), vma.addr_of(i0 + n))
     vma.pte[sl] &= np.uint16(~(PTE.PMD | PTE.PUD) & 0xFFFF)
     if bits & PTE.SPECIAL:
-        if mm.mem.kind[int(vma.pfn[i0])] == Kind.HUGE_ZERO:
+        if int(mm.mem.kind[int(vma.pfn[i0])]) == Kind.HUGE_ZERO:
             vma.pfn[sl] = mm.mem.zero_pfn   # the huge zero page becomes small zero-page PTEs
         invalidate_end(rng)
         return
@@ -290,7 +290,7 @@ def split_huge_mapping(mm: MM, vma: VMA, i: int) -> None:
     mem.entire_mapcount[head] -= 1
     mem.mapcount[head:head + n] += 1
     mem.refcount[head] += n - 1
-    if mem.test(head, PG.anon_exclusive) and mem.kind[head] in (Kind.ANON, Kind.KSM):
+    if mem.test(head, PG.anon_exclusive) and int(mem.kind[head]) in (Kind.ANON, Kind.KSM):
         mem.set_flag(np.arange(head, head + n), PG.anon_exclusive)
     invalidate_end(rng)
 

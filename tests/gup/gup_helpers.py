@@ -84,7 +84,7 @@ def thp_region(k: Kernel, p: Process) -> int:
     return a
 
 
-def special_vma(k: Kernel, p: Process, extra: VM, at: int | None = None) -> int:
+def special_vma(k: Kernel, p: Process, extra: int, at: int | None = None) -> int:
     """Install a device mapping (what remap_pfn_range / vm_insert_mixed leave): special PTEs
     onto a kernel-reserved frame, at `at` or at a free address."""
     frame = k.alloc.alloc_folio(0, Kind.RESERVED, movable=False)

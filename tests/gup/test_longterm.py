@@ -79,7 +79,7 @@ def movable_machine(**kw: str) -> Kernel:
     return Kernel(nr_hugepages=2, debug=True, **kw)
 
 
-def device_vma(k: Kernel, p: Process, flags: VM) -> int:
+def device_vma(k: Kernel, p: Process, flags: int) -> int:
     """What remap_pfn_range() leaves behind: special PTEs onto device frames, in a VMA with
     VM_IO / VM_PFNMAP; no system call of the model creates one."""
     frame = k.alloc.alloc_folio(0, Kind.RESERVED, movable=False)
@@ -228,7 +228,7 @@ def test_readonly_longterm_pins_are_allowed_everywhere(
 
 @pytest.mark.parametrize("flags", [VM.IO | VM.PFNMAP, VM.PFNMAP, VM.IO])
 @pytest.mark.parametrize("foll", [FOLL_WRITE | LT, LT, FOLL_WRITE, 0])
-def test_vm_io_and_vm_pfnmap_are_refused(k: Kernel, p: Process, flags: VM, foll: int) -> None:
+def test_vm_io_and_vm_pfnmap_are_refused(k: Kernel, p: Process, flags: int, foll: int) -> None:
     """Device memory mapped with remap_pfn_range() has no struct page to pin: -EFAULT for
     every kind of pin, fast and slow."""
     a = device_vma(k, p, flags)

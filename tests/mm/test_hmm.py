@@ -168,7 +168,7 @@ def test_unreadable_or_pfn_vmas(how: str) -> None:
     else:
         vma = p.mm.find_vma(a)
         assert vma is not None
-        vma.flags |= VM[how[3:]]            # the model has no driver mmap that sets these
+        vma.flags |= getattr(VM, how[3:])   # the model has no driver mmap that sets these
     ret, rng = _fault(sub, a, a + N * PAGE_SIZE)
     assert ret == 0 and rng.hmm_pfns.tolist() == [HMM_PFN_ERROR] * N
     assert _fault(sub, a, a + N * PAGE_SIZE, HMM_PFN_REQ_FAULT)[0] == -EFAULT

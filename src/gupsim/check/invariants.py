@@ -31,6 +31,10 @@ from ..memory import GUP_PIN_COUNTING_BIAS, PG, Kind, MemMap
 from ..mm.mm_struct import MM, RSS, rss_kind
 from ..mm.vma import PTE
 
+# Kind values as ints for array comparisons (numpy probes an IntEnum: ~3 us a compare,
+# and the protocol fuzz checks every invariant after every step)
+_FREE, _ZERO, _ANON = int(Kind.FREE), int(Kind.ZERO), int(Kind.ANON)
+
 
 class InvariantViolation(AssertionError):
     """A model invariant failed: a bug in the model or a misuse the sanitizer missed."""
@@ -235,7 +239,7 @@ def mapped_pages_allocated(m: MachineState) -> list[str]:
     if not len(mapped):
         return []
     heads = m.mem.head_of(mapped)
-    free = (m.mem.kind[heads] == Kind.FREE) | (m.mem.refcount[heads] <= 0)
+    free = (m.mem.kind[heads] == _FREE) | (m.mem.refcount[heads] <= 0)
     if free.any():
         return [f"pfn {_first(mapped[free]):#x} is mapped but not allocated "
                 f"({int(free.sum())} entries)"]
@@ -297,7 +301,7 @@ def page_cache_folios_live(m: MachineState) -> list[str]:
         return []
     mem = m.mem
     heads = np.fromiter(m.cache.keys(), dtype=np.int64, count=len(m.cache))
-    dead = heads[(mem.refcount[heads] <= 0) | (mem.kind[heads] == Kind.FREE)
+    dead = heads[(mem.refcount[heads] <= 0) | (mem.kind[heads] == _FREE)
                  | (mem.head_off[heads] != 0)]
     if len(dead):
         return [f"the page cache holds pfn {_first(dead):#x}, which is not a live folio "
@@ -319,7 +323,7 @@ def pins_balance(m: MachineState) -> list[str]:
     large = mem.order[heads] > 0
     small = ~large
     if mem.era.has("zero-page-not-pin-counted"):
-        small &= mem.kind[heads] != Kind.ZERO
+        small &= mem.kind[heads] != _ZERO
     other = m.mapping_and_cache_refs[small] + _counts_at(heads, m.gets)[small]
     held = int(mem.pincount[heads[large]].sum()) + int(
         (np.maximum(mem.refcount[heads[small]] - other, 0) // GUP_PIN_COUNTING_BIAS).sum())
@@ -363,7 +367,7 @@ def anon_exclusive_not_shared(m: MachineState) -> list[str]:
         return []
     mem = m.mem
     excl = (mem.flags[small] & np.uint32(PG.anon_exclusive)) != 0
-    shared = excl & (mem.mapcount[small] > 1) & (mem.kind[mem.head_of(small)] == Kind.ANON)
+    shared = excl & (mem.mapcount[small] > 1) & (mem.kind[mem.head_of(small)] == _ANON)
     if shared.any():
         return [f"anon-exclusive page {_first(small[shared]):#x} is mapped more than once"]
     return []

@@ -26,7 +26,11 @@ from .memmap import PG, Kind, MemMap
 def increasing(a: np.ndarray) -> bool:
     """True if `a` is strictly increasing: its entries are then distinct and sorted, so
     callers can skip np.unique() and np.*.at() (a range torn down in order always is)."""
-    return len(a) < 2 or bool((a[1:] > a[:-1]).all())
+    return len(a) < 2 or not np.count_nonzero(a[1:] <= a[:-1])
+
+
+_HUGETLB = np.uint32(PG.hugetlb)
+
 
 class OutOfMemory(Exception):
     """No free block could satisfy an allocation (the caller turns it into -ENOMEM/SIGBUS)."""
@@ -113,26 +117,29 @@ class BuddyRegion:
         self._push(pfn, order)
 
 
+def runs(idx: np.ndarray) -> list[tuple[int, int]]:
+    """Ascending integers as [start, end) runs of consecutive ones."""
+    if len(idx) == 0:
+        return []
+    cut = (np.diff(idx) != 1).nonzero()[0] + 1
+    starts = idx[np.concatenate(([0], cut))]
+    ends = idx[np.concatenate((cut - 1, [len(idx) - 1]))] + 1
+    return list(zip(starts.tolist(), ends.tolist(), strict=True))
+
+
 def aligned_blocks(pfns: np.ndarray) -> list[tuple[int, int]]:
     """Split sorted, distinct PFNs into the largest naturally aligned power-of-two blocks
     (start, order) they contain, up to MAX_PAGE_ORDER: what a buddy allocator may free
-    as one block each."""
+    as one block each. Run by run, each cut from its start into the largest aligned
+    block that fits (the same blocks as taking the largest orders first: a block is
+    taken exactly when it lies in the run and its parent block does not)."""
     out: list[tuple[int, int]] = []
-    left = pfns
-    for order in range(MAX_PAGE_ORDER, 0, -1):
-        size = 1 << order
-        if len(left) < size:
-            continue
-        idx = np.nonzero(left % size == 0)[0]
-        idx = idx[idx + size - 1 < len(left)]
-        idx = idx[left[idx + size - 1] == left[idx] + size - 1]   # sorted, distinct: a run
-        if len(idx) == 0:
-            continue
-        out += [(int(start), order) for start in left[idx].tolist()]
-        used = np.zeros(len(left), dtype=bool)
-        used[(idx[:, None] + np.arange(size)).ravel()] = True
-        left = left[~used]
-    out += [(int(pfn), 0) for pfn in left.tolist()]
+    for start, end in runs(pfns):
+        while start < end:
+            order = min(MAX_PAGE_ORDER, (end - start).bit_length() - 1,
+                        (start & -start).bit_length() - 1 if start else MAX_PAGE_ORDER)
+            out.append((start, order))
+            start += 1 << order
     return out
 
 
@@ -239,40 +246,48 @@ class Allocator:
         arrays, handed back to the buddy lists in whole aligned blocks, so that munmap or
         exit of a large range costs Python per block, not per page; the rest one by one.
         The buddy lists end as freeing each page would leave them (merging is canonical)."""
+        if len(heads) == 0:
+            return                      # most calls: every folio kept a reference
         mem = self.mem
         heads = np.asarray(heads, dtype=np.int64)
-        small = (mem.order[heads] == 0) & ((mem.flags[heads] & np.uint32(PG.hugetlb)) == 0)
-        for head in heads[~small].tolist():
-            self.free_folio(head)
-        pfns = heads[small]
-        if not increasing(pfns):
-            pfns = np.unique(pfns)
+        if np.count_nonzero(mem.order[heads]):
+            small = (mem.order[heads] == 0) & ((mem.flags[heads] & _HUGETLB) == 0)
+            for head in heads[~small].tolist():
+                self.free_folio(head)
+            heads = heads[small]
+        pfns = heads if increasing(heads) else np.unique(heads)
         if len(pfns) == 0:
             return
-        bad = (mem.mapcount[pfns] != 0) | (mem.entire_mapcount[pfns] != 0)
-        for pfn in pfns[bad].tolist():      # one hit per bad folio, as free_folio() counts
-            mem.warnings.warn_on_once(True, "free_pages_prepare: bad page state",
-                                      f"freeing folio {pfn:#x} that is still mapped")
+        if np.count_nonzero(mem.mapcount[pfns]) or np.count_nonzero(mem.entire_mapcount[pfns]):
+            bad = (mem.mapcount[pfns] != 0) | (mem.entire_mapcount[pfns] != 0)
+            for pfn in pfns[bad].tolist():  # one hit per bad folio, as free_folio() counts
+                mem.warnings.warn_on_once(True, "free_pages_prepare: bad page state",
+                                          f"freeing folio {pfn:#x} that is still mapped")
         self._clear_contents(pfns)
+        lo, hi = int(pfns[0]), int(pfns[-1]) + 1
+        where = slice(lo, hi) if hi - lo == len(pfns) else pfns   # one run: a slice is cheaper
         for arr in (mem.flags, mem.head_off, mem.mapping, mem.index, mem.private, mem.kind,
                     mem.order, mem.pincount, mem.entire_mapcount, mem.mapcount, mem.refcount):
-            arr[pfns] = 0
+            arr[where] = 0
         mem.vmstat["pgfree"] += len(pfns)
         for region in (self.normal, self.cma, self.movable):
-            if region.start > pfns[-1] or region.end <= pfns[0]:
+            if region.start >= hi or region.end <= lo:
                 continue                        # sorted: nothing of this region's
-            inside = pfns[(pfns >= region.start) & (pfns < region.end)]
+            inside = pfns if region.start <= lo and hi <= region.end else \
+                pfns[(pfns >= region.start) & (pfns < region.end)]
             for start, order in aligned_blocks(inside):
                 region.release(start, order)
 
     def _clear_contents(self, pfns: np.ndarray) -> None:
-        """clear_frames() for many frames: only those with stored contents are touched."""
+        """clear_frames() for many sorted, distinct frames: only those with stored contents
+        are touched."""
         content = self.mem.content
         if not content:
             return
-        if len(content) < len(pfns):
+        if len(content) < len(pfns):       # pfns are sorted: a binary search, not isin()
             keys = np.fromiter(content.keys(), dtype=np.int64, count=len(content))
-            pfns = keys[np.isin(keys, pfns)]
+            at = np.minimum(np.searchsorted(pfns, keys), len(pfns) - 1)
+            pfns = keys[pfns[at] == keys]
         for pfn in pfns.tolist():
             content.pop(pfn, None)
 
@@ -318,9 +333,11 @@ class Allocator:
         while they last (whole MAX_PAGE_ORDER blocks first), so a 1 GiB populate costs a
         few hundred allocator calls and 300 pages about ten, then prepared as arrays.
         """
-        got: list[np.ndarray] = []
+        got: list[tuple[int, int]] = []
         need = n
         for region in self.regions(movable):
+            if not region.nr_free:
+                continue                # nothing here (no CMA, no movable zone): no probing
             order = MAX_PAGE_ORDER
             while need > 0 and order >= 0:
                 order = min(order, need.bit_length() - 1)
@@ -328,16 +345,23 @@ class Allocator:
                 if pfn is None:         # no block this large left here: try smaller ones
                     order -= 1
                     continue
-                got.append(np.arange(pfn, pfn + (1 << order), dtype=np.int64))
+                got.append((pfn, 1 << order))
                 need -= 1 << order
             if need == 0:
                 break
-        pfns = np.concatenate(got) if got else np.zeros(0, dtype=np.int64)
         mem = self.mem
+        if len(got) == 1:               # one block (most small requests): slices
+            start, size = got[0]
+            pfns = np.arange(start, start + size, dtype=np.int64)
+            where: slice | np.ndarray = slice(start, start + size)
+        else:
+            pfns = np.concatenate([np.arange(p, p + size, dtype=np.int64) for p, size in got]) \
+                if got else np.zeros(0, dtype=np.int64)
+            where = pfns
         # free frames hold 0 in every field (see prep_folio): only the nonzero ones are
         # written, which keeps the pages of the other arrays untouched (not resident)
-        mem.refcount[pfns] = 1
-        mem.kind[pfns] = kind
-        mem.mapping[pfns] = mapping
-        mem.index[pfns] = index[:len(pfns)]
+        mem.refcount[where] = 1
+        mem.kind[where] = int(kind)
+        mem.mapping[where] = mapping
+        mem.index[where] = index[:len(pfns)]
         return pfns

@@ -206,11 +206,17 @@ class MemMap:
 
     def set_flag(self, pfn: int | np.ndarray, flag: int) -> None:
         """Set a PG bit (or an OR of several) on one frame or an array of frames."""
-        self.flags[pfn] |= np.uint32(flag)
+        if isinstance(pfn, int):     # one frame: Python ints, half the cost of numpy's
+            self.flags[pfn] = int(self.flags[pfn]) | flag
+        else:
+            self.flags[pfn] |= np.uint32(flag)
 
     def clear_flag(self, pfn: int | np.ndarray, flag: int) -> None:
         """Clear a PG bit (or an OR of several) on one frame or an array of frames."""
-        self.flags[pfn] &= np.uint32(~flag & 0xFFFFFFFF)
+        if isinstance(pfn, int):
+            self.flags[pfn] = int(self.flags[pfn]) & ~flag
+        else:
+            self.flags[pfn] &= np.uint32(~flag & 0xFFFFFFFF)
 
     def nr_pages_of(self, head: int) -> int:
         """folio_nr_pages() of the folio whose head is `head` (1 if `head` is a tail page)."""
@@ -242,6 +248,9 @@ class MemMap:
         if buf is None:
             if not any(data):
                 return  # writing zeros to a zero frame stores nothing
+            if len(data) == PAGE_SIZE:
+                self.content[pfn] = bytearray(data)     # a whole frame: no zeros first
+                return
             buf = self.content[pfn] = bytearray(PAGE_SIZE)
         buf[offset:offset + len(data)] = data
 

@@ -219,4 +219,6 @@ def maybe_dma_pinned_pfns(mem: MemMap, heads: np.ndarray) -> NDArray[np.bool_]:
         return np.zeros(len(heads), dtype=bool)
     large = mem.order[heads] > 0
     small_pinned = mem.refcount[heads].view(np.uint32) >= GUP_PIN_COUNTING_BIAS
+    if not np.count_nonzero(large):
+        return small_pinned
     return (large & (mem.pincount[heads] > 0)) | (~large & small_pinned)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..constants import PAGE_SIZE
+from ..memory.alloc import runs
 from .env import MMEnv
 from .fault import (
     FaultFlag,
@@ -38,6 +39,9 @@ class OOMKilled(Exception):
     """The fault ran out of memory: the kernel's OOM killer would have ended the process."""
 
 
+_WRITE_FAULT, _READ_FAULT = FaultFlag.WRITE, FaultFlag(0)    # built once (an IntFlag call)
+
+
 def _vma_for(mm: MM, addr: int, write: bool) -> VMA:
     vma = mm.find_vma(addr)
     if vma is None:
@@ -58,7 +62,9 @@ def resolve(env: MMEnv, mm: MM, addr: int, write: bool) -> tuple[VMA, int]:
         if pte & PTE.PRESENT and (not write or pte & PTE.WRITE):
             vma.pte[i] |= PTE.YOUNG | (PTE.MKDIRTY if write else 0)
             return vma, i
-        rc = handle_mm_fault(env, mm, vma, addr, FaultFlag.WRITE if write else FaultFlag(0))
+        rc = handle_mm_fault(env, mm, vma, addr, _WRITE_FAULT if write else _READ_FAULT)
+        if not rc:
+            continue
         if rc & VMFault.SIGSEGV:
             raise SegmentationFault(addr, "guard region")
         if rc & VMFault.HWPOISON:
@@ -77,11 +83,13 @@ def access_read(env: MMEnv, mm: MM, addr: int, n: int) -> bytes:
         prefault_read(env, mm, addr, n)
     out = bytearray()
     end = addr + n
+    mem = env.mem
     while addr < end:
-        chunk = min(end - addr, PAGE_SIZE - addr % PAGE_SIZE)
         vma, i = resolve(env, mm, addr, False)
-        out += env.mem.read(int(vma.pfn[i]), addr % PAGE_SIZE, chunk)
-        addr += chunk
+        for pfn in vma.pfn[i:i + 1 + ready_run(vma, i + 1, addr, end, False)].tolist():
+            chunk = min(end - addr, PAGE_SIZE - addr % PAGE_SIZE)
+            out += mem.read(pfn, addr % PAGE_SIZE, chunk)
+            addr += chunk
     return bytes(out)
 
 
@@ -90,11 +98,30 @@ def access_write(env: MMEnv, mm: MM, addr: int, data: bytes) -> None:
     if addr % PAGE_SIZE + len(data) > PAGE_SIZE:
         prefault_write(env, mm, addr, len(data))
     pos = 0
+    end = addr + len(data)
+    mem = env.mem
     while pos < len(data):
-        chunk = min(len(data) - pos, PAGE_SIZE - (addr + pos) % PAGE_SIZE)
         vma, i = resolve(env, mm, addr + pos, True)
-        env.mem.write(int(vma.pfn[i]), (addr + pos) % PAGE_SIZE, data[pos:pos + chunk])
-        pos += chunk
+        for pfn in vma.pfn[i:i + 1 + ready_run(vma, i + 1, addr + pos, end, True)].tolist():
+            chunk = min(len(data) - pos, PAGE_SIZE - (addr + pos) % PAGE_SIZE)
+            mem.write(pfn, (addr + pos) % PAGE_SIZE, data[pos:pos + chunk])
+            pos += chunk
+
+
+def ready_run(vma: VMA, i: int, addr: int, end: int, write: bool) -> int:
+    """How many entries from `i` on, of the pages after `addr` up to `end` inside `vma`,
+    the CPU reaches without a fault (present, and writable for a store); they are made
+    young (and dirty) as resolve() makes each. The access already passed the VMA's
+    permission check for its first page, which holds for all of the VMA's pages, so a
+    multi-page access walks the page table once per run, not once per page."""
+    last = vma.idx(min(end, vma.end) - 1) + 1
+    if i >= last:
+        return 0
+    need = PTE.PRESENT | (PTE.WRITE if write else 0)
+    ok = (vma.pte[i:last] & need) == need
+    n = int(np.argmin(ok)) if np.count_nonzero(ok) < len(ok) else len(ok)
+    vma.pte[i:i + n] |= PTE.YOUNG | (PTE.MKDIRTY if write else 0)
+    return n
 
 
 def prefault_write(env: MMEnv, mm: MM, addr: int, n: int) -> None:
@@ -118,26 +145,16 @@ def prefault_write(env: MMEnv, mm: MM, addr: int, n: int) -> None:
 
 def _fault_runs(env: MMEnv, mm: MM, vma: VMA, i0: int, i1: int) -> None:
     """The write faults of entries [i0, i1) of a private anonymous VMA, run by run."""
-    for lo, hi in _runs(np.flatnonzero(vma.pte[i0:i1] == 0) + i0):
+    for lo, hi in runs((vma.pte[i0:i1] == 0).nonzero()[0] + i0):
         populate_anon_bulk(env, mm, vma, lo, hi)
     pte = vma.pte[i0:i1]
-    ro = np.flatnonzero(((pte & PTE.PRESENT) != 0) & ((pte & PTE.WRITE) == 0)) + i0
-    for lo, hi in _runs(ro):
+    ro = ((pte & (PTE.PRESENT | PTE.WRITE)) == PTE.PRESENT).nonzero()[0] + i0
+    for lo, hi in runs(ro):
         while lo < hi:
             done = wp_copy_run(env, mm, vma, lo, hi, False)
             if not done:
                 break
             lo += done
-
-
-def _runs(idx: np.ndarray) -> list[tuple[int, int]]:
-    """Ascending indices as [start, end) runs of consecutive ones."""
-    if len(idx) == 0:
-        return []
-    cut = np.flatnonzero(np.diff(idx) != 1) + 1
-    starts = idx[np.concatenate(([0], cut))]
-    ends = idx[np.concatenate((cut - 1, [len(idx) - 1]))] + 1
-    return list(zip(starts.tolist(), ends.tolist(), strict=True))
 
 
 def prefault_read(env: MMEnv, mm: MM, addr: int, n: int) -> None:
@@ -156,7 +173,7 @@ def prefault_read(env: MMEnv, mm: MM, addr: int, n: int) -> None:
         i0, i1 = vma.idx(addr), vma.idx(min(end, vma.end) - 1) + 1
         if (vma.is_anonymous and not vma.is_shared and not vma.is_hugetlb and zero >= 0
                 and not anon_orders(env, vma)):
-            for lo, hi in _runs(np.flatnonzero(vma.pte[i0:i1] == 0) + i0):
+            for lo, hi in runs(np.flatnonzero(vma.pte[i0:i1] == 0) + i0):
                 map_pte_range(mm, vma, lo, np.full(hi - lo, zero, dtype=np.int64),
                               PTE.SPECIAL | PTE.YOUNG)
                 env.mem.vmstat["pgfault"] += hi - lo

@@ -23,7 +23,15 @@ from ..memory import PG, Kind, OutOfMemory
 from ..memory.memmap import add_at
 from ..memory.page import maybe_dma_pinned_pfns
 from .env import MMEnv
-from .mm_struct import MM, MMF, ZapGather, add_rss, split_huge_mapping, zap_vma
+from .mm_struct import (
+    MM,
+    MMF,
+    ZapGather,
+    add_rss,
+    map_new_anon_pages,
+    split_huge_mapping,
+    zap_vma,
+)
 from .mmu_notifier import (
     MMU_NOTIFY_PROTECTION_PAGE,
     MMU_NOTIFY_UNMAP,
@@ -43,9 +51,15 @@ def folio_needs_cow_for_dma(env: MMEnv, mm: MM, heads: np.ndarray,
                             era_switch: str = "fork-copies-pinned-anon") -> NDArray[np.bool_]:
     """Vectorised folio_needs_cow_for_dma(): the mm ever pinned and the folio may be pinned.
     All false in an era before `era_switch` (fork did not copy pinned pages yet)."""
-    if not mm.flags & MMF.HAS_PINNED or not env.era.has(era_switch):
+    if not _may_cow_for_dma(env, mm, era_switch):
         return np.zeros(len(heads), dtype=bool)
     return maybe_dma_pinned_pfns(env.mem, heads)
+
+
+def _may_cow_for_dma(env: MMEnv, mm: MM, era_switch: str = "fork-copies-pinned-anon") -> bool:
+    """False when folio_needs_cow_for_dma() is false for every folio of `mm`: it never
+    pinned, or the era's fork does not copy pinned pages."""
+    return bool(mm.flags & MMF.HAS_PINNED) and env.era.has(era_switch)
 
 
 def vma_needs_copy(env: MMEnv, vma: VMA) -> bool:
@@ -59,27 +73,43 @@ def vma_needs_copy(env: MMEnv, vma: VMA) -> bool:
     one while an entry of it maps an anonymous folio or holds a swap, guard or poison
     entry (the kernel keeps the anon_vma after they are gone); hugetlb follows the rule
     of 6.0+ ("hugetlb: lazy page table copies in fork()") in every era."""
-    if vma.flags & VM.WIPEONFORK:
+    flags = vma.flags
+    if flags & VM.WIPEONFORK:
         return False
-    if vma.flags & (VM.PFNMAP | VM.MIXEDMAP):
+    if flags & (VM.PFNMAP | VM.MIXEDMAP):
         return True
-    if vma.is_shared:
+    if flags & VM.SHARED:
+        return False
+    bits = _entry_bits(vma)
+    if bits & (PTE.SWAP | PTE.MARKER | PTE.HWPOISON):
+        return True
+    if not bits & PTE.PRESENT:
         return False
     pte = vma.pte
-    if (pte & (PTE.SWAP | PTE.MARKER | PTE.HWPOISON)).any():
-        return True
-    real = (pte & PTE.PRESENT) != 0
-    real &= (pte & PTE.SPECIAL) == 0
-    if not real.any():
-        return False
-    kinds = env.mem.kind[env.mem.head_of(vma.pfn[real])]
-    return bool(((kinds == Kind.ANON) | (kinds == Kind.KSM)).any())
+    real = (pte & (PTE.PRESENT | PTE.SPECIAL)) == PTE.PRESENT
+    mem = env.mem
+    return bool(np.count_nonzero(_ANON_KINDS[mem.kind[mem.head_of(vma.pfn[real])]]))
+
+
+def _entry_bits(vma: VMA) -> int:
+    """The OR of all the VMA's entries: which kinds of entry it holds at all, so that a
+    VMA with no huge, special, swap or marker entries (most) skips those passes."""
+    return int(np.bitwise_or.reduce(vma.pte)) if len(vma.pte) else 0
+
+
+# Kind values as plain ints and a lookup table: comparing a numpy array with an IntEnum
+# member costs ~3 us (numpy probes the enum class for __array_ufunc__), with an int 0.6 us
+_ANON = int(Kind.ANON)
+_ANON_KINDS = np.zeros(len(Kind), dtype=bool)
+_ANON_KINDS[[Kind.ANON, Kind.KSM]] = True
+_ANON_EXCLUSIVE = np.uint32(PG.anon_exclusive)
+_NOT_WRITE = np.uint16(~PTE.WRITE & 0xFFFF)
 
 
 def dup_mm(env: MMEnv, parent: MM) -> MM:
     """copy_mm(): the child's address space; raises OSError(ENOMEM) if a copy fails."""
     child = MM(env.mem, env.alloc)
-    child.flags = MMF(0)   # mmf_init_flags(): MMF_HAS_PINNED is not inherited
+    child.flags = 0        # mmf_init_flags(): MMF_HAS_PINNED is not inherited
     # dup_mmap() holds the parent's mmap_lock for write; write_protect_seq odd: GUP-fast
     # pins back off (from 5.11) and fall back to the slow path, which waits for the lock
     held, parent.mmap_lock.writer = parent.mmap_lock.writer, True
@@ -95,7 +125,10 @@ def dup_mm(env: MMEnv, parent: MM) -> MM:
             if vma.file is not None:
                 vma.file.get_file()
             child.insert_vma(cvma)
-            if vma_needs_copy(env, vma):
+            bits = _entry_bits(vma)
+            if bits and not bits & _NOT_SMALL and not vma.flags & _NOT_PLAIN:
+                _copy_small_pages(env, parent, child, vma, cvma)
+            elif vma_needs_copy(env, vma):
                 copy_page_range(env, parent, child, vma, cvma)
     except OutOfMemory as e:
         for vma in child.vmas:
@@ -109,19 +142,48 @@ def dup_mm(env: MMEnv, parent: MM) -> MM:
     return child
 
 
-def copy_page_range(env: MMEnv, src_mm: MM, dst_mm: MM, src: VMA, dst: VMA) -> None:
+# VMAs whose entries dup_mm() copies on the short path (_copy_small_pages): every entry
+# is none or a present small page (no PTE.NOT_SMALL bit), and the VMA a plain private one
+# (a name of this module's, so that a test can send every VMA down the general path)
+_NOT_SMALL = PTE.NOT_SMALL
+_NOT_PLAIN = VM.WIPEONFORK | VM.PFNMAP | VM.MIXEDMAP | VM.SHARED
+
+
+def copy_page_range(env: MMEnv, src_mm: MM, dst_mm: MM, src: VMA, dst: VMA,
+                    small: SmallPages | None = None) -> None:
     """copy_page_range(): fill the child's VMA, sharing pages copy-on-write, copying pinned
     ones; a COW mapping of the parent is write-protected under an
     MMU_NOTIFY_PROTECTION_PAGE invalidation of the whole VMA, as the kernel does.
+    `small`: the VMA holds only small present pages, already looked up (dup_mm).
 
     Raises OutOfMemory when a maybe-pinned exclusive page cannot be copied.
     """
     rng = invalidate_start(src_mm, MMU_NOTIFY_PROTECTION_PAGE, src.start, src.end) \
         if src.is_cow else None
     try:
-        _copy_page_range(env, src_mm, dst_mm, src, dst)
+        if small is not None:
+            _share_or_copy(env, src_mm, dst_mm, src, dst, *small)
+        else:
+            _copy_page_range(env, src_mm, dst_mm, src, dst)
     finally:
         invalidate_end(rng)
+
+
+# (entries, their pages, the pages' folio heads, the folios' kinds)
+SmallPages = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+def _copy_small_pages(env: MMEnv, src_mm: MM, dst_mm: MM, src: VMA, dst: VMA) -> None:
+    """vma_needs_copy() and copy_page_range() at once for a plain private VMA whose
+    entries are all none or small present pages (most): the pages' folios are looked up
+    once for both, and a VMA without anonymous folios is left to the child's faults."""
+    mem = env.mem
+    idx = src.pte.nonzero()[0]
+    pfns = src.pfn[idx]
+    heads = mem.head_of(pfns)
+    kinds = mem.kind[heads]
+    if np.count_nonzero(_ANON_KINDS[kinds]):      # else vma_needs_copy(): faults refill it
+        copy_page_range(env, src_mm, dst_mm, src, dst, (idx, pfns, heads, kinds))
 
 
 def _copy_page_range(env: MMEnv, src_mm: MM, dst_mm: MM, src: VMA, dst: VMA) -> None:
@@ -131,7 +193,7 @@ def _copy_page_range(env: MMEnv, src_mm: MM, dst_mm: MM, src: VMA, dst: VMA) -> 
     no huge, special, swap or marker entries (most of them) skips those passes.
     """
     mem = env.mem
-    present_bits = int(np.bitwise_or.reduce(src.pte)) if src.nr_pages else 0
+    present_bits = _entry_bits(src)
     if not present_bits:
         return                                  # nothing mapped, swapped or marked
     if present_bits & (PTE.PMD | PTE.PUD):
@@ -143,7 +205,10 @@ def _copy_page_range(env: MMEnv, src_mm: MM, dst_mm: MM, src: VMA, dst: VMA) -> 
             _copy_huge(env, src_mm, dst_mm, src, dst, i)
         present_bits = int(np.bitwise_or.reduce(src.pte))   # splits turned some into PTEs
     pte = src.pte
-    small = (pte & PTE.PRESENT) != 0
+    if present_bits & PTE.NOT_SMALL:
+        small = (pte & PTE.PRESENT) != 0
+    else:
+        small = None            # every entry is empty or a present small page
     if present_bits & (PTE.PMD | PTE.PUD):
         small &= (pte & (PTE.PMD | PTE.PUD)) == 0
     if present_bits & PTE.SPECIAL:
@@ -162,34 +227,48 @@ def _copy_page_range(env: MMEnv, src_mm: MM, dst_mm: MM, src: VMA, dst: VMA) -> 
         poison = (pte & (PTE.HWPOISON | PTE.MARKER)) != 0
         dst.pte[poison] = src.pte[poison]
         dst.pfn[poison] = src.pfn[poison]
-    idx = np.nonzero(small)[0]
+    idx = (pte if small is None else small).nonzero()[0]
     if len(idx) == 0:
         return
     pfns = src.pfn[idx]
     heads = mem.head_of(pfns)
-    kinds = mem.kind[heads]
-    anon = kinds == Kind.ANON
-    excl = (mem.flags[pfns] & np.uint32(PG.anon_exclusive)) != 0
-    copy = anon & excl & folio_needs_cow_for_dma(env, src_mm, heads)
+    _share_or_copy(env, src_mm, dst_mm, src, dst, idx, pfns, heads, mem.kind[heads])
+
+
+def _share_or_copy(env: MMEnv, src_mm: MM, dst_mm: MM, src: VMA, dst: VMA, idx: np.ndarray,
+                   pfns: np.ndarray, heads: np.ndarray, kinds: np.ndarray) -> None:
+    """copy_present_ptes() for the present small entries `idx` (their pages `pfns`, folios
+    `heads` of `kinds`): maybe-pinned exclusive anon pages are copied for the child, the
+    rest shared, write-protected in the parent if it is a COW mapping."""
+    mem = env.mem
+    anon = kinds == _ANON
+    copy = None                 # None: folio_needs_cow_for_dma() is false for every page
+    if _may_cow_for_dma(env, src_mm):
+        copy = anon & ((mem.flags[pfns] & _ANON_EXCLUSIVE) != 0)
+        if np.count_nonzero(copy):  # only exclusive anon pages are ever copied: ask those
+            copy &= folio_needs_cow_for_dma(env, src_mm, heads)
     if env.race_hook is not None:
         # GUP-fast may pin here, after the check: before 5.11 nothing stops it
         env.race_hook("fork:before_wrprotect", mm=src_mm, vma=src)
-    if copy.any():
+    if copy is not None and not np.count_nonzero(copy):
+        copy = None             # no page to copy after all
+    if copy is not None:
         keep = ~copy
         share, sp, share_heads = idx[keep], pfns[keep], heads[keep]
         anon, kinds = anon[keep], kinds[keep]
     else:
         share, sp, share_heads = idx, pfns, heads
     if len(share):
-        mem.clear_flag(sp[anon], PG.anon_exclusive)
+        mem.flags[sp[anon]] &= ~_ANON_EXCLUSIVE      # clear_flag(), the flag cached
         if src.is_cow:
-            src.pte[share] &= np.uint16(~PTE.WRITE & 0xFFFF)
+            src.pte[share] &= _NOT_WRITE
         dst.pfn[share] = sp
         dst.pte[share] = src.pte[share]
         add_at(mem.mapcount, sp, 1)
         add_at(mem.refcount, share_heads, 1)
         add_rss(dst_mm, kinds, +1)
-    copy_present_pages(env, dst_mm, src, dst, idx[copy])
+    if copy is not None:
+        copy_present_pages(env, dst_mm, src, dst, idx[copy])
 
 
 def copy_present_pages(env: MMEnv, dst_mm: MM, src: VMA, dst: VMA, idx: np.ndarray) -> None:
@@ -209,12 +288,8 @@ def copy_present_pages(env: MMEnv, dst_mm: MM, src: VMA, dst: VMA, idx: np.ndarr
     for d, s in zip(new.tolist(), src.pfn[idx].tolist(), strict=True):
         if s in mem.content:                  # frames never written read as zeros
             mem.copy_frames(d, s, 1)
-    bits = PTE.PRESENT | PTE.DIRTY | PTE.YOUNG | (PTE.WRITE if dst.flags & VM.WRITE else 0)
-    dst.pfn[idx] = new
-    dst.pte[idx] = bits
-    mem.mapcount[new] += 1                    # fresh, distinct frames
-    mem.flags[new] |= np.uint32(PG.anon_exclusive | PG.swapbacked | PG.lru)
-    dst_mm.rss.anon += len(new)
+    bits = PTE.DIRTY | PTE.YOUNG | (PTE.WRITE if dst.flags & VM.WRITE else 0)
+    map_new_anon_pages(dst_mm, dst, idx, new, bits)
     mem.vmstat["fork_copy_pinned"] += len(new)
 
 
@@ -228,7 +303,7 @@ def _copy_huge(env: MMEnv, src_mm: MM, dst_mm: MM, src: VMA, dst: VMA, i: int) -
         dst.pfn[sl], dst.pte[sl] = src.pfn[sl], src.pte[sl]
         return
     head = pfn
-    anon = mem.kind[head] == Kind.ANON
+    anon = int(mem.kind[head]) == Kind.ANON
     excl = mem.test(head, PG.anon_exclusive)
     which = "fork-copies-pinned-hugetlb" if src.is_hugetlb else "fork-copies-pinned-anon"
     pinned = bool(folio_needs_cow_for_dma(env, src_mm, np.array([head]), which)[0])

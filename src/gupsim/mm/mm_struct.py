@@ -14,7 +14,6 @@ import os
 from collections.abc import Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from enum import IntFlag
 
 import numpy as np
 
@@ -32,8 +31,8 @@ from .mmu_notifier import (
 from .vma import PTE, VM, VMA, vma_close
 
 
-class MMF(IntFlag):
-    """mm->flags bits that the pinning code sets or reads."""
+class MMF:
+    """mm->flags bits that the pinning code sets or reads (plain ints, as `VM`'s)."""
 
     HAS_PINNED = 1 << 0     # MMF_HAS_PINNED: some page of this mm was ever pinned
 
@@ -119,7 +118,7 @@ class MM:
     alloc: Allocator
     vmas: list[VMA] = field(default_factory=list)
     id: int = field(default_factory=lambda: next(_mm_ids))
-    flags: MMF = MMF(0)
+    flags: int = 0
     rss: RSS = field(default_factory=RSS)
     pinned_vm: int = 0          # pages, charged by long-term pinning users (io_uring, RDMA)
     locked_vm: int = 0          # pages, mlock() and VM_LOCKED
@@ -205,13 +204,16 @@ def add_rss(mm: MM, kinds: np.ndarray, sign: int) -> None:
     """add_mm_counter() for one page per entry of `kinds` (sign +1 to map, -1 to unmap)."""
     if len(kinds) == 0:
         return
-    counts = np.bincount(kinds.astype(np.int64), minlength=len(Kind))
-    anon = int(counts[Kind.ANON] + counts[Kind.KSM])
-    shmem = int(counts[Kind.SHMEM] + counts[Kind.HUGETLBFS])
-    file = int(counts[Kind.FILE] + counts[Kind.FSDAX] + counts[Kind.SECRETMEM])
-    mm.rss.anon += sign * anon
-    mm.rss.shmem += sign * shmem
-    mm.rss.file += sign * file
+    counts = np.bincount(kinds, minlength=_NR_KINDS).tolist()    # ints: no enum indexing
+    mm.rss.anon += sign * (counts[_ANON] + counts[_KSM])
+    mm.rss.shmem += sign * (counts[_SHMEM] + counts[_HUGETLBFS])
+    mm.rss.file += sign * (counts[_FILE] + counts[_FSDAX] + counts[_SECRETMEM])
+
+
+_NR_KINDS = len(Kind)
+_ANON, _KSM, _SHMEM, _HUGETLBFS = int(Kind.ANON), int(Kind.KSM), int(Kind.SHMEM), \
+    int(Kind.HUGETLBFS)
+_FILE, _FSDAX, _SECRETMEM = int(Kind.FILE), int(Kind.FSDAX), int(Kind.SECRETMEM)
 
 
 def map_pte_range(mm: MM, vma: VMA, i0: int, pfns: np.ndarray, bits: int) -> None:
@@ -231,6 +233,23 @@ def map_pte_range(mm: MM, vma: VMA, i0: int, pfns: np.ndarray, bits: int) -> Non
     heads = mem.head_of(pfns)
     add_at(mem.refcount, heads, 1)
     add_rss(mm, mem.kind[heads], +1)
+
+
+def map_new_anon_pages(mm: MM, vma: VMA, where: slice | np.ndarray, pfns: np.ndarray,
+                       bits: int) -> None:
+    """Map fresh order-0 anonymous folios (distinct, just allocated: refcount 1, which
+    becomes the mapping's reference) at entries `where`, exclusive, swap-backed and on the
+    LRU with entry bits `bits`: what do_anonymous_page() or a COW copy leaves for each
+    page, as arrays (map_pte_range() for pages that may repeat or be mapped already)."""
+    mem = mm.mem
+    vma.pfn[where] = pfns
+    vma.pte[where] = bits | PTE.PRESENT
+    mem.mapcount[pfns] += 1                     # fresh, distinct frames: no repeats
+    mem.flags[pfns] |= _NEW_ANON_FLAGS
+    mm.rss.anon += len(pfns)
+
+
+_NEW_ANON_FLAGS = np.uint32(PG.anon_exclusive | PG.swapbacked | PG.lru)
 
 
 def map_huge(mm: MM, vma: VMA, i0: int, head: int, order: int, bits: int) -> None:
@@ -268,7 +287,7 @@ def split_huge_mapping(mm: MM, vma: VMA, i: int) -> None:
     rng = invalidate_start(mm, MMU_NOTIFY_CLEAR, vma.addr_of(i0), vma.addr_of(i0 + n))
     vma.pte[sl] &= np.uint16(~(PTE.PMD | PTE.PUD) & 0xFFFF)
     if bits & PTE.SPECIAL:
-        if mm.mem.kind[int(vma.pfn[i0])] == Kind.HUGE_ZERO:
+        if int(mm.mem.kind[int(vma.pfn[i0])]) == Kind.HUGE_ZERO:
             vma.pfn[sl] = mm.mem.zero_pfn   # the huge zero page becomes small zero-page PTEs
         invalidate_end(rng)
         return
@@ -277,7 +296,7 @@ def split_huge_mapping(mm: MM, vma: VMA, i: int) -> None:
     mem.entire_mapcount[head] -= 1
     mem.mapcount[head:head + n] += 1
     mem.refcount[head] += n - 1
-    if mem.test(head, PG.anon_exclusive) and mem.kind[head] in (Kind.ANON, Kind.KSM):
+    if mem.test(head, PG.anon_exclusive) and int(mem.kind[head]) in (Kind.ANON, Kind.KSM):
         mem.set_flag(np.arange(head, head + n), PG.anon_exclusive)
     invalidate_end(rng)
 
@@ -315,14 +334,18 @@ def zap_range(mm: MM, vma: VMA, i0: int, i1: int, swap: SwapDevice | None = None
     mem = mm.mem
     pte = vma.pte[i0:i1]
     pfn = vma.pfn[i0:i1]
-    present = (pte & PTE.PRESENT) != 0
-    huge = (pte & (PTE.PMD | PTE.PUD)) != 0 if kinds_of_entry & (PTE.PMD | PTE.PUD) \
-        else np.zeros(0, dtype=bool)
-    small = present
-    if kinds_of_entry & PTE.SPECIAL:
-        small = small & ((pte & PTE.SPECIAL) == 0)
-    if len(huge):
-        small = small & ~huge
+    if kinds_of_entry & PTE.NOT_SMALL:
+        present = (pte & PTE.PRESENT) != 0
+        huge = (pte & (PTE.PMD | PTE.PUD)) != 0 if kinds_of_entry & (PTE.PMD | PTE.PUD) \
+            else _NO_ENTRIES
+        small = present
+        if kinds_of_entry & PTE.SPECIAL:
+            small = small & ((pte & PTE.SPECIAL) == 0)
+        if len(huge):
+            small = small & ~huge
+    else:                       # every entry is empty or maps a small page
+        present = small = pte != 0
+        huge = _NO_ENTRIES
     small_pfns = pfn[small]
     heads_to_put: list[np.ndarray] = []
     if gather is not None and len(small_pfns):
@@ -333,8 +356,8 @@ def zap_range(mm: MM, vma: VMA, i0: int, i1: int, swap: SwapDevice | None = None
         heads = mem.head_of(small_pfns)
         add_rss(mm, mem.kind[heads], -1)
         dirty = pte[small] & PTE.DIRTY
-        if dirty.any():
-            mem.set_flag(heads[dirty != 0], PG.dirty)     # repeats are harmless: no unique
+        if np.count_nonzero(dirty):
+            mem.flags[heads[dirty != 0]] |= _PG_DIRTY     # repeats are harmless: no unique
         heads_to_put.append(heads)
     huge_entries = np.nonzero(present & ((pte & PTE.SPECIAL) == 0) & huge)[0] \
         if len(huge) else huge
@@ -356,7 +379,12 @@ def zap_range(mm: MM, vma: VMA, i0: int, i1: int, swap: SwapDevice | None = None
     if gather is not None:
         gather.heads.extend(heads_to_put)
     elif heads_to_put:
-        folio_put_many(mm.alloc, np.concatenate(heads_to_put))
+        folio_put_many(mm.alloc, heads_to_put[0] if len(heads_to_put) == 1
+                       else np.concatenate(heads_to_put))
+
+
+_NO_ENTRIES = np.zeros(0, dtype=bool)
+_PG_DIRTY = np.uint32(PG.dirty)
 
 
 @dataclass
@@ -378,7 +406,7 @@ class ZapGather:
             heads = mem.head_of(pfns)
             add_rss(mm, mem.kind[heads], -1)
             dirty = np.concatenate(self.dirty)
-            if dirty.any():
+            if np.count_nonzero(dirty):
                 mem.set_flag(heads[dirty], PG.dirty)
             heads_to_put.append(heads)
         if heads_to_put:

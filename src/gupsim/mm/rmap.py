@@ -45,10 +45,11 @@ def mappings_of(env: MMEnv, head: int) -> Iterator[tuple[MM, VMA, np.ndarray]]:
             else:
                 sl = None
             pfn = vma.pfn if sl is None else vma.pfn[sl]
-            pte = vma.pte if sl is None else vma.pte[sl]
-            hit = (pfn >= head) & (pfn < head + n) & ((pte & PTE.PRESENT) != 0) & (
-                (pte & PTE.SPECIAL) == 0)
-            idx = np.nonzero(hit)[0]
+            # head <= pfn < head + n as one unsigned compare; most VMAs end here
+            idx = ((pfn - head).astype(np.uint32) < n).nonzero()[0]
+            if len(idx):
+                pte = vma.pte[idx] if sl is None else vma.pte[sl[idx]]
+                idx = idx[(pte & (PTE.PRESENT | PTE.SPECIAL)) == PTE.PRESENT]
             if len(idx):
                 yield mm, vma, (idx if sl is None else sl[idx])
 

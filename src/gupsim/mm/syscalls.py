@@ -103,7 +103,7 @@ def page_align(n: int) -> int:
     return (n + PAGE_SIZE - 1) & PAGE_MASK
 
 
-def prot_to_vm(prot: int) -> VM:
+def prot_to_vm(prot: int) -> int:
     """calc_vm_prot_bits(): PROT_READ/WRITE/EXEC as VM_READ/WRITE/EXEC."""
     flags = VM.NONE
     if prot & PROT_READ:
@@ -131,7 +131,7 @@ def get_unmapped_area(mm: MM, length: int, align: int = PAGE_SIZE,
         if not mm.vmas_in(hint, hint + length):
             return hint
     top = MMAP_BASE
-    for vma in sorted(mm.vmas, key=lambda v: -v.start):
+    for vma in reversed(mm.vmas):          # kept sorted by start (find_vma bisects it)
         if vma.start >= top:
             top = min(top, vma.start)
             continue
@@ -415,7 +415,7 @@ def do_madvise(env: MMEnv, mm: MM, start: int, length: int, advice: int) -> None
             raise fail(errno.EINVAL, "MADV_COLLAPSE is modelled for private anonymous memory")
     hole = _first_hole(mm, start, end)
     if advice in _FLAG_ADVICE:
-        def advised(v: VMA) -> VM:
+        def advised(v: VMA) -> int:
             flag, on = _FLAG_ADVICE[advice]
             if flag == VM.MERGEABLE and not _ksm_compatible(v):
                 return v.flags               # ksm_madvise() leaves such a VMA as it is

@@ -10,16 +10,15 @@ recorded on each of its 512 entries with the `PTE.PMD` bit (a PUD mapping with
 
 from __future__ import annotations
 
-from enum import IntFlag
-
 import numpy as np
 
 from ..constants import PAGE_SHIFT, PAGE_SIZE
 from .file import MappableFile
 
 
-class VM(IntFlag):
-    """vm_flags bits (the kernel's values)."""
+class VM:
+    """vm_flags bits (the kernel's values), plain ints as `PTE`'s: IntFlag arithmetic costs
+    about 0.7 us an operation, and fork, faults and GUP test these bits many times a step."""
 
     NONE = 0
     READ = 0x1
@@ -51,7 +50,12 @@ class VM(IntFlag):
 
 
 class PTE:
-    """Bits of a page-table entry in the model (plain ints, so numpy keeps uint16 arrays)."""
+    """Bits of a page-table entry in the model (plain ints, so numpy keeps uint16 arrays).
+
+    An entry is 0 (none), PRESENT with other bits, or a non-present SWAP, HWPOISON or
+    MARKER entry: fork and zap rely on it to take "not 0" for "present" where the OR of
+    a range's entries holds none of the non-present kinds.
+    """
 
     NONE = 0
     PRESENT = 1 << 0
@@ -67,6 +71,9 @@ class PTE:
     MARKER = 1 << 10      # not present; guard marker
     SWP_EXCLUSIVE = 1 << 11  # swap entry of a page that was anon-exclusive when swapped out
     MKDIRTY = DIRTY | SOFT_DIRTY   # what pte_mkdirty() sets (x86, CONFIG_MEM_SOFT_DIRTY)
+    # any entry but none and a present small page: a range whose OR has none of these
+    # needs no huge, special, swap or marker pass
+    NOT_SMALL = PMD | PUD | SPECIAL | SWAP | HWPOISON | MARKER
 
 
 _vma_ids = iter(range(1, 1 << 62))
@@ -81,12 +88,12 @@ MAX_PFNS = 1 << 31
 class VMA:
     """One vm_area_struct: [start, end), flags, backing file, and its page table."""
 
-    def __init__(self, start: int, end: int, flags: VM, file: MappableFile | None = None,
+    def __init__(self, start: int, end: int, flags: int, file: MappableFile | None = None,
                  pgoff: int = 0, anon_name: str = "") -> None:
         self.id = next(_vma_ids)
         self.start = start
         self.end = end
-        self.flags = VM(flags)
+        self.flags = int(flags)
         self.file = file
         self.pgoff = pgoff            # page offset of `start` in the file (or the anon index)
         self.anon_name = anon_name
@@ -161,7 +168,7 @@ class VMA:
         return f"<VMA {self.start:#x}-{self.end:#x} {describe_flags(self.flags)} {kind}>"
 
 
-def describe_flags(flags: VM) -> str:
+def describe_flags(flags: int) -> str:
     """The permission column of /proc/<pid>/maps: "rw-p", "r--s", ..."""
     return "".join(c if flags & f else "-" for c, f in
                    (("r", VM.READ), ("w", VM.WRITE), ("x", VM.EXEC))) + (

@@ -147,6 +147,16 @@ def _one_run(n: int, value: int, dtype: type) -> Runs:
     return Runs(_FIRST, values, n, 0, np.dtype(dtype))
 
 
+def _compact(heads: np.ndarray) -> Runs:
+    """The folio of each entry as runs: equal values (entries of one folio), or counting
+    up (order-0 pages side by side), whichever is shorter."""
+    same = Runs.of(heads, 0)
+    if len(same) <= len(heads) // 8:
+        return same
+    rising = Runs.of(heads, 1)
+    return rising if len(rising) < len(same) else same
+
+
 @dataclass(eq=False)
 class PackedRecord:
     """A released large record in the history, its per-entry arrays as runs (runs.py):
@@ -167,11 +177,13 @@ class PackedRecord:
         pfns = rec.pfn_runs if rec.pfn_runs is not None else Runs.of(rec.pfns, 1)
         if len(pfns) > n // 8:                     # scattered pages: keep the arrays
             return rec
-        if rec._heads is None and rec.folio_runs is not None:
-            starts, heads, _ = rec.folio_runs
-            head_runs = Runs(starts, heads, n, 0, heads.dtype)
+        runs, orders = rec.folio_runs, rec.folio_orders
+        if rec._heads is None and runs is not None and len(runs[1]) <= n // 8:
+            head_runs = Runs(runs[0], runs[1], n, 0, runs[1].dtype)   # a few folios
+        elif rec._heads is None and orders is not None and not orders.any():
+            head_runs = pfns        # order-0 folios only: each entry's folio is its page
         else:
-            head_runs = Runs.of(rec.heads, 0)
+            head_runs = _compact(rec.heads)
         if rec.uniform:
             left = _one_run(n, 1 if rec.nheld else 0, np.int8)
             released_at = _one_run(n, rec.released_by, np.int32)

@@ -32,7 +32,7 @@ from .state import _state_of, gup_state
 
 # plain ints for array comparisons: numpy probes an IntEnum operand's class for
 # __array_ufunc__ through EnumType.__getattr__, about 2 us per comparison
-_FREE, _ZERO_PAGE = int(Kind.FREE), int(Kind.ZERO)
+_FREE, _ZERO_PAGE, _HUGE_ZERO = int(Kind.FREE), int(Kind.ZERO), int(Kind.HUGE_ZERO)
 _ZERO1 = np.zeros(1, dtype=np.int64)
 _ONE1 = np.ones(1, dtype=np.int64)
 _NONE = np.zeros(0, dtype=np.int64)
@@ -340,7 +340,7 @@ def folio_add_pin(folio: Folio, *, machine: MemMap | None = None) -> None:
     check_folio("folio_add_pin", "folio", folio, machine)
     mem = folio.mem
     head = folio.pfn
-    if mem.kind[head] == Kind.ZERO:
+    if mem.kind.item(head) == _ZERO_PAGE:
         return
     if mem.has_pincount(head):
         mem.warnings.warn_on_once(int(mem.pincount[head]) < 1, "folio_add_pin: not pinned",
@@ -563,8 +563,8 @@ def put_page(page: Page, *, machine: MemMap | None = None) -> None:
     if st.sanitizer is not None:
         st.sanitizer.on_release(np.array([page.pfn], dtype=np.int64), FOLL_GET, "put_page")
     head = int(mem.head_of(page.pfn))
-    if mem.warnings.warn_on_once(mem.kind[head] in (Kind.ZERO, Kind.HUGE_ZERO)
-                                 and int(mem.refcount[head]) <= 1,
+    if mem.warnings.warn_on_once(mem.kind.item(head) in (_ZERO_PAGE, _HUGE_ZERO)
+                                 and mem.refcount.item(head) <= 1,
                                  "put_page: zero page refcount", "would free the zero page"):
         return
     gup_put_folio(st.alloc, head, 1, FOLL_GET)

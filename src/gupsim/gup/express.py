@@ -1,17 +1,18 @@
-"""GUP-fast of a few pages in plain ints: `p.pin_user_pages_fast(addr, n, flags, vec)`.
+"""GUP-fast of the common cases in plain ints: `p.pin_user_pages_fast(addr, n, flags, vec)`.
 
-A driver pinning one page at a time (gup_test -n 1, a 4 KiB io_uring buffer) or a few
-(-n 16) goes through some 150 Python calls and 40 numpy operations on the general path:
-argument binding, the walk over PFN arrays, folio runs, the pages-array writer, the call
-record. The kernel's gup_fast_fallback() for such a range is a few PTE reads, the folio
-tests and one atomic per folio; this module is that, for the common case only: present
-PTEs in one VMA that pass every GUP-fast test (one page of any folio, or up to
-`SMALL_WALK` pages of order-0 folios), on a machine of the newest era, with no race hook
-waiting. Anything else (a refusal, an unusual flag, a large folio among several pages, a
-refcount near overflow, a list as pages) answers None before changing anything, and the
-caller takes the general path, which decides and warns. The result is the general
-path's, state for state: `tests/gup/test_lean_paths.py` runs random programs with it
-(`lean.ENABLED`) and without and compares the machines.
+A driver pinning one page at a time (gup_test -n 1, a 4 KiB io_uring buffer), a few
+(-n 16) or a range of huge pages went through some 150 Python calls and 40 numpy
+operations on the general path: argument binding, the walk over PFN arrays, folio runs,
+the pages-array writer, the call record. The kernel's gup_fast_fallback() for such a
+range is a few PTE reads, the folio tests and one atomic per folio; this module is that,
+for the common cases only: present PTEs in one VMA that pass every GUP-fast test (one
+page of any folio, up to `lean.SHORT` pages of order-0 folios, or a range that huge
+leaves map whole), on a machine of the newest era, with no race hook waiting. Anything
+else (a refusal, an unusual flag, a large folio among several pages, a refcount near
+overflow, a list as pages) answers None before changing anything, and the caller takes
+the general path, which decides and warns. The result is the general path's, state for
+state: `tests/gup/test_lean_paths.py` runs random programs with it (`lean.ENABLED`) and
+without and compares the machines.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from ..mm import MM, MMF, VM, VMA
 from ..mm.vma import PTE
 from ..observe import gup_call_ended
 from . import fast
-from .fast import SMALL_WALK, folio_allowed_one, folios_pass
+from .fast import folio_allowed_one, folios_pass
 from .flags import FOLL_GET, FOLL_LONGTERM, FOLL_PIN, FOLL_WRITE, is_valid_gup_args
 from .grab import ACQUIRED, folio_runs
 from .longterm import longterm_pinnable_one
@@ -53,7 +54,7 @@ _NO_WRAP = (1 << 31) - GUP_PIN_COUNTING_BIAS   # counts below this take a pin wi
 
 def gup_fast_express(ep: EntryPoint, proc: Any, start: object, nr_pages: object,
                  gup_flags: object, pages: object) -> int | None:
-    """`ep` (a GUP-fast entry point) of up to `SMALL_WALK` pages for process `proc`: the
+    """`ep` (a GUP-fast entry point) of `nr_pages` pages for process `proc`: the
     count when the pages were taken here, None when the general path must decide
     (nothing was changed)."""
     if (type(nr_pages) is not int or nr_pages < 1
@@ -79,7 +80,7 @@ def gup_fast_express(ep: EntryPoint, proc: Any, start: object, nr_pages: object,
         return None                     # invalid: is_valid_gup_args() warns
     if nr_pages == 1:
         return _one(ep, st, mm, vma, i, start, gup_flags, pages)
-    if nr_pages <= SMALL_WALK:
+    if nr_pages <= lean.SHORT:
         return _short(ep, st, mm, vma, i, start, nr_pages, gup_flags, pages)
     return _leaves(ep, st, mm, vma, i, start, nr_pages, gup_flags, pages)
 

@@ -179,7 +179,8 @@ def try_grab_pfns(mem: MemMap, pfns: np.ndarray, flags: int) -> int:
     Returns how many entries were grabbed (a prefix); -ENOMEM if the first one failed.
     """
     starts, heads, lengths = folio_runs(mem, pfns)
-    bad = np.flatnonzero(mem.refcount[heads] <= 0)
+    counts = mem.refcount[heads]
+    bad = (counts <= 0).nonzero()[0] if len(counts) and amin(counts) <= 0 else _NONE
     nruns = len(heads)
     if len(bad):
         nruns = int(bad[0])

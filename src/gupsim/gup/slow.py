@@ -444,8 +444,8 @@ def __get_user_pages(env: MMEnv, mm: MM, start: int, nr_pages: int, gup_flags: i
             _split_pmds(mm, vma, i, i + n)
         codes, pfns = follow_range(env, vma, i, i + n,
                                    walk | FOLL_COW if addr == cow_at else walk)
-        bad = np.flatnonzero(codes != OK)
-        k = int(bad[0]) if len(bad) else n
+        # count_nonzero first: the usual all-OK answer costs no index array
+        k = n if not np.count_nonzero(codes) else int((codes != OK).nonzero()[0][0])
         if k:
             got = k
             if grab:

@@ -371,7 +371,7 @@ class PinSanitizer:
         """A new record joins the live set and the lookups of a release."""
         self._live[rec.id] = rec
         n = len(rec.pfns)
-        self._whole.setdefault((rec.how, int(rec.pfns[0]), n), []).append(rec)
+        self._whole.setdefault((rec.how, rec.pfns.item(0), n), []).append(rec)
         (self._large if n > SMALL_RECORD else self._unindexed)[rec.id] = rec
 
     def _index_pending(self) -> None:
@@ -532,8 +532,7 @@ class PinSanitizer:
     def release_whole(self, rec: PinRecord) -> None:
         """A release call drops every entry of `rec` (from `held_whole()`) at once."""
         rec.release_all(self._new_release(user_call_site()))
-        self._emptied.append(rec)
-        self._retire()
+        self._retire_one(rec)
 
     def folios_unchanged(self, rec: PinRecord) -> bool:
         """Whether `rec`'s folio runs (if it has them) still describe its pages."""
@@ -542,18 +541,18 @@ class PinSanitizer:
     def _folios_unchanged(self, rec: PinRecord) -> bool:
         """Whether each folio of `rec`'s runs is still a folio head of the same order: its
         entries then still belong to it (a folio covers the frames from its head on), so
-        the runs are what looking every page up again would give."""
+        the runs are what looking every page up again would give. A frame that is not a
+        live folio's head (free, or a tail: tails hold 0 in the folio-wide fields) has
+        kind FREE, so the kind and the order tell it."""
         if rec.folio_runs is None or rec.folio_orders is None:
             return False
         mem = self.mem
         heads = rec.folio_runs[1]
         if len(heads) <= SHORT:                 # plain ints: numpy's reductions cost more
-            return (not any(mem.head_off[heads].tolist())
-                    and mem.order[heads].tolist() == rec.folio_orders.tolist()
-                    and _FREE not in mem.kind[heads].tolist())
-        return bool(not np.maximum.reduce(mem.head_off[heads])
-                    and np.array_equal(mem.order[heads], rec.folio_orders)
-                    and np.minimum.reduce(mem.kind[heads]) != _FREE)
+            return (_FREE not in mem.kind.take(heads).tolist()
+                    and mem.order.take(heads).tolist() == rec.folio_orders.tolist())
+        return bool(np.minimum.reduce(mem.kind[heads]) != _FREE
+                    and np.array_equal(mem.order[heads], rec.folio_orders))
 
     def _held_whole(self, how: str, pfns: np.ndarray) -> PinRecord | None:
         """The common case in O(n): the record of one call that still holds exactly
@@ -561,7 +560,7 @@ class PinSanitizer:
         records); None if there is none."""
         if len(pfns) == 0:
             return None
-        for rec in reversed(self._whole.get((how, int(pfns[0]), len(pfns)), ())):
+        for rec in reversed(self._whole.get((how, pfns.item(0), len(pfns)), ())):
             if rec.nheld == len(pfns) and same(rec.pfns, pfns):
                 return rec
         return None
@@ -627,16 +626,20 @@ class PinSanitizer:
     def _retire(self) -> None:
         """Records with nothing left held move to the (bounded) history."""
         for rec in self._emptied:
-            if self._live.pop(rec.id, None) is None:
-                continue
-            self._unindex(rec)
-            key = (rec.how, int(rec.pfns[0]), len(rec.pfns))
-            same = self._whole[key]
-            same.remove(rec)
-            if not same:
-                del self._whole[key]
-            self.released.append(PackedRecord.pack(rec))
+            self._retire_one(rec)
         self._emptied.clear()
+
+    def _retire_one(self, rec: PinRecord) -> None:
+        """`rec` (nothing left held) leaves the live set for the history."""
+        if self._live.pop(rec.id, None) is None:
+            return
+        self._unindex(rec)
+        key = (rec.how, rec.pfns.item(0), len(rec.pfns))
+        same = self._whole[key]
+        same.remove(rec)
+        if not same:
+            del self._whole[key]
+        self.released.append(PackedRecord.pack(rec))
 
     # -- queries -------------------------------------------------------------------------
 

@@ -38,6 +38,7 @@ _ONE1 = np.ones(1, dtype=np.int64)
 _NONE = np.zeros(0, dtype=np.int64)
 _ZERO1.flags.writeable = _ONE1.flags.writeable = _NONE.flags.writeable = False
 
+_NEWEST = NEWEST_ERA.version        # the era whose rules _unpin_express() follows
 ACQUIRED = "nr_foll_pin_acquired"
 RELEASED = "nr_foll_pin_released"
 _S32 = 1 << 31
@@ -439,17 +440,19 @@ def _unpin_express(pages: PageArray, machine: MemMap | None) -> bool:
     general path with its layers collapsed; False, with nothing changed, for anything
     else. `tests/gup/test_lean_paths.py` compares the two paths."""
     mem = pages.mem
-    if mem is None or machine is not None and mem is not machine or not len(pages):
+    pfns = pages.pfns
+    n = len(pfns)
+    if mem is None or machine is not None and mem is not machine or not n:
         return False
     st = _state_of(mem)
-    if st is None or st.sanitizer is None or mem.era.version != NEWEST_ERA.version:
+    if st is None or st.sanitizer is None or mem.era.version != _NEWEST:
         return False
     san = st.sanitizer
-    rec = san.held_whole("FOLL_PIN", pages.pfns)
+    rec = san.held_whole("FOLL_PIN", pfns)
     if rec is None:
         return False
-    if len(pages) == 1:                         # the plain-int put of one folio
-        pfn = pages.pfns.item(0)
+    if n == 1:                                  # the plain-int put of one folio
+        pfn = pfns.item(0)
         san.release_whole(rec)
         _put_folio_one(st.alloc, pfn - mem.head_off.item(pfn), 1, FOLL_PIN)
         return True
@@ -478,7 +481,7 @@ def _unpin_express(pages: PageArray, machine: MemMap | None) -> bool:
     mem.refcount[heads] = refs
     if pins is not None:
         mem.pincount[heads] = pins
-    mem.vmstat[RELEASED] += len(pages)
+    mem.vmstat[RELEASED] += n
     return True
 
 

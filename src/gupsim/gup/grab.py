@@ -464,13 +464,15 @@ def _unpin_express(pages: PageArray, machine: MemMap | None) -> bool:
     hl, large = heads.tolist(), orders.tolist()
     if len(set(hl)) != len(hl):
         return False                            # a folio in two runs: count them together
+    # one pin per entry: a run of one entry each (usual for order-0 folios) drops a
+    # scalar; the counts are written back into their int32 arrays as they are
+    per_run = 1 if len(hl) == n else lengths
     if not any(large):                          # order-0 folios: the bias per pin
-        refs = (mem.refcount[heads] - lengths * GUP_PIN_COUNTING_BIAS).astype(
-            mem.refcount.dtype)
+        refs = mem.refcount[heads] - per_run * GUP_PIN_COUNTING_BIAS
         pins = None
     elif all(large):                            # large folios: _pincount, one ref per pin
-        refs = (mem.refcount[heads] - lengths).astype(mem.refcount.dtype)
-        pins = (mem.pincount[heads] - lengths).astype(mem.pincount.dtype)
+        refs = mem.refcount[heads] - per_run
+        pins = mem.pincount[heads] - per_run
         if min(pins.tolist()) < 0:
             return False                        # an underflow: the general path warns
     else:

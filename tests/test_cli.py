@@ -81,6 +81,17 @@ def test_bench_cases_round_huge_sizes_and_cap_pages_per_call() -> None:
     assert big[:3] == ["bulk 64 MiB", "bulk 256 MiB", "bulk 1 GiB"]
 
 
+def test_bench_huge_page_goal_is_on_pin_and_unpin_together() -> None:
+    """The issue's goal for THP and hugetlb is pin+unpin (io_uring unpins per folio, the
+    model's unpin_user_pages() reads every entry); bulk 4 KiB pages have it per phase."""
+    cases = {c.name: c for c in default_cases(1024)}
+    for name in ("THP 4 MiB", "hugetlb 4 MiB"):
+        assert [ph for ph in cases[name].phases if cases[name].goal.applies(ph)] \
+            == ["pin+unpin"]
+    bulk = cases["bulk 4 MiB"]
+    assert all(bulk.goal.applies(ph) for ph in bulk.phases)
+
+
 def test_bench_k_that_matches_nothing_is_a_usage_error() -> None:
     out = CliRunner().invoke(main, ["bench", "--model-only", "-k", "no such case"])
     assert out.exit_code == 2 and "no case name contains" in out.output

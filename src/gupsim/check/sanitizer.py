@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..constants import FOLL_PIN
-from ..lean import SHORT, lo_hi, same
+from ..lean import SHORT, amax, lo_hi, same
 from ..memory import Kind, MemMap
 from ..memory.pagearray import NULL
 from ..warn import source_line, user_call_site
@@ -318,8 +318,9 @@ class PinSanitizer:
         how = "FOLL_PIN" if flags & FOLL_PIN else "FOLL_GET"
         n = len(pfns)
         # a few large folios: the bounds come from the folios; else from the pages
-        bounds = self._run_bounds(runs, how) if runs is not None and len(runs[1]) <= \
-            n // 64 else None
+        orders = self.mem.order[runs[1]] if runs is not None else None
+        bounds = self._run_bounds(runs, orders, how) if runs is not None \
+            and orders is not None and len(runs[1]) <= n // 64 else None
         if bounds is not None:
             lo_head, hi = bounds
         else:
@@ -334,28 +335,24 @@ class PinSanitizer:
         if runs is None:
             rec._heads = self.mem.head_of(pfns)
         else:
-            rec.folio_runs, rec.folio_orders = runs, self.mem.order[runs[1]]
+            rec.folio_runs, rec.folio_orders = runs, orders
             rec.pfn_runs = pfn_runs
         self._add(rec)
 
-    def _run_bounds(self, runs: FolioRuns, how: str) -> tuple[int, int] | None:
+    def _run_bounds(self, runs: FolioRuns, orders: np.ndarray, how: str
+                    ) -> tuple[int, int] | None:
         """(lowest head, a bound on the highest PFN) of the few folios GUP took as `runs`
-        (it stored every entry: no NULL), from the folios alone, as each entry lies inside
-        its folio. None when the shared zero page may be among them (its entries are left
-        out of a pin record)."""
+        (it stored every entry: no NULL), from the folios alone: no entry lies beyond the
+        highest head plus the largest folio. None when the shared zero page may be among
+        them (its entries are left out of a pin record)."""
         mem = self.mem
         heads = runs[1]
         zero = mem.zero_pfn
         if how == "FOLL_PIN" and (zero < 0 or zero in heads.tolist()) \
                 and mem.era.has("zero-page-not-pin-counted"):
             return None
-        if len(heads) <= SHORT:                 # plain ints: numpy's fixed cost dominates
-            hl = heads.tolist()
-            return min(hl), max([h + (1 << o) - 1        # a list: no call per folio
-                                 for h, o in zip(hl, mem.order.take(heads).tolist(),
-                                                 strict=True)])
-        last = heads + (np.left_shift(1, mem.order[heads], dtype=np.int64) - 1)
-        return int(np.minimum.reduce(heads)), int(np.maximum.reduce(last))
+        lo, hi = lo_hi(heads)
+        return lo, hi + (1 << amax(orders)) - 1
 
     def on_acquire_one(self, pfn: int, head: int, flags: int, call: str, mm: MM | None
                        ) -> None:

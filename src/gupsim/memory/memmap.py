@@ -256,6 +256,8 @@ class MemMap:
 
     def copy_frames(self, dst: int, src: int, nr: int) -> None:
         """copy_highpage() over `nr` consecutive frames."""
+        if not self.content:
+            return                      # nothing written anywhere: every frame reads 0
         for i in range(nr):
             data = self.content.get(src + i)
             if data is None:
@@ -264,9 +266,18 @@ class MemMap:
                 self.content[dst + i] = bytearray(data)
 
     def clear_frames(self, pfn: int, nr: int) -> None:
-        """clear_highpage() over `nr` consecutive frames: they read as zeros again."""
+        """clear_highpage() over `nr` consecutive frames: they read as zeros again. Only
+        written frames hold contents, so the fewer of frames and stored pages is walked
+        (a 2 MiB folio freed from a machine that wrote a few pages: a few lookups)."""
+        content = self.content
+        if not content:
+            return
+        if len(content) < nr:
+            for key in [k for k in content if pfn <= k < pfn + nr]:
+                del content[key]
+            return
         for i in range(nr):
-            self.content.pop(pfn + i, None)
+            content.pop(pfn + i, None)
 
     def stored_bytes(self) -> int:
         """Host memory the frame contents take (bytes): what the model costs beyond its arrays."""

@@ -57,6 +57,8 @@ _VM_ACCESS = int(VM.READ | VM.WRITE | VM.EXEC)
 _HAS_PINNED = int(MMF.HAS_PINNED)
 _PMD_PAGES = 1 << PMD_ORDER
 _LEAF = int(PTE.PMD | PTE.PUD)
+_PRESENT, _WRITE, _SPECIAL = int(PTE.PRESENT), int(PTE.WRITE), int(PTE.SPECIAL)
+_NO_RUNS: Runs = (np.zeros(0, dtype=np.int64),) * 3
 
 
 def gup_fast_folio_allowed(env: MMEnv, heads: np.ndarray, flags: int) -> NDArray[np.bool_]:
@@ -214,6 +216,11 @@ def _checked_runs(env: MMEnv, vma: VMA, i0: int, i1: int, flags: int
     ints, huge leaves once each, anything else entry by entry in numpy."""
     mem = env.mem
     pfns = vma.pfn[i0:i1]
+    if lean.ENABLED:                    # refused at its first entry: no folio is looked at
+        entry = vma.pte.item(i0)
+        if not entry & _PRESENT or entry & _SPECIAL or flags & FOLL_WRITE and not \
+                entry & _WRITE or not int(vma.flags) & _VM_ACCESS:
+            return 0, 0, pfns, _NO_RUNS
     heads = _fast_checks_small(env, vma, i0, i1, flags) \
         if lean.ENABLED and i1 - i0 <= SMALL_WALK else None
     if heads is not None:

@@ -149,7 +149,7 @@ def follow_range(env: MMEnv, vma: VMA, i0: int, i1: int, flags: int
     if not lean.ENABLED:
         all_ok = False
     elif len(pte) <= lean.SHORT:
-        all_ok = all(e & (need | _SPECIAL) == need for e in pte.tolist())
+        all_ok = {e & (need | _SPECIAL) for e in pte.tolist()} == {need}   # no call per entry
     else:
         all_ok = not np.count_nonzero((pte & (need | _SPECIAL)) != need)
     if all_ok:

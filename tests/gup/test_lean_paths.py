@@ -143,6 +143,16 @@ def _program(era: str | None, seed: int, steps: int = 250) -> list[Any]:
             [str(r) for r in k.sanitizer.reports]]
 
 
+def _thp_range(p: gupsim.Process, size: int, populate: int | None = None) -> int:
+    """A 2 MiB-aligned range of `size` bytes under MADV_HUGEPAGE, its first `populate`
+    bytes (all by default) faulted in as THPs; returns its address."""
+    a = p.mmap(0, size + (2 << 20), RW, MAP_PRIVATE | MAP_ANONYMOUS)
+    a = (a + (2 << 20) - 1) & ~((2 << 20) - 1)
+    p.madvise(a, size, MADV_HUGEPAGE)
+    p.madvise(a, size if populate is None else populate, MADV_POPULATE_WRITE)
+    return a
+
+
 @pytest.mark.parametrize("era", ERAS)
 def test_shortcuts_change_nothing(era: str | None, monkeypatch: pytest.MonkeyPatch) -> None:
     """The same random program with and without the plain-int and per-leaf paths: same
@@ -189,10 +199,7 @@ def _thp_program(era: str | None) -> list[Any]:
     k = Kernel(memory="256MiB", movable="64MiB", version=era)
     p = k.spawn("thp")
     size = 8 << 20
-    a = p.mmap(0, size + (2 << 20), RW, MAP_PRIVATE | MAP_ANONYMOUS)
-    a = (a + (2 << 20) - 1) & ~((2 << 20) - 1)
-    p.madvise(a, size, MADV_HUGEPAGE)
-    p.madvise(a, size * 3 // 4, MADV_POPULATE_WRITE)        # the last 2 MiB stay absent
+    a = _thp_range(p, size, size * 3 // 4)                  # the last 2 MiB stay absent
     trace: list[Any] = []
     held = []
     for q in (p.fork(), p):                 # the leaves are shared until unshared
@@ -249,10 +256,7 @@ def _misused_thp_unpin() -> tuple[list[Any], list[bool]]:
     k = Kernel(memory="64MiB")
     p = k.spawn("misuse")
     size = 4 << 20
-    a = p.mmap(0, size + (2 << 20), RW, MAP_PRIVATE | MAP_ANONYMOUS)
-    a = (a + (2 << 20) - 1) & ~((2 << 20) - 1)
-    p.madvise(a, size, MADV_HUGEPAGE)
-    p.madvise(a, size, MADV_POPULATE_WRITE)
+    a = _thp_range(p, size)
     vec = PageArray(size // PAGE_SIZE)
     assert p.pin_user_pages_fast(a, len(vec), FOLL_WRITE, vec) == len(vec)
     trusted: list[bool] = []
@@ -289,10 +293,7 @@ def test_unpin_reuses_the_runs_of_an_intact_pin() -> None:
     k = Kernel(memory="64MiB")
     p = k.spawn("intact")
     size = 4 << 20
-    a = p.mmap(0, size + (2 << 20), RW, MAP_PRIVATE | MAP_ANONYMOUS)
-    a = (a + (2 << 20) - 1) & ~((2 << 20) - 1)
-    p.madvise(a, size, MADV_HUGEPAGE)
-    p.madvise(a, size, MADV_POPULATE_WRITE)
+    a = _thp_range(p, size)
     vec = PageArray(size // PAGE_SIZE)
     assert p.pin_user_pages_fast(a, len(vec), FOLL_WRITE, vec) == len(vec)
     rec = k.sanitizer.records[-1]
@@ -340,10 +341,7 @@ def _leaf_program(era: str | None) -> tuple[list[Any], list[int]]:
     p = k.spawn("leaves")
     taken: list[int] = []
     size = 8 << 20
-    a = p.mmap(0, size + (2 << 20), RW, MAP_PRIVATE | MAP_ANONYMOUS)
-    thp = (a + (2 << 20) - 1) & ~((2 << 20) - 1)
-    p.madvise(thp, size, MADV_HUGEPAGE)
-    p.madvise(thp, size, MADV_POPULATE_WRITE)
+    thp = _thp_range(p, size)
     huge = p.mmap(0, size, RW, MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB | MAP_POPULATE)
     trace: list[Any] = []
     held: list[tuple[bool, PageArray]] = []

@@ -25,7 +25,7 @@ from .. import lean
 from ..check.runs import Runs
 from ..constants import PAGE_SHIFT, PAGE_SIZE, TASK_SIZE
 from ..eras import NEWEST_ERA
-from ..memory import GUP_PIN_COUNTING_BIAS, PG, Kind, PageArray
+from ..memory import GUP_PIN_COUNTING_BIAS, PG, Kind, MemMap, PageArray
 from ..mm import MM, MMF, VM, VMA
 from ..mm.vma import PTE
 from ..observe import gup_call_ended
@@ -136,9 +136,8 @@ def _short(ep: EntryPoint, st: GupState, mm: MM, vma: VMA, i: int, start: int, n
     """A few pages, each an order-0 folio, in one VMA: checked in plain ints, counted
     with one array update."""
     mem = mm.mem
-    write, longterm = gup_flags & FOLL_WRITE, gup_flags & FOLL_LONGTERM
     pin = ep.adds & FOLL_PIN
-    need = _PRESENT | (_WRITE if write or pin else 0)
+    need = _PRESENT | (_WRITE if gup_flags & FOLL_WRITE or pin else 0)
     mask = need | _SPECIAL | _LEAF
     if {e & mask for e in vma.pte[i:i + n].tolist()} != {need}:   # a set: no call per entry
         return None
@@ -149,13 +148,7 @@ def _short(ep: EntryPoint, st: GupState, mm: MM, vma: VMA, i: int, start: int, n
     rcs = mem.refcount.take(pfns).tolist()
     if min(rcs) <= 0 or max(rcs) >= _NO_WRAP - n * GUP_PIN_COUNTING_BIAS:
         return None
-    file_write = bool(pin and write and longterm)
-    if not folios_pass(mem, hl, kinds, longterm, file_write) and not all(
-            k not in (_ZERO, _HUGE_ZERO)
-            and (not longterm or longterm_pinnable_one(mem, h, k))
-            and folio_allowed_one(mem, h, k, file_write) for h, k in zip(hl, kinds, strict=True)):
-        return None
-    flags = is_valid_gup_args(mem.warnings, pages, None, gup_flags | ep.implies, ep.adds)
+    flags = _allowed_flags(ep, mem, pages, hl, kinds, gup_flags)
     if flags is None:
         return None
     _mark_pinned(mm, pin)
@@ -180,9 +173,8 @@ def _leaves(ep: EntryPoint, st: GupState, mm: MM, vma: VMA, i: int, start: int, 
     starts = fast.leaf_starts(vma, i, i + n)
     if starts is None:
         return None
-    write, longterm = gup_flags & FOLL_WRITE, gup_flags & FOLL_LONGTERM
     pin = ep.adds & FOLL_PIN
-    need = _PRESENT | (_WRITE if write or pin else 0)
+    need = _PRESENT | (_WRITE if gup_flags & FOLL_WRITE or pin else 0)
     if {e & (need | _SPECIAL) for e in vma.pte[starts].tolist()} != {need}:
         return None
     firsts = vma.pfn[starts].astype(np.int64)
@@ -203,13 +195,7 @@ def _leaves(ep: EntryPoint, st: GupState, mm: MM, vma: VMA, i: int, start: int, 
             or min(refs) <= 0 or max(refs) >= _NO_WRAP - n \
             or max(mem.pincount.take(heads).tolist()) >= _NO_WRAP - n:
         return None
-    file_write = bool(pin and write and longterm)
-    if not folios_pass(mem, hl, kinds, longterm, file_write) and not all(
-            k not in (_ZERO, _HUGE_ZERO)
-            and (not longterm or longterm_pinnable_one(mem, h, k))
-            and folio_allowed_one(mem, h, k, file_write) for h, k in zip(hl, kinds, strict=True)):
-        return None
-    flags = is_valid_gup_args(mem.warnings, pages, None, gup_flags | ep.implies, ep.adds)
+    flags = _allowed_flags(ep, mem, pages, hl, kinds, gup_flags)
     if flags is None:
         return None
     _mark_pinned(mm, pin)
@@ -227,6 +213,22 @@ def _leaves(ep: EntryPoint, st: GupState, mm: MM, vma: VMA, i: int, start: int, 
                                 (offs, heads, lengths), pfn_runs)
     gup_call_ended(mem)
     return n
+
+
+def _allowed_flags(ep: EntryPoint, mem: MemMap, pages: PageArray, heads: list[int],
+                   kinds: list[int], gup_flags: int) -> int | None:
+    """The call's validated flags when every folio passes GUP-fast's tests (not a zero
+    page: their entries are special, the general walk decides; long-term pinnable where
+    asked; gup_fast_folio_allowed()), a run of one kind told from its lowest and highest
+    head (`folios_pass()`); None otherwise."""
+    longterm = gup_flags & FOLL_LONGTERM
+    file_write = bool(ep.adds & FOLL_PIN and gup_flags & FOLL_WRITE and longterm)
+    if not (folios_pass(mem, heads, kinds, longterm, file_write) or all(
+            k not in (_ZERO, _HUGE_ZERO) and (not longterm or longterm_pinnable_one(mem, h, k))
+            and folio_allowed_one(mem, h, k, file_write)
+            for h, k in zip(heads, kinds, strict=True))):
+        return None
+    return is_valid_gup_args(mem.warnings, pages, None, gup_flags | ep.implies, ep.adds)
 
 
 def _mark_pinned(mm: MM, pin: int) -> None:

@@ -139,7 +139,8 @@ def _short(ep: EntryPoint, st: GupState, mm: MM, vma: VMA, i: int, start: int, n
     pin = ep.adds & FOLL_PIN
     need = _PRESENT | (_WRITE if gup_flags & FOLL_WRITE or pin else 0)
     mask = need | _SPECIAL | _LEAF
-    if {e & mask for e in vma.pte[i:i + n].tolist()} != {need}:   # a set: no call per entry
+    if vma.pte.item(i) & mask != need or \
+            {e & mask for e in vma.pte[i:i + n].tolist()} != {need}:   # a set: one call
         return None
     pfns = vma.pfn[i:i + n].astype(np.int64)
     if any(mem.head_off.take(pfns).tolist()) or any(mem.order.take(pfns).tolist()):

@@ -238,14 +238,14 @@ def _touch(env: MMEnv, vma: VMA, i0: int, n: int, pfns: np.ndarray, flags: int) 
     pte = vma.pte[i0:i0 + n]
     if lean.ENABLED and n <= lean.SHORT:            # plain ints, one flag update each
         ptes, taken = pte.tolist(), pfns[:n]
-        if _SPECIAL not in {e & _SPECIAL for e in ptes}:
+        bits = {e & (_SPECIAL | _DIRTY) for e in ptes}      # one pass, no call per entry
+        if not any(b & _SPECIAL for b in bits):
             heads = taken if not any(mem.head_off.take(taken).tolist()) \
                 else mem.head_of(taken)
             mem.set_flag(heads, PG.referenced)
-            if flags & FOLL_WRITE:
+            if flags & FOLL_WRITE and 0 in bits:            # some entry is clean
                 clean = [j for j, e in enumerate(ptes) if not e & _DIRTY]
-                if clean:
-                    mem.set_flag(heads[clean], PG.dirty)
+                mem.set_flag(heads[clean], PG.dirty)
             return
     real = (pte & PTE.SPECIAL) == 0
     heads = mem.head_of(pfns[:n][real])

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from .alloc import Allocator, increasing
+from .memmap import add_at
 
 
 def folio_get(alloc: Allocator, head: int, n: int = 1) -> None:
@@ -30,13 +31,6 @@ def folio_put(alloc: Allocator, head: int, n: int = 1) -> bool:
     return False
 
 
-def unique_counts(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """np.unique(a, return_counts=True), without the sort when `a` is strictly increasing."""
-    if increasing(a):
-        return a, np.ones(len(a), dtype=np.int64)
-    return np.unique(a, return_counts=True)
-
-
 def folio_put_many(alloc: Allocator, heads: np.ndarray, counts: np.ndarray | None = None) -> int:
     """Drop references on many folios at once (counts default to 1 each); return how many freed.
 
@@ -45,8 +39,23 @@ def folio_put_many(alloc: Allocator, heads: np.ndarray, counts: np.ndarray | Non
     mem = alloc.mem
     if len(heads) == 0:
         return 0
+    if counts is None and not increasing(heads):
+        # repeats or out of order: count them with one unbuffered subtract instead of
+        # a sort (np.unique); only the folios that reach 0 need to be made unique
+        add_at(mem.refcount, heads, -1)
+        left = mem.refcount[heads]
+        if int(np.minimum.reduce(left)) > 0:
+            return 0
+        under = np.unique(heads[left < 0])
+        if len(under):
+            mem.warnings.warn_on_once(True, "folio_put: refcount underflow",
+                                      f"{len(under)} folios dropped below zero")
+            mem.refcount[under] = 0
+        dead = np.unique(heads[mem.refcount[heads] == 0])
+        alloc.free_folios(dead)
+        return len(dead)
     if counts is None:
-        uniq, cnt = unique_counts(heads)
+        uniq, cnt = heads, np.ones(len(heads), dtype=np.int64)
     else:
         uniq, inv = np.unique(heads, return_inverse=True)
         cnt = np.bincount(inv, weights=counts).astype(np.int64)

@@ -182,15 +182,16 @@ def _leaves(ep: EntryPoint, st: GupState, mm: MM, vma: VMA, i: int, start: int, 
     heads = firsts - mem.head_off.take(firsts)
     offs = starts - i
     pfn_runs = Runs(offs, firsts, n, 1, firsts.dtype)   # a leaf maps consecutive frames
-    if len(heads) > 1:                  # the PMD parts of one PUD leaf: one folio
+    hl = heads.tolist()
+    if len(set(hl)) != len(hl):         # the PMD parts of one PUD leaf: one folio
         first = np.empty(len(heads), dtype=bool)
         first[0] = True
         np.not_equal(heads[1:], heads[:-1], out=first[1:])
         offs, heads = offs[first], heads[first]
-    lengths = np.empty(len(offs), dtype=np.int64)
-    np.subtract(offs[1:], offs[:-1], out=lengths[:-1])
-    lengths[-1] = n - int(offs[-1])
-    hl, kinds = heads.tolist(), mem.kind.take(heads).tolist()
+        hl = heads.tolist()
+    ol = offs.tolist()
+    lengths = np.array([b - a for a, b in zip(ol, [*ol[1:], n], strict=True)], dtype=np.int64)
+    kinds = mem.kind.take(heads).tolist()
     refs = mem.refcount.take(heads).tolist()
     if min(mem.order.take(heads).tolist()) == 0 or len(set(hl)) != len(hl) \
             or min(refs) <= 0 or max(refs) >= _NO_WRAP - n \

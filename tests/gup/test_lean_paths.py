@@ -260,8 +260,8 @@ def _misused_thp_unpin() -> tuple[list[Any], list[bool]]:
     vec = PageArray(size // PAGE_SIZE)
     assert p.pin_user_pages_fast(a, len(vec), FOLL_WRITE, vec) == len(vec)
     trusted: list[bool] = []
-    check = k.sanitizer._folios_unchanged
-    k.sanitizer._folios_unchanged = lambda rec: trusted.append(check(rec)) or trusted[-1]
+    check = k.sanitizer.folios_unchanged
+    k.sanitizer.folios_unchanged = lambda rec: trusted.append(check(rec)) or trusted[-1]
     for page in vec.filled():
         k.put_page(page)
     p.munmap(a, size)
@@ -298,7 +298,7 @@ def test_unpin_reuses_the_runs_of_an_intact_pin() -> None:
     assert p.pin_user_pages_fast(a, len(vec), FOLL_WRITE, vec) == len(vec)
     rec = k.sanitizer.records[-1]
     assert rec.folio_runs is not None and len(rec.folio_runs[1]) == 2
-    assert k.sanitizer._folios_unchanged(rec)
+    assert k.sanitizer.folios_unchanged(rec)
     k.unpin_user_pages(vec)
     heads = rec.folio_runs[1]
     assert not k.mem.pincount[heads].any() and k.vmstat["nr_foll_pin_released"] == len(vec)

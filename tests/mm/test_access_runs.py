@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
+from shortcut import both_ways
 
 import gupsim
 import gupsim.mm.access as access
@@ -67,19 +68,7 @@ def _scenario(thp: str) -> Callable[[], tuple[object, ...]]:
 @pytest.mark.parametrize("thp", ["never", "always"])
 def test_a_multi_page_access_walks_as_one_walk_per_page(monkeypatch: pytest.MonkeyPatch,
                                                         thp: str) -> None:
-    run = _scenario(thp)
-    walked: list[int] = []
-    real = access.ready_run
-
-    def counted(*args: object) -> int:
-        n = real(*args)         # type: ignore[arg-type]
-        walked.append(n)
-        return n
-
-    monkeypatch.setattr(access, "ready_run", counted)
-    fast = run()
-    monkeypatch.setattr(access, "ready_run", lambda *args: 0)
-    slow = run()
+    fast, slow, walked = both_ways(monkeypatch, access, "ready_run", _scenario(thp), 0)
     assert fast == slow
     assert fast[0] == ["SegmentationFault", "SegmentationFault"]
     assert fast[-1] == []

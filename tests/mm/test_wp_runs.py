@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
+from shortcut import both_ways
 
 import gupsim
 import gupsim.gup.slow as slow
@@ -63,19 +64,8 @@ def _scenario(version: str | None, pin_flags: int, thp: bool
 def test_a_run_of_cow_faults_leaves_what_one_fault_per_page_leaves(
         monkeypatch: pytest.MonkeyPatch, version: str | None, pin_flags: int,
         thp: bool) -> None:
-    run = _scenario(version, pin_flags, thp)
-    calls: list[int] = []
-    real = slow.wp_copy_run
-
-    def counted(*args: object) -> int:
-        done = real(*args)      # type: ignore[arg-type]
-        calls.append(done)
-        return done
-
-    monkeypatch.setattr(slow, "wp_copy_run", counted)
-    fast = run()
-    monkeypatch.setattr(slow, "wp_copy_run", lambda *args: 0)
-    slow_ = run()
+    fast, slow_, calls = both_ways(monkeypatch, slow, "wp_copy_run",
+                                   _scenario(version, pin_flags, thp), 0)
     assert fast == slow_
     assert fast[0] == N + 8 and fast[8] == [] and fast[9] == []
     if pin_flags & FOLL_WRITE or version is None:

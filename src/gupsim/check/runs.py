@@ -14,6 +14,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+# GUP's folio runs of a pages array: (start index of each run, its folio's head PFN, its
+# length); GUP-fast hands them on through the pin's record to the unpin
+FolioRuns = tuple[np.ndarray, np.ndarray, np.ndarray]
+
 
 @dataclass(slots=True)
 class Runs:

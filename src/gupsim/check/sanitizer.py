@@ -28,7 +28,7 @@ from ..lean import SHORT, amax, lo_hi, same
 from ..memory import Kind, MemMap
 from ..memory.pagearray import NULL
 from ..warn import source_line, user_call_site
-from .runs import Runs
+from .runs import FolioRuns, Runs
 
 if TYPE_CHECKING:
     from ..mm import MM
@@ -39,9 +39,6 @@ _FREE = int(Kind.FREE)
 # what a new short record starts from: every entry held, none released (copied per record)
 _ONES = np.ones(SHORT, dtype=np.int8)
 _UNRELEASED = np.full(SHORT, -1, dtype=np.int32)
-
-
-FolioRuns = tuple[np.ndarray, np.ndarray, np.ndarray]   # (start index, head, length)
 
 
 @dataclass(eq=False, slots=True)
@@ -492,15 +489,15 @@ class PinSanitizer:
         pfns = pfns.astype(np.int64, copy=False)
         # the common case first, on the array as passed: a record's pages hold no NULL
         # and no zero page, and stay pinned while held, so filtering would change nothing
-        whole = self._held_whole(how, pfns)
+        whole = self.held_whole(how, pfns)
         as_passed = whole is not None
         if whole is None:
             pfns, _ = self._pins_only(pfns, how)
             if len(pfns) == 0:
                 return None
-            whole = self._held_whole(how, pfns)
+            whole = self.held_whole(how, pfns)
         if whole is not None:
-            runs = whole.folio_runs if as_passed and self._folios_unchanged(whole) else None
+            runs = whole.folio_runs if as_passed and self.folios_unchanged(whole) else None
             self.release_whole(whole)
             return runs
         site = user_call_site()
@@ -521,21 +518,12 @@ class PinSanitizer:
         self._retire()
         return None
 
-    def held_whole(self, how: str, pfns: np.ndarray) -> PinRecord | None:
-        """The held record of one call whose pages are exactly `pfns` (no NULL entry),
-        if there is one: its release is `release_whole()`. Changes nothing."""
-        return self._held_whole(how, pfns)
-
     def release_whole(self, rec: PinRecord) -> None:
         """A release call drops every entry of `rec` (from `held_whole()`) at once."""
         rec.release_all(self._new_release(user_call_site()))
         self._retire_one(rec)
 
     def folios_unchanged(self, rec: PinRecord) -> bool:
-        """Whether `rec`'s folio runs (if it has them) still describe its pages."""
-        return self._folios_unchanged(rec)
-
-    def _folios_unchanged(self, rec: PinRecord) -> bool:
         """Whether each folio of `rec`'s runs is still a folio head of the same order: its
         entries then still belong to it (a folio covers the frames from its head on), so
         the runs are what looking every page up again would give. A frame that is not a
@@ -551,10 +539,10 @@ class PinSanitizer:
         return bool(np.minimum.reduce(mem.kind[heads]) != _FREE
                     and np.array_equal(mem.order[heads], rec.folio_orders))
 
-    def _held_whole(self, how: str, pfns: np.ndarray) -> PinRecord | None:
+    def held_whole(self, how: str, pfns: np.ndarray) -> PinRecord | None:
         """The common case in O(n): the record of one call that still holds exactly
         these pages (found by its first page and length, whatever the number of
-        records); None if there is none."""
+        records); None if there is none. Changes nothing: `release_whole()` releases."""
         if len(pfns) == 0:
             return None
         for rec in reversed(self._whole.get((how, pfns.item(0), len(pfns)), ())):

@@ -39,10 +39,6 @@ from .state import PATH_FAST, GupCall, GupState, _state_of
 if TYPE_CHECKING:
     from .entry import EntryPoint
 
-_VM_ACCESS = int(VM.READ | VM.WRITE | VM.EXEC)
-_HAS_PINNED = int(MMF.HAS_PINNED)
-_PRESENT, _SPECIAL, _WRITE = int(PTE.PRESENT), int(PTE.SPECIAL), int(PTE.WRITE)
-_LEAF = int(PTE.PMD | PTE.PUD)
 _REFERENCED = int(PG.referenced)
 _ZERO, _HUGE_ZERO = int(Kind.ZERO), int(Kind.HUGE_ZERO)
 # the caller's flags the express path takes; anything else goes the general way
@@ -70,7 +66,7 @@ def gup_fast_express(ep: EntryPoint, proc: Any, start: object, nr_pages: object,
             or st.race_hooks and any(st.race_hooks.values()):
         return None
     vma = mm.find_vma(start)
-    if vma is None or start < vma.start or not int(vma.flags) & _VM_ACCESS:
+    if vma is None or start < vma.start or not vma.flags & VM.ACCESS_FLAGS:
         return None
     if (start & _PAGE_MASK) + (nr_pages << PAGE_SHIFT) > vma.end:
         return None                     # the range goes on into another VMA
@@ -92,7 +88,7 @@ def _one(ep: EntryPoint, st: GupState, mm: MM, vma: VMA, i: int, start: int,
     pte = vma.pte.item(i)       # .item(): a Python int, no numpy scalar in between
     write, longterm = gup_flags & FOLL_WRITE, gup_flags & FOLL_LONGTERM
     pin = ep.adds & FOLL_PIN
-    if not pte & _PRESENT or pte & _SPECIAL or (write or pin) and not pte & _WRITE:
+    if not pte & PTE.PRESENT or pte & PTE.SPECIAL or (write or pin) and not pte & PTE.WRITE:
         return None             # refused, or a read pin that may need unsharing first
     pfn = vma.pfn.item(i)
     head = pfn - mem.head_off.item(pfn)
@@ -137,8 +133,8 @@ def _short(ep: EntryPoint, st: GupState, mm: MM, vma: VMA, i: int, start: int, n
     with one array update."""
     mem = mm.mem
     pin = ep.adds & FOLL_PIN
-    need = _PRESENT | (_WRITE if gup_flags & FOLL_WRITE or pin else 0)
-    mask = need | _SPECIAL | _LEAF
+    need = PTE.PRESENT | (PTE.WRITE if gup_flags & FOLL_WRITE or pin else 0)
+    mask = need | PTE.SPECIAL | PTE.LEAF
     if vma.pte.item(i) & mask != need or \
             {e & mask for e in vma.pte[i:i + n].tolist()} != {need}:   # a set: one call
         return None
@@ -175,8 +171,8 @@ def _leaves(ep: EntryPoint, st: GupState, mm: MM, vma: VMA, i: int, start: int, 
     if starts is None:
         return None
     pin = ep.adds & FOLL_PIN
-    need = _PRESENT | (_WRITE if gup_flags & FOLL_WRITE or pin else 0)
-    if {e & (need | _SPECIAL) for e in vma.pte[starts].tolist()} != {need}:
+    need = PTE.PRESENT | (PTE.WRITE if gup_flags & FOLL_WRITE or pin else 0)
+    if {e & (need | PTE.SPECIAL) for e in vma.pte[starts].tolist()} != {need}:
         return None
     firsts = vma.pfn[starts].astype(np.int64)
     heads = firsts - mem.head_off.take(firsts)
@@ -235,7 +231,7 @@ def _allowed_flags(ep: EntryPoint, mem: MemMap, pages: PageArray, heads: list[in
 
 def _mark_pinned(mm: MM, pin: int) -> None:
     """MMF_HAS_PINNED, set by a pin before its walk (gup_fast_fallback())."""
-    if pin and not int(mm.flags) & _HAS_PINNED:
+    if pin and not mm.flags & MMF.HAS_PINNED:
         mm.flags |= MMF.HAS_PINNED
 
 

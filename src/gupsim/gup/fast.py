@@ -53,11 +53,7 @@ _ANON, _KSM, _SHMEM, _SECRETMEM = (int(k) for k in (Kind.ANON, Kind.KSM, Kind.SH
                                                    Kind.SECRETMEM))
 _FSDAX, _ZERO, _HUGE_ZERO = int(Kind.FSDAX), int(Kind.ZERO), int(Kind.HUGE_ZERO)
 _PG_HUGETLB, _PG_ANON_EXCLUSIVE = np.uint32(PG.hugetlb), np.uint32(PG.anon_exclusive)
-_VM_ACCESS = int(VM.READ | VM.WRITE | VM.EXEC)
-_HAS_PINNED = int(MMF.HAS_PINNED)
 _PMD_PAGES = 1 << PMD_ORDER
-_LEAF = int(PTE.PMD | PTE.PUD)
-_PRESENT, _WRITE, _SPECIAL = int(PTE.PRESENT), int(PTE.WRITE), int(PTE.SPECIAL)
 _NO_RUNS: Runs = (np.zeros(0, dtype=np.int64),) * 3
 
 
@@ -95,7 +91,7 @@ def _fast_checks(env: MMEnv, vma: VMA, i0: int, i1: int, flags: int,
     pte = vma.pte[where].astype(np.int64)
     pfn = vma.pfn[where]
     grab = ((pte & PTE.PRESENT) != 0) & ((pte & PTE.SPECIAL) == 0)
-    if not vma.flags & _VM_ACCESS:
+    if not vma.flags & VM.ACCESS_FLAGS:
         grab[:] = False                     # PROT_NONE: protnone entries end the walk
     writable = (pte & PTE.WRITE) != 0
     if flags & FOLL_WRITE:
@@ -129,7 +125,7 @@ def _fast_checks_small(env: MMEnv, vma: VMA, i0: int, i1: int, flags: int,
     is refused (the vectorised checks then decide how far the walk got, so the order of
     the tests here does not matter). The same tests; a test compares the two."""
     mem = env.mem
-    if not int(vma.flags) & _VM_ACCESS:         # int(): no enum operation
+    if not vma.flags & VM.ACCESS_FLAGS:
         return None
     write, pin, longterm = flags & FOLL_WRITE, flags & FOLL_PIN, flags & FOLL_LONGTERM
     where = slice(i0, i1) if at is None else at
@@ -202,11 +198,11 @@ def leaf_starts(vma: VMA, i0: int, i1: int) -> np.ndarray | None:
     if (i1 - first) // _PMD_PAGES < SMALL_LEAVES:   # a few leaves: plain ints
         firsts = range(first, i1, _PMD_PAGES)
         starts = np.array(firsts if first == i0 else [i0, *firsts], dtype=np.int64)
-        return starts if 0 not in [e & _LEAF for e in vma.pte[starts].tolist()] else None
+        return starts if 0 not in [e & PTE.LEAF for e in vma.pte[starts].tolist()] else None
     starts = np.arange(first, i1, _PMD_PAGES, dtype=np.int64)
     if first != i0:
         starts = np.concatenate(([i0], starts))
-    return None if ((vma.pte[starts] & _LEAF) == 0).any() else starts
+    return None if ((vma.pte[starts] & PTE.LEAF) == 0).any() else starts
 
 
 def _checked_runs(env: MMEnv, vma: VMA, i0: int, i1: int, flags: int
@@ -218,8 +214,8 @@ def _checked_runs(env: MMEnv, vma: VMA, i0: int, i1: int, flags: int
     pfns = vma.pfn[i0:i1]
     if lean.ENABLED:                    # refused at its first entry: no folio is looked at
         entry = vma.pte.item(i0)
-        if not entry & _PRESENT or entry & _SPECIAL or flags & FOLL_WRITE and not \
-                entry & _WRITE or not int(vma.flags) & _VM_ACCESS:
+        if not entry & PTE.PRESENT or entry & PTE.SPECIAL or flags & FOLL_WRITE and not \
+                entry & PTE.WRITE or not vma.flags & VM.ACCESS_FLAGS:
             return 0, 0, pfns, _NO_RUNS
     heads = _fast_checks_small(env, vma, i0, i1, flags) \
         if lean.ENABLED and i1 - i0 <= SMALL_WALK else None
@@ -356,7 +352,7 @@ def gup_fast_fallback(env: MMEnv, mm: MM, start: int, nr_pages: int, gup_flags: 
                                  " is not supported by the fast entry points"):
         note_gup(mem, path=PATH_INVALID)
         return -EINVAL
-    if gup_flags & FOLL_PIN and not int(mm.flags) & _HAS_PINNED:   # int(): no enum op
+    if gup_flags & FOLL_PIN and not mm.flags & MMF.HAS_PINNED:
         mm.flags |= MMF.HAS_PINNED
     start = (start % _U64) & ~(PAGE_SIZE - 1)
     length = ((nr_pages % _U64) << PAGE_SHIFT) % _U64

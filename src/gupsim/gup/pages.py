@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..check.runs import FolioRuns
 from ..memory import MemMap, Page, PageArray
 from ..memory.pagearray import NULL, pfns_of, store_pfns
 
 Pages = list[Page | None] | PageArray
-FolioRuns = tuple[np.ndarray, np.ndarray, np.ndarray]   # (start index, head PFN, length)
 
 
 class PagesOut:

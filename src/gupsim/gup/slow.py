@@ -61,8 +61,6 @@ from .state import race_point
 
 # lookup outcomes of follow_range()
 OK, ABSENT, UNSHARE, NOPAGE, DUMP_FAULT = 0, 1, 2, 3, 4
-_PRESENT, _WRITE, _SPECIAL = int(PTE.PRESENT), int(PTE.WRITE), int(PTE.SPECIAL)
-_DIRTY = int(PTE.DIRTY)
 _MAX_FAULT_RETRIES = 8
 
 
@@ -145,13 +143,13 @@ def follow_range(env: MMEnv, vma: VMA, i0: int, i1: int, flags: int
     write = bool(flags & FOLL_WRITE)
     # the usual answer first: every entry present, not special, and writable where a
     # write or a read pin (which may need unsharing otherwise) asks for it: all OK
-    need = _PRESENT | (_WRITE if write or flags & FOLL_PIN else 0)
+    need = PTE.PRESENT | (PTE.WRITE if write or flags & FOLL_PIN else 0)
     if not lean.ENABLED:
         all_ok = False
     elif len(pte) <= lean.SHORT:
-        all_ok = {e & (need | _SPECIAL) for e in pte.tolist()} == {need}   # no call per entry
+        all_ok = {e & (need | PTE.SPECIAL) for e in pte.tolist()} == {need}   # no call per entry
     else:
-        all_ok = not np.count_nonzero((pte & (need | _SPECIAL)) != need)
+        all_ok = not np.count_nonzero((pte & (need | PTE.SPECIAL)) != need)
     if all_ok:
         return np.zeros(len(pte), dtype=np.int8), pfn
     present = (pte & PTE.PRESENT) != 0
@@ -238,13 +236,13 @@ def _touch(env: MMEnv, vma: VMA, i0: int, n: int, pfns: np.ndarray, flags: int) 
     pte = vma.pte[i0:i0 + n]
     if lean.ENABLED and n <= lean.SHORT:            # plain ints, one flag update each
         ptes, taken = pte.tolist(), pfns[:n]
-        bits = {e & (_SPECIAL | _DIRTY) for e in ptes}      # one pass, no call per entry
-        if not any(b & _SPECIAL for b in bits):
+        bits = {e & (PTE.SPECIAL | PTE.DIRTY) for e in ptes}      # one pass, no call per entry
+        if not any(b & PTE.SPECIAL for b in bits):
             heads = taken if not any(mem.head_off.take(taken).tolist()) \
                 else mem.head_of(taken)
             mem.set_flag(heads, PG.referenced)
             if flags & FOLL_WRITE and 0 in bits:            # some entry is clean
-                clean = [j for j, e in enumerate(ptes) if not e & _DIRTY]
+                clean = [j for j, e in enumerate(ptes) if not e & PTE.DIRTY]
                 mem.set_flag(heads[clean], PG.dirty)
             return
     real = (pte & PTE.SPECIAL) == 0

@@ -24,6 +24,7 @@ class VM:
     READ = 0x1
     WRITE = 0x2
     EXEC = 0x4
+    ACCESS_FLAGS = READ | WRITE | EXEC      # VM_ACCESS_FLAGS: none of them is PROT_NONE
     SHARED = 0x8
     MAYREAD = 0x10
     MAYWRITE = 0x20
@@ -71,6 +72,7 @@ class PTE:
     MARKER = 1 << 10      # not present; guard marker
     SWP_EXCLUSIVE = 1 << 11  # swap entry of a page that was anon-exclusive when swapped out
     MKDIRTY = DIRTY | SOFT_DIRTY   # what pte_mkdirty() sets (x86, CONFIG_MEM_SOFT_DIRTY)
+    LEAF = PMD | PUD               # part of a huge (PMD or PUD) leaf
     # any entry but none and a present small page: a range whose OR has none of these
     # needs no huge, special, swap or marker pass
     NOT_SMALL = PMD | PUD | SPECIAL | SWAP | HWPOISON | MARKER

@@ -84,13 +84,18 @@ def test_the_short_fork_path_leaves_what_the_general_one_leaves(
         monkeypatch: pytest.MonkeyPatch, version: str | None) -> None:
     run = _scenario(version)
     taken: list[int] = []
-    real = fork._copy_small_pages
+    real, real_batch = fork._copy_small_pages, fork._copy_small_batch
 
     def counted(*args: object) -> None:
         taken.append(1)
         real(*args)             # type: ignore[arg-type]
 
+    def counted_batch(env: object, src_mm: object, dst_mm: object, batch: list[object]) -> None:
+        taken.extend([1] * len(batch))
+        real_batch(env, src_mm, dst_mm, batch)  # type: ignore[arg-type]
+
     monkeypatch.setattr(fork, "_copy_small_pages", counted)
+    monkeypatch.setattr(fork, "_copy_small_batch", counted_batch)
     fast = run()
     monkeypatch.setattr(fork, "_NOT_SMALL", 0xFFFF)      # every VMA: the general path
     general = run()
@@ -98,3 +103,47 @@ def test_the_short_fork_path_leaves_what_the_general_one_leaves(
     assert fast[-2] == [] and fast[7] == []
     assert len(taken) >= 4, "the short path was never taken: the test compares nothing"
     assert np.frombuffer(fast[4], dtype=np.int32).max() >= 3    # pages of three processes
+
+
+def test_a_batched_fork_that_runs_out_of_memory_leaves_the_parent_as_the_per_vma_one(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """VMAs with pinned pages to copy between plain ones (in address order: plain, one page
+    to copy, plain, four to copy, plain) with three free frames: the second copy runs out of
+    memory. Batched (gupsim.lean on) or VMA by VMA, the parent ends the same: the VMAs
+    before it write-protected and shared, the rest untouched, every count restored."""
+    def run() -> tuple[object, ...]:
+        k = gupsim.Kernel(memory="64MiB")
+        p = k.spawn("parent")
+        areas = [p.mmap(0, 16 * PAGE_SIZE, RW, ANON | MAP_POPULATE) for _ in range(5)]
+        vecs = []
+        for a in (areas[3], areas[1]):          # mmap goes down: areas[4] is the lowest
+            vec = gupsim.PageArray(4 if a == areas[1] else 1)
+            assert p.pin_user_pages_fast(a, len(vec), FOLL_WRITE | FOLL_LONGTERM, vec) \
+                == len(vec)
+            vecs.append(vec)
+        free = k.alloc.nr_free_pages()
+        hog = [k.alloc.alloc_frames(0, movable=False) for _ in range(free - 3)]
+        with pytest.raises(OSError) as e:
+            p.fork()
+        mem = k.mem
+        state = (e.value.errno, [v.pte.tolist() for v in p.mm.vmas], p.mm.rss,
+                 sorted(mem.vmstat.items()), mem.mapcount[:mem.nr_pages].tobytes(),
+                 mem.refcount[:mem.nr_pages].tobytes(), mem.flags[:mem.nr_pages].tobytes(),
+                 len(k.processes), k.check())
+        for pfn in hog:
+            k.alloc.free_folio(pfn)
+        for vec in vecs:
+            k.unpin_user_pages(vec)
+        return state
+
+    batched = run()
+    monkeypatch.setattr(gupsim.lean, "ENABLED", False)
+    per_vma = run()
+    assert batched == per_vma
+    ptes = batched[1]
+    assert isinstance(ptes, list)
+    writable = [sum(1 for e in vma if e & int(fork.PTE.WRITE)) for vma in ptes]
+    # write-protected before the failing VMA (but the pinned pages, which the child got
+    # copies of), the failing one as far as it got (its pinned pages), the last untouched
+    assert writable == [0, 1, 0, 4, 16]
+

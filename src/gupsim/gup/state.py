@@ -163,6 +163,7 @@ def register_machine(env: MMEnv) -> GupState:
         from .slow import register_populate  # here: slow.py imports this module
         register_populate(env)
         env.race_hook = functools.partial(race_point, env.mem)
+        env.race_pending = functools.partial(race_pending, env.mem)
     return st
 
 

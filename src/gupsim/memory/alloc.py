@@ -117,11 +117,13 @@ class BuddyRegion:
         self._push(pfn, order)
 
 
-def runs(idx: np.ndarray) -> list[tuple[int, int]]:
-    """Ascending integers as [start, end) runs of consecutive ones."""
+def runs(idx: np.ndarray, cut: np.ndarray | None = None) -> list[tuple[int, int]]:
+    """Ascending integers as [start, end) runs of consecutive ones (`cut`: where runs
+    start after the first, if the caller has computed it)."""
     if len(idx) == 0:
         return []
-    cut = (np.diff(idx) != 1).nonzero()[0] + 1
+    if cut is None:
+        cut = (np.diff(idx) != 1).nonzero()[0] + 1
     starts = idx[np.concatenate(([0], cut))]
     ends = idx[np.concatenate((cut - 1, [len(idx) - 1]))] + 1
     return list(zip(starts.tolist(), ends.tolist(), strict=True))
@@ -133,8 +135,16 @@ def aligned_blocks(pfns: np.ndarray) -> list[tuple[int, int]]:
     as one block each. Run by run, each cut from its start into the largest aligned
     block that fits (the same blocks as taking the largest orders first: a block is
     taken exactly when it lies in the run and its parent block does not)."""
+    if len(pfns) == 0:
+        return []
+    cut = np.flatnonzero(np.diff(pfns) != 1) + 1
+    if len(cut) == len(pfns) - 1:       # no two frames adjacent (COW copies, scattered)
+        return [(pfn, 0) for pfn in pfns.tolist()]
     out: list[tuple[int, int]] = []
-    for start, end in runs(pfns):
+    for start, end in runs(pfns, cut):
+        if end - start == 1:
+            out.append((start, 0))
+            continue
         while start < end:
             order = min(MAX_PAGE_ORDER, (end - start).bit_length() - 1,
                         (start & -start).bit_length() - 1 if start else MAX_PAGE_ORDER)

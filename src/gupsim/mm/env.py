@@ -128,6 +128,7 @@ class MMEnv:
     faultin_hook: FaultinHook | None = None
     # race points inside mm/ (fork), run by the pinning layer's hooks (`k.gup.on_race`)
     race_hook: Callable[..., bool] | None = None
+    race_pending: Callable[[str], bool] | None = None   # a callback waits at this point?
 
     @property
     def era(self) -> Era:

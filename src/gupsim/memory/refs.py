@@ -43,15 +43,17 @@ def folio_put_many(alloc: Allocator, heads: np.ndarray, counts: np.ndarray | Non
         # repeats or out of order: count them with one unbuffered subtract instead of
         # a sort (np.unique); only the folios that reach 0 need to be made unique
         add_at(mem.refcount, heads, -1)
-        left = mem.refcount[heads]
-        if int(np.minimum.reduce(left)) > 0:
+        left = mem.refcount[heads]          # each entry reads its folio's final count
+        lowest = int(np.minimum.reduce(left))
+        if lowest > 0:
             return 0
-        under = np.unique(heads[left < 0])
-        if len(under):
+        if lowest < 0:
+            under = np.unique(heads[left < 0])
             mem.warnings.warn_on_once(True, "folio_put: refcount underflow",
                                       f"{len(under)} folios dropped below zero")
             mem.refcount[under] = 0
-        dead = np.unique(heads[mem.refcount[heads] == 0])
+            left = np.maximum(left, 0)
+        dead = np.unique(heads[left == 0])
         alloc.free_folios(dead)
         return len(dead)
     if counts is None:

@@ -179,6 +179,8 @@ def try_grab_pfns(mem: MemMap, pfns: np.ndarray, flags: int) -> int:
 
     Returns how many entries were grabbed (a prefix); -ENOMEM if the first one failed.
     """
+    if _grab_short_order0(mem, pfns, flags):
+        return len(pfns)
     starts, heads, lengths = folio_runs(mem, pfns)
     counts = mem.refcount[heads]
     bad = (counts <= 0).nonzero()[0] if len(counts) and amin(counts) <= 0 else _NONE
@@ -190,6 +192,30 @@ def try_grab_pfns(mem: MemMap, pfns: np.ndarray, flags: int) -> int:
             return -ENOMEM
     _add_refs(mem, heads[:nruns], lengths[:nruns], flags)
     return int(starts[nruns]) if nruns < len(heads) else len(pfns)
+
+
+def _grab_short_order0(mem: MemMap, pfns: np.ndarray, flags: int) -> bool:
+    """try_grab_pfns() of a few distinct order-0 folios that all take the grab without
+    wrapping, the zero page not among them (a slow-path pin of a few pages, usually): one
+    array update, what `_add_refs()` does for them. False, with nothing changed, for any
+    other call."""
+    n = len(pfns)
+    if not lean.ENABLED or not 0 < n <= lean.SHORT or not flags & (FOLL_GET | FOLL_PIN) \
+            or mem.zero_pfn < 0:
+        return False
+    pl = pfns.tolist()
+    if any(mem.head_off.take(pfns).tolist()) or any(mem.order.take(pfns).tolist()) \
+            or mem.zero_pfn in pl or len(set(pl)) != n:
+        return False
+    bias = flags & FOLL_PIN and not flags & FOLL_GET and mem.era.has("pin-counting-bias")
+    add = GUP_PIN_COUNTING_BIAS if bias else 1
+    rcs = mem.refcount.take(pfns).tolist()
+    if min(rcs) <= 0 or max(rcs) >= _S32 - add:
+        return False
+    mem.refcount[pfns] += mem.refcount.dtype.type(add)     # distinct: no add.at needed
+    if bias and mem.era.has("nr-foll-pin-vmstat"):
+        mem.vmstat[ACQUIRED] += n
+    return True
 
 
 def try_grab_pfns_fast(mem: MemMap, pfns: np.ndarray, flags: int,

@@ -279,6 +279,16 @@ def test_fork_write_protects_the_parents_private_vma(p):
     assert not pte(p, a)[0] & PTE.WRITE
 
 
+def test_fork_notifies_a_private_vma_made_read_only_too(p):
+    """is_cow_mapping() reads VM_MAYWRITE, not VM_WRITE: an mprotect(PROT_READ) private
+    mapping is still a COW mapping, and fork still invalidates it."""
+    a = region(p, 4)
+    p.mprotect(a, 4 * P, PROT_READ)
+    sub, m, seq = watch(p, a, 4 * P)
+    p.fork()
+    saw(p, sub, m, seq, MMU_NOTIFY_PROTECTION_PAGE, a, a + 4 * P)
+
+
 def test_fork_leaves_shared_mappings_alone(p):
     a = region(p, 4, MAP_SHARED | MAP_ANONYMOUS)
     sub, m, seq = watch(p, a, 4 * P)

@@ -87,3 +87,19 @@ def test_the_summary_names_the_documented_flags() -> None:
     flags = {case: f for case, _, f, _ in WHICH_CASE}
     assert flags["1"] == flags["5"] == "FOLL_PIN"
     assert flags["2"] == "FOLL_PIN | FOLL_LONGTERM" and flags["4"] == "FOLL_GET"
+
+
+def test_a_regression_in_a_real_driver_fails_its_step_and_exits_1(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The self-checks judge what the model does, not a flag set by hand: a mirror that
+    stops erasing its entries on invalidation makes case 3's right driver read stale
+    data after fork and COW, and the command fails naming that step."""
+    from gupsim.drivers.hmm_mirror import Dmirror
+
+    monkeypatch.setattr(Dmirror, "_do_update", lambda self, start, end: None)
+    out = CliRunner().invoke(main, ["cases", "-k", "3", "--json"])
+    assert out.exit_code == 1, out.output
+    (case,) = json.loads(out.stdout)["cases"]
+    failed = [s["title"] for s in case["right"] if not s["ok"]]
+    assert failed and failed[0].startswith("fork(), the parent writes (COW)"), failed
+    assert all(s["ok"] for s in case["wrong"])   # the twin still fails as it should

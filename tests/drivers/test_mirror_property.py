@@ -1,8 +1,9 @@
 """Property: random mm operations interleaved with device accesses never leave a device
 mapping that points at a frame the process no longer maps (drivers/mirror_frames.py),
-for every notifier driver (dmirror, RDMA ODP, the pinning userptr), and what the
-device reads is what the CPU reads; Hypothesis finds a violating program for each
-wrong twin (the mirror ignoring invalidations, the UNSYNCHRONIZED userptr).
+for every notifier driver (dmirror, RDMA ODP, the pinning userptr, KVM's secondary
+MMU), and what the device reads is what the CPU reads; Hypothesis finds a violating
+program for each wrong twin (the mirror ignoring invalidations, the UNSYNCHRONIZED
+userptr, a KVM whose invalidate_range_start does not zap).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from gupsim import (
     PROT_WRITE,
 )
 from gupsim.drivers.hmm_mirror import DmirrorDevice, dmirror_open
+from gupsim.drivers.kvm import kvm_create_vm
 from gupsim.drivers.mirror_frames import check_device_mappings
 from gupsim.drivers.rdma import (
     IB_ACCESS_LOCAL_WRITE,
@@ -94,6 +96,25 @@ class Harness:
 
             def wr(i: int, b: bytes) -> int:
                 return dev.dma_write(mr.rkey, self.a + i * P, b)
+        elif kind in ("kvm", "kvm-nozap"):
+            vm = kvm_create_vm(self.k, self.p)
+            assert vm.set_user_memory_region(0, 0, N * P, self.a) == 0
+            if kind == "kvm-nozap":     # invalidate_range_start zaps nothing
+                vm.kvm_unmap_gfn_range = lambda slot, i0, i1: 0  # type: ignore[method-assign]
+            self.holder = vm
+
+            def rd(i: int) -> bytes | int:
+                try:
+                    return vm.guest_read(i * P, 1)
+                except OSError as e:        # KVM_RUN fails: nothing mapped there
+                    return -e.errno
+
+            def wr(i: int, b: bytes) -> int:
+                try:
+                    vm.guest_write(i * P, b)
+                except OSError as e:
+                    return -e.errno
+                return 0
         else:
             obj = i915_gem_userptr_ioctl(self.k, self.p, self.a, N * P,
                                          I915_USERPTR_UNSYNCHRONIZED if kind == "userptr-unsync"
@@ -193,6 +214,14 @@ def test_userptr_keeps_the_invariant(ops: list[tuple[Any, ...]]) -> None:
     assert run("userptr", ops) == []
 
 
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(programs)
+def test_kvm_keeps_the_invariant(ops: list[tuple[Any, ...]]) -> None:
+    """KVM's secondary page table (FOLL_GET lookups, zapped in invalidate_range_start):
+    the same, and the guest loads what the VMM's CPU reads."""
+    assert run("kvm", ops) == []
+
+
 def test_hypothesis_finds_the_mirror_that_ignores_invalidation() -> None:
     """A short program breaks the wrong mirror; the same program is fine for the right one."""
     ops = find(programs, lambda ops: bool(run("dmirror-ignore", ops)),
@@ -206,3 +235,10 @@ def test_hypothesis_finds_the_unsynchronized_userptr() -> None:
     ops = find(programs, lambda ops: bool(run("userptr-unsync", ops)),
                settings=settings(max_examples=500, deadline=None, database=None))
     assert run("userptr-unsync", ops) and run("userptr", ops) == []
+
+
+def test_hypothesis_finds_the_kvm_that_does_not_zap() -> None:
+    """Likewise for a KVM whose invalidate_range_start leaves its entries in place."""
+    ops = find(programs, lambda ops: bool(run("kvm-nozap", ops)),
+               settings=settings(max_examples=500, deadline=None, database=None))
+    assert run("kvm-nozap", ops) and run("kvm", ops) == []

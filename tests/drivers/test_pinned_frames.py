@@ -1,8 +1,11 @@
 """The invariant of every pinning driver: no pinned frame is ever freed or migrated.
 
-Each driver (RDMA umem, VFIO container, GPU host region) pins a buffer, then the memory
-manager does what it does to memory behind a device's back; the frames the driver holds
-must stay the same allocated, pinned folios until the driver lets go. The checker itself
+Each long-term driver (RDMA umem, VFIO container, GPU host region, io_uring fixed
+buffers, io_uring's NO_MMAP rings and provided-buffer ring, an AF_XDP UMEM) pins a
+buffer, then the memory manager does what it does to memory behind a device's back;
+the frames the driver holds must stay the same allocated, pinned folios until the
+driver lets go (the userptr variant is checked in test_userptr_odp.py); the short-term
+pinners (Direct IO, case 5's pin-and-write) keep theirs for the whole transfer. The checker itself
 is shown to fail on holders that break the rule.
 """
 
@@ -12,10 +15,13 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
-from drivers_helpers import anon_buffer, held
+from drivers_helpers import anon_buffer, held, mapped_pfn
 
 from gupsim import MADV_DONTNEED, MADV_PAGEOUT, PAGE_SIZE, Kernel, PageArray, Process
+from gupsim.drivers.direct_io import dio_read
 from gupsim.drivers.gpu import GpuDevice, gpu_host_register, gpu_host_unregister
+from gupsim.drivers.io_uring import IoRing
+from gupsim.drivers.kernel_write import pin_and_write
 from gupsim.drivers.pinned_frames import PinnedFrameWatch
 from gupsim.drivers.rdma import (
     IB_ACCESS_LOCAL_WRITE,
@@ -26,6 +32,7 @@ from gupsim.drivers.rdma import (
     ibv_reg_mr,
 )
 from gupsim.drivers.vfio import VfioContainer
+from gupsim.drivers.xdp import XdpSocket
 from gupsim.mm.reclaim import compact_range
 
 N = 8
@@ -49,6 +56,25 @@ def gpu(k: Kernel, p: Process, a: int) -> tuple[object, Callable[[], None]]:
     return region, lambda: gpu_host_unregister(region)
 
 
+def uring_buffers(k: Kernel, p: Process, a: int) -> tuple[object, Callable[[], None]]:
+    ring = IoRing(k, p)
+    ring.register_buffers([(a, N * PAGE_SIZE)])
+    return ring, ring.close
+
+
+def uring_user_memory(k: Kernel, p: Process, a: int) -> tuple[object, Callable[[], None]]:
+    """IORING_SETUP_NO_MMAP rings in pages 0-1, a provided-buffer ring in pages 2-5."""
+    ring = IoRing(k, p, user_memory=(a + PAGE_SIZE, a))
+    ring.register_pbuf_ring(a + 2 * PAGE_SIZE, 1024, bgid=1)     # 16 bytes an entry
+    return ring, ring.close
+
+
+def xdp(k: Kernel, p: Process, a: int) -> tuple[object, Callable[[], None]]:
+    sock = XdpSocket(k, p)
+    sock.umem_reg(a, N * PAGE_SIZE)
+    return sock, lambda: (sock.close(), k.flush_scheduled_work())
+
+
 def around(k: Kernel, pfns: np.ndarray) -> tuple[int, int]:
     return max(0, int(pfns.min()) - 64), min(k.mem.nr_pages, int(pfns.max()) + 64)
 
@@ -65,7 +91,9 @@ OPS: dict[str, Callable[[Kernel, Process, int, np.ndarray], None]] = {
 
 
 @pytest.mark.parametrize("op", list(OPS))
-@pytest.mark.parametrize("driver", [rdma, vfio, gpu], ids=["rdma", "vfio", "gpu"])
+@pytest.mark.parametrize("driver", [rdma, vfio, gpu, uring_buffers, uring_user_memory, xdp],
+                         ids=["rdma", "vfio", "gpu", "io_uring buffers", "io_uring rings",
+                              "af_xdp"])
 def test_no_pinned_frame_is_freed_or_migrated(k: Kernel, driver, op: str) -> None:
     """Whatever the operation, the driver's frames are unchanged and still pinned, and
     the device still reads what was there; the release then frees what nothing maps."""
@@ -75,11 +103,43 @@ def test_no_pinned_frame_is_freed_or_migrated(k: Kernel, driver, op: str) -> Non
     watch = PinnedFrameWatch(k)
     watch.watch(holder)
     frames = holder.pinned_pfns().copy()
+    assert len(frames) and held(k) == len(frames), "the driver pins what it claims"
     OPS[op](k, p, a, frames)
     assert watch.violations() == []
     assert all(k.dma_read(k.page(int(f)), PAGE_SIZE - 1, 1) == b"d" for f in frames)
     release()
     assert watch.violations() == [] and held(k) == 0 and k.check() == []
+
+
+SHORT_TERM: dict[str, Callable[[Kernel, Process, int, Callable[[], None]], int]] = {
+    "direct IO read": lambda k, p, a, window: dio_read(
+        k, p, k.fs("ext4").create("data", N * PAGE_SIZE), a, N * PAGE_SIZE,
+        while_held=window),
+    "case 5 pin_and_write": lambda k, p, a, window: pin_and_write(
+        k, a, b"K" * N * PAGE_SIZE, current=p, while_held=window),
+}
+
+
+@pytest.mark.parametrize("op", list(OPS))
+@pytest.mark.parametrize("driver", list(SHORT_TERM))
+def test_short_term_pins_hold_their_frames_for_the_whole_window(k: Kernel, driver: str,
+                                                                op: str) -> None:
+    """Case 1 and case 5 pin only for one transfer; while it runs, whatever mm does
+    leaves the pinned frames allocated, unmoved and pinned, and afterwards nothing is held."""
+    p = k.spawn("app", uid=1000, caps=set(), rlimit_memlock=64 << 20)
+    a = anon_buffer(p, N, b"d")
+    seen: list[str] = []
+
+    def window() -> None:
+        frames = np.array([mapped_pfn(p, a + i * PAGE_SIZE) for i in range(N)])
+        watch = PinnedFrameWatch(k)
+        watch.watch(FakeHolder(frames), driver)
+        seen.append(f"held {held(k)}")
+        OPS[op](k, p, a, frames)
+        seen.extend(watch.violations())
+
+    assert SHORT_TERM[driver](k, p, a, window) == N * PAGE_SIZE
+    assert seen == [f"held {N}"] and held(k) == 0 and k.check() == []
 
 
 def test_two_drivers_on_the_same_buffer_need_both_their_pins(k: Kernel) -> None:

@@ -95,6 +95,7 @@ def test_the_model_swaps_anonymous_pages_out_when_the_case_needs_swap() -> None:
         system.close()
 
 
+@pytest.mark.host
 def test_the_pageout_case_agrees_on_the_host_with_a_temporary_swap_file() -> None:
     caps = host_capabilities()
     for need in ("kvm", "swap", "stat_refresh"):

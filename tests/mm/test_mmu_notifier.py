@@ -518,6 +518,23 @@ def test_the_lookup_visits_a_logarithmic_part_of_the_tree():
     assert costs[1] < 3 * costs[0], costs
 
 
+def test_an_mm_path_finds_its_subscriptions_without_a_scan():
+    """End to end: MADV_DONTNEED of one page costs about the same Python with 200 or
+    20000 subscriptions elsewhere on the mm (the invalidation asks the tree)."""
+    costs = []
+    for n in (200, 20000):
+        p = gupsim.Kernel(memory="64MiB").spawn("app")
+        a = region(p, 2)
+        for i in range(n):
+            assert mmu_interval_notifier_insert(MmuIntervalNotifier(), p.mm,
+                                                0x100000 + i * 2 * P, P, Mirror()) == 0
+        _, near, _ = watch(p, a, P)
+        p.madvise(a + P, P, MADV_DONTNEED)              # warm up the path's imports
+        costs.append(_lines_run(lambda p=p, a=a: p.madvise(a, P, MADV_DONTNEED)))
+        assert len(near.calls) == 1
+    assert costs[1] < 2 * costs[0], costs
+
+
 def test_classic_ops_are_all_optional(p):
     """A notifier whose ops define only release (any object will do) is skipped elsewhere."""
     a = region(p)

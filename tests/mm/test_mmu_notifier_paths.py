@@ -197,6 +197,19 @@ def test_madv_pageout_of_a_lazyfree_page_discards_it_under_clear(p):
     assert pte(p, a)[0] == 0 and p.read(a, 1) == b"\0"
 
 
+def test_madv_pageout_of_file_pages_unmaps_them_under_clear(k, p):
+    """Reclaim of page cache pages also unmaps through try_to_unmap (MMU_NOTIFY_CLEAR)."""
+    f = k.fs("ext4").create("data", 2 * P)
+    a = p.mmap(0, 2 * P, RW, MAP_SHARED, fd=f)
+    p.write(a, b"f")
+    p.write(a + P, b"g")
+    sub, m, seq = watch(p, a, 2 * P)
+    p.madvise(a, 2 * P, MADV_PAGEOUT)
+    saw(p, sub, m, seq, MMU_NOTIFY_CLEAR, a, a + P)
+    saw(p, sub, m, seq, MMU_NOTIFY_CLEAR, a + P, a + 2 * P)
+    assert pte(p, a)[0] == 0 and p.read(a + P, 1) == b"g"
+
+
 def test_madv_cold_changes_no_pte_and_notifies_nothing(p):
     """The kernel's MADV_COLD only ages (clears accessed bits) without notifiers."""
     a = region(p, 4)
@@ -264,6 +277,16 @@ def test_fork_write_protects_the_parents_private_vma(p):
     p.fork()
     saw(p, sub, m, seq, MMU_NOTIFY_PROTECTION_PAGE, a, a + 8 * P)
     assert not pte(p, a)[0] & PTE.WRITE
+
+
+def test_fork_notifies_a_private_vma_made_read_only_too(p):
+    """is_cow_mapping() reads VM_MAYWRITE, not VM_WRITE: an mprotect(PROT_READ) private
+    mapping is still a COW mapping, and fork still invalidates it."""
+    a = region(p, 4)
+    p.mprotect(a, 4 * P, PROT_READ)
+    sub, m, seq = watch(p, a, 4 * P)
+    p.fork()
+    saw(p, sub, m, seq, MMU_NOTIFY_PROTECTION_PAGE, a, a + 4 * P)
 
 
 def test_fork_leaves_shared_mappings_alone(p):
@@ -415,9 +438,13 @@ def test_collapse_clears_the_pmd_range(k, p):
 def test_exit_releases_then_unmaps_everything(p):
     a = region(p, 4)
     sub, m, seq = watch(p, a, 4 * P)
+    mm = p.mm
     p.exit()
     saw_calls = m.events()
     assert saw_calls == [(MMU_NOTIFY_RELEASE, 0, ULONG_MAX), (MMU_NOTIFY_UNMAP, 0, ULONG_MAX)]
+    assert all(c.cur_seq % 2 == 1 and c.mm_seq == c.cur_seq for c in m.calls)
+    assert m.calls[1].cur_seq > m.calls[0].cur_seq      # two invalidations, one after the other
+    assert mm.notifier_subscriptions.invalidate_seq % 2 == 0
     assert mmu_interval_read_retry(sub, seq)
     mmu_interval_notifier_remove(sub)
 

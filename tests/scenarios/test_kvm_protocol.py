@@ -77,3 +77,38 @@ def test_a_second_vm_replaces_the_first(system: System) -> None:
     assert p.kvm_guest_read(0, 1).value == b"\x02"
     assert p.kvm_guest_read(PAGE_SIZE, 1).value == b"\x02"
     assert all(s.acquired == 0 and s.released == 0 for s in system.trace.steps)
+
+
+def test_without_dev_kvm_every_kvm_case_is_skipped_with_the_reason(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A host where /dev/kvm cannot be opened: the probe says why, and `gupsim live`
+    records each KVM catalogue case as skipped on the host with that reason, while the
+    model side still runs and meets the documented outcome."""
+    import os
+
+    from gupsim.live import capabilities, kvm
+    from gupsim.scenarios import host
+    from gupsim.scenarios.catalogue import kvm_cases
+    from gupsim.scenarios.runner import run_case
+
+    real_open = os.open
+
+    def no_kvm(path: str, *args: object, **kwargs: object) -> int:
+        if path == "/dev/kvm":
+            raise FileNotFoundError(errno.ENOENT, "No such file or directory", path)
+        return real_open(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(kvm.os, "open", no_kvm)
+    reason = kvm.kvm_unusable()
+    assert reason == "/dev/kvm cannot be opened: No such file or directory (errno 2)"
+    probed = capabilities._probe(capabilities.PROBES["kvm"])
+    assert not probed.ok and probed.reason == reason
+    caps = {name: capabilities.Capability(True, "") for name in capabilities.PROBES}
+    caps["kvm"] = probed
+    monkeypatch.setattr(host, "host_capabilities", lambda: caps)
+    cases = kvm_cases()
+    assert len(cases) == 5
+    for case in cases:
+        result = run_case(case)
+        assert result.host is not None and result.host.skipped == f"kvm: {reason}"
+        assert not result.model.skipped and result.model_problems == []

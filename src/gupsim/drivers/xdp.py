@@ -16,6 +16,8 @@ from __future__ import annotations
 import errno
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from ..check.args import check_ints, check_owner
 from ..constants import CAP_IPC_LOCK, FOLL_LONGTERM, FOLL_WRITE, PAGE_SHIFT, PAGE_SIZE
 from ..memory import PageArray
@@ -66,6 +68,13 @@ class XdpSocket:
             self._uncharge()
             raise OSError(errno.ENOMEM if got >= 0 else -got, "could not pin the whole UMEM")
         self.pages = pages
+
+    def pinned_pfns(self) -> np.ndarray:
+        """The UMEM's frames, pinned until the deferred release ran (the drivers'
+        invariant, drivers/pinned_frames.py); empty without a UMEM."""
+        if self.pages is None:
+            return np.zeros(0, dtype=np.int64)
+        return self.pages.pfns[:len(self.pages)].copy()
 
     def _uncharge(self) -> None:
         if self.user is not None:

@@ -113,6 +113,7 @@ def test_the_pageout_case_agrees_on_the_host_with_a_temporary_swap_file() -> Non
     assert active_swaps() == before
 
 
+@pytest.mark.host
 def test_the_host_swaps_anonymous_pages_out_with_the_temporary_swap_file() -> None:
     from gupsim.live.hostmem import pagemap
     from gupsim.scenarios.host import HostSystem, host_skip_reason
@@ -132,6 +133,7 @@ def test_the_host_swaps_anonymous_pages_out_with_the_temporary_swap_file() -> No
     assert active_swaps() == []
 
 
+@pytest.mark.host
 @needs_swap_file
 def test_pageout_reaches_pages_faulted_on_another_cpu() -> None:
     """MADV_PAGEOUT drains only the calling CPU's batch of new folios, so pages faulted

@@ -127,3 +127,48 @@ def test_the_scenario_op_reports_soft_dirty_tokens() -> None:
         proc.write(r, 0, b"w")
         assert proc.pages(r, 0, 2 * P, soft_dirty=True).value == "1xd 2x"
         assert proc.pages(r, 0, 2 * P).value == "1x 2x"
+
+
+def _cleared(k: Kernel, p: Process, n: int) -> int:
+    """n written pages whose soft-dirty bits (and VM_SOFTDIRTY) clear_refs has cleared."""
+    a = p.mmap(0, n * P, RW, ANON)
+    p.write(a, b"w" * (n * P))
+    p.clear_refs()
+    assert soft(k, p, a, n) == [False] * n
+    return a
+
+
+@pytest.mark.parametrize("how", ["populate", "pin-reuse", "pin-cow"])
+def test_every_way_of_dirtying_a_run_of_pages_sets_soft_dirty(k: Kernel, p: Process,
+                                                              how: str) -> None:
+    """pte_mkdirty() sets the soft-dirty bit with the dirty bit, whichever path maps
+    the pages: MADV_POPULATE_WRITE's bulk faults, a pin's run of write faults that reuse
+    exclusive pages (clear_refs left them write-protected), or copy them after fork."""
+    from gupsim import MADV_DONTNEED, MADV_POPULATE_WRITE, PageArray
+    n = 8
+    a = _cleared(k, p, n)
+    if how == "populate":
+        p.madvise(a, n * P, MADV_DONTNEED)
+        p.madvise(a, n * P, MADV_POPULATE_WRITE)
+    else:
+        if how == "pin-cow":
+            child = p.fork()                        # every page shared: the pin copies
+        vec = PageArray(n)
+        assert p.pin_user_pages_fast(a, n, FOLL_WRITE | FOLL_LONGTERM, vec) == n
+        k.unpin_user_pages(vec)
+        if how == "pin-cow":
+            child.exit()
+    assert all(entry(p, a + i * P) & PTE.DIRTY for i in range(n))
+    assert soft(k, p, a, n) == [True] * n
+
+
+def test_the_childs_copy_of_a_pinned_page_is_soft_dirty(k: Kernel, p: Process) -> None:
+    """fork() copies a maybe-pinned exclusive page for the child, mapped dirty (and so
+    soft-dirty) as copy_present_page() maps it, whatever the parent's bits say."""
+    from gupsim import PageArray
+    a = _cleared(k, p, 2)
+    vec = PageArray(2)
+    assert p.pin_user_pages_fast(a, 2, FOLL_WRITE | FOLL_LONGTERM, vec) == 2
+    child = p.fork()
+    assert soft(k, child, a, 2) == [True, True]
+    k.unpin_user_pages(vec)

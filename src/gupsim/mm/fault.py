@@ -128,7 +128,6 @@ def map_new_anon(env: MMEnv, mm: MM, vma: VMA, first: int, head: int, order: int
     bits = PTE.YOUNG | (PTE.WRITE | PTE.DIRTY if writable else 0)
     n = 1 << order
     if order == 0:
-        bits |= PTE.SOFT_DIRTY if bits & PTE.DIRTY else 0      # pte_mkdirty
         map_new_anon_pages(mm, vma, slice(first, first + 1), np.array([head], dtype=np.int64),
                            bits)
         mem.vmstat["pgalloc_anon"] += 1
@@ -421,7 +420,7 @@ def _wp_reuse_run(env: MMEnv, vma: VMA, i0: int, pfns: np.ndarray, unshare: bool
     n = len(pfns)
     mem.set_flag(pfns, PG.anon_exclusive)
     if not unshare:
-        vma.pte[i0:i0 + n] |= _mkwrite(vma) | PTE.DIRTY | PTE.YOUNG
+        vma.pte[i0:i0 + n] |= _mkwrite(vma) | PTE.MKDIRTY | PTE.YOUNG
     mem.vmstat["pgreuse"] += n
     mem.vmstat["pgfault"] += n
     return n

@@ -412,7 +412,7 @@ def _copy_huge(env: MMEnv, src_mm: MM, dst_mm: MM, src: VMA, dst: VMA, i: int) -
                                                 dst.pgoff + i)
             mem.copy_frames(new, head, n)
             dst.pfn[sl] = np.arange(new, new + n)
-            dst.pte[sl] = src.pte[sl] | PTE.DIRTY
+            dst.pte[sl] = src.pte[sl] | PTE.MKDIRTY
             mem.entire_mapcount[new] += 1
             mem.set_flag(new, PG.anon_exclusive)
             dst_mm.rss.anon += n

@@ -242,6 +242,8 @@ def map_new_anon_pages(mm: MM, vma: VMA, where: slice | np.ndarray, pfns: np.nda
     LRU with entry bits `bits`: what do_anonymous_page() or a COW copy leaves for each
     page, as arrays (map_pte_range() for pages that may repeat or be mapped already)."""
     mem = mm.mem
+    if bits & PTE.DIRTY:
+        bits |= PTE.SOFT_DIRTY        # pte_mkdirty
     vma.pfn[where] = pfns
     vma.pte[where] = bits | PTE.PRESENT
     mem.mapcount[pfns] += 1                     # fresh, distinct frames: no repeats

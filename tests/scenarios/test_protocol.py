@@ -250,6 +250,27 @@ def test_a_process_of_another_system(system: System) -> None:
             f"process_vm_readv: target must be a process of the same {system.name} system")
 
 
+def test_the_other_process_of_pages_is_checked(system: System) -> None:
+    """pages(..., other): a live process of this system that maps the region. A process
+    of another system was accepted: the model observed that machine's process (ok), the
+    host looked up a pid it did not own (ENOENT)."""
+    a, b, r = two(system)
+    assert misuse(system, lambda: a.pages(r, 0, PAGE_SIZE, b)) == (
+        "other (process 1) does not map region 1: pass a process that mapped or inherited it")
+    assert misuse(system, lambda: a.pages(r, 0, PAGE_SIZE, "b")) == (  # type: ignore[arg-type]
+        "other must be a process (a Proc) or None, got 'b'")
+    child = a.fork()
+    child.exit()
+    assert misuse(system, lambda: a.pages(r, 0, PAGE_SIZE, child)) == (
+        "other (process 2) has exited: observe a live process")
+    with ModelSystem() as other:
+        stranger = other.spawn("stranger")
+        stranger.map("anon", 4 * PAGE_SIZE)             # its region 1 is another machine's
+        assert misuse(system, lambda: a.pages(r, 0, PAGE_SIZE, stranger)) == (
+            f"pages: other must be a process of the same {system.name} system, got "
+            "<ModelProc 0 'stranger' alive>")
+
+
 # -- what is not misuse: a signal is a step on both back-ends ----------------------------------
 
 def test_a_write_to_a_read_only_mapping_is_a_recorded_sigsegv(system: System) -> None:

@@ -112,6 +112,10 @@ class BaseProc(Operations):
         """Check a call of `op`, record it as one step, and return what `op` returns."""
         system = self.system
         self._usable(op.name)
+        for key, value in args.items():     # a process argument must be of this system
+            if isinstance(value, BaseProc) and value.system is not system:
+                raise ProtocolError(f"{op.name}: {key} must be a process of the same "
+                                    f"{system.name} system, got {value!r}")
         given = dict(args)            # the declared arguments, then what replaces them
         touched: list[tuple[BaseProc, int, int]] = []    # (owner, addr, length) of the step
         if op.range is not None:

@@ -259,7 +259,9 @@ def _check_pages(a: Args) -> str:
         return f"other must be a process (a Proc) or None, got {other!r}"
     if not getattr(other, "alive", False):
         return f"other (process {other.pid}) has exited: observe a live process"
-    if not isinstance(region, Region) or region.rid not in regions:
+    mine = regions.get(getattr(region, "rid", None))
+    if not isinstance(region, Region) or mine is None \
+            or (mine.kind, mine.length) != (region.kind, region.length):
         return (f"other (process {other.pid}) does not map region "
                 f"{getattr(region, 'rid', region)}: pass a process that mapped or "
                 "inherited it")

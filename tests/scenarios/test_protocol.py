@@ -10,6 +10,7 @@ that the operation table and the two back-ends' primitives agree.
 
 from __future__ import annotations
 
+import errno
 import inspect
 import os
 from collections.abc import Callable, Iterator
@@ -240,6 +241,32 @@ def test_values_out_of_range(system: System) -> None:
     assert misuse(system, lambda: a.limit_memlock(-1)) == (
         "limit must be an integer >= 0, got -1")
     assert misuse(system, lambda: a.pipe_read(-1)) == "length must be an integer >= 0, got -1"
+
+
+def test_flags_and_names_of_the_wrong_type(system: System) -> None:
+    """A truthy string was taken for True on both back-ends (shared="yes" even made a
+    Region whose `shared` was "yes"); a name that is not a str was a TypeError on the
+    model and accepted on the host."""
+    a, _, _ = two(system)
+    assert misuse(system, lambda: a.map("anon", PAGE_SIZE, writable="no")) == (  # type: ignore[arg-type]
+        "writable must be True or False, got 'no'")
+    assert misuse(system, lambda: a.map("memfd", PAGE_SIZE, shared=1)) == (  # type: ignore[arg-type]
+        "shared must be True or False, got 1")
+    f = a.map("memfd", PAGE_SIZE)
+    assert misuse(system, lambda: a.map_view(f, shared="yes", writable=False)) == (  # type: ignore[arg-type]
+        "shared must be True or False, got 'yes'")
+    assert misuse(system, lambda: system.spawn(3)) == (  # type: ignore[arg-type]
+        "spawn: name must be a str, got 3")
+
+
+def test_an_empty_buffer_list_is_the_kernel_s_einval(system: System) -> None:
+    """io_uring_register(IORING_REGISTER_BUFFERS) of no buffers: EINVAL from the kernel
+    on both back-ends (the host's helper raised ValueError before asking it)."""
+    a, _, _ = two(system)
+    out = a.uring_register([])
+    assert (out.ok, out.errno) == (False, errno.EINVAL)
+    last = system.trace.steps[-1]
+    assert (last.op, last.outcome, last.acquired) == ("uring_register", "EINVAL", 0)
 
 
 def test_a_process_of_another_system(system: System) -> None:

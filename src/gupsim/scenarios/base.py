@@ -270,6 +270,8 @@ class BaseSystem:
         """A new process (not a step: nothing is pinned or counted)."""
         if self.closed:
             raise ProtocolError(f"spawn: the {self.name} system is closed; make a new one")
+        if not isinstance(name, str):
+            raise ProtocolError(f"spawn: name must be a str, got {name!r}")
         return self._spawn(name)
 
     def close(self) -> None:

@@ -210,6 +210,13 @@ def _not_negative(name: str, value: object) -> str:
     return ""
 
 
+def _flags(a: Args, *names: str) -> str:
+    for name in names:
+        if not isinstance(a[name], bool):
+            return f"{name} must be True or False, got {a[name]!r}"
+    return ""
+
+
 def _check_map(a: Args) -> str:
     kind, length = a["kind"], a["length"]
     if kind not in MAP_KINDS:
@@ -218,6 +225,8 @@ def _check_map(a: Args) -> str:
     if not isinstance(length, int) or length <= 0 or length % granule:
         return (f"a {kind} map needs a length that is a positive multiple of {granule} "
                 f"bytes, got {length!r}")
+    if problem := _flags(a, "shared", "writable"):
+        return problem
     if (kind == "thp" or kind in MTHP_KINDS) and a["shared"]:
         return f"kind {kind!r} is anonymous private memory: use shared=False"
     if a["populate"] not in (True, False, "read"):
@@ -272,7 +281,7 @@ def _check_map_view(a: Args) -> str:
     kind = a["region"].kind
     if kind not in FILE_KINDS:
         return f"map_view needs a file-backed region ({FILE_KINDS}), not {kind!r}"
-    return ""
+    return _flags(a, "shared", "writable")
 
 
 def _check_madvise(a: Args) -> str:

@@ -116,6 +116,8 @@ class BaseProc(Operations):
             if isinstance(value, BaseProc) and value.system is not system:
                 raise ProtocolError(f"{op.name}: {key} must be a process of the same "
                                     f"{system.name} system, got {value!r}")
+        if problem := op.wrong_type(args):
+            raise ProtocolError(problem)
         given = dict(args)            # the declared arguments, then what replaces them
         touched: list[tuple[BaseProc, int, int]] = []    # (owner, addr, length) of the step
         if op.range is not None:

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import numbers
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
@@ -64,6 +65,7 @@ from ..constants import (
     MADV_WIPEONFORK,
     PAGE_SIZE,
     PMD_SIZE,
+    RLIM_INFINITY,
 )
 from ..drivers.process_vm import PVM_MAX_PAGES_PER_LOOP
 from .records import (
@@ -139,6 +141,24 @@ class Op:
     ends: bool = False           # the process is gone after the step
     extra: tuple[tuple[str, Callable[[BaseProc], Any]], ...] = ()  # (name, value of caller)
     observes: bool = False       # the step records the page identity the call returned
+    simple: tuple[tuple[str, str], ...] = ()   # (name, "int" / "bool" / "bytes") to check
+
+    def wrong_type(self, args: Args) -> str:
+        """The first argument declared `int`, `bool` or `bytes` that is not one, or "".
+        A bool is not taken for an int (True would be 1 on one back-end and refused by a
+        driver on the other), nor a truthy value for a bool."""
+        for name, kind in self.simple:
+            value = args[name]
+            if kind == "int":
+                ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+            elif kind == "bool":
+                ok = isinstance(value, bool)
+            else:
+                ok = isinstance(value, bytes | bytearray | memoryview)
+            if not ok:
+                want = {"int": "an int", "bool": "True or False", "bytes": "bytes"}[kind]
+                return f"{self.name}: {name} must be {want}, got {value!r}"
+        return ""
 
     def primitive_params(self) -> tuple[str, ...]:
         """The argument names `do_<name>` takes on every back-end (see the module doc)."""
@@ -177,8 +197,10 @@ def operation(*, returns: Returns, data: bool = False, settle: bool = False,
     def declare(fn: F) -> F:
         sig = inspect.signature(fn)
         params = tuple(p for p in sig.parameters if p != "self")
+        simple = tuple((name, str(sig.parameters[name].annotation)) for name in params
+                       if str(sig.parameters[name].annotation) in ("int", "bool", "bytes"))
         op = Op(fn.__name__, params, returns, inspect.getdoc(fn) or "", data, settle, range,
-                buffers, label, check, makes, raises, ends, extra, observes)
+                buffers, label, check, makes, raises, ends, extra, observes, simple)
         if op.name in OPS:
             raise ValueError(f"operation {op.name!r} is declared twice")
         OPS[op.name] = op
@@ -210,13 +232,6 @@ def _not_negative(name: str, value: object) -> str:
     return ""
 
 
-def _flags(a: Args, *names: str) -> str:
-    for name in names:
-        if not isinstance(a[name], bool):
-            return f"{name} must be True or False, got {a[name]!r}"
-    return ""
-
-
 def _check_map(a: Args) -> str:
     kind, length = a["kind"], a["length"]
     if kind not in MAP_KINDS:
@@ -225,8 +240,6 @@ def _check_map(a: Args) -> str:
     if not isinstance(length, int) or length <= 0 or length % granule:
         return (f"a {kind} map needs a length that is a positive multiple of {granule} "
                 f"bytes, got {length!r}")
-    if problem := _flags(a, "shared", "writable"):
-        return problem
     if (kind == "thp" or kind in MTHP_KINDS) and a["shared"]:
         return f"kind {kind!r} is anonymous private memory: use shared=False"
     if a["populate"] not in (True, False, "read"):
@@ -234,8 +247,19 @@ def _check_map(a: Args) -> str:
     return _byte("fill", a["fill"])
 
 
+def _check_limit(a: Args) -> str:
+    limit = a["limit"]
+    if problem := _not_negative("limit", limit):
+        return problem
+    if limit > RLIM_INFINITY:          # rlim_t is unsigned 64 bits
+        return f"limit must be at most RLIM_INFINITY (2**64 - 1), got {limit}"
+    return ""
+
+
 def _check_mprotect(a: Args) -> str:
     writable, prot = a["writable"], a["prot"]
+    if writable is not None and not isinstance(writable, bool):
+        return f"writable must be True, False or None, got {writable!r}"
     if (writable is None) == (prot is None):
         return "mprotect takes either writable=True/False or prot=PROT_* bits, not both"
     if prot is not None and (not isinstance(prot, int) or isinstance(prot, bool)
@@ -281,7 +305,7 @@ def _check_map_view(a: Args) -> str:
     kind = a["region"].kind
     if kind not in FILE_KINDS:
         return f"map_view needs a file-backed region ({FILE_KINDS}), not {kind!r}"
-    return _flags(a, "shared", "writable")
+    return ""
 
 
 def _check_madvise(a: Args) -> str:
@@ -628,7 +652,7 @@ class Operations:
         ...
 
     @operation(returns="none", raises=True, label=lambda a: dict(size=a["limit"]),
-               check=lambda a: _not_negative("limit", a["limit"]),
+               check=_check_limit,
                extra=(("uid", lambda proc: PRIVATE_UID_BASE + proc.pid),))
     def limit_memlock(self, limit: int) -> None:
         """Set RLIMIT_MEMLOCK and drop CAP_IPC_LOCK and CAP_SYS_RESOURCE, as an unprivileged

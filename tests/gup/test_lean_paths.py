@@ -11,7 +11,9 @@ each era, with the shortcuts and without: every return value, the page-frame arr
 
 from __future__ import annotations
 
+import contextlib
 import random
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -37,12 +39,30 @@ from gupsim import (
     PageArray,
     lean,
 )
-from gupsim.gup import entry, express, fast
-from gupsim.gup.state import gup_state
+from gupsim.gup.state import GupCall, gup_state
+from gupsim.observe import Observer, observing
 
 RW = PROT_READ | PROT_WRITE
 ERAS = ("5.6", "5.8", "5.11", "5.13", "5.19", "6.2", "6.5", None)
 PIN_FLAGS = (FOLL_WRITE | FOLL_LONGTERM, FOLL_WRITE, 0, FOLL_LONGTERM)
+
+
+@contextlib.contextmanager
+def recorded() -> Iterator[tuple[list[GupCall], list[Kernel]]]:
+    """The path record of every GUP call made in the block, and the machines built in
+    it (whose `k.gup.express_unpins` count the unpins that went the express way): read
+    through the observer hook the pictures use, not by spying on the internals."""
+    calls: list[GupCall] = []
+    kernels: list[Kernel] = []
+
+    def on_gup(mem: Any) -> None:
+        call = gup_state(mem).last_call
+        assert call is not None
+        calls.append(call)
+
+    with observing(Observer(on_kernel=kernels.append, on_gup=on_gup,
+                            on_step=lambda step: None)):
+        yield calls, kernels
 
 
 def _program(era: str | None, seed: int, steps: int = 250) -> list[Any]:
@@ -157,27 +177,11 @@ def _thp_range(p: gupsim.Process, size: int, populate: int | None = None) -> int
 def test_shortcuts_change_nothing(era: str | None, monkeypatch: pytest.MonkeyPatch) -> None:
     """The same random program with and without the plain-int and per-leaf paths: same
     results, same machine, on every era whose pinning rules differ."""
-    leaf_walks = []
-    leaf_starts = fast.leaf_starts
-
-    def spy(*args: Any) -> Any:
-        starts = leaf_starts(*args)
-        leaf_walks.append(starts is not None)
-        return starts
-
-    monkeypatch.setattr(fast, "leaf_starts", spy)
-    expressed = []                  # one-page calls the express path took (express.py)
-    ended = express.gup_call_ended  # its last step, after the sanitizer named the call site
-
-    def spy_end(mem: Any) -> None:
-        call = gup_state(mem).last_call
-        assert call is not None
-        expressed.append(call.nr_pages)
-        ended(mem)
-
-    monkeypatch.setattr(express, "gup_call_ended", spy_end)
+    calls: list[GupCall] = []
     for seed in (1, 2):
-        lean_run = _program(era, seed)
+        with recorded() as (lean_calls, _):
+            lean_run = _program(era, seed)
+        calls += lean_calls
         monkeypatch.setattr(lean, "ENABLED", False)
         plain = _program(era, seed)
         monkeypatch.setattr(lean, "ENABLED", True)
@@ -186,7 +190,8 @@ def test_shortcuts_change_nothing(era: str | None, monkeypatch: pytest.MonkeyPat
             assert np.array_equal(a, b)
         assert lean_run[2:] == plain[2:]
         assert any(t[0] != "write" and t[-1] > 0 for t in lean_run[0])   # something was pinned
-    assert any(leaf_walks)                      # GUP-fast took huge leaves whole
+    assert any(c.leaves for c in calls)         # GUP-fast took huge leaves whole
+    expressed = [c.nr_pages for c in calls if c.express]
     if era is None:                             # express.py: one page, and a few
         assert {n > 1 for n in expressed} == {True, False}
     else:                                       # it runs on the newest era only
@@ -304,31 +309,16 @@ def test_unpin_reuses_the_runs_of_an_intact_pin() -> None:
     assert not k.mem.pincount[heads].any() and k.vmstat["nr_foll_pin_released"] == len(vec)
 
 
-def test_the_random_program_takes_every_express_path(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_random_program_takes_every_express_path() -> None:
     """The comparison above means something only if the program reaches the express
     paths: a one-page pin, a pin of a few pages, and the unpin of one page and of a few
     (huge leaves: `test_leaf_pins_change_nothing`)."""
-    from gupsim.gup import grab
-    pins: list[int] = []
-    unpins: list[int] = []
-    pin_path, unpin_path = express.gup_fast_express, grab._unpin_express
-
-    def pin_spy(ep: Any, proc: Any, start: Any, n: Any, flags: Any, pages: Any) -> Any:
-        got = pin_path(ep, proc, start, n, flags, pages)
-        if got is not None:
-            pins.append(got)
-        return got
-
-    def unpin_spy(pages: PageArray, machine: Any) -> bool:
-        done = unpin_path(pages, machine)
-        if done:
-            unpins.append(len(pages))
-        return done
-
-    monkeypatch.setattr(entry, "gup_fast_express", pin_spy)
-    monkeypatch.setattr(grab, "_unpin_express", unpin_spy)
-    _program(None, 1)
-    _program(None, 2)
+    with recorded() as (calls, kernels):
+        _program(None, 1)
+        _program(None, 2)
+    pins = [c.ret for c in calls if c.express]
+    unpins = [n for k in kernels for n in k.gup.express_unpins]
+    assert len(kernels) == 2
     assert {min(n, 2) for n in pins} == {1, 2}          # a page, and a few
     assert {n > 1 for n in unpins} == {True, False}
 
@@ -353,15 +343,14 @@ def _leaf_program(era: str | None) -> tuple[list[Any], list[int]]:
             for entry_name in ("pin_user_pages_fast", "get_user_pages_fast"):
                 f = flags & ~FOLL_LONGTERM if entry_name.startswith("get") else flags
                 vec = PageArray(n)
-                before = len(k.gup.calls)
+                before = k.gup.last_call
                 got = getattr(p, entry_name)(base + off, n, f, vec)
                 trace.append((rnd, off, n, f, entry_name, got))
                 if got > 0:
                     held.append((entry_name.startswith("pin"), vec[:got]))
-                if len(k.gup.calls) > before and k.gup.last_call is not None \
-                        and _express_ran[0]:
+                call = k.gup.last_call
+                if call is not before and call is not None and call.express:
                     taken.append(n)
-                _express_ran[0] = False
         if rnd == 0:
             child = p.fork()                    # the leaves are shared until unshared
             trace.append(("fork", child.pid))
@@ -377,20 +366,10 @@ def _leaf_program(era: str | None) -> tuple[list[Any], list[int]]:
             [str(r) for r in k.sanitizer.reports]], taken
 
 
-_express_ran = [False]
-
-
 @pytest.mark.parametrize("era", (None, "6.2"))
 def test_leaf_pins_change_nothing(era: str | None, monkeypatch: pytest.MonkeyPatch) -> None:
     """Pins of whole THP and hugetlb leaves, by the express path (newest era) and by
     the general walk: the same answers, the same machine."""
-    ended = express.gup_call_ended
-
-    def spy_end(mem: Any) -> None:
-        _express_ran[0] = True
-        ended(mem)
-
-    monkeypatch.setattr(express, "gup_call_ended", spy_end)
     lean_run, taken = _leaf_program(era)
     monkeypatch.setattr(lean, "ENABLED", False)
     plain, _ = _leaf_program(era)

@@ -10,6 +10,7 @@ that the operation table and the two back-ends' primitives agree.
 
 from __future__ import annotations
 
+import errno
 import inspect
 import os
 from collections.abc import Callable, Iterator
@@ -242,12 +243,99 @@ def test_values_out_of_range(system: System) -> None:
     assert misuse(system, lambda: a.pipe_read(-1)) == "length must be an integer >= 0, got -1"
 
 
+WRONG_TYPES: dict[str, tuple[Callable[[Proc, Region], object], str]] = {
+    # a truthy string was taken for True on both back-ends (shared="yes" even made a
+    # Region whose `shared` was "yes")
+    "writable": (lambda a, r: a.map("anon", PAGE_SIZE, writable="no"),
+                 "map: writable must be True or False, got 'no'"),
+    "shared": (lambda a, r: a.map("memfd", PAGE_SIZE, shared=1),
+               "map: shared must be True or False, got 1"),
+    "mprotect": (lambda a, r: a.mprotect(r, 0, PAGE_SIZE, writable="no"),
+                 "writable must be True, False or None, got 'no'"),
+    # the model refused (TypeError), the host took the bool as MADV_RANDOM
+    "advice": (lambda a, r: a.madvise(r, 0, PAGE_SIZE, True),
+               "madvise: advice must be an int, got True"),
+    # the model said ok, the host skipped the step (no CONFIG_MEM_SOFT_DIRTY here)
+    "soft_dirty": (lambda a, r: a.pages(r, 0, PAGE_SIZE, soft_dirty="y"),
+                   "pages: soft_dirty must be True or False, got 'y'"),
+    # TypeErrors with different messages, the host's from inside its server
+    "index": (lambda a, r: a.uring_write_fixed("0", PAGE_SIZE),
+              "uring_write_fixed: index must be an int, got '0'"),
+    "data": (lambda a, r: a.proc_mem_write(a, r, 0, 5),
+             "proc_mem_write: data must be bytes, got 5"),
+    "offset": (lambda a, r: a.read(r, True, 1), "read: offset must be an int, got True"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(WRONG_TYPES))
+def test_arguments_of_the_wrong_type(system: System, case: str) -> None:
+    """An argument declared int, bool or bytes must be one, on every operation."""
+    a, _, r = two(system)
+    call, message = WRONG_TYPES[case]
+    assert misuse(system, lambda: call(a, r)) == message
+
+
+def test_a_map_view_and_a_name_of_the_wrong_type(system: System) -> None:
+    """A name that is not a str was a TypeError on the model and accepted on the host."""
+    a, _, _ = two(system)
+    f = a.map("memfd", PAGE_SIZE)
+    assert misuse(system, lambda: a.map_view(f, shared="yes", writable=False)) == (  # type: ignore[arg-type]
+        "map_view: shared must be True or False, got 'yes'")
+    assert misuse(system, lambda: system.spawn(3)) == (  # type: ignore[arg-type]
+        "spawn: name must be a str, got 3")
+
+
+def test_an_empty_buffer_list_is_the_kernel_s_einval(system: System) -> None:
+    """io_uring_register(IORING_REGISTER_BUFFERS) of no buffers: EINVAL from the kernel
+    on both back-ends (the host's helper raised ValueError before asking it)."""
+    a, _, _ = two(system)
+    out = a.uring_register([])
+    assert (out.ok, out.errno) == (False, errno.EINVAL)
+    last = system.trace.steps[-1]
+    assert (last.op, last.outcome, last.acquired) == ("uring_register", "EINVAL", 0)
+
+
+def test_a_memlock_limit_from_2_63_up_is_asked_of_the_kernel(system: System) -> None:
+    """rlim_t is unsigned 64 bits: from 2**63 up the host's helper overflowed Python's C
+    long (OverflowError) where the model answered EPERM (raising the hard limit needs
+    CAP_SYS_RESOURCE, which neither has); now the kernel answers. Past RLIM_INFINITY the
+    value is no rlim_t: misuse on both."""
+    a = system.spawn("a")
+    assert misuse(system, lambda: a.limit_memlock(1 << 64)) == (
+        "limit must be at most RLIM_INFINITY (2**64 - 1), got 18446744073709551616")
+    for limit in (1 << 63, (1 << 64) - 1):
+        with pytest.raises(OSError) as info:
+            system.spawn("b").limit_memlock(limit)
+        assert info.value.errno == errno.EPERM
+
+
 def test_a_process_of_another_system(system: System) -> None:
     a, _, r = two(system)
     with ModelSystem() as other:
         stranger = other.spawn("stranger")
         assert misuse(system, lambda: a.process_vm_readv(stranger, r, 0, 1)).startswith(
             f"process_vm_readv: target must be a process of the same {system.name} system")
+
+
+def test_the_other_process_of_pages_is_checked(system: System) -> None:
+    """pages(..., other): a live process of this system that maps the region. A process
+    of another system was accepted: the model observed that machine's process (ok), the
+    host looked up a pid it did not own (ENOENT)."""
+    a, b, r = two(system)
+    assert misuse(system, lambda: a.pages(r, 0, PAGE_SIZE, b)) == (
+        "other (process 1) does not map region 1: pass a process that mapped or inherited it")
+    assert misuse(system, lambda: a.pages(r, 0, PAGE_SIZE, "b")) == (  # type: ignore[arg-type]
+        "other must be a process (a Proc) or None, got 'b'")
+    child = a.fork()
+    child.exit()
+    assert misuse(system, lambda: a.pages(r, 0, PAGE_SIZE, child)) == (
+        "other (process 2) has exited: observe a live process")
+    with ModelSystem() as other:
+        stranger = other.spawn("stranger")
+        stranger.map("anon", 4 * PAGE_SIZE)             # its region 1 is another machine's
+        assert misuse(system, lambda: a.pages(r, 0, PAGE_SIZE, stranger)) == (
+            f"pages: other must be a process of the same {system.name} system, got "
+            "<ModelProc 0 'stranger' alive>")
 
 
 # -- what is not misuse: a signal is a step on both back-ends ----------------------------------

@@ -120,7 +120,8 @@ def _one(ep: EntryPoint, st: GupState, mm: MM, vma: VMA, i: int, start: int,
     fl = mem.flags.item(head)
     if not fl & _REFERENCED:
         mem.flags[head] = fl | _REFERENCED
-    st.calls.append(GupCall(ep.name, start, 1, flags, PATH_FAST, fast=1, ret=1))
+    st.calls.append(GupCall(ep.name, start, 1, flags, PATH_FAST, fast=1, ret=1,
+                             express=True))
     if st.sanitizer is not None:
         st.sanitizer.on_acquire_one(pfn, head, _taken(flags), ep.name, mm)
     gup_call_ended(mem)
@@ -155,7 +156,8 @@ def _short(ep: EntryPoint, st: GupState, mm: MM, vma: VMA, i: int, start: int, n
     pages.mem = mem
     pages.pfns[:n] = pfns
     mem.flags[pfns] |= _REFERENCED
-    st.calls.append(GupCall(ep.name, start, n, flags, PATH_FAST, fast=n, ret=n))
+    st.calls.append(GupCall(ep.name, start, n, flags, PATH_FAST, fast=n, ret=n,
+                            express=True))
     if st.sanitizer is not None:
         st.sanitizer.on_acquire(pfns, _taken(flags), ep.name, mm, folio_runs(mem, pfns, pfns))
     gup_call_ended(mem)
@@ -205,7 +207,8 @@ def _leaves(ep: EntryPoint, st: GupState, mm: MM, vma: VMA, i: int, start: int, 
     pages.mem = mem
     pages.pfns[:n] = vma.pfn[i:i + n]
     mem.flags[heads] |= _REFERENCED
-    st.calls.append(GupCall(ep.name, start, n, flags, PATH_FAST, fast=n, ret=n))
+    st.calls.append(GupCall(ep.name, start, n, flags, PATH_FAST, fast=n, ret=n,
+                            leaves=True, express=True))
     if st.sanitizer is not None:
         st.sanitizer.on_acquire(pages.pfns[:n].copy(), _taken(flags), ep.name, mm,
                                 (offs, heads, lengths), pfn_runs)

@@ -226,6 +226,7 @@ def _checked_runs(env: MMEnv, vma: VMA, i0: int, i1: int, flags: int
         grab, after, pfns, heads = _fast_checks(env, vma, i0, i1, flags)
         keep, k = _walk_extent(vma, i0, i1, grab, after)
         return keep, k, pfns, folio_runs(mem, pfns[:k], heads[:k])
+    note_gup(mem, leaves=True)
     keep = k = i1 - i0
     # a few leaves: each checked in plain ints (numpy's fixed cost would dominate)
     small = _fast_checks_small(env, vma, i0, i1, flags, at=starts) \

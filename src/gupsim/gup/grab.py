@@ -481,6 +481,7 @@ def _unpin_express(pages: PageArray, machine: MemMap | None) -> bool:
         pfn = pfns.item(0)
         san.release_whole(rec)
         _put_folio_one(st.alloc, pfn - mem.head_off.item(pfn), 1, FOLL_PIN)
+        st.express_unpins[1] = st.express_unpins.get(1, 0) + 1
         return True
     runs, orders = rec.folio_runs, rec.folio_orders
     if runs is None or orders is None or len(orders) > lean.SHORT \
@@ -510,6 +511,7 @@ def _unpin_express(pages: PageArray, machine: MemMap | None) -> bool:
     if pins is not None:
         mem.pincount[heads] = pins
     mem.vmstat[RELEASED] += n
+    st.express_unpins[n] = st.express_unpins.get(n, 0) + 1
     return True
 
 

@@ -61,8 +61,12 @@ class GupCall:
     walk kept (None: it did not run); `slow` is what the slow path returned for the rest,
     a count or -errno (None: it did not run); `migrate_rounds` counts the FOLL_LONGTERM
     rounds that dropped the pins, migrated the offenders and pinned again (spec 4.4).
-    memfd_pin_folios() is recorded too: `start` is its byte offset, `nr_pages` its
-    max_folios, and its page-cache lookup counts as the slow path.
+    `leaves`: the lockless walk checked and grabbed PMD/PUD leaves once each, not entry
+    by entry; `express`: the whole call went the express way (`gup/express.py`: the
+    common GUP-fast calls with the layers collapsed, held to the general walk by
+    `tests/gup/test_lean_paths.py`). memfd_pin_folios() is recorded too: `start` is its
+    byte offset, `nr_pages` its max_folios, and its page-cache lookup counts as the slow
+    path.
     """
 
     entry: str
@@ -74,6 +78,8 @@ class GupCall:
     slow: int | None = None
     migrate_rounds: int = 0
     ret: int = 0
+    leaves: bool = False
+    express: bool = False
 
     def __str__(self) -> str:
         parts = [] if self.fast is None else [f"fast {self.fast}"]
@@ -98,6 +104,8 @@ class GupState:
     last_migrate_failure: str = ""
     calls: deque[GupCall] = field(default_factory=lambda: deque(maxlen=GUP_CALLS_KEPT))
     call: GupCall | None = None          # the call in progress, for note_gup()
+    # unpin_user_pages() calls the express way released (grab.py), by number of entries
+    express_unpins: dict[int, int] = field(default_factory=dict)
 
     @property
     def last_call(self) -> GupCall | None:

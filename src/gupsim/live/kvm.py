@@ -58,18 +58,24 @@ GUEST_CODE = bytes([0xAC, 0xEE, 0xE2, 0xFC, 0xF4])
 
 
 class kvm_userspace_memory_region(ctypes.Structure):  # noqa: N801 - the kernel's name
+    """struct kvm_userspace_memory_region: one memory slot (KVM_SET_USER_MEMORY_REGION)."""
+
     _fields_ = [("slot", ctypes.c_uint32), ("flags", ctypes.c_uint32),
                 ("guest_phys_addr", ctypes.c_uint64), ("memory_size", ctypes.c_uint64),
                 ("userspace_addr", ctypes.c_uint64)]
 
 
 class kvm_regs(ctypes.Structure):  # noqa: N801
+    """struct kvm_regs: the vCPU's general registers (KVM_GET_REGS / KVM_SET_REGS)."""
+
     _fields_ = [(n, ctypes.c_uint64) for n in (
         "rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp", "r8", "r9", "r10", "r11",
         "r12", "r13", "r14", "r15", "rip", "rflags")]
 
 
 class kvm_segment(ctypes.Structure):  # noqa: N801
+    """struct kvm_segment: one segment register as KVM_GET_SREGS / KVM_SET_SREGS see it."""
+
     _fields_ = [("base", ctypes.c_uint64), ("limit", ctypes.c_uint32),
                 ("selector", ctypes.c_uint16), ("type", ctypes.c_uint8),
                 ("present", ctypes.c_uint8), ("dpl", ctypes.c_uint8), ("db", ctypes.c_uint8),
@@ -79,11 +85,15 @@ class kvm_segment(ctypes.Structure):  # noqa: N801
 
 
 class kvm_dtable(ctypes.Structure):  # noqa: N801
+    """struct kvm_dtable: the GDT or IDT base and limit, inside kvm_sregs."""
+
     _fields_ = [("base", ctypes.c_uint64), ("limit", ctypes.c_uint16),
                 ("padding", ctypes.c_uint16 * 3)]
 
 
 class kvm_sregs(ctypes.Structure):  # noqa: N801
+    """struct kvm_sregs: segment and control registers (real mode is set through them)."""
+
     _fields_ = [("cs", kvm_segment), ("ds", kvm_segment), ("es", kvm_segment),
                 ("fs", kvm_segment), ("gs", kvm_segment), ("ss", kvm_segment),
                 ("tr", kvm_segment), ("ldt", kvm_segment), ("gdt", kvm_dtable),
@@ -94,6 +104,8 @@ class kvm_sregs(ctypes.Structure):  # noqa: N801
 
 
 class kvm_run_io(ctypes.Structure):  # noqa: N801 - the head of struct kvm_run, exit.io
+    """The head of struct kvm_run and its exit.io union member: why the guest exited."""
+
     _fields_ = [("request_interrupt_window", ctypes.c_uint8),
                 ("immediate_exit", ctypes.c_uint8), ("padding1", ctypes.c_uint8 * 6),
                 ("exit_reason", ctypes.c_uint32),

@@ -287,9 +287,15 @@ def drop_capability(cap: int) -> None:
 
 def set_memlock_limit(soft: int, hard: int | None = None) -> None:
     """Set RLIMIT_MEMLOCK (bytes); lowering is always allowed, raising the hard limit
-    needs CAP_SYS_RESOURCE: OSError(EPERM) without it (Python says ValueError)."""
+    needs CAP_SYS_RESOURCE: OSError(EPERM) without it (Python says ValueError). Limits
+    are rlim_t, unsigned 64 bits (RLIM_INFINITY is 2**64 - 1); Python passes a C long
+    long, so one from 2**63 up goes as its two's complement, the same bits."""
+    def rlim(value: int) -> int:
+        return value - (1 << 64) if value >= 1 << 63 else value
+
     try:
-        resource.setrlimit(resource.RLIMIT_MEMLOCK, (soft, soft if hard is None else hard))
+        resource.setrlimit(resource.RLIMIT_MEMLOCK,
+                           (rlim(soft), rlim(soft if hard is None else hard)))
     except ValueError as exc:
         if "not allowed" not in str(exc):     # EINVAL: soft above hard, the caller's bug
             raise

@@ -211,11 +211,10 @@ class IoUring:
 
         Raises OSError with the kernel's errno: EFAULT for memory that cannot be pinned
         long-term (e.g. a MAP_SHARED mapping of an ext4 file), ENOMEM over
-        RLIMIT_MEMLOCK, EBUSY if buffers are already registered.
+        RLIMIT_MEMLOCK, EBUSY if buffers are already registered, EINVAL for an empty
+        list (the kernel's answer, as the model gives it).
         """
         self._need_open()
-        if not buffers:
-            raise ValueError("register_buffers needs at least one (address, length) buffer")
         iov = libc.iovecs(buffers)
         try:
             libc.syscall(libc.SYS_io_uring_register, self.fd, IORING_REGISTER_BUFFERS, iov,

@@ -112,6 +112,12 @@ class BaseProc(Operations):
         """Check a call of `op`, record it as one step, and return what `op` returns."""
         system = self.system
         self._usable(op.name)
+        for key, value in args.items():     # a process argument must be of this system
+            if isinstance(value, BaseProc) and value.system is not system:
+                raise ProtocolError(f"{op.name}: {key} must be a process of the same "
+                                    f"{system.name} system, got {value!r}")
+        if problem := op.wrong_type(args):
+            raise ProtocolError(problem)
         given = dict(args)            # the declared arguments, then what replaces them
         touched: list[tuple[BaseProc, int, int]] = []    # (owner, addr, length) of the step
         if op.range is not None:
@@ -266,6 +272,8 @@ class BaseSystem:
         """A new process (not a step: nothing is pinned or counted)."""
         if self.closed:
             raise ProtocolError(f"spawn: the {self.name} system is closed; make a new one")
+        if not isinstance(name, str):
+            raise ProtocolError(f"spawn: name must be a str, got {name!r}")
         return self._spawn(name)
 
     def close(self) -> None:

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import numbers
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
@@ -64,6 +65,7 @@ from ..constants import (
     MADV_WIPEONFORK,
     PAGE_SIZE,
     PMD_SIZE,
+    RLIM_INFINITY,
 )
 from ..drivers.process_vm import PVM_MAX_PAGES_PER_LOOP
 from .records import (
@@ -139,6 +141,24 @@ class Op:
     ends: bool = False           # the process is gone after the step
     extra: tuple[tuple[str, Callable[[BaseProc], Any]], ...] = ()  # (name, value of caller)
     observes: bool = False       # the step records the page identity the call returned
+    simple: tuple[tuple[str, str], ...] = ()   # (name, "int" / "bool" / "bytes") to check
+
+    def wrong_type(self, args: Args) -> str:
+        """The first argument declared `int`, `bool` or `bytes` that is not one, or "".
+        A bool is not taken for an int (True would be 1 on one back-end and refused by a
+        driver on the other), nor a truthy value for a bool."""
+        for name, kind in self.simple:
+            value = args[name]
+            if kind == "int":
+                ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+            elif kind == "bool":
+                ok = isinstance(value, bool)
+            else:
+                ok = isinstance(value, bytes | bytearray | memoryview)
+            if not ok:
+                want = {"int": "an int", "bool": "True or False", "bytes": "bytes"}[kind]
+                return f"{self.name}: {name} must be {want}, got {value!r}"
+        return ""
 
     def primitive_params(self) -> tuple[str, ...]:
         """The argument names `do_<name>` takes on every back-end (see the module doc)."""
@@ -177,8 +197,10 @@ def operation(*, returns: Returns, data: bool = False, settle: bool = False,
     def declare(fn: F) -> F:
         sig = inspect.signature(fn)
         params = tuple(p for p in sig.parameters if p != "self")
+        simple = tuple((name, str(sig.parameters[name].annotation)) for name in params
+                       if str(sig.parameters[name].annotation) in ("int", "bool", "bytes"))
         op = Op(fn.__name__, params, returns, inspect.getdoc(fn) or "", data, settle, range,
-                buffers, label, check, makes, raises, ends, extra, observes)
+                buffers, label, check, makes, raises, ends, extra, observes, simple)
         if op.name in OPS:
             raise ValueError(f"operation {op.name!r} is declared twice")
         OPS[op.name] = op
@@ -225,8 +247,19 @@ def _check_map(a: Args) -> str:
     return _byte("fill", a["fill"])
 
 
+def _check_limit(a: Args) -> str:
+    limit = a["limit"]
+    if problem := _not_negative("limit", limit):
+        return problem
+    if limit > RLIM_INFINITY:          # rlim_t is unsigned 64 bits
+        return f"limit must be at most RLIM_INFINITY (2**64 - 1), got {limit}"
+    return ""
+
+
 def _check_mprotect(a: Args) -> str:
     writable, prot = a["writable"], a["prot"]
+    if writable is not None and not isinstance(writable, bool):
+        return f"writable must be True, False or None, got {writable!r}"
     if (writable is None) == (prot is None):
         return "mprotect takes either writable=True/False or prot=PROT_* bits, not both"
     if prot is not None and (not isinstance(prot, int) or isinstance(prot, bool)
@@ -259,7 +292,9 @@ def _check_pages(a: Args) -> str:
         return f"other must be a process (a Proc) or None, got {other!r}"
     if not getattr(other, "alive", False):
         return f"other (process {other.pid}) has exited: observe a live process"
-    if not isinstance(region, Region) or region.rid not in regions:
+    mine = regions.get(getattr(region, "rid", None))
+    if not isinstance(region, Region) or mine is None \
+            or (mine.kind, mine.length) != (region.kind, region.length):
         return (f"other (process {other.pid}) does not map region "
                 f"{getattr(region, 'rid', region)}: pass a process that mapped or "
                 "inherited it")
@@ -617,7 +652,7 @@ class Operations:
         ...
 
     @operation(returns="none", raises=True, label=lambda a: dict(size=a["limit"]),
-               check=lambda a: _not_negative("limit", a["limit"]),
+               check=_check_limit,
                extra=(("uid", lambda proc: PRIVATE_UID_BASE + proc.pid),))
     def limit_memlock(self, limit: int) -> None:
         """Set RLIMIT_MEMLOCK and drop CAP_IPC_LOCK and CAP_SYS_RESOURCE, as an unprivileged

@@ -510,11 +510,15 @@ def process_method(ep: EntryPoint) -> Callable[..., Any]:
     the kernel contract says the caller holds it."""
     if ep.takes_mm:
         raise ValueError(f"{ep.name} names its mm: it is a Kernel method")
-    express = ep.fast and ep.name.endswith("_user_pages_fast")   # one page: express.py
+    # the common calls go the express way (express.py): GUP-fast, and the *_unlocked
+    # slow path of a few pages (arguments: start, nr_pages, pages, gup_flags)
+    express = ep.fast and ep.name.endswith("_user_pages_fast")
+    unlocked = ep.name in ("pin_user_pages_unlocked", "get_user_pages_unlocked")
 
     def method(self: Any, *args: Any, **kwargs: Any) -> int | bool:
-        if express and len(args) == 4 and not kwargs and self.alive:
-            n = gup_fast_express(ep, self, *args)
+        if len(args) == 4 and not kwargs and self.alive and (express or unlocked):
+            n = gup_fast_express(ep, self, *args) if express else \
+                gup_fast_express(ep, self, args[0], args[1], args[3], args[2])
             if n is not None:
                 return n
         _, start, nr_pages, gup_flags, pages, locked = _arguments(ep, args, kwargs)

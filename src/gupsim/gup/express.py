@@ -7,10 +7,14 @@ the pages-array writer, the call record. The kernel's gup_fast_fallback() for su
 range is a few PTE reads, the folio tests and one atomic per folio; this module is that,
 for the common cases only: present PTEs in one VMA that pass every GUP-fast test (one
 page of any folio, up to `lean.SHORT` pages of order-0 folios, or a range that huge
-leaves map whole), on a machine of the newest era, with no race hook waiting. Anything
-else (a refusal, an unusual flag, a large folio among several pages, a refcount near
-overflow, a list as pages) answers None before changing anything, and the caller takes
-the general path, which decides and warns. The result is the general path's, state for
+leaves map whole), on a machine of the newest era, with no race hook waiting. A write
+pin of a few pages that GUP-fast would refuse at the first page because they are not
+mapped yet, or mapped read-only (a fork's shared pages), and the *_unlocked entries of
+a few pages, take the slow path's faults first (`_fault_in()`: the same mm functions, in
+the same order) and then the pages. Anything else (a refusal, an unusual flag, a large
+folio among several pages, a refcount near overflow, a list as pages) answers None
+before changing anything, and the caller takes the general path, which decides and
+warns. The result is the general path's, state for
 state: `tests/gup/test_lean_paths.py` runs random programs with it (`lean.ENABLED`) and
 without and compares the machines.
 """
@@ -27,14 +31,25 @@ from ..constants import PAGE_SHIFT, PAGE_SIZE, TASK_SIZE
 from ..eras import NEWEST_ERA
 from ..memory import GUP_PIN_COUNTING_BIAS, PG, Kind, MemMap, PageArray
 from ..mm import MM, MMF, VM, VMA
+from ..mm.fault import anon_orders, populate_anon_bulk, wp_copy_run
+from ..mm.mm_struct import mmap_read_lock, mmap_read_unlock
 from ..mm.vma import PTE
 from ..observe import gup_call_ended
 from . import fast
 from .fast import folio_allowed_one, folios_pass
-from .flags import FOLL_GET, FOLL_LONGTERM, FOLL_PIN, FOLL_WRITE, is_valid_gup_args
+from .flags import (
+    FOLL_GET,
+    FOLL_LONGTERM,
+    FOLL_PIN,
+    FOLL_TOUCH,
+    FOLL_UNLOCKABLE,
+    FOLL_WRITE,
+    is_valid_gup_args,
+)
 from .grab import ACQUIRED, folio_runs
 from .longterm import longterm_pinnable_one
-from .state import PATH_FAST, GupCall, GupState, _state_of
+from .slow import check_vma_flags, faultin_page
+from .state import PATH_FALLBACK, PATH_FAST, PATH_SLOW, GupCall, GupState, _state_of
 
 if TYPE_CHECKING:
     from .entry import EntryPoint
@@ -46,13 +61,15 @@ _CALLER_FLAGS = FOLL_WRITE | FOLL_LONGTERM
 _PAGE_MASK = ~(PAGE_SIZE - 1)
 _NEWEST = NEWEST_ERA.version        # the era whose rules the checks below follow
 _NO_WRAP = (1 << 31) - GUP_PIN_COUNTING_BIAS   # counts below this take a pin without wrapping
+_WRITE_CLEAN = PTE.WRITE | PTE.DIRTY
+_ANON = int(Kind.ANON)
 
 
 def gup_fast_express(ep: EntryPoint, proc: Any, start: object, nr_pages: object,
                  gup_flags: object, pages: object) -> int | None:
-    """`ep` (a GUP-fast entry point) of `nr_pages` pages for process `proc`: the
-    count when the pages were taken here, None when the general path must decide
-    (nothing was changed)."""
+    """`ep` (a GUP-fast entry point, or a *_unlocked one: `ep.fast` tells) of `nr_pages`
+    pages for process `proc`: the count when the pages were taken here, None when the
+    general path must decide (nothing was changed but faults the slow path takes too)."""
     if (type(nr_pages) is not int or nr_pages < 1
             or type(start) is not int or type(gup_flags) is not int
             or type(pages) is not PageArray or len(pages) < nr_pages
@@ -74,16 +91,106 @@ def gup_fast_express(ep: EntryPoint, proc: Any, start: object, nr_pages: object,
     pin = ep.adds & FOLL_PIN
     if not pin and gup_flags & FOLL_LONGTERM:
         return None                     # invalid: is_valid_gup_args() warns
+    path = PATH_FAST
+    if not ep.fast or nr_pages <= lean.SHORT and not _usable(vma.pte.item(i), gup_flags, pin):
+        # the slow path's part: GUP-fast would take nothing (the first page is not
+        # usable yet), or the entry has no GUP-fast
+        if nr_pages > lean.SHORT or not _fault_in(ep, st, mm, vma, i, nr_pages, gup_flags):
+            return None
+        path = PATH_FALLBACK if ep.fast else PATH_SLOW
     if nr_pages == 1:
-        return _one(ep, st, mm, vma, i, start, gup_flags, pages)
+        return _one(ep, st, mm, vma, i, start, gup_flags, pages, path)
     if nr_pages <= lean.SHORT:
-        return _short(ep, st, mm, vma, i, start, nr_pages, gup_flags, pages)
+        return _short(ep, st, mm, vma, i, start, nr_pages, gup_flags, pages, path)
     return _leaves(ep, st, mm, vma, i, start, nr_pages, gup_flags, pages)
 
 
+def _usable(pte: int, gup_flags: int, pin: int) -> bool:
+    """GUP-fast takes the page of this entry as it is (a read pin of a read-only entry
+    may need unsharing: not here)."""
+    return bool(pte & PTE.PRESENT) and not pte & PTE.SPECIAL \
+        and not ((gup_flags & FOLL_WRITE or pin) and not pte & PTE.WRITE)
+
+
+def _fault_in(ep: EntryPoint, st: GupState, mm: MM, vma: VMA, i: int, n: int,
+              gup_flags: int) -> bool:
+    """The write faults the slow path takes before it grabs [i, i+n) of a private
+    anonymous VMA, in its order and through the same functions (`wp_copy_run()` for runs
+    of read-only pages: a fork's shared pages, what clear_refs write-protected;
+    `populate_anon_bulk()` for runs of empty entries, `faultin_page()` for one), so that
+    the pages can then be taken as GUP-fast takes them. True when every entry is usable
+    afterwards; False, with nothing changed, unless every entry is empty or maps an
+    order-0 anonymous folio (read-only, or writable and dirty: FOLL_TOUCH would dirty
+    the folio of a clean one), no THP size applies, no notifier watches the mm, the
+    memory for a new page per entry is free, and a long-term pin finds every mapped page
+    pinnable (new pages come from outside ZONE_MOVABLE under memalloc_pin)."""
+    env = st.env
+    mem = mm.mem
+    longterm = gup_flags & FOLL_LONGTERM
+    flags = gup_flags | ep.implies | FOLL_TOUCH | FOLL_UNLOCKABLE   # as the slow path walks
+    if (not gup_flags & FOLL_WRITE or vma.file is not None or vma.is_shared
+            or vma.is_hugetlb or not vma.flags & VM.WRITE
+            or mm.notifier_subscriptions is not None or anon_orders(env, vma)
+            or check_vma_flags(vma, flags, mem.era)):
+        return False
+    ptes = vma.pte[i:i + n].tolist()
+    if any(e & PTE.NOT_SMALL or e & _WRITE_CLEAN == PTE.WRITE for e in ptes):
+        return False
+    mapped = vma.pfn[i:i + n].astype(np.int64)
+    if 0 in ptes:
+        mapped = mapped[[j for j, e in enumerate(ptes) if e]]
+    if len(mapped):
+        heads = mapped.tolist()
+        if any(mem.head_off.take(mapped).tolist()) or any(mem.order.take(mapped).tolist()) \
+                or any(k != _ANON for k in mem.kind.take(mapped).tolist()) \
+                or longterm and not all(longterm_pinnable_one(mem, h, _ANON) for h in heads):
+            return False
+    todo = [j for j, e in enumerate(ptes) if not e & PTE.WRITE]
+    if not todo:
+        return True
+    saved = env.memalloc_pin
+    env.memalloc_pin = saved or bool(longterm)
+    try:
+        if sum(r.nr_free for r in env.alloc.regions(env.movable_alloc)) < len(todo):
+            return False
+        mmap_read_lock(mm)
+        try:
+            return _faults(env, mm, vma, i + todo[0], i + n, flags)
+        finally:
+            mmap_read_unlock(mm)
+    finally:
+        env.memalloc_pin = saved
+
+
+def _faults(env: Any, mm: MM, vma: VMA, j: int, end: int, flags: int) -> bool:
+    """`_fault_in()`'s faults from entry j on; False if one did not make its entries
+    usable (memory ran out after all: the general path goes on from there)."""
+    while j < end:
+        e = vma.pte.item(j)
+        if e & PTE.WRITE:
+            j += 1
+        elif e:
+            done = wp_copy_run(env, mm, vma, j, end, False)
+            if not done:
+                return False
+            j += done
+        else:
+            run = 1
+            while j + run < end and vma.pte.item(j + run) == 0:
+                run += 1
+            if run > 1:
+                populate_anon_bulk(env, mm, vma, j, j + run)
+            elif faultin_page(env, mm, vma, vma.addr_of(j), flags, False, [1]):
+                return False
+            if not all(e & PTE.WRITE for e in vma.pte[j:j + run].tolist()):
+                return False
+            j += run
+    return True
+
+
 def _one(ep: EntryPoint, st: GupState, mm: MM, vma: VMA, i: int, start: int,
-         gup_flags: int, pages: PageArray) -> int | None:
-    """One page, any folio size."""
+         gup_flags: int, pages: PageArray, path: str = PATH_FAST) -> int | None:
+    """One page, any folio size (`path`: the general path's record of the call)."""
     mem = mm.mem
     pte = vma.pte.item(i)       # .item(): a Python int, no numpy scalar in between
     write, longterm = gup_flags & FOLL_WRITE, gup_flags & FOLL_LONGTERM
@@ -120,8 +227,7 @@ def _one(ep: EntryPoint, st: GupState, mm: MM, vma: VMA, i: int, start: int,
     fl = mem.flags.item(head)
     if not fl & _REFERENCED:
         mem.flags[head] = fl | _REFERENCED
-    st.calls.append(GupCall(ep.name, start, 1, flags, PATH_FAST, fast=1, ret=1,
-                             express=True))
+    st.calls.append(_call(ep, start, 1, flags, path))
     if st.sanitizer is not None:
         st.sanitizer.on_acquire_one(pfn, head, _taken(flags), ep.name, mm)
     gup_call_ended(mem)
@@ -129,7 +235,7 @@ def _one(ep: EntryPoint, st: GupState, mm: MM, vma: VMA, i: int, start: int,
 
 
 def _short(ep: EntryPoint, st: GupState, mm: MM, vma: VMA, i: int, start: int, n: int,
-           gup_flags: int, pages: PageArray) -> int | None:
+           gup_flags: int, pages: PageArray, path: str = PATH_FAST) -> int | None:
     """A few pages, each an order-0 folio, in one VMA: checked in plain ints, counted
     with one array update."""
     mem = mm.mem
@@ -156,8 +262,7 @@ def _short(ep: EntryPoint, st: GupState, mm: MM, vma: VMA, i: int, start: int, n
     pages.mem = mem
     pages.pfns[:n] = pfns
     mem.flags[pfns] |= _REFERENCED
-    st.calls.append(GupCall(ep.name, start, n, flags, PATH_FAST, fast=n, ret=n,
-                            express=True))
+    st.calls.append(_call(ep, start, n, flags, path))
     if st.sanitizer is not None:
         st.sanitizer.on_acquire(pfns, _taken(flags), ep.name, mm, folio_runs(mem, pfns, pfns))
     gup_call_ended(mem)
@@ -214,6 +319,14 @@ def _leaves(ep: EntryPoint, st: GupState, mm: MM, vma: VMA, i: int, start: int, 
                                 (offs, heads, lengths), pfn_runs)
     gup_call_ended(mem)
     return n
+
+
+def _call(ep: EntryPoint, start: int, n: int, flags: int, path: str) -> GupCall:
+    """The record the general path leaves for a call that took all `n` pages by `path`."""
+    if path == PATH_FAST:
+        return GupCall(ep.name, start, n, flags, path, fast=n, ret=n, express=True)
+    return GupCall(ep.name, start, n, flags, path, fast=0 if path == PATH_FALLBACK else None,
+                   slow=n, ret=n, express=True)
 
 
 def _allowed_flags(ep: EntryPoint, mem: MemMap, pages: PageArray, heads: list[int],

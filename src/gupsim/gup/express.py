@@ -92,7 +92,10 @@ def gup_fast_express(ep: EntryPoint, proc: Any, start: object, nr_pages: object,
     if not pin and gup_flags & FOLL_LONGTERM:
         return None                     # invalid: is_valid_gup_args() warns
     path = PATH_FAST
-    if not ep.fast or nr_pages <= lean.SHORT and not _usable(vma.pte.item(i), gup_flags, pin):
+    pte = vma.pte.item(i)
+    if not ep.fast or nr_pages <= lean.SHORT and not (   # GUP-fast takes the first page?
+            pte & PTE.PRESENT and not pte & PTE.SPECIAL
+            and (pte & PTE.WRITE or not (gup_flags & FOLL_WRITE or pin))):
         # the slow path's part: GUP-fast would take nothing (the first page is not
         # usable yet), or the entry has no GUP-fast
         if nr_pages > lean.SHORT or not _fault_in(ep, st, mm, vma, i, nr_pages, gup_flags):
@@ -103,13 +106,6 @@ def gup_fast_express(ep: EntryPoint, proc: Any, start: object, nr_pages: object,
     if nr_pages <= lean.SHORT:
         return _short(ep, st, mm, vma, i, start, nr_pages, gup_flags, pages, path)
     return _leaves(ep, st, mm, vma, i, start, nr_pages, gup_flags, pages)
-
-
-def _usable(pte: int, gup_flags: int, pin: int) -> bool:
-    """GUP-fast takes the page of this entry as it is (a read pin of a read-only entry
-    may need unsharing: not here)."""
-    return bool(pte & PTE.PRESENT) and not pte & PTE.SPECIAL \
-        and not ((gup_flags & FOLL_WRITE or pin) and not pte & PTE.WRITE)
 
 
 def _fault_in(ep: EntryPoint, st: GupState, mm: MM, vma: VMA, i: int, n: int,
@@ -227,7 +223,8 @@ def _one(ep: EntryPoint, st: GupState, mm: MM, vma: VMA, i: int, start: int,
     fl = mem.flags.item(head)
     if not fl & _REFERENCED:
         mem.flags[head] = fl | _REFERENCED
-    st.calls.append(_call(ep, start, 1, flags, path))
+    st.calls.append(GupCall(ep.name, start, 1, flags, path, fast=1, ret=1, express=True)
+                    if path == PATH_FAST else _call(ep, start, 1, flags, path))
     if st.sanitizer is not None:
         st.sanitizer.on_acquire_one(pfn, head, _taken(flags), ep.name, mm)
     gup_call_ended(mem)

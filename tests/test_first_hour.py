@@ -80,6 +80,16 @@ BAD = [
     (["run", "/no/such/file.py"], "does not exist"),
     (["run"], "Missing argument"),
     (["nonsense"], "No such command"),
+    # outputs are checked before any work is done
+    (["run", EXAMPLE, "--html", "/nonexistent-gupsim/x.html"], "/nonexistent-gupsim does not"),
+    (["demo", "--tour-only", "--html", "/nonexistent-gupsim/x.html"], "does not exist"),
+    (["cases", "-k", "1", "--html", "/nonexistent-gupsim/x.html"], "does not exist"),
+    (["eras", EXAMPLE, "--html", "/nonexistent-gupsim/x.html"], "does not exist"),
+    (["demo", "--tour-only", "--html", str(ROOT)], "is a directory"),
+    (["fuzz", "--model-only", "--out", str(ROOT / "README.md" / "found")],
+     "README.md is not a folder"),
+    (["exporter", "--port", "9", "--bind", "192.0.2.1"], "give --bind an address"),
+    (["explain", EXAMPLE, "--step", "99"], "choose --step between 1 and 8"),
 ]
 
 
@@ -96,6 +106,13 @@ def test_a_scenario_file_that_is_not_python_is_a_usage_error(tmp_path: Path) -> 
     bad.write_text("def scenario(system:\n")
     code, text = invoke("run", str(bad))
     assert code == 2 and "not valid Python" in text
+
+
+def test_a_scenario_without_steps_has_nothing_to_explain(tmp_path: Path) -> None:
+    f = tmp_path / "idle.py"
+    f.write_text("def scenario(system):\n    system.spawn('a')\n")
+    code, text = invoke("explain", str(f), "--step", "1")
+    assert code == 2 and "takes no steps" in text and "between 1 and 0" not in text
 
 
 def test_close_case_names_are_suggested() -> None:

@@ -75,6 +75,9 @@ def explain_step(file: str, step: int, pfns: tuple[int, ...] = ()) -> StepExplan
     finally:
         system.close()
     if not found:
-        raise ValueError(f"{file} has only {len(system.trace.steps)} step(s): choose "
-                         f"--step between 1 and {len(system.trace.steps)}")
+        n = len(system.trace.steps)
+        raise ValueError(f"{file} has only {n} step(s): choose --step between 1 and {n}"
+                         if n else f"{file} takes no steps: its scenario() calls no "
+                         "operation of a process (see examples/), so there is nothing "
+                         "to explain")
     return found[0]

@@ -73,7 +73,7 @@ class OutputPath(click.Path):
                 ctx: click.Context | None) -> Any:
         """The path, once its folder is known to exist (or be creatable) and be writable."""
         path = super().convert(value, param, ctx)
-        parent = os.path.dirname(os.path.abspath(path))
+        parent = os.path.dirname(os.path.abspath(os.fsdecode(path)))
         while self.make_parents and not os.path.exists(parent):
             parent = os.path.dirname(parent)
         if not os.path.isdir(parent):

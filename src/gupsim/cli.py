@@ -498,7 +498,7 @@ def explain(file: str, step: int, pfns: tuple[int, ...], as_json: bool) -> None:
     if as_json:
         click.echo(dumps(result.as_dict()))
     else:
-        click.echo(str(result))
+        click.echo(result.wrapped(Console().width))
 
 
 # -- bench -------------------------------------------------------------------------------------

@@ -126,7 +126,7 @@ def test_a_wrong_type_to_the_model_is_a_type_error_at_the_calling_line(tmp_path:
     ("    return 'one problem'", "TypeError", "def expect"),
     ("    return None", "TypeError", "def expect"),
 ])
-@pytest.mark.parametrize("command", [["run"], ["run", "--json"]])
+@pytest.mark.parametrize("command", [["run"], ["run", "--json"], ["eras"]])
 def test_an_error_in_expect_is_the_scenarios_own(tmp_path: Path, body: str, kind: str,
                                                  at: str, command: list[str]) -> None:
     """expect(trace) is the user's code too: its exception, or a return that is not a
@@ -138,6 +138,21 @@ def test_an_error_in_expect_is_the_scenarios_own(tmp_path: Path, body: str, kind
     assert_one_message(err, f, line_of(f, at), kind)
     if kind == "TypeError":
         assert "return a list of strings" in err
+    assert out == ""
+
+
+def test_eras_tells_a_scenario_that_fails_on_every_era_as_its_own_error(
+        tmp_path: Path) -> None:
+    """Not a table of eras that all say "not run" and exit 0: the one message, exit 2."""
+    f = scenario_file(tmp_path, """
+        def scenario(system):
+            p = system.spawn("a")
+            p.map("anon", 4096)
+            raise RuntimeError("mine")
+    """)
+    code, out, err = invoke("eras", str(f))
+    assert code == 2, err
+    assert_one_message(err, f, 4, "RuntimeError")
     assert out == ""
 
 

@@ -658,7 +658,11 @@ def _eras_of(target: str, as_json: bool, html_out: str | None = None) -> None:
     from .scenarios.across_eras import era_notes, era_table, load_target, run_across
     from .scenarios.userfile import ScenarioError
     try:
-        run = run_across(load_target(target))
+        case = load_target(target)
+        run = run_across(case)
+        if not run.traces:      # no era ran it: raise its error as `run` does (exit 2
+            from .scenarios.runner import run_case  # if the scenario's own, 3 if gupsim's)
+            run_case(case, with_host=False)
     except ScenarioError as exc:
         _scenario_failed(exc)
     except ValueError as exc:

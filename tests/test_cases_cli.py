@@ -54,6 +54,19 @@ def test_text_fits_80_columns_and_names_the_flags(monkeypatch: pytest.MonkeyPatc
     assert "case 2: RDMA" not in text          # -k selected one case
 
 
+def test_every_case_prints_in_80_columns_with_no_control_characters(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bytes a step read are text when printable, hex otherwise (the device reading a
+    freed frame shows its zeros, not six invisible NULs that widen the line)."""
+    monkeypatch.setenv("COLUMNS", "80")
+    out = CliRunner().invoke(main, ["cases"])
+    assert out.exit_code == 0, out.output
+    lines = out.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    assert not [line for line in lines if not line.isprintable()]
+    assert any(line.split()[-6:] == ["00"] * 6 for line in lines if "device read" in line)
+
+
 def test_k_selects_by_description_text() -> None:
     out = CliRunner().invoke(main, ["cases", "--json", "-k", "rdma"])
     assert out.exit_code == 0, out.output

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from gupsim.cli import main
@@ -45,3 +46,18 @@ def test_before_the_register_nothing_is_held_and_pfn_explains_one_frame() -> Non
 def test_a_step_past_the_end_says_how_many_there_are() -> None:
     out = CliRunner().invoke(main, ["explain", str(EXAMPLE), "--step", "999"])
     assert out.exit_code == 2 and "choose --step between 1 and" in out.output
+
+
+def test_the_text_folds_to_80_columns_without_cutting_the_call_site(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Long lines (a call site's path, a consequence) fold between words under their
+    own indent; the path of the scenario file stays whole."""
+    monkeypatch.setenv("COLUMNS", "80")
+    out = CliRunner().invoke(main, ["explain", str(EXAMPLE), "--step", "3"])
+    assert out.exit_code == 0, out.output
+    lines = out.output.splitlines()
+    site = f"{EXAMPLE}:{register_line()} in scenario"
+    assert any(line.strip().startswith(site) for line in lines), out.output
+    assert [line for line in lines if len(line) > 80 and not line.strip().startswith(site)
+            ] == []             # only a path too long for any line may pass 80 columns
+    assert "maybe_dma_pinned True" in out.output

@@ -80,6 +80,39 @@ BAD = [
     (["run", "/no/such/file.py"], "does not exist"),
     (["run"], "Missing argument"),
     (["nonsense"], "No such command"),
+    (["cases", "-k", "no such case"], "no case matches"),
+    (["cases", "-k", ""], "give a case key"),
+    (["cases", "--json", "--show"], "--show draws on stdout"),
+    (["eras", "no such case or file"], "neither a file nor part of a catalogue case"),
+    (["explain", EXAMPLE, "--step", "0"], "--step"),
+    (["explain", EXAMPLE], "Missing option '--step'"),
+    (["explain", EXAMPLE, "--step", "1", "--pfn", "abc"], "--pfn"),
+    (["explain", EXAMPLE, "--step", "1", "--pfn", str(1 << 40)], "is outside memory"),
+    (["exporter"], "Missing option '--port'"),
+    (["exporter", "--port", "0"], "--port"),
+    (["exporter", "--port", "70000"], "--port"),
+    (["fuzz", "--programs", "0"], "--programs"),
+    (["fuzz", "--steps", "0"], "--steps"),
+    (["fuzz", "--steps", "1000"], "--steps"),
+    (["fuzz", "--seed", "-1"], "--seed"),
+    (["fuzz", "--shrink-budget", "nan"], "--shrink-budget"),
+    (["run", EXAMPLE, "--kernel", "99.1"], "not a modelled profile"),
+    (["run", EXAMPLE, "--kernel", "six"], "is not of the form"),
+    (["run", EXAMPLE, "--json", "--show"], "--show draws on stdout"),
+    (["run", str(ROOT)], "is a directory"),
+    (["bench", "-n", "0"], "-n"),
+    (["bench", "-k", "no such bench"], "no case name contains"),
+    (["top", "--prometheus", "--json"], "--prometheus prints one exposition"),
+    # outputs are checked before any work is done
+    (["run", EXAMPLE, "--html", "/nonexistent-gupsim/x.html"], "/nonexistent-gupsim does not"),
+    (["demo", "--tour-only", "--html", "/nonexistent-gupsim/x.html"], "does not exist"),
+    (["cases", "-k", "1", "--html", "/nonexistent-gupsim/x.html"], "does not exist"),
+    (["eras", EXAMPLE, "--html", "/nonexistent-gupsim/x.html"], "does not exist"),
+    (["demo", "--tour-only", "--html", str(ROOT)], "is a directory"),
+    (["fuzz", "--model-only", "--out", str(ROOT / "README.md" / "found")],
+     "README.md is not a folder"),
+    (["exporter", "--port", "9", "--bind", "192.0.2.1"], "give --bind an address"),
+    (["explain", EXAMPLE, "--step", "99"], "choose --step between 1 and 8"),
 ]
 
 
@@ -91,11 +124,24 @@ def test_bad_values_are_usage_errors_that_say_what_was_wrong(args: list[str],
     assert says in text and "Traceback" not in text
 
 
+def test_every_command_has_bad_input_tried() -> None:
+    """A new command joins BAD with its own bad values (each of its options that takes a
+    value, or its argument, gets at least one here or in its own test file)."""
+    assert set(main.commands) <= {args[0] for args, _ in BAD}
+
+
 def test_a_scenario_file_that_is_not_python_is_a_usage_error(tmp_path: Path) -> None:
     bad = tmp_path / "broken.py"
     bad.write_text("def scenario(system:\n")
     code, text = invoke("run", str(bad))
     assert code == 2 and "not valid Python" in text
+
+
+def test_a_scenario_without_steps_has_nothing_to_explain(tmp_path: Path) -> None:
+    f = tmp_path / "idle.py"
+    f.write_text("def scenario(system):\n    system.spawn('a')\n")
+    code, text = invoke("explain", str(f), "--step", "1")
+    assert code == 2 and "takes no steps" in text and "between 1 and 0" not in text
 
 
 def test_close_case_names_are_suggested() -> None:

@@ -173,8 +173,10 @@ def test_show_with_json_is_a_usage_error_and_show_draws() -> None:
 
 
 def test_an_unwritable_html_path_says_what_to_do(tmp_path: Path) -> None:
+    """A usage error (exit 2) found before anything runs, naming the option."""
     res = CliRunner().invoke(main, ["eras", "--html", str(tmp_path / "no" / "p.html")])
-    assert res.exit_code == 1 and "choose another path for --html" in res.output
+    assert res.exit_code == 2 and "choose another path" in res.output
+    assert "'--html'" in res.output and f"{tmp_path / 'no'} does not exist" in res.output
 
 
 def test_the_release_call_is_named_in_the_step_that_made_it() -> None:

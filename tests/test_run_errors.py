@@ -121,6 +121,41 @@ def test_a_wrong_type_to_the_model_is_a_type_error_at_the_calling_line(tmp_path:
     assert "unpin_user_page(): page must be a gupsim.Page" in err
 
 
+@pytest.mark.parametrize(("body", "kind", "at"), [
+    ("    return [1 / 0]", "ZeroDivisionError", "1 / 0"),
+    ("    return 'one problem'", "TypeError", "def expect"),
+    ("    return None", "TypeError", "def expect"),
+])
+@pytest.mark.parametrize("command", [["run"], ["run", "--json"], ["eras"]])
+def test_an_error_in_expect_is_the_scenarios_own(tmp_path: Path, body: str, kind: str,
+                                                 at: str, command: list[str]) -> None:
+    """expect(trace) is the user's code too: its exception, or a return that is not a
+    list of strings, is `FILE:LINE: Type: message` and exit 2, not gupsim's traceback."""
+    f = scenario_file(tmp_path, "def scenario(system):\n    system.spawn('a')\n\n\n"
+                      f"def expect(trace):\n{body}\n")
+    code, out, err = invoke(*command, str(f))
+    assert code == 2, err
+    assert_one_message(err, f, line_of(f, at), kind)
+    if kind == "TypeError":
+        assert "return a list of strings" in err
+    assert out == ""
+
+
+def test_eras_tells_a_scenario_that_fails_on_every_era_as_its_own_error(
+        tmp_path: Path) -> None:
+    """Not a table of eras that all say "not run" and exit 0: the one message, exit 2."""
+    f = scenario_file(tmp_path, """
+        def scenario(system):
+            p = system.spawn("a")
+            p.map("anon", 4096)
+            raise RuntimeError("mine")
+    """)
+    code, out, err = invoke("eras", str(f))
+    assert code == 2, err
+    assert_one_message(err, f, 4, "RuntimeError")
+    assert out == ""
+
+
 def test_a_file_without_a_scenario_is_still_a_usage_error(tmp_path: Path) -> None:
     f = scenario_file(tmp_path, "X = 1\n")
     code, out, err = invoke("run", str(f))

@@ -10,6 +10,7 @@ stdout (progress goes to stderr); tables fit 80 columns.
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 import traceback
@@ -58,6 +59,38 @@ class Seconds(click.ParamType):
         return seconds
 
 
+class OutputPath(click.Path):
+    """A file or folder gupsim will write: checked before any work is done (a missing
+    folder or one that cannot be written is a usage error, not a failure after the run).
+    `make_parents`: the writer creates missing folders, so the nearest existing one must
+    be writable."""
+
+    def __init__(self, folder: bool = False, make_parents: bool = False) -> None:
+        super().__init__(file_okay=not folder, dir_okay=folder)
+        self.make_parents = make_parents
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> Any:
+        """The path, once its folder is known to exist (or be creatable) and be writable."""
+        path = super().convert(value, param, ctx)
+        parent = os.path.dirname(os.path.abspath(os.fsdecode(path)))
+        while self.make_parents and not os.path.exists(parent):
+            parent = os.path.dirname(parent)
+        if not os.path.isdir(parent):
+            self.fail(f"{parent} is not a folder" if os.path.exists(parent) else
+                      f"the folder {parent} does not exist: create it or choose another "
+                      "path", param, ctx)
+        if not os.access(parent, os.W_OK | os.X_OK):
+            self.fail(f"cannot write in {parent}: choose another path", param, ctx)
+        return path
+
+
+class UsageProblem(click.ClickException):
+    """A usage error found while working (an output that cannot be written): exit 2."""
+
+    exit_code = 2
+
+
 class GupsimGroup(click.Group):
     """Maps an interruption to exit 130 and an unexpected error to exit 3 (with its
     traceback), keeping 1 for disagreements and 2 for usage errors."""
@@ -101,7 +134,7 @@ def picture_options(fn: Any) -> Any:
     fn = click.option("--show", is_flag=True,
                       help="Draw the pictures of every step in the terminal.")(fn)
     return click.option("--html", "html_out", default=None, metavar="OUT",
-                        type=click.Path(dir_okay=False, writable=True),
+                        type=OutputPath(),
                         help="Write the pictures of every step to OUT, one self-contained "
                              "HTML page (no network).")(fn)
 
@@ -125,8 +158,8 @@ def emit_pictures(pics: Any, html_out: str | None, show: bool) -> None:
         try:
             write_html(pics, html_out)
         except OSError as e:
-            raise click.ClickException(f"cannot write {html_out}: {e.strerror or e}; choose "
-                                       "another path for --html") from None
+            raise UsageProblem(f"cannot write {html_out}: {e.strerror or e}; choose "
+                               "another path for --html") from None
         click.echo(f"gupsim: wrote {len(pics.panels)} step(s) to {html_out}", err=True)
 
 
@@ -432,12 +465,17 @@ def top(as_json: bool, watch: float | None, prometheus: bool) -> None:
               help="Address to listen on (loopback by default).")
 def exporter(port: int, bind: str) -> None:
     """`gupsim exporter`: /metrics with a fresh snapshot per scrape, until Ctrl-C/SIGTERM."""
+    import errno
+    import socket
+
     from .report.prometheus import serve
     try:
         serve(port, bind, pins_snapshot)
     except OSError as e:
-        raise click.ClickException(f"cannot listen on {bind}:{port} ({e.strerror or e}): "
-                                   "choose a free port with --port") from None
+        bad_bind = isinstance(e, socket.gaierror) or e.errno == errno.EADDRNOTAVAIL
+        raise UsageProblem(f"cannot listen on {bind}:{port} ({e.strerror or e}): "
+                           + ("give --bind an address of this machine" if bad_bind else
+                              "choose a free port with --port")) from None
 
 
 @main.command(help="Run a scenario file on the model up to a step and explain what holds "
@@ -460,7 +498,7 @@ def explain(file: str, step: int, pfns: tuple[int, ...], as_json: bool) -> None:
     if as_json:
         click.echo(dumps(result.as_dict()))
     else:
-        click.echo(str(result))
+        click.echo(result.wrapped(Console().width))
 
 
 # -- bench -------------------------------------------------------------------------------------
@@ -620,7 +658,11 @@ def _eras_of(target: str, as_json: bool, html_out: str | None = None) -> None:
     from .scenarios.across_eras import era_notes, era_table, load_target, run_across
     from .scenarios.userfile import ScenarioError
     try:
-        run = run_across(load_target(target))
+        case = load_target(target)
+        run = run_across(case)
+        if not run.traces:      # no era ran it: raise its error as `run` does (exit 2
+            from .scenarios.runner import run_case  # if the scenario's own, 3 if gupsim's)
+            run_case(case, with_host=False)
     except ScenarioError as exc:
         _scenario_failed(exc)
     except ValueError as exc:
@@ -654,7 +696,8 @@ def _eras_of(target: str, as_json: bool, html_out: str | None = None) -> None:
 @click.option("--model-only", is_flag=True,
               help="Do not touch the host: check the model's invariants after every step.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-@click.option("--out", type=click.Path(file_okay=False), default=None, metavar="DIR",
+@click.option("--out", type=OutputPath(folder=True, make_parents=True), default=None,
+              metavar="DIR",
               help="Write each shrunk finding to DIR as a scenario file.")
 @click.option("--shrink-budget", type=click.IntRange(0), default=60, show_default=True,
               help="Most runs spent shrinking one finding.")

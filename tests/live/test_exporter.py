@@ -129,7 +129,21 @@ def test_the_exporter_says_what_to_do_when_the_port_is_taken() -> None:
         out = subprocess.run([sys.executable, "-c", "from gupsim.cli import main; main()",
                               "exporter", "--port", str(port)], capture_output=True,
                              text=True, timeout=30)
-    assert out.returncode == 1 and "--port" in out.stderr
+    assert out.returncode == 2 and "choose a free port with --port" in out.stderr
+
+
+def test_ctrl_c_stops_the_exporter_as_an_interruption(
+        exporter: tuple[subprocess.Popen, int]) -> None:
+    """SIGTERM is a service stop (exit 0, the fixture checks it); Ctrl-C is exit 130 with
+    the line every interrupted command prints, and the port is free again."""
+    proc, port = exporter
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(10) == 130
+    assert proc.stderr is not None and "gupsim: interrupted" in proc.stderr.read()
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # no listener is left
+        s.bind(("127.0.0.1", port))
+        s.listen()
 
 
 @pytest.fixture

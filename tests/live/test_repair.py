@@ -164,6 +164,29 @@ def test_old_style_folders_are_kept_while_used(tmp_path: Path) -> None:
             os.close(holder)
 
 
+def test_a_journal_copy_of_a_dead_run_is_removed(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGKILL between writing `gupsim-NAME.json.PID` and renaming it into place leaves the
+    copy; the next repair removes it (a living writer's copy is kept) and says so."""
+    from gupsim.live import settings
+    monkeypatch.setattr(settings, "LOCK_DIR", str(tmp_path))
+    dead, alive = dead_pid(), os.getpid()
+    copies = {n: tmp_path / f"gupsim-{n}.json.{dead}" for n in ("settings", "hugepages",
+                                                                 "saved", "swap")}
+    for copy in copies.values():
+        copy.write_text("{}")
+    mine = tmp_path / f"gupsim-settings.json.{alive}"
+    other = tmp_path / "gupsim-settings.json.bak"
+    mine.write_text("{}")
+    other.write_text("{}")
+    lines = settings.repair_dead_settings()
+    assert not any(c.exists() for c in copies.values())
+    assert mine.exists() and other.exists()
+    assert len(lines) == 4 and all("half-written journal" in ln for ln in lines)
+    assert str(copies["swap"]) in "".join(lines)
+    assert settings.repair_dead_settings() == []
+
+
 # -- settings: SIGKILL -----------------------------------------------------------------------
 
 @pytest.mark.host

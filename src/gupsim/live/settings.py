@@ -432,18 +432,40 @@ def _repair_saved(saved: dict, done: list[str]) -> None:
         del saved[key]
 
 
-def repair_dead_settings() -> list[str]:
-    """Undo every setting change journaled by a gupsim process that is no longer alive;
+def remove_dead_journal_copies(name: str) -> list[str]:
+    """Remove `gupsim-NAME.json.PID`, the copy `_write_journal` renames into place, of
+    processes that died before the rename (SIGKILL): the setting it was about to change
+    was not written yet (that waits for the rename), so the copy records nothing true."""
+    prefix = os.path.basename(journal_path(name)) + "."
+    removed = []
+    for entry in os.listdir(LOCK_DIR):
+        pid = entry[len(prefix):]
+        if entry.startswith(prefix) and pid.isdigit() and not cleanup.pid_alive(int(pid)):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(LOCK_DIR, entry))
+                removed.append(os.path.join(LOCK_DIR, entry))
+    return removed
+
+
+def repair_dead_settings(names: tuple[str, ...] = ("settings", "hugepages", "saved", "swap")
+                         ) -> list[str]:
+    """Undo every setting change journaled by a gupsim process that is no longer alive
+    (the swap journal's are swapfile.py's: here only its half-written copies go);
     return one line per repair. A repair this host does not allow (not root) is reported
     as a line saying what is left and why, not raised."""
     done: list[str] = []
-    for name, repair in (("settings", _repair_shared), ("hugepages", _repair_hugepages),
-                         ("saved", _repair_saved)):
-        if not os.path.exists(journal_path(name)):
+    repairs = {"settings": _repair_shared, "hugepages": _repair_hugepages,
+               "saved": _repair_saved}
+    for name in names:
+        copies = remove_dead_journal_copies(name)
+        if copies:
+            done.append(f"removed {len(copies)} half-written journal(s) of dead gupsim "
+                        f"runs: {', '.join(copies)}")
+        if not os.path.exists(journal_path(name)) or name not in repairs:
             continue
         try:
             with cleanup.signals_held(), _journal(name) as state:
-                repair(state, done)
+                repairs[name](state, done)
         except HostUnsupported as exc:
             done.append(f"could not repair {journal_path(name)}: {exc}")
     return done

@@ -51,8 +51,9 @@ def _facts(step: CaseStep) -> Table:
     t.add_column(style="dim", ratio=2)
     t.add_column(ratio=3, overflow="fold")
     for key, value in step.facts.items():
-        if isinstance(value, bytes | bytearray):
-            value = bytes(value).decode("latin-1") if bytes(value).isascii() else value.hex()
+        if isinstance(value, bytes | bytearray):     # text if printable, else hex (a NUL
+            text = bytes(value).decode("latin-1")    # written to a terminal is invisible)
+            value = text if text.isascii() and text.isprintable() else value.hex(" ")
         t.add_row(str(key), str(value))
     return t
 

@@ -3,6 +3,7 @@ the frames held then (every frame a GUP call still holds, or the frames asked fo
 
 from __future__ import annotations
 
+import textwrap
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +36,17 @@ class StepExplanation:
         if not self.frames:
             return head + "\nno frame is held by GUP at this step"
         return "\n\n".join([head] + [str(f) for f in self.frames])
+
+    def wrapped(self, width: int = 80) -> str:
+        """The text with each line folded to `width` under its own indent (plus two
+        spaces), between words only: a call site's path is never cut."""
+        out = []
+        for line in str(self).splitlines():
+            indent = line[:len(line) - len(line.lstrip())]
+            out.append(textwrap.fill(line, width, subsequent_indent=indent + "  ",
+                                     break_long_words=False, break_on_hyphens=False)
+                       if len(line) > width else line)
+        return "\n".join(out)
 
 
 def explain_step(file: str, step: int, pfns: tuple[int, ...] = ()) -> StepExplanation:
@@ -75,6 +87,9 @@ def explain_step(file: str, step: int, pfns: tuple[int, ...] = ()) -> StepExplan
     finally:
         system.close()
     if not found:
-        raise ValueError(f"{file} has only {len(system.trace.steps)} step(s): choose "
-                         f"--step between 1 and {len(system.trace.steps)}")
+        n = len(system.trace.steps)
+        raise ValueError(f"{file} has only {n} step(s): choose --step between 1 and {n}"
+                         if n else f"{file} takes no steps: its scenario() calls no "
+                         "operation of a process (see examples/), so there is nothing "
+                         "to explain")
     return found[0]

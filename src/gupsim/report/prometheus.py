@@ -113,19 +113,25 @@ def exposition(snap: dict[str, Any]) -> str:
     return generate_latest(registry_for(lambda: snap)).decode()
 
 
+class _Stopped(Exception):
+    """SIGTERM: a service manager stopping the exporter, a normal end (exit 0)."""
+
+
 def serve(port: int, bind: str, snapshot: Snapshot) -> None:
-    """Serve /metrics on bind:port until SIGINT or SIGTERM; a fresh snapshot per scrape."""
+    """Serve /metrics on bind:port until SIGTERM (returns: a service stop) or Ctrl-C
+    (KeyboardInterrupt goes on to the command line: exit 130, as every command's
+    interruption); a fresh snapshot per scrape."""
     from prometheus_client import start_http_server
     server, thread = start_http_server(port, addr=bind, registry=registry_for(snapshot))
 
     def stop(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
+        raise _Stopped
 
     signal.signal(signal.SIGTERM, stop)
     try:
         while thread.is_alive():
             thread.join(1.0)
-    except KeyboardInterrupt:
+    except _Stopped:
         pass
     finally:
         server.shutdown()

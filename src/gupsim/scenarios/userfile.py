@@ -26,19 +26,20 @@ class ScenarioError(Exception):
     `backend` is ""): its own error, or gupsim's (see `is_users()`)."""
 
     def __init__(self, exc: BaseException, file: str, backend: str = "",
-                 trace: Trace | None = None) -> None:
+                 trace: Trace | None = None, line: int = 0) -> None:
         super().__init__(f"{backend or 'loading'}: {type(exc).__name__}: {exc}")
         self.exc = exc
         self.file = file
         self.backend = backend
         self.trace = trace if trace is not None else Trace(backend or "model")
+        self.line = line     # set when the error has no frame in the file (a bad return)
 
     def is_users(self) -> bool:
         """The user's to fix: a syntax error, an exception raised in the user's code (the
         innermost frame is not gupsim's), or gupsim refusing a bad call (ProtocolError,
         TypeError, ValueError, an OSError). Anything else raised inside gupsim is a bug."""
         exc = self.exc
-        if isinstance(exc, SyntaxError):
+        if isinstance(exc, SyntaxError) or self.line:
             return True
         tb = traceback.extract_tb(exc.__traceback__)
         if not any(_same_file(f.filename, self.file) for f in tb):
@@ -51,7 +52,7 @@ class ScenarioError(Exception):
     @property
     def message(self) -> str:
         """`FILE:LINE: ExceptionType: message` at the scenario's innermost frame."""
-        return error_message(self.exc, self.file)
+        return error_message(self.exc, self.file, self.line)
 
     @property
     def frames(self) -> list[str]:
@@ -76,13 +77,14 @@ def scenario_frames(exc: BaseException, file: str) -> list[str]:
             for f in _frames(exc, file)]
 
 
-def error_message(exc: BaseException, file: str) -> str:
-    """One line: where in the scenario file, what kind of error, and its message."""
+def error_message(exc: BaseException, file: str, line: int = 0) -> str:
+    """One line: where in the scenario file (`line` if the traceback has no frame
+    there), what kind of error, and its message."""
     kind = type(exc).__name__
     if isinstance(exc, SyntaxError) and exc.filename and _same_file(exc.filename, file):
         return f"{file}:{exc.lineno}: {kind}: {exc.msg} (the file is not valid Python)"
     frames = _frames(exc, file)
-    line = frames[-1].lineno if frames else 0
+    line = (frames[-1].lineno or line) if frames else line
     text = str(exc)
     return f"{file}:{line}: {kind}" + (f": {text}" if text else "")
 
@@ -97,8 +99,27 @@ def load_scenario(file: str) -> Case:
     if not callable(ns.get("scenario")):
         raise ValueError(f"{file} must define a function scenario(system)")
     expect: Callable[[Trace], list[str]] = ns.get("expect") or (lambda trace: [])
-    return Case(str(ns.get("NAME", file)), ns["scenario"], expect, source=file,
-                needs=tuple(ns.get("NEEDS", ())))
+    return Case(str(ns.get("NAME", file)), ns["scenario"], _checked(expect, file),
+                source=file, needs=tuple(ns.get("NEEDS", ())))
+
+
+def _checked(expect: Callable[[Trace], Any], file: str) -> Callable[[Trace], list[str]]:
+    """`expect` as the runner calls it: its exception, or a return that is not a list of
+    strings, is the scenario's own error (ScenarioError), not a crash of gupsim."""
+    def checked(trace: Trace) -> list[str]:
+        try:
+            problems = expect(trace)
+        except Exception as exc:     # noqa: BLE001 - the scenario's own code
+            raise ScenarioError(exc, file, trace=trace) from exc
+        if not isinstance(problems, list | tuple) or not all(isinstance(p, str)
+                                                             for p in problems):
+            bad = TypeError(f"expect(trace) returned {problems!r:.80}: return a list of "
+                            "strings, the problems found ([] when there are none)")
+            raise ScenarioError(bad, file, trace=trace,
+                                line=getattr(getattr(expect, "__code__", None),
+                                             "co_firstlineno", 0) or 1)
+        return list(problems)
+    return checked
 
 
 __all__ = ["ScenarioError", "load_scenario", "error_message", "scenario_frames"]

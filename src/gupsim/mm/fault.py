@@ -24,7 +24,7 @@ from .mm_struct import (
     zap_range,
 )
 from .mmu_notifier import MMU_NOTIFY_CLEAR, invalidate_end, invalidate_start
-from .rmap import mappings_of
+from .rmap import entries_mapping, mappings_of
 from .vma import PTE, VM, VMA
 
 
@@ -236,7 +236,7 @@ def do_wp_page(env: MMEnv, mm: MM, vma: VMA, i: int, unshare: bool) -> VMFault:
     head = int(mem.head_of(pfn))
     kind = int(mem.kind[head]) if not pte & PTE.SPECIAL else int(mem.kind[pfn])
     if kind == Kind.ANON and not pte & PTE.SPECIAL:
-        if _wp_can_reuse_anon(env, mm, pfn, head):
+        if _wp_can_reuse_anon(env, mm, pfn, head, vma):
             mem.set_flag(pfn, PG.anon_exclusive)
             if not unshare:
                 vma.pte[i] |= _mkwrite(vma) | PTE.MKDIRTY | PTE.YOUNG
@@ -270,7 +270,8 @@ def _mkwrite(vma: VMA) -> int:
     return PTE.WRITE if vma.flags & VM.WRITE else 0
 
 
-def _wp_can_reuse_anon(env: MMEnv, mm: MM, pfn: int, head: int) -> bool:
+def _wp_can_reuse_anon(env: MMEnv, mm: MM, pfn: int, head: int, vma: VMA | None = None
+                       ) -> bool:
     """May a write fault reuse this anonymous page rather than copy it? The rule of the
     machine's era (`gupsim.eras`):
 
@@ -284,7 +285,7 @@ def _wp_can_reuse_anon(env: MMEnv, mm: MM, pfn: int, head: int) -> bool:
     mem = env.mem
     if env.era.has("anon-exclusive-unshare"):
         return (mem.test(pfn, PG.anon_exclusive) or _anon_reusable(env, head)
-                or _anon_reusable_large(env, mm, head))
+                or _anon_reusable_large(env, mm, head, vma))
     if env.era.has("cow-reuse-page-count"):
         return _anon_reusable(env, head)
     return _mapped_once(env, pfn, head)
@@ -304,18 +305,23 @@ def _anon_reusable(env: MMEnv, head: int) -> bool:
             and not mem.test(head, PG.swapcache))
 
 
-def _anon_reusable_large(env: MMEnv, mm: MM, head: int) -> bool:
+def _anon_reusable_large(env: MMEnv, mm: MM, head: int, vma: VMA | None = None) -> bool:
     """wp_can_reuse_anon_folio() for a PTE-mapped large folio (6.15+): every reference
     is a mapping (no pin, no swap cache) and every mapping belongs to this mm; but a
     folio with a single page still mapped is not reused (copying that page lets the
-    rest of the folio be freed)."""
+    rest of the folio be freed). `vma`: the faulting VMA; when nothing maps the folio
+    whole (a PMD) and its PTEs account for every mapping, no page tables of other mms
+    need to be walked."""
     mem = env.mem
     if mem.order[head] == 0 or mem.test(head, PG.swapcache):
         return False
     n = mem.nr_pages_of(head)
-    maps = int(mem.mapcount[head:head + n].sum()) + int(mem.entire_mapcount[head])
+    whole = int(mem.entire_mapcount[head])
+    maps = int(mem.mapcount[head:head + n].sum()) + whole
     if maps <= 1 or int(mem.refcount[head]) != maps:
         return False
+    if vma is not None and not whole and len(entries_mapping(vma, head, n)) == maps:
+        return True
     return all(other is mm for other, _, _ in mappings_of(env, head))
 
 
@@ -383,7 +389,7 @@ def wp_copy_run(env: MMEnv, mm: MM, vma: VMA, i0: int, i1: int, unshare: bool) -
     n = int(np.argmin(ok)) if np.count_nonzero(ok) < len(ok) else len(ok)
     if n == 0:
         return 0
-    copy = zero[:n] | _anon_must_copy(env, mm, old[:n], heads[:n])
+    copy = zero[:n] | _anon_must_copy(env, mm, old[:n], heads[:n], vma)
     if not copy[0]:
         return _wp_reuse_run(env, vma, i0, old[:int(np.argmax(copy)) or n], unshare)
     n = int(np.argmin(copy)) or n
@@ -426,7 +432,8 @@ def _wp_reuse_run(env: MMEnv, vma: VMA, i0: int, pfns: np.ndarray, unshare: bool
     return n
 
 
-def _anon_must_copy(env: MMEnv, mm: MM, pfns: np.ndarray, heads: np.ndarray) -> np.ndarray:
+def _anon_must_copy(env: MMEnv, mm: MM, pfns: np.ndarray, heads: np.ndarray,
+                    vma: VMA | None = None) -> np.ndarray:
     """For anonymous pages mapped by PTEs: would _wp_can_reuse_anon() refuse to reuse
     each (so do_wp_page() copies it)? Only where copying the earlier ones of the run
     cannot change the answer: a page's own flag and mapcount, and for a large folio the
@@ -444,7 +451,7 @@ def _anon_must_copy(env: MMEnv, mm: MM, pfns: np.ndarray, heads: np.ndarray) -> 
             large = np.unique(heads[~small]).tolist() if np.count_nonzero(small) < len(small) \
                 else []
             for head in large:
-                if _anon_reusable_large(env, mm, head):
+                if _anon_reusable_large(env, mm, head, vma):
                     reuse |= heads == head
     else:
         reuse = (mem.mapcount[pfns] + mem.entire_mapcount[heads] == 1) & ~cached

@@ -44,14 +44,21 @@ def mappings_of(env: MMEnv, head: int) -> Iterator[tuple[MM, VMA, np.ndarray]]:
                 sl = np.arange(lo, hi)
             else:
                 sl = None
-            pfn = vma.pfn if sl is None else vma.pfn[sl]
-            # head <= pfn < head + n as one unsigned compare; most VMAs end here
-            idx = ((pfn - head).astype(np.uint32) < n).nonzero()[0]
+            idx = entries_mapping(vma, head, n, sl)
             if len(idx):
-                pte = vma.pte[idx] if sl is None else vma.pte[sl[idx]]
-                idx = idx[(pte & (PTE.PRESENT | PTE.SPECIAL)) == PTE.PRESENT]
-            if len(idx):
-                yield mm, vma, (idx if sl is None else sl[idx])
+                yield mm, vma, idx
+
+
+def entries_mapping(vma: VMA, head: int, n: int, sl: np.ndarray | None = None) -> np.ndarray:
+    """Indices of the entries of `vma` (of `sl` only, if given) whose PTE maps one of the
+    `n` pages from `head`."""
+    pfn = vma.pfn if sl is None else vma.pfn[sl]
+    # head <= pfn < head + n as one unsigned compare; most VMAs end here
+    idx = ((pfn - head).astype(np.uint32) < n).nonzero()[0]
+    if len(idx):
+        pte = vma.pte[idx] if sl is None else vma.pte[sl[idx]]
+        idx = idx[(pte & (PTE.PRESENT | PTE.SPECIAL)) == PTE.PRESENT]
+    return idx if sl is None else sl[idx]
 
 
 def _entries_range(vma: VMA, idx: np.ndarray) -> tuple[int, int]:

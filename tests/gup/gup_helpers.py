@@ -3,7 +3,8 @@ memory shapes most tests start from, and the table of entry points as test param
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -22,8 +23,10 @@ from gupsim import (
     Page,
     Process,
 )
+from gupsim.gup.state import GupCall, gup_state
 from gupsim.memory import Kind
 from gupsim.mm import MMF, PTE, VM, VMA
+from gupsim.observe import Observer, observing
 
 RW = PROT_READ | PROT_WRITE
 ANON = MAP_PRIVATE | MAP_ANONYMOUS
@@ -128,3 +131,20 @@ def release(k: Kernel, ep: EntryPoint, pages: list[Page | None]) -> None:
             if pg is not None:
                 k.put_page(pg)
 
+
+@contextlib.contextmanager
+def recorded() -> Iterator[tuple[list[GupCall], list[Kernel]]]:
+    """The path record of every GUP call made in the block, and the machines built in
+    it (whose `k.gup.express_unpins` count the unpins that went the express way): read
+    through the observer hook the pictures use, not by spying on the internals."""
+    calls: list[GupCall] = []
+    kernels: list[Kernel] = []
+
+    def on_gup(mem: Any) -> None:
+        call = gup_state(mem).last_call
+        assert call is not None
+        calls.append(call)
+
+    with observing(Observer(on_kernel=kernels.append, on_gup=on_gup,
+                            on_step=lambda step: None)):
+        yield calls, kernels

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from gup_helpers import recorded
 
 import gupsim
 from gupsim import (
@@ -32,9 +33,8 @@ from gupsim import (
     PageArray,
     lean,
 )
-from gupsim.gup.state import PATH_FALLBACK, PATH_SLOW, GupCall, gup_state
+from gupsim.gup.state import PATH_FALLBACK, PATH_SLOW, GupCall
 from gupsim.memory import Kind, OutOfMemory
-from gupsim.observe import Observer, observing
 
 RW = PROT_READ | PROT_WRITE
 ANON = MAP_PRIVATE | MAP_ANONYMOUS
@@ -43,19 +43,12 @@ ANON = MAP_PRIVATE | MAP_ANONYMOUS
 def _program(seed: int, steps: int = 300) -> tuple[list[Any], list[GupCall]]:
     rng = random.Random(seed)
     k = Kernel(memory="64MiB", movable="16MiB", cma="8MiB")
-    calls: list[GupCall] = []
     hog: list[int] = []
     procs = [k.spawn("express")]
     maps: list[tuple[gupsim.Process, int, int]] = []
     held: list[tuple[bool, PageArray]] = []
     trace: list[Any] = []
-    def on_gup(mem: Any) -> None:
-        call = gup_state(mem).last_call
-        assert call is not None
-        calls.append(call)
-
-    with observing(Observer(on_kernel=lambda kernel: None, on_gup=on_gup,
-                            on_step=lambda step: None)):
+    with recorded() as (calls, _):
         for _ in range(steps):
             p = rng.choice(procs)
             mine = [m for m in maps if m[0] is p]

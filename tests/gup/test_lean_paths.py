@@ -11,14 +11,13 @@ each era, with the shortcuts and without: every return value, the page-frame arr
 
 from __future__ import annotations
 
-import contextlib
 import random
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import pytest
 from callcount import python_calls
+from gup_helpers import recorded
 
 import gupsim
 from gupsim import (
@@ -39,30 +38,11 @@ from gupsim import (
     PageArray,
     lean,
 )
-from gupsim.gup.state import GupCall, gup_state
-from gupsim.observe import Observer, observing
+from gupsim.gup.state import GupCall
 
 RW = PROT_READ | PROT_WRITE
 ERAS = ("5.6", "5.8", "5.11", "5.13", "5.19", "6.2", "6.5", None)
 PIN_FLAGS = (FOLL_WRITE | FOLL_LONGTERM, FOLL_WRITE, 0, FOLL_LONGTERM)
-
-
-@contextlib.contextmanager
-def recorded() -> Iterator[tuple[list[GupCall], list[Kernel]]]:
-    """The path record of every GUP call made in the block, and the machines built in
-    it (whose `k.gup.express_unpins` count the unpins that went the express way): read
-    through the observer hook the pictures use, not by spying on the internals."""
-    calls: list[GupCall] = []
-    kernels: list[Kernel] = []
-
-    def on_gup(mem: Any) -> None:
-        call = gup_state(mem).last_call
-        assert call is not None
-        calls.append(call)
-
-    with observing(Observer(on_kernel=kernels.append, on_gup=on_gup,
-                            on_step=lambda step: None)):
-        yield calls, kernels
 
 
 def _program(era: str | None, seed: int, steps: int = 250) -> list[Any]:

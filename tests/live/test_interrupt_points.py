@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 
 from gupsim.live import cleanup, settings
-from gupsim.live.settings import hugepages_path, journal_path, read_setting
+from gupsim.live.settings import hugepages_path, journal_path, read_journal, read_setting
 from gupsim.live.swapfile import SWAP_DIR, active_swaps
 from gupsim.live.vmstat import counters_to_ourselves, pin_counters, wait_outstanding
 
@@ -91,20 +91,11 @@ def _host_can(need: Callable[..., None]) -> None:
 
 # -- what a run may leave, read so that other gupsim runs on the machine are no noise -----
 
-def _journal(name: str) -> dict:
-    try:
-        with open(journal_path(name)) as f:
-            state = json.load(f)
-    except (FileNotFoundError, ValueError):
-        return {}
-    return state if isinstance(state, dict) else {}
-
-
 def base_settings() -> dict[str, str]:
     """Each knob gupsim changes, as it is without the changes living gupsim runs journal:
     an mTHP knob's saved original while others hold it, the huge page pool less what
     living runs added. A run that leaves a change shows here; another's does not."""
-    shared = _journal("settings")
+    shared = read_journal("settings")
     out = {}
     for path in MTHP_KNOBS:
         entry = shared.get(path)
@@ -112,7 +103,7 @@ def base_settings() -> dict[str, str]:
         out[path] = entry["original"] if living else read_setting(path)
     with settings._locked("hugepages"):
         added = sum(int(mine.get("added", 0))
-                    for pid, mine in _journal("hugepages").get(HUGE_POOL, {}).items()
+                    for pid, mine in read_journal("hugepages").get(HUGE_POOL, {}).items()
                     if cleanup.pid_alive(int(pid)))
         out[HUGE_POOL] = str(int(read_setting(HUGE_POOL)) - added)
     return out
@@ -126,7 +117,7 @@ def leftovers(pid: int) -> list[str]:
     found += glob.glob(os.path.join(SWAP_DIR, f"gupsim-swap-{pid}-*"))
     found += [f"active swap {s}" for s in active_swaps() if f"gupsim-swap-{pid}-" in s]
     for name in ("settings", "hugepages", "saved", "swap"):
-        if re.search(rf"\b{pid}\b", json.dumps(_journal(name))):
+        if re.search(rf"\b{pid}\b", json.dumps(read_journal(name))):
             found.append(f"journal {journal_path(name)} names {pid}")
     return found
 

@@ -184,7 +184,8 @@ def journal_path(name: str) -> str:
     return os.path.join(LOCK_DIR, f"gupsim-{name}.json")
 
 
-def _read_journal(name: str) -> dict:
+def read_journal(name: str) -> dict:
+    """The journal `name` as a dict: {} when it is missing, unreadable or not an object."""
     try:
         with open(journal_path(name)) as f:
             state = json.load(f)
@@ -212,7 +213,7 @@ def _journal(name: str) -> Iterator[dict]:
     """Hold the lock of `name`, yield its journal, and write it back when the block ends
     (also when it raises: what was recorded before the error is still true)."""
     with _locked(name):
-        state = _read_journal(name)
+        state = read_journal(name)
         try:
             yield state
         finally:
@@ -317,7 +318,7 @@ class SharedSetting(JournaledChange):
     @classmethod
     def _load(cls) -> dict[str, dict]:
         """The journal, without the users that are no longer alive."""
-        state = _read_journal("settings")
+        state = read_journal("settings")
         _drop_dead_users(state)
         return state
 

@@ -26,11 +26,24 @@ def test_model_gives_the_hosts_steps(path: Path) -> None:
     assert case.expect(trace) == []
 
 
+HOST_RUNS = 3
+
+
 @pytest.mark.host
 @pytest.mark.parametrize("path", CASES, ids=lambda p: p.stem)
 def test_model_and_host_agree(path: Path) -> None:
-    result = run_case(load_scenario(str(path)))
-    if result.status == "skipped":
-        assert result.host is not None
-        pytest.skip(result.host.skipped)
-    assert result.status == "agree", result.differences + result.host_problems
+    """Up to HOST_RUNS runs: the model answers the same every time, so a model bug
+    disagrees on each; the kernel's answer to a few steps depends on timing (a read
+    fault maps the cached pages around it only if no one else holds them locked at
+    that moment, as reclaim or this host's DAMON scan may: one run in a dozen of the
+    fault-around case reads its page mapped once), which a second run does not repeat."""
+    seen = []
+    for _ in range(HOST_RUNS):
+        result = run_case(load_scenario(str(path)))
+        if result.status == "skipped":
+            assert result.host is not None
+            pytest.skip(result.host.skipped)
+        if result.status == "agree":
+            return
+        seen.append(result.differences + result.host_problems)
+    pytest.fail(f"the model and the host disagreed on {HOST_RUNS} runs of {path.name}: {seen}")

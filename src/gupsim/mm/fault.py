@@ -322,7 +322,7 @@ def _anon_reusable_large(env: MMEnv, mm: MM, head: int, vma: VMA | None = None) 
         return False
     if vma is not None and not whole and len(entries_mapping(vma, head, n)) == maps:
         return True
-    return all(other is mm for other, _, _ in mappings_of(env, head))
+    return next(mappings_of(env, head, skip=mm), None) is None   # no other mm maps it
 
 
 def _anon_reusable_huge(env: MMEnv, head: int) -> bool:

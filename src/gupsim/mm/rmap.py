@@ -26,13 +26,17 @@ from .mmu_notifier import (
 from .vma import PTE, VMA
 
 
-def mappings_of(env: MMEnv, head: int) -> Iterator[tuple[MM, VMA, np.ndarray]]:
-    """(mm, vma, entry indices) for every PTE that maps a page of the folio at `head`."""
+def mappings_of(env: MMEnv, head: int, skip: MM | None = None
+                ) -> Iterator[tuple[MM, VMA, np.ndarray]]:
+    """(mm, vma, entry indices) for every PTE that maps a page of the folio at `head`
+    (in the page tables of every mm but `skip`)."""
     mem = env.mem
     n = mem.nr_pages_of(head)
     kind = int(mem.kind[head])
     mapping = int(mem.mapping[head])
     for mm in list(env.mms):
+        if mm is skip:
+            continue
         for vma in mm.vmas:
             if kind not in (Kind.ANON, Kind.KSM):
                 if vma.file is None or vma.file.inode_id != mapping:

@@ -234,16 +234,23 @@ def test_one_page_pin_is_lean() -> None:
     assert pin <= 40 and unpin <= 40, (pin, unpin)
 
 
-def _misused_thp_unpin() -> tuple[list[Any], list[bool]]:
-    """GUP-fast pins 4 MiB of THP leaves (the record keeps their folio runs); a misuse
-    (put_page() of every pinned page, then munmap) frees the folios and small pages
-    reuse the frames; then the pages array is unpinned."""
+def _pinned_thp() -> tuple[Kernel, gupsim.Process, int, int, PageArray]:
+    """A machine whose process has 4 MiB of THP leaves pinned by one GUP-fast call:
+    (kernel, process, address, size, the pages array)."""
     k = Kernel(memory="64MiB")
-    p = k.spawn("misuse")
+    p = k.spawn("thp")
     size = 4 << 20
     a = _thp_range(p, size)
     vec = PageArray(size // PAGE_SIZE)
     assert p.pin_user_pages_fast(a, len(vec), FOLL_WRITE, vec) == len(vec)
+    return k, p, a, size, vec
+
+
+def _misused_thp_unpin() -> tuple[list[Any], list[bool]]:
+    """GUP-fast pins 4 MiB of THP leaves (the record keeps their folio runs); a misuse
+    (put_page() of every pinned page, then munmap) frees the folios and small pages
+    reuse the frames; then the pages array is unpinned."""
+    k, p, a, size, vec = _pinned_thp()
     trusted: list[bool] = []
     check = k.sanitizer.folios_unchanged
     k.sanitizer.folios_unchanged = lambda rec: trusted.append(check(rec)) or trusted[-1]
@@ -275,12 +282,7 @@ def test_unpin_rechecks_folios_a_misuse_changed(monkeypatch: pytest.MonkeyPatch)
 def test_unpin_reuses_the_runs_of_an_intact_pin() -> None:
     """Without a misuse, the unpin of a THP pin takes the record's folio runs (no page
     lookups) and leaves the folios unpinned."""
-    k = Kernel(memory="64MiB")
-    p = k.spawn("intact")
-    size = 4 << 20
-    a = _thp_range(p, size)
-    vec = PageArray(size // PAGE_SIZE)
-    assert p.pin_user_pages_fast(a, len(vec), FOLL_WRITE, vec) == len(vec)
+    k, _, _, _, vec = _pinned_thp()
     rec = k.sanitizer.records[-1]
     assert rec.folio_runs is not None and len(rec.folio_runs[1]) == 2
     assert k.sanitizer.folios_unchanged(rec)

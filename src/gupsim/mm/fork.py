@@ -243,9 +243,9 @@ def _copy_small_batch(env: MMEnv, src_mm: MM, dst_mm: MM,
 
 
 class _ShareGroup:
-    """The sharing half of _share_or_copy() for pages of several VMAs (entries `idx` of
-    each, their positions in the batch's arrays): counters once per flush, entries VMA by
-    VMA."""
+    """The sharing half of copy_present_ptes() for the pages of one VMA or of several
+    (entries `idx` of each, their positions in the arrays given): the anon-exclusive
+    bits, mapcounts, references and RSS once per flush, then the entries VMA by VMA."""
 
     def __init__(self, env: MMEnv, dst_mm: MM, pfns: np.ndarray, heads: np.ndarray,
                  kinds: np.ndarray) -> None:
@@ -340,10 +340,9 @@ def _share_or_copy(env: MMEnv, src_mm: MM, dst_mm: MM, src: VMA, dst: VMA, idx: 
     `heads` of `kinds`): maybe-pinned exclusive anon pages are copied for the child, the
     rest shared, write-protected in the parent if it is a COW mapping."""
     mem = env.mem
-    anon = kinds == _ANON
     copy = None                 # None: folio_needs_cow_for_dma() is false for every page
     if _may_cow_for_dma(env, src_mm):
-        copy = anon & ((mem.flags[pfns] & _ANON_EXCLUSIVE) != 0)
+        copy = (kinds == _ANON) & ((mem.flags[pfns] & _ANON_EXCLUSIVE) != 0)
         if np.count_nonzero(copy):  # only exclusive anon pages are ever copied: ask those
             copy &= folio_needs_cow_for_dma(env, src_mm, heads)
     if env.race_hook is not None:
@@ -351,21 +350,13 @@ def _share_or_copy(env: MMEnv, src_mm: MM, dst_mm: MM, src: VMA, dst: VMA, idx: 
         env.race_hook("fork:before_wrprotect", mm=src_mm, vma=src)
     if copy is not None and not np.count_nonzero(copy):
         copy = None             # no page to copy after all
-    if copy is not None:
-        keep = ~copy
-        share, sp, share_heads = idx[keep], pfns[keep], heads[keep]
-        anon, kinds = anon[keep], kinds[keep]
+    share = _ShareGroup(env, dst_mm, pfns, heads, kinds)
+    if copy is None:
+        share.add(src, dst, idx, slice(0, len(idx)))
     else:
-        share, sp, share_heads = idx, pfns, heads
-    if len(share):
-        mem.flags[sp[anon]] &= ~_ANON_EXCLUSIVE      # clear_flag(), the flag cached
-        if src.is_cow:
-            src.pte[share] &= _NOT_WRITE
-        dst.pfn[share] = sp
-        dst.pte[share] = src.pte[share]
-        add_at(mem.mapcount, sp, 1)
-        add_at(mem.refcount, share_heads, 1)
-        add_rss(dst_mm, kinds, +1)
+        keep = ~copy
+        share.add(src, dst, idx[keep], np.flatnonzero(keep))
+    share.flush()
     if copy is not None:
         copy_present_pages(env, dst_mm, src, dst, idx[copy])
 

@@ -25,7 +25,7 @@ import numpy as np
 
 from ..lean import lo_hi
 from ..memory import Folio, MemMap, Page, PageArray
-from ..memory.pagearray import NULL
+from ..memory.pagearray import NULL, pfns_of
 
 ULONG_MAX = (1 << 64) - 1
 MAX_ERRNO = 4095
@@ -127,7 +127,7 @@ def check_pages(call: str, name: str, pages: object, n: int | None,
         if n is not None and n > len(pages):
             raise ValueError(f"{call}(): {name} holds {len(pages)} entries, not {n}: pass "
                              "the count GUP returned")
-        pfns = pages.pfns[:n] if n is not None else pages.pfns
+        pfns = pfns_of(pages, n)
         got = pages.mem
         if got is None:
             if (pfns != NULL).any():

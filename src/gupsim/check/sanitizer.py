@@ -57,7 +57,7 @@ class PinRecord:
     call: str
     site: str
     mm_id: int | None
-    pfns: np.ndarray
+    _pfns: np.ndarray | None  # None: `pfn_runs` says them (built when read)
     nheld: int = 0           # entries still held (left.sum(), kept as a count)
     lo: int = 0              # lowest head and highest pfn: releases elsewhere skip the record
     hi: int = -1
@@ -68,6 +68,31 @@ class PinRecord:
     _heads: np.ndarray | None = None        # the folio of each entry when it was taken
     _left: np.ndarray | None = None         # 1 while the entry's reference is held
     _released_at: np.ndarray | None = None  # id of the release call that dropped it, -1
+
+    @property
+    def pfns(self) -> np.ndarray:
+        """The PFN of each entry (NULL and uncounted entries left out)."""
+        if self._pfns is None:
+            assert self.pfn_runs is not None
+            self._pfns = self.pfn_runs.expand()
+        return self._pfns
+
+    @property
+    def entries(self) -> int:
+        """How many entries the record has."""
+        return len(self._pfns) if self._pfns is not None else self.pfn_runs.n  # type: ignore[union-attr]
+
+    @property
+    def first(self) -> int:
+        """The PFN of the first entry."""
+        if self._pfns is not None:
+            return int(self._pfns.item(0))
+        return int(self.pfn_runs.values.item(0))  # type: ignore[union-attr]
+
+    def expand(self) -> PinRecord:
+        """The record with its per-entry arrays: itself (it builds them when read), as a
+        `PackedRecord` of the history gives its record back."""
+        return self
 
     @property
     def held(self) -> int:
@@ -102,7 +127,7 @@ class PinRecord:
 
     def _build_state(self) -> None:
         """The per-entry arrays of a uniform record, as the record stands."""
-        n = len(self.pfns)
+        n = self.entries
         if n <= SHORT:              # copies of a template: np.ones() costs about 1 us
             self._left = (_ONES[:n] if self.nheld else _NONE_LEFT[:n]).copy()
         else:
@@ -167,9 +192,10 @@ class PackedRecord:
 
     @classmethod
     def pack(cls, rec: PinRecord) -> PinRecord | PackedRecord:
-        """`rec` in run form, or `rec` itself where runs would not be much smaller."""
-        n = len(rec.pfns)
-        if n <= SMALL_RECORD:
+        """`rec` in run form, or `rec` itself where runs would not be much smaller, or
+        where it holds no per-entry array (a huge pin released whole: its runs say all)."""
+        n = rec.entries
+        if n <= SMALL_RECORD or rec._pfns is None and rec._heads is None and rec.uniform:
             return rec
         pfns = rec.pfn_runs if rec.pfn_runs is not None else Runs.of(rec.pfns, 1)
         if len(pfns) > n // 8:                     # scattered pages: keep the arrays
@@ -194,7 +220,7 @@ class PackedRecord:
 
     def expand(self) -> PinRecord:
         """The record with its per-entry arrays, as it was when it was released."""
-        return dataclasses.replace(self.meta, pfns=self.pfns.expand(),
+        return dataclasses.replace(self.meta, _pfns=self.pfns.expand(),
                                    _heads=self.heads.expand(), _left=self.left.expand(),
                                    _released_at=self.released_at.expand())
 
@@ -305,15 +331,19 @@ class PinSanitizer:
                 lo, hi = lo_hi(pfns) if len(pfns) else (0, -1)
         return pfns, lo, hi
 
-    def on_acquire(self, pfns: np.ndarray, flags: int, call: str, mm: MM | None,
-                   runs: FolioRuns | None = None, pfn_runs: Runs | None = None) -> None:
-        """Record a successful GUP call: its pages, flags, caller's site and the mm (or
-        None); `runs`: the folio runs GUP grabbed them as (start index, head, length), so
-        that neither this record nor the unpin of the same array looks pages up again;
+    def on_acquire(self, pfns: np.ndarray | None, flags: int, call: str, mm: MM | None,
+                   runs: FolioRuns | None = None, pfn_runs: Runs | None = None
+                   ) -> PinRecord | None:
+        """Record a successful GUP call (the record; None when no entry counts): its
+        pages, flags, caller's site and the mm (or None); `runs`: the folio runs GUP
+        grabbed them as (start index, head, length), so that neither this record nor the
+        unpin of the same array looks pages up again;
         `pfn_runs`: `pfns` as runs of consecutive frames, when GUP knows them (a huge
-        leaf maps consecutive frames), kept for the history instead of working them out."""
+        leaf maps consecutive frames), kept for the history instead of working them out;
+        with them `pfns` may be None: the record then builds them only when read (a huge
+        pin's unpin through the same array never reads them)."""
         how = "FOLL_PIN" if flags & FOLL_PIN else "FOLL_GET"
-        n = len(pfns)
+        n = len(pfns) if pfns is not None else pfn_runs.n  # type: ignore[union-attr]
         # a few large folios: the bounds come from the folios; else from the pages
         orders = self.mem.order[runs[1]] if runs is not None else None
         bounds = self._run_bounds(runs, orders, how) if runs is not None \
@@ -321,20 +351,24 @@ class PinSanitizer:
         if bounds is not None:
             lo_head, hi = bounds
         else:
+            if pfns is None:
+                pfns = pfn_runs.expand()  # type: ignore[union-attr]
             pfns, lo, hi = self._counted(pfns, how)
             if len(pfns) == 0:
-                return
+                return None
             if len(pfns) != n:
                 runs = None                     # entries were left out: runs do not fit
             lo_head = self.mem.head_of(lo)    # the lowest head is that of the lowest frame
         rec = PinRecord(next(self._ids), how, flags, call, user_call_site(),
-                        getattr(mm, "id", None), pfns, len(pfns), lo_head, hi)
+                        getattr(mm, "id", None), pfns, n if pfns is None else len(pfns),
+                        lo_head, hi)
         if runs is None:
-            rec._heads = self.mem.head_of(pfns)
+            rec._heads = self.mem.head_of(rec.pfns)
         else:
             rec.folio_runs, rec.folio_orders = runs, orders
             rec.pfn_runs = pfn_runs
         self._add(rec)
+        return rec
 
     def _run_bounds(self, runs: FolioRuns, orders: np.ndarray, how: str
                     ) -> tuple[int, int] | None:
@@ -352,20 +386,21 @@ class PinSanitizer:
         return lo, hi + (1 << amax(orders)) - 1
 
     def on_acquire_one(self, pfn: int, head: int, flags: int, call: str, mm: MM | None
-                       ) -> None:
+                       ) -> PinRecord:
         """`on_acquire()` of one page of folio `head`, which the caller checked is not
         the shared zero page (GUP-fast's one-page call, express.py). The record's heads
         come from `lo` when read."""
         how = "FOLL_PIN" if flags & FOLL_PIN else "FOLL_GET"
-        self._add(PinRecord(next(self._ids), how, flags, call, user_call_site(),
-                            getattr(mm, "id", None), np.array([pfn], dtype=np.int64), 1,
-                            head, pfn))
+        rec = PinRecord(next(self._ids), how, flags, call, user_call_site(),
+                        getattr(mm, "id", None), np.array([pfn], dtype=np.int64), 1, head, pfn)
+        self._add(rec)
+        return rec
 
     def _add(self, rec: PinRecord) -> None:
         """A new record joins the live set and the lookups of a release."""
         self._live[rec.id] = rec
-        n = len(rec.pfns)
-        self._whole.setdefault((rec.how, rec.pfns.item(0), n), []).append(rec)
+        n = rec.entries
+        self._whole.setdefault((rec.how, rec.first, n), []).append(rec)
         (self._large if n > SMALL_RECORD else self._unindexed)[rec.id] = rec
 
     def _index_pending(self) -> None:
@@ -539,12 +574,18 @@ class PinSanitizer:
         return bool(np.minimum.reduce(mem.kind[heads]) != _FREE
                     and np.array_equal(mem.order[heads], rec.folio_orders))
 
-    def held_whole(self, how: str, pfns: np.ndarray) -> PinRecord | None:
+    def held_whole(self, how: str, pfns: np.ndarray, filled: object = None
+                   ) -> PinRecord | None:
         """The common case in O(n): the record of one call that still holds exactly
         these pages (found by its first page and length, whatever the number of
-        records); None if there is none. Changes nothing: `release_whole()` releases."""
+        records); None if there is none. Changes nothing: `release_whole()` releases.
+        `filled`: the record whose fill wrote `pfns`, none written since (a PageArray's
+        stamp): if it is such a record, it is the answer without comparing entries."""
         if len(pfns) == 0:
             return None
+        if type(filled) is PinRecord and filled.how == how and filled.nheld == len(pfns) \
+                and self._live.get(filled.id) is filled:
+            return filled
         for rec in reversed(self._whole.get((how, pfns.item(0), len(pfns)), ())):
             if rec.nheld == len(pfns) and same(rec.pfns, pfns):
                 return rec
@@ -564,8 +605,7 @@ class PinSanitizer:
     def _misuse(self, how: str, call: str, site: str, sidx: int, huniq: np.ndarray,
                 hneed: np.ndarray, first: dict[int, int]) -> None:
         """One report per folio released more than its records allow (bounded to 16)."""
-        history = list(self._live.values()) + [
-            r.expand() if isinstance(r, PackedRecord) else r for r in self.released]
+        history = list(self._live.values()) + [r.expand() for r in self.released]
         for head in huniq[hneed > 0][:16].tolist():
             pfn = first[head]
             j = int(np.searchsorted(huniq, head))
@@ -619,7 +659,7 @@ class PinSanitizer:
         if self._live.pop(rec.id, None) is None:
             return
         self._unindex(rec)
-        key = (rec.how, rec.pfns.item(0), len(rec.pfns))
+        key = (rec.how, rec.first, rec.entries)
         same = self._whole[key]
         same.remove(rec)
         if not same:

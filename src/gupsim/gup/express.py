@@ -30,6 +30,7 @@ from ..check.runs import Runs
 from ..constants import PAGE_SHIFT, PAGE_SIZE, TASK_SIZE
 from ..eras import NEWEST_ERA
 from ..memory import GUP_PIN_COUNTING_BIAS, PG, Kind, MemMap, PageArray
+from ..memory.pagearray import stamp, write_pfns
 from ..mm import MM, MMF, VM, VMA
 from ..mm.fault import anon_orders, populate_anon_bulk, wp_copy_run
 from ..mm.mm_struct import mmap_read_lock, mmap_read_unlock
@@ -218,15 +219,14 @@ def _one(ep: EntryPoint, st: GupState, mm: MM, vma: VMA, i: int, start: int,
         mem.refcount[head] = rc + GUP_PIN_COUNTING_BIAS
     if pin:
         mem.vmstat[ACQUIRED] += 1
-    pages.mem = mem
-    pages.pfns[0] = pfn
+    write_pfns(pages, 0, pfn, mem)
     fl = mem.flags.item(head)
     if not fl & _REFERENCED:
         mem.flags[head] = fl | _REFERENCED
     st.calls.append(GupCall(ep.name, start, 1, flags, path, fast=1, ret=1, express=True)
                     if path == PATH_FAST else _call(ep, start, 1, flags, path))
     if st.sanitizer is not None:
-        st.sanitizer.on_acquire_one(pfn, head, _taken(flags), ep.name, mm)
+        stamp(pages, st.sanitizer.on_acquire_one(pfn, head, _taken(flags), ep.name, mm), 1)
     gup_call_ended(mem)
     return 1
 
@@ -256,12 +256,12 @@ def _short(ep: EntryPoint, st: GupState, mm: MM, vma: VMA, i: int, start: int, n
     np.add.at(mem.refcount, pfns, mem.refcount.dtype.type(GUP_PIN_COUNTING_BIAS if pin else 1))
     if pin:
         mem.vmstat[ACQUIRED] += n
-    pages.mem = mem
-    pages.pfns[:n] = pfns
+    write_pfns(pages, 0, pfns, mem)
     mem.flags[pfns] |= _REFERENCED
     st.calls.append(_call(ep, start, n, flags, path))
     if st.sanitizer is not None:
-        st.sanitizer.on_acquire(pfns, _taken(flags), ep.name, mm, folio_runs(mem, pfns, pfns))
+        stamp(pages, st.sanitizer.on_acquire(pfns, _taken(flags), ep.name, mm,
+                                             folio_runs(mem, pfns, pfns)), n)
     gup_call_ended(mem)
     return n
 
@@ -306,14 +306,13 @@ def _leaves(ep: EntryPoint, st: GupState, mm: MM, vma: VMA, i: int, start: int, 
     if pin:                             # an exact _pincount
         mem.pincount[heads] += counts.astype(mem.pincount.dtype)
         mem.vmstat[ACQUIRED] += n
-    pages.mem = mem
-    pages.pfns[:n] = vma.pfn[i:i + n]
+    write_pfns(pages, 0, vma.pfn[i:i + n], mem)
     mem.flags[heads] |= _REFERENCED
     st.calls.append(GupCall(ep.name, start, n, flags, PATH_FAST, fast=n, ret=n,
                             leaves=True, express=True))
     if st.sanitizer is not None:
-        st.sanitizer.on_acquire(pages.pfns[:n].copy(), _taken(flags), ep.name, mm,
-                                (offs, heads, lengths), pfn_runs)
+        stamp(pages, st.sanitizer.on_acquire(None, _taken(flags), ep.name, mm,
+                                             (offs, heads, lengths), pfn_runs), n)
     gup_call_ended(mem)
     return n
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..check.runs import FolioRuns
 from ..memory import MemMap, Page, PageArray
-from ..memory.pagearray import NULL, pfns_of, store_pfns
+from ..memory.pagearray import NULL, pfns_of, store_pfns, write_pfns
 
 Pages = list[Page | None] | PageArray
 
@@ -58,14 +58,14 @@ class PagesOut:
     def pfns(self, n: int) -> np.ndarray:
         """The first `n` entries (from the offset) as PFNs; -1 for NULL."""
         if isinstance(self.pages, PageArray):
-            return self.pages.pfns[self.off:self.off + n]
+            return pfns_of(self.pages)[self.off:self.off + n]
         return pfns_of(self.pages[self.off:self.off + n])
 
     def clear(self, n: int) -> None:
         """Set the first `n` entries to NULL (after their pins were dropped)."""
         self.runs.append(None)
         if isinstance(self.pages, PageArray):
-            self.pages.pfns[self.off:self.off + n] = NULL
+            write_pfns(self.pages, self.off, np.full(n, NULL, dtype=np.int64))
         else:
             for i in range(self.off, min(self.off + n, len(self.pages))):
                 self.pages[i] = None

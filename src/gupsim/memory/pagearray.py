@@ -3,6 +3,12 @@
 GUP fills a Python list with `Page` views one by one, which is fine for a few pages;
 for a 1 GiB buffer the caller passes a `PageArray`, and GUP and unpin work on the PFN
 array directly with no per-page Python. Entry -1 is a NULL pointer.
+
+An array that GUP filled whole, and that nobody has written since, remembers the pin
+record of that fill (its stamp): the unpin of the same array then needs no pass over its
+entries to find what they are. The stamp goes with any write through the array's
+methods, and for good once `.pfns` hands the numpy array out (whoever holds it may write
+it at any time): from then on an unpin compares entry by entry, as before.
 """
 
 from __future__ import annotations
@@ -26,16 +32,28 @@ class PageArray:
     def __init__(self, capacity: int | np.ndarray, mem: MemMap | None = None,
                  base: PageArray | None = None) -> None:
         if isinstance(capacity, np.ndarray):
-            self.pfns = capacity
+            self._pfns = capacity
         else:
             if capacity < 0:
                 raise ValueError(f"PageArray capacity must be >= 0, got {capacity}")
             n = int(capacity)
             # a copy of a template: np.full() costs about 1 us more for a short array
-            self.pfns = _NULLS[:n].copy() if n <= len(_NULLS) else np.full(n, NULL,
-                                                                             dtype=np.int64)
+            self._pfns = _NULLS[:n].copy() if n <= len(_NULLS) else np.full(n, NULL,
+                                                                              dtype=np.int64)
         self._base = base          # a slice shares its base's machine (`vec[n:]` filled by GUP)
         self._mem = mem
+        # an array passed in is held by the caller too: it may change under us at any time
+        self._exposed = base is None and isinstance(capacity, np.ndarray)
+        self._stamp: object | None = None       # the record of the fill, while unchanged
+
+    @property
+    def pfns(self) -> np.ndarray:
+        """The entries as a numpy array of PFNs (NULL is -1), writable. From this first
+        read on, unpinning the array compares its entries with the pin's record."""
+        root = self._base or self
+        root._exposed = True
+        root._stamp = None
+        return self._pfns
 
     @property
     def mem(self) -> MemMap | None:
@@ -50,7 +68,7 @@ class PageArray:
             self._mem = mem
 
     def __len__(self) -> int:
-        return len(self.pfns)
+        return len(self._pfns)
 
     @overload
     def __getitem__(self, i: int) -> Page | None: ...
@@ -59,8 +77,8 @@ class PageArray:
 
     def __getitem__(self, i: int | slice) -> Page | None | PageArray:
         if isinstance(i, slice):
-            return PageArray(self.pfns[i], base=self._base or self)
-        pfn = int(self.pfns[i])
+            return PageArray(self._pfns[i], base=self._base or self)
+        pfn = int(self._pfns[i])
         if pfn == NULL:
             return None
         if self.mem is None:
@@ -68,11 +86,12 @@ class PageArray:
         return Page(self.mem, pfn)
 
     def __setitem__(self, i: int, page: Page | None) -> None:
+        (self._base or self)._stamp = None
         if page is None:
-            self.pfns[i] = NULL
+            self._pfns[i] = NULL
         else:
             self.mem = page.mem
-            self.pfns[i] = page.pfn
+            self._pfns[i] = page.pfn
 
     def __iter__(self) -> Iterator[Page | None]:
         for i in range(len(self)):
@@ -90,14 +109,46 @@ class PageArray:
         return out
 
     def __repr__(self) -> str:
-        filled = int((self.pfns != NULL).sum())
+        filled = int((self._pfns != NULL).sum())
         return f"<PageArray {filled}/{len(self)} filled>"
 
 
+def entries(pages: PageArray) -> np.ndarray:
+    """gupsim's own read of a PageArray's PFNs: the array itself, not to be written
+    (`write_pfns()` writes), and unlike `.pfns` it keeps the fill's stamp."""
+    return pages._pfns
+
+
+def write_pfns(pages: PageArray, at: int, pfns: np.ndarray | int,
+               mem: MemMap | None = None) -> None:
+    """gupsim's own write of PFNs into a PageArray from index `at`, of the machine `mem`
+    (if given): the fill's stamp goes."""
+    (pages._base or pages)._stamp = None
+    if mem is not None:
+        pages.mem = mem
+    if isinstance(pfns, int):
+        pages._pfns[at] = pfns
+    else:
+        pages._pfns[at:at + len(pfns)] = pfns
+
+
+def stamp(pages: PageArray, record: object, n: int) -> None:
+    """GUP filled the first `n` entries, `record` being the pin record of that fill: kept
+    when that is the whole of an array no one else holds (see the module docstring)."""
+    if pages._base is None and not pages._exposed and n == len(pages._pfns):
+        pages._stamp = record
+
+
+def stamp_of(pages: PageArray) -> object | None:
+    """The record of the fill that wrote every entry of the array, if none changed since."""
+    return pages._stamp
+
+
 def pfns_of(pages: Sequence[Page | None] | PageArray, n: int | None = None) -> np.ndarray:
-    """The first `n` entries of a pages array as PFNs (NULL as -1), without copying a PageArray."""
+    """The first `n` entries of a pages array as PFNs (NULL as -1), without copying a
+    PageArray: gupsim's own read, not to be written."""
     if isinstance(pages, PageArray):
-        return pages.pfns[:n] if n is not None else pages.pfns
+        return pages._pfns[:n] if n is not None else pages._pfns
     seq = pages if n is None else pages[:n]
     return np.fromiter((NULL if p is None else p.pfn for p in seq), dtype=np.int64,
                        count=len(seq))
@@ -107,8 +158,7 @@ def store_pfns(pages: list[Page | None] | PageArray, at: int, pfns: np.ndarray,
                mem: MemMap) -> None:
     """Write PFNs into a caller's pages array starting at index `at` (lists grow as needed)."""
     if isinstance(pages, PageArray):
-        pages.mem = mem
-        pages.pfns[at:at + len(pfns)] = pfns
+        write_pfns(pages, at, pfns, mem)
         return
     end = at + len(pfns)
     if len(pages) < end:

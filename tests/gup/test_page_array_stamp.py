@@ -1,0 +1,190 @@
+"""A PageArray that GUP filled whole remembers the fill's pin record (memory/pagearray.py):
+its unpin then finds the record without comparing every entry. Any write to the array
+must make the unpin look at the entries again; these tests write the array every way a
+user or gupsim can, after the pin, and compare the outcome with the unpin that never
+trusts a fill (the express paths off).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+
+from gupsim import (
+    FOLL_LONGTERM,
+    FOLL_WRITE,
+    MADV_HUGEPAGE,
+    MADV_POPULATE_WRITE,
+    MAP_ANONYMOUS,
+    MAP_POPULATE,
+    MAP_PRIVATE,
+    PAGE_SIZE,
+    PROT_READ,
+    PROT_WRITE,
+    Kernel,
+    PageArray,
+    Process,
+    lean,
+)
+from gupsim.memory.pagearray import NULL, entries, stamp_of
+
+RW = PROT_READ | PROT_WRITE
+FLAGS = FOLL_WRITE | FOLL_LONGTERM
+SIZES = (1, 8, 1024)            # GUP-fast's one-page, few-page and huge-leaf fills
+
+
+def _mapping(p: Process, n: int) -> int:
+    """The address of `n` populated pages (THP leaves for a large `n`, else small
+    pages), with a populated page before them."""
+    if n < 512:
+        a = p.mmap(0, 64 * PAGE_SIZE, RW, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE)
+        return a + PAGE_SIZE
+    a = p.mmap(0, (n + 1024) * PAGE_SIZE, RW, MAP_PRIVATE | MAP_ANONYMOUS)
+    a = (a + (2 << 20) - 1) & ~((2 << 20) - 1)
+    p.madvise(a, (n + 512) * PAGE_SIZE, MADV_HUGEPAGE)
+    p.madvise(a, (n + 512) * PAGE_SIZE, MADV_POPULATE_WRITE)
+    return a + (2 << 20)
+
+
+def _other(k: Kernel, p: Process, a: int) -> int:
+    """A PFN this process pinned by another call (the page after the range)."""
+    other = PageArray(1)
+    assert p.pin_user_pages_fast(a - PAGE_SIZE, 1, FLAGS, other) == 1
+    return other[0].pfn  # type: ignore[union-attr]
+
+
+# each write: (the array before the pin, the array after it, the kernel, the process,
+# the range's address) -> None; `before` is what the write held on to before the pin
+Write = Callable[[dict[str, Any], PageArray, Kernel, Process, int], None]
+
+WRITES: dict[str, tuple[Callable[[PageArray], dict[str, Any]], Write]] = {
+    "setitem NULL": (lambda v: {}, lambda b, v, k, p, a: v.__setitem__(0, None)),
+    "setitem page": (lambda v: {},
+                     lambda b, v, k, p, a: v.__setitem__(0, k.page(_other(k, p, a)))),
+    ".pfns after": (lambda v: {}, lambda b, v, k, p, a: v.pfns.__setitem__(0, NULL)),
+    ".pfns before": (lambda v: {"arr": v.pfns},
+                     lambda b, v, k, p, a: b["arr"].__setitem__(0, NULL)),
+    "slice setitem": (lambda v: {"s": v[0:]},
+                      lambda b, v, k, p, a: b["s"].__setitem__(0, None)),
+    "slice .pfns before": (lambda v: {"arr": v[0:].pfns},
+                           lambda b, v, k, p, a: b["arr"].__setitem__(0, NULL)),
+    "GUP into a slice": (lambda v: {}, lambda b, v, k, p, a:
+                         p.pin_user_pages_fast(a - PAGE_SIZE, 1, FLAGS, v[0:])),
+}
+
+
+def _run(n: int, how: str | None, user_array: bool = False) -> list[Any]:
+    """Pin `n` pages into an array of exactly `n` entries, write it `how` (None: not at
+    all), unpin it; the machine's counts, vmstat, warnings and reports."""
+    k = Kernel(memory="64MiB")
+    p = k.spawn("stamp")
+    a = _mapping(p, n)
+    arr = np.full(n, NULL, dtype=np.int64)
+    vec = PageArray(arr) if user_array else PageArray(n)
+    before, write = WRITES[how] if how is not None else (lambda v: {}, None)
+    held = before(vec)
+    assert p.pin_user_pages_fast(a, n, FLAGS, vec) == n
+    filled = stamp_of(vec)
+    if user_array:
+        arr[0] = NULL                           # the caller's own array, written directly
+    elif write is not None:
+        write(held, vec, k, p, a)
+    after = stamp_of(vec)
+    k.unpin_user_pages(vec)
+    mem = k.mem
+    return [filled is not None, after is not None,
+            [getattr(mem, f).copy() for f in ("refcount", "pincount", "flags")],
+            dict(k.vmstat), [str(w) for w in k.warnings],
+            [str(r) for r in k.sanitizer.reports]]
+
+
+def _same(x: list[Any], y: list[Any]) -> None:
+    for u, v in zip(x[2], y[2], strict=True):
+        assert np.array_equal(u, v)
+    assert x[3:] == y[3:]
+
+
+@pytest.mark.parametrize("n", SIZES)
+@pytest.mark.parametrize("how", sorted(WRITES))
+def test_a_write_after_the_pin_drops_the_fill(n: int, how: str,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """After any write the unpin ends exactly as the unpin that compares every entry."""
+    trusted = _run(n, how)
+    monkeypatch.setattr(lean, "ENABLED", False)
+    plain = _run(n, how)
+    filled_before, filled_after = trusted[:2]
+    expected_before = how not in (".pfns before", "slice .pfns before")
+    assert filled_before == expected_before     # an array handed out is never trusted
+    assert not filled_after
+    _same(trusted, plain)
+
+
+@pytest.mark.parametrize("n", SIZES)
+def test_a_callers_own_array_is_never_trusted(n: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A PageArray over an array the caller made: the caller may write it at any time."""
+    trusted = _run(n, None, user_array=True)
+    monkeypatch.setattr(lean, "ENABLED", False)
+    plain = _run(n, None, user_array=True)
+    assert trusted[:2] == [False, False]
+    _same(trusted, plain)
+
+
+@pytest.mark.parametrize("n", SIZES)
+def test_an_unwritten_array_is_unpinned_by_its_fill(n: int,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """No write: the unpin takes the fill's record and ends as the comparing unpin."""
+    trusted = _run(n, None)
+    monkeypatch.setattr(lean, "ENABLED", False)
+    plain = _run(n, None)
+    assert trusted[:2] == [True, True]
+    _same(trusted, plain)
+    assert trusted[5] == []
+
+
+def test_the_unpin_trusts_the_fill_without_reading_the_entries() -> None:
+    """What the stamp buys: the unpin does not read the entries. Shown by a write that
+    goes around PageArray's methods (only gupsim's own code could make it): the unpin
+    still releases what the fill pinned."""
+    k = Kernel(memory="64MiB")
+    p = k.spawn("stamp")
+    a = _mapping(p, 1024)
+    vec = PageArray(1024)
+    assert p.pin_user_pages_fast(a, 1024, FLAGS, vec) == 1024
+    pinned = entries(vec).copy()
+    entries(vec)[:] = pinned[::-1]              # the same pages, in another order
+    k.unpin_user_pages(vec)
+    assert k.sanitizer.reports == [] and not k.mem.pincount[pinned].any()
+    assert k.vmstat["nr_foll_pin_released"] == 1024
+    assert k.sanitizer.released[-1].expand().pfns.tolist() == pinned.tolist()
+
+
+def _released_twice(n: int) -> list[Any]:
+    """The fill's pages unpinned through a list of the same pages first, then the
+    untouched array unpinned: a double unpin, whatever the array remembers."""
+    k = Kernel(memory="64MiB")
+    p = k.spawn("stamp")
+    a = _mapping(p, n)
+    vec = PageArray(n)
+    assert p.pin_user_pages_fast(a, n, FLAGS, vec) == n
+    k.unpin_user_pages(list(vec))
+    k.unpin_user_pages(vec)
+    mem = k.mem
+    return [[getattr(mem, f).copy() for f in ("refcount", "pincount")], dict(k.vmstat),
+            [str(w) for w in k.warnings], [r.kind for r in k.sanitizer.reports]]
+
+
+@pytest.mark.parametrize("n", SIZES)
+def test_a_fill_released_another_way_is_not_trusted(n: int,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The record of the fill no longer holds the pages: the sanitizer reports the
+    double unpin as it does when the express paths are off."""
+    trusted = _released_twice(n)
+    monkeypatch.setattr(lean, "ENABLED", False)
+    plain = _released_twice(n)
+    for u, v in zip(trusted[0], plain[0], strict=True):
+        assert np.array_equal(u, v)
+    assert trusted[1:] == plain[1:]
+    assert "double_unpin" in trusted[3]

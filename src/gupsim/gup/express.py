@@ -289,8 +289,9 @@ def _leaves(ep: EntryPoint, st: GupState, mm: MM, vma: VMA, i: int, start: int, 
         np.not_equal(heads[1:], heads[:-1], out=first[1:])
         offs, heads = offs[first], heads[first]
         hl = heads.tolist()
-    ol = offs.tolist()
-    lengths = np.array([b - a for a, b in zip(ol, [*ol[1:], n], strict=True)], dtype=np.int64)
+    lengths = np.empty(len(offs), dtype=np.int64)     # each leaf part up to the next
+    np.subtract(offs[1:], offs[:-1], out=lengths[:-1])
+    lengths[-1] = n - offs.item(-1)
     kinds = mem.kind.take(heads).tolist()
     refs = mem.refcount.take(heads).tolist()
     if min(mem.order.take(heads).tolist()) == 0 or len(set(hl)) != len(hl) \

@@ -65,6 +65,7 @@ class PinRecord:
     folio_orders: np.ndarray | None = None  # the order of each of those folios then
     pfn_runs: Runs | None = None            # `pfns` as runs, when GUP knew them (leaves)
     released_by: int = -1    # the release call that dropped every entry at once
+    key: tuple[str, int, int] = ("", 0, 0)   # (how, first PFN, entries): its `_whole` key
     _heads: np.ndarray | None = None        # the folio of each entry when it was taken
     _left: np.ndarray | None = None         # 1 while the entry's reference is held
     _released_at: np.ndarray | None = None  # id of the release call that dropped it, -1
@@ -399,8 +400,10 @@ class PinSanitizer:
     def _add(self, rec: PinRecord) -> None:
         """A new record joins the live set and the lookups of a release."""
         self._live[rec.id] = rec
-        n = rec.entries
-        self._whole.setdefault((rec.how, rec.first, n), []).append(rec)
+        pfns = rec._pfns                # read once: the record's key is looked up often
+        n = len(pfns) if pfns is not None else rec.entries
+        rec.key = (rec.how, pfns.item(0) if pfns is not None else rec.first, n)
+        self._whole.setdefault(rec.key, []).append(rec)
         (self._large if n > SMALL_RECORD else self._unindexed)[rec.id] = rec
 
     def _index_pending(self) -> None:
@@ -659,7 +662,7 @@ class PinSanitizer:
         if self._live.pop(rec.id, None) is None:
             return
         self._unindex(rec)
-        key = (rec.how, rec.first, rec.entries)
+        key = rec.key
         same = self._whole[key]
         same.remove(rec)
         if not same:

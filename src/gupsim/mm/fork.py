@@ -207,9 +207,10 @@ def _copy_small_batch(env: MMEnv, src_mm: MM, dst_mm: MM,
 
     The same result as one VMA after the other: a VMA's decisions read only its own
     pages' kinds, exclusive bits and pin state, which copying other VMAs leaves alone (an
-    exclusive page is mapped once). The VMAs before one with a page to copy are finished
-    before that page is copied, so a fork that runs out of memory there leaves the parent
-    as the per-VMA path does (the VMAs before it write-protected, the rest untouched).
+    exclusive page is mapped once). Sharing and copying touch different pages and
+    entries, so the copies need not wait for the sharing before them; a fork that runs out
+    of memory for a copy first shares what the VMAs up to that one share, and so leaves
+    the parent as the per-VMA path does (those VMAs write-protected, the rest untouched).
     """
     mem = env.mem
     idxs = [src.pte.nonzero()[0] for src, _ in batch]
@@ -237,8 +238,11 @@ def _copy_small_batch(env: MMEnv, src_mm: MM, dst_mm: MM,
             continue
         keep = ~mine
         share.add(src, dst, idxs[v][keep], np.flatnonzero(keep) + lo)
-        share.flush()
-        copy_present_pages(env, dst_mm, src, dst, idxs[v][mine])
+        try:
+            copy_present_pages(env, dst_mm, src, dst, idxs[v][mine])
+        except OutOfMemory:
+            share.flush()       # what was shared up to here stays shared, as per VMA
+            raise
     share.flush()
 
 

@@ -195,13 +195,11 @@ def leaf_starts(vma: VMA, i0: int, i1: int) -> np.ndarray | None:
     if i1 - i0 <= _PMD_PAGES or not lean.ENABLED:
         return None
     first = i0 + (-((vma.start >> PAGE_SHIFT) + i0)) % _PMD_PAGES
-    if (i1 - first) // _PMD_PAGES < SMALL_LEAVES:   # a few leaves: plain ints
-        firsts = range(first, i1, _PMD_PAGES)
-        starts = np.array(firsts if first == i0 else [i0, *firsts], dtype=np.int64)
-        return starts if 0 not in [e & PTE.LEAF for e in vma.pte[starts].tolist()] else None
     starts = np.arange(first, i1, _PMD_PAGES, dtype=np.int64)
     if first != i0:
         starts = np.concatenate(([i0], starts))
+    if len(starts) <= SMALL_LEAVES:                 # a few leaves: plain ints
+        return starts if 0 not in [e & PTE.LEAF for e in vma.pte[starts].tolist()] else None
     return None if ((vma.pte[starts] & PTE.LEAF) == 0).any() else starts
 
 

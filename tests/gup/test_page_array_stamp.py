@@ -29,7 +29,7 @@ from gupsim import (
     Process,
     lean,
 )
-from gupsim.memory.pagearray import NULL, entries, stamp_of
+from gupsim.memory.pagearray import NULL, pfns_of, stamp_of
 
 RW = PROT_READ | PROT_WRITE
 FLAGS = FOLL_WRITE | FOLL_LONGTERM
@@ -153,8 +153,8 @@ def test_the_unpin_trusts_the_fill_without_reading_the_entries() -> None:
     a = _mapping(p, 1024)
     vec = PageArray(1024)
     assert p.pin_user_pages_fast(a, 1024, FLAGS, vec) == 1024
-    pinned = entries(vec).copy()
-    entries(vec)[:] = pinned[::-1]              # the same pages, in another order
+    pinned = pfns_of(vec).copy()
+    pfns_of(vec)[:] = pinned[::-1]              # the same pages, in another order
     k.unpin_user_pages(vec)
     assert k.sanitizer.reports == [] and not k.mem.pincount[pinned].any()
     assert k.vmstat["nr_foll_pin_released"] == 1024

@@ -81,14 +81,10 @@ class PinRecord:
     @property
     def entries(self) -> int:
         """How many entries the record has."""
-        return len(self._pfns) if self._pfns is not None else self.pfn_runs.n  # type: ignore[union-attr]
-
-    @property
-    def first(self) -> int:
-        """The PFN of the first entry."""
         if self._pfns is not None:
-            return int(self._pfns.item(0))
-        return int(self.pfn_runs.values.item(0))  # type: ignore[union-attr]
+            return len(self._pfns)
+        assert self.pfn_runs is not None
+        return self.pfn_runs.n
 
     def expand(self) -> PinRecord:
         """The record with its per-entry arrays: itself (it builds them when read), as a
@@ -400,9 +396,13 @@ class PinSanitizer:
     def _add(self, rec: PinRecord) -> None:
         """A new record joins the live set and the lookups of a release."""
         self._live[rec.id] = rec
-        pfns = rec._pfns                # read once: the record's key is looked up often
-        n = len(pfns) if pfns is not None else rec.entries
-        rec.key = (rec.how, pfns.item(0) if pfns is not None else rec.first, n)
+        pfns = rec._pfns                # the key is read at every release: kept, not derived
+        if pfns is not None:
+            rec.key = (rec.how, pfns.item(0), len(pfns))
+        else:                           # frames as runs: the first run starts the record
+            assert rec.pfn_runs is not None
+            rec.key = (rec.how, rec.pfn_runs.values.item(0), rec.pfn_runs.n)
+        n = rec.key[2]
         self._whole.setdefault(rec.key, []).append(rec)
         (self._large if n > SMALL_RECORD else self._unindexed)[rec.id] = rec
 

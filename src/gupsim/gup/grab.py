@@ -25,7 +25,7 @@ from ..lean import amax, amin, has_null, total
 from ..memory import GUP_PIN_COUNTING_BIAS, Allocator, Folio, Kind, MemMap, Page, PageArray
 from ..memory.alloc import increasing
 from ..memory.memmap import add_at
-from ..memory.pagearray import NULL, entries, stamp_of
+from ..memory.pagearray import NULL, pfns_of, stamp_of
 from .flags import FOLL_GET, FOLL_PIN
 from .pages import FolioRuns, machine_of
 from .state import _state_of, gup_state
@@ -466,7 +466,7 @@ def _unpin_express(pages: PageArray, machine: MemMap | None) -> bool:
     general path with its layers collapsed; False, with nothing changed, for anything
     else. `tests/gup/test_lean_paths.py` compares the two paths."""
     mem = pages.mem
-    pfns = entries(pages)
+    pfns = pfns_of(pages)
     n = len(pfns)
     if mem is None or machine is not None and mem is not machine or not n:
         return False

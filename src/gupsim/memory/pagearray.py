@@ -49,7 +49,8 @@ class PageArray:
     @property
     def pfns(self) -> np.ndarray:
         """The entries as a numpy array of PFNs (NULL is -1), writable. From this first
-        read on, unpinning the array compares its entries with the pin's record."""
+        read on, unpinning the array compares its entries with the pin's record (gupsim's
+        own code reads through `pfns_of()` and writes through `write_pfns()`)."""
         root = self._base or self
         root._exposed = True
         root._stamp = None
@@ -111,12 +112,6 @@ class PageArray:
     def __repr__(self) -> str:
         filled = int((self._pfns != NULL).sum())
         return f"<PageArray {filled}/{len(self)} filled>"
-
-
-def entries(pages: PageArray) -> np.ndarray:
-    """gupsim's own read of a PageArray's PFNs: the array itself, not to be written
-    (`write_pfns()` writes), and unlike `.pfns` it keeps the fill's stamp."""
-    return pages._pfns
 
 
 def write_pfns(pages: PageArray, at: int, pfns: np.ndarray | int,

@@ -40,6 +40,21 @@ def test_aligned_blocks_are_the_maximal_buddy_blocks(seed: int) -> None:
     assert sum(1 << order for _, order in blocks) == len(pfns)
 
 
+@pytest.mark.parametrize("n", [1, 2, 3, 17, 64, 65])
+@pytest.mark.parametrize("seed", range(4))
+def test_a_few_frames_make_the_maximal_buddy_blocks(n: int, seed: int) -> None:
+    """Up to 64 frames (most frees) the runs are found in plain ints: the same blocks."""
+    rng = np.random.default_rng(seed)
+    base = int(rng.integers(0, 4096))
+    pfns = np.unique(base + rng.choice(np.arange(0, 2 * n + (0, 0, 64, 1024)[seed]), n,
+                                       replace=False)).astype(np.int64)
+    if seed == 0:
+        pfns = np.arange(base, base + n, dtype=np.int64)      # one run
+    blocks = aligned_blocks(pfns)
+    assert sorted(blocks) == _by_definition(pfns)
+    assert sum(1 << order for _, order in blocks) == len(pfns)
+
+
 def _machine() -> tuple[gupsim.Kernel, np.ndarray]:
     k = gupsim.Kernel(memory="64MiB")
     pfns = k.alloc.alloc_bulk_order0(3000, Kind.ANON, True, 0, np.zeros(3000, np.int64))

@@ -16,6 +16,7 @@ ZONE_NORMAL, so that a machine configured with CMA deterministically exercises i
 from __future__ import annotations
 
 import heapq
+from itertools import pairwise
 
 import numpy as np
 
@@ -129,6 +130,9 @@ def runs(idx: np.ndarray, cut: np.ndarray | None = None) -> list[tuple[int, int]
     return list(zip(starts.tolist(), ends.tolist(), strict=True))
 
 
+_FEW = 64           # up to this many frames, plain ints cost less than numpy's calls
+
+
 def aligned_blocks(pfns: np.ndarray) -> list[tuple[int, int]]:
     """Split sorted, distinct PFNs into the largest naturally aligned power-of-two blocks
     (start, order) they contain, up to MAX_PAGE_ORDER: what a buddy allocator may free
@@ -137,11 +141,21 @@ def aligned_blocks(pfns: np.ndarray) -> list[tuple[int, int]]:
     taken exactly when it lies in the run and its parent block does not)."""
     if len(pfns) == 0:
         return []
-    cut = np.flatnonzero(np.diff(pfns) != 1) + 1
-    if len(cut) == len(pfns) - 1:       # no two frames adjacent (COW copies, scattered)
-        return [(pfn, 0) for pfn in pfns.tolist()]
+    if len(pfns) <= _FEW:               # a few frames (most frees): runs in plain ints
+        pl = pfns.tolist()
+        spans, start = [], pl[0]
+        for prev, pfn in pairwise(pl):
+            if pfn != prev + 1:
+                spans.append((start, prev + 1))
+                start = pfn
+        spans.append((start, pl[-1] + 1))
+    else:
+        cut = np.flatnonzero(np.diff(pfns) != 1) + 1
+        if len(cut) == len(pfns) - 1:   # no two frames adjacent (COW copies, scattered)
+            return [(pfn, 0) for pfn in pfns.tolist()]
+        spans = runs(pfns, cut)
     out: list[tuple[int, int]] = []
-    for start, end in runs(pfns, cut):
+    for start, end in spans:
         if end - start == 1:
             out.append((start, 0))
             continue

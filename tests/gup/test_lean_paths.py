@@ -380,3 +380,44 @@ def test_leaf_pin_records_know_their_frames() -> None:
     k.unpin_user_pages(vec)
     old = k.sanitizer.released[-1]
     assert np.array_equal(old.expand().pfns, vec.pfns)
+
+
+def _unpin_after_munmap(gone: str) -> list[Any]:
+    """Pins of small pages and of THP leaves, their memory then unmapped in part or in
+    whole, then the arrays unpinned: the pins held the last references of what went."""
+    k = Kernel(memory="128MiB")
+    p = k.spawn("freeing")
+    small = p.mmap(0, 16 * PAGE_SIZE, RW, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE)
+    thp = _thp_range(p, 4 << 20)
+    vecs = [PageArray(8), PageArray(1024)]
+    assert p.pin_user_pages_fast(small, 8, FOLL_WRITE, vecs[0]) == 8
+    assert p.pin_user_pages_fast(thp, 1024, FOLL_WRITE, vecs[1]) == 1024
+    if gone == "one page and one leaf":
+        p.munmap(small + 3 * PAGE_SIZE, PAGE_SIZE)
+        p.munmap(thp, 2 << 20)
+    else:
+        p.munmap(small, 16 * PAGE_SIZE)
+        p.munmap(thp, 4 << 20)
+    before = dict(k.gup.express_unpins)
+    for vec in vecs:
+        k.unpin_user_pages(vec)
+    mem = k.mem
+    return [[getattr(mem, f).copy() for f in ("refcount", "pincount", "kind", "order")],
+            dict(k.vmstat), [str(w) for w in k.warnings],
+            [str(r) for r in k.sanitizer.reports], k.alloc.nr_free_pages(),
+            sum(k.gup.express_unpins.values()) - sum(before.values())]
+
+
+@pytest.mark.parametrize("gone", ["one page and one leaf", "all"])
+def test_an_unpin_that_frees_ends_as_the_general_one(gone: str,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The express unpin frees what the pin held last, one folio or several, as the
+    general path does: the same counts, kinds, free memory and counters."""
+    lean_run = _unpin_after_munmap(gone)
+    monkeypatch.setattr(lean, "ENABLED", False)
+    plain = _unpin_after_munmap(gone)
+    for x, y in zip(lean_run[0], plain[0], strict=True):
+        assert np.array_equal(x, y)
+    assert lean_run[1:5] == plain[1:5]
+    assert lean_run[5] == 2 and plain[5] == 0          # both arrays went the express way
+    assert lean_run[1]["pgfree"] > 0

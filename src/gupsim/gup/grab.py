@@ -462,9 +462,9 @@ def unpin_user_pages(pages: Sequence[Page | None] | PageArray, npages: int | Non
 def _unpin_express(pages: PageArray, machine: MemMap | None) -> bool:
     """unpin_user_pages() of a pages array that is, entry for entry, what one held pin
     call took, on a machine of the newest era: one page, or a few folios (all order-0, or
-    all large, as huge leaves are) none of which this frees. The same releases as the
-    general path with its layers collapsed; False, with nothing changed, for anything
-    else. `tests/gup/test_lean_paths.py` compares the two paths."""
+    all large, as huge leaves are), freeing those whose last reference was the pin. The
+    same releases as the general path with its layers collapsed; False, with nothing
+    changed, for anything else. `tests/gup/test_lean_paths.py` compares the two paths."""
     mem = pages.mem
     pfns = pfns_of(pages)
     n = len(pfns)
@@ -505,13 +505,20 @@ def _unpin_express(pages: PageArray, machine: MemMap | None) -> bool:
             return False                        # an underflow: the general path warns
     else:
         return False
-    if min(refs.tolist()) <= 0:
-        return False                            # a folio to free (or an underflow)
+    left = refs.tolist()
+    if min(left) < 0:
+        return False                            # an underflow: the general path warns
     san.release_whole(rec)
     mem.refcount[heads] = refs
     if pins is not None:
         mem.pincount[heads] = pins
     mem.vmstat[RELEASED] += n
+    if 0 in left:                               # the pin held the last reference (the
+        dead = heads[refs == 0]                 # memory was unmapped): freed, as
+        if len(dead) == 1:                      # gup_put_folios() frees them
+            st.alloc.free_folio(int(dead[0]))
+        else:
+            st.alloc.free_folios(dead)
     st.express_unpins[n] = st.express_unpins.get(n, 0) + 1
     return True
 

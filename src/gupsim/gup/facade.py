@@ -186,9 +186,10 @@ class EraGated:
     """A method that did not exist before an era switch (`gupsim.eras`): on an older
     machine reading the attribute raises AttributeError saying when it appeared."""
 
-    def __init__(self, fn: Callable[..., Any], switch: str) -> None:
+    def __init__(self, fn: Callable[..., Any], switch: str, name: str) -> None:
         self.fn = fn
         self.switch = switch
+        self.name = name
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn
 
@@ -196,15 +197,18 @@ class EraGated:
         if obj is None:
             return self.fn
         env = obj.env if isinstance(obj, KernelPinning) else obj.kernel.env
-        if not env.era.has(self.switch):        # read on every call: the usual case first
+        if not env.era.has(self.switch):
             why = env.era.absent(self.switch, f"{self.fn.__name__}()")
             raise AttributeError(f"{type(obj).__name__!r} object has no attribute "
                                  f"{self.fn.__name__!r}: {why}")
-        return MethodType(self.fn, obj)
+        # a machine's era is fixed when it is made: the answer is kept on the object,
+        # whose own attribute is then found first (this is not a data descriptor)
+        bound = obj.__dict__[self.name] = MethodType(self.fn, obj)
+        return bound
 
 
 def _install(cls: type, name: str, fn: Callable[..., Any], since: str | None) -> None:
-    setattr(cls, name, fn if since is None else EraGated(fn, since))
+    setattr(cls, name, fn if since is None else EraGated(fn, since, name))
 
 
 # The GUP entry points, one method per row of the table: a remote variant (it names its

@@ -188,3 +188,41 @@ def test_a_fill_released_another_way_is_not_trusted(n: int,
         assert np.array_equal(u, v)
     assert trusted[1:] == plain[1:]
     assert "double_unpin" in trusted[3]
+
+
+# A PageArray's numpy array is made when first needed: all NULL for a read or a partial
+# write, or as a copy of the frames when GUP fills it whole first (no NULLs written).
+
+
+def test_an_array_nothing_wrote_reads_null() -> None:
+    vec = PageArray(100)
+    assert len(vec) == 100 and vec[5] is None and list(vec) == [None] * 100
+    assert repr(vec) == "<PageArray 0/100 filled>" and pfns_of(vec, 3).tolist() == [NULL] * 3
+    assert (vec.pfns == NULL).all() and len(vec[10:20]) == 10
+
+
+@pytest.mark.parametrize("n", SIZES)
+def test_a_slice_taken_before_the_fill_sees_it(n: int) -> None:
+    """A slice shares the array: a whole fill after it writes into that array."""
+    k = Kernel(memory="64MiB")
+    p = k.spawn("fill")
+    a = _mapping(p, n)
+    vec = PageArray(n)
+    tail = vec[n // 2:]
+    assert p.pin_user_pages_fast(a, n, FLAGS, vec) == n
+    assert [pg.pfn for pg in tail.filled()] == [pg.pfn for pg in vec.filled()[n // 2:]]
+    assert tail[0] is not None
+    k.unpin_user_pages(vec)
+    assert k.sanitizer.reports == [] and k.vmstat["nr_foll_pin_released"] == n
+
+
+def test_a_partial_fill_leaves_the_rest_null() -> None:
+    k = Kernel(memory="64MiB")
+    p = k.spawn("fill")
+    a = _mapping(p, 8)
+    vec = PageArray(16)
+    assert p.pin_user_pages_fast(a, 8, FLAGS, vec) == 8
+    assert len(vec) == 16 and all(vec[i] is not None for i in range(8))
+    assert [vec[i] for i in range(8, 16)] == [None] * 8
+    k.unpin_user_pages(vec[:8])
+    assert k.sanitizer.reports == []

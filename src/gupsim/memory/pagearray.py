@@ -9,6 +9,10 @@ record of that fill (its stamp): the unpin of the same array then needs no pass 
 entries to find what they are. The stamp goes with any write through the array's
 methods, and for good once `.pfns` hands the numpy array out (whoever holds it may write
 it at any time): from then on an unpin compares entry by entry, as before.
+
+The numpy array itself is made when first needed: all NULL for a read or a partial
+write, or as a copy of the frames when GUP's fill of the whole array comes first, so a
+large pin does not write NULLs it overwrites at once.
 """
 
 from __future__ import annotations
@@ -31,15 +35,15 @@ class PageArray:
 
     def __init__(self, capacity: int | np.ndarray, mem: MemMap | None = None,
                  base: PageArray | None = None) -> None:
+        self._pfns: np.ndarray | None
         if isinstance(capacity, np.ndarray):
-            self._pfns = capacity
+            self._pfns, self._size = capacity, len(capacity)
         else:
             if capacity < 0:
                 raise ValueError(f"PageArray capacity must be >= 0, got {capacity}")
-            n = int(capacity)
-            # a copy of a template: np.full() costs about 1 us more for a short array
-            self._pfns = _NULLS[:n].copy() if n <= len(_NULLS) else np.full(n, NULL,
-                                                                              dtype=np.int64)
+            # made (all NULL) when first needed: a GUP fill of the whole array, the usual
+            # first write, then makes it in one pass instead of writing NULLs first
+            self._pfns, self._size = None, int(capacity)
         self._base = base          # a slice shares its base's machine (`vec[n:]` filled by GUP)
         self._mem = mem
         # an array passed in is held by the caller too: it may change under us at any time
@@ -54,6 +58,14 @@ class PageArray:
         root = self._base or self
         root._exposed = True
         root._stamp = None
+        return self._entries()
+
+    def _entries(self) -> np.ndarray:
+        """The array, made all NULL if nothing has needed it yet."""
+        if self._pfns is None:
+            n = self._size          # a copy of a template: np.full() costs ~1 us more
+            self._pfns = _NULLS[:n].copy() if n <= len(_NULLS) else np.full(
+                n, NULL, dtype=np.int64)
         return self._pfns
 
     @property
@@ -69,7 +81,7 @@ class PageArray:
             self._mem = mem
 
     def __len__(self) -> int:
-        return len(self._pfns)
+        return self._size
 
     @overload
     def __getitem__(self, i: int) -> Page | None: ...
@@ -78,8 +90,8 @@ class PageArray:
 
     def __getitem__(self, i: int | slice) -> Page | None | PageArray:
         if isinstance(i, slice):
-            return PageArray(self._pfns[i], base=self._base or self)
-        pfn = int(self._pfns[i])
+            return PageArray(self._entries()[i], base=self._base or self)
+        pfn = int(self._entries()[i])
         if pfn == NULL:
             return None
         if self.mem is None:
@@ -89,10 +101,10 @@ class PageArray:
     def __setitem__(self, i: int, page: Page | None) -> None:
         (self._base or self)._stamp = None
         if page is None:
-            self._pfns[i] = NULL
+            self._entries()[i] = NULL
         else:
             self.mem = page.mem
-            self._pfns[i] = page.pfn
+            self._entries()[i] = page.pfn
 
     def __iter__(self) -> Iterator[Page | None]:
         for i in range(len(self)):
@@ -110,7 +122,7 @@ class PageArray:
         return out
 
     def __repr__(self) -> str:
-        filled = int((self._pfns != NULL).sum())
+        filled = int((self._entries() != NULL).sum())
         return f"<PageArray {filled}/{len(self)} filled>"
 
 
@@ -122,15 +134,17 @@ def write_pfns(pages: PageArray, at: int, pfns: np.ndarray | int,
     if mem is not None:
         pages.mem = mem
     if isinstance(pfns, int):
-        pages._pfns[at] = pfns
+        pages._entries()[at] = pfns
+    elif pages._pfns is None and at == 0 and len(pfns) == pages._size:
+        pages._pfns = pfns.astype(np.int64)     # the whole array: a copy, no NULLs first
     else:
-        pages._pfns[at:at + len(pfns)] = pfns
+        pages._entries()[at:at + len(pfns)] = pfns
 
 
 def stamp(pages: PageArray, record: object, n: int) -> None:
     """GUP filled the first `n` entries, `record` being the pin record of that fill: kept
     when that is the whole of an array no one else holds (see the module docstring)."""
-    if pages._base is None and not pages._exposed and n == len(pages._pfns):
+    if pages._base is None and not pages._exposed and n == pages._size:
         pages._stamp = record
 
 
@@ -143,7 +157,8 @@ def pfns_of(pages: Sequence[Page | None] | PageArray, n: int | None = None) -> n
     """The first `n` entries of a pages array as PFNs (NULL as -1), without copying a
     PageArray: gupsim's own read, not to be written."""
     if isinstance(pages, PageArray):
-        return pages._pfns[:n] if n is not None else pages._pfns
+        entries = pages._entries()
+        return entries[:n] if n is not None else entries
     seq = pages if n is None else pages[:n]
     return np.fromiter((NULL if p is None else p.pfn for p in seq), dtype=np.int64,
                        count=len(seq))

@@ -49,6 +49,13 @@ def _mapping(p: Process, n: int) -> int:
     return a + (2 << 20)
 
 
+def _machine(n: int) -> tuple[Kernel, Process, int]:
+    """A machine, a process and the address of `n` populated pages (see `_mapping`)."""
+    k = Kernel(memory="64MiB")
+    p = k.spawn("stamp")
+    return k, p, _mapping(p, n)
+
+
 def _other(k: Kernel, p: Process, a: int) -> int:
     """A PFN this process pinned by another call (the page after the range)."""
     other = PageArray(1)
@@ -79,9 +86,7 @@ WRITES: dict[str, tuple[Callable[[PageArray], dict[str, Any]], Write]] = {
 def _run(n: int, how: str | None, user_array: bool = False) -> list[Any]:
     """Pin `n` pages into an array of exactly `n` entries, write it `how` (None: not at
     all), unpin it; the machine's counts, vmstat, warnings and reports."""
-    k = Kernel(memory="64MiB")
-    p = k.spawn("stamp")
-    a = _mapping(p, n)
+    k, p, a = _machine(n)
     arr = np.full(n, NULL, dtype=np.int64)
     vec = PageArray(arr) if user_array else PageArray(n)
     before, write = WRITES[how] if how is not None else (lambda v: {}, None)
@@ -148,9 +153,7 @@ def test_the_unpin_trusts_the_fill_without_reading_the_entries() -> None:
     """What the stamp buys: the unpin does not read the entries. Shown by a write that
     goes around PageArray's methods (only gupsim's own code could make it): the unpin
     still releases what the fill pinned."""
-    k = Kernel(memory="64MiB")
-    p = k.spawn("stamp")
-    a = _mapping(p, 1024)
+    k, p, a = _machine(1024)
     vec = PageArray(1024)
     assert p.pin_user_pages_fast(a, 1024, FLAGS, vec) == 1024
     pinned = pfns_of(vec).copy()
@@ -164,9 +167,7 @@ def test_the_unpin_trusts_the_fill_without_reading_the_entries() -> None:
 def _released_twice(n: int) -> list[Any]:
     """The fill's pages unpinned through a list of the same pages first, then the
     untouched array unpinned: a double unpin, whatever the array remembers."""
-    k = Kernel(memory="64MiB")
-    p = k.spawn("stamp")
-    a = _mapping(p, n)
+    k, p, a = _machine(n)
     vec = PageArray(n)
     assert p.pin_user_pages_fast(a, n, FLAGS, vec) == n
     k.unpin_user_pages(list(vec))
@@ -204,9 +205,7 @@ def test_an_array_nothing_wrote_reads_null() -> None:
 @pytest.mark.parametrize("n", SIZES)
 def test_a_slice_taken_before_the_fill_sees_it(n: int) -> None:
     """A slice shares the array: a whole fill after it writes into that array."""
-    k = Kernel(memory="64MiB")
-    p = k.spawn("fill")
-    a = _mapping(p, n)
+    k, p, a = _machine(n)
     vec = PageArray(n)
     tail = vec[n // 2:]
     assert p.pin_user_pages_fast(a, n, FLAGS, vec) == n
@@ -217,9 +216,7 @@ def test_a_slice_taken_before_the_fill_sees_it(n: int) -> None:
 
 
 def test_a_partial_fill_leaves_the_rest_null() -> None:
-    k = Kernel(memory="64MiB")
-    p = k.spawn("fill")
-    a = _mapping(p, 8)
+    k, p, a = _machine(8)
     vec = PageArray(16)
     assert p.pin_user_pages_fast(a, 8, FLAGS, vec) == 8
     assert len(vec) == 16 and all(vec[i] is not None for i in range(8))

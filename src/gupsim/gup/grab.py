@@ -312,13 +312,18 @@ def gup_put_folios(alloc: Allocator, heads: np.ndarray, refs: np.ndarray, flags:
         mem.refcount[under] = 0
         counts = mem.refcount[heads]
     dead = heads[(counts == 0) & (mem.kind[heads] != _FREE)]
+    _free_unused(alloc, dead)
+    return len(dead)
+
+
+def _free_unused(alloc: Allocator, dead: np.ndarray) -> None:
+    """Free the folios whose last reference a release dropped (one may be listed twice)."""
     if len(dead) == 1:
         alloc.free_folio(int(dead[0]))
     elif len(dead):
         if not increasing(dead):        # runs of one folio may recur: free each once
             dead = np.unique(dead)
         alloc.free_folios(dead)         # order-0 folios by whole blocks, not one by one
-    return len(dead)
 
 
 def _put_folio_one(alloc: Allocator, head: int, refs: int, flags: int) -> int:
@@ -513,12 +518,8 @@ def _unpin_express(pages: PageArray, machine: MemMap | None) -> bool:
     if pins is not None:
         mem.pincount[heads] = pins
     mem.vmstat[RELEASED] += n
-    if 0 in left:                               # the pin held the last reference (the
-        dead = heads[refs == 0]                 # memory was unmapped): freed, as
-        if len(dead) == 1:                      # gup_put_folios() frees them
-            st.alloc.free_folio(int(dead[0]))
-        else:
-            st.alloc.free_folios(dead)
+    if 0 in left:                   # the pin held the last reference (the memory was
+        _free_unused(st.alloc, heads[refs == 0])   # unmapped): freed as gup_put_folios()
     st.express_unpins[n] = st.express_unpins.get(n, 0) + 1
     return True
 

@@ -215,11 +215,90 @@ def test_a_slice_taken_before_the_fill_sees_it(n: int) -> None:
     assert k.sanitizer.reports == [] and k.vmstat["nr_foll_pin_released"] == n
 
 
-def test_a_partial_fill_leaves_the_rest_null() -> None:
-    k, p, a = _machine(8)
-    vec = PageArray(16)
-    assert p.pin_user_pages_fast(a, 8, FLAGS, vec) == 8
-    assert len(vec) == 16 and all(vec[i] is not None for i in range(8))
-    assert [vec[i] for i in range(8, 16)] == [None] * 8
-    k.unpin_user_pages(vec[:8])
+@pytest.mark.parametrize("n", [8, 1024])         # small pages, huge leaves
+def test_a_partial_fill_leaves_the_rest_null(n: int) -> None:
+    k, p, a = _machine(n)
+    vec = PageArray(n + 8)
+    assert p.pin_user_pages_fast(a, n, FLAGS, vec) == n
+    assert len(vec) == n + 8 and all(vec[i] is not None for i in range(n))
+    assert [vec[i] for i in range(n, n + 8)] == [None] * 8 and len(vec.pfns) == n + 8
+    k.unpin_user_pages(vec[:n])
     assert k.sanitizer.reports == []
+
+
+# A fill by huge leaves keeps its frames as runs until something reads an entry
+# (`fill_runs()`): every way to read must see the frames the general path writes.
+
+LEAF_RANGES = ((0, 1024), (100, 1500), (511, 1025))     # (first page, pages): aligned or not
+
+
+def _leaf_fill(off: int, n: int) -> tuple[Kernel, PageArray]:
+    k, p, a = _machine(2048)
+    vec = PageArray(n)
+    assert p.pin_user_pages_fast(a + off * PAGE_SIZE, n, FLAGS, vec) == n
+    return k, vec
+
+
+@pytest.mark.parametrize(("off", "n"), LEAF_RANGES)
+def test_a_leaf_fill_reads_as_the_general_path_writes(off: int, n: int,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    k, vec = _leaf_fill(off, n)
+    assert vec._runs is not None and vec._pfns is None     # kept as runs: nothing read yet
+    monkeypatch.setattr(lean, "ENABLED", False)
+    _, plain = _leaf_fill(off, n)
+    expected = plain.pfns.tolist()
+    assert len(set(k.mem.head_of(np.array(expected)).tolist())) > 1   # several folios
+    assert [pg.pfn for pg in vec] == expected                  # item by item, first read
+    assert vec.pfns.tolist() == expected and pfns_of(vec, 3).tolist() == expected[:3]
+    assert [pg.pfn for pg in vec[n // 3:].filled()] == expected[n // 3:]
+    assert repr(vec) == f"<PageArray {n}/{n} filled>"
+
+
+@pytest.mark.parametrize("read", ["item", "slice", "pfns_of", "repr"])
+def test_each_first_read_of_a_leaf_fill_makes_the_entries(read: str) -> None:
+    k, vec = _leaf_fill(100, 1500)
+    first = {"item": lambda: vec[7], "slice": lambda: vec[5:9], "pfns_of": lambda: pfns_of(vec),
+             "repr": lambda: repr(vec)}[read]
+    first()
+    assert vec._runs is None and vec._pfns is not None
+    expected = pfns_of(vec).tolist()
+    assert expected == list(range(expected[0], expected[0] + 412)) + expected[412:]
+    assert NULL not in expected and len(expected) == 1500
+    k.unpin_user_pages(vec)
+    assert k.sanitizer.reports == [] and k.vmstat["nr_foll_pin_released"] == 1500
+
+
+def test_the_unpin_of_a_leaf_fill_makes_no_entries() -> None:
+    """What the runs buy: pinned and unpinned through the same array, no entry is made."""
+    k, vec = _leaf_fill(0, 1024)
+    k.unpin_user_pages(vec)
+    assert vec._pfns is None and k.sanitizer.reports == []
+    assert k.vmstat["nr_foll_pin_released"] == 1024 and not k.mem.pincount.any()
+
+
+@pytest.mark.parametrize("second", ["small pages", "leaves"])
+def test_a_second_fill_replaces_runs_nothing_read(second: str) -> None:
+    """Pinned by leaves, unpinned, then filled whole again (by small pages or other
+    leaves) before anything read it: the entries are the second fill's."""
+    k, p, a = _machine(2048)
+    vec = PageArray(1024)
+    assert p.pin_user_pages_fast(a, 1024, FLAGS, vec) == 1024
+    k.unpin_user_pages(vec)
+    assert vec._runs is not None
+    b = a + 1024 * PAGE_SIZE if second == "leaves" else \
+        p.mmap(0, 1024 * PAGE_SIZE, RW, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE)
+    assert p.pin_user_pages_fast(b, 1024, FLAGS, vec) == 1024
+    vma = p.mm.find_vma(b)
+    assert [pg.pfn for pg in vec] == vma.pfn[vma.idx(b):vma.idx(b) + 1024].tolist()
+    k.unpin_user_pages(vec)
+    assert k.sanitizer.reports == [] and not k.mem.pincount.any()
+
+
+def test_a_write_into_a_leaf_fill_keeps_the_other_entries() -> None:
+    k, vec = _leaf_fill(0, 1024)
+    runs = vec._runs
+    assert runs is not None
+    vec[3] = None
+    expected = runs.expand().tolist()
+    expected[3] = NULL
+    assert vec.pfns.tolist() == expected and stamp_of(vec) is None

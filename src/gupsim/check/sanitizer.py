@@ -329,7 +329,8 @@ class PinSanitizer:
         return pfns, lo, hi
 
     def on_acquire(self, pfns: np.ndarray | None, flags: int, call: str, mm: MM | None,
-                   runs: FolioRuns | None = None, pfn_runs: Runs | None = None
+                   runs: FolioRuns | None = None, pfn_runs: Runs | None = None, *,
+                   orders: np.ndarray | None = None, bounds: tuple[int, int] | None = None
                    ) -> PinRecord | None:
         """Record a successful GUP call (the record; None when no entry counts): its
         pages, flags, caller's site and the mm (or None); `runs`: the folio runs GUP
@@ -338,13 +339,17 @@ class PinSanitizer:
         `pfn_runs`: `pfns` as runs of consecutive frames, when GUP knows them (a huge
         leaf maps consecutive frames), kept for the history instead of working them out;
         with them `pfns` may be None: the record then builds them only when read (a huge
-        pin's unpin through the same array never reads them)."""
+        pin's unpin through the same array never reads them). `orders` (of the runs'
+        folios) and `bounds` (as `_run_bounds()` gives them) from a caller that has them
+        already: GUP-fast's huge leaves, which it checked hold no zero page."""
         how = "FOLL_PIN" if flags & FOLL_PIN else "FOLL_GET"
         n = len(pfns) if pfns is not None else pfn_runs.n  # type: ignore[union-attr]
         # a few large folios: the bounds come from the folios; else from the pages
-        orders = self.mem.order[runs[1]] if runs is not None else None
-        bounds = self._run_bounds(runs, orders, how) if runs is not None \
-            and orders is not None and len(runs[1]) <= n // 64 else None
+        if runs is not None and orders is None:
+            orders = self.mem.order[runs[1]]
+        if bounds is None and runs is not None and orders is not None \
+                and len(runs[1]) <= n // 64:
+            bounds = self._run_bounds(runs, orders, how)
         if bounds is not None:
             lo_head, hi = bounds
         else:
@@ -577,18 +582,21 @@ class PinSanitizer:
         return bool(np.minimum.reduce(mem.kind[heads]) != _FREE
                     and np.array_equal(mem.order[heads], rec.folio_orders))
 
-    def held_whole(self, how: str, pfns: np.ndarray, filled: object = None
-                   ) -> PinRecord | None:
-        """The common case in O(n): the record of one call that still holds exactly
-        these pages (found by its first page and length, whatever the number of
-        records); None if there is none. Changes nothing: `release_whole()` releases.
-        `filled`: the record whose fill wrote `pfns`, none written since (a PageArray's
-        stamp): if it is such a record, it is the answer without comparing entries."""
-        if len(pfns) == 0:
-            return None
-        if type(filled) is PinRecord and filled.how == how and filled.nheld == len(pfns) \
+    def held_fill(self, how: str, n: int, filled: object) -> PinRecord | None:
+        """`filled` (a PageArray's stamp: the record whose fill wrote all its `n` entries,
+        none written since) when it is a live record of kind `how` that holds all `n`:
+        what `held_whole()` would find, without reading an entry. Else None."""
+        if type(filled) is PinRecord and filled.how == how and filled.nheld == n \
                 and self._live.get(filled.id) is filled:
             return filled
+        return None
+
+    def held_whole(self, how: str, pfns: np.ndarray) -> PinRecord | None:
+        """The common case in O(n): the record of one call that still holds exactly
+        these pages (found by its first page and length, whatever the number of
+        records); None if there is none. Changes nothing: `release_whole()` releases."""
+        if len(pfns) == 0:
+            return None
         for rec in reversed(self._whole.get((how, pfns.item(0), len(pfns)), ())):
             if rec.nheld == len(pfns) and same(rec.pfns, pfns):
                 return rec

@@ -30,7 +30,7 @@ from ..check.runs import Runs
 from ..constants import PAGE_SHIFT, PAGE_SIZE, TASK_SIZE
 from ..eras import NEWEST_ERA
 from ..memory import GUP_PIN_COUNTING_BIAS, PG, Kind, MemMap, PageArray
-from ..memory.pagearray import stamp, write_pfns
+from ..memory.pagearray import fill_runs, stamp, write_pfns
 from ..mm import MM, MMF, VM, VMA
 from ..mm.fault import anon_orders, populate_anon_bulk, wp_copy_run
 from ..mm.mm_struct import mmap_read_lock, mmap_read_unlock
@@ -289,13 +289,16 @@ def _leaves(ep: EntryPoint, st: GupState, mm: MM, vma: VMA, i: int, start: int, 
         np.not_equal(heads[1:], heads[:-1], out=first[1:])
         offs, heads = offs[first], heads[first]
         hl = heads.tolist()
+        if len(set(hl)) != len(hl):
+            return None                 # a folio in two places: the general path counts
     lengths = np.empty(len(offs), dtype=np.int64)     # each leaf part up to the next
     np.subtract(offs[1:], offs[:-1], out=lengths[:-1])
     lengths[-1] = n - offs.item(-1)
     kinds = mem.kind.take(heads).tolist()
     refs = mem.refcount.take(heads).tolist()
-    if min(mem.order.take(heads).tolist()) == 0 or len(set(hl)) != len(hl) \
-            or min(refs) <= 0 or max(refs) >= _NO_WRAP - n \
+    orders = mem.order.take(heads)
+    large = orders.tolist()
+    if min(large) == 0 or min(refs) <= 0 or max(refs) >= _NO_WRAP - n \
             or max(mem.pincount.take(heads).tolist()) >= _NO_WRAP - n:
         return None
     flags = _allowed_flags(ep, mem, pages, hl, kinds, gup_flags)
@@ -307,13 +310,17 @@ def _leaves(ep: EntryPoint, st: GupState, mm: MM, vma: VMA, i: int, start: int, 
     if pin:                             # an exact _pincount
         mem.pincount[heads] += counts.astype(mem.pincount.dtype)
         mem.vmstat[ACQUIRED] += n
-    write_pfns(pages, 0, vma.pfn[i:i + n], mem)
+    fill_runs(pages, pfn_runs, mem)     # the entries are made when first read
     mem.flags[heads] |= _REFERENCED
     st.calls.append(GupCall(ep.name, start, n, flags, PATH_FAST, fast=n, ret=n,
                             leaves=True, express=True))
     if st.sanitizer is not None:
+        # no zero page among the folios (_allowed_flags()): the record's bounds are
+        # the lowest head and the highest head's folio end
+        bounds = min(hl), max(hl) + (1 << max(large)) - 1
         stamp(pages, st.sanitizer.on_acquire(None, _taken(flags), ep.name, mm,
-                                             (offs, heads, lengths), pfn_runs), n)
+                                             (offs, heads, lengths), pfn_runs,
+                                             orders=orders, bounds=bounds), n)
     gup_call_ended(mem)
     return n
 

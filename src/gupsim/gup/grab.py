@@ -471,20 +471,20 @@ def _unpin_express(pages: PageArray, machine: MemMap | None) -> bool:
     same releases as the general path with its layers collapsed; False, with nothing
     changed, for anything else. `tests/gup/test_lean_paths.py` compares the two paths."""
     mem = pages.mem
-    pfns = pfns_of(pages)
-    n = len(pfns)
+    n = len(pages)
     if mem is None or machine is not None and mem is not machine or not n:
         return False
     st = _state_of(mem)
     if st is None or st.sanitizer is None or mem.era.version != _NEWEST:
         return False
     san = st.sanitizer
-    # the record of the fill, if no entry was written since: no need to compare them all
-    rec = san.held_whole("FOLL_PIN", pfns, stamp_of(pages))
+    # the record of the fill, if no entry was written since: no need to read them at all
+    rec = san.held_fill("FOLL_PIN", n, stamp_of(pages)) \
+        or san.held_whole("FOLL_PIN", pfns_of(pages))
     if rec is None:
         return False
     if n == 1:                                  # the plain-int put of one folio
-        pfn = pfns.item(0)
+        pfn = pfns_of(pages).item(0)
         san.release_whole(rec)
         _put_folio_one(st.alloc, pfn - mem.head_off.item(pfn), 1, FOLL_PIN)
         st.express_unpins[1] = st.express_unpins.get(1, 0) + 1

@@ -12,18 +12,24 @@ it at any time): from then on an unpin compares entry by entry, as before.
 
 The numpy array itself is made when first needed: all NULL for a read or a partial
 write, or as a copy of the frames when GUP's fill of the whole array comes first, so a
-large pin does not write NULLs it overwrites at once.
+large pin does not write NULLs it overwrites at once. A fill by huge leaves, whose
+frames GUP knows as runs of consecutive PFNs, keeps the runs (`fill_runs()`) and makes
+the entries from them at the first read: a 64 MiB THP pin that the same array unpins
+never writes its 128 KiB of entries, and any read sees exactly the frames.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import overload
+from typing import TYPE_CHECKING, overload
 
 import numpy as np
 
 from .memmap import MemMap
 from .page import Page
+
+if TYPE_CHECKING:
+    from ..check.runs import Runs
 
 NULL = -1
 _NULLS = np.full(64, NULL, dtype=np.int64)
@@ -49,6 +55,7 @@ class PageArray:
         # an array passed in is held by the caller too: it may change under us at any time
         self._exposed = base is None and isinstance(capacity, np.ndarray)
         self._stamp: object | None = None       # the record of the fill, while unchanged
+        self._runs: Runs | None = None          # the entries as runs, until first read
 
     @property
     def pfns(self) -> np.ndarray:
@@ -61,9 +68,13 @@ class PageArray:
         return self._entries()
 
     def _entries(self) -> np.ndarray:
-        """The array, made all NULL if nothing has needed it yet."""
+        """The array, made from the fill's runs, or all NULL, if nothing has needed it
+        yet."""
         if self._pfns is None:
             n = self._size          # a copy of a template: np.full() costs ~1 us more
+            if self._runs is not None:
+                self._pfns, self._runs = self._runs.expand().astype(np.int64, copy=False), None
+                return self._pfns
             self._pfns = _NULLS[:n].copy() if n <= len(_NULLS) else np.full(
                 n, NULL, dtype=np.int64)
         return self._pfns
@@ -137,8 +148,21 @@ def write_pfns(pages: PageArray, at: int, pfns: np.ndarray | int,
         pages._entries()[at] = pfns
     elif pages._pfns is None and at == 0 and len(pfns) == pages._size:
         pages._pfns = pfns.astype(np.int64)     # the whole array: a copy, no NULLs first
+        pages._runs = None
     else:
         pages._entries()[at:at + len(pfns)] = pfns
+
+
+def fill_runs(pages: PageArray, runs: Runs, mem: MemMap) -> None:
+    """GUP's write of the frames `runs` (int64 values, step 1) from index 0, of machine
+    `mem`: kept as runs when they fill an array nothing has made or shares yet (the
+    entries are made at the first read), else written as `write_pfns()` writes."""
+    if pages._pfns is None and pages._base is None and runs.n == pages._size:
+        pages._stamp = None
+        pages.mem = mem
+        pages._runs = runs
+    else:
+        write_pfns(pages, 0, runs.expand(), mem)
 
 
 def stamp(pages: PageArray, record: object, n: int) -> None:

@@ -134,3 +134,52 @@ def test_a_check_that_does_not_fire_computes_no_message() -> None:
     assert log.warn_on_once(True, "site: once", message) is True     # counted, not recorded
     assert calls == [1] and log.hits["site: once"] == 2
     assert log[0].message == "expensive text" and log[0].caller.startswith(__file__)
+
+
+def _express_sites(n: int, release: str) -> tuple[str, str, str, str]:
+    """Pin `n` pages into a PageArray (the express paths: one page, a few small pages,
+    THP leaves) and release them by `release`: (pin site, release site, and the lines
+    they should name). The express paths start the walk beyond their fixed frames."""
+    from gupsim import (
+        FOLL_LONGTERM,
+        FOLL_WRITE,
+        MADV_HUGEPAGE,
+        MADV_POPULATE_WRITE,
+        MAP_ANONYMOUS,
+        MAP_POPULATE,
+        MAP_PRIVATE,
+        PROT_READ,
+        PROT_WRITE,
+    )
+    from gupsim.gup import api
+    rw, anon = PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS
+    k = gupsim.Kernel(memory="64MiB")
+    p = k.spawn("app")
+    if n < 512:
+        a = p.mmap(0, 1 << 16, rw, anon | MAP_POPULATE)
+    else:
+        a = p.mmap(0, 6 << 20, rw, anon)
+        a = (a + (2 << 20) - 1) & ~((2 << 20) - 1)
+        p.madvise(a, 4 << 20, MADV_HUGEPAGE)
+        p.madvise(a, 4 << 20, MADV_POPULATE_WRITE)
+    vec = gupsim.PageArray(n)
+    here = sys._getframe().f_code.co_name
+    pin_line = sys._getframe().f_lineno + 1
+    assert p.pin_user_pages_fast(a, n, FOLL_LONGTERM | FOLL_WRITE, vec) == n
+    assert k.gup.calls[-1].express
+    pin_site = k.sanitizer.outstanding()[-1].site
+    unpin = {"kernel": k.unpin_user_pages, "module function": api.unpin_user_pages}[release]
+    release_line = sys._getframe().f_lineno + 1
+    unpin(vec)
+    assert k.gup.express_unpins.get(n), "the release did not go the express way"
+    release_site = k.sanitizer.release_sites()[-1]
+    return (pin_site, release_site, f"{__file__}:{pin_line} in {here}",
+            f"{__file__}:{release_line} in {here}")
+
+
+@pytest.mark.parametrize("n", [1, 8, 1024])
+@pytest.mark.parametrize("release", ["kernel", "module function"])
+def test_the_express_paths_name_the_users_line(n: int, release: str) -> None:
+    pin_site, release_site, pin_want, release_want = _express_sites(n, release)
+    assert pin_site == pin_want
+    assert release_site == release_want

@@ -63,3 +63,11 @@ def test_the_heap_is_tuned_once_unless_opted_out(opt_out: bool) -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env=env, check=True)
     assert out.stdout.split() == (["False", "False"] if opt_out else ["True", "False"])
+
+
+@pytest.mark.parametrize("a", [[], [5], [512 * j for j in range(32)], [3, 1, 2],
+                               [512 * j for j in range(32)][::-1], [1, 2, 2, 3], [4, 1, 4],
+                               [7, 7]])
+def test_distinct_means_no_value_repeats(a: list[int]) -> None:
+    from gupsim.lean import distinct
+    assert distinct(a) is (len(set(a)) == len(a))

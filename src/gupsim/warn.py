@@ -44,7 +44,7 @@ def in_package(filename: str) -> bool:
     return inside
 
 
-def user_call_site(skip_package: str | None = None) -> str:
+def user_call_site(skip_package: str | None = None, *, inside: int = 0) -> str:
     """Where the model's user made the call: the innermost frame outside the package, as
     "file:line in function" ("<gupsim>" if every frame is inside the package).
 
@@ -53,8 +53,12 @@ def user_call_site(skip_package: str | None = None) -> str:
     under `drivers/`) can set `__gupsim_call_site__ = True`: its frames then count as the
     call site, so the sanitizer names the driver line that took or released a pin, as a
     kernel report names the driver function.
+
+    `inside`: how many frames from the caller's outward are known to be the package's own
+    (an express path's fixed chain of calls): the walk starts beyond them. Each frame the
+    walk passes costs a frame object (~0.2 us); `sys._getframe(n)` makes only the n-th.
     """
-    frame: FrameType | None = sys._getframe(1)
+    frame: FrameType | None = sys._getframe(1 + inside)
     passes = _passes_cache
     while frame is not None:
         filename = frame.f_code.co_filename

@@ -330,8 +330,8 @@ class PinSanitizer:
 
     def on_acquire(self, pfns: np.ndarray | None, flags: int, call: str, mm: MM | None,
                    runs: FolioRuns | None = None, pfn_runs: Runs | None = None, *,
-                   orders: np.ndarray | None = None, bounds: tuple[int, int] | None = None
-                   ) -> PinRecord | None:
+                   orders: np.ndarray | None = None, bounds: tuple[int, int] | None = None,
+                   callers: int = 0) -> PinRecord | None:
         """Record a successful GUP call (the record; None when no entry counts): its
         pages, flags, caller's site and the mm (or None); `runs`: the folio runs GUP
         grabbed them as (start index, head, length), so that neither this record nor the
@@ -341,7 +341,9 @@ class PinSanitizer:
         with them `pfns` may be None: the record then builds them only when read (a huge
         pin's unpin through the same array never reads them). `orders` (of the runs'
         folios) and `bounds` (as `_run_bounds()` gives them) from a caller that has them
-        already: GUP-fast's huge leaves, which it checked hold no zero page."""
+        already: GUP-fast's huge leaves, which it checked hold no zero page. `callers`:
+        how many frames from the caller's outward are gupsim's own for sure (an express
+        path's fixed chain): the walk for the user's call site starts beyond them."""
         how = "FOLL_PIN" if flags & FOLL_PIN else "FOLL_GET"
         n = len(pfns) if pfns is not None else pfn_runs.n  # type: ignore[union-attr]
         # a few large folios: the bounds come from the folios; else from the pages
@@ -361,7 +363,7 @@ class PinSanitizer:
             if len(pfns) != n:
                 runs = None                     # entries were left out: runs do not fit
             lo_head = self.mem.head_of(lo)    # the lowest head is that of the lowest frame
-        rec = PinRecord(next(self._ids), how, flags, call, user_call_site(),
+        rec = PinRecord(next(self._ids), how, flags, call, user_call_site(inside=1 + callers),
                         getattr(mm, "id", None), pfns, n if pfns is None else len(pfns),
                         lo_head, hi)
         if runs is None:
@@ -387,13 +389,13 @@ class PinSanitizer:
         lo, hi = lo_hi(heads)
         return lo, hi + (1 << amax(orders)) - 1
 
-    def on_acquire_one(self, pfn: int, head: int, flags: int, call: str, mm: MM | None
-                       ) -> PinRecord:
+    def on_acquire_one(self, pfn: int, head: int, flags: int, call: str, mm: MM | None,
+                       callers: int = 0) -> PinRecord:
         """`on_acquire()` of one page of folio `head`, which the caller checked is not
         the shared zero page (GUP-fast's one-page call, express.py). The record's heads
-        come from `lo` when read."""
+        come from `lo` when read; `callers` as for `on_acquire()`."""
         how = "FOLL_PIN" if flags & FOLL_PIN else "FOLL_GET"
-        rec = PinRecord(next(self._ids), how, flags, call, user_call_site(),
+        rec = PinRecord(next(self._ids), how, flags, call, user_call_site(inside=1 + callers),
                         getattr(mm, "id", None), np.array([pfn], dtype=np.int64), 1, head, pfn)
         self._add(rec)
         return rec
@@ -561,9 +563,10 @@ class PinSanitizer:
         self._retire()
         return None
 
-    def release_whole(self, rec: PinRecord) -> None:
-        """A release call drops every entry of `rec` (from `held_whole()`) at once."""
-        rec.release_all(self._new_release(user_call_site()))
+    def release_whole(self, rec: PinRecord, callers: int = 0) -> None:
+        """A release call drops every entry of `rec` (from `held_whole()`) at once;
+        `callers` as for `on_acquire()`."""
+        rec.release_all(self._new_release(user_call_site(inside=1 + callers)))
         self._retire_one(rec)
 
     def folios_unchanged(self, rec: PinRecord) -> bool:

@@ -64,6 +64,10 @@ _NEWEST = NEWEST_ERA.version        # the era whose rules the checks below follo
 _NO_WRAP = (1 << 31) - GUP_PIN_COUNTING_BIAS   # counts below this take a pin without wrapping
 _WRITE_CLEAN = PTE.WRITE | PTE.DIRTY
 _ANON = int(Kind.ANON)
+# the package's own frames from a taking function outward: it (_one, _short, _leaves),
+# gup_fast_express() and the Process method that called it (entry.py); the sanitizer's
+# walk for the user's call site starts beyond them (tests/test_call_sites.py checks it)
+_CALLERS = 3
 
 
 def gup_fast_express(ep: EntryPoint, proc: Any, start: object, nr_pages: object,
@@ -226,7 +230,8 @@ def _one(ep: EntryPoint, st: GupState, mm: MM, vma: VMA, i: int, start: int,
     st.calls.append(GupCall(ep.name, start, 1, flags, path, fast=1, ret=1, express=True)
                     if path == PATH_FAST else _call(ep, start, 1, flags, path))
     if st.sanitizer is not None:
-        stamp(pages, st.sanitizer.on_acquire_one(pfn, head, _taken(flags), ep.name, mm), 1)
+        stamp(pages, st.sanitizer.on_acquire_one(pfn, head, _taken(flags), ep.name, mm,
+                                                 _CALLERS), 1)
     gup_call_ended(mem)
     return 1
 
@@ -261,7 +266,8 @@ def _short(ep: EntryPoint, st: GupState, mm: MM, vma: VMA, i: int, start: int, n
     st.calls.append(_call(ep, start, n, flags, path))
     if st.sanitizer is not None:
         stamp(pages, st.sanitizer.on_acquire(pfns, _taken(flags), ep.name, mm,
-                                             folio_runs(mem, pfns, pfns)), n)
+                                             folio_runs(mem, pfns, pfns),
+                                             callers=_CALLERS), n)
     gup_call_ended(mem)
     return n
 
@@ -283,13 +289,13 @@ def _leaves(ep: EntryPoint, st: GupState, mm: MM, vma: VMA, i: int, start: int, 
     offs = starts - i
     pfn_runs = Runs(offs, firsts, n, 1, firsts.dtype)   # a leaf maps consecutive frames
     hl = heads.tolist()
-    if len(set(hl)) != len(hl):         # the PMD parts of one PUD leaf: one folio
+    if not lean.distinct(hl):           # the PMD parts of one PUD leaf: one folio
         first = np.empty(len(heads), dtype=bool)
         first[0] = True
         np.not_equal(heads[1:], heads[:-1], out=first[1:])
         offs, heads = offs[first], heads[first]
         hl = heads.tolist()
-        if len(set(hl)) != len(hl):
+        if not lean.distinct(hl):
             return None                 # a folio in two places: the general path counts
     lengths = np.empty(len(offs), dtype=np.int64)     # each leaf part up to the next
     np.subtract(offs[1:], offs[:-1], out=lengths[:-1])
@@ -320,7 +326,8 @@ def _leaves(ep: EntryPoint, st: GupState, mm: MM, vma: VMA, i: int, start: int, 
         bounds = min(hl), max(hl) + (1 << max(large)) - 1
         stamp(pages, st.sanitizer.on_acquire(None, _taken(flags), ep.name, mm,
                                              (offs, heads, lengths), pfn_runs,
-                                             orders=orders, bounds=bounds), n)
+                                             orders=orders, bounds=bounds,
+                                             callers=_CALLERS), n)
     gup_call_ended(mem)
     return n
 

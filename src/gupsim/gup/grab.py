@@ -39,6 +39,10 @@ _NONE = np.zeros(0, dtype=np.int64)
 _ZERO1.flags.writeable = _ONE1.flags.writeable = _NONE.flags.writeable = False
 
 _NEWEST = NEWEST_ERA.version        # the era whose rules _unpin_express() follows
+# the package's own frames from _unpin_express() outward: it and unpin_user_pages(); the
+# sanitizer's walk for the user's call site starts beyond them (a Process or Kernel
+# method in between is walked as usual; tests/test_call_sites.py checks both)
+_CALLERS = 2
 ACQUIRED = "nr_foll_pin_acquired"
 RELEASED = "nr_foll_pin_released"
 _S32 = 1 << 31
@@ -485,7 +489,7 @@ def _unpin_express(pages: PageArray, machine: MemMap | None) -> bool:
         return False
     if n == 1:                                  # the plain-int put of one folio
         pfn = pfns_of(pages).item(0)
-        san.release_whole(rec)
+        san.release_whole(rec, _CALLERS)
         _put_folio_one(st.alloc, pfn - mem.head_off.item(pfn), 1, FOLL_PIN)
         st.express_unpins[1] = st.express_unpins.get(1, 0) + 1
         return True
@@ -495,7 +499,7 @@ def _unpin_express(pages: PageArray, machine: MemMap | None) -> bool:
         return False
     heads, lengths = runs[1], runs[2]
     hl, large = heads.tolist(), orders.tolist()
-    if len(set(hl)) != len(hl):
+    if not lean.distinct(hl):
         return False                            # a folio in two runs: count them together
     # one pin per entry: a run of one entry each (usual for order-0 folios) drops a
     # scalar; the counts are written back into their int32 arrays as they are
@@ -513,7 +517,7 @@ def _unpin_express(pages: PageArray, machine: MemMap | None) -> bool:
     left = refs.tolist()
     if min(left) < 0:
         return False                            # an underflow: the general path warns
-    san.release_whole(rec)
+    san.release_whole(rec, _CALLERS)
     mem.refcount[heads] = refs
     if pins is not None:
         mem.pincount[heads] = pins

@@ -218,6 +218,41 @@ def test_leaf_walks_change_nothing(era: str | None, monkeypatch: pytest.MonkeyPa
     assert {t[3] for t in lean_run[0]} != {lean_run[0][0][3]}   # some took less
 
 
+def _pud_program() -> list[Any]:
+    """Pins of a 1 GiB hugetlb page, a PUD leaf whose PMD-sized parts are one folio:
+    the whole page, a range from inside one part into the next ones, ranges that start
+    or end on a part's boundary; the pages arrays are read after the pins."""
+    from gupsim import MAP_HUGE_1GB
+    k = Kernel(memory="2GiB", nr_hugepages_1g=1)
+    p = k.spawn("pud")
+    a = p.mmap(0, 1 << 30, RW, MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB | MAP_HUGE_1GB
+               | MAP_POPULATE)
+    trace: list[Any] = []
+    held = []
+    for off, n in ((0, 1 << 18), (1000, 5000), (512, 1024), (300, 213 + 512 * 3), (0, 513)):
+        vec = PageArray(n)
+        got = p.pin_user_pages_fast(a + off * PAGE_SIZE, n, FOLL_WRITE | FOLL_LONGTERM, vec)
+        trace.append((off, n, got, vec.pfns[[0, -1]].tolist()))
+        held.append(vec)
+    for vec in held:
+        k.unpin_user_pages(vec)
+    mem = k.mem
+    return [trace, [getattr(mem, f).copy() for f in ("refcount", "pincount", "flags")],
+            dict(k.vmstat), [str(w) for w in k.warnings], [str(r) for r in k.sanitizer.reports],
+            [c.express for c in k.gup.calls]]
+
+
+def test_pud_leaf_parts_count_as_one_folio(monkeypatch: pytest.MonkeyPatch) -> None:
+    lean_run = _pud_program()
+    monkeypatch.setattr(lean, "ENABLED", False)
+    plain = _pud_program()
+    assert lean_run[0] == plain[0] and all(t[2] == t[1] for t in lean_run[0])
+    for x, y in zip(lean_run[1], plain[1], strict=True):
+        assert np.array_equal(x, y)
+    assert lean_run[2:5] == plain[2:5] and lean_run[4] == []
+    assert lean_run[5][-5:] == [True] * 5         # each call went the express way
+
+
 def test_one_page_pin_is_lean() -> None:
     """A one-page pin and its unpin run a bounded number of Python calls (the issue's
     profile counted about 400; the express path, express.py, about 25)."""

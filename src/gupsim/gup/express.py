@@ -27,7 +27,7 @@ import numpy as np
 
 from .. import lean
 from ..check.runs import Runs
-from ..constants import PAGE_SHIFT, PAGE_SIZE, TASK_SIZE
+from ..constants import PAGE_SHIFT, PAGE_SIZE, PMD_ORDER, TASK_SIZE
 from ..eras import NEWEST_ERA
 from ..memory import GUP_PIN_COUNTING_BIAS, PG, Kind, MemMap, PageArray
 from ..memory.pagearray import fill_runs, stamp, write_pfns
@@ -64,6 +64,7 @@ _NEWEST = NEWEST_ERA.version        # the era whose rules the checks below follo
 _NO_WRAP = (1 << 31) - GUP_PIN_COUNTING_BIAS   # counts below this take a pin without wrapping
 _WRITE_CLEAN = PTE.WRITE | PTE.DIRTY
 _ANON = int(Kind.ANON)
+_PMD_PAGES = 1 << PMD_ORDER
 # the package's own frames from a taking function outward: it (_one, _short, _leaves),
 # gup_fast_express() and the Process method that called it (entry.py); the sanitizer's
 # walk for the user's call site starts beyond them (tests/test_call_sites.py checks it)
@@ -276,17 +277,25 @@ def _leaves(ep: EntryPoint, st: GupState, mm: MM, vma: VMA, i: int, start: int, 
             gup_flags: int, pages: PageArray) -> int | None:
     """A range that PMD or PUD leaves map whole (THP, hugetlb): each leaf checked and
     counted once, as gup_fast_pmd_leaf() does, the folios' counts in one update."""
+    if n <= _PMD_PAGES:
+        return None                     # not a range of leaves (fast.leaf_starts())
     mem = mm.mem
-    starts = fast.leaf_starts(vma, i, i + n)
-    if starts is None:
-        return None
     pin = ep.adds & FOLL_PIN
     need = PTE.PRESENT | (PTE.WRITE if gup_flags & FOLL_WRITE or pin else 0)
-    if {e & (need | PTE.SPECIAL) for e in vma.pte[starts].tolist()} != {need}:
-        return None
-    firsts = vma.pfn[starts].astype(np.int64)
+    # the first entry of each leaf part: entry i and every PMD boundary after it, read
+    # through strided views (no index array)
+    first = fast.pmd_boundary(vma, i)
+    ptes = vma.pte[first:i + n:_PMD_PAGES].tolist()
+    firsts = vma.pfn[first:i + n:_PMD_PAGES].astype(np.int64)
+    offs = np.arange(first - i, n, _PMD_PAGES, dtype=np.int64)
+    if first != i:
+        ptes.insert(0, vma.pte.item(i))
+        firsts = np.concatenate(([vma.pfn.item(i)], firsts))
+        offs = np.concatenate(([0], offs))
+    if not {e & (need | PTE.SPECIAL | PTE.LEAF) for e in ptes} <= {need | PTE.PMD,
+                                                                 need | PTE.PUD}:
+        return None                     # not all leaves, or GUP-fast refuses one
     heads = firsts - mem.head_off.take(firsts)
-    offs = starts - i
     pfn_runs = Runs(offs, firsts, n, 1, firsts.dtype)   # a leaf maps consecutive frames
     hl = heads.tolist()
     if not lean.distinct(hl):           # the PMD parts of one PUD leaf: one folio

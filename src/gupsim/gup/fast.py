@@ -187,6 +187,11 @@ def folio_allowed_one(mem: MemMap, head: int, kind: int, file_write: bool) -> bo
             or kind == _SHMEM and int(mem.mapping[head]) != 0)
 
 
+def pmd_boundary(vma: VMA, i: int) -> int:
+    """The first entry at or after entry `i` of `vma` that starts a PMD (2 MiB aligned)."""
+    return i + (-((vma.start >> PAGE_SHIFT) + i)) % _PMD_PAGES
+
+
 def leaf_starts(vma: VMA, i0: int, i1: int) -> np.ndarray | None:
     """When PMD/PUD leaves map all of [i0, i1): i0 and every PMD boundary after it, the
     first entry of each leaf part (else None). A leaf's entries share their bits and map
@@ -194,7 +199,7 @@ def leaf_starts(vma: VMA, i0: int, i1: int) -> np.ndarray | None:
     gup_fast_pmd_leaf() does, instead of once per 4 KiB entry."""
     if i1 - i0 <= _PMD_PAGES or not lean.ENABLED:
         return None
-    first = i0 + (-((vma.start >> PAGE_SHIFT) + i0)) % _PMD_PAGES
+    first = pmd_boundary(vma, i0)
     starts = np.arange(first, i1, _PMD_PAGES, dtype=np.int64)
     if first != i0:
         starts = np.concatenate(([i0], starts))

@@ -190,6 +190,7 @@ def test_ctrl_c_exits_130_and_says_so() -> None:
             proc.wait()
     assert proc.returncode == 130, err
     assert "interrupted" in err and "Traceback" not in err
+    assert "on the host" not in err             # a model-only run took nothing there
 
 
 # -- output that reads well --------------------------------------------------------------------

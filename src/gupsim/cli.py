@@ -27,6 +27,7 @@ from .tour import run_tour
 if TYPE_CHECKING:
     from .scenarios.runner import Result
 
+MAX_FUZZ_PROGRAMS = 1_000_000     # a campaign of days at this machine's pace
 EXIT_OK = 0
 EXIT_DISAGREE = 1
 EXIT_USAGE = 2
@@ -100,8 +101,9 @@ class GupsimGroup(click.Group):
         try:
             return super().invoke(ctx)
         except KeyboardInterrupt:
-            click.echo("\ngupsim: interrupted; everything taken on the host was released",
-                       err=True)
+            from .live.repair import host_run_started
+            host = "; everything taken on the host was released" if host_run_started() else ""
+            click.echo(f"\ngupsim: interrupted{host}", err=True)
             sys.exit(EXIT_INTERRUPTED)
         except (click.exceptions.ClickException, click.exceptions.Exit, click.Abort):
             raise
@@ -689,8 +691,8 @@ def _eras_of(target: str, as_json: bool, html_out: str | None = None) -> None:
                    "and written as a scenario file. Exit 1 if any was found.")
 @click.option("--seed", type=click.IntRange(0), default=0, show_default=True,
               help="Seed of the programs (the same seed gives the same programs).")
-@click.option("--programs", type=click.IntRange(1), default=100, show_default=True,
-              help="How many programs to run.")
+@click.option("--programs", type=click.IntRange(1, MAX_FUZZ_PROGRAMS), default=100,
+              show_default=True, help="How many programs to run.")
 @click.option("--steps", type=click.IntRange(1, 200), default=15, show_default=True,
               help="Most calls per program.")
 @click.option("--model-only", is_flag=True,

@@ -50,9 +50,21 @@ def repair_dead_runs(temp_bases: list[str] | None = None, lock_timeout: float = 
                   remove_dead_temp_dirs(temp_bases, lock_timeout=lock_timeout))
 
 
+_host_run_started = False
+
+
+def host_run_started() -> bool:
+    """Whether this process has started work on the host (`announce_repairs()` ran, as
+    every host run does first): an interrupted command then says that what it took on
+    the host was released."""
+    return _host_run_started
+
+
 def announce_repairs(lock_timeout: float = 0.0) -> Repair:
     """`repair_dead_runs()`, printing one line on stderr per repair, so that a user sees
-    what an earlier run had left changed."""
+    what an earlier run had left changed. Every host run calls it before it starts."""
+    global _host_run_started
+    _host_run_started = True
     repair = repair_dead_runs(lock_timeout=lock_timeout)
     for line in repair.lines():
         print(f"gupsim: repaired what a dead run left: {line}", file=sys.stderr)

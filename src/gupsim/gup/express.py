@@ -299,10 +299,10 @@ def _leaves(ep: EntryPoint, st: GupState, mm: MM, vma: VMA, i: int, start: int, 
     pfn_runs = Runs(offs, firsts, n, 1, firsts.dtype)   # a leaf maps consecutive frames
     hl = heads.tolist()
     if not lean.distinct(hl):           # the PMD parts of one PUD leaf: one folio
-        first = np.empty(len(heads), dtype=bool)
-        first[0] = True
-        np.not_equal(heads[1:], heads[:-1], out=first[1:])
-        offs, heads = offs[first], heads[first]
+        starts_folio = np.empty(len(heads), dtype=bool)
+        starts_folio[0] = True
+        np.not_equal(heads[1:], heads[:-1], out=starts_folio[1:])
+        offs, heads = offs[starts_folio], heads[starts_folio]
         hl = heads.tolist()
         if not lean.distinct(hl):
             return None                 # a folio in two places: the general path counts

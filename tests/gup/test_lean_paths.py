@@ -38,6 +38,7 @@ from gupsim import (
     PageArray,
     lean,
 )
+from gupsim.gup.grab import folio_runs
 from gupsim.gup.state import GupCall
 
 RW = PROT_READ | PROT_WRITE
@@ -251,6 +252,46 @@ def test_pud_leaf_parts_count_as_one_folio(monkeypatch: pytest.MonkeyPatch) -> N
         assert np.array_equal(x, y)
     assert lean_run[2:5] == plain[2:5] and lean_run[4] == []
     assert lean_run[5][-5:] == [True] * 5         # each call went the express way
+
+
+def _twice_mapped(dup: tuple[int, int]) -> list[Any]:
+    """Four pages of one VMA where entry dup[1] maps the page of entry dup[0], as KSM
+    leaves two addresses of one VMA (the model does not merge; the test makes the
+    entries so): a short pin counts that page twice, the unpin releases it twice."""
+    k = Kernel(memory="64MiB")
+    p = k.spawn("ksm")
+    a = p.mmap(0, 4 * PAGE_SIZE, RW, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE)
+    vma = p.mm.find_vma(a)
+    j, m = vma.idx(a) + dup[0], vma.idx(a) + dup[1]
+    page = int(vma.pfn[j])
+    vma.pfn[m] = page
+    k.mem.refcount[page] += 1
+    k.mem.mapcount[page] += 1
+    vec = PageArray(4)
+    got = p.pin_user_pages_fast(a, 4, FOLL_WRITE | FOLL_LONGTERM, vec)
+    mem = k.mem
+    rec = list(k.sanitizer._live.values())[-1]
+    runs = [r.tolist() for r in rec.folio_runs] if rec.folio_runs is not None else None
+    state = [got, vec.pfns.tolist(), int(mem.refcount[page]), runs,
+             bool(k.gup.calls[-1].express)]
+    k.unpin_user_pages(vec)
+    return [state, [getattr(mem, f).copy() for f in ("refcount", "pincount", "flags")],
+            dict(k.vmstat), [str(w) for w in k.warnings], [str(r) for r in k.sanitizer.reports]]
+
+
+@pytest.mark.parametrize("dup", [(0, 2), (1, 2)], ids=["apart", "adjacent"])
+def test_a_page_mapped_twice_is_counted_twice(dup: tuple[int, int],
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    lean_run = _twice_mapped(dup)
+    monkeypatch.setattr(lean, "ENABLED", False)
+    plain = _twice_mapped(dup)
+    assert lean_run[0][:3] == plain[0][:3] and lean_run[0][4]    # the express way took it
+    pfns = np.array(lean_run[0][1], dtype=np.int64)             # its record's folio runs:
+    assert lean_run[0][3] == [r.tolist() for r in folio_runs(None, pfns, pfns)]   # maximal
+    assert lean_run[0][2] == 2 + 2 * 1024                        # two maps, two pins
+    for x, y in zip(lean_run[1], plain[1], strict=True):
+        assert np.array_equal(x, y)
+    assert lean_run[2:] == plain[2:] and lean_run[4] == []
 
 
 def test_one_page_pin_is_lean() -> None:

@@ -21,6 +21,7 @@ without and compares the machines.
 
 from __future__ import annotations
 
+import operator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -65,6 +66,13 @@ _NO_WRAP = (1 << 31) - GUP_PIN_COUNTING_BIAS   # counts below this take a pin wi
 _WRITE_CLEAN = PTE.WRITE | PTE.DIRTY
 _ANON = int(Kind.ANON)
 _PMD_PAGES = 1 << PMD_ORDER
+# a few order-0 pages' folio runs, one per entry: (start index, head, length), and their
+# orders; read-only, shared by every record that takes them
+_RUN_STARTS = np.arange(lean.SHORT, dtype=np.int64)
+_RUN_ONES = np.ones(lean.SHORT, dtype=np.int64)
+_ORDER0 = np.zeros(lean.SHORT, dtype=np.int8)
+for _a in (_RUN_STARTS, _RUN_ONES, _ORDER0):
+    _a.flags.writeable = False
 # the package's own frames from a taking function outward: it (_one, _short, _leaves),
 # gup_fast_express() and the Process method that called it (entry.py); the sanitizer's
 # walk for the user's call site starts beyond them (tests/test_call_sites.py checks it)
@@ -259,15 +267,26 @@ def _short(ep: EntryPoint, st: GupState, mm: MM, vma: VMA, i: int, start: int, n
     if flags is None:
         return None
     _mark_pinned(mm, pin)
-    np.add.at(mem.refcount, pfns, mem.refcount.dtype.type(GUP_PIN_COUNTING_BIAS if pin else 1))
+    add = mem.refcount.dtype.type(GUP_PIN_COUNTING_BIAS if pin else 1)
+    distinct = lean.distinct(hl)        # else a page mapped twice (KSM): counted twice
+    if distinct:
+        mem.refcount[pfns] += add
+    else:
+        np.add.at(mem.refcount, pfns, add)
     if pin:
         mem.vmstat[ACQUIRED] += n
     write_pfns(pages, 0, pfns, mem)
     mem.flags[pfns] |= _REFERENCED
     st.calls.append(_call(ep, start, n, flags, path))
     if st.sanitizer is not None:
-        stamp(pages, st.sanitizer.on_acquire(pfns, _taken(flags), ep.name, mm,
-                                             folio_runs(mem, pfns, pfns),
+        # each page its own folio, none the zero page (_allowed_flags()): the runs are
+        # one per entry unless a page repeats next to itself, the bounds the lowest and
+        # highest frame
+        runs = (_RUN_STARTS[:n], pfns, _RUN_ONES[:n]) if distinct or \
+            all(map(operator.ne, hl, hl[1:])) else folio_runs(mem, pfns, pfns)
+        stamp(pages, st.sanitizer.on_acquire(pfns, _taken(flags), ep.name, mm, runs,
+                                             orders=_ORDER0[:len(runs[1])],
+                                             bounds=(min(hl), max(hl)),
                                              callers=_CALLERS), n)
     gup_call_ended(mem)
     return n

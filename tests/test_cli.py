@@ -120,3 +120,47 @@ def test_bench_measures_the_host_beside_the_model() -> None:
             assert row["ratio"] == row["model_min"] / row["host_min"]
     bulk = {r["phase"]: r for r in rows if r["case"] == "bulk 1 MiB"}
     assert bulk["pin"]["host_min"] > 0 and bulk["unpin"]["host_min"] > 0
+
+
+def test_bench_warms_both_sides_up_before_it_times(monkeypatch: pytest.MonkeyPatch) -> None:
+    """WARMUP_ROUNDS untimed rounds per side first (CPython specializes code only after
+    it ran several times), then each timed round right after one untimed round; a
+    host side that skips the case during the warm-up is not called again."""
+    from contextlib import contextmanager
+
+    from gupsim.bench import runner
+    from gupsim.bench.cases import Case, Goal
+
+    calls = {"model": 0}
+
+    @contextmanager
+    def workload():  # type: ignore[no-untyped-def]
+        def round_() -> dict[str, float]:
+            calls["model"] += 1
+            return {"x": 1e-6}
+        yield round_
+
+    class Worker:
+        def __init__(self, skip_after: int | None) -> None:
+            self.rounds, self.skip_after = 0, skip_after
+
+        def call(self, op: str, **kw: object) -> dict[str, object]:
+            if op != "round":
+                return {}
+            self.rounds += 1
+            if self.skip_after is not None and self.rounds > self.skip_after:
+                return {"skip": "gone"}
+            return {"ok": {"x": 2e-6}}
+
+    monkeypatch.setitem(runner.WORKLOADS, "fake", workload)
+    case = Case("fake", "fake", {}, "us/call", 1, ("x",), Goal("max", 10))
+    worker = Worker(None)
+    rows = runner.measure(case, 3, worker)  # type: ignore[arg-type]
+    assert calls["model"] == runner.WARMUP_ROUNDS + 2 * 3
+    assert worker.rounds == runner.WARMUP_ROUNDS + 2 * 3
+    assert rows[0].model_min == pytest.approx(1.0) and rows[0].host_min == pytest.approx(2.0)
+    calls["model"] = 0
+    worker = Worker(2)                                 # skips on its third round
+    rows = runner.measure(case, 3, worker)  # type: ignore[arg-type]
+    assert worker.rounds == 3 and rows[0].host_skipped == "gone"
+    assert calls["model"] == runner.WARMUP_ROUNDS + 2 * 3 and rows[0].host_min is None

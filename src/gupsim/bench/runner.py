@@ -7,8 +7,14 @@ comes right after an untimed warm-up round of its own (imports, caches, first fa
 without it, a side runs cold after the other's round, and the two are not cold alike:
 the host's set-up populates the whole range (64 MiB of zeroing flushes every cache),
 the model's set-up touches little, and the model's pinning code is an interpreter's
-working set where the kernel's is a few cache lines. Each phase reports min and median
-of its rounds; the ratio is model min over host min (below 1: the model is faster).
+working set where the kernel's is a few cache lines. Before the first timed round each
+side also runs `WARMUP_ROUNDS` untimed rounds (at most `WARMUP_SECONDS`): CPython
+specializes a function's bytecode only once it has run several times (a code object is
+quickened after 8 calls, each instruction adapts after more), so code that runs once a
+round, as a THP pin's leaf path does, ran its first ten rounds unspecialized and some
+1.5x slower than from then on; the kernel's code needs no such warm-up. Each phase
+reports min and median of its rounds; the ratio is model min over host min (below 1:
+the model is faster).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import json
 import statistics
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -26,6 +33,8 @@ from .cases import Case
 from .model_side import WORKLOADS
 
 SCALE = {"ns/page": 1e9, "us/call": 1e6, "ms": 1e3}
+WARMUP_ROUNDS = 16          # CPython's specialization settles within about ten calls
+WARMUP_SECONDS = 2.0        # a cap for the slow cases (1 GiB bulk, fork of 1 GiB)
 
 
 @dataclass
@@ -120,6 +129,10 @@ def measure(case: Case, rounds: int, worker: HostWorker | None, skip: str = "") 
     try:
         warm = case.rounds != 1                     # a one-round case is not repeated
         with WORKLOADS[case.workload](**case.params) as model_round:
+            if warm:
+                _warm_up(model_round)
+                if not skip and worker is not None:
+                    skip = _warm_up(lambda: worker.call("round"))
             for _ in range(rounds):
                 if warm:
                     model_round()
@@ -144,6 +157,19 @@ def measure(case: Case, rounds: int, worker: HostWorker | None, skip: str = "") 
         row.met = _met(case, row)
         rows.append(row)
     return rows
+
+
+def _warm_up(round_: Callable[[], object]) -> str:
+    """Untimed rounds before the first timed one (`WARMUP_ROUNDS`, at most
+    `WARMUP_SECONDS`); a host round's reason to skip the case ends them ("" if none)."""
+    start = time.perf_counter()
+    for _ in range(WARMUP_ROUNDS):
+        reply = round_()
+        if isinstance(reply, dict) and reply.get("skip"):
+            return str(reply["skip"])
+        if time.perf_counter() - start >= WARMUP_SECONDS:
+            break
+    return ""
 
 
 def run(cases: list[Case], rounds: int = 5, with_host: bool = True,

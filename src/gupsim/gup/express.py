@@ -217,7 +217,7 @@ def _one(ep: EntryPoint, st: GupState, mm: MM, vma: VMA, i: int, start: int,
             or longterm and not longterm_pinnable_one(mem, head, kind) \
             or not folio_allowed_one(mem, head, kind, bool(pin and write and longterm)):
         return None
-    flags = is_valid_gup_args(mem.warnings, pages, None, gup_flags | ep.implies, ep.adds)
+    flags = _valid_flags(ep, mem, pages, gup_flags)
     if flags is None:
         return None
     # taken: what gup_fast_fallback(), gup_fast() and gup_call() do for this page
@@ -381,7 +381,25 @@ def _allowed_flags(ep: EntryPoint, mem: MemMap, pages: PageArray, heads: list[in
             and folio_allowed_one(mem, h, k, file_write)
             for h, k in zip(heads, kinds, strict=True))):
         return None
-    return is_valid_gup_args(mem.warnings, pages, None, gup_flags | ep.implies, ep.adds)
+    return _valid_flags(ep, mem, pages, gup_flags)
+
+
+# is_valid_gup_args()'s answer for (caller's flags with the entry's implied ones, the
+# entry's added ones), where it accepted them: with a pages array and no `locked`, as
+# every express call has, the answer depends on nothing else, and an accepted call warns
+# of nothing; so it is worked out once per pair instead of on every call
+_VALID: dict[tuple[int, int], int] = {}
+
+
+def _valid_flags(ep: EntryPoint, mem: MemMap, pages: PageArray, gup_flags: int) -> int | None:
+    """is_valid_gup_args() of an express call (a pages array, no `locked`)."""
+    key = (gup_flags | ep.implies, ep.adds)
+    flags = _VALID.get(key)
+    if flags is None:
+        flags = is_valid_gup_args(mem.warnings, pages, None, key[0], key[1])
+        if flags is not None:
+            _VALID[key] = flags
+    return flags
 
 
 def _mark_pinned(mm: MM, pin: int) -> None:

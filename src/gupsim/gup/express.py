@@ -304,15 +304,17 @@ def _leaves(ep: EntryPoint, st: GupState, mm: MM, vma: VMA, i: int, start: int, 
     # the first entry of each leaf part: entry i and every PMD boundary after it, read
     # through strided views (no index array)
     first = fast.pmd_boundary(vma, i)
-    ptes = vma.pte[first:i + n:_PMD_PAGES].tolist()
+    ptes = vma.pte[first:i + n:_PMD_PAGES]
+    every = int(np.bitwise_and.reduce(ptes))      # the bits every entry has
+    some = int(np.bitwise_or.reduce(ptes))        # the bits some entry has
     firsts = vma.pfn[first:i + n:_PMD_PAGES].astype(np.int64)
     offs = np.arange(first - i, n, _PMD_PAGES, dtype=np.int64)
     if first != i:
-        ptes.insert(0, vma.pte.item(i))
+        e = vma.pte.item(i)
+        every, some = every & e, some | e
         firsts = np.concatenate(([vma.pfn.item(i)], firsts))
         offs = np.concatenate(([0], offs))
-    if not {e & (need | PTE.SPECIAL | PTE.LEAF) for e in ptes} <= {need | PTE.PMD,
-                                                                 need | PTE.PUD}:
+    if every & need != need or some & PTE.SPECIAL or not every & PTE.LEAF:
         return None                     # not all leaves, or GUP-fast refuses one
     heads = firsts - mem.head_off.take(firsts)
     pfn_runs = Runs(offs, firsts, n, 1, firsts.dtype)   # a leaf maps consecutive frames

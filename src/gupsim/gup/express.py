@@ -21,7 +21,6 @@ without and compares the machines.
 
 from __future__ import annotations
 
-import operator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -280,10 +279,9 @@ def _short(ep: EntryPoint, st: GupState, mm: MM, vma: VMA, i: int, start: int, n
     st.calls.append(_call(ep, start, n, flags, path))
     if st.sanitizer is not None:
         # each page its own folio, none the zero page (_allowed_flags()): the runs are
-        # one per entry unless a page repeats next to itself, the bounds the lowest and
-        # highest frame
-        runs = (_RUN_STARTS[:n], pfns, _RUN_ONES[:n]) if distinct or \
-            all(map(operator.ne, hl, hl[1:])) else folio_runs(mem, pfns, pfns)
+        # one per entry unless a page repeats, the bounds the lowest and highest frame
+        runs = (_RUN_STARTS[:n], pfns, _RUN_ONES[:n]) if distinct \
+            else folio_runs(mem, pfns, pfns)
         stamp(pages, st.sanitizer.on_acquire(pfns, _taken(flags), ep.name, mm, runs,
                                              orders=_ORDER0[:len(runs[1])],
                                              bounds=(min(hl), max(hl)),

@@ -71,3 +71,13 @@ def test_the_heap_is_tuned_once_unless_opted_out(opt_out: bool) -> None:
 def test_distinct_means_no_value_repeats(a: list[int]) -> None:
     from gupsim.lean import distinct
     assert distinct(a) is (len(set(a)) == len(a))
+
+
+@pytest.mark.parametrize("a", [[5], [512 * j for j in range(200)],
+                               [512 * j for j in range(200)][::-1],
+                               [512 * j for j in range(100)] + [0],
+                               list(range(99)) + [50], [3, 1, 2], [7, 7]])
+def test_distinct_array_means_no_value_repeats(a: list[int]) -> None:
+    """Long arrays (beyond lean.SHORT) as well as short ones, increasing or not."""
+    from gupsim.lean import distinct_array
+    assert distinct_array(np.array(a, dtype=np.int64)) is (len(set(a)) == len(a))

@@ -73,3 +73,11 @@ def distinct(values: list[int]) -> bool:
     heads of huge leaves): a set of 32 heads of 2 MiB folios costs some 8,000
     instructions, as Python hashes an int to itself and multiples of 512 all collide."""
     return all(map(operator.lt, values, values[1:])) or len(set(values)) == len(values)
+
+
+def distinct_array(values: np.ndarray) -> bool:
+    """`distinct()` of an array: a long one is told increasing by one comparison of
+    neighbours, else by sorting."""
+    if len(values) <= SHORT:
+        return distinct(values.tolist())
+    return bool((values[1:] > values[:-1]).all()) or len(np.unique(values)) == len(values)

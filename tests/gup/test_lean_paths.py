@@ -497,3 +497,54 @@ def test_an_unpin_that_frees_ends_as_the_general_one(gone: str,
     assert lean_run[1:5] == plain[1:5]
     assert lean_run[5] == 2 and plain[5] == 0          # both arrays went the express way
     assert lean_run[1]["pgfree"] > 0
+
+
+def _many_large_folios(unmap: bool) -> list[Any]:
+    """Arrays of more large folios than `lean.SHORT`: 70 THP leaves, 100 mTHPs of
+    16 KiB (PTE-mapped: the general GUP-fast took them), and 100 mTHPs with an order-0
+    page among them; each pinned, the memory unmapped if asked (the pins then hold the
+    last references), then unpinned."""
+    k = Kernel(memory="512MiB")
+    p = k.spawn("many")
+    k.thp.set("always", size_kb=16)
+    thp = _thp_range(p, 70 << 21)
+    mthp = p.mmap(0, 400 * PAGE_SIZE, RW, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE)
+    mixed = p.mmap(0, 400 * PAGE_SIZE, RW, MAP_PRIVATE | MAP_ANONYMOUS)
+    k.thp.set("never", size_kb=16)
+    p.madvise(mixed, PAGE_SIZE, MADV_POPULATE_WRITE)          # one order-0 page first
+    k.thp.set("always", size_kb=16)
+    p.madvise(mixed, 400 * PAGE_SIZE, MADV_POPULATE_WRITE)
+    ranges = [(thp, 70 * 512), (mthp, 400), (mixed, 400)]
+    vecs = [PageArray(n) for _, n in ranges]
+    for (a, n), vec in zip(ranges, vecs, strict=True):
+        assert p.pin_user_pages_fast(a, n, FOLL_WRITE | FOLL_LONGTERM, vec) == n
+    if unmap:
+        p.munmap(thp, 70 << 21)
+        p.munmap(mthp, 400 * PAGE_SIZE)
+    took = []
+    free = k.alloc.nr_free_pages()
+    for vec in vecs:
+        before = sum(k.gup.express_unpins.values())
+        k.unpin_user_pages(vec)
+        took.append(sum(k.gup.express_unpins.values()) - before)
+    mem = k.mem
+    return [[getattr(mem, f).copy() for f in ("refcount", "pincount", "kind", "order")],
+            dict(k.vmstat), [str(w) for w in k.warnings],
+            [str(r) for r in k.sanitizer.reports], k.alloc.nr_free_pages() - free, took,
+            sorted({int(o) for o in mem.order[mem.head_of(vecs[2].pfns)]})]
+
+
+@pytest.mark.parametrize("unmap", [False, True], ids=["mapped", "unmapped"])
+def test_many_large_folios_unpin_by_folio(unmap: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The express unpin takes any number of large folios (one update per folio, as
+    the kernel's one atomic per folio) and ends as the general path does; with an
+    order-0 folio among many it leaves them to the general path."""
+    lean_run = _many_large_folios(unmap)
+    monkeypatch.setattr(lean, "ENABLED", False)
+    plain = _many_large_folios(unmap)
+    for x, y in zip(lean_run[0], plain[0], strict=True):
+        assert np.array_equal(x, y)
+    assert lean_run[1:5] == plain[1:5] and lean_run[3] == []
+    assert lean_run[5] == [1, 1, 0] and plain[5] == [0, 0, 0]
+    assert lean_run[6] == [0, 2]                    # the mixed array was mixed
+    assert lean_run[4] == (70 * 512 + 400 if unmap else 0)     # the pins held the last refs

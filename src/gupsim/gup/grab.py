@@ -21,7 +21,7 @@ from .. import lean
 from ..check.args import check_count, check_flag, check_folio, check_folios, check_page, check_pages
 from ..constants import EINVAL, ENOMEM
 from ..eras import NEWEST_ERA
-from ..lean import amax, amin, has_null, total
+from ..lean import amax, amin, has_null, lo_hi, total
 from ..memory import GUP_PIN_COUNTING_BIAS, Allocator, Folio, Kind, MemMap, Page, PageArray
 from ..memory.alloc import increasing
 from ..memory.memmap import add_at
@@ -470,8 +470,8 @@ def unpin_user_pages(pages: Sequence[Page | None] | PageArray, npages: int | Non
 
 def _unpin_express(pages: PageArray, machine: MemMap | None) -> bool:
     """unpin_user_pages() of a pages array that is, entry for entry, what one held pin
-    call took, on a machine of the newest era: one page, or a few folios (all order-0, or
-    all large, as huge leaves are), freeing those whose last reference was the pin. The
+    call took, on a machine of the newest era: one page, a few order-0 folios or any
+    number of large ones (huge leaves, mTHPs), freeing those whose last reference was the pin. The
     same releases as the general path with its layers collapsed; False, with nothing
     changed, for anything else. `tests/gup/test_lean_paths.py` compares the two paths."""
     mem = pages.mem
@@ -494,35 +494,36 @@ def _unpin_express(pages: PageArray, machine: MemMap | None) -> bool:
         st.express_unpins[1] = st.express_unpins.get(1, 0) + 1
         return True
     runs, orders = rec.folio_runs, rec.folio_orders
-    if runs is None or orders is None or len(orders) > lean.SHORT \
-            or not san.folios_unchanged(rec):
+    if runs is None or orders is None:
         return False
     heads, lengths = runs[1], runs[2]
-    hl, large = heads.tolist(), orders.tolist()
-    if not lean.distinct(hl):
-        return False                            # a folio in two runs: count them together
+    smallest, largest = lo_hi(orders)
+    if len(heads) > lean.SHORT and not smallest:
+        return False        # many order-0 folios: the general path's update is as quick
+    if not san.folios_unchanged(rec) or not lean.distinct_array(heads):
+        return False                # changed by a misuse, or a folio in two runs
     # one pin per entry: a run of one entry each (usual for order-0 folios) drops a
     # scalar; the counts are written back into their int32 arrays as they are
-    per_run = 1 if len(hl) == n else lengths
-    if not any(large):                          # order-0 folios: the bias per pin
+    per_run = 1 if len(heads) == n else lengths
+    if not largest:                             # order-0 folios: the bias per pin
         refs = mem.refcount[heads] - per_run * GUP_PIN_COUNTING_BIAS
         pins = None
-    elif all(large):                            # large folios: _pincount, one ref per pin
+    elif smallest:                              # large folios: _pincount, one ref per pin
         refs = mem.refcount[heads] - per_run
         pins = mem.pincount[heads] - per_run
-        if min(pins.tolist()) < 0:
+        if amin(pins) < 0:
             return False                        # an underflow: the general path warns
     else:
         return False
-    left = refs.tolist()
-    if min(left) < 0:
+    least = amin(refs)
+    if least < 0:
         return False                            # an underflow: the general path warns
     san.release_whole(rec, _CALLERS)
     mem.refcount[heads] = refs
     if pins is not None:
         mem.pincount[heads] = pins
     mem.vmstat[RELEASED] += n
-    if 0 in left:                   # the pin held the last reference (the memory was
+    if least == 0:                  # the pin held the last reference (the memory was
         _free_unused(st.alloc, heads[refs == 0])   # unmapped): freed as gup_put_folios()
     st.express_unpins[n] = st.express_unpins.get(n, 0) + 1
     return True

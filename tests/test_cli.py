@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -54,7 +55,7 @@ def test_run_refuses_a_file_without_a_scenario(tmp_path: Path) -> None:
 
 def test_bench_model_only_json_has_every_case_and_phase() -> None:
     out = CliRunner().invoke(main, ["bench", "--max-pages", "256", "--repeat", "1",
-                                    "--model-only", "--json"])
+                                    "--min-time", "0", "--model-only", "--json"])
     assert out.exit_code == 0, out.output
     rows = json.loads(out.output)
     want = [(c.name, ph) for c in default_cases(256) for ph in c.phases]
@@ -104,7 +105,8 @@ def test_bench_measures_the_host_beside_the_model() -> None:
         pytest.skip(f"host cannot: io_uring: {cap.reason}")
     knobs = [THP_ENABLED, hugepages_path()]
     before = [read_setting(k) for k in knobs]
-    out = CliRunner().invoke(main, ["bench", "--max-pages", "256", "--repeat", "1", "--json"])
+    out = CliRunner().invoke(main, ["bench", "--max-pages", "256", "--repeat", "1",
+                                    "--min-time", "0", "--json"])
     assert out.exit_code == 0, out.output
     assert [read_setting(k) for k in knobs] == before       # every setting restored
     rows = json.loads(out.output)
@@ -164,3 +166,85 @@ def test_bench_warms_both_sides_up_before_it_times(monkeypatch: pytest.MonkeyPat
     rows = runner.measure(case, 3, worker)  # type: ignore[arg-type]
     assert worker.rounds == 3 and rows[0].host_skipped == "gone"
     assert calls["model"] == runner.WARMUP_ROUNDS + 2 * 3 and rows[0].host_min is None
+
+
+def _fake_cases(monkeypatch: pytest.MonkeyPatch, log: list[str]) -> list[Any]:
+    """Three fake cases whose model rounds log their name: two that take turns, one
+    that runs alone; a fake worker stands for the host's process."""
+    from contextlib import contextmanager
+
+    from gupsim.bench import runner
+    from gupsim.bench.cases import Case, Goal
+
+    def workload(name: str):  # type: ignore[no-untyped-def]
+        @contextmanager
+        def opened(**_: object):  # type: ignore[no-untyped-def]
+            def round_() -> dict[str, float]:
+                log.append(name)
+                return {"x": 1e-6}
+            yield round_
+        return opened
+
+    for name in ("a", "b", "c"):
+        monkeypatch.setitem(runner.WORKLOADS, name, workload(name))
+    return [Case("a", "a", {}, "us/call", 1, ("x",), Goal("max", 10), host=False),
+            Case("c", "c", {}, "us/call", 1, ("x",), Goal("max", 10), host=False, alone=True),
+            Case("b", "b", {}, "us/call", 1, ("x",), Goal("max", 10), host=False)]
+
+
+def test_bench_takes_the_cases_rounds_in_turns(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each case's timed rounds come in PASSES slices, the cases taking turns, so that a
+    slow stretch of the machine does not hold all of one case's rounds; a case that must
+    run alone runs after them; the rows keep the cases' order."""
+    from gupsim.bench import runner
+    log: list[str] = []
+    cases = _fake_cases(monkeypatch, log)
+    rows = runner.run(cases, rounds=5, with_host=False, min_seconds=0.0)
+    assert [r.case for r in rows] == ["a", "c", "b"]
+    timed = log[2 * runner.WARMUP_ROUNDS:]             # after the warm-ups of a and b
+    turns = [name for i, name in enumerate(timed) if i == 0 or timed[i - 1] != name]
+    assert turns == ["a", "b"] * runner.PASSES + ["c"]
+    assert timed.count("a") == timed.count("b") == 2 * 5      # an untimed round before each
+
+
+def test_bench_short_rounds_go_on_for_min_seconds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With --min-time a case of quick rounds takes more of them (at most MAX_ROUNDS);
+    without, exactly --repeat."""
+    from gupsim.bench import runner
+    log: list[str] = []
+    cases = _fake_cases(monkeypatch, log)[:1]
+    runner.run(cases, rounds=2, with_host=False, min_seconds=0.05)
+    assert log.count("a") == runner.WARMUP_ROUNDS + 2 * runner.MAX_ROUNDS
+    log.clear()
+    runner.run(cases, rounds=2, with_host=False, min_seconds=0.0)
+    assert log.count("a") == runner.WARMUP_ROUNDS + 2 * 2
+
+
+def test_bench_worker_keeps_several_workloads_open(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The host's worker answers rounds by workload id, closes one without the others,
+    and closes every one left open when its input ends."""
+    import io
+    from contextlib import contextmanager
+
+    from gupsim.bench import host_side, worker
+
+    closed: list[int] = []
+
+    @contextmanager
+    def fake(n: int):  # type: ignore[no-untyped-def]
+        try:
+            yield lambda: {"x": float(n)}
+        finally:
+            closed.append(n)
+
+    monkeypatch.setitem(host_side.WORKLOADS, "fake", fake)
+    reqs = [{"op": "open", "id": 1, "workload": "fake", "params": {"n": 10}},
+            {"op": "open", "id": 2, "workload": "fake", "params": {"n": 20}},
+            {"op": "round", "id": 2}, {"op": "round", "id": 1}, {"op": "close", "id": 1},
+            {"op": "round", "id": 1}, {"op": "round", "id": 2}]
+    out = io.StringIO()
+    worker.serve(io.StringIO("".join(json.dumps(r) + "\n" for r in reqs)), out)
+    replies = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert replies[2:5] == [{"ok": {"x": 20.0}}, {"ok": {"x": 10.0}}, {"ok": None}]
+    assert "no workload 1 is open" in replies[5]["skip"] and replies[6] == {"ok": {"x": 20.0}}
+    assert closed == [10, 20]

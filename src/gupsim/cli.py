@@ -513,12 +513,17 @@ def explain(file: str, step: int, pfns: tuple[int, ...], as_json: bool) -> None:
 @click.option("-n", "ns", type=click.IntRange(1, 1 << 14), multiple=True, default=(1, 16),
               show_default=True, help="Pages per call, as gup_test's -n (repeatable).")
 @click.option("--repeat", type=click.IntRange(1, 20), default=5, show_default=True,
-              help="Rounds per figure, after one warm-up round; min and median reported.")
+              help="Timed rounds per figure at least (min and median reported), after "
+                   "16 untimed ones; see --min-time.")
+@click.option("--min-time", type=click.FloatRange(0, 60), default=1.0, show_default=True,
+              help="Seconds a case with short rounds goes on for (more rounds, at most 60): "
+                   "a min over a second of rounds is not all in one slow stretch of the "
+                   "CPU. 0: exactly --repeat rounds.")
 @click.option("-k", "only", default=None, help="Only the cases whose name contains TEXT.")
 @click.option("--model-only", is_flag=True, help="Do not touch the host kernel.")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
-def bench(max_pages: int, ns: tuple[int, ...], repeat: int, only: str | None,
-          model_only: bool, as_json: bool) -> None:
+def bench(max_pages: int, ns: tuple[int, ...], repeat: int, min_time: float,
+          only: str | None, model_only: bool, as_json: bool) -> None:
     """`gupsim bench`: see gupsim/bench (cases.py lists what is measured and the goals)."""
     from .bench import default_cases, run
     from .bench.table import bench_table
@@ -531,7 +536,8 @@ def bench(max_pages: int, ns: tuple[int, ...], repeat: int, only: str | None,
     if not model_only:
         _repair_host()
     with console.status("timing the model and the host kernel...") as status:
-        rows = run(cases, repeat, with_host=not model_only, progress=status.update)
+        rows = run(cases, repeat, with_host=not model_only, progress=status.update,
+                   min_seconds=min_time)
     if as_json:
         click.echo(dumps([r.as_dict() for r in rows]))
     else:

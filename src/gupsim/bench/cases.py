@@ -52,6 +52,9 @@ class Case:
     goal: Goal
     host: bool = True            # False: the model only (no kernel counterpart)
     rounds: int | None = None    # cap on the rounds (an expensive, stable figure)
+    # measured on its own, not in turns with the others (runner.run()): its host side
+    # times a fork, which copies every mapping the others keep open in the worker
+    alone: bool = False
 
 
 def bulk(pages: int, backing: str = "small") -> Case:
@@ -75,7 +78,8 @@ def per_call(pages: int, n: int) -> Case:
 def lifecycle(pages: int, pinned: bool) -> Case:
     """fork / exit / munmap of a range, pinned or not."""
     return Case(f"{'pinned' if pinned else 'unpinned'} {_size(pages)}", "lifecycle",
-                {"pages": pages, "pinned": pinned}, "ms", 1, LIFE_PHASES, Goal("ratio", 1.0))
+                {"pages": pages, "pinned": pinned}, "ms", 1, LIFE_PHASES, Goal("ratio", 1.0),
+                alone=True)
 
 
 def fuzz(steps: int = FUZZ_STEPS) -> Case:

@@ -1,8 +1,8 @@
 """Running the cases: model and host interleaved round by round, each round warmed up.
 
-For each case both sides set up once (the model in this process, the host in the worker
-process), then alternate: model, host, `rounds` times, so that a disturbance of the
-machine (another process, frequency scaling) falls on both. Each side's timed round
+Each case's two sides are set up once (the model in this process, the host in the worker
+process), then alternate: model, host, so that a disturbance of the machine (another
+process, frequency scaling) falls on both. Each side's timed round
 comes right after an untimed warm-up round of its own (imports, caches, first faults):
 without it, a side runs cold after the other's round, and the two are not cold alike:
 the host's set-up populates the whole range (64 MiB of zeroing flushes every cache),
@@ -15,6 +15,21 @@ round, as a THP pin's leaf path does, ran its first ten rounds unspecialized and
 1.5x slower than from then on; the kernel's code needs no such warm-up. Each phase
 reports min and median of its rounds; the ratio is model min over host min (below 1:
 the model is faster).
+
+How many rounds, and when. A case runs at least `rounds` timed rounds and, where its
+rounds are short, more, until they have run `min_seconds` (at most `MAX_ROUNDS`); and
+`run()` sets every case up first and then takes their rounds in turns, in `PASSES`
+slices, so that one case's rounds come from moments seconds apart. This machine's CPU
+has stretches of a second or more in which an interpreter runs up to 2x slower (a tight
+Python loop's per-second minimum: 562 us in most seconds, 860-1042 us in some), and
+the kernel's memory-bound pinning much less so; five rounds of a 64 MiB THP pin fit in
+a tenth of a second, inside one such stretch or not. Over 5,000 paired rounds of that
+case (150 s; the model about 0.72x the kernel at the median), the min of five
+consecutive rounds put the ratio above 1.0 one time in four (at worst 1.55), the min of
+forty consecutive ones one time in eighty (1.28), and forty in four slices 5 s apart
+never (at worst 0.97). A case whose host side times a whole process (fork, exit: a
+fork copies every mapping the other cases keep open in the worker) is measured on its
+own, as is one with a cap on its rounds.
 """
 
 from __future__ import annotations
@@ -26,7 +41,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .cases import Case
@@ -35,6 +50,9 @@ from .model_side import WORKLOADS
 SCALE = {"ns/page": 1e9, "us/call": 1e6, "ms": 1e3}
 WARMUP_ROUNDS = 16          # CPython's specialization settles within about ten calls
 WARMUP_SECONDS = 2.0        # a cap for the slow cases (1 GiB bulk, fork of 1 GiB)
+MIN_SECONDS = 1.0           # timed rounds of a case go on at least this long ...
+MAX_ROUNDS = 60             # ... up to this many
+PASSES = 5                  # a case's rounds come in this many slices, spread over the run
 
 
 @dataclass
@@ -116,47 +134,93 @@ def _met(case: Case, row: Row) -> bool | None:
     return row.model_min <= goal.value if goal.kind == "max" else row.model_min >= goal.value
 
 
-def measure(case: Case, rounds: int, worker: HostWorker | None, skip: str = "") -> list[Row]:
-    """Rows of one case; `worker` None (with the reason in `skip`): the model only."""
-    rounds = min(rounds, case.rounds or rounds)
-    model: list[dict[str, float]] = []
-    host: list[dict[str, float]] = []
-    if case.host and worker is not None and not skip:
-        reply = worker.call("open", workload=case.workload, params=case.params)
-        skip = reply.get("skip", "")
-    elif not case.host:
+@dataclass
+class _Open:
+    """A case while it is measured: its model round, its host side's id in the worker
+    (None: none, `skip` says why) and the rounds each side has timed."""
+
+    case: Case
+    model_round: Callable[[], dict[str, float]]
+    host_id: int | None
+    skip: str
+    model: list[dict[str, float]] = field(default_factory=list)
+    host: list[dict[str, float]] = field(default_factory=list)
+
+
+def _open(stack: contextlib.ExitStack, case: Case, worker: HostWorker | None, skip: str,
+          host_id: int) -> _Open:
+    """Set both sides of `case` up (closed with `stack`) and warm them up."""
+    if not case.host:
         skip = "no host counterpart"
-    try:
-        warm = case.rounds != 1                     # a one-round case is not repeated
-        with WORKLOADS[case.workload](**case.params) as model_round:
-            if warm:
-                _warm_up(model_round)
-                if not skip and worker is not None:
-                    skip = _warm_up(lambda: worker.call("round"))
-            for _ in range(rounds):
-                if warm:
-                    model_round()
-                model.append(model_round())
-                for first in (True, False) if warm else (False,):
-                    if skip or worker is None:
-                        break
-                    reply = worker.call("round")
-                    skip = reply.get("skip", "")
-                    if not skip and not first:
-                        host.append(reply["ok"])
-    finally:
-        if case.host and worker is not None:
-            worker.call("close")
+    elif worker is not None and not skip:
+        skip = worker.call("open", id=host_id, workload=case.workload,
+                           params=case.params).get("skip", "")
+        if not skip:
+            stack.callback(worker.call, "close", id=host_id)
+    model_round = stack.enter_context(WORKLOADS[case.workload](**case.params))
+    opened = _Open(case, model_round, host_id if worker is not None and not skip else None,
+                   skip)
+    if case.rounds != 1:                            # a one-round case is not repeated
+        _warm_up(model_round)
+        if worker is not None and opened.host_id is not None:
+            host = worker
+            _host_skips(opened, _warm_up(lambda: host.call("round", id=host_id)))
+    return opened
+
+
+def _host_skips(opened: _Open, why: str) -> None:
+    """The host side stopped the case (its reason): no more host rounds."""
+    if why:
+        opened.skip, opened.host_id = why, None
+
+
+def _rounds(opened: _Open, worker: HostWorker | None, at_least: int, seconds: float,
+            at_most: int) -> None:
+    """Timed rounds of both sides until the case has `at_least` and, when these took
+    less than `seconds`, more, up to `at_most`. Each timed round of a side comes right
+    after an untimed one of its own (not for a one-round case)."""
+    warm = opened.case.rounds != 1
+    start = time.perf_counter()
+    while len(opened.model) < at_least or len(opened.model) < at_most \
+            and time.perf_counter() - start < seconds:
+        if warm:
+            opened.model_round()
+        opened.model.append(opened.model_round())
+        for first in (True, False) if warm else (False,):
+            if opened.host_id is None or worker is None:
+                break
+            reply = worker.call("round", id=opened.host_id)
+            _host_skips(opened, reply.get("skip", ""))
+            if opened.host_id is not None and not first:
+                opened.host.append(reply["ok"])
+
+
+def _rows(opened: _Open) -> list[Row]:
+    """The case's figures, phase by phase."""
+    case, host = opened.case, opened.host
     rows = []
     for phase in case.phases:
-        row = Row(case.name, phase, case.unit, *_figures(case, model, phase),
+        row = Row(case.name, phase, case.unit, *_figures(case, opened.model, phase),
                   goal=case.goal.text(case.unit) if case.goal.applies(phase) else "",
-                  host_skipped=skip if skip or not host else "")
-        if host and not skip:
+                  host_skipped=opened.skip if opened.skip or not host else "")
+        if host and not opened.skip:
             row.host_min, row.host_median = _figures(case, host, phase)
         row.met = _met(case, row)
         rows.append(row)
     return rows
+
+
+def measure(case: Case, rounds: int, worker: HostWorker | None, skip: str = "",
+            min_seconds: float = 0.0) -> list[Row]:
+    """Rows of one case on its own: at least `rounds` timed rounds, more while they have
+    taken less than `min_seconds` (at most `MAX_ROUNDS`); `worker` None (with the reason
+    in `skip`): the model only. A case with a cap on its rounds takes no more."""
+    if case.rounds:
+        rounds, min_seconds = min(rounds, case.rounds), 0.0
+    with contextlib.ExitStack() as stack:
+        opened = _open(stack, case, worker, skip, 0)
+        _rounds(opened, worker, rounds, min_seconds, max(rounds, MAX_ROUNDS))
+    return _rows(opened)
 
 
 def _warm_up(round_: Callable[[], object]) -> str:
@@ -173,17 +237,38 @@ def _warm_up(round_: Callable[[], object]) -> str:
 
 
 def run(cases: list[Case], rounds: int = 5, with_host: bool = True,
-        progress: Callable[[str], None] | None = None) -> list[Row]:
-    """Measure every case; the host side runs in one worker process for the whole run."""
+        progress: Callable[[str], None] | None = None,
+        min_seconds: float = MIN_SECONDS) -> list[Row]:
+    """Measure every case; the host side runs in one worker process for the whole run.
+
+    Every case is set up and warmed up first and stays open; then `PASSES` passes over
+    them each take a slice of every case's rounds (at least its share of `rounds`, more
+    for `min_seconds / PASSES`), so that a case's rounds come from moments seconds
+    apart (see the module's docstring). A case with a cap on its rounds (memory per
+    page: a fresh process) or one that must run alone (`Case.alone`) is measured on its
+    own after them."""
     skip = host_skip_reason() if with_host else "not asked for (--model-only)"
-    rows: list[Row] = []
     worker = HostWorker() if not skip else None
-    with worker if worker is not None else _Null():
-        for i, case in enumerate(cases, 1):
-            if progress is not None:
-                progress(f"[{i}/{len(cases)}] {case.name}")
-            rows += measure(case, rounds, worker, skip)
-    return rows
+    say = progress or (lambda _: None)
+    done: dict[int, list[Row]] = {}
+    with worker if worker is not None else _Null(), contextlib.ExitStack() as stack:
+        rotation = {}
+        for i, case in enumerate(cases):
+            if not (case.rounds or case.alone):
+                say(f"[{i + 1}/{len(cases)}] {case.name}: setting up, warming up")
+                rotation[i] = _open(stack, case, worker, skip, i)
+        for p in range(1, PASSES + 1):
+            for opened in rotation.values():
+                say(f"pass {p}/{PASSES}: {opened.case.name}")
+                _rounds(opened, worker, -(-rounds * p // PASSES), min_seconds / PASSES,
+                        -(-max(rounds, MAX_ROUNDS) * p // PASSES))
+        stack.close()
+        done = {i: _rows(opened) for i, opened in rotation.items()}
+        for i, case in enumerate(cases):
+            if case.rounds or case.alone:
+                say(f"[{i + 1}/{len(cases)}] {case.name}")
+                done[i] = measure(case, rounds, worker, skip, min_seconds)
+    return [row for i in range(len(cases)) for row in done[i]]
 
 
 class _Null:

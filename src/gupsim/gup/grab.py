@@ -497,18 +497,23 @@ def _unpin_express(pages: PageArray, machine: MemMap | None) -> bool:
     if runs is None or orders is None:
         return False
     heads, lengths = runs[1], runs[2]
-    smallest, largest = lo_hi(orders)
-    if len(heads) > lean.SHORT and not smallest:
-        return False        # many order-0 folios: the general path's update is as quick
-    if not san.folios_unchanged(rec) or not lean.distinct_array(heads):
-        return False                # changed by a misuse, or a folio in two runs
+    if len(heads) <= lean.SHORT:                # plain ints: a few folios
+        large = orders.tolist()
+        some, every = any(large), all(large)
+        distinct = lean.distinct(heads.tolist())
+    else:                       # many: large ones only (the general path is as quick for
+        smallest, largest = lo_hi(orders)       # order-0 folios)
+        some, every = largest > 0, smallest > 0
+        distinct = every and lean.distinct_array(heads)
+    if not distinct or not san.folios_unchanged(rec):
+        return False                # a folio in two runs, or changed by a misuse
     # one pin per entry: a run of one entry each (usual for order-0 folios) drops a
     # scalar; the counts are written back into their int32 arrays as they are
     per_run = 1 if len(heads) == n else lengths
-    if not largest:                             # order-0 folios: the bias per pin
+    if not some:                                # order-0 folios: the bias per pin
         refs = mem.refcount[heads] - per_run * GUP_PIN_COUNTING_BIAS
         pins = None
-    elif smallest:                              # large folios: _pincount, one ref per pin
+    elif every:                                 # large folios: _pincount, one ref per pin
         refs = mem.refcount[heads] - per_run
         pins = mem.pincount[heads] - per_run
         if amin(pins) < 0:

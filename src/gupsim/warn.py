@@ -9,8 +9,9 @@ whose code lies outside the installed gupsim package. "Outside" is decided by th
 package's own directory (resolved), never by a substring of the path, so a checkout in a
 folder that happens to be called `gupsim` still names the user's files. The walk is cheap
 enough to run on every pin: it follows frame links until the first frame outside the
-package and formats `file:line in function`; no source line is read (that happens only
-when a report is shown, see `source_line()`).
+package and keeps that frame's code and instruction offset; `file:line in function` is
+made of them only when something reads the site (`site_text()`), and the source line
+only when a report is shown (`source_line()`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from types import FrameType
+from types import CodeType, FrameType
 
 #: The directory of the imported gupsim package, resolved, with a trailing separator.
 PACKAGE_DIR = os.path.join(os.path.dirname(os.path.realpath(__file__)), "")
@@ -44,15 +45,20 @@ def in_package(filename: str) -> bool:
     return inside
 
 
-def user_call_site(skip_package: str | None = None, *, inside: int = 0) -> str:
-    """Where the model's user made the call: the innermost frame outside the package, as
-    "file:line in function" ("<gupsim>" if every frame is inside the package).
+#: A call site as the walk finds it: (code object, offset of the instruction) of the
+#: user's frame, or a text ("<gupsim>"); `site_text()` makes "file:line in function" of
+#: it. The sanitizer keeps this form on every record and formats it only when read.
+Site = tuple[CodeType, int] | str
 
-    `skip_package` is accepted for compatibility and ignored: the package is found by its
-    own directory, not by name. A gupsim module that models a kernel user of GUP (a driver
-    under `drivers/`) can set `__gupsim_call_site__ = True`: its frames then count as the
-    call site, so the sanitizer names the driver line that took or released a pin, as a
-    kernel report names the driver function.
+
+def user_call_frame(*, inside: int = 0) -> Site:
+    """Where the model's user made the call, as a `Site`: the innermost frame outside
+    the package ("<gupsim>" if every frame is inside it).
+
+    A gupsim module that models a kernel user of GUP (a driver under `drivers/`) can set
+    `__gupsim_call_site__ = True`: its frames then count as the call site, so the
+    sanitizer names the driver line that took or released a pin, as a kernel report
+    names the driver function.
 
     `inside`: how many frames from the caller's outward are known to be the package's own
     (an express path's fixed chain of calls): the walk starts beyond them. Each frame the
@@ -67,10 +73,26 @@ def user_call_site(skip_package: str | None = None, *, inside: int = 0) -> str:
             through = passes[filename] = in_package(filename) and not \
                 frame.f_globals.get("__gupsim_call_site__")
         if not through:
-            code = frame.f_code
-            return f"{filename}:{frame.f_lineno} in {code.co_name}"
+            return frame.f_code, frame.f_lasti
         frame = frame.f_back
     return "<gupsim>"
+
+
+def site_text(site: Site) -> str:
+    """A `Site` as "file:line in function" (a text site as it is)."""
+    if isinstance(site, str):
+        return site
+    code, offset = site
+    line = next((n for start, end, n in code.co_lines() if start <= offset < end), None)
+    return f"{code.co_filename}:{line if line is not None else code.co_firstlineno} " \
+           f"in {code.co_name}"
+
+
+def user_call_site(skip_package: str | None = None, *, inside: int = 0) -> str:
+    """`user_call_frame()` as "file:line in function" ("<gupsim>" if every frame is
+    inside the package). `skip_package` is accepted for compatibility and ignored: the
+    package is found by its own directory, not by name."""
+    return site_text(user_call_frame(inside=1 + inside))
 
 
 def source_line(site: str) -> str:

@@ -27,7 +27,7 @@ from ..constants import FOLL_PIN
 from ..lean import SHORT, amax, lo_hi, same
 from ..memory import Kind, MemMap
 from ..memory.pagearray import NULL
-from ..warn import source_line, user_call_site
+from ..warn import Site, site_text, source_line, user_call_frame, user_call_site
 from .runs import FolioRuns, Runs
 
 if TYPE_CHECKING:
@@ -55,7 +55,7 @@ class PinRecord:
     how: str                 # "FOLL_PIN" or "FOLL_GET"
     flags: int
     call: str
-    site: str
+    _site: Site              # where the user took it (`site` formats it when first read)
     mm_id: int | None
     _pfns: np.ndarray | None  # None: `pfn_runs` says them (built when read)
     nheld: int = 0           # entries still held (left.sum(), kept as a count)
@@ -69,6 +69,13 @@ class PinRecord:
     _heads: np.ndarray | None = None        # the folio of each entry when it was taken
     _left: np.ndarray | None = None         # 1 while the entry's reference is held
     _released_at: np.ndarray | None = None  # id of the release call that dropped it, -1
+
+    @property
+    def site(self) -> str:
+        """The user's call site, "file:line in function"."""
+        if not isinstance(self._site, str):
+            self._site = site_text(self._site)
+        return self._site
 
     @property
     def pfns(self) -> np.ndarray:
@@ -210,7 +217,7 @@ class PackedRecord:
         else:
             left, released_at = Runs.of(rec.left, 0), Runs.of(rec.released_at, 0)
         # the record without its arrays (dataclasses.replace() costs some 10 us here)
-        meta = PinRecord(rec.id, rec.how, rec.flags, rec.call, rec.site, rec.mm_id,
+        meta = PinRecord(rec.id, rec.how, rec.flags, rec.call, rec._site, rec.mm_id,
                          _NO_ENTRIES, rec.nheld, rec.lo, rec.hi, released_by=rec.released_by,
                          _heads=_NO_ENTRIES)
         return cls(meta, pfns, head_runs, left, released_at)
@@ -286,8 +293,8 @@ class PinSanitizer:
         # the history a misuse report looks back into; large records kept as runs
         self.released: deque[PinRecord | PackedRecord] = deque(maxlen=history)
         self.reports: list[SanitizerReport] = []
-        self._sites: list[str] = []
-        self._site_ids: dict[str, int] = {}
+        self._sites: list[Site] = []          # each release call site once, unformatted
+        self._site_ids: dict[object, int] = {}
         self._release_sites: list[int] = []      # release call id -> index in _sites
         self._ids = itertools.count(1)
 
@@ -363,7 +370,7 @@ class PinSanitizer:
             if len(pfns) != n:
                 runs = None                     # entries were left out: runs do not fit
             lo_head = self.mem.head_of(lo)    # the lowest head is that of the lowest frame
-        rec = PinRecord(next(self._ids), how, flags, call, user_call_site(inside=1 + callers),
+        rec = PinRecord(next(self._ids), how, flags, call, user_call_frame(inside=1 + callers),
                         getattr(mm, "id", None), pfns, n if pfns is None else len(pfns),
                         lo_head, hi)
         if runs is None:
@@ -395,7 +402,7 @@ class PinSanitizer:
         the shared zero page (GUP-fast's one-page call, express.py). The record's heads
         come from `lo` when read; `callers` as for `on_acquire()`."""
         how = "FOLL_PIN" if flags & FOLL_PIN else "FOLL_GET"
-        rec = PinRecord(next(self._ids), how, flags, call, user_call_site(inside=1 + callers),
+        rec = PinRecord(next(self._ids), how, flags, call, user_call_frame(inside=1 + callers),
                         getattr(mm, "id", None), np.array([pfn], dtype=np.int64), 1, head, pfn)
         self._add(rec)
         return rec
@@ -436,11 +443,13 @@ class PinSanitizer:
 
     # -- release -------------------------------------------------------------------------
 
-    def _new_release(self, site: str) -> int:
-        """A new release call id, remembering the call site it came from."""
-        idx = self._site_ids.get(site)
+    def _new_release(self, site: Site) -> int:
+        """A new release call id, remembering the call site it came from (a code object
+        is told by its identity: `_sites` keeps it alive, so the id is not reused)."""
+        key = site if isinstance(site, str) else (id(site[0]), site[1])
+        idx = self._site_ids.get(key)
         if idx is None:
-            idx = self._site_ids[site] = len(self._sites)
+            idx = self._site_ids[key] = len(self._sites)
             self._sites.append(site)
         self._release_sites.append(idx)
         return len(self._release_sites) - 1
@@ -452,10 +461,10 @@ class PinSanitizer:
 
     def release_sites(self, since: int = 0) -> list[str]:
         """The call site of every release call from number `since` on, in order."""
-        return [self._sites[i] for i in self._release_sites[since:]]
+        return [site_text(self._sites[i]) for i in self._release_sites[since:]]
 
     def _released_site(self, cid: int) -> str:
-        return self._sites[self._release_sites[cid]]
+        return site_text(self._sites[self._release_sites[cid]])
 
     def _consume(self, rec: PinRecord, keys: np.ndarray, uniq: np.ndarray, need: np.ndarray,
                  site_idx: int) -> None:
@@ -566,7 +575,7 @@ class PinSanitizer:
     def release_whole(self, rec: PinRecord, callers: int = 0) -> None:
         """A release call drops every entry of `rec` (from `held_whole()`) at once;
         `callers` as for `on_acquire()`."""
-        rec.release_all(self._new_release(user_call_site(inside=1 + callers)))
+        rec.release_all(self._new_release(user_call_frame(inside=1 + callers)))
         self._retire_one(rec)
 
     def folios_unchanged(self, rec: PinRecord) -> bool:

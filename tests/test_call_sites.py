@@ -183,3 +183,22 @@ def test_the_express_paths_name_the_users_line(n: int, release: str) -> None:
     pin_site, release_site, pin_want, release_want = _express_sites(n, release)
     assert pin_site == pin_want
     assert release_site == release_want
+
+
+def test_a_kept_site_reads_as_the_line_the_frame_was_on() -> None:
+    """The sanitizer keeps (code, offset) and formats it when read: the text names the
+    line the frame was on then, for each of several calls in one function, and reading
+    it again gives the same text."""
+    from gupsim.warn import site_text, user_call_frame
+
+    def here() -> tuple[object, int]:
+        frame = sys._getframe(1)
+        return user_call_frame(inside=1), frame.f_lineno    # the frame that called here()
+
+    first = here()
+    second = here()
+    for site, line in (first, second):
+        want = f"{__file__}:{line} in test_a_kept_site_reads_as_the_line_the_frame_was_on"
+        assert site_text(site) == want           # type: ignore[arg-type]
+        assert site_text(site) == want           # type: ignore[arg-type]
+    assert first[1] + 1 == second[1]

@@ -78,14 +78,25 @@ def user_call_frame(*, inside: int = 0) -> Site:
     return "<gupsim>"
 
 
+#: (id of a code object, offset) -> (that code object, its site text): a site is read
+#: again and again (every leak report of a process names where each pin was taken), and
+#: finding the line walks the code's line table; the code object is kept, so its id is
+#: not reused
+_texts: dict[tuple[int, int], tuple[CodeType, str]] = {}
+
+
 def site_text(site: Site) -> str:
     """A `Site` as "file:line in function" (a text site as it is)."""
     if isinstance(site, str):
         return site
     code, offset = site
-    line = next((n for start, end, n in code.co_lines() if start <= offset < end), None)
-    return f"{code.co_filename}:{line if line is not None else code.co_firstlineno} " \
-           f"in {code.co_name}"
+    known = _texts.get((id(code), offset))
+    if known is None:
+        line = next((n for start, end, n in code.co_lines() if start <= offset < end), None)
+        known = _texts[id(code), offset] = (code, f"{code.co_filename}:"
+                                            f"{line if line is not None else code.co_firstlineno}"
+                                            f" in {code.co_name}")
+    return known[1]
 
 
 def user_call_site(skip_package: str | None = None, *, inside: int = 0) -> str:

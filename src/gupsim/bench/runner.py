@@ -2,8 +2,8 @@
 
 Each case's two sides are set up once (the model in this process, the host in the worker
 process), then alternate: model, host, so that a disturbance of the machine (another
-process, frequency scaling) falls on both. Each side's timed round
-comes right after an untimed warm-up round of its own (imports, caches, first faults):
+process, frequency scaling) falls on both. Each side's timed round comes right after an
+untimed warm-up round of its own (imports, caches, first faults):
 without it, a side runs cold after the other's round, and the two are not cold alike:
 the host's set-up populates the whole range (64 MiB of zeroing flushes every cache),
 the model's set-up touches little, and the model's pinning code is an interpreter's
@@ -250,9 +250,8 @@ def run(cases: list[Case], rounds: int = 5, with_host: bool = True,
     skip = host_skip_reason() if with_host else "not asked for (--model-only)"
     worker = HostWorker() if not skip else None
     say = progress or (lambda _: None)
-    done: dict[int, list[Row]] = {}
     with worker if worker is not None else _Null(), contextlib.ExitStack() as stack:
-        rotation = {}
+        rotation: dict[int, _Open] = {}
         for i, case in enumerate(cases):
             if not (case.rounds or case.alone):
                 say(f"[{i + 1}/{len(cases)}] {case.name}: setting up, warming up")
@@ -263,7 +262,7 @@ def run(cases: list[Case], rounds: int = 5, with_host: bool = True,
                 _rounds(opened, worker, -(-rounds * p // PASSES), min_seconds / PASSES,
                         -(-max(rounds, MAX_ROUNDS) * p // PASSES))
         stack.close()
-        done = {i: _rows(opened) for i, opened in rotation.items()}
+        done: dict[int, list[Row]] = {i: _rows(opened) for i, opened in rotation.items()}
         for i, case in enumerate(cases):
             if case.rounds or case.alone:
                 say(f"[{i + 1}/{len(cases)}] {case.name}")

@@ -70,6 +70,7 @@ def test_bench_model_only_json_has_every_case_and_phase() -> None:
         assert (r["model_median"] <= r["model_min"]) if rate else \
             (r["model_median"] >= r["model_min"]), r
     assert all(r["host_min"] is None and r["ratio"] is None and r["host_skipped"] for r in rows)
+    assert {(r["rounds"], r["host_rounds"]) for r in rows} == {(1, 0)}   # --repeat 1
     assert {r["met"] for r in rows if r["goal"] and "x" in r["goal"]} == {None}
 
 
@@ -118,6 +119,7 @@ def test_bench_measures_the_host_beside_the_model() -> None:
         if row["case"].startswith(("fuzz", "memory")):
             raise AssertionError(f"{row['case']} has no host side: {row}")
         assert row["host_min"] is not None and row["host_median"] >= row["host_min"]
+        assert row["rounds"] >= 1 and row["host_rounds"] >= 1
         if row["host_min"] > 0:
             assert row["ratio"] == row["model_min"] / row["host_min"]
     bulk = {r["phase"]: r for r in rows if r["case"] == "bulk 1 MiB"}
@@ -201,6 +203,7 @@ def test_bench_takes_the_cases_rounds_in_turns(monkeypatch: pytest.MonkeyPatch) 
     cases = _fake_cases(monkeypatch, log)
     rows = runner.run(cases, rounds=5, with_host=False, min_seconds=0.0)
     assert [r.case for r in rows] == ["a", "c", "b"]
+    assert [r.rounds for r in rows] == [5, 5, 5]
     timed = log[2 * runner.WARMUP_ROUNDS:]             # after the warm-ups of a and b
     turns = [name for i, name in enumerate(timed) if i == 0 or timed[i - 1] != name]
     assert turns == ["a", "b"] * runner.PASSES + ["c"]

@@ -69,6 +69,8 @@ class Row:
     goal: str = ""
     met: bool | None = None
     host_skipped: str = ""
+    rounds: int = 0          # timed rounds behind the model's figures ...
+    host_rounds: int = 0     # ... and behind the host's
 
     @property
     def ratio(self) -> float | None:
@@ -202,9 +204,11 @@ def _rows(opened: _Open) -> list[Row]:
     for phase in case.phases:
         row = Row(case.name, phase, case.unit, *_figures(case, opened.model, phase),
                   goal=case.goal.text(case.unit) if case.goal.applies(phase) else "",
-                  host_skipped=opened.skip if opened.skip or not host else "")
+                  host_skipped=opened.skip if opened.skip or not host else "",
+                  rounds=len(opened.model))
         if host and not opened.skip:
             row.host_min, row.host_median = _figures(case, host, phase)
+            row.host_rounds = len(host)
         row.met = _met(case, row)
         rows.append(row)
     return rows

@@ -38,13 +38,20 @@ def _skipped(rows: list[Row]) -> list[str]:
             for w, c in why.items()]
 
 
+def _rounds(rows: list[Row]) -> str:
+    """How many timed rounds the figures come from (per case, the model's)."""
+    counts = [r.rounds for r in rows]
+    low, high = min(counts, default=0), max(counts, default=0)
+    return f"timed rounds per case: {low}" + (f"-{high}" if high != low else "")
+
+
 def bench_table(rows: list[Row]) -> Table:
     """Min and median of each side, the ratio of the mins, and the goal (the ratio for
     "<=1x", the model's own figure otherwise); fits 80 columns."""
     t = Table("case / phase", "model\nmin", "model\nmedian", "host\nmin", "host\nmedian",
               "model/\nhost", "goal", box=box.SIMPLE_HEAD,
               title="the model against the host kernel (its pin: io_uring registration)",
-              caption="\n".join(_skipped(rows)) or None)
+              caption="\n".join([*_skipped(rows), _rounds(rows)]))
     for c in t.columns[1:6]:
         c.justify = "right"
     for c in t.columns:

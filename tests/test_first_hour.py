@@ -38,7 +38,7 @@ def invoke(*args: str) -> tuple[int, str]:
     ["live", "--json", "--model-only", "-k", "account"],
     ["live", "--json", "--list", "-k", "zero page"],
     ["top", "--json"],
-    ["bench", "--json", "--model-only", "--max-pages", "256", "--repeat", "1"],
+    ["bench", "--json", "--model-only", "--max-pages", "256", "--repeat", "1", "--min-time", "0"],
     ["run", "--json", EXAMPLE],
 ])
 def test_every_json_output_parses(args: list[str]) -> None:
@@ -72,6 +72,9 @@ BAD = [
     (["bench", "--repeat", "0"], "--repeat"),
     (["bench", "--repeat", "inf"], "--repeat"),
     (["bench", "--repeat", "-3"], "--repeat"),
+    (["bench", "--min-time", "nan"], "between 0 and 60 seconds"),
+    (["bench", "--min-time", "-1"], "between 0 and 60 seconds"),
+    (["bench", "--min-time", "61"], "between 0 and 60 seconds"),
     (["live", "-k", "no such case anywhere"], "no case name contains"),
     (["live", "-k", "  "], "give some text"),
     (["live", "--model-only", "-k", "zzzz", "--json"], "no case name contains"),
@@ -211,7 +214,7 @@ def _width(text: str) -> int:
 @pytest.mark.parametrize("args", [
     ["live", "--model-only", "-k", "longterm"],
     ["live", "--model-only", "--summary"],
-    ["bench", "--model-only", "--max-pages", "256", "--repeat", "1"],
+    ["bench", "--model-only", "--max-pages", "256", "--repeat", "1", "--min-time", "0"],
     ["top"],
     ["run", EXAMPLE],
     ["demo", "--model-only"],

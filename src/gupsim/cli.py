@@ -515,7 +515,7 @@ def explain(file: str, step: int, pfns: tuple[int, ...], as_json: bool) -> None:
 @click.option("--repeat", type=click.IntRange(1, 20), default=5, show_default=True,
               help="Timed rounds per figure at least (min and median reported), after "
                    "16 untimed ones; see --min-time.")
-@click.option("--min-time", type=click.FloatRange(0, 60), default=1.0, show_default=True,
+@click.option("--min-time", type=Seconds(0.0, 60.0), default=1.0, show_default=True,
               help="Seconds a case with short rounds goes on for (more rounds, at most 60): "
                    "a min over a second of rounds is not all in one slow stretch of the "
                    "CPU. 0: exactly --repeat rounds.")

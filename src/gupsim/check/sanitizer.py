@@ -293,8 +293,8 @@ class PinSanitizer:
         # the history a misuse report looks back into; large records kept as runs
         self.released: deque[PinRecord | PackedRecord] = deque(maxlen=history)
         self.reports: list[SanitizerReport] = []
-        self._sites: list[Site] = []          # each release call site once, unformatted
-        self._site_ids: dict[object, int] = {}
+        self._sites: list[str] = []
+        self._site_ids: dict[str, int] = {}
         self._release_sites: list[int] = []      # release call id -> index in _sites
         self._ids = itertools.count(1)
 
@@ -444,13 +444,13 @@ class PinSanitizer:
     # -- release -------------------------------------------------------------------------
 
     def _new_release(self, site: Site) -> int:
-        """A new release call id, remembering the call site it came from (a code object
-        is told by its identity: `_sites` keeps it alive, so the id is not reused)."""
-        key = site if isinstance(site, str) else (id(site[0]), site[1])
-        idx = self._site_ids.get(key)
+        """A new release call id, remembering the call site it came from (its text:
+        `site_text()` makes it once per site)."""
+        text = site_text(site)
+        idx = self._site_ids.get(text)
         if idx is None:
-            idx = self._site_ids[key] = len(self._sites)
-            self._sites.append(site)
+            idx = self._site_ids[text] = len(self._sites)
+            self._sites.append(text)
         self._release_sites.append(idx)
         return len(self._release_sites) - 1
 
@@ -461,10 +461,10 @@ class PinSanitizer:
 
     def release_sites(self, since: int = 0) -> list[str]:
         """The call site of every release call from number `since` on, in order."""
-        return [site_text(self._sites[i]) for i in self._release_sites[since:]]
+        return [self._sites[i] for i in self._release_sites[since:]]
 
     def _released_site(self, cid: int) -> str:
-        return site_text(self._sites[self._release_sites[cid]])
+        return self._sites[self._release_sites[cid]]
 
     def _consume(self, rec: PinRecord, keys: np.ndarray, uniq: np.ndarray, need: np.ndarray,
                  site_idx: int) -> None:

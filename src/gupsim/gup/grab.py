@@ -471,9 +471,9 @@ def unpin_user_pages(pages: Sequence[Page | None] | PageArray, npages: int | Non
 def _unpin_express(pages: PageArray, machine: MemMap | None) -> bool:
     """unpin_user_pages() of a pages array that is, entry for entry, what one held pin
     call took, on a machine of the newest era: one page, a few order-0 folios or any
-    number of large ones (huge leaves, mTHPs), freeing those whose last reference was the pin. The
-    same releases as the general path with its layers collapsed; False, with nothing
-    changed, for anything else. `tests/gup/test_lean_paths.py` compares the two paths."""
+    number of large ones (huge leaves, mTHPs), freeing those whose last reference was the
+    pin. The same releases as the general path with its layers collapsed; False, with
+    nothing changed, for anything else. `tests/gup/test_lean_paths.py` compares the two paths."""
     mem = pages.mem
     n = len(pages)
     if mem is None or machine is not None and mem is not machine or not n:
